@@ -1,0 +1,23 @@
+"""ONNX Runtime CPU: uint8 asymmetric activations, int8 symmetric per-channel weights (x86 fast path).
+
+Weights use 7 bits ([-64, 64]): ORT's x86 u8s8 kernels without VNNI (AVX2) sum pairs of u8·s8
+products in saturating int16; 255·127·2 overflows, 255·64·2 does not. Measured on the MNIST CNN here:
+full 8-bit weights gave 18.7 dB output SQNR through the fused kernels against 38 dB emulated.
+"""
+
+from dsqc.quant.profile import TargetProfile
+
+ONNX_PROFILE = TargetProfile(
+    name="onnx",
+    activation_dtype="uint8",
+    symmetric_activations=False,
+    per_channel_weights=True,
+    compute_ops=frozenset({
+        "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Concat",
+        "AveragePool", "GlobalAveragePool",
+    }),
+    quantize_outputs=True,
+    output_q_optional=frozenset({"Gemm", "MatMul"}),
+    fold_activations=True,
+    weight_limit=64,
+)

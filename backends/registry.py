@@ -1,0 +1,93 @@
+"""Backends register by target name; ``dsqc build --target`` looks them up here."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import onnx
+
+from dsqc.errors import DsqcError, RecipeError
+from dsqc.quant.profile import TargetProfile
+from dsqc.quant.spec import QuantPlan
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass
+class LoweringJob:
+    """What a backend receives: the FP32 model, the canonical QDQ model and the plan."""
+
+    name: str
+    fp32: onnx.ModelProto
+    qdq: onnx.ModelProto | None
+    plan: QuantPlan | None
+    eval_feeds: list[Feeds]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BackendOutput:
+    """Files a backend wrote (relative to the output folder), its own checks and notes."""
+
+    artifacts: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Backend(ABC):
+    """A target. ``profile`` constrains the plan; ``emit`` lowers and writes into ``out``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    profile: ClassVar[TargetProfile]
+
+    @abstractmethod
+    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
+        """Write this target's artifacts for ``job`` into the staging folder ``out``."""
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+_BUILTIN = {"onnx": "dsqc.backends.onnx", "trt": "dsqc.backends.trt",
+            "tflite": "dsqc.backends.tflite", "hls": "dsqc.backends.hls"}
+
+B = TypeVar("B", bound=type[Backend])
+
+
+def register(cls: B) -> B:
+    """Class decorator: make a backend available under ``cls.name``. Duplicates are an error."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise DsqcError(f"backend name '{cls.name}' is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN.values():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def available() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise RecipeError(f"unknown target '{name}'; registered targets: {', '.join(available())}")
+    return _REGISTRY[name]()
+
+
+def registered_factories() -> dict[str, Callable[[], Backend]]:
+    _load_builtins()
+    return dict(_REGISTRY)

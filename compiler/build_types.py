@@ -1,0 +1,56 @@
+"""What a build takes and what it returns: a structured result that batch runs and bundles reuse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .quant.spec import QuantPlan
+
+
+@dataclass
+class BuildRequest:
+    model: Path
+    target: str
+    out_dir: Path
+    precision: str = "int8"
+    calib: str | None = None
+    calib_samples: int = 256
+    calib_batch: int = 8
+    eval_data: str | None = None
+    eval_samples: int = 64
+    method: str | None = None
+    recipe: Path | None = None
+    min_sqnr: float | None = None
+    max_drop: float | None = None
+    task_metric: str | None = None
+    dump_ir: Path | None = None
+    check_each_pass: bool = False
+    measure_latency: bool = True
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildResult:
+    """Artifacts (paths inside ``out_dir``), verification metrics, the plan, and warnings."""
+
+    out_dir: Path
+    target: str
+    precision: str
+    artifacts: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    plan: QuantPlan | None = None
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "precision": self.precision,
+            "artifacts": [str(p) for p in self.artifacts],
+            "metrics": self.metrics,
+            "plan_summary": self.plan.histogram() if self.plan else None,
+            "warnings": self.warnings,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+        }

@@ -1,0 +1,28 @@
+"""Calibration: load sample data, stream it through the FP32 model, observe tensor ranges."""
+
+from .data import ImagePreprocess, InputSpec, SampleSet, load_samples, model_inputs
+from .observers import (
+    EntropyObserver,
+    MinMaxObserver,
+    MseObserver,
+    Observer,
+    PercentileObserver,
+    make_observer,
+)
+from .runner import TensorStats, calibrate
+
+__all__ = [
+    "EntropyObserver",
+    "ImagePreprocess",
+    "InputSpec",
+    "MinMaxObserver",
+    "MseObserver",
+    "Observer",
+    "PercentileObserver",
+    "SampleSet",
+    "TensorStats",
+    "calibrate",
+    "load_samples",
+    "make_observer",
+    "model_inputs",
+]

@@ -1,0 +1,130 @@
+"""Calibration and evaluation samples: the model's inputs, a ``SampleSet``, and ``load_samples``.
+
+``spec`` forms: an ``.npz`` (keys = input names, optional ``labels``) or ``.npy`` file; a folder of
+``.npy``/``.npz`` files or of images; ``module:function`` (or ``file.py:function``) yielding feed
+dicts; ``mnist`` (built in); ``random`` (seeded synthetic data). Every array, file or item is one
+sample (the input's rank minus one) or a batch (the input's rank, samples on axis 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import CalibrationError
+from . import sources
+from .images import ImagePreprocess
+from .validate import check_feeds
+
+__all__ = ["ImagePreprocess", "InputSpec", "SampleSet", "load_samples", "model_inputs"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: name, numpy dtype, dims (int static, str named dynamic, None unknown)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+
+def model_inputs(proto: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs that are not initializers, in graph order."""
+    inits = {t.name for t in proto.graph.initializer}
+    specs = []
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        if not vi.type.HasField("tensor_type"):
+            raise CalibrationError(f"input {vi.name!r} is not a tensor; dsqc feeds tensors only")
+        tt = vi.type.tensor_type
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else d.dim_param or None)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        specs.append(InputSpec(vi.name, dtype, tuple(dims)))
+    return specs
+
+
+@dataclass
+class SampleSet:
+    """Samples stacked on axis 0 of every input array; optional labels ``[N]``."""
+
+    feeds: dict[str, np.ndarray]
+    source: str
+    synthetic: bool = False
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.feeds.values()))) if self.feeds else 0
+
+    def _slice(self, start: int, stop: int, source: str) -> SampleSet:
+        labels = None if self.labels is None else self.labels[start:stop]
+        feeds = {k: v[start:stop] for k, v in self.feeds.items()}
+        return SampleSet(feeds, source, self.synthetic, labels)
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Consecutive feed dicts of ``batch_size`` samples (the last may be smaller); views, no copies."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            yield {k: v[start : start + batch_size] for k, v in self.feeds.items()}
+
+    def take(self, n: int) -> SampleSet:
+        """The first ``n`` samples (all of them if there are fewer)."""
+        n = max(0, min(n, len(self)))
+        return self if n == len(self) else self._slice(0, n, f"{self.source}, first {n}")
+
+    def split(self, n_eval: int) -> tuple[SampleSet, SampleSet]:
+        """``(calibration, held-out eval)``: the last ``n_eval`` samples are the eval part."""
+        n = len(self)
+        if not 0 < n_eval < n:
+            raise CalibrationError(
+                f"{self.source}: cannot hold out {n_eval} of {n} samples for evaluation; "
+                "give more samples or a separate evaluation set")
+        cut = n - n_eval
+        return (self._slice(0, cut, f"{self.source}, first {cut}"),
+                self._slice(cut, n, f"{self.source}, last {n_eval}"))
+
+
+def load_samples(
+    spec: str,
+    inputs: list[InputSpec],
+    limit: int | None = None,
+    preprocess: ImagePreprocess | None = None,
+    purpose: str = "calibration",
+) -> SampleSet:
+    """Read and validate samples for ``inputs`` from ``spec``; keep the first ``limit``.
+
+    The built-in names ``mnist`` and ``random`` win over files of that name (write ``./mnist``).
+    Any problem is a one-line ``CalibrationError`` naming the input, file or sample.
+    """
+    where = f"{purpose} data {spec!r}"
+    if limit is not None and limit < 1:
+        raise CalibrationError(f"{where}: the sample limit must be >= 1, got {limit}")
+    if not inputs:
+        raise CalibrationError(f"{where}: the model has no inputs to feed")
+    path = Path(spec)
+    synthetic = False
+    if spec == "random":
+        feeds, labels = sources.from_random(inputs, limit)
+        synthetic = True
+    elif spec == "mnist":
+        feeds, labels = sources.from_mnist(inputs, limit, purpose, where)
+    elif path.is_file():
+        feeds, labels = sources.from_file(path, inputs, limit, where)
+    elif path.is_dir():
+        feeds, labels = sources.from_folder(path, inputs, limit, preprocess, where)
+    elif sources.CALLABLE_RE.fullmatch(spec):
+        feeds, labels = sources.from_callable(spec, inputs, limit, where)
+    else:
+        raise CalibrationError(
+            f"{where}: no such file or folder, and not module:function, 'mnist' or 'random'")
+    feeds = check_feeds(feeds, inputs, where)
+    n = len(next(iter(feeds.values())))
+    what = path.name if path.exists() and spec not in ("mnist", "random") else spec
+    return SampleSet(feeds, f"{what} ({n} samples)", synthetic, labels)

@@ -1,0 +1,211 @@
+"""Stream calibration samples through the FP32 model in ONNX Runtime and observe chosen tensors.
+
+The requested intermediates become the only graph outputs of a temporary session; each batch's
+outputs update one observer per tensor and are dropped at once, so peak memory is one batch of
+activations plus one fixed-size histogram per tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import CalibrationError, ModelError
+from .data import SampleSet
+from .observers import Observer, make_observer
+
+log = logging.getLogger(__name__)
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
+_ORT_FLOAT = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Observed exact ``min``/``max`` and the method's chosen range ``lo``/``hi`` of one tensor."""
+
+    name: str
+    min: float
+    max: float
+    lo: float
+    hi: float
+    method: str
+    nonfinite: int = 0  # NaN/Inf values seen and left out (e.g. -inf attention masks)
+
+
+class _Progress:
+    """A one-line ``\\r`` progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.last = total, enabled, 0.0
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.1 and done < self.total):
+            return
+        self.last = now
+        filled = 30 * done // max(self.total, 1)
+        sys.stderr.write(f"\rcalibrating [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} samples")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _check_tensors(proto: onnx.ModelProto, names: Sequence[str]) -> None:
+    graph = proto.graph
+    consts = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    produced = {o for n in graph.node for o in n.output if o} | {i.name for i in graph.input}
+    for name in names:
+        if name in consts:
+            raise CalibrationError(f"tensor {name!r} is a constant; calibrate activations only")
+        if name not in produced:
+            raise CalibrationError(f"tensor {name!r} is not produced by any node of the main graph")
+
+
+def _known_types(proto: onnx.ModelProto) -> dict[str, int]:
+    graph = proto.graph
+    return {vi.name: vi.type.tensor_type.elem_type
+            for vi in (*graph.input, *graph.value_info, *graph.output)
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+
+
+def _session(proto: onnx.ModelProto, outputs: Sequence[str], types: dict[str, int]) -> Any:
+    """An ORT CPU session whose graph outputs are exactly ``outputs`` (the caller's proto is restored)."""
+    import onnxruntime as ort
+
+    saved = list(proto.graph.output)
+    del proto.graph.output[:]
+    for name in outputs:
+        vi = proto.graph.output.add()
+        vi.name = name
+        if name in types:  # element type only: stored shapes may pin a batch size
+            vi.type.tensor_type.elem_type = types[name]
+    try:
+        data = proto.SerializeToString()
+    finally:
+        del proto.graph.output[:]
+        proto.graph.output.extend(saved)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"ONNX Runtime cannot load the model for calibration: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _fixed_batch(proto: onnx.ModelProto) -> int | None:
+    inits = {t.name for t in proto.graph.initializer}
+    for vi in proto.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return int(dims[0].dim_value)
+    return None
+
+
+def calibrate(
+    proto: onnx.ModelProto,
+    tensors: Sequence[str],
+    samples: SampleSet,
+    method: str = "entropy",
+    batch_size: int = 8,
+    progress: bool | None = None,
+    **observer_options: Any,
+) -> dict[str, TensorStats]:
+    """Observe ``tensors`` over ``samples`` with ``method``; non-float tensors are skipped."""
+    start = time.perf_counter()
+    make_observer(method, **observer_options)  # a bad method or option fails before any work
+    names = list(dict.fromkeys(tensors))
+    _check_tensors(proto, names)
+    if len(samples) == 0:
+        raise CalibrationError(f"{samples.source}: no samples to calibrate with")
+    missing = [s for s in (i.name for i in proto.graph.input) if s not in samples.feeds
+               and s not in {t.name for t in proto.graph.initializer}]
+    if missing:
+        raise CalibrationError(f"{samples.source}: no data for model input {missing[0]!r}")
+    types = _known_types(proto)
+    for name in [n for n in names if n in types and types[n] not in _FLOAT_TYPES]:
+        log.debug("calibration skips %r: not a float tensor", name)
+        names.remove(name)
+    graph_inputs = {i.name for i in proto.graph.input}
+    fed = [n for n in names if n in graph_inputs]
+    run = [n for n in names if n not in graph_inputs]
+    session = _session(proto, run, types) if run else None
+    if session is not None:
+        out_types = {o.name: o.type for o in session.get_outputs()}
+        dropped = [n for n in run if out_types.get(n) not in _ORT_FLOAT]
+        if dropped:
+            log.debug("calibration skips %s: not float tensors", ", ".join(map(repr, dropped)))
+            run = [n for n in run if n not in dropped]
+            names = [n for n in names if n not in dropped]
+            session = _session(proto, run, types) if run else None
+    feeds_needed = [i.name for i in proto.graph.input if i.name in samples.feeds]
+    observers: dict[str, Observer] = {n: make_observer(method, **observer_options) for n in names}
+
+    fixed = _fixed_batch(proto)
+    bs = fixed if fixed is not None else max(1, batch_size)
+    n_total = len(samples)
+    if fixed is not None and fixed > 1:
+        if n_total < fixed:
+            raise CalibrationError(f"{samples.source}: the model's batch is fixed to {fixed}, got {n_total} samples")
+        if n_total % fixed:
+            log.warning("batch fixed to %d: the last %d samples are not used", fixed, n_total % fixed)
+            samples = samples.take(n_total - n_total % fixed)
+            n_total = len(samples)
+    bar = _Progress(n_total, sys.stderr.isatty() if progress is None else progress)
+    done = 0
+    try:
+        while done < n_total:
+            n = min(bs, n_total - done)
+            batch = {k: samples.feeds[k][done : done + n] for k in feeds_needed}
+            try:
+                outs = session.run(run, batch) if session is not None else []
+            except Exception as exc:
+                if done == 0 and bs > 1 and fixed is None:  # e.g. a Reshape that hard-codes batch 1
+                    log.warning("the model failed at batch size %d (%s); calibrating with batch 1", bs,
+                                _first_line(exc))
+                    bs = 1
+                    continue
+                raise CalibrationError(
+                    f"{samples.source}: ONNX Runtime failed on samples {done}..{done + n - 1}: "
+                    f"{_first_line(exc)}") from None
+            for name, arr in zip(run, outs):
+                observers[name].update(arr)
+            del outs
+            for name in fed:
+                observers[name].update(batch[name])
+            done += n
+            bar.update(done)
+    finally:
+        bar.close()
+
+    stats: dict[str, TensorStats] = {}
+    for name, obs in observers.items():
+        try:
+            lo, hi = obs.range()
+        except ValueError:
+            raise CalibrationError(
+                f"tensor {name!r} held no finite value over {samples.source}; leave it unquantized") from None
+        if obs.nonfinite:
+            log.warning("tensor %r: %d NaN/Inf values left out of its range", name, obs.nonfinite)
+        stats[name] = TensorStats(name, float(obs.min), float(obs.max), float(lo), float(hi), method,
+                                  obs.nonfinite)
+    log.info("calibrated %d tensors on %d samples in %.2f s (%s)", len(stats), n_total,
+             time.perf_counter() - start, method)
+    return stats

@@ -1,0 +1,159 @@
+"""``dsqc`` command line. Heavy modules are imported inside the commands so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import DsqcError
+
+TARGETS = ("onnx", "trt", "tflite", "hls")
+log = logging.getLogger("dsqc")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose - args.quiet)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DsqcError as exc:
+        print(f"dsqc: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dsqc: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _configure_logging(level: int) -> None:
+    mapping = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
+    logging.basicConfig(level=mapping.get(level, logging.DEBUG if level > 1 else logging.ERROR),
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsqc", description="Offline quantization compiler: "
+                                     "ONNX or PyTorch → INT8/INT4 for ONNX Runtime, TensorRT, TFLite, HLS.")
+    parser.add_argument("--version", action="version", version=f"dsqc {__version__}")
+    _add_verbosity(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_build(sub)
+    _add_inspect(sub)
+    _add_export(sub)
+    return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: object = 0) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=default, help="more output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=default, help="errors only")
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="compile a model for a target")
+    _add_verbosity(p, argparse.SUPPRESS)
+    p.add_argument("model", help="model.onnx, or module:factory returning (torch module, inputs)")
+    p.add_argument("--target", "-t", required=True, help=f"one of {', '.join(TARGETS)}")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--precision", default="int8", help="int8 (default) or fp32")
+    p.add_argument("--calib", help="calibration data: .npz, folder, module:function, mnist, random")
+    p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
+    p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"),
+                   help="range calibration method (default: recipe, else entropy)")
+    p.add_argument("--recipe", type=Path, help="TOML recipe (overrides, exclusions, precisions)")
+    p.add_argument("--eval-data", help="held-out data for verification (default: a split of --calib)")
+    p.add_argument("--eval-samples", type=int, default=64, help="held-out samples (default 64)")
+    p.add_argument("--min-sqnr", type=float, help="fail when an output's SQNR (dB) is below this")
+    p.add_argument("--max-drop", type=float, help="fail when the task metric drops by more than this")
+    p.add_argument("--task-metric", help="module:function(outputs, labels) -> float, higher is better")
+    p.add_argument("--no-latency", action="store_true", help="skip the FP32 vs quantized timing")
+    p.add_argument("--dump-ir", type=Path, help="write the graph after each pass into this folder")
+    p.add_argument("--check-each-pass", action="store_true", help="run onnx.checker after each pass")
+    p.set_defaults(func=_cmd_build)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="ops, parameters, opset, inputs/outputs of a model")
+    _add_verbosity(p, argparse.SUPPRESS)
+    p.add_argument("model", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a PyTorch module to ONNX (module:factory)")
+    _add_verbosity(p, argparse.SUPPRESS)
+    p.add_argument("factory", help="package.module:function returning (torch module, example inputs)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="ONNX file to write")
+    p.set_defaults(func=_cmd_export)
+
+
+def _resolve_model(spec: str, scratch: Path) -> Path:
+    """A file path, or ``module:factory`` exported through torch into ``scratch``."""
+    path = Path(spec)
+    if path.exists() or ":" not in spec or spec.endswith(".onnx"):
+        return path
+    from .model_io import save_model
+    from .torch_export import from_torch, load_factory
+
+    module, inputs = load_factory(spec)
+    target = scratch / f"{spec.partition(':')[2]}.onnx"
+    save_model(from_torch(module, inputs), target)
+    return target
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .build_types import BuildRequest
+    from .pipeline import build
+
+    with tempfile.TemporaryDirectory(prefix="dsqc-") as scratch:
+        request = BuildRequest(
+            model=_resolve_model(args.model, Path(scratch)), target=args.target, out_dir=args.out,
+            precision=args.precision, calib=args.calib, calib_samples=args.calib_samples,
+            calib_batch=args.calib_batch, method=args.method, recipe=args.recipe,
+            eval_data=args.eval_data, eval_samples=args.eval_samples, min_sqnr=args.min_sqnr,
+            max_drop=args.max_drop, task_metric=args.task_metric, measure_latency=not args.no_latency,
+            dump_ir=args.dump_ir, check_each_pass=args.check_each_pass)
+        result = build(request)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    from .report import format_result
+
+    print(format_result(result))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .model_io import load_model
+    from .summary import format_summary, summarize
+
+    summary = summarize(load_model(args.model))
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary, str(args.model)))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .model_io import save_model
+    from .output import staged_output
+    from .torch_export import from_torch, load_factory
+
+    module, inputs = load_factory(args.factory)
+    proto = from_torch(module, inputs)
+    with staged_output(args.out.parent) as staging:
+        save_model(proto, staging / args.out.name)
+    print(f"dsqc: exported {args.factory} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

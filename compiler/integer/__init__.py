@@ -1,0 +1,25 @@
+"""dsqc's integer program: QDQ ONNX lowered to int8 tensors, int32 accumulation and fixed-point
+requantization (one rounding rule, see ``fixedpoint``), and its numpy reference interpreter."""
+
+from .fixedpoint import ROUNDING_RULE, Multiplier, quantize_multiplier, requantize
+from .ops import (
+    AddOp,
+    ConcatOp,
+    ConvOp,
+    DenseOp,
+    ElementwiseOp,
+    IOBinding,
+    Op,
+    PoolOp,
+    Program,
+    Requant,
+    TensorInfo,
+)
+from .program import lower
+from .reference import dequantize_outputs, quantize_inputs, run
+
+__all__ = [
+    "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "Multiplier",
+    "Op", "PoolOp", "Program", "Requant", "TensorInfo", "dequantize_outputs", "lower", "quantize_inputs",
+    "quantize_multiplier", "requantize", "run",
+]

@@ -1,0 +1,103 @@
+"""Fixed-point requantization: dsqc's one rounding rule, shared by the reference and generated code.
+
+A real multiplier ``M > 0`` is stored as an integer pair ``(m, n)`` with ``M ≈ m · 2^-n``. Applying it to
+an integer ``acc`` is
+
+    round_shift(acc · m, n) = (acc · m + 2^(n-1)) >> n      (n ≥ 1; ``>>`` is an arithmetic shift)
+    round_shift(acc · m, 0) = acc · m
+
+in 64-bit arithmetic: **round half up** (ties go toward +∞), exactly what ``(p + (1 << (n-1))) >> n``
+computes on two's-complement machines (gcc, clang and Vitis HLS all shift signed values arithmetically).
+The result is offset by the output zero point and saturated to the output range.
+
+``m`` is normalized to [2^30, 2^31) — 31 significant bits — unless ``M`` is an exact power of two:
+then ``m`` is itself a power of two (usually 1) and the requantization is a shift only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsqc.errors import UnsupportedError
+
+MAX_SHIFT = 62
+MULT_BITS = 31
+ROUNDING_RULE = ("round half up: (acc*m + (1 << (n-1))) >> n with a 64-bit product and an arithmetic "
+                 "right shift, then + zero point and saturation")
+
+
+@dataclass(frozen=True)
+class Multiplier:
+    """``M ≈ m · 2^-n``. ``m`` is a power of two (shift-only) when ``M`` is one."""
+
+    m: int
+    n: int
+
+    @property
+    def real(self) -> float:
+        return self.m / float(2**self.n)
+
+    @property
+    def shift_only(self) -> bool:
+        return self.m & (self.m - 1) == 0
+
+
+def quantize_multiplier(real: float, what: str = "multiplier") -> Multiplier:
+    """Integer multiplier and right shift for ``real`` (> 0). Exact powers of two become shift-only."""
+    if not math.isfinite(real) or real <= 0.0:
+        raise UnsupportedError(f"{what}: requantization multiplier {real!r} is not positive and finite")
+    frac, exp = math.frexp(real)  # real = frac * 2^exp, frac in [0.5, 1)
+    if frac == 0.5:
+        k = exp - 1  # real == 2^k
+        return Multiplier(1, -k) if k <= 0 and -k <= MAX_SHIFT else _pow2_large(k, what)
+    m = round(frac * 2**MULT_BITS)
+    n = MULT_BITS - exp
+    if m == 2**MULT_BITS:
+        m, n = m // 2, n - 1
+    if n < 0:
+        raise UnsupportedError(f"{what}: requantization multiplier {real:.4g} exceeds 2^31")
+    if n > MAX_SHIFT:
+        m, n = max(1, round(real * 2.0**MAX_SHIFT)), MAX_SHIFT
+    return Multiplier(int(m), int(n))
+
+
+def _pow2_large(k: int, what: str) -> Multiplier:
+    if k > 30:
+        raise UnsupportedError(f"{what}: requantization multiplier 2^{k} exceeds 2^30")
+    if k > 0:
+        return Multiplier(2**k, 0)
+    return Multiplier(1, MAX_SHIFT)  # 2^k with k < -62: every int32 rounds to 0 or ±1 anyway
+
+
+def common_multipliers(reals: list[float], what: str = "add") -> tuple[list[int], int]:
+    """Integer multipliers sharing one shift ``n`` (``reals[i] ≈ m[i] · 2^-n``), largest < 2^31."""
+    top = max(reals)
+    if not all(math.isfinite(r) and r > 0 for r in reals):
+        raise UnsupportedError(f"{what}: scale ratios {reals} are not positive and finite")
+    _, exp = math.frexp(top)
+    n = min(MULT_BITS - exp, MAX_SHIFT)
+    if n < 0:
+        raise UnsupportedError(f"{what}: scale ratio {top:.4g} exceeds 2^31")
+    ms = [round(r * 2.0**n) for r in reals]
+    if max(ms) >= 2**MULT_BITS:
+        n -= 1
+        ms = [round(r * 2.0**n) for r in reals]
+    return [int(m) for m in ms], int(n)
+
+
+def round_shift(p: np.ndarray, n: np.ndarray | int) -> np.ndarray:
+    """``(p + 2^(n-1)) >> n`` where ``n ≥ 1``, ``p`` where ``n == 0`` (int64, elementwise)."""
+    p = np.asarray(p, dtype=np.int64)
+    n = np.asarray(n, dtype=np.int64)
+    half = np.where(n > 0, np.left_shift(np.int64(1), np.maximum(n - 1, 0)), 0)
+    return np.right_shift(p + half, n)
+
+
+def requantize(acc: np.ndarray, m: np.ndarray | int, n: np.ndarray | int, zero_point: int,
+               qmin: int, qmax: int) -> np.ndarray:
+    """The rule in numpy: ``clamp(zp + round_shift(acc · m, n), qmin, qmax)`` as int64."""
+    p = np.asarray(acc, dtype=np.int64) * np.asarray(m, dtype=np.int64)
+    return np.clip(round_shift(p, n) + zero_point, qmin, qmax)

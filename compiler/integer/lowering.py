@@ -1,0 +1,226 @@
+"""One lowering function per supported ONNX op: float node between DQ and Q → integer op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from dsqc.errors import UnsupportedError
+
+from .fixedpoint import common_multipliers, quantize_multiplier
+from .ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Requant, TensorInfo
+from .program import Lowering
+
+_ACC_LIMIT = 2**31 - 1
+
+
+def _fail(node: gs.Node, why: str) -> UnsupportedError:
+    return UnsupportedError(f"node '{node.name}' ({node.op}): {why}")
+
+
+def _requant(node: gs.Node, reals: np.ndarray, out: TensorInfo, qmin: int | None = None,
+             qmax: int | None = None) -> Requant:
+    lo = out.qmin if qmin is None else qmin
+    hi = out.qmax if qmax is None else qmax
+    if reals.size == 1 and float(reals.reshape(())) == 1.0:
+        return Requant(np.ones(1, np.int64), np.zeros(1, np.int64), out.zero_point, lo, hi, identity=True)
+    mults = [quantize_multiplier(float(r), f"node '{node.name}'") for r in reals.reshape(-1)]
+    return Requant.build(mults, out.zero_point, lo, hi)
+
+
+def _check_acc(node: gs.Node, weight: np.ndarray, bias: np.ndarray, x: TensorInfo) -> None:
+    """|acc| ≤ Σ|w|·max|x − zp| + |b| must fit int32 for every output channel."""
+    span = max(x.qmax - x.zero_point, x.zero_point - x.qmin)
+    worst = np.abs(weight.reshape(weight.shape[0], -1)).sum(axis=1) * span + np.abs(bias)
+    if np.any(worst > _ACC_LIMIT):
+        raise _fail(node, "the int32 accumulator could overflow (reduction too long)")
+
+
+def _pair(values: object, default: int, node: gs.Node, what: str) -> tuple[int, int]:
+    seq = [int(v) for v in values] if values is not None else [default, default]  # type: ignore[attr-defined]
+    if len(seq) != 2:
+        raise _fail(node, f"only 2-D {what} are supported, got {seq}")
+    return seq[0], seq[1]
+
+
+def _pads(node: gs.Node) -> tuple[int, int, int, int]:
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise _fail(node, f"auto_pad={node.attrs['auto_pad']} is not supported (use explicit pads)")
+    pads = [int(p) for p in node.attrs.get("pads", [0, 0, 0, 0])]
+    if len(pads) != 4:
+        raise _fail(node, f"only 2-D pads are supported, got {pads}")
+    return pads[0], pads[1], pads[2], pads[3]
+
+
+def _spatial(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    return (size + pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def lower_conv(ctx: Lowering, node: gs.Node) -> Op:
+    x = ctx.act(node, 0)
+    if len(x.shape) != 4:
+        raise _fail(node, f"only 2-D convolution on NCHW is supported (input shape {x.shape})")
+    weight, w_scale = ctx.weight(node, 1, channel_axis=0)
+    group = int(node.attrs.get("group", 1))
+    oc, icg, kh, kw = weight.shape
+    if x.shape[1] != icg * group or oc % group:
+        raise _fail(node, f"weight {weight.shape} does not match input {x.shape} with group {group}")
+    strides = _pair(node.attrs.get("strides"), 1, node, "strides")
+    dilations = _pair(node.attrs.get("dilations"), 1, node, "dilations")
+    pads = _pads(node)
+    oh = _spatial(x.shape[2], kh, strides[0], pads[0] + pads[2], dilations[0])
+    ow = _spatial(x.shape[3], kw, strides[1], pads[1] + pads[3], dilations[1])
+    out = ctx.output(node, (1, oc, oh, ow))
+    bias = ctx.bias(node, 2, x.scale * w_scale)
+    _check_acc(node, weight, bias, x)
+    requant = _requant(node, x.scale * w_scale / out.scale, out)
+    return ConvOp(node.name, node.op, [x.name], out.name, weight=weight.astype(np.int8),
+                  bias=bias.astype(np.int32), strides=strides, pads=pads, dilations=dilations, group=group,
+                  in_zp=x.zero_point, requant=requant)
+
+
+def lower_dense(ctx: Lowering, node: gs.Node) -> Op:
+    x = ctx.act(node, 0)
+    if len(x.shape) != 2:
+        raise _fail(node, f"needs a 2-D input [batch, K], got {x.shape} (insert a Flatten)")
+    if node.op == "Gemm":
+        if node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0:
+            raise _fail(node, "transA or alpha != 1 is not supported")
+        if len(node.inputs) > 2 and node.inputs[2].name and node.attrs.get("beta", 1.0) != 1.0:
+            raise _fail(node, "beta != 1 is not supported")
+        trans_b = bool(node.attrs.get("transB", 0))
+    else:
+        trans_b = False
+    weight, w_scale = ctx.weight(node, 1, channel_axis=0 if trans_b else 1)
+    if weight.ndim != 2:
+        raise _fail(node, f"needs a 2-D constant weight, got shape {weight.shape}")
+    weight = weight if trans_b else weight.T
+    if weight.shape[1] != x.shape[1]:
+        raise _fail(node, f"weight {weight.shape} does not match input {x.shape}")
+    out = ctx.output(node, (1, weight.shape[0]))
+    bias = ctx.bias(node, 2, x.scale * w_scale) if node.op == "Gemm" else np.zeros(weight.shape[0], np.int64)
+    _check_acc(node, weight, bias, x)
+    requant = _requant(node, x.scale * w_scale / out.scale, out)
+    return DenseOp(node.name, node.op, [x.name], out.name, weight=np.ascontiguousarray(weight, np.int8),
+                   bias=bias.astype(np.int32), in_zp=x.zero_point, requant=requant)
+
+
+def lower_add(ctx: Lowering, node: gs.Node) -> Op:
+    a, b = ctx.act(node, 0), ctx.act(node, 1)
+    if a.shape != b.shape:
+        raise _fail(node, f"broadcasting {a.shape} + {b.shape} is not supported (equal shapes only)")
+    out = ctx.output(node, a.shape)
+    (ma, mb), n = common_multipliers([a.scale / out.scale, b.scale / out.scale], f"node '{node.name}'")
+    requant = Requant(np.ones(1, np.int64), np.array([n], np.int64), out.zero_point, out.qmin, out.qmax)
+    return AddOp(node.name, node.op, [a.name, b.name], out.name, in_zps=(a.zero_point, b.zero_point),
+                 in_mults=(ma, mb), requant=requant)
+
+
+def lower_clamp(ctx: Lowering, node: gs.Node) -> Op:
+    """Relu / Clip: requantize, then clamp to the quantized bounds (exact: rounding is monotone)."""
+    x = ctx.act(node, 0)
+    out = ctx.output(node, x.shape)
+    lo, hi = _clip_bounds(ctx, node)
+    qlo, qhi = out.qmin, out.qmax
+    if lo is not None:
+        qlo = int(np.clip(np.rint(np.float32(lo) / np.float32(out.scale)) + out.zero_point, out.qmin, out.qmax))
+    if hi is not None:
+        qhi = int(np.clip(np.rint(np.float32(hi) / np.float32(out.scale)) + out.zero_point, out.qmin, out.qmax))
+    requant = _requant(node, np.array([x.scale / out.scale]), out, qlo, qhi)
+    return ElementwiseOp(node.name, node.op, [x.name], out.name, in_zp=x.zero_point, requant=requant)
+
+
+def _clip_bounds(ctx: Lowering, node: gs.Node) -> tuple[float | None, float | None]:
+    if node.op == "Relu":
+        return 0.0, None
+    if "min" in node.attrs or "max" in node.attrs:
+        return node.attrs.get("min"), node.attrs.get("max")
+    bounds: list[float | None] = []
+    for i in (1, 2):
+        has = len(node.inputs) > i and bool(node.inputs[i].name)
+        bounds.append(float(ctx.constant(node, i).reshape(())) if has else None)
+    return bounds[0], bounds[1]
+
+
+def lower_pool(ctx: Lowering, node: gs.Node) -> Op:
+    x = ctx.act(node, 0)
+    if len(x.shape) != 4:
+        raise _fail(node, f"only 2-D pooling on NCHW is supported (input shape {x.shape})")
+    if node.op == "GlobalAveragePool":
+        kernel, strides, pads = (x.shape[2], x.shape[3]), (1, 1), (0, 0, 0, 0)
+    else:
+        if node.attrs.get("ceil_mode", 0) or node.attrs.get("storage_order", 0):
+            raise _fail(node, "ceil_mode / storage_order are not supported")
+        if any(int(d) != 1 for d in node.attrs.get("dilations", [1, 1])):
+            raise _fail(node, "dilated pooling is not supported")
+        kernel = _pair(node.attrs.get("kernel_shape"), 1, node, "kernels")
+        strides = _pair(node.attrs.get("strides"), 1, node, "strides")
+        pads = _pads(node)
+    mode = "max" if node.op == "MaxPool" else "avg"
+    if mode == "avg" and any(pads) and not node.attrs.get("count_include_pad", 0):
+        raise _fail(node, "padded AveragePool needs count_include_pad=1 (one divisor per layer)")
+    oh = _spatial(x.shape[2], kernel[0], strides[0], pads[0] + pads[2])
+    ow = _spatial(x.shape[3], kernel[1], strides[1], pads[1] + pads[3])
+    out = ctx.output(node, (1, x.shape[1], oh, ow))
+    window = 1 if mode == "max" else kernel[0] * kernel[1]
+    requant = _requant(node, np.array([x.scale / (out.scale * window)]), out)
+    return PoolOp(node.name, node.op, [x.name], out.name, mode=mode, kernel=kernel, strides=strides,
+                  pads=pads, in_zp=x.zero_point, requant=requant)
+
+
+def lower_reshape(ctx: Lowering, node: gs.Node) -> Op:
+    x = ctx.act(node, 0)
+    if node.op == "Flatten":
+        axis = int(node.attrs.get("axis", 1)) % max(len(x.shape), 1)
+        if axis == 0:
+            raise _fail(node, "Flatten over the batch axis is not supported")
+        shape: tuple[int, ...] = (int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
+    else:
+        target = ctx.constant(node, 1).astype(np.int64).tolist()
+        if node.attrs.get("allowzero", 0) and 0 in target:
+            raise _fail(node, "allowzero with a 0 in the shape is not supported")
+        target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        try:
+            shape = tuple(int(d) for d in np.empty(x.shape, np.int8).reshape(target).shape)
+        except ValueError as exc:
+            raise _fail(node, f"cannot reshape {x.shape} to {target}") from exc
+    if not shape or shape[0] != 1:
+        raise _fail(node, f"reshape to {shape} moves the batch dimension")
+    out = ctx.output(node, shape)
+    requant = _requant(node, np.array([x.scale / out.scale]), out)
+    return ElementwiseOp(node.name, node.op, [x.name], out.name, in_zp=x.zero_point, requant=requant)
+
+
+def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
+    parts = [ctx.act(node, i) for i in range(len(node.inputs))]
+    rank = len(parts[0].shape)
+    axis = int(node.attrs.get("axis", 1)) % rank
+    if axis == 0 or any(len(p.shape) != rank for p in parts):
+        raise _fail(node, "concatenation on the batch axis or of different ranks is not supported")
+    for p in parts:
+        if p.shape[:axis] != parts[0].shape[:axis] or p.shape[axis + 1:] != parts[0].shape[axis + 1:]:
+            raise _fail(node, f"input shapes {[q.shape for q in parts]} do not concatenate on axis {axis}")
+    shape = list(parts[0].shape)
+    shape[axis] = sum(p.shape[axis] for p in parts)
+    out = ctx.output(node, tuple(shape))
+    requants = tuple(_requant(node, np.array([p.scale / out.scale]), out) for p in parts)
+    return ConcatOp(node.name, node.op, [p.name for p in parts], out.name, axis=axis,
+                    in_zps=tuple(p.zero_point for p in parts), requants=requants)
+
+
+def lower_requantize(ctx: Lowering, q: gs.Node) -> Op:
+    """A DQ → Q pair with nothing between: requantize from one scale to another."""
+    x = ctx.act_tensor(q, q.inputs[0])
+    out = ctx.register(q, x.shape)
+    requant = _requant(q, np.array([x.scale / out.scale]), out)
+    return ElementwiseOp(q.name, "Requantize", [x.name], out.name, in_zp=x.zero_point, requant=requant)
+
+
+LOWERINGS: dict[str, Callable[[Lowering, gs.Node], Op]] = {
+    "Conv": lower_conv, "Gemm": lower_dense, "MatMul": lower_dense, "Add": lower_add,
+    "Relu": lower_clamp, "Clip": lower_clamp, "MaxPool": lower_pool, "AveragePool": lower_pool,
+    "GlobalAveragePool": lower_pool, "Flatten": lower_reshape, "Reshape": lower_reshape,
+    "Concat": lower_concat,
+}

@@ -1,0 +1,177 @@
+"""The typed integer program: int8 tensors (NCHW, batch 1), integer ops, and their requantization.
+
+Every op ends in a ``Requant`` stage (see ``fixedpoint``): an int32/int64 value per element becomes
+``clamp(zero_point + round_shift(value · m[c], n[c]), qmin, qmax)`` with ``c`` the output channel
+(axis 1) when the multipliers are per channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .fixedpoint import Multiplier
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """An int8 activation tensor: shape with batch 1, and the affine map ``real = scale·(q − zp)``."""
+
+    name: str
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+    qmin: int = -128
+    qmax: int = 127
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def same_quant(self, other: TensorInfo) -> bool:
+        return self.scale == other.scale and self.zero_point == other.zero_point
+
+
+@dataclass(frozen=True, eq=False)
+class Requant:
+    """Per-channel (or per-tensor, length 1) multipliers and shifts, output zero point and clamp."""
+
+    m: np.ndarray
+    n: np.ndarray
+    zero_point: int
+    qmin: int
+    qmax: int
+    identity: bool = False
+
+    @classmethod
+    def build(cls, mults: list[Multiplier], zero_point: int, qmin: int, qmax: int) -> Requant:
+        m = np.array([x.m for x in mults], dtype=np.int64)
+        n = np.array([x.n for x in mults], dtype=np.int64)
+        return cls(m, n, int(zero_point), int(qmin), int(qmax))
+
+    @classmethod
+    def copy(cls, out: TensorInfo) -> Requant:
+        """Same scale in and out: ``value + zp`` saturated (the value is ``q − zp`` of the input)."""
+        return cls(np.ones(1, np.int64), np.zeros(1, np.int64), out.zero_point, out.qmin, out.qmax,
+                   identity=True)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.m.size > 1
+
+    @property
+    def shift_only(self) -> bool:
+        return bool(np.all(self.m & (self.m - 1) == 0))
+
+
+@dataclass(eq=False)
+class Op:
+    """Base: the ONNX node it came from, its input and output tensor names."""
+
+    node: str
+    onnx_op: str
+    inputs: list[str]
+    output: str
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(eq=False)
+class ConvOp(Op):
+    """NCHW conv; ``weight`` int8 [OC, IC/group, KH, KW] (zero point 0), ``bias`` int32 [OC]."""
+
+    weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+    in_zp: int = 0
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
+class DenseOp(Op):
+    """``out[o] = Σ_k (x[k] − zp) · weight[o, k] + bias[o]``; ``weight`` int8 [OUT, K]."""
+
+    weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    in_zp: int = 0
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
+class AddOp(Op):
+    """``out = Requant(m_a·(a − za) + m_b·(b − zb))``: both inputs rescaled to one shift ``n``."""
+
+    in_zps: tuple[int, int] = (0, 0)
+    in_mults: tuple[int, int] = (1, 1)
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
+class PoolOp(Op):
+    """Max or average pooling (GlobalAveragePool: the kernel is the whole plane). No ceil mode."""
+
+    mode: str = "max"
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    in_zp: int = 0
+    requant: Requant | None = None  # average: M = s_in / (s_out · window); max: s_in / s_out
+
+
+@dataclass(eq=False)
+class ElementwiseOp(Op):
+    """Relu/Clip (clamp), Flatten/Reshape (copy): ``out = Requant(x − zp)`` element by element."""
+
+    in_zp: int = 0
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
+class ConcatOp(Op):
+    """Concatenation on ``axis``; each input is requantized to the output's scale (a copy when equal)."""
+
+    axis: int = 1
+    in_zps: tuple[int, ...] = ()
+    requants: tuple[Requant, ...] = ()
+
+
+@dataclass
+class IOBinding:
+    """A graph input or output: the float ONNX tensor and the int8 program tensor behind it."""
+
+    onnx_name: str
+    tensor: str
+
+
+@dataclass
+class Program:
+    """An integer program: tensors, ops in execution order, graph inputs and outputs."""
+
+    name: str
+    tensors: dict[str, TensorInfo]
+    ops: list[Op]
+    inputs: list[IOBinding]
+    outputs: list[IOBinding]
+    notes: list[str] = field(default_factory=list)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.tensors[name]
+
+    def macs(self) -> dict[str, int]:
+        """Multiply-accumulates per op (batch 1)."""
+        out: dict[str, int] = {}
+        for op in self.ops:
+            size = self.tensors[op.output].size
+            if isinstance(op, ConvOp):
+                out[op.node] = size * int(np.prod(op.weight.shape[1:]))
+            elif isinstance(op, DenseOp):
+                out[op.node] = int(op.weight.size)
+            else:
+                out[op.node] = 0
+        return out

@@ -1,0 +1,147 @@
+"""dsqc's integer reference: a numpy interpreter of a ``Program`` — the bit-exact definition.
+
+Every op computes an exact integer value (sums of products in int64; large reductions go through
+float64 matrix products, which are exact for integers below 2^53 — far above any int8×int8 reduction
+that fits the int32 accumulator checked at lowering) and then applies ``fixedpoint.requantize``.
+Tensors are NCHW with any batch size N on axis 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from .fixedpoint import requantize
+from .ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Program, Requant
+
+Env = dict[str, np.ndarray]
+_NEG = np.int64(-(2**40))
+
+
+def quantize_inputs(program: Program, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float graph inputs → int8 program inputs with ONNX QuantizeLinear's rule (round half to even)."""
+    out: dict[str, np.ndarray] = {}
+    for binding in program.inputs:
+        info = program.tensors[binding.tensor]
+        x = np.asarray(feeds[binding.onnx_name], dtype=np.float32)
+        q = np.rint(x / np.float32(info.scale)) + info.zero_point
+        out[binding.onnx_name] = np.clip(q, info.qmin, info.qmax).astype(np.int8)
+    return out
+
+
+def dequantize_outputs(program: Program, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """int8 program outputs → float, as the graph's output DequantizeLinear does."""
+    result: dict[str, np.ndarray] = {}
+    for binding in program.outputs:
+        info = program.tensors[binding.tensor]
+        q = np.asarray(outputs[binding.onnx_name], dtype=np.int64)
+        result[binding.onnx_name] = ((q - info.zero_point).astype(np.float32) * np.float32(info.scale))
+    return result
+
+
+def run(program: Program, feeds: Mapping[str, np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
+    """Run on int8 inputs keyed by graph input name; int8 outputs keyed by graph output name.
+
+    ``keep_all``: return every program tensor (keyed by program tensor name) instead.
+    """
+    env: Env = {}
+    for binding in program.inputs:
+        x = np.asarray(feeds[binding.onnx_name])
+        if x.dtype != np.int8:
+            raise TypeError(f"input '{binding.onnx_name}' must be int8 (use quantize_inputs)")
+        expected = program.tensors[binding.tensor].shape[1:]
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"input '{binding.onnx_name}': shape {x.shape}, expected [N, {expected}]")
+        env[binding.tensor] = x.astype(np.int64)
+    for op in program.ops:
+        value = _EXEC[type(op)](op, env)
+        env[op.output] = value.reshape(value.shape[0], *program.tensors[op.output].shape[1:])
+    if keep_all:
+        return {name: value.astype(np.int8) for name, value in env.items()}
+    return {b.onnx_name: env[b.tensor].astype(np.int8) for b in program.outputs}
+
+
+def _apply(rq: Requant, value: np.ndarray) -> np.ndarray:
+    """The requantization stage; per-channel multipliers run along axis 1."""
+    view = (1, -1) + (1,) * (value.ndim - 2) if rq.per_channel else (1,)
+    return requantize(value, rq.m.reshape(view), rq.n.reshape(view), rq.zero_point, rq.qmin, rq.qmax)
+
+
+def _windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
+             dilations: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """[N, C, H, W] (already padded) → [N, C, KH·KW, OH, OW] window taps."""
+    taps = []
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            y0, x0 = ky * dilations[0], kx * dilations[1]
+            taps.append(x[:, :, y0:y0 + (out_hw[0] - 1) * strides[0] + 1:strides[0],
+                          x0:x0 + (out_hw[1] - 1) * strides[1] + 1:strides[1]])
+    return np.stack(taps, axis=2)
+
+
+def _pad(x: np.ndarray, pads: tuple[int, int, int, int], value: np.int64) -> np.ndarray:
+    top, left, bottom, right = pads
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def _conv(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, ConvOp) and op.requant is not None
+    x = _pad(env[op.inputs[0]] - op.in_zp, op.pads, np.int64(0))
+    oc, icg, kh, kw = op.weight.shape
+    n = x.shape[0]
+    oh = (x.shape[2] - op.dilations[0] * (kh - 1) - 1) // op.strides[0] + 1
+    ow = (x.shape[3] - op.dilations[1] * (kw - 1) - 1) // op.strides[1] + 1
+    cols = _windows(x, (kh, kw), op.strides, op.dilations, (oh, ow))  # [N, C, K2, OH, OW]
+    cols = cols.reshape(n, op.group, icg * kh * kw, oh * ow).astype(np.float64)
+    w = op.weight.reshape(op.group, oc // op.group, icg * kh * kw).astype(np.float64)
+    acc = np.einsum("gok,ngkp->ngop", w, cols, optimize=True).reshape(n, oc, oh, ow)
+    acc = np.rint(acc).astype(np.int64) + op.bias.astype(np.int64).reshape(1, oc, 1, 1)
+    return _apply(op.requant, acc)
+
+
+def _dense(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, DenseOp) and op.requant is not None
+    x = (env[op.inputs[0]] - op.in_zp).astype(np.float64)
+    acc = np.rint(x @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
+    return _apply(op.requant, acc)
+
+
+def _add(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, AddOp) and op.requant is not None
+    a = (env[op.inputs[0]] - op.in_zps[0]) * np.int64(op.in_mults[0])
+    b = (env[op.inputs[1]] - op.in_zps[1]) * np.int64(op.in_mults[1])
+    return _apply(op.requant, a + b)
+
+
+def _pool(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, PoolOp) and op.requant is not None
+    x = env[op.inputs[0]]
+    if op.mode == "max":
+        padded = _pad(x, op.pads, _NEG)
+    else:
+        padded = _pad(x - op.in_zp, op.pads, np.int64(0))
+    oh = (padded.shape[2] - op.kernel[0]) // op.strides[0] + 1
+    ow = (padded.shape[3] - op.kernel[1]) // op.strides[1] + 1
+    taps = _windows(padded, op.kernel, op.strides, (1, 1), (oh, ow))
+    value = taps.max(axis=2) - op.in_zp if op.mode == "max" else taps.sum(axis=2)
+    return _apply(op.requant, value)
+
+
+def _elementwise(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, ElementwiseOp) and op.requant is not None
+    x = env[op.inputs[0]]
+    return _apply(op.requant, x - op.in_zp)
+
+
+def _concat(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, ConcatOp)
+    parts = [_apply(rq, env[name] - zp) for name, zp, rq in zip(op.inputs, op.in_zps, op.requants,
+                                                                  strict=True)]
+    return np.concatenate(parts, axis=op.axis)
+
+
+_EXEC: dict[type, Callable[[Op, Env], np.ndarray]] = {
+    ConvOp: _conv, DenseOp: _dense, AddOp: _add, PoolOp: _pool, ElementwiseOp: _elementwise,
+    ConcatOp: _concat,
+}

@@ -1,0 +1,206 @@
+"""The one place that states the compiler's order:
+
+load ─► normalize ─► calibrate ─► plan ─► insert Q/DQ ─► verify ─► lower(target) ─► write ─► report
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from dsqc.backends.registry import LoweringJob, get_backend
+from dsqc.passes import (
+    BatchNormToMulAdd,
+    EliminateDeadCode,
+    EliminateIdentity,
+    FoldAddIntoBias,
+    FoldConstants,
+    FoldPadIntoConv,
+    FuseConvBatchNorm,
+    SimplifyReshapeTranspose,
+)
+
+from .build_types import BuildRequest, BuildResult
+from .calibration.data import ImagePreprocess, SampleSet, load_samples, model_inputs
+from .errors import CalibrationError, RecipeError
+from .ir import Model
+from .model_io import load_model, prepare
+from .output import staged_output
+from .pass_infra import (
+    CheckInstrument,
+    DumpIRInstrument,
+    FixedPoint,
+    Instrument,
+    PassManager,
+    Step,
+    TimingInstrument,
+)
+from .quant.recipe import Recipe, load_recipe
+from .quantize import quantize_model
+from .report import write_report
+from .verify import check_gates, verify
+
+log = logging.getLogger(__name__)
+
+
+def normalization_steps() -> list[Step]:
+    """FP32 clean-up and fusion, exact to float rounding. Edit the order here and only here."""
+    return [
+        FoldConstants(),
+        FixedPoint([
+            EliminateIdentity(),
+            EliminateDeadCode(),
+            SimplifyReshapeTranspose(),
+            FoldPadIntoConv(),
+            FuseConvBatchNorm(),
+            FoldAddIntoBias(),
+            BatchNormToMulAdd(),
+            FoldConstants(),
+        ], name="cleanup"),
+        EliminateDeadCode(),
+    ]
+
+
+@dataclass
+class NormalizeOptions:
+    dump_ir: Path | None = None
+    check_each_pass: bool = False
+
+
+@dataclass
+class NormalizeResult:
+    model: onnx.ModelProto
+    pass_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def normalize(proto: onnx.ModelProto, options: NormalizeOptions | None = None,
+              label: str = "model") -> NormalizeResult:
+    """Run the FP32 normalization pipeline and re-validate the result."""
+    options = options or NormalizeOptions()
+    timing = TimingInstrument()
+    instruments: list[Instrument] = [timing]
+    if options.check_each_pass:
+        instruments.append(CheckInstrument())
+    if options.dump_ir is not None:
+        instruments.append(DumpIRInstrument(options.dump_ir))
+    model = Model.from_proto(proto)
+    result = PassManager(normalization_steps(), instruments).run(model)
+    out = result.model.to_proto()
+    out.ir_version = proto.ir_version
+    return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
+
+
+def load_and_normalize(path: Path, options: NormalizeOptions | None = None) -> NormalizeResult:
+    start = time.perf_counter()
+    result = normalize(load_model(path), options, label=str(path))
+    log.info("normalized %s in %.2f s", path, time.perf_counter() - start)
+    return result
+
+
+def build(request: BuildRequest) -> BuildResult:
+    """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir."""
+    timings: dict[str, float] = {}
+    clock = _Clock(timings)
+    backend = get_backend(request.target)
+    if request.precision not in PRECISIONS:
+        raise RecipeError(f"--precision {request.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    recipe = load_recipe(request.recipe)
+    if request.method:
+        recipe.method = request.method
+    with clock("load+normalize"):
+        normalized = load_and_normalize(request.model, NormalizeOptions(
+            request.dump_ir, request.check_each_pass))
+    fp32 = normalized.model
+    result = BuildResult(out_dir=request.out_dir, target=request.target,
+                         precision=request.precision, timings=timings)
+    result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
+    job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
+                      eval_feeds=[], options=dict(request.backend_options))
+    if request.precision != "fp32":
+        calib, held_out = load_data(request, fp32, recipe)
+        if calib.synthetic:
+            result.warnings.append(RANDOM_WARNING)
+        with clock("calibrate+plan"):
+            quantized = quantize_model(fp32, backend.profile, recipe, calib, request.calib_batch)
+        result.warnings.extend(f"recipe regex '{r}' matched no node" for r in recipe.unmatched())
+        result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
+        job.eval_feeds = list(held_out.batches(request.calib_batch))
+        with clock("verify"):
+            verification = verify(fp32, quantized.model, job.eval_feeds, held_out.labels,
+                                  request.task_metric, latency=request.measure_latency)
+        result.metrics["verification"] = verification.to_dict()
+        result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
+                                         "eval_source": held_out.source, "eval_samples": len(held_out),
+                                         "method": recipe.method, "synthetic": calib.synthetic}
+    with staged_output(request.out_dir) as staging:
+        with clock("lower+write"):
+            output = backend.emit(job, staging)
+        result.artifacts = [*output.artifacts, Path(REPORT_NAME)]
+        result.metrics.update(output.metrics)
+        result.warnings.extend(output.notes)
+        write_report(staging / REPORT_NAME, result)
+        if "verification" in result.metrics:
+            check_gates(verification, request.min_sqnr, request.max_drop)
+    return result
+
+
+def load_data(request: BuildRequest, fp32: onnx.ModelProto, recipe: Recipe) -> tuple[SampleSet, SampleSet]:
+    """Calibration samples and held-out evaluation samples (``--eval-data`` or a split)."""
+    if not request.calib:
+        raise CalibrationError("int8 needs calibration data: --calib DATA (npz, folder, module:function, "
+                               "mnist), or --precision fp32")
+    inputs = model_inputs(fp32)
+    image = recipe.calibration.get("image")
+    preprocess = ImagePreprocess.from_dict(image) if image else None
+    if request.eval_data:
+        calib = load_samples(request.calib, inputs, request.calib_samples, preprocess)
+        held_out = load_samples(request.eval_data, inputs, request.eval_samples, preprocess, purpose="eval")
+        return calib, held_out
+    if request.calib == "mnist":
+        calib = load_samples("mnist", inputs, request.calib_samples)
+        return calib, load_samples("mnist", inputs, request.eval_samples, purpose="eval")
+    samples = load_samples(request.calib, inputs, None, preprocess)
+    n_eval = min(request.eval_samples, len(samples) // 5)
+    if n_eval < 1:
+        raise CalibrationError(f"{request.calib}: {len(samples)} samples are too few to calibrate and "
+                               "verify; give at least 5 or pass --eval-data")
+    calib, held_out = samples.split(n_eval)
+    return calib.take(request.calib_samples), held_out
+
+
+RANDOM_WARNING = ("CALIBRATED ON RANDOM DATA (--calib random): scales and the accuracy numbers in this "
+                  "report say nothing about real inputs")
+
+
+PRECISIONS = ("int8", "fp32")
+REPORT_NAME = "report.json"
+
+
+class _Clock:
+    """``with clock("phase"):`` adds the phase's wall time to ``timings``."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    def __call__(self, phase: str) -> _Clock:
+        self._phase = phase
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self._phase] = time.perf_counter() - self._start
+        log.info("phase %-16s %.2f s", self._phase, self.timings[self._phase])
+
+
+def model_name(path: Path) -> str:
+    """Artifact stem: the model file's stem without any ``.fp32``/``.int8`` suffix."""
+    stem = path.name
+    for suffix in (".onnx", ".fp32", ".int8"):
+        stem = stem.removesuffix(suffix)
+    return stem or "model"

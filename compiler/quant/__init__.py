@@ -1,0 +1,1 @@
+"""Quantization specs, plans, target profiles, recipes and the planner."""

@@ -1,0 +1,287 @@
+"""The planner: decides, never edits. Placement first (which nodes and tensors), then specs from stats.
+
+Policy lives here and in the target profile; observers only measure, and ``InsertQDQ`` only
+applies the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..ir import Model, constant_value, is_graph_output
+from .profile import TargetProfile
+from .qparams import activation_spec, bias_spec, weight_spec
+from .recipe import NodeOptions, Recipe
+from .spec import NodeDecision, Precision, QuantPlan, QuantSpec
+
+log = logging.getLogger(__name__)
+
+# (weight input index, per-channel axis given the node) and bias input index, per compute op.
+_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+_FOLDABLE = {"Relu", "Clip"}
+_FLOAT_TYPES = {np.dtype(np.float32), np.dtype(np.float16)}
+
+
+@dataclass(frozen=True)
+class Range:
+    lo: float
+    hi: float
+
+
+@dataclass
+class Placement:
+    """Structure of the plan before calibration: what runs in which precision, what gets Q/DQ."""
+
+    decisions: dict[str, NodeDecision] = field(default_factory=dict)
+    options: dict[str, NodeOptions] = field(default_factory=dict)
+    activations: list[str] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)
+    clamps: dict[str, tuple[float, float]] = field(default_factory=dict)
+    folded: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def group_of(self, tensor: str) -> str:
+        while self.groups.get(tensor, tensor) != tensor:
+            tensor = self.groups[tensor]
+        return tensor
+
+    def tie(self, a: str, b: str) -> None:
+        ra, rb = self.group_of(a), self.group_of(b)
+        if ra != rb:
+            self.groups[rb] = ra
+
+
+def weight_axis(node: gs.Node, weight: np.ndarray) -> int:
+    """Output-channel axis of a node's weight: Conv 0, ConvTranspose 1, Gemm by transB, MatMul -1."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    return weight.ndim - 1
+
+
+def place(model: Model, profile: TargetProfile, recipe: Recipe,
+          precision: str = "int8") -> Placement:
+    """Choose node precisions and the activation tensors that need a Q/DQ pair."""
+    placement = Placement()
+    graph = model.graph
+    quantized: set[str] = set()
+    for node in graph.nodes:
+        opts = recipe.options_for(node.name, node.op)
+        placement.options[node.name] = opts
+        placement.decisions[node.name] = _decide(node, opts, profile, precision)
+    for node in graph.nodes:
+        if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded:
+            continue
+        for tensor in _activation_inputs(node):
+            if not _fuses_into_add(node, tensor, profile, placement):
+                quantized.add(tensor.name)
+        out = node.outputs[0]
+        if _wants_output_q(graph, node, profile, placement):
+            folded = _fold_activation(graph, node, profile, placement)
+            quantized.add(folded.name if folded is not None else out.name)
+    _propagate_passthrough(graph, profile, placement, quantized)
+    placement.activations = sorted(quantized)
+    return placement
+
+
+def _fuses_into_add(node: gs.Node, tensor: gs.Tensor, profile: TargetProfile, placement: Placement) -> bool:
+    """TensorRT: the Conv branch of a residual Add fuses into the Conv kernel; only the skip gets Q/DQ."""
+    if node.op != "Add" or not profile.residual_add_skip_only or not tensor.inputs:
+        return False
+    src = tensor.inputs[0]
+    return (src.op in _WEIGHT_INPUT and len(tensor.outputs) == 1
+            and placement.decisions[src.name].precision is Precision.INT8)
+
+
+def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision: str) -> NodeDecision:
+    if precision == "fp32":
+        return NodeDecision(Precision.FP32, "--precision fp32")
+    wanted = opts.precision
+    in_profile = node.op in profile.compute_ops
+    if wanted is Precision.FP32:
+        return NodeDecision(Precision.FP32, "recipe keeps it in fp32")
+    if wanted is Precision.FP16:
+        return NodeDecision(Precision.FP16, "recipe asks for fp16")
+    constant_operand = node.op not in _WEIGHT_INPUT and any(
+        constant_value(t) is not None for t in node.inputs if t.name)
+    if constant_operand and (in_profile or wanted):
+        return NodeDecision(Precision.FP32, f"{node.op} with a constant operand has no fused int8 kernel")
+    is_int4 = wanted is Precision.INT4 or (opts.weight_dtype == "int4" and in_profile)
+    if is_int4 and node.op in ("MatMul", "Gemm") and profile.int4_weights and _const_weight(node):
+        return NodeDecision(Precision.INT4, "int4 weight-only (recipe)")
+    if wanted is Precision.INT4:
+        return NodeDecision(Precision.INT8, "int4 asked but only constant MatMul/Gemm weights take int4")
+    if wanted is Precision.INT8:
+        return NodeDecision(Precision.INT8, "recipe asks for int8")
+    if in_profile:
+        return NodeDecision(Precision.INT8, f"{node.op} has a fused int8 kernel on {profile.name}")
+    return NodeDecision(Precision.FP32, f"{node.op}: no int8 kernel worth the Q/DQ on {profile.name}")
+
+
+def _const_weight(node: gs.Node) -> bool:
+    return len(node.inputs) > 1 and constant_value(node.inputs[1]) is not None
+
+
+def _activation_inputs(node: gs.Node) -> list[gs.Tensor]:
+    """Float, non-constant data inputs (weights and biases are handled as constants)."""
+    skip = {_BIAS_INPUT.get(node.op, -1)}
+    if node.op in _WEIGHT_INPUT and _const_weight(node):
+        skip.add(_WEIGHT_INPUT[node.op])
+    if node.op in ("Reshape", "Slice", "Gather", "Resize", "Expand", "Tile", "Pad", "Split",
+                   "Squeeze", "Unsqueeze"):
+        skip |= set(range(1, len(node.inputs)))
+    return [t for i, t in enumerate(node.inputs)
+            if i not in skip and t.name and constant_value(t) is None and _is_float(t)]
+
+
+def _is_float(tensor: gs.Tensor) -> bool:
+    return tensor.dtype is None or np.dtype(tensor.dtype) in _FLOAT_TYPES
+
+
+def _wants_output_q(graph: gs.Graph, node: gs.Node, profile: TargetProfile, placement: Placement) -> bool:
+    out = node.outputs[0]
+    if not profile.quantize_outputs or not _is_float(out):
+        return False
+    if node.op not in profile.output_q_optional:
+        return True
+    readers = [r for r in out.outputs if placement.decisions.get(r.name)]
+    return any(placement.decisions[r.name].precision is Precision.INT8 or r.op in profile.passthrough_ops
+               or r.op in _FOLDABLE for r in readers) and not is_graph_output(graph, out)
+
+
+def _fold_activation(graph: gs.Graph, node: gs.Node, profile: TargetProfile,
+                     placement: Placement) -> gs.Tensor | None:
+    """Relu / Clip(0, hi) after a compute op becomes the clamp of its output Q (exact: 0 ↦ zp)."""
+    out = node.outputs[0]
+    if not profile.fold_activations or profile.symmetric_activations or len(out.outputs) != 1:
+        return None
+    act = out.outputs[0]
+    if act.op not in _FOLDABLE or is_graph_output(graph, out):
+        return None
+    if placement.decisions[act.name].precision is Precision.FP32 and placement.options[act.name].precision:
+        return None
+    lo, hi = 0.0, float("inf")
+    if act.op == "Clip":
+        bounds = _clip_bounds(act)
+        if bounds is None or bounds[0] != 0.0:
+            return None
+        lo, hi = bounds
+    placement.folded[act.name] = node.name
+    placement.decisions[act.name] = NodeDecision(Precision.INT8, f"folded into the output Q of {node.name}")
+    placement.clamps[act.outputs[0].name] = (lo, hi)
+    return act.outputs[0]
+
+
+def _clip_bounds(node: gs.Node) -> tuple[float, float] | None:
+    if "min" in node.attrs or "max" in node.attrs:
+        return float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf))
+    values = [constant_value(t) if t.name else None for t in node.inputs[1:3]]
+    if any(t.name and v is None for t, v in zip(node.inputs[1:3], values, strict=False)):
+        return None
+    lo = float(values[0]) if len(values) > 0 and values[0] is not None else -np.inf
+    hi = float(values[1]) if len(values) > 1 and values[1] is not None else np.inf
+    return lo, hi
+
+
+def _propagate_passthrough(graph: gs.Graph, profile: TargetProfile, placement: Placement,
+                           quantized: set[str]) -> None:
+    """Layout-only ops between quantized tensors run on integers: input and output share a spec."""
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.nodes:
+            if node.op not in profile.passthrough_ops or not node.inputs or not node.outputs:
+                continue
+            if placement.decisions[node.name].precision is Precision.FP32 and \
+                    placement.options[node.name].precision is Precision.FP32:
+                continue
+            src, dst = node.inputs[0], node.outputs[0]
+            if not (_is_float(src) and _is_float(dst)) or constant_value(src) is not None:
+                continue
+            if src.name in quantized or dst.name in quantized:
+                if not {src.name, dst.name} <= quantized:
+                    quantized |= {src.name, dst.name}
+                    changed = True
+                if placement.group_of(src.name) != placement.group_of(dst.name):
+                    placement.tie(src.name, dst.name)
+                    placement.decisions[node.name] = NodeDecision(
+                        Precision.INT8, f"{node.op} moves integers: shares its input's scale")
+                    changed = True
+    for node in graph.nodes:
+        if node.op in profile.shared_scale_ops and placement.decisions[node.name].precision is Precision.INT8:
+            for tensor in [*_activation_inputs(node), node.outputs[0]]:
+                placement.tie(node.outputs[0].name, tensor.name)
+
+
+def finalize(model: Model, placement: Placement, ranges: Mapping[str, Range],
+             profile: TargetProfile, recipe: Recipe) -> QuantPlan:
+    """Turn calibrated ranges and weights into specs; every decision keeps its reason."""
+    plan = QuantPlan(nodes=dict(placement.decisions), folded_activations=dict(placement.folded),
+                     notes=list(placement.notes))
+    dtype = recipe.activation_dtype or profile.activation_dtype
+    symmetric = profile.symmetric_activations if recipe.symmetric is None else recipe.symmetric
+    group_range: dict[str, list[float]] = {}
+    for name in placement.activations:
+        if name not in ranges:
+            raise KeyError(f"no calibration range for tensor '{name}'")
+        r = ranges[name]
+        lo, hi = r.lo, r.hi
+        if name in placement.clamps:
+            clo, chi = placement.clamps[name]
+            lo, hi = max(lo, clo), min(hi, chi)
+        acc = group_range.setdefault(placement.group_of(name), [np.inf, -np.inf])
+        acc[0], acc[1] = min(acc[0], lo), max(acc[1], hi)
+    for name in placement.activations:
+        lo, hi = group_range[placement.group_of(name)]
+        plan.tensors[name] = activation_spec(lo, hi, dtype, symmetric, profile.power_of_two_scales)
+    for node in model.graph.nodes:
+        _plan_constants(node, plan, placement, profile)
+    return plan
+
+
+def _plan_constants(node: gs.Node, plan: QuantPlan, placement: Placement, profile: TargetProfile) -> None:
+    precision = plan.precision_of(node.name)
+    if node.op not in _WEIGHT_INPUT or precision not in (Precision.INT8, Precision.INT4):
+        return
+    w_tensor = node.inputs[_WEIGHT_INPUT[node.op]]
+    weight = constant_value(w_tensor)
+    if weight is None:
+        return
+    opts = placement.options[node.name]
+    axis = weight_axis(node, weight)
+    if precision is Precision.INT4:
+        block = opts.block_size or None
+        k_axis = 0 if node.op == "MatMul" or not node.attrs.get("transB", 0) else 1
+        plan.tensors[w_tensor.name] = weight_spec(weight, k_axis if block else axis, "int4", block)
+        return
+    per_channel = opts.per_channel and profile.per_channel_weights and weight.ndim >= 2
+    w_spec = weight_spec(weight, axis if per_channel else None, "int8",
+                         power_of_two=profile.power_of_two_scales, limit=opts.weight_limit or profile.weight_limit)
+    plan.tensors[w_tensor.name] = w_spec
+    bias_index = _BIAS_INPUT.get(node.op)
+    if bias_index is None or len(node.inputs) <= bias_index or not node.inputs[bias_index].name:
+        return
+    bias = constant_value(node.inputs[bias_index])
+    x_spec = plan.tensors.get(node.inputs[0].name)
+    beta_scaled = node.op == "Gemm" and node.attrs.get("beta", 1.0) != 1.0
+    if bias is None or bias.ndim != 1 or x_spec is None or beta_scaled:
+        return
+    if node.op == "ConvTranspose" and w_spec.axis is not None and int(node.attrs.get("group", 1)) != 1:
+        return
+    scale = w_spec.scale if w_spec.axis is not None else np.full(bias.shape, w_spec.scale, np.float32)
+    if scale.shape != bias.shape:
+        return
+    plan.tensors[node.inputs[bias_index].name] = bias_spec(x_spec.scale, scale)
+
+
+def spec_for(plan: QuantPlan, name: str) -> QuantSpec | None:
+    return plan.tensors.get(name)

@@ -1,0 +1,46 @@
+"""``TargetProfile``: what a target's int8 runtime can do. The planner obeys it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Ops whose data output equals a data input up to layout: their output reuses the input's spec.
+PASSTHROUGH_OPS = frozenset({
+    "MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather",
+    "Resize", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Pad",
+})
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """Capabilities and rules of one target's integer runtime.
+
+    ``compute_ops``: ops that run in int8 (Q/DQ on their activation inputs, DQ on weights).
+    ``quantize_outputs``: their outputs get a Q too (ORT needs it to fuse Conv → QLinearConv).
+    ``output_q_optional``: ops that fuse without an output Q; their graph outputs stay float.
+    ``fold_activations``: Relu/Clip after a compute op become the clamp of its output Q.
+    ``shared_scale_ops``: all inputs and the output share one scale (TFLite Concat).
+    ``fixed_output_specs``: op → (scale, zero point) the runtime imposes (TFLite Softmax).
+    ``weight_limit``: int8 weights in [-limit, limit] (64 = 7 bits: x86 u8s8 kernels without VNNI
+    add pairs of u8·s8 products in saturating int16, so full 8-bit weights overflow).
+    ``residual_add_skip_only``: a residual Add quantizes only its skip input; the branch coming
+    from a compute op fuses into it (TensorRT's Conv+Add kernel).
+    """
+
+    name: str
+    activation_dtype: str = "uint8"
+    symmetric_activations: bool = False
+    per_channel_weights: bool = True
+    compute_ops: frozenset[str] = frozenset()
+    quantize_outputs: bool = True
+    output_q_optional: frozenset[str] = frozenset()
+    passthrough_ops: frozenset[str] = PASSTHROUGH_OPS
+    fold_activations: bool = True
+    shared_scale_ops: frozenset[str] = frozenset()
+    fixed_output_specs: dict[str, tuple[float, int]] = field(default_factory=dict)
+    int4_weights: bool = True
+    power_of_two_scales: bool = False
+    residual_add_skip_only: bool = False
+    weight_limit: int | None = None
+    float_fallback: str = "fp32"
+    min_opset: int = 13

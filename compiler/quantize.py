@@ -1,0 +1,55 @@
+"""The quantizer phases in order: place → calibrate → finalize the plan → insert Q/DQ."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import onnx
+
+from dsqc.passes.insert_qdq import InsertQDQ
+
+from .calibration.data import SampleSet
+from .calibration.runner import TensorStats, calibrate
+from .ir import Model, default_opset
+from .model_io import INT4_OPSET, prepare, upgrade_opset
+from .pass_infra import PassManager
+from .quant.planner import Placement, Range, finalize, place
+from .quant.profile import TargetProfile
+from .quant.recipe import Recipe
+from .quant.spec import QuantPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Quantized:
+    model: onnx.ModelProto
+    plan: QuantPlan
+    placement: Placement
+    stats: dict[str, TensorStats]
+
+
+def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, samples: SampleSet,
+                   batch_size: int = 8, precision: str = "int8") -> Quantized:
+    """FP32 model + calibration samples → the canonical QDQ model and its plan."""
+    if _wants_int4(recipe) and default_opset(fp32) < INT4_OPSET:
+        fp32 = upgrade_opset(fp32, INT4_OPSET)
+    model = Model.from_proto(fp32)
+    placement = place(model, profile, recipe, precision)
+    log.info("placement: %d activation tensors to calibrate", len(placement.activations))
+    options = {"percentile": recipe.percentile} if recipe.method == "percentile" else {}
+    stats = calibrate(fp32, placement.activations, samples, method=recipe.method,
+                      batch_size=batch_size, **options)
+    ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
+    plan = finalize(model, placement, ranges, profile, recipe)
+    result = PassManager([InsertQDQ(plan)]).run(model)
+    proto = result.model.to_proto()
+    proto.ir_version = fp32.ir_version
+    return Quantized(prepare(proto, "quantized model"), plan, placement, stats)
+
+
+def _wants_int4(recipe: Recipe) -> bool:
+    tables = [recipe.op_types.values(), (o.options for o in recipe.overrides)]
+    asked = any(t.get("weight_dtype") == "int4" or t.get("precision") == "int4" for ts in tables for t in ts)
+    return asked or recipe.weight_dtype == "int4"

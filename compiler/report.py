@@ -1,0 +1,67 @@
+"""``report.json``: the machine-readable record of a build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .build_types import BuildResult
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_report(path: Path, result: BuildResult, extra: dict[str, Any] | None = None) -> None:
+    """Deterministic JSON (sorted keys) so equal inputs give equal reports, timings aside."""
+    body = {"dsqc_version": __version__, **result.to_dict(), **(extra or {})}
+    if result.plan is not None:
+        body["plan"] = result.plan.to_dict()
+    path.write_text(json.dumps(_jsonable(body), indent=2, sort_keys=True) + "\n")
+
+
+def format_result(result: BuildResult) -> str:
+    """The human summary the CLI prints: artifacts, the plan, the verification table."""
+    lines = [f"dsqc: built target '{result.target}' ({result.precision}) in {result.out_dir}"]
+    lines += [f"  {artifact}" for artifact in result.artifacts]
+    if result.plan is not None:
+        hist = ", ".join(f"{k} {v}" for k, v in result.plan.histogram().items())
+        lines.append(f"plan: {hist} nodes; {len(result.plan.tensors)} quantized tensors")
+    ver = result.metrics.get("verification")
+    if ver:
+        lines.append(f"verification on {ver['samples']} held-out samples (FP32 vs quantized, ORT):")
+        lines.append(f"  {'output':24s} {'SQNR dB':>8s} {'cosine':>9s} {'MSE':>10s} {'KL':>10s}")
+        for name, m in ver["outputs"].items():
+            lines.append(f"  {name[:24]:24s} {m['sqnr_db']:8.2f} {m['cosine']:9.5f} {m['mse']:10.3g} "
+                         f"{m['kl']:10.3g}")
+        if ver.get("top1_agreement") is not None:
+            lines.append(f"  top-1 agreement {ver['top1_agreement'] * 100:.2f} %")
+        if ver.get("task"):
+            t = ver["task"]
+            lines.append(f"  {t['metric']}: fp32 {t['fp32']:.4f}  quantized {t['quantized']:.4f}  "
+                         f"drop {t['drop']:+.4f}")
+        size = ver.get("size_bytes")
+        if size:
+            lines.append(f"  size {size['fp32'] / 1e6:.3f} MB → {size['quantized'] / 1e6:.3f} MB "
+                         f"({size['quantized'] / size['fp32']:.2f}×)")
+        lat = ver.get("latency_ms")
+        if lat:
+            lines.append(f"  latency (ORT CPU, 1 thread, batch 1) {lat['fp32']:.3f} ms → "
+                         f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×)")
+    return "\n".join(lines)

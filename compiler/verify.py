@@ -1,0 +1,131 @@
+"""Verification: FP32 and quantized models side by side in ONNX Runtime on held-out samples."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import DsqcError, GateError
+from .metrics import output_metrics, top1_agreement
+
+log = logging.getLogger(__name__)
+Feeds = dict[str, np.ndarray]
+
+
+def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_batches(sess: ort.InferenceSession, batches: Iterable[Feeds]) -> dict[str, np.ndarray]:
+    """Run every batch and concatenate each output along axis 0."""
+    names = [o.name for o in sess.get_outputs()]
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feeds in batches:
+        for name, value in zip(names, sess.run(names, feeds), strict=True):
+            chunks[name].append(np.asarray(value))
+    return {n: np.concatenate(v) if v and v[0].ndim else np.stack(v) for n, v in chunks.items()}
+
+
+@dataclass
+class Verification:
+    outputs: dict[str, dict[str, float]]
+    samples: int
+    top1_agreement: float | None = None
+    task: dict[str, float] | None = None
+    size_bytes: dict[str, int] | None = None
+    latency_ms: dict[str, float] | None = None
+
+    @property
+    def min_sqnr(self) -> float:
+        return min(m["sqnr_db"] for m in self.outputs.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "outputs": self.outputs, "min_sqnr_db": self.min_sqnr,
+                "top1_agreement": self.top1_agreement, "task": self.task,
+                "size_bytes": self.size_bytes, "latency_ms": self.latency_ms}
+
+
+def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
+           labels: np.ndarray | None = None, task_metric: str | None = None,
+           latency: bool = True) -> Verification:
+    """Compare outputs (SQNR, cosine, MSE, KL), top-1, an optional task metric, size and speed."""
+    ref = run_batches(session(fp32), batches)
+    got = run_batches(session(quant), batches)
+    per_output = {name: output_metrics(ref[name], got[name]) for name in ref}
+    first = next(iter(ref))
+    classifier = ref[first].ndim == 2 and ref[first].shape[1] > 1
+    result = Verification(per_output, samples=int(ref[first].shape[0]) if ref[first].ndim else 1)
+    if classifier:
+        result.top1_agreement = top1_agreement(ref[first], got[first])
+    if labels is not None or task_metric:
+        metric = _load_metric(task_metric) if task_metric else _accuracy
+        if labels is not None or task_metric:
+            fp, q = metric(ref, labels), metric(got, labels)
+            result.task = {"fp32": fp, "quantized": q, "drop": fp - q,
+                           "metric": task_metric or "top1_accuracy"}
+    result.size_bytes = {"fp32": fp32.ByteSize(), "quantized": quant.ByteSize()}
+    if latency and batches:
+        sample = {k: v[:1] for k, v in batches[0].items()}
+        result.latency_ms = {"fp32": measure_latency(fp32, sample), "quantized": measure_latency(quant, sample)}
+        result.latency_ms["ratio"] = result.latency_ms["quantized"] / max(result.latency_ms["fp32"], 1e-9)
+    return result
+
+
+def measure_latency(proto: onnx.ModelProto, feeds: Feeds, threads: int = 1, warmup: int = 5,
+                    runs: int = 40, budget_s: float = 3.0) -> float:
+    """Median latency in ms of one batch-1 inference, session built outside the timing."""
+    sess = session(proto, threads=threads)
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < runs and (len(times) < 10 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def check_gates(result: Verification, min_sqnr: float | None, max_drop: float | None) -> None:
+    if min_sqnr is not None and result.min_sqnr < min_sqnr:
+        worst = min(result.outputs, key=lambda n: result.outputs[n]["sqnr_db"])
+        raise GateError(f"output '{worst}' SQNR {result.min_sqnr:.2f} dB is below --min-sqnr {min_sqnr}; "
+                        "exclude sensitive nodes in a recipe or use another calibration method")
+    if max_drop is not None:
+        if result.task is None:
+            raise GateError("--max-drop needs labels (e.g. --calib mnist, npz 'labels') or --task-metric")
+        if result.task["drop"] > max_drop:
+            raise GateError(f"task metric dropped {result.task['drop']:.4f} "
+                            f"({result.task['fp32']:.4f} → {result.task['quantized']:.4f}), "
+                            f"more than --max-drop {max_drop}")
+
+
+def _accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> float:
+    logits = next(iter(outputs.values()))
+    if labels is None or logits.ndim != 2:
+        raise DsqcError("top-1 accuracy needs 2-D logits and labels")
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def _load_metric(spec: str) -> Callable[[dict[str, np.ndarray], np.ndarray | None], float]:
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise DsqcError(f"--task-metric {spec}: cannot import ({exc}); expected module:function") from exc

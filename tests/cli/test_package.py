@@ -1,0 +1,83 @@
+"""Packaging: one `dsqc` namespace, a wheel that installs and runs, a light `--help`."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "tensorrt", "ai_edge_litert", "tflite", "transformers")
+
+
+def test_help_is_light_and_fast() -> None:
+    code = ("import sys, time; t = time.perf_counter(); from dsqc.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"bad = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "print('HEAVY', bad); print('SECONDS', time.perf_counter() - t)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    assert "build" in proc.stdout and "inspect" in proc.stdout
+    assert wall < 5.0  # generous for loaded CI machines; typically ~0.1 s
+
+
+def test_compiler_and_passes_never_import_a_backend() -> None:
+    targets = ("dsqc.backends.onnx", "dsqc.backends.trt", "dsqc.backends.tflite", "dsqc.backends.hls")
+    offenders = []
+    for folder in ("compiler", "passes"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                              if n.startswith(targets) or n.split(".")[0] in HEAVY]
+    allowed = {"compiler/torch_export.py: torch"}
+    assert set(offenders) <= allowed, offenders
+
+
+def test_no_bare_top_level_names_installed() -> None:
+    import dsqc
+    import dsqc.backends
+    import dsqc.models
+    import dsqc.passes
+
+    assert Path(dsqc.__file__).parent.name == "compiler"
+    for bare in ("compiler", "passes", "models", "backends"):
+        assert bare not in sys.modules or not hasattr(sys.modules[bare], "__path__") or \
+            Path(sys.modules[bare].__path__[0]).parent != ROOT
+
+
+@pytest.mark.skipif(os.environ.get("DSQC_SKIP_WHEEL") == "1", reason="DSQC_SKIP_WHEEL=1")
+def test_wheel_installs_non_editable_and_runs(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(dist), str(ROOT)], check=True, timeout=300)
+    wheel = next(dist.glob("dsqc-*.whl"))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    version = subprocess.run([str(env_dir / "bin" / "dsqc"), "--version"], capture_output=True,
+                             text=True, check=True, cwd=tmp_path)
+    assert version.stdout.strip().startswith("dsqc ")
+    where = subprocess.run([str(py), "-c", "import dsqc, dsqc.passes, dsqc.models as m; "
+                            "print(dsqc.__file__); print(m.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert all(str(env_dir) in line for line in where.stdout.split()), where.stdout
+    model = Path(where.stdout.split()[1]).with_name("mnist_cnn.onnx")
+    assert model.is_file(), "the demo model must ship inside the wheel"
+    out = tmp_path / "out"
+    subprocess.run([str(env_dir / "bin" / "dsqc"), "build", str(model), "--target", "onnx",
+                    "--precision", "fp32", "-o", str(out)], check=True, cwd=tmp_path, timeout=300)
+    assert (out / "mnist_cnn.fp32.onnx").is_file()
