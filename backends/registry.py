@@ -67,13 +67,10 @@ def register(cls: B) -> B:
     return cls
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN.values():
-        try:
+def _load_builtins(only: str | None = None) -> None:
+    for name, module in _BUILTIN.items():
+        if only is None or only == name:
             importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
 
 
 def available() -> list[str]:
@@ -82,9 +79,11 @@ def available() -> list[str]:
 
 
 def get_backend(name: str) -> Backend:
-    _load_builtins()
+    if name in _BUILTIN:
+        _load_builtins(only=name)
     if name not in _REGISTRY:
-        raise RecipeError(f"unknown target '{name}'; registered targets: {', '.join(available())}")
+        known = sorted(set(_BUILTIN) | set(_REGISTRY))
+        raise RecipeError(f"unknown target '{name}'; registered targets: {', '.join(known)}")
     return _REGISTRY[name]()
 
 

@@ -38,9 +38,9 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     model = Model.from_proto(fp32)
     placement = place(model, profile, recipe, precision)
     log.info("placement: %d activation tensors to calibrate", len(placement.activations))
-    options = {"percentile": recipe.percentile} if recipe.method == "percentile" else {}
+    options: dict[str, float] = {"percentile": recipe.percentile} if recipe.method == "percentile" else {}
     stats = calibrate(fp32, placement.activations, samples, method=recipe.method,
-                      batch_size=batch_size, **options)
+                      batch_size=batch_size, progress=None, **options)
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
     plan = finalize(model, placement, ranges, profile, recipe)
     result = PassManager([InsertQDQ(plan)]).run(model)

@@ -47,7 +47,7 @@ class Verification:
     outputs: dict[str, dict[str, float]]
     samples: int
     top1_agreement: float | None = None
-    task: dict[str, float] | None = None
+    task: dict[str, Any] | None = None
     size_bytes: dict[str, int] | None = None
     latency_ms: dict[str, float] | None = None
 
@@ -82,7 +82,8 @@ def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
     result.size_bytes = {"fp32": fp32.ByteSize(), "quantized": quant.ByteSize()}
     if latency and batches:
         sample = {k: v[:1] for k, v in batches[0].items()}
-        result.latency_ms = {"fp32": measure_latency(fp32, sample), "quantized": measure_latency(quant, sample)}
+        result.latency_ms = {"fp32": measure_latency(fp32, sample),
+                             "quantized": measure_latency(quant, sample)}
         result.latency_ms["ratio"] = result.latency_ms["quantized"] / max(result.latency_ms["fp32"], 1e-9)
     return result
 
@@ -126,6 +127,8 @@ def _accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> floa
 def _load_metric(spec: str) -> Callable[[dict[str, np.ndarray], np.ndarray | None], float]:
     module, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        metric: Callable[[dict[str, np.ndarray], np.ndarray | None], float] = getattr(
+            importlib.import_module(module), attr)
+        return metric
     except (ImportError, AttributeError, ValueError) as exc:
         raise DsqcError(f"--task-metric {spec}: cannot import ({exc}); expected module:function") from exc

@@ -19,11 +19,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from dsqc.errors import UnsupportedError
-from dsqc.ir import constant_value
+from dsqc.ir import constant_value, default_opset
 
-from . import rules_conv, rules_math, rules_shape  # noqa: F401  (register rules)
-from .graph import Graph, QParams
+from . import rules_conv, rules_shape  # noqa: F401  (register rules)
+from .graph import NUMPY_DTYPES, Graph, QParams
+from .patterns import Match, find_gelu
 from .rulebook import RULES
+from .rules_math import gelu
 from .schema import options
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class Lowerer:
     def __init__(self, model: onnx.ModelProto, opts: LowerOptions | None = None) -> None:
         self.opts = opts or LowerOptions()
         self.onnx = gs.import_onnx(_static_shapes(model, self.opts.batch))
+        self.opset = default_opset(model)
+        self.quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
         self.g = Graph()
         self.values: dict[str, Value] = {}
         self.qconst: dict[str, tuple[np.ndarray, QParams]] = {}
@@ -80,12 +84,18 @@ class Lowerer:
     # ---- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
         self.onnx.toposort()
+        macros: dict[str, Match] = {}
+        for match in find_gelu(self.onnx):
+            self.consumed.update(n.name for n in match.inner)
+            macros[match.final.name] = match
         for tensor in self.onnx.inputs:
             self._graph_input(tensor)
         for node in self.onnx.nodes:
             if node.name in self.consumed or node.op in _IGNORED:
                 continue
-            if node.op == "QuantizeLinear":
+            if node.name in macros:
+                gelu(self, macros[node.name])
+            elif node.op == "QuantizeLinear":
                 self._quantize(node)
             elif node.op == "DequantizeLinear":
                 self._dequantize(node)
@@ -111,7 +121,10 @@ class Lowerer:
             self.values[q.outputs[0].name] = Value(idx, layout, edge=True)
             self.consumed.add(q.name)
         else:
-            idx = self.g.add(tensor.name, tfl_shape, "float32", nhwc=nhwc)
+            dtype = np.dtype(tensor.dtype).name if tensor.dtype is not None else "float32"
+            if dtype not in NUMPY_DTYPES:
+                raise UnsupportedError(f"graph input '{tensor.name}' has type {dtype}")
+            idx = self.g.add(tensor.name, tfl_shape, dtype, nhwc=nhwc)
         self.values[tensor.name] = Value(idx, layout, edge=True)
         self.g.inputs.append(idx)
 
@@ -191,11 +204,11 @@ class Lowerer:
                                    f"{self.opts.batch}); the tflite target needs static shapes")
         return tuple(int(d) for d in shape)
 
-    def target(self, node: gs.Node, act_inputs: list[str]) -> Target | None:
-        """Int8 placement: all activation inputs int8 and the one output read by a single Q."""
+    def target(self, node: gs.Node, act_inputs: list[str], result: gs.Tensor | None = None) -> Target | None:
+        """Int8 placement: all activation inputs int8 and the output (``result``) read by a single Q."""
         if not act_inputs or not all(self.is_int8(n) for n in act_inputs):
             return None
-        out = node.outputs[0]
+        out = result if result is not None else node.outputs[0]
         readers = list(out.outputs)
         if len(readers) != 1 or readers[0].op != "QuantizeLinear" or any(o is out for o in self.onnx.outputs):
             return None
@@ -206,9 +219,10 @@ class Lowerer:
         return Target(q.outputs[0].name, quant, q)
 
     def output(self, node: gs.Node, target: Target | None, layout: str = "plain", dtype: str = "float32",
-               quant: QParams | None = None, index: int = 0, chw: tuple[int, int, int] | None = None) -> int:
-        """Create the TFLite tensor for ``node.outputs[index]`` and bind the ONNX name(s) to it."""
-        onnx_out = node.outputs[index]
+               quant: QParams | None = None, result: gs.Tensor | None = None,
+               chw: tuple[int, int, int] | None = None) -> int:
+        """Create the TFLite tensor for ``result`` (default ``node.outputs[0]``) and bind the ONNX name(s)."""
+        onnx_out = result if result is not None else node.outputs[0]
         shape = self.onnx_shape(onnx_out)
         if layout == "nhwc":
             shape = _permute(shape, NCHW_TO_NHWC)
@@ -217,7 +231,7 @@ class Lowerer:
             self.consumed.add(target.q_node.name)
         else:
             name = onnx_out.name
-            if dtype == "float32" and _quantized_model(self):
+            if dtype == "float32" and self.quantized:
                 self.stats.float_nodes.append(node.name)
         idx = self.g.add(name, shape, dtype, quant, nhwc=layout == "nhwc")
         value = Value(idx, layout, chw)
@@ -301,10 +315,6 @@ def _qparams(node: gs.Node, axis: int = 0) -> QParams:
         raise UnsupportedError(f"node '{node.name}' ({node.op}): {zero.dtype} quantization; the tflite "
                                "target takes int8 activations and weights (build with --target tflite)")
     return QParams.of(scale, np.zeros_like(scale, np.int64) if zero is None else zero, axis)
-
-
-def _quantized_model(lw: Lowerer) -> bool:
-    return bool(lw.qconst) or any(t.dtype == "int8" for t in lw.g.tensors)
 
 
 def _permute(shape: tuple[int, ...], perm: tuple[int, ...]) -> tuple[int, ...]:

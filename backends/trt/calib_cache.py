@@ -61,7 +61,7 @@ class CalibrationCache:
     scales: dict[str, np.float32] = field(default_factory=dict)
 
 
-def format_cache(scales: Mapping[str, float], header: str) -> str:
+def format_cache(scales: Mapping[str, float | np.floating], header: str) -> str:
     """The cache text: header line, then one ``name: hex`` line per tensor, newline-terminated."""
     if not _HEADER.match(header):
         raise RecipeError(f"calibration cache header {header!r} is not TRT-<digits>-<Calibrator>")
@@ -93,7 +93,8 @@ def parse_cache(text: str) -> CalibrationCache:
     return cache
 
 
-def write_cache(path: Path, scales: Mapping[str, float], version: str = DEFAULT_TRT_VERSION) -> None:
+def write_cache(path: Path, scales: Mapping[str, float | np.floating],
+                version: str = DEFAULT_TRT_VERSION) -> None:
     path.write_text(format_cache(scales, cache_header(version)), encoding="utf-8", newline="\n")
 
 

@@ -209,7 +209,7 @@ def _check_fusion(index: GraphIndex, node: onnx.NodeProto, allowed: set[str]) ->
                                f"{rop} '{rlabel}': TensorRT folds the {rop} into the kernel; quantize "
                                f"after the {rop}", "warning"))
         elif (source is not None and source.op_type in ("Conv", "ConvTranspose") and rop == "Add"
-              and len(index.readers(quantized)) == 1):
+              and _only_reader(index, quantized, reader)):
             out.append(Finding(label, "fusion", f"Q/DQ on the {source.op_type} branch of residual Add "
                                f"'{rlabel}': Conv+Add fuse only when just the skip input is quantized",
                                "warning"))
@@ -223,3 +223,18 @@ def _check_fusion(index: GraphIndex, node: onnx.NodeProto, allowed: set[str]) ->
             out.append(Finding(label, "fusion", f"DQ feeds {rop} '{rlabel}', which has no int8 kernel in "
                                "TensorRT: the Q/DQ pair only adds a reformat", "warning"))
     return out
+
+
+def _only_reader(index: GraphIndex, tensor: str, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` is the one consumer of ``tensor``, looking through its Q → DQ pairs."""
+    consumers: list[onnx.NodeProto] = []
+    for reader, _ in index.readers(tensor):
+        if reader.op_type != "QuantizeLinear":
+            consumers.append(reader)
+            continue
+        for dq, _ in index.readers(reader.output[0]):
+            if dq.op_type == "DequantizeLinear":
+                consumers.extend(r for r, _ in index.readers(dq.output[0]))
+            else:
+                consumers.append(dq)
+    return all(c is node for c in consumers)

@@ -38,7 +38,8 @@ class ImagePreprocess:
         if self.color not in _CHANNELS:
             raise RecipeError(f"[calibration.image] color must be 'RGB', 'BGR' or 'L', got {self.color!r}")
         if not 0 < self.crop <= self.size:
-            raise RecipeError(f"[calibration.image] needs 0 < crop <= size, got crop {self.crop}, size {self.size}")
+            raise RecipeError(
+                f"[calibration.image] needs 0 < crop <= size, got crop {self.crop}, size {self.size}")
         for key in ("mean", "std"):
             values = getattr(self, key)
             if len(values) not in (1, self.channels):

@@ -200,7 +200,8 @@ def make_observer(method: str, **options: Any) -> Observer:
     for key in options:
         if key not in known:
             allowed = ", ".join(known) or "none"
-            raise RecipeError(f"unknown option {key!r} for calibration method {method!r} (allowed: {allowed})")
+            raise RecipeError(
+                f"unknown option {key!r} for calibration method {method!r} (allowed: {allowed})")
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:

@@ -11,20 +11,23 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 
-from ..errors import CalibrationError, ModelError
+from ..errors import CalibrationError
 from .data import SampleSet
 from .observers import Observer, make_observer
+from .ort_session import first_line, output_session
 
 log = logging.getLogger(__name__)
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
+OVERLAP = True  # observe batch i in a worker thread while ORT runs batch i + 1
 _ORT_FLOAT = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
 
 
@@ -81,35 +84,6 @@ def _known_types(proto: onnx.ModelProto) -> dict[str, int]:
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
 
 
-def _session(proto: onnx.ModelProto, outputs: Sequence[str], types: dict[str, int]) -> Any:
-    """An ORT CPU session whose graph outputs are exactly ``outputs`` (the caller's proto is restored)."""
-    import onnxruntime as ort
-
-    saved = list(proto.graph.output)
-    del proto.graph.output[:]
-    for name in outputs:
-        vi = proto.graph.output.add()
-        vi.name = name
-        if name in types:  # element type only: stored shapes may pin a batch size
-            vi.type.tensor_type.elem_type = types[name]
-    try:
-        data = proto.SerializeToString()
-    finally:
-        del proto.graph.output[:]
-        proto.graph.output.extend(saved)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"ONNX Runtime cannot load the model for calibration: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _fixed_batch(proto: onnx.ModelProto) -> int | None:
     inits = {t.name for t in proto.graph.initializer}
     for vi in proto.graph.input:
@@ -117,6 +91,31 @@ def _fixed_batch(proto: onnx.ModelProto) -> int | None:
         if vi.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
             return int(dims[0].dim_value)
     return None
+
+
+def _observe(observers: dict[str, Observer], arrays: dict[str, np.ndarray]) -> None:
+    for name, arr in arrays.items():
+        observers[name].update(arr)
+
+
+def _plan_outputs(proto: onnx.ModelProto, names: list[str]) -> tuple[list[str], list[str], Any]:
+    """Split float tensors into graph inputs (observed from the feeds) and a session computing the rest."""
+    types = _known_types(proto)
+    for name in [n for n in names if n in types and types[n] not in _FLOAT_TYPES]:
+        log.debug("calibration skips %r: not a float tensor", name)
+        names.remove(name)
+    graph_inputs = {i.name for i in proto.graph.input}
+    fed = [n for n in names if n in graph_inputs]
+    run = [n for n in names if n not in graph_inputs]
+    session = output_session(proto, run, types) if run else None
+    if session is not None:  # types ORT inferred where the model stored none
+        out_types = {o.name: o.type for o in session.get_outputs()}
+        dropped = [n for n in run if out_types.get(n) not in _ORT_FLOAT]
+        if dropped:
+            log.debug("calibration skips %s: not float tensors", ", ".join(map(repr, dropped)))
+            run = [n for n in run if n not in dropped]
+            session = output_session(proto, run, types) if run else None
+    return fed, run, session
 
 
 def calibrate(
@@ -128,75 +127,76 @@ def calibrate(
     progress: bool | None = None,
     **observer_options: Any,
 ) -> dict[str, TensorStats]:
-    """Observe ``tensors`` over ``samples`` with ``method``; non-float tensors are skipped."""
+    """Observe ``tensors`` over ``samples`` with ``method``; non-float tensors are skipped.
+
+    ORT computes batch ``i + 1`` while a worker thread folds batch ``i`` into the observers, so at
+    most two batches of activations are alive. Models whose batch dim is fixed run at that size;
+    a model that fails at ``batch_size`` on the first batch (a Reshape pinning batch 1) reruns at 1.
+    """
     start = time.perf_counter()
     make_observer(method, **observer_options)  # a bad method or option fails before any work
     names = list(dict.fromkeys(tensors))
     _check_tensors(proto, names)
-    if len(samples) == 0:
-        raise CalibrationError(f"{samples.source}: no samples to calibrate with")
-    missing = [s for s in (i.name for i in proto.graph.input) if s not in samples.feeds
-               and s not in {t.name for t in proto.graph.initializer}]
+    inits = {t.name for t in proto.graph.initializer}
+    feed_names = [i.name for i in proto.graph.input if i.name not in inits]
+    missing = [n for n in feed_names if n not in samples.feeds]
     if missing:
         raise CalibrationError(f"{samples.source}: no data for model input {missing[0]!r}")
-    types = _known_types(proto)
-    for name in [n for n in names if n in types and types[n] not in _FLOAT_TYPES]:
-        log.debug("calibration skips %r: not a float tensor", name)
-        names.remove(name)
-    graph_inputs = {i.name for i in proto.graph.input}
-    fed = [n for n in names if n in graph_inputs]
-    run = [n for n in names if n not in graph_inputs]
-    session = _session(proto, run, types) if run else None
-    if session is not None:
-        out_types = {o.name: o.type for o in session.get_outputs()}
-        dropped = [n for n in run if out_types.get(n) not in _ORT_FLOAT]
-        if dropped:
-            log.debug("calibration skips %s: not float tensors", ", ".join(map(repr, dropped)))
-            run = [n for n in run if n not in dropped]
-            names = [n for n in names if n not in dropped]
-            session = _session(proto, run, types) if run else None
-    feeds_needed = [i.name for i in proto.graph.input if i.name in samples.feeds]
-    observers: dict[str, Observer] = {n: make_observer(method, **observer_options) for n in names}
+    if len(samples) == 0:
+        raise CalibrationError(f"{samples.source}: no samples to calibrate with")
+    fed, run, session = _plan_outputs(proto, names)
+    observers: dict[str, Observer] = {n: make_observer(method, **observer_options) for n in (*fed, *run)}
 
     fixed = _fixed_batch(proto)
     bs = fixed if fixed is not None else max(1, batch_size)
-    n_total = len(samples)
     if fixed is not None and fixed > 1:
-        if n_total < fixed:
-            raise CalibrationError(f"{samples.source}: the model's batch is fixed to {fixed}, got {n_total} samples")
-        if n_total % fixed:
-            log.warning("batch fixed to %d: the last %d samples are not used", fixed, n_total % fixed)
-            samples = samples.take(n_total - n_total % fixed)
-            n_total = len(samples)
-    bar = _Progress(n_total, sys.stderr.isatty() if progress is None else progress)
+        if len(samples) < fixed:
+            raise CalibrationError(
+                f"{samples.source}: the model's batch is fixed to {fixed}, got {len(samples)} samples")
+        if len(samples) % fixed:
+            log.warning("batch fixed to %d: the last %d samples are not used", fixed, len(samples) % fixed)
+            samples = samples.take(len(samples) - len(samples) % fixed)
+    total = len(samples)
+    bar = _Progress(total, sys.stderr.isatty() if progress is None else progress)
     done = 0
-    try:
-        while done < n_total:
-            n = min(bs, n_total - done)
-            batch = {k: samples.feeds[k][done : done + n] for k in feeds_needed}
-            try:
-                outs = session.run(run, batch) if session is not None else []
-            except Exception as exc:
-                if done == 0 and bs > 1 and fixed is None:  # e.g. a Reshape that hard-codes batch 1
-                    log.warning("the model failed at batch size %d (%s); calibrating with batch 1", bs,
-                                _first_line(exc))
-                    bs = 1
-                    continue
-                raise CalibrationError(
-                    f"{samples.source}: ONNX Runtime failed on samples {done}..{done + n - 1}: "
-                    f"{_first_line(exc)}") from None
-            for name, arr in zip(run, outs):
-                observers[name].update(arr)
-            del outs
-            for name in fed:
-                observers[name].update(batch[name])
-            done += n
-            bar.update(done)
-    finally:
-        bar.close()
+    pending: Future[None] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsqc-observe") as pool:
+        try:
+            while done < total:
+                n = min(bs, total - done)
+                batch = {k: samples.feeds[k][done : done + n] for k in feed_names}
+                try:
+                    outs = session.run(run, batch) if session is not None else []
+                except Exception as exc:
+                    if done == 0 and bs > 1 and fixed is None:
+                        log.warning("the model failed at batch size %d (%s); calibrating with batch 1",
+                                    bs, first_line(exc))
+                        bs = 1
+                        continue
+                    raise CalibrationError(
+                        f"{samples.source}: ONNX Runtime failed on samples {done}..{done + n - 1}: "
+                        f"{first_line(exc)}") from None
+                arrays = dict(zip(run, outs, strict=True)) | {k: batch[k] for k in fed}
+                del outs
+                if pending is not None:
+                    pending.result()
+                if OVERLAP:
+                    pending = pool.submit(_observe, observers, arrays)
+                else:
+                    _observe(observers, arrays)
+                del arrays
+                done += n
+                bar.update(done)
+            if pending is not None:
+                pending.result()
+        finally:
+            bar.close()
 
     stats: dict[str, TensorStats] = {}
-    for name, obs in observers.items():
+    for name in names:
+        if name not in observers:
+            continue
+        obs = observers[name]
         try:
             lo, hi = obs.range()
         except ValueError:
@@ -204,8 +204,7 @@ def calibrate(
                 f"tensor {name!r} held no finite value over {samples.source}; leave it unquantized") from None
         if obs.nonfinite:
             log.warning("tensor %r: %d NaN/Inf values left out of its range", name, obs.nonfinite)
-        stats[name] = TensorStats(name, float(obs.min), float(obs.max), float(lo), float(hi), method,
-                                  obs.nonfinite)
-    log.info("calibrated %d tensors on %d samples in %.2f s (%s)", len(stats), n_total,
+        stats[name] = TensorStats(name, obs.min, obs.max, lo, hi, method, obs.nonfinite)
+    log.info("calibrated %d tensors on %d samples in %.2f s (%s)", len(stats), total,
              time.perf_counter() - start, method)
     return stats

@@ -91,7 +91,11 @@ def from_file(path: Path, inputs: Sequence[InputSpec], limit: int | None, where:
 
 
 def from_folder(
-    folder: Path, inputs: Sequence[InputSpec], limit: int | None, preprocess: ImagePreprocess | None, where: str
+    folder: Path,
+    inputs: Sequence[InputSpec],
+    limit: int | None,
+    preprocess: ImagePreprocess | None,
+    where: str,
 ) -> Raw:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     arrays = [p for p in files if p.suffix.lower() in ARRAY_SUFFIXES]

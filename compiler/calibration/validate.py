@@ -83,7 +83,9 @@ def _check_dtype(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     raise CalibrationError(f"{bad}; store {want.name} data for this input")
 
 
-def check_feeds(feeds: dict[str, np.ndarray], inputs: Sequence[InputSpec], where: str) -> dict[str, np.ndarray]:
+def check_feeds(
+    feeds: dict[str, np.ndarray], inputs: Sequence[InputSpec], where: str
+) -> dict[str, np.ndarray]:
     """Dtype (float64 → float32 is cast), static dims (axis 0 free), NaN/Inf, equal and non-zero counts."""
     out: dict[str, np.ndarray] = {}
     counts = {}
@@ -91,7 +93,7 @@ def check_feeds(feeds: dict[str, np.ndarray], inputs: Sequence[InputSpec], where
         arr = _check_dtype(np.asarray(feeds[spec.name]), spec, where)
         got = arr.shape
         if len(got) != len(spec.shape) or any(
-            isinstance(d, int) and d != g for d, g in zip(spec.shape[1:], got[1:])
+            isinstance(d, int) and d != g for d, g in zip(spec.shape[1:], got[1:], strict=True)
         ):
             raise CalibrationError(
                 f"{where}: input {spec.name!r} expects {fmt_shape(spec.shape)}, got {fmt_shape(got)}")

@@ -163,15 +163,15 @@ class Program:
     def info(self, name: str) -> TensorInfo:
         return self.tensors[name]
 
-    def macs(self) -> dict[str, int]:
-        """Multiply-accumulates per op (batch 1)."""
-        out: dict[str, int] = {}
+    def macs(self) -> list[int]:
+        """Multiply-accumulates of each op (batch 1), in op order."""
+        out: list[int] = []
         for op in self.ops:
             size = self.tensors[op.output].size
             if isinstance(op, ConvOp):
-                out[op.node] = size * int(np.prod(op.weight.shape[1:]))
+                out.append(size * int(np.prod(op.weight.shape[1:])))
             elif isinstance(op, DenseOp):
-                out[op.node] = int(op.weight.size)
+                out.append(int(op.weight.size))
             else:
-                out[op.node] = 0
+                out.append(0)
         return out

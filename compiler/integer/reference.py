@@ -80,30 +80,30 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
     return np.stack(taps, axis=2)
 
 
-def _pad(x: np.ndarray, pads: tuple[int, int, int, int], value: np.int64) -> np.ndarray:
+def _pad(x: np.ndarray, pads: tuple[int, int, int, int], value: np.generic) -> np.ndarray:
     top, left, bottom, right = pads
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
 
 
 def _conv(op: Op, env: Env) -> np.ndarray:
     assert isinstance(op, ConvOp) and op.requant is not None
-    x = _pad(env[op.inputs[0]] - op.in_zp, op.pads, np.int64(0))
+    x = _pad((env[op.inputs[0]] - op.in_zp).astype(np.float64), op.pads, np.float64(0))
     oc, icg, kh, kw = op.weight.shape
     n = x.shape[0]
     oh = (x.shape[2] - op.dilations[0] * (kh - 1) - 1) // op.strides[0] + 1
     ow = (x.shape[3] - op.dilations[1] * (kw - 1) - 1) // op.strides[1] + 1
     cols = _windows(x, (kh, kw), op.strides, op.dilations, (oh, ow))  # [N, C, K2, OH, OW]
-    cols = cols.reshape(n, op.group, icg * kh * kw, oh * ow).astype(np.float64)
-    w = op.weight.reshape(op.group, oc // op.group, icg * kh * kw).astype(np.float64)
-    acc = np.einsum("gok,ngkp->ngop", w, cols, optimize=True).reshape(n, oc, oh, ow)
-    acc = np.rint(acc).astype(np.int64) + op.bias.astype(np.int64).reshape(1, oc, 1, 1)
+    cols = cols.reshape(n, op.group, icg * kh * kw, oh * ow)
+    w = op.weight.reshape(1, op.group, oc // op.group, icg * kh * kw).astype(np.float64)
+    acc = np.matmul(w, cols).reshape(n, oc, oh, ow)  # exact: integers far below 2^53
+    acc = acc.astype(np.int64) + op.bias.astype(np.int64).reshape(1, oc, 1, 1)
     return _apply(op.requant, acc)
 
 
 def _dense(op: Op, env: Env) -> np.ndarray:
     assert isinstance(op, DenseOp) and op.requant is not None
     x = (env[op.inputs[0]] - op.in_zp).astype(np.float64)
-    acc = np.rint(x @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
+    acc = (x @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
     return _apply(op.requant, acc)
 
 

@@ -78,6 +78,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
         opts = recipe.options_for(node.name, node.op)
         placement.options[node.name] = opts
         placement.decisions[node.name] = _decide(node, opts, profile, precision)
+    _settle_support_ops(graph, profile, placement)
     for node in graph.nodes:
         if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded:
             continue
@@ -93,6 +94,32 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
     return placement
 
 
+def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
+    """Support ops stay int8 only while some int8 node reads their output (through layout ops)."""
+    support = [n for n in graph.nodes if n.op in profile.support_ops
+               and placement.decisions[n.name].precision is Precision.INT8
+               and placement.options[n.name].precision is None]
+    changed = True
+    while changed:
+        changed = False
+        for node in support:
+            if placement.decisions[node.name].precision is Precision.INT8 and \
+                    not _feeds_int8(node.outputs[0], profile, placement):
+                placement.decisions[node.name] = NodeDecision(
+                    Precision.FP32, f"{node.op} output feeds no int8 node: Q/DQ would cost more than it saves")
+                changed = True
+
+
+def _feeds_int8(tensor: gs.Tensor, profile: TargetProfile, placement: Placement, depth: int = 0) -> bool:
+    for reader in tensor.outputs:
+        if placement.decisions.get(reader.name, NodeDecision(Precision.FP32, "")).precision is Precision.INT8:
+            return True
+        if (reader.op in profile.passthrough_ops or reader.op in _FOLDABLE) and reader.outputs and depth < 8:
+            if _feeds_int8(reader.outputs[0], profile, placement, depth + 1):
+                return True
+    return False
+
+
 def _fuses_into_add(node: gs.Node, tensor: gs.Tensor, profile: TargetProfile, placement: Placement) -> bool:
     """TensorRT: the Conv branch of a residual Add fuses into the Conv kernel; only the skip gets Q/DQ."""
     if node.op != "Add" or not profile.residual_add_skip_only or not tensor.inputs:
@@ -106,7 +133,7 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
     if precision == "fp32":
         return NodeDecision(Precision.FP32, "--precision fp32")
     wanted = opts.precision
-    in_profile = node.op in profile.compute_ops
+    in_profile = node.op in profile.compute_ops or node.op in profile.support_ops
     if wanted is Precision.FP32:
         return NodeDecision(Precision.FP32, "recipe keeps it in fp32")
     if wanted is Precision.FP16:
@@ -264,8 +291,9 @@ def _plan_constants(node: gs.Node, plan: QuantPlan, placement: Placement, profil
         plan.tensors[w_tensor.name] = weight_spec(weight, k_axis if block else axis, "int4", block)
         return
     per_channel = opts.per_channel and profile.per_channel_weights and weight.ndim >= 2
+    limit = opts.weight_limit or profile.weight_limit
     w_spec = weight_spec(weight, axis if per_channel else None, "int8",
-                         power_of_two=profile.power_of_two_scales, limit=opts.weight_limit or profile.weight_limit)
+                         power_of_two=profile.power_of_two_scales, limit=limit)
     plan.tensors[w_tensor.name] = w_spec
     bias_index = _BIAS_INPUT.get(node.op)
     if bias_index is None or len(node.inputs) <= bias_index or not node.inputs[bias_index].name:

@@ -16,6 +16,8 @@ class TargetProfile:
     """Capabilities and rules of one target's integer runtime.
 
     ``compute_ops``: ops that run in int8 (Q/DQ on their activation inputs, DQ on weights).
+    ``support_ops``: ops that run in int8 only when an int8 node reads their output (a residual Add
+    feeding a Conv pays; one feeding LayerNorm only adds Q/DQ).
     ``quantize_outputs``: their outputs get a Q too (ORT needs it to fuse Conv → QLinearConv).
     ``output_q_optional``: ops that fuse without an output Q; their graph outputs stay float.
     ``fold_activations``: Relu/Clip after a compute op become the clamp of its output Q.
@@ -32,6 +34,7 @@ class TargetProfile:
     symmetric_activations: bool = False
     per_channel_weights: bool = True
     compute_ops: frozenset[str] = frozenset()
+    support_ops: frozenset[str] = frozenset()
     quantize_outputs: bool = True
     output_q_optional: frozenset[str] = frozenset()
     passthrough_ops: frozenset[str] = PASSTHROUGH_OPS

@@ -19,11 +19,11 @@ def activation_spec(lo: float, hi: float, dtype: str, symmetric: bool,
         scale = _positive(amax / (qhi if qlo < 0 else qhi / 2.0))
         scale = _pow2(scale) if power_of_two else scale
         zero = 0 if qlo < 0 else (qlo + qhi + 1) // 2
-        return QuantSpec(dtype, np.float32(scale), np.int64(zero))
+        return QuantSpec(dtype, np.asarray(scale, np.float32), np.asarray(zero, np.int64))
     scale = _positive((hi - lo) / (qhi - qlo))
     scale = _pow2(scale) if power_of_two else scale
     zero = int(np.clip(np.rint(qlo - lo / scale), qlo, qhi))
-    return QuantSpec(dtype, np.float32(scale), np.int64(zero))
+    return QuantSpec(dtype, np.asarray(scale, np.float32), np.asarray(zero, np.int64))
 
 
 def weight_spec(weight: np.ndarray, axis: int | None, dtype: str = "int8",
@@ -35,8 +35,9 @@ def weight_spec(weight: np.ndarray, axis: int | None, dtype: str = "int8",
     """
     qmax = min(DTYPE_RANGES[dtype][1], limit or DTYPE_RANGES[dtype][1])
     w = np.abs(weight.astype(np.float64))
+    amax: np.ndarray
     if axis is None:
-        amax = np.float64(w.max(initial=0.0))
+        amax = np.asarray(w.max(initial=0.0))
     elif block_size:
         amax = _block_absmax(w, axis, block_size)
     else:

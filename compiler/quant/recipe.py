@@ -2,7 +2,7 @@
 
 ```toml
 [quantization]                 # defaults (all optional)
-method = "entropy"             # minmax | percentile | entropy | mse
+method = "mse"                 # minmax | percentile | entropy | mse
 percentile = 99.99
 activation_dtype = "uint8"     # uint8 | int8 (a target profile may force one)
 symmetric = false              # symmetric activations
@@ -67,7 +67,7 @@ class Override:
 
 @dataclass
 class Recipe:
-    method: str = "entropy"
+    method: str = "mse"
     percentile: float = 99.99
     activation_dtype: str | None = None
     symmetric: bool | None = None

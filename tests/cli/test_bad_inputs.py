@@ -85,12 +85,14 @@ def test_external_data_escaping_folder(tmp_path: Path) -> None:
     tensor.ClearField("raw_data")
     tensor.ClearField("float_data")
     tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", str(secret.stat().st_size))):
+    size = str(secret.stat().st_size)
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", size)):
         tensor.external_data.add(key=key, value=value)
     (tmp_path / "models").mkdir()
     path = tmp_path / "models" / "escape.onnx"
     onnx.save(model, path)
-    assert_clean_failure(build(path, tmp_path / "out"), tmp_path / "out", "fc_w", "outside the model's folder")
+    proc = build(path, tmp_path / "out")
+    assert_clean_failure(proc, tmp_path / "out", "fc_w", "outside the model's folder")
 
 
 def test_unwritable_output(tmp_path: Path, conv_bn_path: Path) -> None:

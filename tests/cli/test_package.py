@@ -81,3 +81,15 @@ def test_wheel_installs_non_editable_and_runs(tmp_path: Path) -> None:
     subprocess.run([str(env_dir / "bin" / "dsqc"), "build", str(model), "--target", "onnx",
                     "--precision", "fp32", "-o", str(out)], check=True, cwd=tmp_path, timeout=300)
     assert (out / "mnist_cnn.fp32.onnx").is_file()
+
+
+def test_every_code_folder_is_packaged() -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    for ns, folder in config["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            name = ns + "".join(f".{part}" for part in rel.parts)
+            assert name in listed, f"{name} ({init.parent}) is missing from pyproject packages"

@@ -1,0 +1,166 @@
+"""``HlsBackend``: lower the QDQ model to dsqc's integer program and write ``OUT/hls/`` (C99 project).
+
+``backend_options``: ``parallelism`` (MACs per cycle per layer: UNROLL/ARRAY_PARTITION factor, default
+1), ``interface`` (``m_axi`` | ``axis``), ``power_of_two_scales`` (shift-only requantization),
+``clock_mhz`` (latency estimate and Tcl clock, default 200), ``part`` (Tcl ``set_part``),
+``tb_vectors`` (testbench vectors, default 16), ``csim`` (run ``make csim`` when gcc exists, default
+true).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dsqc.errors import DsqcError, RecipeError, UnsupportedError
+from dsqc.integer import Program, lower, quantize_inputs, run
+from dsqc.integer.compare import compare_with_ort
+from dsqc.integer.reference import dequantize_outputs
+from dsqc.quant.profile import TargetProfile
+
+from ..registry import Backend, BackendOutput, LoweringJob, register
+from .c_writer import INTERFACES, write_firmware
+from .csim import check_object, run_csim, toolchain_available
+from .estimates import estimate
+from .pow2 import is_pow2_plan, snap_to_pow2
+from .profile import HLS_POW2_PROFILE, HLS_PROFILE
+from .project import DEFAULT_PART, build_tcl, makefile, testbench
+from .readme import readme
+
+log = logging.getLogger(__name__)
+
+_PART = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class HlsOptions:
+    parallelism: int = 1
+    interface: str = "m_axi"
+    power_of_two_scales: bool = False
+    clock_mhz: float = 200.0
+    part: str = DEFAULT_PART
+    tb_vectors: int = 16
+    csim: bool = True
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> HlsOptions:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise RecipeError(f"hls: unknown option '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        opts = cls(**options)
+        if not isinstance(opts.parallelism, int) or not 1 <= opts.parallelism <= 4096:
+            raise RecipeError(f"hls: parallelism must be an integer in 1..4096, got {opts.parallelism!r}")
+        if opts.interface not in INTERFACES:
+            raise RecipeError(f"hls: interface must be one of {', '.join(INTERFACES)}, got {opts.interface!r}")
+        if not isinstance(opts.clock_mhz, int | float) or not 0 < opts.clock_mhz <= 2000:
+            raise RecipeError(f"hls: clock_mhz must be in (0, 2000], got {opts.clock_mhz!r}")
+        if not isinstance(opts.part, str) or not _PART.match(opts.part):
+            raise RecipeError(f"hls: part must match {_PART.pattern}, got {opts.part!r}")
+        if not isinstance(opts.tb_vectors, int) or opts.tb_vectors < 1:
+            raise RecipeError(f"hls: tb_vectors must be a positive integer, got {opts.tb_vectors!r}")
+        return opts
+
+
+@register
+class HlsBackend(Backend):
+    name = "hls"
+    description = "integer-only C99 project for Vitis/Intel HLS (int8, bit-exact with dsqc's reference)"
+    profile: ClassVar[TargetProfile] = HLS_PROFILE
+
+    @classmethod
+    def profile_for(cls, options: dict[str, Any]) -> TargetProfile:
+        """The profile the planner should use for these ``backend_options``."""
+        return HLS_POW2_PROFILE if options.get("power_of_two_scales") else HLS_PROFILE
+
+    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
+        opts = HlsOptions.parse(dict(job.options))
+        if job.qdq is None or job.plan is None:
+            raise UnsupportedError("hls: the target is integer-only; build with --precision int8")
+        notes: list[str] = []
+        qdq = job.qdq
+        if opts.power_of_two_scales and not is_pow2_plan(job.plan):
+            qdq, _ = snap_to_pow2(job.fp32, job.plan)
+            notes.append("hls: plan scales snapped to powers of two for shift-only requantization")
+        program = lower(qdq, job.name)
+        notes += [f"hls: {note}" for note in program.notes]
+        float_feeds, synthetic = _eval_feeds(job, program, opts.tb_vectors)
+        if synthetic:
+            notes.append("hls: no evaluation data; testbench vectors are random int8 inputs")
+        q_inputs = quantize_inputs(program, float_feeds)
+        expected = run(program, q_inputs)
+        lsb = compare_with_ort(qdq, program, float_feeds, expected)
+        count = min(opts.tb_vectors, len(next(iter(q_inputs.values()))))
+        fw = write_firmware(program, job.name, opts.parallelism, opts.interface)
+        files = dict(fw.files)
+        files["tb/testbench.c"] = testbench(fw, {k: v[:count] for k, v in q_inputs.items()},
+                                            {k: v[:count] for k, v in expected.items()})
+        files["Makefile"] = makefile(fw)
+        files["build.tcl"] = build_tcl(fw, opts.part, float(opts.clock_mhz))
+        root = out / "hls"
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        est = estimate(program, opts.parallelism, float(opts.clock_mhz))
+        metrics: dict[str, Any] = {"top": fw.top, "ops": len(program.ops), "lsb_vs_ort": lsb,
+                                   "eval_samples": len(next(iter(q_inputs.values()))),
+                                   "estimates": est.to_dict(), "options": opts.__dict__}
+        checks = self._check(root, fw.top, count, opts, metrics, notes)
+        checks.append(_lsb_line(lsb))
+        (root / "README.md").write_text(readme(fw, program, est, opts.__dict__, checks))
+        artifacts = [Path("hls") / rel for rel in sorted([*files, "README.md"])]
+        log.info("hls: %d layers, %d MACs, csim %s", len(program.ops), est.macs, metrics["csim"]["status"])
+        return BackendOutput(artifacts=artifacts, metrics={"hls": metrics}, notes=notes)
+
+    @staticmethod
+    def _check(root: Path, top: str, count: int, opts: HlsOptions, metrics: dict[str, Any],
+               notes: list[str]) -> list[str]:
+        if not opts.csim or not toolchain_available():
+            metrics["csim"] = {"status": "skipped"}
+            if opts.csim:
+                notes.append("hls: gcc/make/nm not found; the C was not compiled or simulated")
+            return []
+        result = run_csim(root)
+        obj = check_object(root, f"firmware/{top}.c")
+        metrics["csim"] = {"status": "bit-exact" if result.passed else "FAILED", "vectors": result.vectors,
+                           "mismatching_values": result.mismatches,
+                           "undefined_symbols": obj.undefined, "forbidden_symbols": obj.forbidden,
+                           "stack_frames_static_only": obj.static_only,
+                           "max_stack_bytes": max((b for _, b, _ in obj.stack), default=0)}
+        if not result.passed:
+            raise DsqcError(f"hls: C simulation is not bit-exact against the integer reference "
+                            f"({result.mismatches} mismatching values); log tail: {result.log[-300:]!r}")
+        if obj.forbidden or not obj.static_only:
+            raise DsqcError(f"hls: firmware object uses {obj.forbidden or 'dynamic stack frames'}")
+        return [f"`make csim`: {result.vectors} vectors, 0 mismatching values (bit-exact) — passed at build "
+                "time", f"`nm -u` on the -O0 object: {', '.join(obj.undefined) or 'no undefined symbols'}",
+                f"`-fstack-usage`: {len(obj.stack)} functions, all static frames, largest "
+                f"{metrics['csim']['max_stack_bytes']} bytes"]
+
+
+def _eval_feeds(job: LoweringJob, program: Program, count: int) -> tuple[dict[str, np.ndarray], bool]:
+    """Float inputs for the reference, ORT and the testbench: the job's held-out data, or random int8."""
+    names = [b.onnx_name for b in program.inputs]
+    if job.eval_feeds and all(name in job.eval_feeds[0] for name in names):
+        return {n: np.concatenate([np.asarray(f[n], np.float32) for f in job.eval_feeds]) for n in names}, False
+    rng = np.random.default_rng(0)
+    ints = {b.onnx_name: rng.integers(-128, 128, (count, *program.tensors[b.tensor].shape[1:]), dtype=np.int8)
+            for b in program.inputs}
+    floats = dequantize_outputs(_as_outputs(program), ints)
+    return floats, True
+
+
+def _as_outputs(program: Program) -> Program:
+    """A view of ``program`` whose outputs are its inputs (to dequantize random input codes)."""
+    return Program(program.name, program.tensors, [], program.inputs, program.inputs)
+
+
+def _lsb_line(lsb: dict[str, dict[str, object]]) -> str:
+    parts = [f"{level}: {s['exact']}/{s['values']} exact, {s['off_by_1']} off by 1, "
+             f"{s['off_by_more']} off by more (max {s['max_lsb']})" for level, s in lsb.items()]
+    return "reference vs ONNX Runtime on the QDQ model, output LSBs — " + "; ".join(parts)

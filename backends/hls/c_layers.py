@@ -1,0 +1,284 @@
+"""C99 for one integer op: a static function with constant loop bounds and its constant arrays.
+
+The arithmetic mirrors ``dsqc.integer.reference`` term by term: int32 accumulation of
+``(x − zp) · w`` plus the int32 bias, then ``dsqc_requant`` / ``dsqc_shift`` (the one rounding rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dsqc.integer import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Program, Requant
+
+from .names import comment_text
+
+
+@dataclass
+class CArray:
+    ctype: str
+    name: str
+    values: np.ndarray
+
+
+@dataclass
+class LayerCode:
+    function: str
+    code: str
+    arrays: list[CArray] = field(default_factory=list)
+    helpers: set[str] = field(default_factory=set)
+
+
+def lit(value: int) -> str:
+    """An int literal that is valid C for the whole int32 range."""
+    value = int(value)
+    return "(-2147483647 - 1)" if value == -(2**31) else str(value)
+
+
+def minus_zp(expr: str, zp: int) -> str:
+    return expr if zp == 0 else f"({expr} - {zp})" if zp > 0 else f"({expr} + {-zp})"
+
+
+def affine(terms: list[tuple[str, int]], offset: int) -> str:
+    """``a * 2 + b - 1`` from ``[("a", 2), ("b", 1)], -1`` (unit factors and zero offsets dropped)."""
+    parts = [name if coef == 1 else f"{name} * {coef}" for name, coef in terms if coef]
+    text = " + ".join(parts) or "0"
+    return text if offset == 0 else f"{text} - {-offset}" if offset < 0 else f"{text} + {offset}"
+
+
+class Emitter:
+    """Writes one layer; ``parallelism`` drives UNROLL factors and ARRAY_PARTITION of weights."""
+
+    def __init__(self, program: Program, parallelism: int) -> None:
+        self.program = program
+        self.p = parallelism
+
+    def layer(self, op: Op, fn: str) -> LayerCode:
+        self.fn, self.arrays, self.helpers = fn, [], set()
+        body = {ConvOp: self._conv, DenseOp: self._dense, PoolOp: self._pool, AddOp: self._add,
+                ElementwiseOp: self._elementwise, ConcatOp: self._concat}[type(op)](op)
+        out = self.program.tensors[op.output]
+        head = [f"/* {comment_text(op.onnx_op)} node {comment_text(op.node)}: "
+                f"-> {'x'.join(map(str, out.shape))} int8 (scale {out.scale:.6g}, zero point "
+                f"{out.zero_point}) */"]
+        return LayerCode(fn, "\n".join(head + body) + "\n", self.arrays, self.helpers)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _array(self, suffix: str, ctype: str, values: np.ndarray) -> str:
+        name = f"{self.fn}_{suffix}"
+        self.arrays.append(CArray(ctype, name, np.asarray(values).reshape(-1)))
+        return name
+
+    def _requant(self, rq: Requant, value: str, channel: str = "0") -> str:
+        """C expression applying ``rq`` to the integer ``value`` (per-channel arrays indexed by ``channel``)."""
+        tail = f"{rq.zero_point}, {rq.qmin}, {rq.qmax}"
+        if rq.shift_only:
+            self.helpers.add("dsqc_shift")
+            exps = rq.n - np.log2(rq.m).astype(np.int64)
+            e = (f"{self._array('e', 'int8_t', exps)}[{channel}]" if rq.per_channel
+                 else str(int(exps[0])))
+            return f"dsqc_shift({value}, {e}, {tail})"
+        self.helpers.add("dsqc_requant")
+        if rq.per_channel:
+            m = f"{self._array('m', 'int32_t', rq.m)}[{channel}]"
+            n = f"{self._array('n', 'int8_t', rq.n)}[{channel}]"
+        else:
+            m, n = lit(int(rq.m[0])), str(int(rq.n[0]))
+        return f"dsqc_requant({value}, {m}, {n}, {tail})"
+
+    def _pragmas(self) -> list[str]:
+        """Pipeline the loop and unroll it by the parallelism knob (P values per iteration)."""
+        lines = ["#pragma HLS PIPELINE II=1"]
+        if self.p > 1:
+            lines.append(f"#pragma HLS UNROLL factor={self.p}")
+        return lines
+
+    def _partition(self, array: str) -> list[str]:
+        """Split a weight ROM into P banks so P MACs per cycle can read it."""
+        return [f"#pragma HLS ARRAY_PARTITION variable={array} cyclic factor={self.p} dim=1"] if self.p > 1 else []
+
+    def _size(self, name: str) -> int:
+        return self.program.tensors[name].size
+
+    # -- ops --------------------------------------------------------------------------------------
+
+    def _conv(self, op: Op) -> list[str]:
+        assert isinstance(op, ConvOp) and op.requant is not None
+        _, c, h, w = self.program.tensors[op.inputs[0]].shape
+        oc, icg, kh, kw = op.weight.shape
+        _, _, oh, ow = self.program.tensors[op.output].shape
+        k = icg * kh * kw
+        (sy, sx), (dy, dx), (pt, pl, _, _) = op.strides, op.dilations, op.pads
+        weights = self._array("w", "int8_t", op.weight.reshape(oc, k))
+        bias = self._array("b", "int32_t", op.bias)
+        cin = "ic" if op.group == 1 else f"oc / {oc // op.group} * {icg} + ic"
+        inside = f"iy >= 0 && iy < {h} && ix >= 0 && ix < {w}"
+        term = f"{minus_zp(f'x[({cin} * {h} + iy) * {w} + ix]', op.in_zp)} * {weights}[oc * {k} + kk]"
+        mac = [f"                    acc += {term};"]
+        if any(op.pads):
+            mac = [f"                    if ({inside}) {{", "    " + mac[0], "                    }"]
+        return [
+            f"static void {self.fn}(const int8_t x[{c * h * w}], int8_t y[{oc * oh * ow}])", "{",
+            *self._partition(weights),
+            "    int oc, oy, ox, kk;",
+            f"    for (oc = 0; oc < {oc}; oc++) {{",
+            f"        for (oy = 0; oy < {oh}; oy++) {{",
+            f"            for (ox = 0; ox < {ow}; ox++) {{",
+            f"                int32_t acc = {bias}[oc];",
+            f"                for (kk = 0; kk < {k}; kk++) {{",
+            *self._pragmas(),
+            f"                    const int ic = kk / {kh * kw};",
+            f"                    const int ky = (kk / {kw}) % {kh};",
+            f"                    const int kx = kk % {kw};",
+            f"                    const int iy = {affine([('oy', sy), ('ky', dy)], -pt)};",
+            f"                    const int ix = {affine([('ox', sx), ('kx', dx)], -pl)};",
+            *mac,
+            "                }",
+            f"                y[(oc * {oh} + oy) * {ow} + ox] = {self._requant(op.requant, 'acc', 'oc')};",
+            "            }", "        }", "    }", "}",
+        ]
+
+    def _dense(self, op: Op) -> list[str]:
+        assert isinstance(op, DenseOp) and op.requant is not None
+        n_out, k = op.weight.shape
+        weights = self._array("w", "int8_t", op.weight)
+        bias = self._array("b", "int32_t", op.bias)
+        return [
+            f"static void {self.fn}(const int8_t x[{k}], int8_t y[{n_out}])", "{",
+            *self._partition(weights),
+            "    int o, kk;",
+            f"    for (o = 0; o < {n_out}; o++) {{",
+            f"        int32_t acc = {bias}[o];",
+            f"        for (kk = 0; kk < {k}; kk++) {{",
+            *self._pragmas(),
+            f"            acc += {minus_zp('x[kk]', op.in_zp)} * {weights}[o * {k} + kk];",
+            "        }",
+            f"        y[o] = {self._requant(op.requant, 'acc', 'o')};",
+            "    }", "}",
+        ]
+
+    def _pool(self, op: Op) -> list[str]:
+        assert isinstance(op, PoolOp) and op.requant is not None
+        _, c, h, w = self.program.tensors[op.inputs[0]].shape
+        _, _, oh, ow = self.program.tensors[op.output].shape
+        (kh, kw), (sy, sx), (pt, pl, _, _) = op.kernel, op.strides, op.pads
+        is_max = op.mode == "max"
+        init = "int32_t best = -128;" if is_max else "int32_t sum = 0;"
+        update = ("if (v > best) {\n                            best = v;\n                        }"
+                  if is_max else f"sum += {minus_zp('v', op.in_zp)};")
+        rq = op.requant
+        plain = is_max and rq.identity and rq.zero_point == op.in_zp and (rq.qmin, rq.qmax) == (-128, 127)
+        value = minus_zp("best", op.in_zp) if is_max else "sum"
+        result = "(int8_t)best" if plain else self._requant(rq, value)
+        load = ["const int32_t v = x[(c * {h} + iy) * {w} + ix];".format(h=h, w=w), update]
+        if any(op.pads):
+            load = [f"if (iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) {{",
+                    *["    " + line for line in load], "}"]
+        return [
+            f"static void {self.fn}(const int8_t x[{c * h * w}], int8_t y[{c * oh * ow}])", "{",
+            "    int c, oy, ox, ky, kx;",
+            f"    for (c = 0; c < {c}; c++) {{",
+            f"        for (oy = 0; oy < {oh}; oy++) {{",
+            f"            for (ox = 0; ox < {ow}; ox++) {{",
+            f"                {init}",
+            f"                for (ky = 0; ky < {kh}; ky++) {{",
+            f"                    for (kx = 0; kx < {kw}; kx++) {{",
+            "#pragma HLS PIPELINE II=1",
+            f"                        const int iy = {affine([('oy', sy), ('ky', 1)], -pt)};",
+            f"                        const int ix = {affine([('ox', sx), ('kx', 1)], -pl)};",
+            *["                        " + line for line in load],
+            "                    }", "                }",
+            f"                y[(c * {oh} + oy) * {ow} + ox] = {result};",
+            "            }", "        }", "    }", "}",
+        ]
+
+    def _add(self, op: Op) -> list[str]:
+        assert isinstance(op, AddOp) and op.requant is not None
+        size = self._size(op.output)
+        (za, zb), (ma, mb) = op.in_zps, op.in_mults
+        value = (f"(int64_t){minus_zp('a[i]', za)} * {lit(ma)} + "
+                 f"(int64_t){minus_zp('b[i]', zb)} * {lit(mb)}")
+        return [
+            f"static void {self.fn}(const int8_t a[{size}], const int8_t b[{size}], int8_t y[{size}])",
+            "{", "    int i;",
+            f"    for (i = 0; i < {size}; i++) {{",
+            *self._pragmas(),
+            f"        y[i] = {self._requant(op.requant, value)};",
+            "    }", "}",
+        ]
+
+    def _elementwise(self, op: Op) -> list[str]:
+        assert isinstance(op, ElementwiseOp) and op.requant is not None
+        size, rq = self._size(op.output), op.requant
+        plain = rq.identity and rq.zero_point == op.in_zp and (rq.qmin, rq.qmax) == (-128, 127)
+        expr = "x[i]" if plain else self._requant(rq, minus_zp("x[i]", op.in_zp))
+        return [
+            f"static void {self.fn}(const int8_t x[{size}], int8_t y[{size}])", "{", "    int i;",
+            f"    for (i = 0; i < {size}; i++) {{",
+            *self._pragmas(),
+            f"        y[i] = {expr};",
+            "    }", "}",
+        ]
+
+    def _concat(self, op: Op) -> list[str]:
+        assert isinstance(op, ConcatOp)
+        out = self.program.tensors[op.output]
+        outer = int(np.prod(out.shape[:op.axis]))
+        total = int(np.prod(out.shape[op.axis:]))
+        params = ", ".join(f"const int8_t x{i}[{self._size(name)}]" for i, name in enumerate(op.inputs))
+        lines = [f"static void {self.fn}({params}, int8_t y[{out.size}])", "{", "    int o, i;"]
+        offset = 0
+        for idx, (name, zp, rq) in enumerate(zip(op.inputs, op.in_zps, op.requants, strict=True)):
+            inner = int(np.prod(self.program.tensors[name].shape[op.axis:]))
+            value = self._requant(rq, minus_zp(f"x{idx}[o * {inner} + i]", zp))
+            lines += [f"    for (o = 0; o < {outer}; o++) {{",
+                      f"        for (i = 0; i < {inner}; i++) {{",
+                      *self._pragmas(),
+                      f"            y[o * {total} + {offset} + i] = {value};",
+                      "        }", "    }"]
+            offset += inner
+        return [*lines, "}"]
+
+
+HELPERS = {
+    "dsqc_requant": """\
+/* value * mult, rounded half up by an arithmetic right shift, + zero point, saturated. */
+static int8_t dsqc_requant(int64_t value, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
+{
+    int64_t p = value * (int64_t)mult;
+    if (shift > 0) {
+        p = (p + ((int64_t)1 << (shift - 1))) >> shift;
+    }
+    p += zp;
+    if (p < lo) {
+        p = lo;
+    }
+    if (p > hi) {
+        p = hi;
+    }
+    return (int8_t)p;
+}
+""",
+    "dsqc_shift": """\
+/* Power-of-two requantization: shift > 0 rounds half up, shift < 0 multiplies by 2^-shift. */
+static int8_t dsqc_shift(int64_t value, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
+{
+    int64_t p = value;
+    if (shift > 0) {
+        p = (p + ((int64_t)1 << (shift - 1))) >> shift;
+    } else if (shift < 0) {
+        p = p * ((int64_t)1 << -shift);
+    }
+    p += zp;
+    if (p < lo) {
+        p = lo;
+    }
+    if (p > hi) {
+        p = hi;
+    }
+    return (int8_t)p;
+}
+""",
+}

@@ -1,0 +1,52 @@
+"""C identifiers and comment text derived from ONNX names: nothing a node name holds reaches the C as is.
+
+Identifiers keep ``[A-Za-z0-9_]`` only; comments keep a small safe set (no ``*``, ``/*``, ``\\``, ``?``
+— so no comment terminator, line splice or trigraph can be formed).
+"""
+
+from __future__ import annotations
+
+import re
+
+C_KEYWORDS = frozenset("""
+auto break case char const continue default do double else enum extern float for goto if inline int long
+register restrict return short signed sizeof static struct switch typedef union unsigned void volatile
+while _Bool _Complex _Imaginary main
+""".split())
+
+_NOT_IDENT = re.compile(r"[^A-Za-z0-9]+")
+_NOT_SAFE = re.compile(r"[^A-Za-z0-9 _.,:=+\-]")
+
+
+def _clean(name: str, max_len: int) -> str:
+    return _NOT_IDENT.sub("_", name).strip("_")[:max_len].strip("_")
+
+
+def identifier(name: str, max_len: int = 32, fallback: str = "x") -> str:
+    """A C identifier: runs of other characters become one ``_``; never empty, a keyword or ``dsqc*``."""
+    ident = _clean(name, max_len) or fallback
+    if ident[0].isdigit() or ident in C_KEYWORDS or ident.lower().startswith("dsqc"):
+        ident = f"n_{ident}"
+    return ident
+
+
+def comment_text(text: str, max_len: int = 80) -> str:
+    """Text safe inside ``/* */`` and in Tcl/Markdown: other characters become ``_``."""
+    return _NOT_SAFE.sub("_", text)[:max_len]
+
+
+class Namer:
+    """Hands out unique identifiers (``prefix`` + sanitized hint)."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set(C_KEYWORDS)
+
+    def take(self, prefix: str, hint: str, max_len: int = 24) -> str:
+        cleaned = _clean(hint, max_len)
+        base = f"{prefix}{cleaned}" if cleaned else prefix.rstrip("_")
+        name, index = base, 1
+        while name in self.taken:
+            index += 1
+            name = f"{base}_{index}"
+        self.taken.add(name)
+        return name

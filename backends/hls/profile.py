@@ -1,0 +1,32 @@
+"""The ``hls`` target: int8 asymmetric activations, int8 symmetric per-channel weights, int32 biases.
+
+Asymmetric int8 (not uint8) so that one signed 8-bit datapath serves every tensor and ReLU/ReLU6 fold
+into the output clamp (zero point −128 for a ReLU output). ``power_of_two_scales`` makes every scale a
+power of two, so requantization is a shift (``HLS_POW2_PROFILE``; ``backend_options``
+``power_of_two_scales=true``). Concat inputs share the output's scale: the concat is a copy.
+"""
+
+from dataclasses import replace
+
+from dsqc.quant.profile import TargetProfile
+
+HLS_COMPUTE_OPS = frozenset({
+    "Conv", "Gemm", "MatMul", "Add", "Concat", "AveragePool", "GlobalAveragePool", "Relu", "Clip",
+})
+
+HLS_PROFILE = TargetProfile(
+    name="hls",
+    activation_dtype="int8",
+    symmetric_activations=False,
+    per_channel_weights=True,
+    compute_ops=HLS_COMPUTE_OPS,
+    quantize_outputs=True,
+    output_q_optional=frozenset(),
+    passthrough_ops=frozenset({"MaxPool", "Reshape", "Flatten"}),
+    fold_activations=True,
+    shared_scale_ops=frozenset({"Concat"}),
+    int4_weights=False,
+    power_of_two_scales=False,
+)
+
+HLS_POW2_PROFILE = replace(HLS_PROFILE, power_of_two_scales=True)

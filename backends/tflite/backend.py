@@ -1,0 +1,145 @@
+"""The ``tflite`` target: ``<name>.int8.tflite`` (or ``<name>.fp32.tflite`` with ``--precision fp32``).
+
+Lower the QDQ model, write the flatbuffer, validate it, then run it in LiteRT (XNNPACK) against the
+FP32 ONNX model and the QDQ model, and time it against the float32 ``.tflite`` of the same graph.
+
+Options (``job.options``): ``io`` "float" | "int8" (quantized model inputs/outputs), ``signature``
+(write a SignatureDef, default true), ``input_layout`` "nchw" | "nhwc", ``verify`` and ``latency``
+(default true), ``write_fp32`` (also write the float32 file in an int8 build).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from dsqc.errors import RecipeError
+
+from ..registry import Backend, BackendOutput, LoweringJob, register
+from . import verify
+from .lower import LowerOptions, LowerStats, lower
+from .profile import TFLITE_PROFILE
+from .validate import validate
+from .writer import serialize
+
+log = logging.getLogger(__name__)
+_CHOICES: dict[str, tuple[Any, ...]] = {"io": ("float", "int8"), "input_layout": ("nchw", "nhwc"),
+                                        "signature": (True, False), "verify": (True, False),
+                                        "latency": (True, False), "write_fp32": (True, False)}
+
+
+@dataclass
+class TfliteOptions:
+    io: str = "float"
+    input_layout: str = "nchw"
+    signature: bool = True
+    verify: bool = True
+    latency: bool = True
+    write_fp32: bool = False
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> TfliteOptions:
+        for key, value in raw.items():
+            if key not in _CHOICES:
+                raise RecipeError(f"tflite option '{key}' is unknown; options: {', '.join(sorted(_CHOICES))}")
+            if value not in _CHOICES[key]:
+                choices = ", ".join(str(c) for c in _CHOICES[key])
+                raise RecipeError(f"tflite option {key}={value!r}; choose one of {choices}")
+        return cls(**raw)
+
+
+@dataclass
+class Built:
+    blob: bytes
+    stats: LowerStats
+    ops: dict[str, int]
+    int8_tensors: dict[str, bool]
+    output_scales: dict[str, float]
+    seconds: float
+
+
+def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = None) -> Built:
+    """Lower, serialize and validate one model (QDQ → int8 file, FP32 → float32 file)."""
+    start = time.perf_counter()
+    lowered = LowerOptions(io=io or opts.io, input_layout=opts.input_layout)
+    graph, stats = lower(model, lowered)
+    names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    names_out = [o.name for o in model.graph.output]
+    blob = serialize(graph, opts.signature, names_in, names_out)
+    validate(blob)
+    int8 = {t.name: t.nhwc for t in graph.tensors if t.dtype == "int8" and t.data is None}
+    scales = {}
+    for name, idx in zip(names_out, graph.outputs, strict=True):
+        producer = graph.producer(idx)
+        source = graph.tensors[producer.inputs[0]] if producer and producer.kind == "DEQUANTIZE" else \
+            graph.tensors[idx]
+        if source.quant is not None and source.quant.per_tensor:
+            scales[name] = float(source.quant.scale[0])
+    return Built(blob, stats, graph.histogram(), int8, scales, time.perf_counter() - start)
+
+
+def _describe(built: Built, path: Path) -> dict[str, Any]:
+    s = built.stats
+    return {"file": str(path), "bytes": len(built.blob), "ops": built.ops, "lower_write_s": built.seconds,
+            "edge_transposes": s.edge_transposes, "interior_transposes": s.interior_transposes,
+            "float_nodes": s.float_nodes, "requantized": s.requantize, "notes": s.notes}
+
+
+@register
+class TfliteBackend(Backend):
+    name = "tflite"
+    description = "int8 .tflite flatbuffer for LiteRT/XNNPACK (ARM NEON), verified in the LiteRT interpreter"
+    profile = TFLITE_PROFILE
+
+    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
+        opts = TfliteOptions.parse(job.options)
+        result = BackendOutput()
+        fp32 = build_tflite(job.fp32, opts, io="float")
+        metrics: dict[str, Any] = {}
+        nhwc_in = opts.input_layout == "nhwc"
+        if job.qdq is None or opts.write_fp32:
+            path = Path(f"{job.name}.fp32.tflite")
+            (out / path).write_bytes(fp32.blob)
+            result.artifacts.append(path)
+            metrics["fp32"] = _describe(fp32, path)
+        if job.qdq is None:
+            if opts.verify and job.eval_feeds:
+                metrics["fp32"]["verification"] = verify.outputs_vs_onnx(
+                    fp32.blob, job.fp32, job.eval_feeds, nhwc_in)[0]
+            return self._finish(result, metrics, [])
+        int8 = build_tflite(job.qdq, opts)
+        path = Path(f"{job.name}.int8.tflite")
+        (out / path).write_bytes(int8.blob)
+        result.artifacts.append(path)
+        metrics["int8"] = _describe(int8, path)
+        if opts.verify and job.eval_feeds:
+            check, got = verify.outputs_vs_onnx(int8.blob, job.fp32, job.eval_feeds, nhwc_in)
+            check["vs_qdq"] = verify.outputs_vs_qdq(got, job.qdq, job.eval_feeds, int8.output_scales)
+            if not nhwc_in:
+                first = {k: v[:1] for k, v in job.eval_feeds[0].items()}
+                names = [i.name for i in job.qdq.graph.input]
+                check["tensors_vs_qdq"] = verify.tensors_vs_qdq(int8.blob, job.qdq, first, int8.int8_tensors,
+                                                                [n for n in names if n in first])
+            metrics["verification"] = check
+        if opts.latency and job.eval_feeds:
+            names = [i.name for i in job.fp32.graph.input if i.name in job.eval_feeds[0]]
+            sample = [job.eval_feeds[0][n][:1] for n in names]
+            metrics["latency_ms"] = verify.latency(int8.blob, fp32.blob, sample, nhwc_in)
+        notes = [f"tflite: {len(int8.stats.float_nodes)} node(s) run in float: "
+                 f"{', '.join(int8.stats.float_nodes[:5])}"] if int8.stats.float_nodes else []
+        if int8.stats.interior_transposes:
+            notes.append(f"tflite: {len(int8.stats.interior_transposes)} layout transpose(s) inside the graph")
+        return self._finish(result, metrics, notes + int8.stats.notes)
+
+    @staticmethod
+    def _finish(result: BackendOutput, metrics: dict[str, Any], notes: list[str]) -> BackendOutput:
+        result.metrics["tflite"] = metrics
+        result.notes.extend(notes)
+        for note in notes:
+            log.info("%s", note)
+        return result

@@ -1,0 +1,162 @@
+"""Data movement: Reshape/Flatten/Squeeze/Unsqueeze, Transpose, Concat, Gather, Slice, Identity.
+
+These move integers without changing them, so an int8 input gives an int8 output with the same
+parameters (TFLite requires it); a following QuantizeLinear with other parameters requantizes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .patterns import real_readers
+from .rulebook import rule
+from .rules_common import const_ints, optional, unsupported
+from .schema import options
+
+if TYPE_CHECKING:
+    from .lower import Lowerer
+
+NHWC_AXIS = (0, 3, 1, 2)      # ONNX NCHW axis → its position in NHWC
+NHWC_TO_NCHW = (0, 3, 1, 2)
+
+
+def _passthrough_out(lw: Lowerer, node: gs.Node, src: int, layout: str,
+                     chw: tuple[int, int, int] | None = None, result: gs.Tensor | None = None) -> int:
+    t = lw.g.tensors[src]
+    return lw.output(node, None, layout, t.dtype, t.quant, result=result, chw=chw)
+
+
+def _feeds_fc_only(lw: Lowerer, tensor: gs.Tensor) -> bool:
+    readers, _ = real_readers(tensor)
+    if not readers or any(o is tensor for o in lw.onnx.outputs):
+        return False
+    for r in readers:
+        w = r.inputs[1] if len(r.inputs) > 1 else None
+        ok_gemm = r.op == "Gemm" and not r.attrs.get("transA", 0)
+        ok_matmul = r.op == "MatMul" and w is not None and lw.is_const(w) and len(lw.onnx_shape(w)) == 2
+        if not (ok_gemm or ok_matmul) or w is None or not lw.is_const(w) or r.inputs[0] is w:
+            return False
+    return True
+
+
+def _same_memory_order(shape: tuple[int, ...]) -> bool:
+    """An NCHW shape whose NHWC form has the same element order (C == 1 or H·W == 1)."""
+    return len(shape) == 4 and (shape[1] == 1 or shape[2] * shape[3] == 1)
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(lw: Lowerer, node: gs.Node) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    in_shape, out_shape = lw.onnx_shape(x), lw.onnx_shape(out)
+    value = lw.value(x.name)
+    layout, chw = "plain", None
+    if value.layout == "nhwc" and not _same_memory_order(in_shape):
+        n, c, h, w = in_shape
+        if out_shape == (n, c * h * w) and _feeds_fc_only(lw, out):
+            layout, chw = "flat_hwc", (c, h, w)
+        else:
+            value = lw.to_layout(value, "plain")
+    elif value.layout == "flat_hwc":
+        value = lw.to_layout(value, "plain")
+    src = value.tensor
+    idx = _passthrough_out(lw, node, src, layout, chw)
+    shape_t = lw.g.const(f"{node.name}_shape", np.asarray(out_shape, np.int32))
+    lw.g.op("RESHAPE", [src, shape_t], [idx], options("RESHAPE", newShape=list(out_shape)), node.name)
+
+
+@rule("Transpose")
+def transpose(lw: Lowerer, node: gs.Node) -> None:
+    x = node.inputs[0]
+    rank = len(lw.onnx_shape(x))
+    perm = [int(p) for p in node.attrs.get("perm", list(range(rank))[::-1])]
+    value = lw.value(x.name)
+    if value.layout == "nhwc":
+        perm = [NHWC_TO_NCHW[p] for p in perm]
+    elif value.layout == "flat_hwc":
+        value = lw.to_layout(value, "plain")
+    if perm == list(range(rank)):
+        lw.values[node.outputs[0].name] = type(value)(value.tensor, "plain", None, value.edge)
+        return
+    idx = _passthrough_out(lw, node, value.tensor, "plain")
+    perm_t = lw.g.const(f"{node.name}_perm", np.asarray(perm, np.int32))
+    lw.g.op("TRANSPOSE", [value.tensor, perm_t], [idx], options("TRANSPOSE"), node.name)
+
+
+@rule("Concat")
+def concat(lw: Lowerer, node: gs.Node) -> None:
+    rank = len(lw.onnx_shape(node.outputs[0]))
+    axis = int(node.attrs["axis"]) % rank
+    if any(lw.is_const(t) for t in node.inputs):
+        raise unsupported(node, "constant inputs to Concat")
+    names = [t.name for t in node.inputs]
+    layout = "nhwc" if rank == 4 and all(lw.value(n).layout == "nhwc" for n in names) else "plain"
+    target = lw.target(node, names)
+    ins = [lw.int8_in(n, layout) if target else lw.float_in(n, layout) for n in names]
+    if target:
+        for i, idx in enumerate(ins):
+            if not target.quant.same_as(lw.g.tensors[idx].quant):  # TFLite int8 concat does not rescale
+                requant = lw.g.like(idx, f"{lw.g.tensors[idx].name}_requantized", "int8", target.quant)
+                lw.g.op("QUANTIZE", [idx], [requant], origin=node.name)
+                lw.stats.requantize.append(f"{node.name}: input {names[i]} rescaled to the output scale")
+                ins[i] = requant
+    out = lw.output(node, target, layout)
+    tfl_axis = NHWC_AXIS[axis] if layout == "nhwc" else axis
+    lw.g.op("CONCATENATION", ins, [out], options("CONCATENATION", axis=tfl_axis), node.name)
+
+
+@rule("Identity", "Dropout")
+def identity(lw: Lowerer, node: gs.Node) -> None:
+    lw.values[node.outputs[0].name] = lw.value(node.inputs[0].name)
+
+
+@rule("Gather")
+def gather(lw: Lowerer, node: gs.Node) -> None:
+    data, indices = node.inputs
+    rank = len(lw.onnx_shape(data))
+    axis = int(node.attrs.get("axis", 0)) % rank
+    const_data = lw.const(data) if lw.is_const(data) else None
+    if const_data is not None:
+        table = lw.g.const(data.name, const_data.astype(np.float32), "float32")
+        idx_in = lw.value(indices.name).tensor
+        out = lw.output(node, None)
+    else:
+        value = lw.value(data.name)
+        if value.layout != "plain":
+            value = lw.to_layout(value, "plain")
+        table = value.tensor
+        const_idx = lw.const(indices)
+        if const_idx is None:
+            raise unsupported(node, "both data and indices are computed at run time")
+        idx_in = lw.g.const(f"{node.name}_indices", np.asarray(const_idx, np.int32))
+        out = _passthrough_out(lw, node, table, "plain")
+    lw.g.op("GATHER", [table, idx_in], [out], options("GATHER", axis=axis), node.name)
+
+
+@rule("Slice")
+def slice_(lw: Lowerer, node: gs.Node) -> None:
+    x = node.inputs[0]
+    shape = lw.onnx_shape(x)
+    rank = len(shape)
+    starts, ends = const_ints(optional(node, 1)), const_ints(optional(node, 2))
+    axes = const_ints(optional(node, 3)) or list(range(len(starts or [])))
+    steps = const_ints(optional(node, 4)) or [1] * len(axes)
+    if starts is None or ends is None or any(s <= 0 for s in steps):
+        raise unsupported(node, "only constant, positive-step slices map to STRIDED_SLICE")
+    begin, end, stride = [0] * rank, list(shape), [1] * rank
+    for a, s0, e0, st in zip(axes, starts, ends, steps, strict=True):
+        a %= rank
+        begin[a] = max(0, min(s0 + shape[a] if s0 < 0 else s0, shape[a]))
+        end[a] = max(0, min(e0 + shape[a] if e0 < 0 else e0, shape[a]))
+        stride[a] = st
+    value = lw.value(x.name)
+    if value.layout == "nhwc":
+        begin, end, stride = ([v[p] for p in (0, 2, 3, 1)] for v in (begin, end, stride))
+    elif value.layout == "flat_hwc":
+        value = lw.to_layout(value, "plain")
+    consts = [lw.g.const(f"{node.name}_{k}", np.asarray(v, np.int32))
+              for k, v in (("begin", begin), ("end", end), ("strides", stride))]
+    out = _passthrough_out(lw, node, value.tensor, value.layout)
+    lw.g.op("STRIDED_SLICE", [value.tensor, *consts], [out], options("STRIDED_SLICE"), node.name)

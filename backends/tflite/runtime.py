@@ -1,0 +1,95 @@
+"""Running ``.tflite`` files in the LiteRT interpreter (XNNPACK by default): outputs, tensors, latency.
+
+Only validated files get here (``validate.validate``): LiteRT aborts the process on some bad files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+
+
+def interpreter(blob: bytes, threads: int = 1, preserve: bool = False) -> Any:
+    """An allocated interpreter; ``preserve`` keeps every intermediate tensor (no delegate)."""
+    lite = importlib.import_module("ai_edge_litert.interpreter")
+    kwargs: dict[str, Any] = {"model_content": blob, "num_threads": threads}
+    if preserve:
+        kwargs["experimental_preserve_all_tensors"] = True
+        kwargs["experimental_op_resolver_type"] = lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    it = lite.Interpreter(**kwargs)
+    it.allocate_tensors()
+    return it
+
+
+def _to_input(detail: dict[str, Any], x: np.ndarray, nhwc: bool) -> np.ndarray:
+    if nhwc and x.ndim == 4:
+        x = x.transpose(0, 2, 3, 1)
+    if detail["dtype"] == np.int8:
+        scale, zero = detail["quantization"]
+        x = np.clip(np.rint(x / scale) + zero, -128, 127)
+    return np.ascontiguousarray(x, dtype=detail["dtype"])
+
+
+def _from_output(detail: dict[str, Any], y: np.ndarray, nhwc: bool) -> np.ndarray:
+    if detail["dtype"] == np.int8:
+        scale, zero = detail["quantization"]
+        y = (y.astype(np.float32) - zero) * np.float32(scale)
+    if nhwc and y.ndim == 4:
+        y = y.transpose(0, 3, 1, 2)
+    return np.asarray(y, np.float32)
+
+
+def samples(batches: list[Feeds], names: list[str]) -> list[list[np.ndarray]]:
+    """Split ONNX-style batches into batch-1 samples ordered like ``names``."""
+    out: list[list[np.ndarray]] = []
+    for feeds in batches:
+        n = next(iter(feeds.values())).shape[0]
+        out.extend([feeds[name][i:i + 1] for name in names] for i in range(n))
+    return out
+
+
+def run(blob: bytes, inputs: list[list[np.ndarray]], nhwc_in: bool = False,
+        nhwc_out: bool = False) -> list[np.ndarray]:
+    """Run every sample; float results per output, concatenated along the batch axis."""
+    it = interpreter(blob)
+    ins, outs = it.get_input_details(), it.get_output_details()
+    results: list[list[np.ndarray]] = [[] for _ in outs]
+    for sample in inputs:
+        for detail, x in zip(ins, sample, strict=True):
+            it.set_tensor(detail["index"], _to_input(detail, x, nhwc_in))
+        it.invoke()
+        for k, detail in enumerate(outs):
+            results[k].append(_from_output(detail, it.get_tensor(detail["index"]), nhwc_out))
+    return [np.concatenate(r) for r in results]
+
+
+def tensors(blob: bytes, sample: list[np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """Raw values of the named tensors after one run with the builtin (non-delegated) kernels."""
+    it = interpreter(blob, preserve=True)
+    for detail, x in zip(it.get_input_details(), sample, strict=True):
+        it.set_tensor(detail["index"], _to_input(detail, x, False))
+    it.invoke()
+    return {d["name"]: np.array(it.get_tensor(d["index"])) for d in it.get_tensor_details()
+            if d["name"] in names}
+
+
+def latency_ms(blob: bytes, sample: list[np.ndarray], nhwc_in: bool = False, warmup: int = 5, runs: int = 40,
+               threads: int = 1) -> float:
+    """Median batch-1 latency; interpreter creation and allocation happen outside the timing."""
+    it = interpreter(blob, threads)
+    for detail, x in zip(it.get_input_details(), sample, strict=True):
+        it.set_tensor(detail["index"], _to_input(detail, x, nhwc_in))
+    for _ in range(warmup):
+        it.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        it.invoke()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(statistics.median(times))

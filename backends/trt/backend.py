@@ -1,0 +1,181 @@
+"""The ``trt`` target: strongly typed QDQ ONNX, a TensorRT ≤ 10 calibration cache, build scripts, engine.
+
+Bundle: ``<name>.trt.onnx`` (the Q/DQ model TensorRT parses: int32 bias DQs folded, optionally FP16
+float islands), ``<name>.fp32.onnx`` (the normalized FP32 model the cache belongs to),
+``calibration.cache``, ``build_engine.sh``, ``build_engine.py`` and, where TensorRT and a GPU are
+present, ``<name>.engine``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from dsqc.errors import GateError, RecipeError, UnsupportedError
+from dsqc.metrics import sqnr_db
+from dsqc.model_io import save_model
+from dsqc.verify import run_batches, session
+
+from ..registry import Backend, BackendOutput, LoweringJob, register
+from . import engine
+from .calib_cache import DEFAULT_TRT_VERSION, activation_scales, cache_header, format_cache, version_digits
+from .checker import Finding, check_trt
+from .fp16 import to_fp16
+from .lower import fold_int32_dequantize
+from .profile import TRT_PROFILE
+from .scripts import BundleFiles, render_build_py, render_build_sh
+
+log = logging.getLogger(__name__)
+CACHE_NAME = "calibration.cache"
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    """``job.options`` for this target."""
+
+    require_engine: bool = False
+    fp16: bool = False
+    trt_version: str = DEFAULT_TRT_VERSION
+    workspace_mib: int | None = None
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> TrtOptions:
+        known = {"require_engine": bool, "fp16": bool, "trt_version": str, "workspace_mib": int}
+        for key, value in options.items():
+            if key not in known:
+                raise RecipeError(f"trt: unknown option '{key}'; known: {', '.join(sorted(known))}")
+            if value is not None and not isinstance(value, known[key]):
+                raise RecipeError(f"trt: option '{key}' must be {known[key].__name__}, got {value!r}")
+        parsed = cls(**{k: v for k, v in options.items() if v is not None})
+        version_digits(parsed.trt_version)
+        return parsed
+
+
+@register
+class TrtBackend(Backend):
+    name = "trt"
+    description = "TensorRT: strongly typed QDQ ONNX, calibration cache (TensorRT <= 10), engine build script"
+    profile = TRT_PROFILE
+
+    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
+        opts = TrtOptions.from_dict(job.options)
+        available, why = engine.tensorrt_status()
+        if opts.require_engine and not available:
+            raise GateError(f"--require-engine: {why}; build on a machine with TensorRT and a GPU, or drop "
+                            "--require-engine and run build_engine.sh there")
+        files = BundleFiles(name=job.name, qdq=f"{job.name}.trt.onnx", fp32=f"{job.name}.fp32.onnx",
+                            cache=CACHE_NAME if job.qdq is not None else None, engine=f"{job.name}.engine",
+                            shapes=_input_shapes(job), fp16=opts.fp16)
+        result = BackendOutput()
+        metrics: dict[str, Any] = {"trt_version_header": cache_header(opts.trt_version), "fp16": opts.fp16}
+        model = job.fp32 if job.qdq is None else self._lower(job, opts, out, result, metrics)
+        if opts.fp16:
+            model, report = to_fp16(model)
+            metrics["fp16_conversion"] = report.to_dict()
+            if report.overflowed:
+                result.notes.append(f"fp16: {len(report.overflowed)} tensor(s) exceed the FP16 range and "
+                                    f"became ±inf: {', '.join(report.overflowed[:5])}")
+        findings = check_trt(model)
+        _gate_findings(findings, result, metrics)
+        save_model(job.fp32, out / files.fp32)
+        save_model(model, out / files.qdq)
+        result.artifacts += [Path(files.qdq), Path(files.fp32)]
+        if job.eval_feeds:
+            metrics["ort"] = _verify(job, model)
+        scripts = {"build_engine.sh": render_build_sh(files), "build_engine.py": render_build_py(files)}
+        for script, text in scripts.items():
+            (out / script).write_text(text, encoding="utf-8", newline="\n")
+            (out / script).chmod(0o755)
+            result.artifacts.append(Path(script))
+        self._engine(available, why, opts, files, out, result, metrics)
+        result.metrics["trt"] = metrics
+        return result
+
+    @staticmethod
+    def _lower(job: LoweringJob, opts: TrtOptions, out: Path, result: BackendOutput,
+               metrics: dict[str, Any]) -> onnx.ModelProto:
+        assert job.qdq is not None
+        model, folded = fold_int32_dequantize(job.qdq)
+        metrics["folded_bias_dequantize"] = len(folded)
+        graph = job.fp32.graph
+        fp32_names = {v.name for v in graph.input} | {o for n in graph.node for o in n.output}
+        scales, notes = activation_scales(job.qdq, fp32_names)
+        missing = sorted(set(scales) - fp32_names)
+        if missing:
+            raise UnsupportedError(f"calibration cache: tensor '{missing[0]}' is not in the FP32 model")
+        (out / CACHE_NAME).write_text(format_cache(scales, cache_header(opts.trt_version)),
+                                      encoding="utf-8", newline="\n")
+        result.artifacts.append(Path(CACHE_NAME))
+        result.notes.extend(f"calibration cache: {note}" for note in notes)
+        metrics["cache_tensors"] = len(scales)
+        return model
+
+    @staticmethod
+    def _engine(available: bool, why: str, opts: TrtOptions, files: BundleFiles, out: Path,
+                result: BackendOutput, metrics: dict[str, Any]) -> None:
+        if not available:
+            result.notes.append(f"TensorRT engine not built: {why}. On the target machine run "
+                                "./build_engine.sh (trtexec) or python build_engine.py in the output folder")
+            metrics["engine"] = {"built": False, "reason": why}
+            return
+        built = engine.build_engine(out / files.qdq, out / files.engine, files.shapes, opts.workspace_mib)
+        metrics["engine"] = {"built": built.built, "reason": built.message,
+                             "seconds": round(built.seconds, 2)}
+        if built.built:
+            result.artifacts.append(Path(files.engine))
+        elif opts.require_engine:
+            raise GateError(f"--require-engine: {built.message}")
+        else:
+            result.notes.append(f"TensorRT engine not built: {built.message}")
+
+
+def _gate_findings(findings: list[Finding], result: BackendOutput, metrics: dict[str, Any]) -> None:
+    """TensorRT would reject a model with rule errors: stop. Warnings go to the report."""
+    metrics["check"] = [{"node": f.node, "rule": f.rule, "severity": f.severity, "message": f.message}
+                        for f in findings]
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        first = errors[0]
+        raise UnsupportedError(f"trt: {len(errors)} TensorRT Q/DQ rule error(s) in the lowered model; first: "
+                               f"node '{first.node}' [{first.rule}] {first.message}")
+    warnings = [f for f in findings if f.severity == "warning"]
+    if warnings:
+        result.notes.append(f"trt check: {len(warnings)} placement warning(s), first: node "
+                            f"'{warnings[0].node}' [{warnings[0].rule}] {warnings[0].message}")
+
+
+def _verify(job: LoweringJob, model: onnx.ModelProto) -> dict[str, Any]:
+    """SQNR of the lowered model vs FP32 in ONNX Runtime, and its largest deviation from the QDQ model.
+
+    Graph optimizations are off: ORT then computes the Q/DQ definition in float (int8 values times
+    scales, float accumulation), which is what TensorRT's int8 kernels compute up to float rounding;
+    ORT's own fused x86 int8 kernels are a different runtime with its own error.
+    """
+    ref = run_batches(session(job.fp32), job.eval_feeds)
+    got = run_batches(session(model, optimize=False), job.eval_feeds)
+    metrics: dict[str, Any] = {"sqnr_db": {n: round(sqnr_db(ref[n], got[n]), 3) for n in ref}}
+    if job.qdq is not None:
+        canon = run_batches(session(job.qdq, optimize=False), job.eval_feeds)
+        metrics["max_abs_diff_vs_qdq"] = max(float(np.max(np.abs(canon[n].astype(np.float64) - got[n])))
+                                             for n in canon)
+    return metrics
+
+
+def _input_shapes(job: LoweringJob) -> dict[str, tuple[int, ...]]:
+    """Shapes for inputs with dynamic dims (trtexec/TensorRT need them): batch 1, other dims from the
+    first evaluation batch."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    feeds = job.eval_feeds[0] if job.eval_feeds else {}
+    for inp in job.fp32.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            continue
+        known = [int(d) for d in feeds[inp.name].shape] if inp.name in feeds else [1] * len(dims)
+        shapes[inp.name] = tuple(d.dim_value if d.HasField("dim_value") else (1 if i == 0 else known[i])
+                                 for i, d in enumerate(dims))
+    return shapes

@@ -1,0 +1,55 @@
+"""Compare the integer reference with ONNX Runtime running the QDQ model, in output LSBs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from .ops import Program
+
+ORT_LEVELS = ("float_requant", "fused")
+
+
+def ort_int_outputs(qdq: onnx.ModelProto, program: Program, feeds: Mapping[str, np.ndarray],
+                    level: str = "float_requant") -> dict[str, np.ndarray]:
+    """ORT's outputs mapped back to int8 codes (each graph output is a DQ of an int8 tensor).
+
+    ``float_requant``: graph optimizations off — every DQ/op/Q runs as written (float requant, round
+    half to even). ``fused``: ORT's default optimizations, i.e. its fused int8 kernels.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if level == "float_requant"
+                                        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    options.log_severity_level = 3
+    session = ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [b.onnx_name for b in program.outputs]
+    values = session.run(names, {k: np.asarray(v, np.float32) for k, v in feeds.items()})
+    out: dict[str, np.ndarray] = {}
+    for binding, value in zip(program.outputs, values, strict=True):
+        info = program.tensors[binding.tensor]
+        value = np.asarray(value)
+        if value.dtype == np.float32:
+            value = np.rint(value.astype(np.float64) / info.scale) + info.zero_point
+        out[binding.onnx_name] = np.clip(value, info.qmin, info.qmax).astype(np.int64)
+    return out
+
+
+def lsb_stats(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> dict[str, object]:
+    """Histogram of |got − ref| over every output value: counts for 0, 1 and more LSB."""
+    diffs = np.concatenate([np.abs(np.asarray(got[k], np.int64) - np.asarray(ref[k], np.int64)).ravel()
+                            for k in sorted(ref)])
+    total = int(diffs.size)
+    return {"values": total, "max_lsb": int(diffs.max(initial=0)),
+            "exact": int((diffs == 0).sum()), "off_by_1": int((diffs == 1).sum()),
+            "off_by_more": int((diffs > 1).sum()),
+            "exact_fraction": round(float((diffs == 0).mean()) if total else 1.0, 6)}
+
+
+def compare_with_ort(qdq: onnx.ModelProto, program: Program, feeds: Mapping[str, np.ndarray],
+                     ref: Mapping[str, np.ndarray]) -> dict[str, dict[str, object]]:
+    """LSB statistics of the reference's int8 outputs against ORT at both optimization levels."""
+    return {level: lsb_stats(ort_int_outputs(qdq, program, feeds, level), ref) for level in ORT_LEVELS}

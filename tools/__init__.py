@@ -1,0 +1,1 @@
+"""Developer tools for dsqc (benchmarks); not part of the installed package."""

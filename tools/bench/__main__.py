@@ -1,0 +1,82 @@
+"""``python -m tools.bench``: dsqc vs ONNX Runtime ``quantize_static``, side by side, in one run.
+
+Writes ``RESULTS.md`` and ``results.json`` to ``--out`` (default: this folder). Progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tools.bench.cases import DEFAULT_MODELS, prepare
+from tools.bench.report import machine, render
+from tools.bench.run import REPO, bench_calibration, bench_case, quantizers, say
+
+HERE = Path(__file__).resolve().parent
+CALIB_SAMPLES = (256, 32)  # calibration-only row: full, --quick
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help="comma list: mnist, minilm, any dsqc.models.zoo name, or a path to an .onnx file")
+    p.add_argument("--quick", action="store_true", help="fewer samples, one latency round")
+    p.add_argument("--calib-samples", type=int, help="override every case's calibration sample count")
+    p.add_argument("--dsqc-methods", default="entropy,minmax,percentile,mse")
+    p.add_argument("--ort-methods", default="MinMax,Entropy")
+    p.add_argument("--no-reduce-range", action="store_true", help="skip the ORT MinMax reduce_range variant")
+    p.add_argument("--calib-model", default="resnet18_like",
+                   help="model of the calibration-only row ('none' to skip)")
+    p.add_argument("--rounds", type=int, help="latency rounds (default 3, --quick 1)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per latency measurement")
+    p.add_argument("--no-profile", action="store_true", help="skip ORT profiling of slow models")
+    p.add_argument("--merge", action="store_true", help="update models in an existing results.json")
+    p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "results.json"
+    results: dict[str, Any] = {"models": {}, "calibration": None}
+    if args.merge and json_path.exists():
+        results = json.loads(json_path.read_text())
+    results["machine"], results["argv"] = machine(), " ".join(argv)
+    qs = quantizers([m for m in args.dsqc_methods.split(",") if m],
+                    [m for m in args.ort_methods.split(",") if m], not args.no_reduce_range)
+    rounds = args.rounds or (1 if args.quick else 3)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    for name in names:
+        say(f"{name}: preparing model and samples")
+        try:
+            case = prepare(name, args.workdir, args.quick, args.calib_samples)
+        except Exception as exc:  # report and keep going: one broken case must not sink the run
+            say(f"{name}: preparation FAILED: {type(exc).__name__}: {exc}")
+            continue
+        results["models"][case.name] = bench_case(case, qs, rounds, args.runs, not args.no_profile)
+        _write(results, args.out)
+    if args.calib_model != "none" and (args.calib_model in names or not args.merge):
+        say(f"calibration-only row on {args.calib_model}")
+        n = args.calib_samples or CALIB_SAMPLES[1 if args.quick else 0]
+        case = prepare(args.calib_model, args.workdir, args.quick, n)
+        results["calibration"] = bench_calibration(case)
+    _write(results, args.out)
+    say(f"wrote {args.out / 'RESULTS.md'} and {json_path}")
+    return 0
+
+
+def _write(results: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / "RESULTS.md").write_text(render(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
