@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_inspect(sub)
     _add_export(sub)
+    _add_check(sub)
     return parser
 
 
@@ -94,6 +95,29 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("factory", help="package.module:function returning (torch module, example inputs)")
     p.add_argument("-o", "--out", required=True, type=Path, help="ONNX file to write")
     p.set_defaults(func=_cmd_export)
+
+
+CHECKERS = {"trt": "dsqc.backends.trt.checker"}
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="check any QDQ model against a target's quantization rules")
+    _add_verbosity(p, argparse.SUPPRESS)
+    p.add_argument("model", type=Path)
+    p.add_argument("--target", "-t", required=True, choices=sorted(CHECKERS))
+    p.set_defaults(func=_cmd_check)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 when clean (warnings allowed), 1 when a rule is broken, 2 when the model is unusable."""
+    import importlib
+
+    from .model_io import load_model
+
+    checker = importlib.import_module(CHECKERS[args.target])
+    findings = checker.check_trt(load_model(args.model))
+    print(checker.format_findings(findings))
+    return 1 if any(f.severity == "error" for f in findings) else 0
 
 
 def _resolve_model(spec: str, scratch: Path) -> Path:

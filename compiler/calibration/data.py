@@ -8,6 +8,7 @@ sample (the input's rank minus one) or a batch (the input's rank, samples on axi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,7 @@ def load_samples(
     The built-in names ``mnist`` and ``random`` win over files of that name (write ``./mnist``).
     Any problem is a one-line ``CalibrationError`` naming the input, file or sample.
     """
+    spec = os.fspath(spec)
     where = f"{purpose} data {spec!r}"
     if limit is not None and limit < 1:
         raise CalibrationError(f"{where}: the sample limit must be >= 1, got {limit}")

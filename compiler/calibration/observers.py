@@ -125,8 +125,10 @@ class HistogramObserver(Observer):
 
     def range(self) -> tuple[float, float]:
         self._require_data()
-        t = self.threshold()
-        return max(self.hist.min, -t), min(self.hist.max, t)
+        lo, hi = self.hist.min, self.hist.max
+        # single-signed data: the threshold must at least reach the value nearest zero
+        t = max(self.threshold(), lo if lo > 0 else 0.0, -hi if hi < 0 else 0.0)
+        return max(lo, -t), min(hi, t)
 
     @property
     def min(self) -> float:

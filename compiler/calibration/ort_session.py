@@ -18,7 +18,8 @@ from ..errors import ModelError
 
 log = logging.getLogger(__name__)
 
-SPIN = True
+SPIN = False  # calibration sessions: idle ORT workers sleep (see output_session)
+IN_MEMORY_WEIGHTS = True  # False: serialize the weights with the graph (the ORT < 1.20 path)
 _INLINE_BYTES = 1024  # smaller initializers stay in the graph (shape constants must be readable)
 
 
@@ -75,7 +76,7 @@ def output_session(proto: onnx.ModelProto, outputs: Sequence[str], types: dict[s
     opts.log_severity_level = 3
     if not SPIN:  # idle ORT workers sleep instead of spinning: the observer thread gets the core
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if hasattr(opts, "add_external_initializers_from_files_in_memory"):
+    if IN_MEMORY_WEIGHTS and hasattr(opts, "add_external_initializers_from_files_in_memory"):
         model, files, buffers = _graph_without_weights(proto, outputs, types)
         if files:
             opts.add_external_initializers_from_files_in_memory(files, buffers, [len(b) for b in buffers])

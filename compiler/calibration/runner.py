@@ -118,6 +118,63 @@ def _plan_outputs(proto: onnx.ModelProto, names: list[str]) -> tuple[list[str], 
     return fed, run, session
 
 
+def _batch_plan(proto: onnx.ModelProto, samples: SampleSet, batch_size: int) -> tuple[int, SampleSet, bool]:
+    """``(batch size, samples to use, whether the size is fixed by the model)``."""
+    fixed = _fixed_batch(proto)
+    if fixed is None:
+        return max(1, batch_size), samples, False
+    n = len(samples)
+    if n < fixed:
+        raise CalibrationError(f"{samples.source}: the model's batch is fixed to {fixed}, got {n} samples")
+    if n % fixed:
+        log.warning("batch fixed to %d: the last %d samples are not used", fixed, n % fixed)
+    return fixed, samples.take(n - n % fixed), True
+
+
+def _stream(
+    session: Any,
+    run: list[str],
+    fed: list[str],
+    observers: dict[str, Observer],
+    samples: SampleSet,
+    feed_names: list[str],
+    batch_size: int,
+    fixed: bool,
+    bar: _Progress,
+) -> None:
+    """Feed every batch; ORT computes batch ``i + 1`` while a worker observes batch ``i``."""
+    done, total, bs = 0, len(samples), batch_size
+    pending: Future[None] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsqc-observe") as pool:
+        while done < total:
+            n = min(bs, total - done)
+            batch = {k: samples.feeds[k][done : done + n] for k in feed_names}
+            try:
+                outs = session.run(run, batch) if session is not None else []
+            except Exception as exc:
+                if done == 0 and bs > 1 and not fixed:  # e.g. a Reshape that pins batch 1
+                    log.warning("the model failed at batch size %d (%s); calibrating with batch 1",
+                                bs, first_line(exc))
+                    bs = 1
+                    continue
+                raise CalibrationError(
+                    f"{samples.source}: ONNX Runtime failed on samples {done}..{done + n - 1}: "
+                    f"{first_line(exc)}") from None
+            arrays = dict(zip(run, outs, strict=True)) | {k: batch[k] for k in fed}
+            del outs
+            if pending is not None:
+                pending.result()
+            if OVERLAP:
+                pending = pool.submit(_observe, observers, arrays)
+            else:
+                _observe(observers, arrays)
+            del arrays
+            done += n
+            bar.update(done)
+        if pending is not None:
+            pending.result()
+
+
 def calibrate(
     proto: onnx.ModelProto,
     tensors: Sequence[str],
@@ -129,9 +186,8 @@ def calibrate(
 ) -> dict[str, TensorStats]:
     """Observe ``tensors`` over ``samples`` with ``method``; non-float tensors are skipped.
 
-    ORT computes batch ``i + 1`` while a worker thread folds batch ``i`` into the observers, so at
-    most two batches of activations are alive. Models whose batch dim is fixed run at that size;
-    a model that fails at ``batch_size`` on the first batch (a Reshape pinning batch 1) reruns at 1.
+    Models whose batch dim is fixed run at that size; a model that fails at ``batch_size`` on the
+    first batch (a Reshape pinning batch 1) reruns at 1. The ranges do not depend on the batch size.
     """
     start = time.perf_counter()
     make_observer(method, **observer_options)  # a bad method or option fails before any work
@@ -144,58 +200,19 @@ def calibrate(
         raise CalibrationError(f"{samples.source}: no data for model input {missing[0]!r}")
     if len(samples) == 0:
         raise CalibrationError(f"{samples.source}: no samples to calibrate with")
+    if not names:
+        return {}
     fed, run, session = _plan_outputs(proto, names)
     observers: dict[str, Observer] = {n: make_observer(method, **observer_options) for n in (*fed, *run)}
-
-    fixed = _fixed_batch(proto)
-    bs = fixed if fixed is not None else max(1, batch_size)
-    if fixed is not None and fixed > 1:
-        if len(samples) < fixed:
-            raise CalibrationError(
-                f"{samples.source}: the model's batch is fixed to {fixed}, got {len(samples)} samples")
-        if len(samples) % fixed:
-            log.warning("batch fixed to %d: the last %d samples are not used", fixed, len(samples) % fixed)
-            samples = samples.take(len(samples) - len(samples) % fixed)
-    total = len(samples)
-    bar = _Progress(total, sys.stderr.isatty() if progress is None else progress)
-    done = 0
-    pending: Future[None] | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsqc-observe") as pool:
-        try:
-            while done < total:
-                n = min(bs, total - done)
-                batch = {k: samples.feeds[k][done : done + n] for k in feed_names}
-                try:
-                    outs = session.run(run, batch) if session is not None else []
-                except Exception as exc:
-                    if done == 0 and bs > 1 and fixed is None:
-                        log.warning("the model failed at batch size %d (%s); calibrating with batch 1",
-                                    bs, first_line(exc))
-                        bs = 1
-                        continue
-                    raise CalibrationError(
-                        f"{samples.source}: ONNX Runtime failed on samples {done}..{done + n - 1}: "
-                        f"{first_line(exc)}") from None
-                arrays = dict(zip(run, outs, strict=True)) | {k: batch[k] for k in fed}
-                del outs
-                if pending is not None:
-                    pending.result()
-                if OVERLAP:
-                    pending = pool.submit(_observe, observers, arrays)
-                else:
-                    _observe(observers, arrays)
-                del arrays
-                done += n
-                bar.update(done)
-            if pending is not None:
-                pending.result()
-        finally:
-            bar.close()
+    bs, samples, fixed = _batch_plan(proto, samples, batch_size)
+    bar = _Progress(len(samples), sys.stderr.isatty() if progress is None else progress)
+    try:
+        _stream(session, run, fed, observers, samples, feed_names, bs, fixed, bar)
+    finally:
+        bar.close()
 
     stats: dict[str, TensorStats] = {}
-    for name in names:
-        if name not in observers:
-            continue
+    for name in (n for n in names if n in observers):
         obs = observers[name]
         try:
             lo, hi = obs.range()
@@ -205,6 +222,6 @@ def calibrate(
         if obs.nonfinite:
             log.warning("tensor %r: %d NaN/Inf values left out of its range", name, obs.nonfinite)
         stats[name] = TensorStats(name, obs.min, obs.max, lo, hi, method, obs.nonfinite)
-    log.info("calibrated %d tensors on %d samples in %.2f s (%s)", len(stats), total,
+    log.info("calibrated %d tensors on %d samples in %.2f s (%s)", len(stats), len(samples),
              time.perf_counter() - start, method)
     return stats

@@ -111,5 +111,5 @@ def mse_threshold(hist: GridHistogram, bits: int = 8) -> float:
     lo = np.maximum(hist.min, -t)
     hi = np.minimum(hist.max, t)
     step = (hi - lo) / (2**bits - 1)
-    err = clip + inside * step * step / 12.0
+    err = np.where(lo <= hi, clip + inside * step * step / 12.0, np.inf)
     return min(amax, float(t[int(np.argmin(err))]))

@@ -83,6 +83,19 @@ def _check_dtype(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     raise CalibrationError(f"{bad}; store {want.name} data for this input")
 
 
+def _check_finite(arr: np.ndarray, name: str, where: str) -> None:
+    """Raise naming the first sample with a NaN/Inf (checked in blocks: no full-size temporary)."""
+    rows = max(1, (1 << 22) // max(1, arr[0].size))
+    for start in range(0, len(arr), rows):
+        block = arr[start : start + rows]
+        if not np.isfinite(block.sum()):  # cheap screen; a huge finite sum can overflow, so confirm
+            finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+            if not finite.all():
+                first = start + int(np.argmin(finite))
+                raise CalibrationError(
+                    f"{where}: input {name!r} has NaN or Inf in sample {first}; clean the data")
+
+
 def check_feeds(
     feeds: dict[str, np.ndarray], inputs: Sequence[InputSpec], where: str
 ) -> dict[str, np.ndarray]:
@@ -97,12 +110,8 @@ def check_feeds(
         ):
             raise CalibrationError(
                 f"{where}: input {spec.name!r} expects {fmt_shape(spec.shape)}, got {fmt_shape(got)}")
-        if arr.dtype.kind == "f":
-            finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1) if arr.size else np.ones(0, bool)
-            if not finite.all():
-                first = int(np.argmin(finite))
-                raise CalibrationError(
-                    f"{where}: input {spec.name!r} has NaN or Inf in sample {first}; clean the data")
+        if arr.dtype.kind == "f" and arr.size:
+            _check_finite(arr, spec.name, where)
         out[spec.name] = arr
         counts[spec.name] = len(arr)
     if len(set(counts.values())) > 1:

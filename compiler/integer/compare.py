@@ -38,7 +38,10 @@ def ort_int_outputs(qdq: onnx.ModelProto, program: Program, feeds: Mapping[str, 
     return out
 
 
-def lsb_stats(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> dict[str, object]:
+Stats = dict[str, int | float]
+
+
+def lsb_stats(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> Stats:
     """Histogram of |got − ref| over every output value: counts for 0, 1 and more LSB."""
     diffs = np.concatenate([np.abs(np.asarray(got[k], np.int64) - np.asarray(ref[k], np.int64)).ravel()
                             for k in sorted(ref)])
@@ -49,7 +52,44 @@ def lsb_stats(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> d
             "exact_fraction": round(float((diffs == 0).mean()) if total else 1.0, 6)}
 
 
+def per_op_with_ort(qdq: onnx.ModelProto, program: Program,
+                    feeds: Mapping[str, np.ndarray]) -> dict[str, Stats]:
+    """Each op alone: fed ORT's own int8 inputs, compared with ORT's int8 output (graph optimizations
+    off). Isolates the rounding of one requantization from the propagation of earlier differences."""
+    import onnxruntime as ort
+
+    from .reference import execute
+
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    zp_type = {i.name: i.data_type for i in model.graph.initializer}
+    q_out, q_type = {}, {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            q_out[node.input[0]] = node.output[0]
+            zp = node.input[2] if len(node.input) > 2 else ""
+            q_type[node.output[0]] = zp_type.get(zp, onnx.TensorProto.UINT8)
+    wanted = [q_out.get(name, name) for name in program.tensors]
+    known = {o.name for o in model.graph.output}
+    for name in wanted:
+        if name not in known:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, q_type[name], None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = session.run(wanted, {k: np.asarray(v, np.float32) for k, v in feeds.items()})
+    ints = {name: np.asarray(v).astype(np.int64) for name, v in zip(program.tensors, values, strict=True)}
+    uint8 = {name for name, v in zip(program.tensors, values, strict=True) if np.asarray(v).dtype == np.uint8}
+    ints = {k: v - 128 if k in uint8 else v for k, v in ints.items()}
+    stats: dict[str, Stats] = {}
+    for op in program.ops:
+        got = execute(op, program, {name: ints[name] for name in op.inputs})
+        stats[op.node] = lsb_stats({"x": got}, {"x": ints[op.output].reshape(got.shape)})
+    return stats
+
+
 def compare_with_ort(qdq: onnx.ModelProto, program: Program, feeds: Mapping[str, np.ndarray],
-                     ref: Mapping[str, np.ndarray]) -> dict[str, dict[str, object]]:
+                     ref: Mapping[str, np.ndarray]) -> dict[str, Stats]:
     """LSB statistics of the reference's int8 outputs against ORT at both optimization levels."""
     return {level: lsb_stats(ort_int_outputs(qdq, program, feeds, level), ref) for level in ORT_LEVELS}

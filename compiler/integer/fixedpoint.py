@@ -1,14 +1,17 @@
 """Fixed-point requantization: dsqc's one rounding rule, shared by the reference and generated code.
 
 A real multiplier ``M > 0`` is stored as an integer pair ``(m, n)`` with ``M ≈ m · 2^-n``. Applying it to
-an integer ``acc`` is
+an integer ``acc`` is, in 64-bit arithmetic with ``>>`` an arithmetic (flooring) shift,
 
-    round_shift(acc · m, n) = (acc · m + 2^(n-1)) >> n      (n ≥ 1; ``>>`` is an arithmetic shift)
-    round_shift(acc · m, 0) = acc · m
+    p = acc · m
+    round_shift(p, n) = (p + 2^(n-1) − 1 + ((p >> n) & 1)) >> n      (n ≥ 1)
+    round_shift(p, 0) = p
 
-in 64-bit arithmetic: **round half up** (ties go toward +∞), exactly what ``(p + (1 << (n-1))) >> n``
-computes on two's-complement machines (gcc, clang and Vitis HLS all shift signed values arithmetically).
-The result is offset by the output zero point and saturated to the output range.
+which is **round half to even** of ``p / 2^n`` — the rule of ONNX QuantizeLinear. Whenever ``M`` is
+exact (power-of-two scales, pooling windows of 2^k, equal scales) the integer program therefore
+reproduces the QDQ model bit for bit; otherwise only ``m``'s 31-bit approximation of ``M`` differs.
+The result is offset by the output zero point and saturated to the output range. gcc, clang and
+Vitis HLS shift signed values arithmetically (C99 leaves it implementation-defined).
 
 ``m`` is normalized to [2^30, 2^31) — 31 significant bits — unless ``M`` is an exact power of two:
 then ``m`` is itself a power of two (usually 1) and the requantization is a shift only.
@@ -25,8 +28,8 @@ from dsqc.errors import UnsupportedError
 
 MAX_SHIFT = 62
 MULT_BITS = 31
-ROUNDING_RULE = ("round half up: (acc*m + (1 << (n-1))) >> n with a 64-bit product and an arithmetic "
-                 "right shift, then + zero point and saturation")
+ROUNDING_RULE = ("round half to even: p = acc*m (64-bit), (p + (1 << (n-1)) - 1 + ((p >> n) & 1)) >> n "
+                 "with an arithmetic right shift, then + zero point and saturation")
 
 
 @dataclass(frozen=True)
@@ -89,11 +92,12 @@ def common_multipliers(reals: list[float], what: str = "add") -> tuple[list[int]
 
 
 def round_shift(p: np.ndarray, n: np.ndarray | int) -> np.ndarray:
-    """``(p + 2^(n-1)) >> n`` where ``n ≥ 1``, ``p`` where ``n == 0`` (int64, elementwise)."""
+    """``p / 2^n`` rounded half to even (``p`` where ``n == 0``), elementwise in int64."""
     p = np.asarray(p, dtype=np.int64)
     n = np.asarray(n, dtype=np.int64)
     half = np.where(n > 0, np.left_shift(np.int64(1), np.maximum(n - 1, 0)), 0)
-    return np.right_shift(p + half, n)
+    odd = np.where(n > 0, np.right_shift(p, n) & 1, 0)
+    return np.right_shift(p + half - (n > 0) + odd, n)
 
 
 def requantize(acc: np.ndarray, m: np.ndarray | int, n: np.ndarray | int, zero_point: int,

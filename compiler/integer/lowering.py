@@ -123,13 +123,16 @@ def lower_clamp(ctx: Lowering, node: gs.Node) -> Op:
     x = ctx.act(node, 0)
     out = ctx.output(node, x.shape)
     lo, hi = _clip_bounds(ctx, node)
-    qlo, qhi = out.qmin, out.qmax
-    if lo is not None:
-        qlo = int(np.clip(np.rint(np.float32(lo) / np.float32(out.scale)) + out.zero_point, out.qmin, out.qmax))
-    if hi is not None:
-        qhi = int(np.clip(np.rint(np.float32(hi) / np.float32(out.scale)) + out.zero_point, out.qmin, out.qmax))
+    qlo = out.qmin if lo is None else _quantize_bound(lo, out)
+    qhi = out.qmax if hi is None else _quantize_bound(hi, out)
     requant = _requant(node, np.array([x.scale / out.scale]), out, qlo, qhi)
     return ElementwiseOp(node.name, node.op, [x.name], out.name, in_zp=x.zero_point, requant=requant)
+
+
+def _quantize_bound(value: float, out: TensorInfo) -> int:
+    """A real clip bound in the output's integer domain (QuantizeLinear's rule: half to even)."""
+    q = np.rint(np.float32(value) / np.float32(out.scale)) + out.zero_point
+    return int(np.clip(q, out.qmin, out.qmax))
 
 
 def _clip_bounds(ctx: Lowering, node: gs.Node) -> tuple[float | None, float | None]:

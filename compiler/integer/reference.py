@@ -15,7 +15,7 @@ import numpy as np
 from .fixedpoint import requantize
 from .ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Program, Requant
 
-Env = dict[str, np.ndarray]
+Env = Mapping[str, np.ndarray]
 _NEG = np.int64(-(2**40))
 
 
@@ -45,7 +45,7 @@ def run(program: Program, feeds: Mapping[str, np.ndarray], keep_all: bool = Fals
 
     ``keep_all``: return every program tensor (keyed by program tensor name) instead.
     """
-    env: Env = {}
+    env: dict[str, np.ndarray] = {}
     for binding in program.inputs:
         x = np.asarray(feeds[binding.onnx_name])
         if x.dtype != np.int8:
@@ -55,11 +55,16 @@ def run(program: Program, feeds: Mapping[str, np.ndarray], keep_all: bool = Fals
             raise ValueError(f"input '{binding.onnx_name}': shape {x.shape}, expected [N, {expected}]")
         env[binding.tensor] = x.astype(np.int64)
     for op in program.ops:
-        value = _EXEC[type(op)](op, env)
-        env[op.output] = value.reshape(value.shape[0], *program.tensors[op.output].shape[1:])
+        env[op.output] = execute(op, program, env)
     if keep_all:
         return {name: value.astype(np.int8) for name, value in env.items()}
     return {b.onnx_name: env[b.tensor].astype(np.int8) for b in program.outputs}
+
+
+def execute(op: Op, program: Program, env: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One op on int tensors (int64 arrays, batch on axis 0) → its int output, shaped [N, ...]."""
+    value = _EXEC[type(op)](op, env)
+    return value.reshape(value.shape[0], *program.tensors[op.output].shape[1:])
 
 
 def _apply(rq: Requant, value: np.ndarray) -> np.ndarray:
@@ -117,10 +122,7 @@ def _add(op: Op, env: Env) -> np.ndarray:
 def _pool(op: Op, env: Env) -> np.ndarray:
     assert isinstance(op, PoolOp) and op.requant is not None
     x = env[op.inputs[0]]
-    if op.mode == "max":
-        padded = _pad(x, op.pads, _NEG)
-    else:
-        padded = _pad(x - op.in_zp, op.pads, np.int64(0))
+    padded = _pad(x, op.pads, _NEG) if op.mode == "max" else _pad(x - op.in_zp, op.pads, np.int64(0))
     oh = (padded.shape[2] - op.kernel[0]) // op.strides[0] + 1
     ow = (padded.shape[3] - op.kernel[1]) // op.strides[1] + 1
     taps = _windows(padded, op.kernel, op.strides, (1, 1), (oh, ow))

@@ -105,8 +105,8 @@ def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Plac
         for node in support:
             if placement.decisions[node.name].precision is Precision.INT8 and \
                     not _feeds_int8(node.outputs[0], profile, placement):
-                placement.decisions[node.name] = NodeDecision(
-                    Precision.FP32, f"{node.op} output feeds no int8 node: Q/DQ would cost more than it saves")
+                reason = f"{node.op} output feeds no int8 node: its Q/DQ would cost more than it gains"
+                placement.decisions[node.name] = NodeDecision(Precision.FP32, reason)
                 changed = True
 
 
@@ -114,9 +114,10 @@ def _feeds_int8(tensor: gs.Tensor, profile: TargetProfile, placement: Placement,
     for reader in tensor.outputs:
         if placement.decisions.get(reader.name, NodeDecision(Precision.FP32, "")).precision is Precision.INT8:
             return True
-        if (reader.op in profile.passthrough_ops or reader.op in _FOLDABLE) and reader.outputs and depth < 8:
-            if _feeds_int8(reader.outputs[0], profile, placement, depth + 1):
-                return True
+        layout = reader.op in profile.passthrough_ops or reader.op in _FOLDABLE
+        if layout and reader.outputs and depth < 8 and _feeds_int8(reader.outputs[0], profile, placement,
+                                                                   depth + 1):
+            return True
     return False
 
 
