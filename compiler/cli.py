@@ -76,6 +76,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-drop", type=float, help="fail when the task metric drops by more than this")
     p.add_argument("--task-metric", help="module:function(outputs, labels) -> float, higher is better")
     p.add_argument("--no-latency", action="store_true", help="skip the FP32 vs quantized timing")
+    p.add_argument("--require-engine", action="store_true",
+                   help="trt: fail (exit 2) when the TensorRT engine cannot be built here")
+    p.add_argument("--fp16", action="store_true", help="trt: run the float parts in FP16")
+    p.add_argument("--trt-version", help="trt: calibration cache header version, e.g. 100300")
     p.add_argument("--dump-ir", type=Path, help="write the graph after each pass into this folder")
     p.add_argument("--check-each-pass", action="store_true", help="run onnx.checker after each pass")
     p.set_defaults(func=_cmd_build)
@@ -147,7 +151,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
             calib_batch=args.calib_batch, method=args.method, recipe=args.recipe,
             eval_data=args.eval_data, eval_samples=args.eval_samples, min_sqnr=args.min_sqnr,
             max_drop=args.max_drop, task_metric=args.task_metric, measure_latency=not args.no_latency,
-            dump_ir=args.dump_ir, check_each_pass=args.check_each_pass)
+            dump_ir=args.dump_ir, check_each_pass=args.check_each_pass,
+            backend_options=_backend_options(args))
         result = build(request)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -155,6 +160,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     print(format_result(result))
     return 0
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, object]:
+    options: dict[str, object] = {}
+    if args.require_engine:
+        options["require_engine"] = True
+    if args.fp16:
+        options["fp16"] = True
+    if args.trt_version:
+        options["trt_version"] = args.trt_version
+    return options
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -131,7 +131,8 @@ def build(request: BuildRequest) -> BuildResult:
         job.eval_feeds = list(held_out.batches(request.calib_batch))
         with clock("verify"):
             verification = verify(fp32, quantized.model, job.eval_feeds, held_out.labels,
-                                  request.task_metric, latency=request.measure_latency)
+                                  request.task_metric, latency=request.measure_latency,
+                                  fused=backend.profile.verify_fused)
         result.metrics["verification"] = verification.to_dict()
         result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
                                          "eval_source": held_out.source, "eval_samples": len(held_out),

@@ -63,10 +63,10 @@ class Verification:
 
 def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
            labels: np.ndarray | None = None, task_metric: str | None = None,
-           latency: bool = True) -> Verification:
+           latency: bool = True, fused: bool = True) -> Verification:
     """Compare outputs (SQNR, cosine, MSE, KL), top-1, an optional task metric, size and speed."""
     ref = run_batches(session(fp32), batches)
-    got = run_batches(session(quant), batches)
+    got = run_batches(session(quant, optimize=fused), batches)
     per_output = {name: output_metrics(ref[name], got[name]) for name in ref}
     first = next(iter(ref))
     classifier = ref[first].ndim == 2 and ref[first].shape[1] > 1

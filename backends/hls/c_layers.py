@@ -55,7 +55,9 @@ class Emitter:
         self.p = parallelism
 
     def layer(self, op: Op, fn: str) -> LayerCode:
-        self.fn, self.arrays, self.helpers = fn, [], set()
+        self.fn = fn
+        self.arrays: list[CArray] = []
+        self.helpers: set[str] = set()
         body = {ConvOp: self._conv, DenseOp: self._dense, PoolOp: self._pool, AddOp: self._add,
                 ElementwiseOp: self._elementwise, ConcatOp: self._concat}[type(op)](op)
         out = self.program.tensors[op.output]
@@ -72,7 +74,7 @@ class Emitter:
         return name
 
     def _requant(self, rq: Requant, value: str, channel: str = "0") -> str:
-        """C expression applying ``rq`` to the integer ``value`` (per-channel arrays indexed by ``channel``)."""
+        """C expression applying ``rq`` to ``value`` (per-channel arrays indexed by ``channel``)."""
         tail = f"{rq.zero_point}, {rq.qmin}, {rq.qmax}"
         if rq.shift_only:
             self.helpers.add("dsqc_shift")
@@ -97,7 +99,9 @@ class Emitter:
 
     def _partition(self, array: str) -> list[str]:
         """Split a weight ROM into P banks so P MACs per cycle can read it."""
-        return [f"#pragma HLS ARRAY_PARTITION variable={array} cyclic factor={self.p} dim=1"] if self.p > 1 else []
+        if self.p == 1:
+            return []
+        return [f"#pragma HLS ARRAY_PARTITION variable={array} cyclic factor={self.p} dim=1"]
 
     def _size(self, name: str) -> int:
         return self.program.tensors[name].size
@@ -113,7 +117,7 @@ class Emitter:
         (sy, sx), (dy, dx), (pt, pl, _, _) = op.strides, op.dilations, op.pads
         weights = self._array("w", "int8_t", op.weight.reshape(oc, k))
         bias = self._array("b", "int32_t", op.bias)
-        cin = "ic" if op.group == 1 else f"oc / {oc // op.group} * {icg} + ic"
+        cin = "ic" if op.group == 1 else f"(oc / {oc // op.group} * {icg} + ic)"
         inside = f"iy >= 0 && iy < {h} && ix >= 0 && ix < {w}"
         term = f"{minus_zp(f'x[({cin} * {h} + iy) * {w} + ix]', op.in_zp)} * {weights}[oc * {k} + kk]"
         mac = [f"                    acc += {term};"]
@@ -172,7 +176,7 @@ class Emitter:
         plain = is_max and rq.identity and rq.zero_point == op.in_zp and (rq.qmin, rq.qmax) == (-128, 127)
         value = minus_zp("best", op.in_zp) if is_max else "sum"
         result = "(int8_t)best" if plain else self._requant(rq, value)
-        load = ["const int32_t v = x[(c * {h} + iy) * {w} + ix];".format(h=h, w=w), update]
+        load = [f"const int32_t v = x[(c * {h} + iy) * {w} + ix];", update]
         if any(op.pads):
             load = [f"if (iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) {{",
                     *["    " + line for line in load], "}"]
@@ -242,43 +246,44 @@ class Emitter:
         return [*lines, "}"]
 
 
+_CLAMP = """\
+    p += zp;
+    if (p < lo) {
+        p = lo;
+    }
+    if (p > hi) {
+        p = hi;
+    }
+    return (int8_t)p;
+}
+"""
+
 HELPERS = {
+    "dsqc_round_shift": """\
+/* p / 2^shift rounded half to even (shift >= 1; arithmetic >> assumed, as gcc/clang/Vitis do). */
+static int64_t dsqc_round_shift(int64_t p, int32_t shift)
+{
+    return (p + ((int64_t)1 << (shift - 1)) - 1 + ((p >> shift) & 1)) >> shift;
+}
+""",
     "dsqc_requant": """\
-/* value * mult, rounded half up by an arithmetic right shift, + zero point, saturated. */
+/* value * mult / 2^shift rounded half to even, + zero point, saturated to [lo, hi]. */
 static int8_t dsqc_requant(int64_t value, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
 {
     int64_t p = value * (int64_t)mult;
     if (shift > 0) {
-        p = (p + ((int64_t)1 << (shift - 1))) >> shift;
+        p = dsqc_round_shift(p, shift);
     }
-    p += zp;
-    if (p < lo) {
-        p = lo;
-    }
-    if (p > hi) {
-        p = hi;
-    }
-    return (int8_t)p;
-}
-""",
+""" + _CLAMP,
     "dsqc_shift": """\
-/* Power-of-two requantization: shift > 0 rounds half up, shift < 0 multiplies by 2^-shift. */
+/* Power-of-two requantization: shift > 0 divides (half to even), shift < 0 multiplies by 2^-shift. */
 static int8_t dsqc_shift(int64_t value, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
 {
     int64_t p = value;
     if (shift > 0) {
-        p = (p + ((int64_t)1 << (shift - 1))) >> shift;
+        p = dsqc_round_shift(p, shift);
     } else if (shift < 0) {
         p = p * ((int64_t)1 << -shift);
     }
-    p += zp;
-    if (p < lo) {
-        p = lo;
-    }
-    if (p > hi) {
-        p = hi;
-    }
-    return (int8_t)p;
-}
-""",
+""" + _CLAMP,
 }

@@ -72,7 +72,8 @@ def _cycles(op: Op, program: Program, parallelism: int) -> int:
 def estimate(program: Program, parallelism: int, clock_mhz: float) -> Estimates:
     macs = program.macs()
     layers = [LayerEstimate(op.node, op.onnx_op, program.tensors[op.output].shape, mac, weight_bytes(op),
-                            _cycles(op, program, parallelism)) for op, mac in zip(program.ops, macs, strict=True)]
+                            _cycles(op, program, parallelism))
+              for op, mac in zip(program.ops, macs, strict=True)]
     sizes = {name: info.size for name, info in program.tensors.items()}
     largest = max(sizes.items(), key=lambda kv: (kv[1], kv[0]))
     io = sum(math.ceil(program.tensors[b.tensor].size / parallelism)

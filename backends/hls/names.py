@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import re
 
-C_KEYWORDS = frozenset("""
-auto break case char const continue default do double else enum extern float for goto if inline int long
-register restrict return short signed sizeof static struct switch typedef union unsigned void volatile
-while _Bool _Complex _Imaginary main
-""".split())
+C_KEYWORDS = frozenset([
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",
+    "extern", "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return",
+    "short", "signed", "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void",
+    "volatile", "while", "_Bool", "_Complex", "_Imaginary", "main",
+])
+
+# Locals and parameters of the generated code and names from <stdint.h>/<stdio.h>: a top function
+# called like one of them would be shadowed (-Wshadow) or clash.
+RESERVED = frozenset([
+    "x", "y", "a", "b", "p", "c", "o", "i", "v", "acc", "oc", "oy", "ox", "kk", "ic", "ky", "kx", "iy",
+    "ix", "best", "sum", "value", "mult", "shift", "zp", "lo", "hi", "dump", "mismatches", "argc", "argv",
+    "printf", "fprintf", "fopen", "fclose", "puts", "putchar", "remove", "rename", "stdin", "stdout",
+    "stderr", "FILE", "NULL", "EOF",
+])
+_RESERVED_PREFIXES = ("dsqc", "layer", "tb_", "got_", "t_", "in_", "out_", "int", "uint")
 
 _NOT_IDENT = re.compile(r"[^A-Za-z0-9]+")
 _NOT_SAFE = re.compile(r"[^A-Za-z0-9 _.,:=+\-]")
@@ -28,6 +39,10 @@ def identifier(name: str, max_len: int = 32, fallback: str = "x") -> str:
     if ident[0].isdigit() or ident in C_KEYWORDS or ident.lower().startswith("dsqc"):
         ident = f"n_{ident}"
     return ident
+
+
+def is_reserved(name: str) -> bool:
+    return name in RESERVED or name.startswith(_RESERVED_PREFIXES) or name.endswith("_t")
 
 
 def comment_text(text: str, max_len: int = 80) -> str:

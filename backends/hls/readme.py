@@ -54,8 +54,8 @@ def readme(fw: Firmware, program: Program, est: Estimates, options: dict[str, An
         lines.append(f"| {i} | {comment_text(layer.node, 48)} | {layer.op} | "
                      f"{'x'.join(map(str, layer.output_shape))} | {layer.macs} | {layer.weight_bytes} | "
                      f"{layer.cycles} |")
-    shift_only = all(getattr(op, "requant", None) is None or op.requant.shift_only  # type: ignore[attr-defined]
-                     for op in program.ops)
+    requants = [getattr(op, "requant", None) for op in program.ops]
+    shift_only = all(rq is None or rq.shift_only for rq in requants)
     lines += ["", "## Estimates", "",
               f"- MACs per inference: {est.macs}",
               f"- weight bytes (int8 weights + int32 biases + requantization constants): {est.weight_bytes}",

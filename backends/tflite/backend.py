@@ -22,6 +22,7 @@ from dsqc.errors import RecipeError
 
 from ..registry import Backend, BackendOutput, LoweringJob, register
 from . import verify
+from .graph import Graph
 from .lower import LowerOptions, LowerStats, lower
 from .profile import TFLITE_PROFILE
 from .validate import validate
@@ -58,7 +59,7 @@ class Built:
     blob: bytes
     stats: LowerStats
     ops: dict[str, int]
-    int8_tensors: dict[str, bool]
+    graph: Graph
     output_scales: dict[str, float]
     seconds: float
 
@@ -72,7 +73,6 @@ def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = N
     names_out = [o.name for o in model.graph.output]
     blob = serialize(graph, opts.signature, names_in, names_out)
     validate(blob)
-    int8 = {t.name: t.nhwc for t in graph.tensors if t.dtype == "int8" and t.data is None}
     scales = {}
     for name, idx in zip(names_out, graph.outputs, strict=True):
         producer = graph.producer(idx)
@@ -80,7 +80,7 @@ def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = N
             graph.tensors[idx]
         if source.quant is not None and source.quant.per_tensor:
             scales[name] = float(source.quant.scale[0])
-    return Built(blob, stats, graph.histogram(), int8, scales, time.perf_counter() - start)
+    return Built(blob, stats, graph.histogram(), graph, scales, time.perf_counter() - start)
 
 
 def _describe(built: Built, path: Path) -> dict[str, Any]:
@@ -123,7 +123,7 @@ class TfliteBackend(Backend):
             if not nhwc_in:
                 first = {k: v[:1] for k, v in job.eval_feeds[0].items()}
                 names = [i.name for i in job.qdq.graph.input]
-                check["tensors_vs_qdq"] = verify.tensors_vs_qdq(int8.blob, job.qdq, first, int8.int8_tensors,
+                check["tensors"] = verify.tensors_vs_references(int8.graph, job.qdq, first,
                                                                 [n for n in names if n in first])
             metrics["verification"] = check
         if opts.latency and job.eval_feeds:
@@ -133,7 +133,8 @@ class TfliteBackend(Backend):
         notes = [f"tflite: {len(int8.stats.float_nodes)} node(s) run in float: "
                  f"{', '.join(int8.stats.float_nodes[:5])}"] if int8.stats.float_nodes else []
         if int8.stats.interior_transposes:
-            notes.append(f"tflite: {len(int8.stats.interior_transposes)} layout transpose(s) inside the graph")
+            count = len(int8.stats.interior_transposes)
+            notes.append(f"tflite: {count} layout transpose(s) inside the graph")
         return self._finish(result, metrics, notes + int8.stats.notes)
 
     @staticmethod

@@ -115,6 +115,16 @@ class Graph:
                 return op
         return None
 
+    def prune(self) -> None:
+        """Drop ops whose outputs nobody reads (e.g. a cached conversion made unnecessary)."""
+        live = set(self.outputs)
+        kept: list[Op] = []
+        for op in reversed(self.ops):
+            if any(o in live for o in op.outputs):
+                kept.append(op)
+                live.update(i for i in op.inputs if i >= 0)
+        self.ops = kept[::-1]
+
     def histogram(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for op in self.ops:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
@@ -173,7 +172,7 @@ class Lowerer:
             axis = int(node.attrs.get("axis", 1)) % max(const.ndim, 1)
             self.qconst[out.name] = (const, _qparams(node, axis if const.ndim else 0))
             return
-        if "block_size" in node.attrs and node.attrs["block_size"]:
+        if node.attrs.get("block_size"):
             raise UnsupportedError(f"node '{node.name}' (DequantizeLinear): blockwise activations")
         self.values[out.name] = self.value(src.name)
 
@@ -345,16 +344,5 @@ def lower(model: onnx.ModelProto, opts: LowerOptions | None = None) -> tuple[Gra
     """Lower a QDQ or FP32 ONNX model; raises ``UnsupportedError`` naming the first node it cannot map."""
     lowerer = Lowerer(model, opts)
     graph = lowerer.run()
-    _prune(graph)
+    graph.prune()
     return graph, lowerer.stats
-
-
-def _prune(graph: Graph) -> None:
-    """Drop ops whose outputs nobody reads (e.g. a cached conversion made unnecessary)."""
-    live = set(graph.outputs)
-    kept: list[Any] = []
-    for op in reversed(graph.ops):
-        if any(o in live for o in op.outputs):
-            kept.append(op)
-            live.update(i for i in op.inputs if i >= 0)
-    graph.ops = kept[::-1]

@@ -82,7 +82,7 @@ def find_gelu(graph: gs.Graph) -> list[Match]:
             x = _const_operand(pre, 1 / math.sqrt(2.0))
         if x is None or len(src.outputs) != 1:
             continue
-        inner.append(pre)  # type: ignore[arg-type]
+        inner.append(pre)
         add = _single(erf.outputs[0], graph, "Add", inner)
         if add is None or _const_operand(add, 1.0) is None:
             continue

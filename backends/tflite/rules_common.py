@@ -27,6 +27,11 @@ def optional(node: gs.Node, index: int) -> gs.Tensor | None:
     return node.inputs[index] if len(node.inputs) > index and node.inputs[index].name else None
 
 
+def stored_name(t: gs.Tensor) -> str:
+    """The ONNX initializer's own name for a constant read through InsertQDQ's DequantizeLinear."""
+    return str(t.name).removesuffix("_dequantized")
+
+
 def int8_weight(lw: Lowerer, w: gs.Tensor, node: gs.Node, perm: tuple[int, ...]) -> int:
     """The int8 weight behind a DequantizeLinear, transposed by ``perm`` (per-channel dim follows)."""
     data, quant = lw.qconst[w.name]
@@ -38,7 +43,7 @@ def int8_weight(lw: Lowerer, w: gs.Tensor, node: gs.Node, perm: tuple[int, ...])
         lw.stats.notes.append(f"weight '{w.name}': -128 clipped to -127 (TFLite weights are in [-127, 127])")
         data = np.maximum(data, -127).astype(np.int8)
     dim = perm.index(quant.dim) if not quant.per_tensor else 0
-    return lw.g.const(w.name, data.transpose(perm), "int8",
+    return lw.g.const(stored_name(w), data.transpose(perm), "int8",
                       QParams(quant.scale, np.zeros_like(quant.zero_point), dim))
 
 
@@ -46,7 +51,7 @@ def float_weight(lw: Lowerer, w: gs.Tensor, node: gs.Node, perm: tuple[int, ...]
     value = lw.const(w)
     if value is None:
         raise unsupported(node, f"weight '{w.name}' is not a constant")
-    return lw.g.const(w.name, value.astype(np.float32).transpose(perm), "float32")
+    return lw.g.const(stored_name(w), value.astype(np.float32).transpose(perm), "float32")
 
 
 def int32_bias(lw: Lowerer, b: gs.Tensor | None, node: gs.Node, x_idx: int, w_idx: int,
@@ -56,7 +61,7 @@ def int32_bias(lw: Lowerer, b: gs.Tensor | None, node: gs.Node, x_idx: int, w_id
     s_w = lw.g.tensors[w_idx].quant.scale      # type: ignore[union-attr]
     scale = (np.float32(s_in) * s_w.astype(np.float32)).astype(np.float32)
     scale = np.broadcast_to(scale, (channels,)).copy() if scale.size > 1 else scale
-    name = b.name if b is not None else f"{node.name}_bias"
+    name = stored_name(b) if b is not None else f"{node.name}_bias"
     if b is None:
         data = np.zeros(channels, np.int32)
     elif b.name in lw.qconst and _agrees(lw.qconst[b.name], scale):
@@ -69,7 +74,8 @@ def int32_bias(lw: Lowerer, b: gs.Tensor | None, node: gs.Node, x_idx: int, w_id
             raise unsupported(node, f"bias '{b.name}' is not a constant")
         q = np.rint(value.astype(np.float64).reshape(-1) / scale.astype(np.float64))
         data = np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
-    return lw.g.const(name, data.reshape(channels), "int32", QParams(scale, np.zeros(scale.size, np.int64), 0))
+    quant = QParams(scale, np.zeros(scale.size, np.int64), 0)
+    return lw.g.const(name, data.reshape(channels), "int32", quant)
 
 
 def _agrees(qconst: tuple[np.ndarray, QParams], scale: np.ndarray) -> bool:
@@ -82,7 +88,7 @@ def float_bias(lw: Lowerer, b: gs.Tensor | None, node: gs.Node, channels: int) -
     value = np.zeros(channels, np.float32) if b is None else lw.const(b)
     if value is None:
         raise unsupported(node, f"bias '{b.name if b is not None else ''}' is not a constant")
-    return lw.g.const(b.name if b is not None else f"{node.name}_bias",
+    return lw.g.const(stored_name(b) if b is not None else f"{node.name}_bias",
                       value.astype(np.float32).reshape(channels), "float32")
 
 

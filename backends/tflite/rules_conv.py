@@ -39,7 +39,8 @@ def _check_out(lw: Lowerer, node: gs.Node, in_hw: tuple[int, int], k: tuple[int,
         keff = (k[i] - 1) * d[i] + 1
         got.append(-(-in_hw[i] // s[i]) if padding == "SAME" else (size - keff) // s[i] + 1)
     if tuple(got) != tuple(want):
-        raise unsupported(node, f"output size {tuple(want)} has no TFLite padding equivalent (got {tuple(got)})")
+        raise unsupported(node, f"output size {tuple(want)} has no TFLite padding equivalent "
+                                f"(got {tuple(got)})")
 
 
 @rule("Conv")
@@ -116,7 +117,7 @@ def conv_transpose(lw: Lowerer, node: gs.Node) -> None:
 def pool(lw: Lowerer, node: gs.Node) -> None:
     x = node.inputs[0]
     x_shape = lw.onnx_shape(x)
-    if len(x_shape) != 4 or len(node.outputs) > 1 and node.outputs[1].name:
+    if len(x_shape) != 4 or (len(node.outputs) > 1 and node.outputs[1].name):
         raise unsupported(node, "only 2-D pooling without indices maps to TFLite pooling")
     if any(v != 1 for v in ints(node, "dilations", [1, 1])):
         raise unsupported(node, "dilated pooling")
@@ -190,7 +191,8 @@ def resize(lw: Lowerer, node: gs.Node) -> None:
     mode, coord = attr.get("mode", "nearest"), attr.get("coordinate_transformation_mode", "half_pixel")
     nearest = attr.get("nearest_mode", "round_prefer_floor")
     if mode == "linear" and coord in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
-        kind, flags = "RESIZE_BILINEAR", (coord == "align_corners", coord in ("half_pixel", "pytorch_half_pixel"))
+        half_pixel = coord in ("half_pixel", "pytorch_half_pixel")
+        kind, flags = "RESIZE_BILINEAR", (coord == "align_corners", half_pixel)
     elif mode == "nearest" and (coord, nearest) == ("asymmetric", "floor"):
         kind, flags = "RESIZE_NEAREST_NEIGHBOR", (False, False)
     elif mode == "nearest" and (coord, nearest) == ("half_pixel", "round_prefer_ceil"):

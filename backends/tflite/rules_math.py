@@ -1,4 +1,4 @@
-"""Arithmetic: FULLY_CONNECTED / BATCH_MATMUL, elementwise ops, activations, Softmax, LayerNorm, reductions."""
+"""Arithmetic: FULLY_CONNECTED, BATCH_MATMUL, elementwise ops, activations, Softmax, LayerNorm, reductions."""
 
 from __future__ import annotations
 
@@ -35,9 +35,13 @@ _FUSABLE = {"ADD", "SUB", "MUL", "DIV"}
 _FLOAT_ONLY = {"DIV", "POW", "SQRT", "EXP", "NEG", "ABS"}
 
 
-def _common_layout(lw: Lowerer, names: list[str], rank: int) -> str:
-    layouts = {lw.value(n).layout for n in names}
-    return "nhwc" if "nhwc" in layouts and rank == 4 else "plain"
+def common_layout(lw: Lowerer, names: list[str], rank: int) -> str:
+    """NHWC for 4-D when an input already is, or when all inputs are graph inputs (their transpose
+    to NHWC is an edge transpose that spatial ops downstream need anyway)."""
+    values = [lw.value(n) for n in names]
+    if rank != 4:
+        return "plain"
+    return "nhwc" if any(v.layout == "nhwc" for v in values) or all(v.edge for v in values) else "plain"
 
 
 def arrange(value: np.ndarray, rank: int, layout: str) -> np.ndarray:
@@ -86,7 +90,7 @@ def elementwise(lw: Lowerer, node: gs.Node, kind: str, opts: Any = None, fixed: 
     if not acts:
         raise unsupported(node, "all inputs are constant (fold constants first)")
     rank = len(lw.onnx_shape(result))
-    layout = layout or _common_layout(lw, acts, rank)
+    layout = layout or common_layout(lw, acts, rank)
     target = lw.target(node, acts, result) if kind not in _FLOAT_ONLY else None
     ins = operands(lw, inputs, target is not None, layout, rank)
     out = lw.output(node, target, layout, result=result)
@@ -212,10 +216,7 @@ def fully_connected(lw: Lowerer, node: gs.Node, a: gs.Tensor, w: gs.Tensor, perm
     n_out = wt.shape[0]
     if bias is not None and b is None:
         b = gs.Constant(f"{node.name}_bias", np.asarray(bias, np.float32))
-    if target:
-        b_idx = int32_bias(lw, b, node, x_idx, w_idx, n_out)
-    else:
-        b_idx = float_bias(lw, b, node, n_out)
+    b_idx = int32_bias(lw, b, node, x_idx, w_idx, n_out) if target else float_bias(lw, b, node, n_out)
     out = lw.output(node, target, result=result)
     opts = options("FULLY_CONNECTED", keepNumDims=len(lw.onnx_shape(a)) > 2)
     op = lw.g.op("FULLY_CONNECTED", [x_idx, w_idx, b_idx], [out], opts, node.name)
@@ -243,7 +244,8 @@ def layer_norm(lw: Lowerer, node: gs.Node) -> None:
 
     reduced = tuple(d if i < axis else 1 for i, d in enumerate(g.tensors[x_idx].shape))
     mean, centered, square = tmp("mean", reduced), tmp("centered"), tmp("square")
-    var, var_eps, inv, normed = tmp("var", reduced), tmp("var_eps", reduced), tmp("rstd", reduced), tmp("norm")
+    var, var_eps, inv = tmp("var", reduced), tmp("var_eps", reduced), tmp("rstd", reduced)
+    normed = tmp("norm")
     eps = g.const(f"{name}_epsilon", np.asarray([node.attrs.get("epsilon", 1e-5)], np.float32))
     g.op("MEAN", [x_idx, axes], [mean], options("MEAN", keepDims=True), name)
     g.op("SUB", [x_idx, mean], [centered], options("SUB"), name)
@@ -257,8 +259,8 @@ def layer_norm(lw: Lowerer, node: gs.Node) -> None:
         g.op("MUL", [normed, g.const(f"{name}_gamma", arrange(gamma, rank, "plain"), "float32")], [scaled],
              options("MUL"), name)
     out = lw.output(node, None)
-    g.op("ADD", [scaled, g.const(f"{name}_beta", arrange(beta if beta is not None else np.zeros(1, np.float32),
-                                                        rank, "plain"), "float32")], [out], options("ADD"), name)
+    shift = arrange(beta if beta is not None else np.zeros(1, np.float32), rank, "plain")
+    g.op("ADD", [scaled, g.const(f"{name}_beta", shift, "float32")], [out], options("ADD"), name)
 
 
 @rule("ReduceMean", "ReduceSum", "ReduceMax")

@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 from .patterns import real_readers
 from .rulebook import rule
 from .rules_common import const_ints, optional, unsupported
+from .rules_math import common_layout
 from .schema import options
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def concat(lw: Lowerer, node: gs.Node) -> None:
     if any(lw.is_const(t) for t in node.inputs):
         raise unsupported(node, "constant inputs to Concat")
     names = [t.name for t in node.inputs]
-    layout = "nhwc" if rank == 4 and all(lw.value(n).layout == "nhwc" for n in names) else "plain"
+    layout = common_layout(lw, names, rank)
     target = lw.target(node, names)
     ins = [lw.int8_in(n, layout) if target else lw.float_in(n, layout) for n in names]
     if target:

@@ -15,14 +15,10 @@ import numpy as np
 Feeds = dict[str, np.ndarray]
 
 
-def interpreter(blob: bytes, threads: int = 1, preserve: bool = False) -> Any:
-    """An allocated interpreter; ``preserve`` keeps every intermediate tensor (no delegate)."""
+def interpreter(blob: bytes, threads: int = 1) -> Any:
+    """An allocated interpreter with the default delegates (XNNPACK)."""
     lite = importlib.import_module("ai_edge_litert.interpreter")
-    kwargs: dict[str, Any] = {"model_content": blob, "num_threads": threads}
-    if preserve:
-        kwargs["experimental_preserve_all_tensors"] = True
-        kwargs["experimental_op_resolver_type"] = lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    it = lite.Interpreter(**kwargs)
+    it = lite.Interpreter(model_content=blob, num_threads=threads)
     it.allocate_tensors()
     return it
 
@@ -69,27 +65,29 @@ def run(blob: bytes, inputs: list[list[np.ndarray]], nhwc_in: bool = False,
     return [np.concatenate(r) for r in results]
 
 
-def tensors(blob: bytes, sample: list[np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
-    """Raw values of the named tensors after one run with the builtin (non-delegated) kernels."""
-    it = interpreter(blob, preserve=True)
+def named_outputs(blob: bytes, sample: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Raw output values by tensor name after one run (default delegates: XNNPACK)."""
+    it = interpreter(blob)
     for detail, x in zip(it.get_input_details(), sample, strict=True):
         it.set_tensor(detail["index"], _to_input(detail, x, False))
     it.invoke()
-    return {d["name"]: np.array(it.get_tensor(d["index"])) for d in it.get_tensor_details()
-            if d["name"] in names}
+    return {d["name"]: np.array(it.get_tensor(d["index"])) for d in it.get_output_details()}
 
 
 def latency_ms(blob: bytes, sample: list[np.ndarray], nhwc_in: bool = False, warmup: int = 5, runs: int = 40,
-               threads: int = 1) -> float:
-    """Median batch-1 latency; interpreter creation and allocation happen outside the timing."""
+               threads: int = 1) -> tuple[float, float]:
+    """Median batch-1 latency: (wall ms, CPU ms of the calling thread). The interpreter is created
+    and allocated outside the timing. With one thread XNNPACK runs on the caller, so the CPU time is
+    the robust number on a shared machine; the wall time is what a user sees."""
     it = interpreter(blob, threads)
     for detail, x in zip(it.get_input_details(), sample, strict=True):
         it.set_tensor(detail["index"], _to_input(detail, x, nhwc_in))
     for _ in range(warmup):
         it.invoke()
-    times = []
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         it.invoke()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(statistics.median(times))
+        cpu.append((time.thread_time() - start_cpu) * 1e3)
+        wall.append((time.perf_counter() - start) * 1e3)
+    return float(statistics.median(wall)), float(statistics.median(cpu))

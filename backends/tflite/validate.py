@@ -80,7 +80,8 @@ class _Checker:
             self._tensor(t, buffers)
         if any(not 0 <= t.buffer < len(buffers) for t in tensors):
             return
-        written = set(_ints(sub.inputs)) | {i for i, t in enumerate(tensors) if _data(buffers[t.buffer]) is not None}
+        written = set(_ints(sub.inputs))
+        written |= {i for i, t in enumerate(tensors) if _data(buffers[t.buffer]) is not None}
         codes = self.model.operatorCodes or []
         for k, op in enumerate(sub.operators or []):
             if not 0 <= op.opcodeIndex < len(codes):
@@ -93,7 +94,7 @@ class _Checker:
                 continue
             for i in ins:
                 if i >= 0 and i not in written:
-                    self.fail(f"operator {k} ({kind}) reads tensor '{_name(tensors[i])}' before it is written")
+                    self.fail(f"operator {k} ({kind}) reads '{_name(tensors[i])}' before any op writes it")
             written.update(outs)
             self._options(kind, op, _name(tensors[outs[0]]) if outs else str(k))
             self._quant_rules(kind, [tensors[i] if i >= 0 else None for i in ins], [tensors[i] for i in outs],

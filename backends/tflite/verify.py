@@ -8,6 +8,7 @@ integer multiplier and shift, so ±1 LSB on ties is expected and reported, not h
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,9 @@ from dsqc.metrics import output_metrics, sqnr_db, top1_agreement
 from dsqc.verify import run_batches, session
 
 from . import runtime
+from .graph import Graph
+from .validate import validate
+from .writer import serialize
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
@@ -53,36 +57,78 @@ def outputs_vs_qdq(got: dict[str, np.ndarray], qdq: onnx.ModelProto, batches: li
     return result
 
 
-def tensors_vs_qdq(blob: bytes, qdq: onnx.ModelProto, sample: Feeds, int8_tensors: dict[str, bool],
-                   input_names: list[str]) -> dict[str, Any]:
-    """Per int8 tensor (named after its ONNX QuantizeLinear output): LSB differences TFLite vs ORT."""
-    q_outputs = {n.output[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
-    names = sorted(set(int8_tensors) & q_outputs)
-    if not names:
-        return {"tensors": 0}
+def tensors_vs_references(graph: Graph, qdq: onnx.ModelProto, sample: Feeds,
+                          input_names: list[str]) -> dict[str, Any]:
+    """Per int8 tensor named after an ONNX QuantizeLinear output: LSB differences between TFLite and
+    (a) ORT running the QDQ model with float requantization, (b) dsqc's integer reference program.
+
+    The graph is rewritten with those tensors as extra outputs, so XNNPACK (the runtime that ships)
+    computes them; LiteRT's builtin kernels differ from XNNPACK by 1 LSB on a few percent of elements.
+    """
+    q_nodes = {n.output[0]: n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    probes = {t.name: i for i, t in enumerate(graph.tensors)
+              if t.dtype == "int8" and t.data is None and t.name in q_nodes}
+    if not probes:
+        return {}
+    names = sorted(probes)
+    probe = replace(graph, outputs=[*graph.outputs, *(probes[n] for n in names)])
+    blob = serialize(probe, signature=False)
+    validate(blob)
+    tfl = runtime.named_outputs(blob, [sample[n] for n in input_names])
+    for name in names:
+        if graph.tensors[probes[name]].nhwc and tfl[name].ndim == 4:
+            tfl[name] = tfl[name].transpose(0, 3, 1, 2)
+    order = list(q_nodes)
+    result = {"vs_ort_qdq": _lsb(tfl, _ort_tensors(qdq, names, sample), order)}
+    reference = _reference_tensors(qdq, q_nodes, sample)
+    result["vs_integer_reference"] = _lsb(tfl, reference, order) if isinstance(reference, dict) else \
+        {"skipped": reference}
+    return result
+
+
+def _ort_tensors(qdq: onnx.ModelProto, names: list[str], sample: Feeds) -> dict[str, np.ndarray]:
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
     existing = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT8, None)
                               for n in names if n not in existing)
-    ort_values = dict(zip(names, session(model, optimize=False).run(names, sample), strict=True))
-    tfl = runtime.tensors(blob, [sample[n] for n in input_names], set(names))
+    return dict(zip(names, session(model, optimize=False).run(names, sample), strict=True))
+
+
+def _reference_tensors(qdq: onnx.ModelProto, q_nodes: dict[str, str],
+                       sample: Feeds) -> dict[str, np.ndarray] | str:
+    """Every tensor of dsqc's integer program keyed by Q output name, or why there is none."""
+    from dsqc.errors import DsqcError
+    from dsqc.integer.program import lower as lower_program
+    from dsqc.integer.reference import quantize_inputs, run
+
+    try:
+        program = lower_program(qdq)
+        values = run(program, quantize_inputs(program, sample), keep_all=True)
+    except (DsqcError, ValueError, KeyError) as exc:
+        log.info("integer reference unavailable for this model: %s", exc)
+        return str(exc)
+    return {q_out: values[src if src in program.tensors else q_out] for q_out, src in q_nodes.items()
+            if (src if src in program.tensors else q_out) in values}
+
+
+def _lsb(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], order: list[str]) -> dict[str, Any]:
+    """Differences per tensor; ``first_off`` is the earliest tensor (graph order) that differs, where
+    a kernel's own rounding shows before it propagates into later layers."""
     per: dict[str, dict[str, float]] = {}
-    for name in names:
-        if name not in tfl:
-            continue
-        a = tfl[name]
-        if int8_tensors[name] and a.ndim == 4:
-            a = a.transpose(0, 3, 1, 2)
-        b = np.asarray(ort_values[name])
+    for name in [n for n in order if n in got and n in ref]:
+        a, b = got[name], np.asarray(ref[name])
         if a.size != b.size:
             continue
         diff = np.abs(a.astype(np.int32).reshape(b.shape) - b.astype(np.int32))
         per[name] = {"max_lsb": int(diff.max(initial=0)), "fraction_off": float(np.mean(diff > 0))}
     if not per:
         return {"tensors": 0}
-    worst = max(per, key=lambda n: (per[n]["max_lsb"], per[n]["fraction_off"]))
+    ranked = sorted(per, key=lambda n: (-per[n]["max_lsb"], -per[n]["fraction_off"], n))
+    worst = ranked[0]
     return {"tensors": len(per), "max_lsb": per[worst]["max_lsb"], "worst_tensor": worst,
+            "worst": {n: per[n] for n in ranked[:5]},
+            "first_off": next(({"tensor": n, **per[n]} for n in per if per[n]["max_lsb"]), None),
             "tensors_exact": sum(1 for v in per.values() if v["max_lsb"] == 0),
             "tensors_within_1_lsb": sum(1 for v in per.values() if v["max_lsb"] <= 1),
             "mean_fraction_off": float(np.mean([v["fraction_off"] for v in per.values()]))}
@@ -91,6 +137,8 @@ def tensors_vs_qdq(blob: bytes, qdq: onnx.ModelProto, sample: Feeds, int8_tensor
 def latency(int8_blob: bytes, fp32_blob: bytes, sample: list[np.ndarray], nhwc_in: bool = False,
             runs: int = 40) -> dict[str, float]:
     """Median ms (1 thread, XNNPACK) of the int8 file and the float32 file of the same graph."""
-    int8 = runtime.latency_ms(int8_blob, sample, nhwc_in, runs=runs)
-    fp32 = runtime.latency_ms(fp32_blob, sample, nhwc_in, runs=runs)
-    return {"int8": int8, "float32": fp32, "speedup": fp32 / max(int8, 1e-9), "threads": 1, "runs": runs}
+    int8, int8_cpu = runtime.latency_ms(int8_blob, sample, nhwc_in, runs=runs)
+    fp32, fp32_cpu = runtime.latency_ms(fp32_blob, sample, nhwc_in, runs=runs)
+    return {"int8": int8, "float32": fp32, "speedup": fp32 / max(int8, 1e-9), "int8_cpu": int8_cpu,
+            "float32_cpu": fp32_cpu, "speedup_cpu": fp32_cpu / max(int8_cpu, 1e-9), "threads": 1,
+            "runs": runs}

@@ -6,9 +6,8 @@ buffer aligned to 16 bytes, op versions as the TFLite converter assigns them, an
 
 from __future__ import annotations
 
-from typing import Any
-
 import importlib
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +26,8 @@ def _aligned_buffer(data: bytes | None) -> Any:
     """A ``BufferT`` whose data vector starts on a 16-byte boundary (the generated Pack does not align)."""
     fb = schema()
 
-    class AlignedBufferT(fb.BufferT):  # type: ignore[misc, name-defined]
-        def Pack(self, builder: Any) -> int:  # noqa: N802 - flatc API name
+    class AlignedBufferT(fb.BufferT):  # type: ignore[name-defined]
+        def Pack(self, builder: Any) -> int:
             offset = None
             if data:
                 builder.StartVector(1, len(data), ALIGNMENT)
@@ -121,7 +120,8 @@ def serialize(graph: Graph, signature: bool = True, input_names: list[str] | Non
         model.operatorCodes.append(code)
     if signature:
         model.signatureDefs = [_signature(fb, graph, input_names, output_names)]
-    builder = importlib.import_module("flatbuffers").Builder(1024 + sum(t.data.nbytes for t in graph.tensors if t.data is not None))
+    size = 1024 + sum(t.data.nbytes for t in graph.tensors if t.data is not None)
+    builder = importlib.import_module("flatbuffers").Builder(size)
     builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
 

@@ -7,6 +7,17 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops TensorRT folds into the kernel of the Conv/Gemm before them.
+FOLDED = frozenset({"BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu",
+                    "Softplus", "HardSigmoid", "HardSwish", "PRelu"})
+# Ops that take int8 inputs in TensorRT (fused, or Q/DQ moved through them). Add only as the skip
+# input of a Conv+Add residual (see ``conv_residual``).
+INT8_READERS = frozenset({*COMPUTE, *QDQ_OPS, "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
+                          "GlobalMaxPool", "Concat", "Reshape", "Transpose", "Flatten", "Squeeze",
+                          "Unsqueeze", "Slice", "Gather", "Resize", "Split", "Pad", "Identity", "Relu",
+                          "Expand", "Tile", "DepthToSpace", "SpaceToDepth"})
+FLOAT_ONLY = frozenset({"Softmax", "LayerNormalization"})
 
 
 def node_label(node: onnx.NodeProto) -> str:
@@ -74,3 +85,15 @@ class GraphIndex:
         if src is not None and src.op_type == "QuantizeLinear" and depth < 2:
             return self.quant_type(src, depth + 1)
         return None
+
+
+def conv_residual(index: GraphIndex, add: onnx.NodeProto, slot: int) -> bool:
+    """Whether input ``slot`` of Add ``add`` is the skip of a Conv+Add residual TensorRT can fuse:
+    another input comes straight from a Conv/ConvTranspose (or its BatchNormalization)."""
+    for other, name in enumerate(add.input):
+        src = index.producer(name) if other != slot else None
+        if src is not None and src.op_type == "BatchNormalization":
+            src = index.producer(src.input[0])
+        if src is not None and src.op_type in ("Conv", "ConvTranspose"):
+            return True
+    return False

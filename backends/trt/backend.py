@@ -19,6 +19,7 @@ import onnx
 from dsqc.errors import GateError, RecipeError, UnsupportedError
 from dsqc.metrics import sqnr_db
 from dsqc.model_io import save_model
+from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 
 from ..registry import Backend, BackendOutput, LoweringJob, register
@@ -26,7 +27,7 @@ from . import engine
 from .calib_cache import DEFAULT_TRT_VERSION, activation_scales, cache_header, format_cache, version_digits
 from .checker import Finding, check_trt
 from .fp16 import to_fp16
-from .lower import fold_int32_dequantize
+from .lower import float_readers_read_float, fold_int32_dequantize
 from .profile import TRT_PROFILE
 from .scripts import BundleFiles, render_build_py, render_build_sh
 
@@ -80,8 +81,8 @@ class TrtBackend(Backend):
             if report.overflowed:
                 result.notes.append(f"fp16: {len(report.overflowed)} tensor(s) exceed the FP16 range and "
                                     f"became ±inf: {', '.join(report.overflowed[:5])}")
-        findings = check_trt(model)
-        _gate_findings(findings, result, metrics)
+        if job.qdq is not None:
+            _gate_findings(check_trt(model), result, metrics)
         save_model(job.fp32, out / files.fp32)
         save_model(model, out / files.qdq)
         result.artifacts += [Path(files.qdq), Path(files.fp32)]
@@ -101,10 +102,14 @@ class TrtBackend(Backend):
                metrics: dict[str, Any]) -> onnx.ModelProto:
         assert job.qdq is not None
         model, folded = fold_int32_dequantize(job.qdq)
+        int8_nodes = {name for name, d in job.plan.nodes.items()
+                      if d.precision in (Precision.INT8, Precision.INT4)} if job.plan else set()
+        model, rewired = float_readers_read_float(model, int8_nodes)
         metrics["folded_bias_dequantize"] = len(folded)
+        metrics["float_readers_rewired"] = rewired
         graph = job.fp32.graph
         fp32_names = {v.name for v in graph.input} | {o for n in graph.node for o in n.output}
-        scales, notes = activation_scales(job.qdq, fp32_names)
+        scales, notes = activation_scales(model, fp32_names)
         missing = sorted(set(scales) - fp32_names)
         if missing:
             raise UnsupportedError(f"calibration cache: tensor '{missing[0]}' is not in the FP32 model")
@@ -145,7 +150,7 @@ def _gate_findings(findings: list[Finding], result: BackendOutput, metrics: dict
                                f"node '{first.node}' [{first.rule}] {first.message}")
     warnings = [f for f in findings if f.severity == "warning"]
     if warnings:
-        result.notes.append(f"trt check: {len(warnings)} placement warning(s), first: node "
+        result.notes.append(f"trt check: {len(warnings)} warning(s), first: node "
                             f"'{warnings[0].node}' [{warnings[0].rule}] {warnings[0].message}")
 
 
@@ -158,7 +163,7 @@ def _verify(job: LoweringJob, model: onnx.ModelProto) -> dict[str, Any]:
     """
     ref = run_batches(session(job.fp32), job.eval_feeds)
     got = run_batches(session(model, optimize=False), job.eval_feeds)
-    metrics: dict[str, Any] = {"sqnr_db": {n: round(sqnr_db(ref[n], got[n]), 3) for n in ref}}
+    metrics: dict[str, Any] = {"sqnr_db": {n: round(float(sqnr_db(ref[n], got[n])), 3) for n in ref}}
     if job.qdq is not None:
         canon = run_batches(session(job.qdq, optimize=False), job.eval_feeds)
         metrics["max_abs_diff_vs_qdq"] = max(float(np.max(np.abs(canon[n].astype(np.float64) - got[n])))

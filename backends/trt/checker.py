@@ -16,18 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ._graph import QDQ_OPS, GraphIndex, node_label
-
-COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# Ops TensorRT folds into the kernel of the Conv/Gemm before them.
-_FOLDED = frozenset({"BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu",
-                     "Softplus", "HardSigmoid", "HardSwish", "PRelu"})
-# Ops that take int8 inputs in TensorRT (fused or moved through); a DQ into anything else is a reformat.
-_INT8_READERS = frozenset({*COMPUTE, *QDQ_OPS, "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
-                           "GlobalMaxPool", "Concat", "Reshape", "Transpose", "Flatten", "Squeeze",
-                           "Unsqueeze", "Slice", "Gather", "Resize", "Split", "Pad", "Identity", "Relu",
-                           "Expand", "Tile", "DepthToSpace", "SpaceToDepth"})
-_FLOAT_ONLY = frozenset({"Softmax", "LayerNormalization"})
+from ._graph import COMPUTE, FLOAT_ONLY, FOLDED, INT8_READERS, QDQ_OPS, GraphIndex, conv_residual, node_label
 
 
 @dataclass(frozen=True)
@@ -202,9 +191,9 @@ def _check_fusion(index: GraphIndex, node: onnx.NodeProto, allowed: set[str]) ->
     q = index.producer(node.input[0])
     quantized = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else ""
     source = index.producer(quantized) if quantized else None
-    for reader, _ in index.readers(node.output[0]):
+    for reader, slot in index.readers(node.output[0]):
         rop, rlabel = reader.op_type, node_label(reader)
-        if source is not None and source.op_type in (*COMPUTE, "BatchNormalization") and rop in _FOLDED:
+        if source is not None and source.op_type in (*COMPUTE, "BatchNormalization") and rop in FOLDED:
             out.append(Finding(label, "fusion", f"Q/DQ between {source.op_type} '{node_label(source)}' and "
                                f"{rop} '{rlabel}': TensorRT folds the {rop} into the kernel; quantize "
                                f"after the {rop}", "warning"))
@@ -215,11 +204,14 @@ def _check_fusion(index: GraphIndex, node: onnx.NodeProto, allowed: set[str]) ->
                                "warning"))
         elif rop in allowed:
             continue
-        elif rop in _FLOAT_ONLY:
+        elif rop == "Add" and not conv_residual(index, reader, slot):
+            out.append(Finding(label, "fusion", f"DQ into Add '{rlabel}', which has no Conv input to fuse "
+                               "with: TensorRT runs it in float, the pair only adds a reformat", "warning"))
+        elif rop in FLOAT_ONLY:
             out.append(Finding(label, "fusion", f"Q/DQ into {rop} '{rlabel}': TensorRT runs {rop} in "
                                "FP16/FP32, the pair only adds a reformat (leave it out unless asked)",
                                "warning"))
-        elif rop not in _INT8_READERS:
+        elif rop not in INT8_READERS:
             out.append(Finding(label, "fusion", f"DQ feeds {rop} '{rlabel}', which has no int8 kernel in "
                                "TensorRT: the Q/DQ pair only adds a reformat", "warning"))
     return out

@@ -24,6 +24,7 @@ from dsqc.errors import UnsupportedError
 from dsqc.model_io import upgrade_opset
 
 from ._graph import QDQ_OPS, GraphIndex
+from .lower import drop_unused_initializers
 
 FP16_OPSET = 19
 # (op, input slot) that must stay float32 whatever the data type.
@@ -58,6 +59,7 @@ def to_fp16(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Fp16Report]:
     report = Fp16Report()
     scale_names = {n.input[1] for n in graph.node if n.op_type in QDQ_OPS and len(n.input) > 1}
     kept = _split_float32_slots(graph)
+    drop_unused_initializers(model)
     for tensor in graph.initializer:
         if tensor.name not in kept:
             _convert(tensor, tensor.name in scale_names, report)

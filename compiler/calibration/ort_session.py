@@ -8,7 +8,6 @@ ResNet) and lifts the 2 GB protobuf limit. The caller's model is never modified.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,10 +15,8 @@ import onnx
 
 from ..errors import ModelError
 
-log = logging.getLogger(__name__)
-
 SPIN = False  # calibration sessions: idle ORT workers sleep (see output_session)
-IN_MEMORY_WEIGHTS = True  # False: serialize the weights with the graph (the ORT < 1.20 path)
+IN_MEMORY_WEIGHTS = True  # False: serialize the weights with the graph (as ORT without that API needs)
 _INLINE_BYTES = 1024  # smaller initializers stay in the graph (shape constants must be readable)
 
 

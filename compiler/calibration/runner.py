@@ -1,8 +1,9 @@
 """Stream calibration samples through the FP32 model in ONNX Runtime and observe chosen tensors.
 
-The requested intermediates become the only graph outputs of a temporary session; each batch's
-outputs update one observer per tensor and are dropped at once, so peak memory is one batch of
-activations plus one fixed-size histogram per tensor.
+The requested intermediates become the only graph outputs of a temporary session. A worker thread
+folds batch ``i``'s outputs into one observer per tensor while ORT computes batch ``i + 1``; each
+batch is dropped once observed, so memory is at most two batches of the requested tensors plus one
+fixed-size histogram per tensor, whatever the number of samples.
 """
 
 from __future__ import annotations

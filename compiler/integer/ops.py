@@ -50,12 +50,6 @@ class Requant:
         n = np.array([x.n for x in mults], dtype=np.int64)
         return cls(m, n, int(zero_point), int(qmin), int(qmax))
 
-    @classmethod
-    def copy(cls, out: TensorInfo) -> Requant:
-        """Same scale in and out: ``value + zp`` saturated (the value is ``q − zp`` of the input)."""
-        return cls(np.ones(1, np.int64), np.zeros(1, np.int64), out.zero_point, out.qmin, out.qmax,
-                   identity=True)
-
     @property
     def per_channel(self) -> bool:
         return self.m.size > 1
@@ -159,9 +153,6 @@ class Program:
     inputs: list[IOBinding]
     outputs: list[IOBinding]
     notes: list[str] = field(default_factory=list)
-
-    def info(self, name: str) -> TensorInfo:
-        return self.tensors[name]
 
     def macs(self) -> list[int]:
         """Multiply-accumulates of each op (batch 1), in op order."""

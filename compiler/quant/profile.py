@@ -25,6 +25,9 @@ class TargetProfile:
     ``fixed_output_specs``: op → (scale, zero point) the runtime imposes (TFLite Softmax).
     ``weight_limit``: int8 weights in [-limit, limit] (64 = 7 bits: x86 u8s8 kernels without VNNI
     add pairs of u8·s8 products in saturating int16, so full 8-bit weights overflow).
+    ``verify_fused``: verify with ORT's fused int8 kernels (the deployment runtime for ``onnx``); other
+    targets are verified with ORT's reference Q/DQ semantics (float requantization), since ORT's x86
+    u8s8 kernels saturate with full 8-bit weights where the target's kernels do not.
     ``residual_add_skip_only``: a residual Add quantizes only its skip input; the branch coming
     from a compute op fuses into it (TensorRT's Conv+Add kernel).
     """
@@ -45,5 +48,6 @@ class TargetProfile:
     power_of_two_scales: bool = False
     residual_add_skip_only: bool = False
     weight_limit: int | None = None
+    verify_fused: bool = True
     float_fallback: str = "fp32"
     min_opset: int = 13

@@ -21,13 +21,13 @@ def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outpu
 
 
 def conv_model(batch: int | str = "N", seed: int = 0) -> onnx.ModelProto:
-    """x[batch,3,8,8] → Conv → Relu → Conv → Add(skip conv) → Relu → GAP → Flatten → y[batch,4]."""
+    """x[batch,3,8,8] → Conv → Relu → Conv → Add(skip conv) → Relu → GAP → Flatten → y[batch,8]."""
     rng = np.random.default_rng(seed)
     inits = [
-        numpy_helper.from_array(rng.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b1"),
-        numpy_helper.from_array(rng.normal(0, 0.4, (4, 4, 3, 3)).astype(np.float32), "w2"),
-        numpy_helper.from_array(rng.normal(0, 0.4, (4, 3, 1, 1)).astype(np.float32), "w3"),
+        numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (8, 8, 3, 3)).astype(np.float32), "w2"),  # > 1 KiB
+        numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 1, 1)).astype(np.float32), "w3"),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),

@@ -171,3 +171,12 @@ def test_make_observer_errors() -> None:
         make_observer("percentile", percentile=0)
     with pytest.raises(TypeError):
         make_observer("entropy").merge(make_observer("mse"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_single_signed_data_far_from_zero(method: str) -> None:
+    x = np.random.default_rng(4).uniform(5.0, 6.0, 10_000).astype(np.float32)
+    lo, hi = _range(method, x)
+    assert 5.0 <= lo < hi <= 6.0
+    lo, hi = _range(method, -x)
+    assert -6.0 <= lo < hi <= -5.0

