@@ -27,7 +27,7 @@ FOLD_TARGETS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 def _relative_diff(original: onnx.ModelProto, normalized: onnx.ModelProto, feeds: dict) -> float:
     ref = session(original, optimize=False).run(None, feeds)
     got = session(normalized, optimize=False).run(None, feeds)
-    return max(float(np.max(np.abs(r - g)) / max(np.max(np.abs(r)), 1e-12)) for r, g in zip(ref, got))
+    return max(float(np.max(np.abs(r - g)) / max(np.max(np.abs(r)), 1e-12)) for r, g in zip(ref, got, strict=True))
 
 
 @pytest.mark.parametrize("name", ["resnet_block", "inverted_residual", "convtranspose_decoder",
@@ -55,7 +55,8 @@ def test_from_torch_and_export_cli(tmp_path: Path) -> None:
     proto = from_torch(module, torch.randn(1, 3, 8, 8))
     assert proto.graph.input[0].name == "input"
     factory = tmp_path / "tiny_factory.py"
-    factory.write_text("import torch\n\ndef make():\n    m = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()\n"
+    factory.write_text("import torch\n\ndef make():\n"
+                       "    m = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()\n"
                        "    return m, torch.randn(1, 4)\n")
     out = tmp_path / "exported.onnx"
     proc = subprocess.run([sys.executable, "-m", "dsqc.cli", "export", "tiny_factory:make", "-o", str(out)],
