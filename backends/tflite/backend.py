@@ -108,9 +108,11 @@ class TfliteBackend(Backend):
             result.artifacts.append(path)
             metrics["fp32"] = _describe(fp32, path)
         if job.qdq is None:
-            if opts.verify and job.eval_feeds:
-                metrics["fp32"]["verification"] = verify.outputs_vs_onnx(
-                    fp32.blob, job.fp32, job.eval_feeds, nhwc_in)[0]
+            feeds = job.eval_feeds or verify.random_feeds(job.fp32)
+            if opts.verify and feeds:
+                check = verify.outputs_vs_onnx(fp32.blob, job.fp32, feeds, nhwc_in)[0]
+                check["inputs"] = "held-out samples" if job.eval_feeds else "random normal (no --calib given)"
+                metrics["fp32"]["verification"] = check
             return self._finish(result, metrics, [])
         int8 = build_tflite(job.qdq, opts)
         path = Path(f"{job.name}.int8.tflite")

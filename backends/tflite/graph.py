@@ -41,6 +41,15 @@ class QParams:
     def per_tensor(self) -> bool:
         return self.scale.size == 1
 
+    def dequantize(self, data: np.ndarray) -> np.ndarray:
+        """Real values of ``data`` (per channel along ``dim`` when there are several scales)."""
+        if self.per_tensor or data.ndim == 0:
+            return ((data.astype(np.float64) - self.zero_point[0]) * self.scale[0]).astype(np.float32)
+        view = [1] * data.ndim
+        view[self.dim] = -1
+        zero, scale = self.zero_point.reshape(view), self.scale.reshape(view).astype(np.float64)
+        return ((data.astype(np.float64) - zero) * scale).astype(np.float32)
+
     def describe(self) -> str:
         if self.per_tensor:
             return f"scale {float(self.scale[0]):.6g}, zero point {int(self.zero_point[0])}"

@@ -83,6 +83,12 @@ class Lowerer:
     # ---- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
         self.onnx.toposort()
+        taken = {n.name for n in self.onnx.nodes}
+        for i, node in enumerate(self.onnx.nodes):  # bookkeeping is by node name: name every node
+            if not node.name:
+                node.name = next(f"{node.op}_{i}_{k}" for k in range(len(taken) + 1)
+                                 if f"{node.op}_{i}_{k}" not in taken)
+                taken.add(node.name)
         macros: dict[str, Match] = {}
         for match in find_gelu(self.onnx):
             self.consumed.update(n.name for n in match.inner)
@@ -186,7 +192,7 @@ class Lowerer:
         """A constant operand in float (dequantized when stored int8 behind a DequantizeLinear)."""
         if tensor.name in self.qconst:
             data, quant = self.qconst[tensor.name]
-            return dequantize(data, quant)
+            return quant.dequantize(data)
         value = constant_value(tensor)
         return None if value is None else np.asarray(value)
 
@@ -262,15 +268,18 @@ class Lowerer:
         if value.layout == layout:
             return value
         t = self.g.tensors[value.tensor]
-        key = (value.tensor, layout)
-        if key not in self._cache:
-            if value.layout == "flat_hwc":
+        if value.layout == "flat_hwc":  # a 2-D [N, H·W·C] tensor: back to ONNX's C·H·W column order
+            key = (value.tensor, "plain")
+            if key not in self._cache:
                 assert value.chw is not None
                 c, h, w = value.chw
                 nhwc = self.reshape(value.tensor, (t.shape[0], h, w, c), f"{t.name}_nhwc")
-                self._cache[key] = self._transpose(nhwc, NHWC_TO_NCHW, f"{t.name}_nchw", edge or value.edge)
-                self._cache[key] = self.reshape(self._cache[key], t.shape, f"{t.name}_chw")
-            elif layout == "nhwc":
+                nchw = self._transpose(nhwc, NHWC_TO_NCHW, f"{t.name}_nchw", edge or value.edge)
+                self._cache[key] = self.reshape(nchw, t.shape, f"{t.name}_chw")
+            return Value(self._cache[key], "plain", None, value.edge)
+        key = (value.tensor, layout)
+        if key not in self._cache:
+            if layout == "nhwc":
                 self._cache[key] = self._transpose(value.tensor, NCHW_TO_NHWC, f"{t.name}_nhwc",
                                                    edge or value.edge)
             else:
@@ -294,15 +303,6 @@ class Lowerer:
         shape_t = self.g.const(f"{name}_shape", np.asarray(shape, np.int32))
         self.g.op("RESHAPE", [idx, shape_t], [out], options("RESHAPE", newShape=list(shape)), origin)
         return out
-
-
-def dequantize(data: np.ndarray, quant: QParams) -> np.ndarray:
-    if quant.per_tensor or data.ndim == 0:
-        return ((data.astype(np.float64) - quant.zero_point[0]) * quant.scale[0]).astype(np.float32)
-    view = [1] * data.ndim
-    view[quant.dim] = -1
-    zero, scale = quant.zero_point.reshape(view), quant.scale.reshape(view).astype(np.float64)
-    return ((data.astype(np.float64) - zero) * scale).astype(np.float32)
 
 
 def _qparams(node: gs.Node, axis: int = 0) -> QParams:

@@ -26,6 +26,24 @@ log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 
 
+def random_feeds(model: onnx.ModelProto, batches: int = 2, batch: int = 4) -> list[Feeds]:
+    """Standard-normal float inputs (symbolic dims set to ``batch``); [] if an input is not float."""
+    rng = np.random.default_rng(0)
+    inits = {t.name for t in model.graph.initializer}
+    out: list[Feeds] = []
+    for _ in range(batches):
+        feeds: Feeds = {}
+        for value in model.graph.input:
+            if value.name in inits:
+                continue
+            if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+                return []
+            dims = [d.dim_value or batch for d in value.type.tensor_type.shape.dim]
+            feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+        out.append(feeds)
+    return out
+
+
 def outputs_vs_onnx(blob: bytes, reference: onnx.ModelProto, batches: list[Feeds],
                     nhwc_in: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run ``blob`` on every held-out sample and compare each output with ``reference`` in ORT."""

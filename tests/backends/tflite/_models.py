@@ -98,3 +98,24 @@ def misc_cnn(seed: int = 0) -> onnx.ModelProto:
     nodes.insert(8, helper.make_node("Concat", ["x", "x", "x"], ["x2"], name="concat_x", axis=1))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
     return _model(nodes, [x], {"y": ["N", 3]}, inits)
+
+
+def embedding(seed: int = 0) -> onnx.ModelProto:
+    """ids[1,6] (int64) → Gather(table) → MatMul → Add(bias) → Relu → Slice(tokens 0..3) → ReduceMean."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (20, 8)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([0], np.int64), "starts"),
+             numpy_helper.from_array(np.array([3], np.int64), "ends"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed", axis=0),
+        helper.make_node("MatMul", ["e", "w"], ["mm"], name="proj"),
+        helper.make_node("Add", ["mm", "b"], ["pb"], name="bias"),
+        helper.make_node("Relu", ["pb"], ["r"], name="relu"),
+        helper.make_node("Slice", ["r", "starts", "ends", "axes"], ["s"], name="first3"),
+        helper.make_node("ReduceMean", ["s"], ["y"], name="pool", axes=[1], keepdims=0),
+    ]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6])
+    return _model(nodes, [ids], {"y": [1, 8]}, inits)

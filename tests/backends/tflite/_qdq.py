@@ -1,8 +1,9 @@
-"""Test helpers: canonical QDQ models for the tflite profile without the calibration package.
+"""Test helpers: canonical QDQ models for the tflite profile, parsing and isolated LiteRT runs.
 
 ``qdq_model`` runs dsqc's own planner and ``InsertQDQ`` with plain min/max ranges measured in ONNX
-Runtime, so the lowering is tested on exactly the QDQ form the compiler emits. ``run_tflite`` loads a
-file in a subprocess (an invalid int8 tensor aborts the whole process in LiteRT).
+Runtime: the QDQ form the compiler emits, without the cost of the calibration observers.
+``run_tflite_isolated`` loads a file in a child process, so a file LiteRT rejects (or aborts on)
+cannot take the test process down. ``parse`` reads a file with the independent ``tflite`` package.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dsqc.backends.tflite.profile import TFLITE_PROFILE
 from dsqc.ir import Model
 from dsqc.pass_infra import PassManager
 from dsqc.passes.insert_qdq import InsertQDQ
+from dsqc.pipeline import normalize as pipeline_normalize
 from dsqc.quant.planner import Range, finalize, place
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.recipe import Recipe
@@ -31,17 +33,7 @@ Feeds = dict[str, np.ndarray]
 
 
 def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """dsqc's FP32 normalization when importable, else constant folding + Conv/BN fusion."""
-    try:
-        from dsqc.pipeline import normalize as pipeline_normalize
-    except ImportError:
-        from dsqc.passes import EliminateDeadCode, EliminateIdentity, FoldConstants, FuseConvBatchNorm
-
-        model = Model.from_proto(proto)
-        steps = [FoldConstants(), EliminateIdentity(), FuseConvBatchNorm(), EliminateDeadCode()]
-        out = PassManager(steps).run(model).model.to_proto()
-        out.ir_version = proto.ir_version
-        return onnx.shape_inference.infer_shapes(out)
+    """dsqc's FP32 normalization (constant folding, Conv+BN fusion, ...)."""
     return pipeline_normalize(proto).model
 
 

@@ -42,6 +42,8 @@ def test_fp32_build_matches_onnx(conv_bn_path: Path, tmp_path: Path) -> None:
     result = build(BuildRequest(model=conv_bn_path, target="tflite", out_dir=tmp_path / "o", precision="fp32",
                                 calib=None))
     assert result.artifacts[0] == Path("conv_bn.fp32.tflite")
+    reported = result.metrics["tflite"]["fp32"]["verification"]["outputs"]["logits"]
+    assert reported["max_abs_diff"] <= 1e-4
     blob = (tmp_path / "o" / "conv_bn.fp32.tflite").read_bytes()
     x = np.random.default_rng(3).standard_normal((3, 3, 16, 16)).astype(np.float32)
     ref = ort_run(onnx.load(conv_bn_path), {"input": x})[0]

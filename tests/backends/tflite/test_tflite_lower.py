@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _models import cnn, misc_cnn, samples, with_op
+from _models import cnn, embedding, misc_cnn, samples, with_op
 from _qdq import normalize, ort_run, parse, qdq_model, run_tflite_isolated
 
 from dsqc.backends.tflite.lower import LowerOptions, lower
@@ -156,3 +156,22 @@ def test_more_ops_fp32_and_int8() -> None:
     got8 = np.concatenate([o[0] for o in run_tflite_isolated(blob8, inputs)])
     assert np.max(np.abs(got32 - ref)) <= 1e-4
     assert 10 * np.log10(np.sum(ref ** 2) / np.sum((got8 - ref) ** 2)) > 25
+
+
+def test_embedding_gather_slice() -> None:
+    fp32 = normalize(embedding())
+    ids = np.random.default_rng(2).integers(0, 20, (1, 6)).astype(np.int64)
+    qdq, _ = qdq_model(fp32, [{"ids": np.random.default_rng(s).integers(0, 20, (1, 6))} for s in range(8)])
+    blob32, _ = _write(fp32)
+    blob8, _ = _write(qdq)
+    assert {"GATHER", "FULLY_CONNECTED", "STRIDED_SLICE", "MEAN"} <= {op[0] for op in parse(blob8)["ops"]}
+    ref = ort_run(fp32, {"ids": ids})[0]
+    got32 = run_tflite_isolated(blob32, [[ids]])[0][0]
+    got8 = run_tflite_isolated(blob8, [[ids]])[0][0]
+    assert np.max(np.abs(got32 - ref)) <= 1e-4
+    assert 10 * np.log10(np.sum(ref ** 2) / np.sum((got8 - ref) ** 2)) > 25
+
+
+def test_same_input_same_bytes(cnn_models: tuple[onnx.ModelProto, onnx.ModelProto]) -> None:
+    _, qdq = cnn_models
+    assert _write(qdq)[0] == _write(qdq)[0]
