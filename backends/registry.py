@@ -29,6 +29,8 @@ class LoweringJob:
     plan: QuantPlan | None
     eval_feeds: list[Feeds]
     options: dict[str, Any] = field(default_factory=dict)
+    eval_labels: np.ndarray | None = None
+    measure_latency: bool = True
 
 
 @dataclass
@@ -46,6 +48,10 @@ class Backend(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     profile: ClassVar[TargetProfile]
+
+    def profile_for(self, options: dict[str, Any]) -> TargetProfile:
+        """The profile the planner uses for these backend options (default: ``profile``)."""
+        return self.profile
 
     @abstractmethod
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:

@@ -80,6 +80,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="trt: fail (exit 2) when the TensorRT engine cannot be built here")
     p.add_argument("--fp16", action="store_true", help="trt: run the float parts in FP16")
     p.add_argument("--trt-version", help="trt: calibration cache header version, e.g. 100300")
+    p.add_argument("-B", "--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="target option, repeatable: hls parallelism=8, interface=axis, "
+                        "power_of_two_scales=true; tflite io=float, signature=true")
     p.add_argument("--dump-ir", type=Path, help="write the graph after each pass into this folder")
     p.add_argument("--check-each-pass", action="store_true", help="run onnx.checker after each pass")
     p.set_defaults(func=_cmd_build)
@@ -164,6 +167,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
     options: dict[str, object] = {}
+    for item in args.backend_option:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise DsqcError(f"--backend-option {item!r}: expected KEY=VALUE, e.g. parallelism=8")
+        options[key.strip()] = _option_value(raw.strip())
     if args.require_engine:
         options["require_engine"] = True
     if args.fp16:
@@ -171,6 +179,18 @@ def _backend_options(args: argparse.Namespace) -> dict[str, object]:
     if args.trt_version:
         options["trt_version"] = args.trt_version
     return options
+
+
+def _option_value(raw: str) -> object:
+    """``true``/``false`` → bool, integers and floats as numbers, anything else a string."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -125,14 +125,16 @@ def build(request: BuildRequest) -> BuildResult:
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
         with clock("calibrate+plan"):
-            quantized = quantize_model(fp32, backend.profile, recipe, calib, request.calib_batch)
+            profile = backend.profile_for(request.backend_options)
+            quantized = quantize_model(fp32, profile, recipe, calib, request.calib_batch)
         result.warnings.extend(f"recipe regex '{r}' matched no node" for r in recipe.unmatched())
         result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
         job.eval_feeds = list(held_out.batches(request.calib_batch))
+        job.eval_labels, job.measure_latency = held_out.labels, request.measure_latency
         with clock("verify"):
             verification = verify(fp32, quantized.model, job.eval_feeds, held_out.labels,
                                   request.task_metric, latency=request.measure_latency,
-                                  fused=backend.profile.verify_fused)
+                                  fused=profile.verify_fused)
         result.metrics["verification"] = verification.to_dict()
         result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
                                          "eval_source": held_out.source, "eval_samples": len(held_out),

@@ -64,4 +64,41 @@ def format_result(result: BuildResult) -> str:
         if lat:
             lines.append(f"  latency (ORT CPU, 1 thread, batch 1) {lat['fp32']:.3f} ms → "
                          f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×)")
+    lines += _target_lines(result)
     return "\n".join(lines)
+
+
+def _target_lines(result: BuildResult) -> list[str]:
+    """A few lines from the backend's own checks (LiteRT run, csim, TensorRT bundle)."""
+    m = result.metrics.get(result.target) or {}
+    lines: list[str] = []
+    if result.target == "tflite" and m.get("verification"):
+        v = m["verification"]
+        line = f"tflite (LiteRT interpreter, XNNPACK): min SQNR {v['min_sqnr_db']:.2f} dB"
+        if v.get("top1_agreement") is not None:
+            line += f", top-1 agreement {v['top1_agreement'] * 100:.2f} %"
+        if v.get("task"):
+            line += f", {v['task'].get('metric', 'task')} {v['task'].get('quantized', float('nan')):.4f}"
+        lines.append(line)
+        ref = (v.get("tensors") or {}).get("vs_integer_reference")
+        if ref:
+            lines.append(f"  vs dsqc integer reference: {ref['tensors_exact']}/{ref['tensors']} tensors "
+                         f"bit-exact, max {ref['max_lsb']} LSB")
+        lat = m.get("latency_ms")
+        if lat:
+            lines.append(f"  latency 1 thread: float32 {lat['float32']:.3f} ms, int8 {lat['int8']:.3f} ms "
+                         f"(int8 {lat['speedup']:.2f}× faster)")
+    if result.target == "hls" and m.get("csim"):
+        c, e = m["csim"], m.get("estimates", {})
+        lines.append(f"hls csim (gcc, strict C99): {c['status']}, {c['mismatching_values']} mismatching "
+                     f"values over {c['vectors']} vectors; max stack frame {c['max_stack_bytes']} B")
+        if e:
+            lines.append(f"  estimate: {e.get('cycles', 0):,} cycles ≈ {e.get('latency_us', 0):.0f} µs at "
+                         f"{e.get('clock_mhz', 0):.0f} MHz")
+    if result.target == "trt" and m:
+        engine = m.get("engine", {})
+        lines.append(f"trt: calibration cache {m.get('cache_tensors', 0)} tensors "
+                     f"({m.get('trt_version_header')}); rules check {len(m.get('check', []))} finding(s)")
+        built = engine.get("built")
+        lines.append("  engine: built" if built else f"  engine: not built — {engine.get('reason')}")
+    return lines

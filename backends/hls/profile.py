@@ -24,6 +24,7 @@ HLS_PROFILE = TargetProfile(
     output_q_optional=frozenset(),
     passthrough_ops=frozenset({"MaxPool", "Reshape", "Flatten"}),
     fold_activations=True,
+    verify_fused=False,
     shared_scale_ops=frozenset({"Concat"}),
     int4_weights=False,
     power_of_two_scales=False,

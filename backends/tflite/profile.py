@@ -21,6 +21,7 @@ TFLITE_PROFILE = TargetProfile(
     output_q_optional=frozenset(),
     passthrough_ops=PASSTHROUGH_OPS,
     fold_activations=True,
+    verify_fused=False,
     shared_scale_ops=frozenset({"Concat", "AveragePool", "MaxPool", "Reshape", "Squeeze", "Transpose", "Pad",
                                 "Gather", "Slice", "Resize", "Max", "Min"}),
     fixed_output_specs={"Softmax": (1.0 / 256.0, -128), "Sigmoid": (1.0 / 256.0, -128),

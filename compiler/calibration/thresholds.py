@@ -41,7 +41,9 @@ def entropy_threshold(hist: GridHistogram, num_quant_bins: int = 128) -> float:
     For every candidate ``i >= num_quant_bins`` bins: P = the first ``i`` bins with all mass beyond
     added to the last; Q = those ``i`` bins (without the outliers) merged into ``num_quant_bins``
     groups, each spread evenly over the group's non-empty bins of P. The threshold is the upper
-    edge of the candidate with the smallest KL(P || Q). Evaluated in closed form from prefix sums.
+    edge of the candidate with the smallest KL(P || Q). As in NVIDIA's pytorch-quantization/ModelOpt,
+    the first bin's count is replaced by the second's, so the zeros of a ReLU do not pull the
+    threshold down. Evaluated in closed form from prefix sums.
     """
     amax = max(-hist.min, hist.max)
     if hist.k is None:
@@ -50,7 +52,8 @@ def entropy_threshold(hist: GridHistogram, num_quant_bins: int = 128) -> float:
     if n <= num_quant_bins:
         return amax
     h = h_int.astype(np.float64)
-    zp = float(hist.count)
+    h[0] = h[1]  # the zero bin holds every ReLU zero: that spike must not drive the search (ModelOpt)
+    zp = float(h.sum())
     csum = np.concatenate(([0.0], np.cumsum(h)))
     hlogh = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
     clogc = np.concatenate(([0.0], np.cumsum(hlogh)))
@@ -80,7 +83,7 @@ def entropy_threshold(hist: GridHistogram, num_quant_bins: int = 128) -> float:
     with np.errstate(divide="ignore"):
         kl = (plogp - plogq) / zp - np.log(zp) + np.log(zq)
     kl[zq <= 0] = np.inf
-    best = int(cand[int(np.argmin(kl))])
+    best = int(cand[kl.size - 1 - int(np.argmin(kl[::-1]))])  # the largest of equal minima
     return min(amax, best * hist.width)
 
 

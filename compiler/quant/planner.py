@@ -271,9 +271,25 @@ def finalize(model: Model, placement: Placement, ranges: Mapping[str, Range],
     for name in placement.activations:
         lo, hi = group_range[placement.group_of(name)]
         plan.tensors[name] = activation_spec(lo, hi, dtype, symmetric, profile.power_of_two_scales)
+    _apply_fixed_outputs(model, plan, placement, profile, dtype)
     for node in model.graph.nodes:
         _plan_constants(node, plan, placement, profile)
     return plan
+
+
+def _apply_fixed_outputs(model: Model, plan: QuantPlan, placement: Placement, profile: TargetProfile,
+                         dtype: str) -> None:
+    """Ops whose runtime imposes output parameters (TFLite Softmax: 1/256, -128) get exactly those."""
+    for node in model.graph.nodes:
+        fixed = profile.fixed_output_specs.get(node.op)
+        if not fixed or plan.precision_of(node.name) is not Precision.INT8:
+            continue
+        group = placement.group_of(node.outputs[0].name)
+        spec = QuantSpec(dtype, np.asarray(fixed[0], np.float32), np.asarray(fixed[1], np.int64))
+        for name in placement.activations:
+            if placement.group_of(name) == group:
+                plan.tensors[name] = spec
+        plan.notes.append(f"{node.name}: {node.op} output fixed at scale {fixed[0]:g}, zero point {fixed[1]}")
 
 
 def _plan_constants(node: gs.Node, plan: QuantPlan, placement: Placement, profile: TargetProfile) -> None:

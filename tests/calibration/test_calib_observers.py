@@ -42,10 +42,11 @@ def naive_kl_threshold(hist: GridHistogram, qb: int) -> float:
     h = hist.abs_counts().astype(np.float64)
     n = min(h.size, int(max(-hist.min, hist.max) / hist.width) + 1)
     h = h[:n]
+    h[0] = h[1]
     best, best_i = np.inf, n
     for i in range(qb, n + 1):
         p = h[:i].copy()
-        p[-1] += h[i:].sum() + (hist.count - h.sum())
+        p[-1] += h[i:].sum()
         m = i // qb
         q = np.zeros(i)
         for j in range(qb):
@@ -57,7 +58,7 @@ def naive_kl_threshold(hist: GridHistogram, qb: int) -> float:
         mask = p > 0
         pn, qn = p / p.sum(), q / h[:i].sum()
         kl = float(np.sum(pn[mask] * np.log(pn[mask] / qn[mask])))
-        if kl < best:
+        if kl <= best:
             best, best_i = kl, i
     return best_i * hist.width
 
