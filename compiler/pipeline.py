@@ -5,6 +5,7 @@ load ─► normalize ─► calibrate ─► plan ─► insert Q/DQ ─► ver
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .build_types import BuildRequest, BuildResult
 from .calibration.data import ImagePreprocess, SampleSet, load_samples, model_inputs
 from .errors import CalibrationError, RecipeError
 from .ir import Model
+from .latency_guard import guard_latency
 from .model_io import load_model, prepare
 from .output import staged_output
 from .pass_infra import (
@@ -39,8 +41,9 @@ from .pass_infra import (
     Step,
     TimingInstrument,
 )
+from .quant.profile import TargetProfile
 from .quant.recipe import Recipe, load_recipe
-from .quantize import quantize_model
+from .quantize import Quantized, quantize_model
 from .report import write_report
 from .verify import check_gates, verify
 
@@ -127,6 +130,9 @@ def build(request: BuildRequest) -> BuildResult:
         with clock("calibrate+plan"):
             profile = backend.profile_for(request.backend_options)
             quantized = quantize_model(fp32, profile, recipe, calib, request.calib_batch)
+        if profile.latency_guard and request.measure_latency:
+            with clock("latency guard"):
+                quantized = _guard(fp32, quantized, profile, recipe, calib, held_out, request, result)
         result.warnings.extend(f"recipe regex '{r}' matched no node" for r in recipe.unmatched())
         result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
         job.eval_feeds = list(held_out.batches(request.calib_batch))
@@ -149,6 +155,22 @@ def build(request: BuildRequest) -> BuildResult:
         if "verification" in result.metrics:
             check_gates(verification, request.min_sqnr, request.max_drop)
     return result
+
+
+def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, recipe: Recipe,
+           calib: SampleSet, held_out: SampleSet, request: BuildRequest, result: BuildResult) -> Quantized:
+    """Keep op types whose int8 kernels lose to FP32 here in FP32 (see ``latency_guard``)."""
+    def replan(ops: frozenset[str]) -> Quantized:
+        narrowed = dataclasses.replace(recipe, exclude_ops=recipe.exclude_ops | ops)
+        return quantize_model(fp32, profile, narrowed, calib, request.calib_batch, known=quantized.stats)
+
+    sample = {name: value[:1] for name, value in held_out.feeds.items()}
+    guard = guard_latency(fp32, quantized, sample, profile.compute_ops | profile.support_ops, replan)
+    note = guard.note()
+    if note and guard.kept_fp32_ops:
+        result.warnings.append(note)
+    result.metrics["latency_guard"] = {"trials": guard.trials, "kept_fp32_ops": guard.kept_fp32_ops}
+    return guard.quantized
 
 
 def load_data(request: BuildRequest, fp32: onnx.ModelProto, recipe: Recipe) -> tuple[SampleSet, SampleSet]:

@@ -31,16 +31,24 @@ class Quantized:
 
 
 def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, samples: SampleSet,
-                   batch_size: int = 8, precision: str = "int8") -> Quantized:
-    """FP32 model + calibration samples → the canonical QDQ model and its plan."""
+                   batch_size: int = 8, precision: str = "int8",
+                   known: dict[str, TensorStats] | None = None) -> Quantized:
+    """FP32 model + calibration samples → the canonical QDQ model and its plan.
+
+    ``known``: statistics from an earlier calibration of the same data; only missing tensors run.
+    """
     if _wants_int4(recipe) and default_opset(fp32) < INT4_OPSET:
         fp32 = upgrade_opset(fp32, INT4_OPSET)
     model = Model.from_proto(fp32)
     placement = place(model, profile, recipe, precision)
     log.info("placement: %d activation tensors to calibrate", len(placement.activations))
     options: dict[str, float] = {"percentile": recipe.percentile} if recipe.method == "percentile" else {}
-    stats = calibrate(fp32, placement.activations, samples, method=recipe.method,
-                      batch_size=batch_size, progress=None, **options)
+    known = known or {}
+    missing = [name for name in placement.activations if name not in known]
+    stats = {name: known[name] for name in placement.activations if name in known}
+    if missing:
+        stats.update(calibrate(fp32, missing, samples, method=recipe.method,
+                               batch_size=batch_size, progress=None, **options))
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
     plan = finalize(model, placement, ranges, profile, recipe)
     result = PassManager([InsertQDQ(plan)]).run(model)

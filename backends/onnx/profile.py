@@ -21,4 +21,5 @@ ONNX_PROFILE = TargetProfile(
     output_q_optional=frozenset({"Gemm", "MatMul"}),
     fold_activations=True,
     weight_limit=64,
+    latency_guard=True,
 )

@@ -45,6 +45,7 @@ class Placement:
     clamps: dict[str, tuple[float, float]] = field(default_factory=dict)
     folded: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    op_types: dict[str, str] = field(default_factory=dict)
 
     def group_of(self, tensor: str) -> str:
         while self.groups.get(tensor, tensor) != tensor:
@@ -77,6 +78,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
     for node in graph.nodes:
         opts = recipe.options_for(node.name, node.op)
         placement.options[node.name] = opts
+        placement.op_types[node.name] = node.op
         placement.decisions[node.name] = _decide(node, opts, profile, precision)
     _settle_support_ops(graph, profile, placement)
     for node in graph.nodes:

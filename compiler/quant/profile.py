@@ -28,6 +28,8 @@ class TargetProfile:
     ``verify_fused``: verify with ORT's fused int8 kernels (the deployment runtime for ``onnx``); other
     targets are verified with ORT's reference Q/DQ semantics (float requantization), since ORT's x86
     u8s8 kernels saturate with full 8-bit weights where the target's kernels do not.
+    ``latency_guard``: when the int8 model runs slower than FP32 in the verification runtime, keep
+    op types whose int8 kernels lose in FP32 (``compiler/latency_guard.py``).
     ``residual_add_skip_only``: a residual Add quantizes only its skip input; the branch coming
     from a compute op fuses into it (TensorRT's Conv+Add kernel).
     """
@@ -49,5 +51,6 @@ class TargetProfile:
     residual_add_skip_only: bool = False
     weight_limit: int | None = None
     verify_fused: bool = True
+    latency_guard: bool = False
     float_fallback: str = "fp32"
     min_opset: int = 13

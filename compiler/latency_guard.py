@@ -1,0 +1,73 @@
+"""Latency guard: an int8 plan must not run slower than FP32 on the target's own runtime.
+
+Per-op int8 kernels do not always pay (on AVX2 CPUs without VNNI, ORT's QLinearConv on 16–32 channel
+maps is slower than its float NCHWc conv). When the whole int8 model is slower than FP32, the guard
+tries keeping one compute op type at a time in FP32 and keeps the fastest plan that beats FP32,
+preferring the one that leaves the most nodes in int8. Calibration statistics are reused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .quant.spec import NodeDecision, Precision
+from .quantize import Quantized
+from .verify import measure_latency
+
+log = logging.getLogger(__name__)
+Feeds = dict[str, np.ndarray]
+MARGIN = 0.97  # a candidate must beat FP32 by 3 % to count: single-run timings are noisy
+
+
+@dataclass
+class GuardResult:
+    quantized: Quantized
+    kept_fp32_ops: list[str] = field(default_factory=list)
+    trials: dict[str, float] = field(default_factory=dict)
+
+    def note(self) -> str | None:
+        if not self.trials:
+            return None
+        tried = ", ".join(f"{k} {v:.2f}×" for k, v in self.trials.items())
+        if self.kept_fp32_ops:
+            return (f"latency guard: kept {', '.join(self.kept_fp32_ops)} in fp32 because int8 was slower "
+                    f"than FP32 on this machine (INT8/FP32 by plan: {tried})")
+        return f"latency guard: no plan beat FP32 on this machine (INT8/FP32 by plan: {tried})"
+
+
+def guard_latency(fp32: onnx.ModelProto, quantized: Quantized, sample: Feeds, compute_ops: frozenset[str],
+                  replan: Callable[[frozenset[str]], Quantized]) -> GuardResult:
+    """Return ``quantized`` if it beats FP32, else the best plan with one op type kept in FP32."""
+    base = measure_latency(fp32, sample)
+    ratio = measure_latency(quantized.model, sample) / base
+    result = GuardResult(quantized, trials={"all int8": ratio})
+    if ratio <= 1.0:
+        return result
+    present = sorted({_op_of(quantized, name) for name, d in quantized.plan.nodes.items()
+                      if d.precision is Precision.INT8} & compute_ops)
+    best: tuple[float, int, str, Quantized] | None = None
+    for op in present:
+        candidate = replan(frozenset({op}))
+        trial = measure_latency(candidate.model, sample) / base
+        result.trials[f"{op} fp32"] = trial
+        int8_nodes = sum(d.precision is Precision.INT8 for d in candidate.plan.nodes.values())
+        log.info("latency guard: %s kept fp32 → INT8/FP32 %.2f", op, trial)
+        if trial <= MARGIN and (best is None or (int8_nodes, -trial) > (best[1], -best[0])):
+            best = (trial, int8_nodes, op, candidate)
+    if best is not None:
+        result.quantized, result.kept_fp32_ops = best[3], [best[2]]
+        why = NodeDecision(Precision.FP32, f"latency guard: int8 {best[2]} ran slower than FP32 here")
+        plan = best[3].plan
+        for name in plan.nodes:
+            if best[3].placement.op_types.get(name) == best[2]:
+                plan.nodes[name] = why
+    return result
+
+
+def _op_of(quantized: Quantized, node_name: str) -> str:
+    return quantized.placement.op_types.get(node_name, "")

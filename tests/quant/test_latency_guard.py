@@ -1,0 +1,44 @@
+"""The latency guard keeps the plan that beats FP32 with the most int8 nodes (timings faked)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+import dsqc.latency_guard as guard_module
+from dsqc.quant.spec import NodeDecision, Precision
+
+
+def _quantized(tag: str, int8_ops: dict[str, str]) -> types.SimpleNamespace:
+    nodes = {name: NodeDecision(Precision.INT8, "x") for name in int8_ops}
+    placement = types.SimpleNamespace(op_types={"conv": "Conv", "fc": "Gemm"})
+    return types.SimpleNamespace(model=tag, plan=types.SimpleNamespace(nodes=nodes), placement=placement)
+
+
+def test_guard_keeps_slow_op_type_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    timings = {"fp32": 1.0, "all": 1.3, "no-Conv": 0.8, "no-Gemm": 1.2}
+    monkeypatch.setattr(guard_module, "measure_latency", lambda model, sample: timings[model])
+    base = _quantized("all", {"conv": "Conv", "fc": "Gemm"})
+
+    def replan(ops: frozenset[str]) -> types.SimpleNamespace:
+        (op,) = ops
+        kept = {"fc": "Gemm"} if op == "Conv" else {"conv": "Conv"}
+        return _quantized(f"no-{op}", kept)
+
+    result = guard_module.guard_latency("fp32", base, {"x": np.zeros(1)}, frozenset({"Conv", "Gemm"}),
+                                        replan)  # type: ignore[arg-type]
+    assert result.kept_fp32_ops == ["Conv"]
+    assert result.quantized.model == "no-Conv"
+    assert result.quantized.plan.nodes["fc"].precision is Precision.INT8
+    assert "slower than FP32" in (result.note() or "")
+
+
+def test_guard_leaves_a_fast_plan_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = {"fp32": 1.0, "all": 0.5}
+    monkeypatch.setattr(guard_module, "measure_latency", lambda model, sample: fake[model])
+    base = _quantized("all", {"conv": "Conv"})
+    result = guard_module.guard_latency("fp32", base, {}, frozenset({"Conv"}),  # type: ignore[arg-type]
+                                        lambda ops: pytest.fail("no replan expected"))
+    assert result.quantized is base and result.kept_fp32_ops == []
