@@ -46,9 +46,16 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     known = known or {}
     missing = [name for name in placement.activations if name not in known]
     stats = {name: known[name] for name in placement.activations if name in known}
-    if missing:
-        stats.update(calibrate(fp32, missing, samples, method=recipe.method,
-                               batch_size=batch_size, progress=None, **options))
+    inputs = {i.name for i in fp32.graph.input}
+    # Graph inputs hold the data's own distribution, often multi-modal (MNIST's background spike):
+    # KL clipping cuts the signal off there (input range 2.83 → 0.67, 38 → 3 dB), so they use min/max.
+    by_method: dict[str, list[str]] = {}
+    for name in missing:
+        method = "minmax" if recipe.method == "entropy" and name in inputs else recipe.method
+        by_method.setdefault(method, []).append(name)
+    for method, names in by_method.items():
+        stats.update(calibrate(fp32, names, samples, method=method, batch_size=batch_size, progress=None,
+                               **(options if method == recipe.method else {})))
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
     plan = finalize(model, placement, ranges, profile, recipe)
     result = PassManager([InsertQDQ(plan)]).run(model)
