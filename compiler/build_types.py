@@ -29,6 +29,9 @@ class BuildRequest:
     check_each_pass: bool = False
     measure_latency: bool = True
     backend_options: dict[str, Any] = field(default_factory=dict)
+    accuracy_budget: str | None = None  # mixed precision: "sqnr:30", "cosine:0.98" or "drop:0.005"
+    size_budget: float | None = None  # mixed precision: fraction of the FP32 weight bytes
+    sensitivity_samples: int = 16  # held-out samples each one-node variant runs on
 
 
 @dataclass
@@ -43,6 +46,7 @@ class BuildResult:
     plan: QuantPlan | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    failed: str | None = None  # what was asked and not met although the artifacts were written (exit 2)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,5 +56,6 @@ class BuildResult:
             "metrics": self.metrics,
             "plan_summary": self.plan.histogram() if self.plan else None,
             "warnings": self.warnings,
+            "failed": self.failed,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_build(sub)
+    _add_analyze(sub)
     _add_inspect(sub)
     _add_export(sub)
     _add_check(sub)
@@ -83,6 +84,15 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-B", "--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="target option, repeatable: hls parallelism=8, interface=axis, "
                         "power_of_two_scales=true; tflite io=float, signature=true")
+    p.add_argument("--accuracy-budget", metavar="KIND:VALUE",
+                   help="automatic mixed precision (int4/int8/fp16/fp32 per node) meeting sqnr:DB (worst "
+                        "output SQNR floor), cosine:FLOOR, or drop:MAX (task metric; needs labels or "
+                        "--task-metric); writes plan.recipe.toml")
+    p.add_argument("--size-budget", type=float, metavar="FRACTION",
+                   help="with --accuracy-budget: weight bytes at most this fraction of FP32 (e.g. 0.2); "
+                        "allows int4 weight-only MatMul/Gemm and embedding tables")
+    p.add_argument("--sensitivity-samples", type=int, default=16,
+                   help="held-out samples per one-node sensitivity run (default 16)")
     p.add_argument("--dump-ir", type=Path, help="write the graph after each pass into this folder")
     p.add_argument("--check-each-pass", action="store_true", help="run onnx.checker after each pass")
     p.set_defaults(func=_cmd_build)
@@ -155,13 +165,63 @@ def _cmd_build(args: argparse.Namespace) -> int:
             eval_data=args.eval_data, eval_samples=args.eval_samples, min_sqnr=args.min_sqnr,
             max_drop=args.max_drop, task_metric=args.task_metric, measure_latency=not args.no_latency,
             dump_ir=args.dump_ir, check_each_pass=args.check_each_pass,
-            backend_options=_backend_options(args))
+            backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
+            size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples)
         result = build(request)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     from .report import format_result
 
     print(format_result(result))
+    if result.failed:
+        print(f"dsqc: error: {result.failed}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="per-node quantization sensitivity (ranked table, JSON, plot)")
+    _add_verbosity(p, argparse.SUPPRESS)
+    p.add_argument("model", help="model.onnx, or module:factory returning (torch module, inputs)")
+    p.add_argument("--calib", required=True, help="calibration data: .npz, folder, module:function, mnist")
+    p.add_argument("-o", "--out", required=True, type=Path,
+                   help="output folder (sensitivity.json, sensitivity.png)")
+    p.add_argument("--target", "-t", default="onnx", help=f"one of {', '.join(TARGETS)} (default onnx)")
+    p.add_argument("--metric", default="sqnr", choices=("sqnr", "cosine", "kl", "mse"),
+                   help="error measure the ranking uses (default sqnr)")
+    p.add_argument("--nodes", metavar="REGEX", help="analyse only nodes whose name matches (re.search)")
+    p.add_argument("--samples", type=int, default=8, help="held-out samples each variant runs on (default 8)")
+    p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
+    p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
+    p.add_argument("--eval-data", help="held-out data (default: a split of --calib)")
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"),
+                   help="range calibration method (default: recipe, else mse)")
+    p.add_argument("--recipe", type=Path, help="TOML recipe; nodes it fixes are left out of the analysis")
+    p.add_argument("--top", type=int, default=30, help="rows of the printed table (default 30)")
+    p.add_argument("--no-plot", action="store_true", help="skip sensitivity.png")
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .analyze import AnalyzeRequest, analyze
+    from .sensitivity_report import format_table
+
+    if args.samples < 1:
+        raise DsqcError(f"--samples {args.samples}: give at least 1")
+    with tempfile.TemporaryDirectory(prefix="dsqc-") as scratch:
+        result = analyze(AnalyzeRequest(
+            model=_resolve_model(args.model, Path(scratch)), out_dir=args.out, calib=args.calib,
+            target=args.target, metric=args.metric, nodes=args.nodes, samples=args.samples,
+            calib_samples=args.calib_samples, calib_batch=args.calib_batch, eval_data=args.eval_data,
+            method=args.method, recipe=args.recipe, plot=not args.no_plot))
+    print(format_table(result.sensitivity, args.top))
+    t = result.timings
+    spent = t["calibrate+plan"] + t["analyze"]
+    print(f"dsqc: analysed {len(result.sensitivity.nodes)} nodes in {spent:.2f} s "
+          f"(calibration {t['calibration']:.2f} s, {result.ratio:.2f}× it); wrote "
+          f"{', '.join(str(args.out / a) for a in result.artifacts)}")
     return 0
 
 

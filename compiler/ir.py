@@ -7,10 +7,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ml_dtypes
 import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -33,6 +36,7 @@ class Model:
     def to_proto(self) -> onnx.ModelProto:
         """Export to ONNX, nodes in topological order, dead tensors dropped."""
         self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        _pack_four_bit(self.graph)
         proto = gs.export_onnx(self.graph, do_type_check=False)
         for key, value in sorted(self.metadata.items()):
             proto.metadata_props.add(key=key, value=value)
@@ -40,6 +44,22 @@ class Model:
 
     def copy(self) -> Model:
         return Model(self.graph.copy(), self.opset, self.source, dict(self.metadata))
+
+
+FOUR_BIT = (np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4))
+
+
+def _pack_four_bit(graph: gs.Graph) -> None:
+    """Hand 4-bit constants (ml_dtypes int4/uint4 arrays) to the exporter as packed TensorProtos.
+
+    onnx-graphsurgeon 0.6 exports a constant's ``tobytes()`` as raw data, one byte per element, which
+    onnx >= 1.20 rejects for INT4/UINT4 (two elements per byte); its ``export_dtype`` route is
+    disabled there. ``numpy_helper.from_array`` packs them correctly.
+    """
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, LazyValues) \
+                and np.dtype(tensor.values.dtype) in FOUR_BIT:
+            tensor.values = LazyValues(numpy_helper.from_array(np.asarray(tensor.values), tensor.name))
 
 
 def default_opset(proto: onnx.ModelProto) -> int:

@@ -30,6 +30,7 @@ from .calibration.data import ImagePreprocess, SampleSet, load_samples, model_in
 from .errors import CalibrationError, RecipeError
 from .ir import Model
 from .latency_guard import guard_latency
+from .mixed_precision import AutoPlan, check_request, choose_precisions
 from .model_io import load_model, prepare
 from .output import staged_output
 from .pass_infra import (
@@ -111,6 +112,7 @@ def build(request: BuildRequest) -> BuildResult:
     backend = get_backend(request.target)
     if request.precision not in PRECISIONS:
         raise RecipeError(f"--precision {request.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    check_request(request)
     recipe = load_recipe(request.recipe)
     if request.method:
         recipe.method = request.method
@@ -123,13 +125,18 @@ def build(request: BuildRequest) -> BuildResult:
     result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=dict(request.backend_options))
+    auto: AutoPlan | None = None
     if request.precision != "fp32":
         calib, held_out = load_data(request, fp32, recipe)
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
         with clock("calibrate+plan"):
             profile = backend.profile_for(request.backend_options)
-            quantized = quantize_model(fp32, profile, recipe, calib, request.calib_batch)
+            if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
+                auto = choose_precisions(fp32, profile, recipe, calib, held_out, request)
+                recipe, quantized = auto.recipe, auto.quantized
+            else:
+                quantized = quantize_model(fp32, profile, recipe, calib, request.calib_batch)
         if profile.latency_guard and request.measure_latency:
             with clock("latency guard"):
                 quantized = _guard(fp32, quantized, profile, recipe, calib, held_out, request, result)
@@ -142,6 +149,9 @@ def build(request: BuildRequest) -> BuildResult:
                                   request.task_metric, latency=request.measure_latency,
                                   fused=profile.verify_fused)
         result.metrics["verification"] = verification.to_dict()
+        if auto is not None:
+            result.metrics["mixed_precision"] = auto.finish(verification, quantized, len(fp32.graph.node))
+            result.failed = auto.failure()
         result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
                                          "eval_source": held_out.source, "eval_samples": len(held_out),
                                          "method": recipe.method, "synthetic": calib.synthetic}
@@ -149,6 +159,9 @@ def build(request: BuildRequest) -> BuildResult:
         with clock("lower+write"):
             output = backend.emit(job, staging)
         result.artifacts = [*output.artifacts, Path(REPORT_NAME)]
+        if auto is not None:
+            kept_fp32 = result.metrics.get("latency_guard", {}).get("kept_fp32_ops", [])
+            result.artifacts[-1:-1] = auto.write(staging, kept_fp32)
         result.metrics.update(output.metrics)
         result.warnings.extend(output.notes)
         write_report(staging / REPORT_NAME, result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import onnx
@@ -11,8 +12,10 @@ from dsqc.passes.insert_qdq import InsertQDQ
 
 from .calibration.data import SampleSet
 from .calibration.runner import TensorStats, calibrate
+from .float_islands import finish_float_nodes
 from .ir import Model, default_opset
 from .model_io import INT4_OPSET, prepare, upgrade_opset
+from .ort_tables import lower_tables
 from .pass_infra import PassManager
 from .quant.planner import Placement, Range, finalize, place
 from .quant.profile import TargetProfile
@@ -42,10 +45,22 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     model = Model.from_proto(fp32)
     placement = place(model, profile, recipe, precision)
     log.info("placement: %d activation tensors to calibrate", len(placement.activations))
+    stats = calibrate_missing(fp32, placement.activations, recipe, samples, batch_size, known or {})
+    ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
+    plan = finalize(model, placement, ranges, profile, recipe)
+    result = PassManager([InsertQDQ(plan)]).run(model)
+    proto = result.model.to_proto()
+    proto.ir_version = fp32.ir_version
+    proto = lower_tables(finish_float_nodes(proto, plan, profile), plan, profile)
+    return Quantized(prepare(proto, "quantized model"), plan, placement, stats)
+
+
+def calibrate_missing(fp32: onnx.ModelProto, tensors: list[str], recipe: Recipe, samples: SampleSet,
+                      batch_size: int, known: Mapping[str, TensorStats]) -> dict[str, TensorStats]:
+    """Statistics of ``tensors``: those in ``known`` reused, the rest calibrated with the recipe's method."""
     options: dict[str, float] = {"percentile": recipe.percentile} if recipe.method == "percentile" else {}
-    known = known or {}
-    missing = [name for name in placement.activations if name not in known]
-    stats = {name: known[name] for name in placement.activations if name in known}
+    missing = [name for name in tensors if name not in known]
+    stats = {name: known[name] for name in tensors if name in known}
     inputs = {i.name for i in fp32.graph.input}
     # Graph inputs hold the data's own distribution, often multi-modal (MNIST's background spike):
     # KL clipping cuts the signal off there (input range 2.83 → 0.67, 38 → 3 dB), so they use min/max.
@@ -56,12 +71,7 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     for method, names in by_method.items():
         stats.update(calibrate(fp32, names, samples, method=method, batch_size=batch_size, progress=None,
                                **(options if method == recipe.method else {})))
-    ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
-    plan = finalize(model, placement, ranges, profile, recipe)
-    result = PassManager([InsertQDQ(plan)]).run(model)
-    proto = result.model.to_proto()
-    proto.ir_version = fp32.ir_version
-    return Quantized(prepare(proto, "quantized model"), plan, placement, stats)
+    return stats
 
 
 def _wants_int4(recipe: Recipe) -> bool:

@@ -64,8 +64,35 @@ def format_result(result: BuildResult) -> str:
         if lat:
             lines.append(f"  latency (ORT CPU, 1 thread, batch 1) {lat['fp32']:.3f} ms → "
                          f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×)")
+    lines += _mixed_precision_lines(result)
     lines += _target_lines(result)
     return "\n".join(lines)
+
+
+def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:
+    """Budgets against what the plan achieved, the nodes off the default precision and why."""
+    mp = result.metrics.get("mixed_precision")
+    if not mp:
+        return []
+    acc, size = mp["accuracy"], mp["size"]
+    unit = " dB" if acc["budget"].startswith("sqnr") else ""
+    size_text = f"{size['fraction']:.3f}× FP32 weight bytes ({size['bytes'] / 1e6:.2f} MB)"
+    if size["budget_fraction"] is not None:
+        size_text += f", budget {size['budget_fraction']:g}× {'met' if size['met'] else 'MISSED'}"
+    lines = [f"mixed precision {'met the budgets' if mp['met'] else 'MISSED A BUDGET'}: accuracy "
+             f"{acc['budget']} → {acc['achieved']:.4g}{unit} {'met' if acc['met'] else 'MISSED'} (plain int8 "
+             f"{acc['plain_int8_reference_semantics']:.4g}{unit}, reference Q/DQ); size {size_text}",
+             f"  precisions: {', '.join(f'{k} {v}' for k, v in mp['histogram'].items())} of "
+             f"{mp['quantizable_nodes']} quantizable nodes ({mp['above_int8']} above int8; "
+             f"{mp['graph_nodes']} graph nodes)"]
+    odd = [(n, d) for n, d in mp["nodes"].items() if d["precision"] != "int8"]
+    for name, d in odd[:shown]:
+        lines.append(f"  {name}: {d['reason']}")
+    if len(odd) > shown:
+        lines.append(f"  … {len(odd) - shown} more non-int8 nodes in report.json")
+    lines.append(f"  sensitivity: {mp['sensitivity']['json']}, {mp['sensitivity']['plot']}; "
+                 f"plan as a recipe: {mp['plan_recipe']}")
+    return lines
 
 
 def _target_lines(result: BuildResult) -> list[str]:

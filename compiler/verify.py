@@ -117,6 +117,14 @@ def check_gates(result: Verification, min_sqnr: float | None, max_drop: float | 
                             f"more than --max-drop {max_drop}")
 
 
+TaskMetric = Callable[[dict[str, np.ndarray], np.ndarray | None], float]
+
+
+def task_metric(spec: str | None) -> TaskMetric:
+    """``--task-metric module:function``, or top-1 accuracy against labels when none is given."""
+    return _load_metric(spec) if spec else _accuracy
+
+
 def _accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> float:
     logits = next(iter(outputs.values()))
     if labels is None or logits.ndim != 2:

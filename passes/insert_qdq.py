@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import ml_dtypes
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, is_graph_output
@@ -21,8 +21,9 @@ from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
 log = logging.getLogger(__name__)
 
-_NUMPY = {"int8": np.int8, "uint8": np.uint8, "int32": np.int32, "int4": np.int8, "uint4": np.uint8}
-_ONNX_4BIT = {"int4": onnx.TensorProto.INT4, "uint4": onnx.TensorProto.UINT4}
+# 4-bit values as ml_dtypes arrays: Model.to_proto packs them into INT4/UINT4 initializers.
+_NUMPY = {"int8": np.int8, "uint8": np.uint8, "int32": np.int32,
+          "int4": ml_dtypes.int4, "uint4": ml_dtypes.uint4}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -86,8 +87,6 @@ class InsertQDQ(Pass):
             return False
         values = quantize(np.asarray(tensor.values), spec).astype(_NUMPY[spec.dtype])
         stored = gs.Constant(names.tensor(f"{tensor.name}_quantized"), values)
-        if spec.dtype in _ONNX_4BIT:
-            stored.export_dtype = _ONNX_4BIT[spec.dtype]
         scale, zero = _qparams(names, spec, tensor.name)
         for reader in readers:
             out = gs.Variable(names.tensor(f"{tensor.name}_dequantized"), np.float32, list(tensor.shape))
@@ -132,8 +131,6 @@ def _remove_folded(act: gs.Node) -> None:
 def _qparams(names: _Names, spec: QuantSpec, hint: str) -> tuple[gs.Constant, gs.Constant]:
     scale = gs.Constant(names.tensor(f"{hint}_scale"), spec.scale.astype(np.float32))
     zero = gs.Constant(names.tensor(f"{hint}_zero_point"), spec.zero_point.astype(_NUMPY[spec.dtype]))
-    if spec.dtype in _ONNX_4BIT:
-        zero.export_dtype = _ONNX_4BIT[spec.dtype]
     return scale, zero
 
 

@@ -82,7 +82,8 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
         placement.decisions[node.name] = _decide(node, opts, profile, precision)
     _settle_support_ops(graph, profile, placement)
     for node in graph.nodes:
-        if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded:
+        if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded \
+                or is_table_lookup(node):
             continue
         for tensor in _activation_inputs(node):
             if not _fuses_into_add(node, tensor, profile, placement):
@@ -97,7 +98,8 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
 
 
 def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
-    """Support ops stay int8 only while some int8 node reads their output (through layout ops)."""
+    """Support ops stay int8 only between int8 nodes: some int8 node reads their output and some input
+    is quantized anyway (through layout ops) — so SiLU/GELU pieces after a MatMul stay float."""
     support = [n for n in graph.nodes if n.op in profile.support_ops
                and placement.decisions[n.name].precision is Precision.INT8
                and placement.options[n.name].precision is None]
@@ -105,11 +107,31 @@ def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Plac
     while changed:
         changed = False
         for node in support:
-            if placement.decisions[node.name].precision is Precision.INT8 and \
-                    not _feeds_int8(node.outputs[0], profile, placement):
+            if placement.decisions[node.name].precision is not Precision.INT8:
+                continue
+            reason = None
+            if not _feeds_int8(node.outputs[0], profile, placement):
                 reason = f"{node.op} output feeds no int8 node: its Q/DQ would cost more than it gains"
+            elif not any(_quantized_anyway(t, profile, placement) for t in _activation_inputs(node)):
+                reason = f"{node.op} reads no tensor that is quantized anyway: its Q/DQ would cost more"
+            if reason:
                 placement.decisions[node.name] = NodeDecision(Precision.FP32, reason)
                 changed = True
+
+
+def _quantized_anyway(tensor: gs.Tensor, profile: TargetProfile, placement: Placement,
+                      depth: int = 0) -> bool:
+    """Whether ``tensor`` is the output of an int8 node that always gets an output Q (a compute op
+    whose output Q is not optional, or an int8 support op), looking back through layout ops."""
+    src = tensor.inputs[0] if tensor.inputs else None
+    if src is None or depth > 8:
+        return False
+    if src.op in profile.passthrough_ops or src.op in _FOLDABLE:
+        return bool(src.inputs) and _quantized_anyway(src.inputs[0], profile, placement, depth + 1)
+    if placement.decisions[src.name].precision is not Precision.INT8:
+        return False
+    always_q = profile.quantize_outputs and src.op not in profile.output_q_optional
+    return src.op in profile.support_ops or always_q
 
 
 def _feeds_int8(tensor: gs.Tensor, profile: TargetProfile, placement: Placement, depth: int = 0) -> bool:
@@ -141,6 +163,9 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
         return NodeDecision(Precision.FP32, "recipe keeps it in fp32")
     if wanted is Precision.FP16:
         return NodeDecision(Precision.FP16, "recipe asks for fp16")
+    if wanted in (Precision.INT8, Precision.INT4) and is_table_lookup(node):
+        table = wanted if profile.int4_weights else Precision.INT8
+        return NodeDecision(table, f"{table.value} weight-only table lookup (recipe): activations stay float")
     constant_operand = node.op not in _WEIGHT_INPUT and any(
         constant_value(t) is not None for t in node.inputs if t.name)
     if constant_operand and (in_profile or wanted):
@@ -148,7 +173,7 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
     is_int4 = wanted is Precision.INT4 or (opts.weight_dtype == "int4" and in_profile)
     if is_int4 and node.op in ("MatMul", "Gemm") and profile.int4_weights and _const_weight(node):
         return NodeDecision(Precision.INT4, "int4 weight-only (recipe)")
-    if wanted is Precision.INT4:
+    if wanted is Precision.INT4 and in_profile:
         return NodeDecision(Precision.INT8, "int4 asked but only constant MatMul/Gemm weights take int4")
     if wanted is Precision.INT8:
         return NodeDecision(Precision.INT8, "recipe asks for int8")
@@ -159,6 +184,14 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
 
 def _const_weight(node: gs.Node) -> bool:
     return len(node.inputs) > 1 and constant_value(node.inputs[1]) is not None
+
+
+def is_table_lookup(node: gs.Node) -> bool:
+    """Gather (axis 0) from a constant 2-D float table, e.g. an embedding: quantizable weight-only."""
+    if node.op != "Gather" or int(node.attrs.get("axis", 0)) != 0 or not node.inputs:
+        return False
+    table = constant_value(node.inputs[0])
+    return table is not None and table.ndim == 2 and np.dtype(table.dtype) in _FLOAT_TYPES
 
 
 def _activation_inputs(node: gs.Node) -> list[gs.Tensor]:
@@ -183,9 +216,7 @@ def _wants_output_q(graph: gs.Graph, node: gs.Node, profile: TargetProfile, plac
         return False
     if node.op not in profile.output_q_optional:
         return True
-    readers = [r for r in out.outputs if placement.decisions.get(r.name)]
-    return any(placement.decisions[r.name].precision is Precision.INT8 or r.op in profile.passthrough_ops
-               or r.op in _FOLDABLE for r in readers) and not is_graph_output(graph, out)
+    return _feeds_int8(out, profile, placement) and not is_graph_output(graph, out)
 
 
 def _fold_activation(graph: gs.Graph, node: gs.Node, profile: TargetProfile,
@@ -296,6 +327,9 @@ def _apply_fixed_outputs(model: Model, plan: QuantPlan, placement: Placement, pr
 
 def _plan_constants(node: gs.Node, plan: QuantPlan, placement: Placement, profile: TargetProfile) -> None:
     precision = plan.precision_of(node.name)
+    if is_table_lookup(node) and precision in (Precision.INT8, Precision.INT4):
+        _plan_table(node, plan, placement.options[node.name], precision)
+        return
     if node.op not in _WEIGHT_INPUT or precision not in (Precision.INT8, Precision.INT4):
         return
     w_tensor = node.inputs[_WEIGHT_INPUT[node.op]]
@@ -328,6 +362,18 @@ def _plan_constants(node: gs.Node, plan: QuantPlan, placement: Placement, profil
     if scale.shape != bias.shape:
         return
     plan.tensors[node.inputs[bias_index].name] = bias_spec(x_spec.scale, scale)
+
+
+def _plan_table(node: gs.Node, plan: QuantPlan, opts: NodeOptions, precision: Precision) -> None:
+    """Embedding rows: int8 per row, or int4 in blocks along the row (per row when block_size is 0)."""
+    table = constant_value(node.inputs[0])
+    assert table is not None
+    if precision is Precision.INT4:
+        block = opts.block_size or None
+        spec = weight_spec(table, 1 if block else 0, "int4", block)
+    else:
+        spec = weight_spec(table, 0, "int8")
+    plan.tensors[node.inputs[0].name] = spec
 
 
 def spec_for(plan: QuantPlan, name: str) -> QuantSpec | None:

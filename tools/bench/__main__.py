@@ -35,6 +35,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=50, help="timed runs per latency measurement")
     p.add_argument("--no-profile", action="store_true", help="skip ORT profiling of slow models")
     p.add_argument("--merge", action="store_true", help="update models in an existing results.json")
+    p.add_argument("--eval-only", action="store_true",
+                   help="reuse the quantized models and quantize numbers of the last run in --workdir; "
+                        "measure SQNR, task, latency and the calibration-only row again (noisy machines)")
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench")
     return p.parse_args(argv)
@@ -49,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"models": {}, "calibration": None}
     if args.merge and json_path.exists():
         results = json.loads(json_path.read_text())
+        if "history" not in results and "machine" in results:  # written before runs were listed
+            old = results["machine"]
+            results["history"] = [{"date": old["date"], "argv": results.get("argv", ""),
+                                   "load_avg": old["load_avg"]}]
     results["machine"], results["argv"] = machine(), " ".join(argv)
+    m = results["machine"]
+    results.setdefault("history", []).append({"date": m["date"], "argv": results["argv"],
+                                              "load_avg": m["load_avg"], "source": m["source"]})
     qs = quantizers([m for m in args.dsqc_methods.split(",") if m],
                     [m for m in args.ort_methods.split(",") if m], not args.no_reduce_range)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -61,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # report and keep going: one broken case must not sink the run
             say(f"{name}: preparation FAILED: {type(exc).__name__}: {exc}")
             continue
-        results["models"][case.name] = bench_case(case, qs, rounds, args.runs, not args.no_profile)
+        results["models"][case.name] = bench_case(case, qs, rounds, args.runs, not args.no_profile,
+                                                  reuse=args.eval_only)
         _write(results, args.out)
     if args.calib_model != "none" and (args.calib_model in names or not args.merge):
         say(f"calibration-only row on {args.calib_model}")
         n = args.calib_samples or CALIB_SAMPLES[1 if args.quick else 0]
         case = prepare(args.calib_model, args.workdir, args.quick, n)
-        results["calibration"] = bench_calibration(case)
+        results["calibration"] = bench_calibration(case, repeats=1 if args.quick else 3)
     _write(results, args.out)
     say(f"wrote {args.out / 'RESULTS.md'} and {json_path}")
     return 0

@@ -82,7 +82,8 @@ def _minilm(folder: Path, calib: Path, held: Path, n_calib: int, n_eval: int) ->
     save_npz(held, minilm.tokenize(texts[n_calib:], MINILM_SEQ))
     return Case("minilm", "minilm", str(path), str(calib), str(held), n_calib, n_eval,
                 f"{n_calib} real news sentences (lee_background.cor), seq {MINILM_SEQ}",
-                f"{n_eval} other held-out sentences; Lee-50 and WordSim353 from gensim")
+                f"{n_eval} other held-out sentences (SQNR over their non-padding tokens); "
+                "Lee-50 and WordSim353 from gensim")
 
 
 def _random(name: str, stem: str, workdir: Path, calib: Path, held: Path, n_calib: int, n_eval: int) -> Case:

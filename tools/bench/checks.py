@@ -69,8 +69,10 @@ def calibration_checks(results: dict[str, Any]) -> list[Check]:
                     f"= {dratio:.3f})"))
     if ours.get("ok") and plain.get("ok"):
         ratio = ours["wall_s"] / plain["wall_s"]
+        cpu = ours["cpu_s"] / plain["cpu_s"] if plain.get("cpu_s") else float("nan")
         out.append((f"{c['model']} entropy calibration wall ≤ 1.5× a plain ORT pass", _status(ratio <= 1.5),
-                    f"{ours['wall_s']:.2f} s vs {plain['wall_s']:.2f} s = {ratio:.2f}×"))
+                    f"{ours['wall_s']:.2f} s vs {plain['wall_s']:.2f} s = {ratio:.2f}× "
+                    f"(CPU time {ours.get('cpu_s', 0):.2f} vs {plain.get('cpu_s', 0):.2f} s = {cpu:.2f}×)"))
     return out
 
 
@@ -84,7 +86,9 @@ def latency_checks(results: dict[str, Any]) -> list[Check]:
         ratio = rows[main]["latency_ratio"]
         ort = {k: r["latency_ratio"] for k, r in rows.items()
                if k.startswith("ort-") and "latency_ratio" in r}
-        seen.append(f"{name} {ratio:.2f}" + (f" (ORT best {min(ort.values()):.2f})" if ort else ""))
+        cpu = rows[main].get("cpu_latency_ratio")
+        seen.append(f"{name} {ratio:.2f}" + (f" [CPU {cpu:.2f}]" if cpu else "")
+                    + (f" (ORT best {min(ort.values()):.2f})" if ort else ""))
         if ratio > 1.0:
             over.append(name)
         if ort and ratio > min(ort.values()) + NOISE:

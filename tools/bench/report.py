@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,22 @@ def machine() -> dict[str, Any]:
             "simd": " ".join(sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni"})),
             "versions": versions,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_avg": os.getloadavg()}
+            "load_avg": os.getloadavg(), "source": source_state()}
+
+
+def source_state() -> dict[str, Any]:
+    """The dsqc commit benchmarked and the source files that differed from it."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "compiler", "passes", "backends",
+                                      "models").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or "unknown", "dirty": dirty}
 
 
 def _f(x: Any, fmt: str) -> str:
@@ -58,14 +74,15 @@ def task_text(kind: str, t: dict[str, float] | None) -> str:
 def model_table(name: str, res: dict[str, Any]) -> list[str]:
     case, rows = res["case"], res["evaluation"].get("rows", {})
     lines = [f"### {name}", "", f"Calibration: {case['calib_data']}. Held out: {case['eval_data']}.", "",
-             "| quantizer | quantize s | peak RSS MB (Δ) | SQNR dB | task | latency ms | INT8/FP32 | size |",
-             "|---|---:|---:|---:|---|---:|---:|---:|"]
+             "| quantizer | quantize s | peak RSS MB (Δ) | SQNR dB | task | latency ms | INT8/FP32 | "
+             "CPU-time INT8/FP32 | size |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     fp = rows.get("fp32", {})
     lines.append(f"| FP32 | — | — | — | {task_text(case['kind'], fp.get('task'))} | "
-                 f"{_f(fp.get('latency_ms'), '.3f')} | 1.00 | {_f(fp.get('size_mb'), '.2f')} MB |")
+                 f"{_f(fp.get('latency_ms'), '.3f')} | 1.00 | 1.00 | {_f(fp.get('size_mb'), '.2f')} MB |")
     for label, q in res["quantize"].items():
         if not q.get("ok"):
-            lines.append(f"| {label} | failed | — | — | {q.get('error', '')[:120]} | — | — | — |")
+            lines.append(f"| {label} | failed | — | — | {q.get('error', '')[:120]} | — | — | — | — |")
             continue
         r = rows.get(label, {})
         wall, rss = f"{q['wall_s']:.2f}", f"{q['peak_rss_mb']:.0f} (+{q['delta_rss_mb']:.0f})"
@@ -76,7 +93,7 @@ def model_table(name: str, res: dict[str, Any]) -> list[str]:
             f"| {label} | {wall} | {rss} | "
             f"{_f(r.get('sqnr_db'), '.2f')} | {task_text(case['kind'], r.get('task'))} | "
             f"{_f(r.get('latency_ms'), '.3f')} | {_f(r.get('latency_ratio'), '.2f')} | "
-            f"{_f(r.get('size_ratio'), '.3f')} |")
+            f"{_f(r.get('cpu_latency_ratio'), '.2f')} | {_f(r.get('size_ratio'), '.3f')} |")
     if not res["evaluation"].get("ok"):
         lines.append(f"\nEvaluation failed: {res['evaluation'].get('error')}")
     return [*lines, ""]
@@ -84,14 +101,18 @@ def model_table(name: str, res: dict[str, Any]) -> list[str]:
 
 def calib_table(c: dict[str, Any]) -> list[str]:
     lines = [f"## Calibration only: {c['model']}, {c['samples']} samples, batch {c['batch']}", "",
-             "| job | wall s | peak RSS MB | Δ RSS MB (above imports + samples) |", "|---|---:|---:|---:|"]
+             f"Each job ran {c.get('repeats', 1)} times, interleaved, in its own process: median wall time, "
+             "largest peak RSS. dsqc calibrates the tensors its placement quantizes; both ORT jobs run on "
+             "the same dsqc-normalized FP32 model.", "",
+             "| job | wall s | CPU s | peak RSS MB | Δ RSS MB (above imports + samples) |",
+             "|---|---:|---:|---:|---:|"]
     for label, r in c.items():
         if isinstance(r, dict):
             if r.get("ok"):
-                lines.append(
-                    f"| {label} | {r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['delta_rss_mb']:.0f} |")
+                lines.append(f"| {label} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                             f"{r['delta_rss_mb']:.0f} |")
             else:
-                lines.append(f"| {label} | failed: {r.get('error')} | — | — |")
+                lines.append(f"| {label} | failed: {r.get('error')} | — | — | — |")
     return [*lines, ""]
 
 
@@ -108,18 +129,31 @@ def profiles(results: dict[str, Any]) -> list[str]:
             "Shown for every model whose INT8/FP32 ratio exceeds 1.0 (FP32 alongside).", "", *lines, ""]
 
 
+def _source(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "unknown commit"
+    dirty = f" + uncommitted changes in {len(s['dirty'])} files" if s["dirty"] else ""
+    return f"commit {s['commit']}{dirty}"
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     v = m["versions"]
     head = [
         "# dsqc vs ONNX Runtime quantize_static", "",
-        f"Generated by `python -m tools.bench {results.get('argv', '')}`".rstrip() + f" on {m['date']}.", "",
+        "Runs:", "",
+        *[f"- `{('python -m tools.bench ' + h['argv']).strip()}` on {h['date']}, load average "
+          f"{h['load_avg'][0]:.2f} at start, dsqc at {_source(h.get('source'))}"
+          for h in results.get("history", [])], "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['simd']}), {m['ram_gb']} GB RAM; Python {m['python']}, "
         f"onnxruntime {v['onnxruntime']}, onnx {v['onnx']}, numpy {v['numpy']}, dsqc {v['dsqc']}, "
-        f"torch {v['torch']}. Load average at start {m['load_avg'][0]:.2f}.", "",
+        f"torch {v['torch']}. Other jobs shared the machine; `--eval-only` reruns re-measure SQNR, task "
+        "and latency with the quantized models and quantize numbers of the first run.", "",
         "Columns: quantize wall time and peak RSS of the quantizer's own process (Δ = above the process "
         "after imports); SQNR of the first output vs FP32 on the held-out inputs; task metric; ORT CPU "
-        "batch-1, 1-thread median latency (FP32 and all quantized models back to back, median over rounds); "
+        "batch-1, 1-thread median latency (FP32 and all quantized models back to back, in alternating order, "
+        "over several rounds; the best round is shown: other jobs only add time); CPU-time ratio = the same "
+        "with the calling thread's CPU time (ORT computes inline with one thread), immune to other jobs; "
         "size = INT8 file / FP32 file.",
         "dsqc: `dsqc.pipeline.build(target='onnx', method=...)`, wall excludes its verification phase. "
         "ORT: `quant_pre_process` + `quantize_static(QDQ, per_channel=True, QUInt8 activations, QInt8 "

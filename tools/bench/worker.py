@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import sys
 import tempfile
 import time
@@ -33,14 +34,15 @@ CALIB_BATCH = 8
 
 
 def quantize_dsqc(spec: dict[str, Any]) -> dict[str, Any]:
-    """A full ``dsqc.pipeline.build`` (target onnx); verification on a few samples, no latency."""
+    """A full default ``dsqc.pipeline.build`` (target onnx, latency guard on); the wall time leaves out
+    the verification phase (a few held-out samples and the FP32/INT8 latency measurement)."""
     from dsqc.build_types import BuildRequest
     from dsqc.pipeline import build
 
     out_dir = Path(spec["out"]).with_suffix("")
     request = BuildRequest(model=Path(spec["fp32"]), target="onnx", out_dir=out_dir, calib=spec["calib"],
                            calib_samples=spec["n_calib"], calib_batch=CALIB_BATCH, eval_data=spec["eval"],
-                           eval_samples=8, method=spec.get("method"), measure_latency=False)
+                           eval_samples=8, method=spec.get("method"))
     start = time.perf_counter()
     result = build(request)
     total = time.perf_counter() - start
@@ -48,7 +50,8 @@ def quantize_dsqc(spec: dict[str, Any]) -> dict[str, Any]:
     Path(spec["out"]).write_bytes(model.read_bytes())
     verify_s = result.timings.get("verify", 0.0)
     return {"wall_s": total - verify_s, "build_s": total, "phases_s": result.timings,
-            "warnings": result.warnings, "method": result.metrics.get("calibration", {}).get("method")}
+            "warnings": result.warnings, "method": result.metrics.get("calibration", {}).get("method"),
+            "latency_guard": result.metrics.get("latency_guard")}
 
 
 class _Reader(CalibrationDataReader):
@@ -106,10 +109,11 @@ def calib_dsqc(spec: dict[str, Any]) -> dict[str, Any]:
     tensors = place(Model.from_proto(proto), ONNX_PROFILE, Recipe()).activations
     feeds, _ = load_npz(Path(spec["calib"]), spec["n_calib"])
     samples = SampleSet(feeds, "bench")
-    base = _reset()
+    base, cpu = _reset(), _cpu_s()
     start = time.perf_counter()
     stats = calibrate(proto, tensors, samples, method=spec["method"], batch_size=CALIB_BATCH, progress=False)
-    return {"wall_s": time.perf_counter() - start, "base_rss_mb": base, "tensors": len(stats)}
+    return {"wall_s": time.perf_counter() - start, "cpu_s": _cpu_s() - cpu, "base_rss_mb": base,
+            "tensors": len(stats)}
 
 
 def calib_ort_pass(spec: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +122,7 @@ def calib_ort_pass(spec: dict[str, Any]) -> dict[str, Any]:
 
     data = _normalized(spec["fp32"]).SerializeToString()
     feeds, _ = load_npz(Path(spec["calib"]), spec["n_calib"])
-    base = _reset()
+    base, cpu = _reset(), _cpu_s()
     start = time.perf_counter()
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -127,7 +131,7 @@ def calib_ort_pass(spec: dict[str, Any]) -> dict[str, Any]:
     for batch in batches(feeds, CALIB_BATCH):
         sess.run(None, batch)
     end = time.perf_counter()
-    return {"wall_s": end - start, "run_s": end - built, "base_rss_mb": base}
+    return {"wall_s": end - start, "run_s": end - built, "cpu_s": _cpu_s() - cpu, "base_rss_mb": base}
 
 
 def calib_ort_static(spec: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +142,10 @@ def calib_ort_static(spec: dict[str, Any]) -> dict[str, Any]:
         model = str(Path(tmp) / "fp32.onnx")
         onnx.save(_normalized(spec["fp32"]), model)
         feeds, _ = load_npz(Path(spec["calib"]), spec["n_calib"])
-        base = _reset()
+        base, cpu = _reset(), _cpu_s()
         start = time.perf_counter()
         _quantize_static(model, str(Path(tmp) / "int8.onnx"), feeds, spec["method"], False)
-        return {"wall_s": time.perf_counter() - start, "base_rss_mb": base}
+        return {"wall_s": time.perf_counter() - start, "cpu_s": _cpu_s() - cpu, "base_rss_mb": base}
 
 
 def evaluate_job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +157,11 @@ def evaluate_job(spec: dict[str, Any]) -> dict[str, Any]:
 MODES: dict[str, Job] = {"quantize-dsqc": quantize_dsqc, "quantize-ort": quantize_ort,
                          "calib-dsqc": calib_dsqc, "calib-ort-pass": calib_ort_pass,
                          "calib-ort-static": calib_ort_static, "evaluate": evaluate_job}
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _reset() -> float:
@@ -171,11 +180,13 @@ def main(argv: list[str]) -> int:
     import dsqc.pipeline  # noqa: F401  (imported outside the measured region in every mode)
 
     base = _reset()
+    start_cpu = _cpu_s()
     try:
         out = {"ok": True, "base_rss_mb": base, **MODES[spec["mode"]](spec)}
     except Exception as exc:
         traceback.print_exc()
         out = {"ok": False, "error": _first_line(exc), "base_rss_mb": base}
+    out.setdefault("cpu_s", _cpu_s() - start_cpu)  # all threads, user + system
     out["peak_rss_mb"] = max(memory.peak_mb(), out.get("pre_process_peak_rss_mb", 0.0))
     out["delta_rss_mb"] = out["peak_rss_mb"] - out["base_rss_mb"]
     Path(spec["result"]).write_text(json.dumps(out, indent=1, default=str))

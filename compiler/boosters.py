@@ -1,0 +1,113 @@
+"""PTQ boosters: FP32-side rewrites before calibration (CLE, SmoothQuant) and bias correction after Q/DQ.
+
+``apply_boosters`` runs on the normalized FP32 model and returns an FP32 model computing the same
+function (CLE exactly; SmoothQuant exactly up to float rounding) that quantizes better; the QDQ model
+is then built from it as usual. ``correct_biases`` takes that FP32 model and its QDQ model and returns
+the QDQ model with bias-corrected layers.
+
+Recipe table (the pipeline reads it into ``BoosterOptions.from_dict``)::
+
+    [boosters]
+    cle = true               # cross-layer equalization of Conv → ReLU/none → Conv chains
+    smoothquant = 0.5        # alpha; omit (or false) to disable
+    bias_correction = true
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from dsqc.passes.bias_correction import BiasCorrection, channel_axis, float_input
+from dsqc.passes.equalize_cross_layer import EqualizeCrossLayer
+from dsqc.passes.smooth_quant import SmoothQuant, targets
+
+from .calibration.channel_stats import channel_stats
+from .calibration.data import SampleSet
+from .errors import RecipeError
+from .ir import Model, constant_value
+from .model_io import prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BoosterOptions:
+    cle: bool = False
+    smoothquant: float | None = None
+    bias_correction: bool = False
+
+    @property
+    def fp32_side(self) -> bool:
+        return self.cle or self.smoothquant is not None
+
+    @classmethod
+    def from_dict(cls, table: dict[str, Any], label: str = "recipe") -> BoosterOptions:
+        """Validate a ``[boosters]`` table; errors name the key."""
+        unknown = set(table) - {"cle", "smoothquant", "bias_correction"}
+        if unknown:
+            raise RecipeError(f"{label}: unknown key 'boosters.{sorted(unknown)[0]}'; allowed: "
+                              "bias_correction, cle, smoothquant")
+        for key in ("cle", "bias_correction"):
+            if not isinstance(table.get(key, False), bool):
+                raise RecipeError(f"{label}: boosters.{key} must be true or false")
+        alpha = table.get("smoothquant")
+        if alpha is False:
+            alpha = None
+        if alpha is True:
+            alpha = 0.5
+        if alpha is not None and (not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0):
+            raise RecipeError(f"{label}: boosters.smoothquant must be an alpha in [0, 1] (or true/false)")
+        return cls(bool(table.get("cle", False)), None if alpha is None else float(alpha),
+                   bool(table.get("bias_correction", False)))
+
+
+def apply_boosters(fp32: onnx.ModelProto, samples: SampleSet, options: BoosterOptions,
+                   batch_size: int = 8) -> onnx.ModelProto:
+    """CLE, then SmoothQuant (per-channel absmax streamed over ``samples``), as options ask."""
+    if not options.fp32_side:
+        return fp32
+    model = Model.from_proto(fp32)
+    if options.cle:
+        changed = EqualizeCrossLayer()(model).modified
+        log.info("boosters: cross-layer equalization %s", "applied" if changed else "found no chain")
+    if options.smoothquant is not None:
+        proto = model.to_proto()
+        names = targets(model.graph)
+        stats = channel_stats(proto, dict.fromkeys(names, -1), samples, batch_size)
+        result = SmoothQuant(options.smoothquant, {n: s.absmax for n, s in stats.items()})(model)
+        log.info("boosters: SmoothQuant(alpha=%g) on %d activation tensors%s", options.smoothquant,
+                 len(names), "" if result.modified else " (nothing changed)")
+    out = model.to_proto()
+    out.ir_version = fp32.ir_version
+    return prepare(out, "boosted model")
+
+
+def correct_biases(fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: SampleSet,
+                   batch_size: int = 8) -> onnx.ModelProto:
+    """Bias correction of ``qdq`` against ``fp32`` (the model it was quantized from): ``ΔW · E[x]``
+    with the per-channel input means streamed over ``samples`` through ``fp32``."""
+    reference = Model.from_proto(fp32)
+    weights = {n.name: constant_value(n.inputs[1]) for n in reference.graph.nodes
+               if n.op in ("Conv", "Gemm", "MatMul") and len(n.inputs) > 1}
+    float_weights = {k: v for k, v in weights.items() if v is not None}
+    model = Model.from_proto(qdq)
+    produced = reference.graph.tensors()
+    wanted: dict[str, tuple[str, int]] = {}
+    for node in model.graph.nodes:
+        if node.name in float_weights:
+            tensor = float_input(node).name
+            if tensor in produced and constant_value(produced[tensor]) is None:
+                wanted[node.name] = (tensor, channel_axis(node))
+    axes = {tensor: axis for tensor, axis in wanted.values()}
+    stats = channel_stats(fp32, axes, samples, batch_size)
+    means = {node: stats[tensor].mean for node, (tensor, _) in wanted.items()}
+    bc = BiasCorrection(float_weights, means)
+    bc(model)
+    log.info("boosters: bias correction on %d of %d layers", len(bc.corrected), len(wanted))
+    out = model.to_proto()
+    out.ir_version = qdq.ir_version
+    return prepare(out, "bias-corrected model")

@@ -1,0 +1,272 @@
+"""Automatic mixed precision for ``dsqc build --accuracy-budget [--size-budget]``.
+
+One calibration (``PlanSpace``), per-node sensitivity on a few held-out samples, a greedy search
+measured on the whole held-out set (``precision_search``), then the chosen plan is built the normal
+way — from its recipe, reusing the calibration — and verified with the target's own kernels. If that
+verification misses a budget the search reruns with a margin (up to ``ROUNDS`` times). The best plan
+found is kept either way; the caller writes it (``plan.recipe.toml``) and says whether it met the budgets.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .build_types import BuildRequest
+from .calibration.data import SampleSet
+from .errors import RecipeError
+from .metrics import cosine, sqnr_db
+from .plan_recipe import RECIPE_NAME, parse_plan_recipe, plan_recipe_text
+from .plan_space import PlanSpace, build_space, weight_bytes
+from .precision_search import Budget, Search, search
+from .quant.profile import TargetProfile
+from .quant.recipe import Recipe
+from .quant.spec import NodeDecision, Precision, QuantPlan
+from .quantize import Quantized, quantize_model
+from .sensitivity import Sensitivity, analyze_space
+from .sensitivity_report import JSON_NAME, PLOT_NAME, write_json, write_plot
+from .switch_model import SwitchModel
+from .verify import Verification, task_metric, verify
+
+log = logging.getLogger(__name__)
+ROUNDS = 3
+_STEP = {"sqnr": 0.25, "cosine": 2e-4, "drop": 1e-3}  # extra margin per missed round, besides the gap
+
+
+def parse_accuracy_budget(text: str) -> Budget:
+    """``sqnr:30`` (dB floor, worst output), ``cosine:0.98`` (floor) or ``drop:0.005`` (task metric)."""
+    kind, sep, raw = text.partition(":")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not sep or kind not in _STEP or not np.isfinite(value):
+        raise RecipeError(f"--accuracy-budget {text!r}: expected sqnr:DB, cosine:FLOOR or drop:MAX "
+                          "(e.g. sqnr:30, drop:0.005)")
+    return Budget(kind, value)
+
+
+def check_size_budget(value: float | None) -> float | None:
+    if value is not None and not 0 < value <= 1:
+        raise RecipeError(f"--size-budget {value}: a fraction of the FP32 weight bytes in (0, 1], e.g. 0.2")
+    return value
+
+
+def check_request(request: BuildRequest) -> None:
+    """Fail early on budget flags that cannot work together."""
+    if request.size_budget is not None and request.accuracy_budget is None:
+        raise RecipeError("--size-budget needs --accuracy-budget (e.g. --accuracy-budget sqnr:30)")
+    if request.accuracy_budget is None:
+        return
+    parse_accuracy_budget(request.accuracy_budget)
+    check_size_budget(request.size_budget)
+    if request.precision != "int8":
+        raise RecipeError("--accuracy-budget picks int4/int8/fp16/fp32 per node; use it with int8")
+
+
+@dataclass
+class Round:
+    search: Search
+    recipe: Recipe
+    quantized: Quantized
+    verification: Verification
+    achieved: float
+    size: int
+    recipe_text: str
+    margin: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"predicted_or_measured_reference": self.search.achieved, "achieved": self.achieved,
+                "size_bytes": self.size, "margin": self.margin, "evaluations": self.search.evaluations,
+                "steps": len(self.search.steps)}
+
+
+@dataclass
+class AutoPlan:
+    """The chosen plan, how it was found, and its numbers against the budgets (``finish`` sets the final)."""
+
+    budget: Budget
+    size_budget: float | None
+    space: PlanSpace
+    sensitivity: Sensitivity
+    rounds: list[Round]
+    best: Round
+    int8_reference: float
+    header: list[str]
+    achieved: float
+    size: int
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.best.recipe
+
+    @property
+    def quantized(self) -> Quantized:
+        return self.best.quantized
+
+    def met(self) -> tuple[bool, bool]:
+        size_ok = self.size_budget is None or self.size <= self.size_budget * self.space.fp32_bytes
+        return self.budget.met(self.achieved), size_ok
+
+    def failure(self) -> str | None:
+        acc_ok, size_ok = self.met()
+        if acc_ok and size_ok:
+            return None
+        missed = []
+        if not acc_ok:
+            missed.append(f"accuracy budget {self.budget} (best plan: {self.achieved:.4g})")
+        if not size_ok:
+            missed.append(f"size budget {self.size_budget:g}× FP32 (best plan: "
+                          f"{self.size / self.space.fp32_bytes:.3f}×)")
+        return (f"mixed precision missed the {' and the '.join(missed)}; the best plan found is written "
+                f"({RECIPE_NAME}, report.json): relax a budget or edit the recipe")
+
+    def finish(self, verification: Verification, quantized: Quantized, graph_nodes: int) -> dict[str, Any]:
+        """Judge the budgets on the build's own verification and model; the report section."""
+        self.achieved, self.size = float(_achieved(self.budget, verification)), weight_bytes(quantized.model)
+        acc_ok, size_ok = (bool(ok) for ok in self.met())
+        plan = quantized.plan
+        _explain(plan, self.best.search)  # again: a later replan (latency guard) resets reasons
+        chosen = {n: plan.nodes[n] for n in self.space.choices if n in plan.nodes}
+        above = sum(1 for d in chosen.values() if d.precision in (Precision.FP16, Precision.FP32))
+        top = [{"node": n.name, "op": n.op, "score_db": n.score("sqnr")} for n in self.sensitivity.nodes[:5]]
+        fp32_bytes = self.space.fp32_bytes
+        return {
+            "met": acc_ok and size_ok,
+            "accuracy": {"budget": str(self.budget), "achieved": self.achieved, "met": acc_ok,
+                         "plain_int8_reference_semantics": float(self.int8_reference)},
+            "size": {"budget_fraction": self.size_budget, "bytes": self.size, "fp32_bytes": fp32_bytes,
+                     "fraction": self.size / fp32_bytes, "met": size_ok},
+            "nodes": {n: {"op": self.space.choices[n].op, "precision": d.precision.value, "reason": d.reason}
+                      for n, d in chosen.items()},
+            "histogram": _histogram(chosen.values()),
+            "above_int8": above, "quantizable_nodes": len(self.space.choices), "graph_nodes": graph_nodes,
+            "sensitivity": {"json": JSON_NAME, "plot": PLOT_NAME, "top": top,
+                            "samples": self.sensitivity.samples},
+            "plan_recipe": RECIPE_NAME,
+            "search": {"rounds": [r.to_dict() for r in self.rounds],
+                       "steps": [s.to_dict() for s in self.best.search.steps]},
+        }
+
+    def write(self, folder: Path, exclude_ops: list[str]) -> list[Path]:
+        """``plan.recipe.toml``, ``sensitivity.json`` and ``sensitivity.png`` into ``folder``."""
+        text = self.best.recipe_text
+        if exclude_ops:
+            found = self.best.search
+            text = plan_recipe_text(self.space.recipe, found.assignment, found.reasons, self.header,
+                                    exclude_ops)
+        (folder / RECIPE_NAME).write_text(text)
+        write_json(folder / JSON_NAME, self.sensitivity, {"budget": str(self.budget)})
+        write_plot(folder / PLOT_NAME, self.sensitivity)
+        return [Path(RECIPE_NAME), Path(JSON_NAME), Path(PLOT_NAME)]
+
+
+def _histogram(decisions: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in decisions:
+        counts[d.precision.value] = counts.get(d.precision.value, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, calib: SampleSet,
+                      held_out: SampleSet, request: BuildRequest) -> AutoPlan:
+    """Analyse, search and verify until the budgets are met (or ``ROUNDS`` tries); keep the best plan."""
+    assert request.accuracy_budget is not None
+    budget = parse_accuracy_budget(request.accuracy_budget)
+    fraction = check_size_budget(request.size_budget)
+    if budget.kind == "drop" and held_out.labels is None and not request.task_metric:
+        raise RecipeError("--accuracy-budget drop:… needs labels (e.g. --calib mnist, npz 'labels') or "
+                          "--task-metric")
+    space = build_space(fp32, profile, recipe, calib, request.calib_batch, int4=fraction is not None)
+    switch = SwitchModel(space)
+    sens = analyze_space(space, switch, held_out.take(request.sensitivity_samples), "sqnr")
+    evaluate = _evaluator(switch, held_out, budget, request.task_metric)
+    int8_reference = evaluate(space.plan8)[0]
+    limit = None if fraction is None else fraction * space.fp32_bytes
+    batches = list(held_out.batches(request.calib_batch))
+    rounds: list[Round] = []
+    margin = 0.0
+    for _ in range(ROUNDS):
+        found = search(space, sens, evaluate, budget, limit, margin)
+        header = _header(request, budget, fraction)
+        text = plan_recipe_text(recipe, found.assignment, found.reasons, header)
+        planned = parse_plan_recipe(text, RECIPE_NAME)
+        quantized = quantize_model(fp32, profile, planned, calib, request.calib_batch, known=space.stats)
+        _explain(quantized.plan, found)
+        ver = verify(fp32, quantized.model, batches, held_out.labels, request.task_metric, latency=False,
+                     fused=profile.verify_fused)
+        achieved = _achieved(budget, ver)
+        rounds.append(Round(found, planned, quantized, ver, achieved, weight_bytes(quantized.model), text,
+                            margin))
+        log.info("mixed precision round %d: %s achieved %.4g, %.3f× FP32 bytes", len(rounds), budget,
+                 achieved, rounds[-1].size / space.fp32_bytes)
+        size_ok = limit is None or rounds[-1].size <= limit
+        if (budget.met(achieved) and size_ok) or not found.met:
+            break
+        margin += max(budget.gap(achieved), 0.0) + _STEP[budget.kind]
+        if limit is not None and not size_ok:
+            limit -= rounds[-1].size - limit
+    best = min(rounds, key=lambda r: _shortfall(r, budget, fraction, space.fp32_bytes))
+    return AutoPlan(budget, fraction, space, sens, rounds, best, int8_reference,
+                    _header(request, budget, fraction), best.achieved, best.size)
+
+
+def _evaluator(switch: SwitchModel, held_out: SampleSet, budget: Budget, metric_spec: str | None) -> Any:
+    bound = switch.bind(list(held_out.batches(32)), segmented=False)
+    metric = task_metric(metric_spec) if budget.kind == "drop" else None
+    reference = bound.reference
+    fp32_task = metric(reference, held_out.labels) if metric else 0.0
+
+    def evaluate(plan: QuantPlan) -> tuple[float, dict[str, float]]:
+        got = bound.run(plan)
+        noise = {o: _noise(reference[o], got[o]) for o in reference}
+        if budget.kind == "sqnr":
+            return min(sqnr_db(reference[o], got[o]) for o in reference), noise
+        if budget.kind == "cosine":
+            return min(cosine(reference[o], got[o]) for o in reference), noise
+        assert metric is not None
+        return fp32_task - metric(got, held_out.labels), noise
+
+    return evaluate
+
+
+def _noise(ref: np.ndarray, got: np.ndarray) -> float:
+    r = ref.astype(np.float64)
+    return float(np.sum((r - got) ** 2) / max(float(np.sum(r * r)), 1e-30))
+
+
+def _achieved(budget: Budget, ver: Verification) -> float:
+    if budget.kind == "sqnr":
+        return ver.min_sqnr
+    if budget.kind == "cosine":
+        return min(m["cosine"] for m in ver.outputs.values())
+    if ver.task is None:
+        raise RecipeError("--accuracy-budget drop:… needs labels or --task-metric")
+    return float(ver.task["drop"])
+
+
+def _shortfall(r: Round, budget: Budget, fraction: float | None, fp32_bytes: int) -> tuple[float, int]:
+    acc = max(budget.gap(r.achieved), 0.0) / max(abs(budget.value), 1e-9)
+    size = 0.0 if fraction is None else max(r.size / fp32_bytes - fraction, 0.0) / fraction
+    return acc + size, r.size
+
+
+def _explain(plan: QuantPlan, found: Search) -> None:
+    """The search's reason replaces "recipe asks for …" on every node it decided (as it decided it)."""
+    for name, reason in found.reasons.items():
+        if name in plan.nodes and plan.nodes[name].precision is found.assignment.get(name):
+            plan.nodes[name] = NodeDecision(plan.nodes[name].precision, reason)
+
+
+def _header(request: BuildRequest, budget: Budget, fraction: float | None) -> list[str]:
+    size = f", size budget {fraction:g}× FP32 weight bytes" if fraction is not None else ""
+    return [f"dsqc mixed-precision plan for {request.model.name} (target {request.target}): accuracy budget "
+            f"{budget}{size}.",
+            "Edit a precision (int4 | int8 | fp16 | fp32) and rebuild with:",
+            f"  dsqc build {request.model} --target {request.target} --recipe {RECIPE_NAME} --calib "
+            f"{request.calib} ..."]

@@ -1,0 +1,329 @@
+"""Every plan one calibration can make: restrictions of a full INT8 plan, per node.
+
+One calibration and two complete plans — INT8 wherever the target allows (embedding tables
+weight-only on targets that take them) and INT4 weight-only wherever it takes INT4 — define each
+node's choices: INT8 (weights and activations, specs from the INT8 plan), INT4 (weight-only, from
+the INT4 plan), FP16 (float16 weights) or FP32. ``PlanSpace.restrict`` turns one choice per node
+into a ``QuantPlan`` without recalibrating: an activation tensor keeps its Q/DQ while one of the
+nodes that share it (its producer, whose fused kernel needs the output Q, and its readers, through
+scale-sharing layout ops) runs INT8; a folded Relu stays folded only while its Q stays.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .calibration.data import SampleSet
+from .calibration.runner import TensorStats
+from .float_islands import FP16_WEIGHT_TARGETS
+from .ir import Model, constant_value, default_opset
+from .model_io import INT4_OPSET, upgrade_opset
+from .quant.planner import Placement, Range, finalize, is_table_lookup, place
+from .quant.profile import TargetProfile
+from .quant.recipe import Override, Recipe
+from .quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
+from .quantize import calibrate_missing
+
+log = logging.getLogger(__name__)
+
+TABLE_TARGETS = frozenset({"onnx"})  # targets whose lowering takes DequantizeLinear → Gather tables
+INTEGER_ONLY_TARGETS = frozenset({"hls"})  # no float nodes: every choice stays int8 (a profile flag would do)
+_INT4_OPS = ("MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one node quantizes: its weights (``int8``/``int4``/``fp16``/None) and its activations."""
+
+    weights: str | None = None
+    acts: bool = False
+
+    @property
+    def precision(self) -> Precision:
+        if self.acts or self.weights == "int8":
+            return Precision.INT8
+        return {"int4": Precision.INT4, "fp16": Precision.FP16}.get(self.weights or "", Precision.FP32)
+
+
+def setting_for(precision: Precision, has_weights: bool) -> Setting:
+    """The setting a whole-node precision means."""
+    if precision is Precision.INT8:
+        return Setting("int8" if has_weights else None, True)
+    if precision is Precision.INT4:
+        return Setting("int4")
+    return Setting("fp16") if precision is Precision.FP16 and has_weights else Setting()
+
+
+@dataclass
+class Choice:
+    """A node whose precision the analysis measures and the search picks."""
+
+    name: str
+    op: str
+    index: int
+    weight: str | None
+    bias: str | None
+    consts: list[str]
+    table: bool
+    activations: frozenset[str] = frozenset()
+    options: tuple[Precision, ...] = ()
+    nbytes: dict[Precision, int] = field(default_factory=dict)
+
+
+@dataclass
+class PlanSpace:
+    """The FP32 model (opset raised for INT4 if needed), the two full plans, the choices and their bytes."""
+
+    fp32: onnx.ModelProto
+    profile: TargetProfile
+    recipe: Recipe
+    plan8: QuantPlan
+    plan4: QuantPlan | None
+    choices: dict[str, Choice]
+    fixed: dict[str, Setting]  # nodes the user's recipe set: as the INT8 plan has them
+    owners: dict[str, frozenset[str]]  # activation tensor → nodes whose INT8 run needs its Q/DQ
+    node_consts: dict[str, list[str]]  # node → its float constant inputs
+    passthrough: dict[str, str]  # layout node following its neighbours → its data input
+    folded_outputs: dict[str, str]  # folded Relu/Clip → its output tensor
+    fp32_bytes: int
+    base_bytes: int  # bytes of everything but the choices (fixed nodes counted at FP32)
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # float constant → its value
+    stats: dict[str, TensorStats] = field(default_factory=dict)
+    calibration_seconds: float = 0.0
+
+    def consts_of(self, node: str) -> dict[str, np.ndarray]:
+        return {name: self.values[name] for name in self.node_consts.get(node, [])}
+
+    def restrict(self, settings: Mapping[str, Setting],
+                 reasons: Mapping[str, str] | None = None) -> QuantPlan:
+        """The plan running each choice as ``settings`` says (absent: FP32) and fixed nodes as planned."""
+        reasons = reasons or {}
+        plan = QuantPlan(nodes=dict(self.plan8.nodes), notes=list(self.plan8.notes))
+        active: set[str] = set()
+        for name in self.choices:
+            setting = settings.get(name, Setting())
+            plan.nodes[name] = NodeDecision(setting.precision, reasons.get(
+                name, f"{setting.precision.value} (restricted plan)"))
+            self._weights(name, setting, plan)
+            if setting.acts:
+                active.add(name)
+        unknown = settings.keys() - self.choices.keys()
+        if unknown:
+            raise KeyError(f"not nodes the plan space can set: {sorted(unknown)[:3]}")
+        for name, setting in self.fixed.items():
+            self._weights(name, setting, plan)
+            if setting.acts:
+                active.add(name)
+        for tensor, owners in self.owners.items():
+            if owners & active:
+                plan.tensors[tensor] = self.plan8.tensors[tensor]
+        for act, producer in self.plan8.folded_activations.items():
+            if plan.precision_of(producer) is Precision.INT8 and self.folded_outputs[act] in plan.tensors:
+                plan.folded_activations[act] = producer
+            else:
+                plan.nodes[act] = NodeDecision(Precision.FP32, f"not folded: {producer} does not run int8")
+        for node, data in self.passthrough.items():
+            if plan.precision_of(node) is Precision.INT8 and data not in plan.tensors:
+                plan.nodes[node] = NodeDecision(Precision.FP32, "layout op between float tensors")
+        return plan
+
+    def _weights(self, name: str, setting: Setting, plan: QuantPlan) -> None:
+        choice = self.choices.get(name)
+        int4 = setting.weights == "int4" and self.plan4 is not None and choice is not None
+        source = self.plan4 if int4 and self.plan4 is not None else self.plan8
+        for tensor in self.node_consts.get(name, []):
+            spec = source.tensors.get(tensor)
+            is_bias = choice is not None and tensor == choice.bias
+            if spec is not None and setting.weights in ("int8", "int4") and (setting.acts or not is_bias):
+                plan.tensors[tensor] = spec
+
+    def size_of(self, assignment: Mapping[str, Precision]) -> int:
+        """Predicted weight bytes of a whole-node assignment (absent choices: FP32)."""
+        return self.base_bytes + sum(c.nbytes[assignment.get(n, Precision.FP32)]
+                                     for n, c in self.choices.items())
+
+
+def build_space(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, calib: SampleSet,
+                batch_size: int = 8, int4: bool = True) -> PlanSpace:
+    """Calibrate once and plan INT8 (and INT4) everywhere the recipe leaves the choice open."""
+    model = Model.from_proto(fp32)
+    nodes = {n.name: n for n in model.graph.nodes}
+    user_fixed = {n.name for n in model.graph.nodes if recipe.options_for(n.name, n.op).precision is not None}
+    tables = [n for n in model.graph.nodes if is_table_lookup(n) and n.name not in user_fixed
+              and profile.name in TABLE_TARGETS]
+    int4_nodes = [n for n in model.graph.nodes if n.name not in user_fixed and profile.int4_weights and int4
+                  and (n in tables or (n.op in _INT4_OPS and _const(n, 1) is not None))]
+    if int4_nodes and default_opset(fp32) < INT4_OPSET:
+        fp32 = upgrade_opset(fp32, INT4_OPSET)
+        model = Model.from_proto(fp32)
+        nodes = {n.name: n for n in model.graph.nodes}
+    recipe8 = _with_overrides(recipe, {n.name: "int8" for n in tables})
+    placement8 = place(model, profile, recipe8)
+    start = time.perf_counter()
+    stats = calibrate_missing(fp32, placement8.activations, recipe, calib, batch_size, {})
+    seconds = time.perf_counter() - start
+    plan8 = finalize(model, placement8, _ranges(stats), profile, recipe8)
+    plan4 = None
+    if int4_nodes:
+        recipe4 = _with_overrides(recipe, {n.name: "int4" for n in int4_nodes})
+        placement4 = place(model, profile, recipe4)
+        start = time.perf_counter()
+        stats |= calibrate_missing(fp32, placement4.activations, recipe, calib, batch_size, stats)
+        seconds += time.perf_counter() - start
+        plan4 = finalize(model, placement4, _ranges(stats), profile, recipe4)
+    space = _make_space(fp32, model, nodes, profile, recipe, plan8, plan4, placement8, user_fixed)
+    space.stats, space.calibration_seconds = stats, seconds
+    log.info("plan space: %d choices, %d fixed nodes, %d activation tensors", len(space.choices),
+             len(space.fixed), len(space.owners))
+    return space
+
+
+def _with_overrides(recipe: Recipe, precisions: Mapping[str, str]) -> Recipe:
+    """``recipe`` with exact-name precision overrides placed first (the user's own overrides still win)."""
+    out = copy.copy(recipe)
+    ours = [Override(re.compile(re.escape(name)), {"precision": p}) for name, p in precisions.items()]
+    out.overrides = ours + [copy.copy(o) for o in recipe.overrides]
+    out.exclude_nodes = [copy.copy(o) for o in recipe.exclude_nodes]
+    return out
+
+
+def _ranges(stats: Mapping[str, TensorStats]) -> dict[str, Range]:
+    return {name: Range(s.lo, s.hi) for name, s in stats.items()}
+
+
+def _const(node: gs.Node, slot: int) -> np.ndarray | None:
+    return constant_value(node.inputs[slot]) if len(node.inputs) > slot and node.inputs[slot].name else None
+
+
+def _make_space(fp32: onnx.ModelProto, model: Model, nodes: dict[str, gs.Node], profile: TargetProfile,
+                recipe: Recipe, plan8: QuantPlan, plan4: QuantPlan | None, placement: Placement,
+                user_fixed: set[str]) -> PlanSpace:
+    passthrough = {n: node.inputs[0].name for n, node in nodes.items()
+                   if node.op in profile.passthrough_ops and not is_table_lookup(node) and node.inputs}
+    followers = set(plan8.folded_activations) | set(passthrough)
+    choices: dict[str, Choice] = {}
+    fixed: dict[str, Setting] = {}
+    node_consts: dict[str, list[str]] = {}
+    values: dict[str, np.ndarray] = {}
+    for index, node in enumerate(model.graph.nodes):
+        node_consts[node.name] = [t.name for t in node.inputs if t.name and _is_float_const(t)]
+        values.update({t.name: v for t in node.inputs if t.name in node_consts[node.name]
+                       and (v := constant_value(t)) is not None})
+        precision = plan8.precision_of(node.name)
+        if precision not in (Precision.INT8, Precision.INT4) or node.name in followers:
+            continue
+        if node.name in user_fixed:
+            fixed[node.name] = setting_for(precision, bool(node_consts[node.name]))
+        else:
+            choices[node.name] = _choice(node, index, profile, plan8, plan4)
+    deciders = set(choices) | {n for n, s in fixed.items() if s.acts}
+    owners = _owners(model, placement, plan8, deciders, profile.output_q_optional)
+    for name, choice in choices.items():
+        choice.activations = frozenset(t for t, o in owners.items() if name in o)
+    total = weight_bytes(fp32)
+    base = total - sum(c.nbytes[Precision.FP32] for c in choices.values())
+    folded_outputs = {a: nodes[a].outputs[0].name for a in plan8.folded_activations}
+    return PlanSpace(fp32, profile, recipe, plan8, plan4, choices, fixed, owners, node_consts,
+                     {n: t for n, t in passthrough.items() if n not in plan8.folded_activations},
+                     folded_outputs, total, base, values)
+
+
+def _is_float_const(tensor: gs.Tensor) -> bool:
+    value = constant_value(tensor)
+    return value is not None and value.dtype.kind == "f"
+
+
+def _choice(node: gs.Node, index: int, profile: TargetProfile, plan8: QuantPlan,
+            plan4: QuantPlan | None) -> Choice:
+    table = is_table_lookup(node)
+    weight_slot = 0 if table else 1
+    weight = node.inputs[weight_slot].name if _const(node, weight_slot) is not None else None
+    bias = node.inputs[2].name if not table and _const(node, 2) is not None else None
+    consts = [t.name for t in node.inputs if t.name and _is_float_const(t)]
+    options = [Precision.INT8] if profile.name in INTEGER_ONLY_TARGETS else [Precision.INT8, Precision.FP32]
+    if weight and plan4 is not None and plan4.precision_of(node.name) is Precision.INT4:
+        options.append(Precision.INT4)
+    if consts and profile.name in FP16_WEIGHT_TARGETS and profile.name not in INTEGER_ONLY_TARGETS:
+        options.append(Precision.FP16)
+    choice = Choice(node.name, node.op, index, weight, bias, consts, table)
+    values = {t.name: constant_value(t) for t in node.inputs if t.name in consts}
+    for p in {*options, Precision.FP32}:  # FP32 bytes also count what a choice weighs unquantized
+        choice.nbytes[p] = _node_bytes(p, values, weight, bias, plan8, plan4)
+    choice.options = tuple(sorted(options, key=lambda p: (choice.nbytes[p], _RANK[p])))
+    return choice
+
+
+_RANK = {Precision.INT4: 0, Precision.INT8: 1, Precision.FP16: 2, Precision.FP32: 3}
+
+
+def _node_bytes(precision: Precision, values: Mapping[str, np.ndarray | None], weight: str | None,
+                bias: str | None, plan8: QuantPlan, plan4: QuantPlan | None) -> int:
+    total = 0
+    for name, value in values.items():
+        assert value is not None
+        if precision is Precision.FP16:
+            total += value.size * 2
+        elif precision is Precision.INT8 and name in (weight, bias) and name in plan8.tensors:
+            total += spec_bytes(value.size, plan8.tensors[name])
+        elif precision is Precision.INT4 and name == weight and plan4 is not None and name in plan4.tensors:
+            total += spec_bytes(value.size, plan4.tensors[name])
+        else:
+            total += value.nbytes
+    return total
+
+
+def spec_bytes(size: int, spec: QuantSpec) -> int:
+    """Stored bytes of a quantized constant with its scales and zero points (4-bit values packed)."""
+    bits = spec.bits
+    return (size * bits + 7) // 8 + spec.scale.size * 4 + (spec.zero_point.size * bits + 7) // 8
+
+
+def weight_bytes(proto: onnx.ModelProto) -> int:
+    """Stored bytes of every initializer (INT4/UINT4 packed two to a byte)."""
+    total = 0
+    for init in proto.graph.initializer:
+        size = int(np.prod(init.dims)) if init.dims else 1
+        if init.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            total += (size + 1) // 2
+        else:
+            total += size * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    return total
+
+
+def _owners(model: Model, placement: Placement, plan8: QuantPlan, deciders: set[str],
+            optional: frozenset[str]) -> dict[str, frozenset[str]]:
+    """Activation tensor → the nodes whose INT8 execution needs its Q/DQ (shared across scale groups).
+
+    Readers need their inputs quantized; a producer needs its output Q unless its op fuses without one
+    (``output_q_optional``: MatMul/Gemm on ONNX Runtime).
+    """
+    tensors = model.graph.tensors()
+    nodes = {n.name: n for n in model.graph.nodes}
+    groups: dict[str, set[str]] = {}
+    members: dict[str, list[str]] = {}
+    acts = [t for t in plan8.tensors if t in placement.activations]
+    for name in acts:
+        members.setdefault(placement.group_of(name), []).append(name)
+        tensor = tensors[name]
+        owners = groups.setdefault(placement.group_of(name), set())
+        for producer in tensor.inputs:
+            owner = plan8.folded_activations.get(producer.name, producer.name)
+            if owner in deciders and nodes[owner].op not in optional:  # its fused kernel needs the Q
+                owners.add(owner)
+        owners.update(r.name for r in tensor.outputs if r.name in deciders)
+    result: dict[str, frozenset[str]] = {}
+    for root, names in members.items():
+        if not groups[root]:
+            log.debug("tensors %s have no int8 owner; restricted plans leave them float", names)
+        for name in names:
+            result[name] = frozenset(groups[root])
+    return result

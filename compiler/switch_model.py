@@ -1,0 +1,287 @@
+"""One ONNX Runtime model that runs any restricted plan of a ``PlanSpace`` without rebuilding a session.
+
+Built once from the FP32 model: every float constant a choice reads becomes a graph input (fed the
+FP32 value, or its quantize→dequantize image under the plan's spec, or its FP16 rounding), and every
+activation tensor of the INT8 plan passes through ``Where(on, DQ(Q(x)), x)`` with a boolean input
+``on``. With ``on`` false the tensor is bit-identical to FP32; with ``on`` true it is exactly what the
+QDQ model of that plan computes with ONNX Runtime's reference Q/DQ semantics (a folded Relu is kept:
+Q of a Relu output with zero point at 0 equals Q of its input). Fused int8 kernels can differ by ±1 LSB;
+the final plan is verified with them.
+
+Sessions are single-threaded: variants (or batches) run concurrently, one per core. A variant that
+changes nothing before node ``i`` (in topological order) runs only the suffix from a
+segment start ``≤ i``, fed the FP32 tensors crossing that cut (cached from one reference run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+from onnx import helper
+
+from .ir import Model, is_graph_output
+from .plan_space import PlanSpace
+from .quant.qparams import dequantize, quantize
+from .quant.spec import Precision, QuantPlan, QuantSpec
+
+log = logging.getLogger(__name__)
+Feeds = dict[str, np.ndarray]
+_QDTYPE = {"int8": np.int8, "uint8": np.uint8}
+_ON, _OFF = np.array(True), np.array(False)
+
+
+@dataclass
+class _Const:
+    feed: str
+    node: str
+    tensor: str
+    value: np.ndarray
+    position: int = 0
+
+
+@dataclass
+class _Switch:
+    feed: str
+    tensor: str
+    position: int = 0
+
+
+class SwitchModel:
+    """The switchable model of a plan space; ``bind`` it to samples to evaluate plans."""
+
+    def __init__(self, space: PlanSpace, threads: int = 1) -> None:
+        self.space = space
+        self.threads = threads
+        model = Model.from_proto(space.fp32)
+        graph = model.graph
+        self.consts: list[_Const] = []
+        self.switches: dict[str, _Switch] = {}
+        self._add_const_inputs(graph)
+        for name in sorted(space.owners):
+            self._add_switch(graph, name)
+        proto = model.to_proto()
+        proto.ir_version = space.fp32.ir_version
+        self.proto = proto
+        order = {node.name: i for i, node in enumerate(proto.graph.node)}
+        for const in self.consts:
+            const.position = order[const.node]
+        for switch in self.switches.values():
+            switch.position = order[f"{switch.tensor}@Q"]
+        self.outputs = [o.name for o in proto.graph.output]
+        self.starts: list[int] = [0]
+        self._sessions: dict[int, Any] = {}
+        self._cache: dict[tuple[str, str], np.ndarray] = {}
+        self.cut_types: dict[str, int] = {}  # filled by ``bind`` from the reference run
+        self._lock = threading.Lock()
+
+    def _add_const_inputs(self, graph: gs.Graph) -> None:
+        nodes = {n.name: n for n in graph.nodes}
+        for name in [*self.space.choices, *self.space.fixed]:
+            node = nodes[name]
+            for slot, tensor in enumerate(node.inputs):
+                if tensor.name not in self.space.node_consts[name]:
+                    continue
+                feed_name = f"{tensor.name}@{name}"
+                if not isinstance(tensor, gs.Constant) or any(c.feed == feed_name for c in self.consts):
+                    log.debug("%s: %s is not an initializer; it stays FP32 here", name, tensor.name)
+                    continue
+                value = np.asarray(tensor.values)
+                feed = gs.Variable(feed_name, value.dtype, list(value.shape))
+                graph.inputs.append(feed)
+                node.inputs[slot] = feed
+                self.consts.append(_Const(feed.name, name, tensor.name, value))
+
+    def _add_switch(self, graph: gs.Graph, name: str) -> None:
+        tensor = graph.tensors()[name]
+        spec = self.space.plan8.tensors[name]
+        source = tensor
+        readers = list(tensor.outputs)
+        if is_graph_output(graph, tensor) and tensor.inputs:
+            source = gs.Variable(f"{name}@float", tensor.dtype, tensor.shape)
+            producer = tensor.inputs[0]
+            producer.outputs[producer.outputs.index(tensor)] = source
+        scale = gs.Constant(f"{name}@scale", spec.scale.astype(np.float32))
+        zero = gs.Constant(f"{name}@zero_point", spec.zero_point.astype(_QDTYPE[spec.dtype]))
+        q = gs.Variable(f"{name}@q", _QDTYPE[spec.dtype], tensor.shape)
+        dq = gs.Variable(f"{name}@dq", np.float32, tensor.shape)
+        on = gs.Variable(f"{name}@on", np.bool_, [])
+        graph.inputs.append(on)
+        out = tensor if source is not tensor else gs.Variable(f"{name}@switched", np.float32, tensor.shape)
+        graph.nodes += [gs.Node("QuantizeLinear", f"{name}@Q", inputs=[source, scale, zero], outputs=[q]),
+                        gs.Node("DequantizeLinear", f"{name}@DQ", inputs=[q, scale, zero], outputs=[dq]),
+                        gs.Node("Where", f"{name}@Where", inputs=[on, dq, source], outputs=[out])]
+        if source is tensor:
+            for reader in readers:
+                for i, t in enumerate(reader.inputs):
+                    if t is tensor:
+                        reader.inputs[i] = out
+        self.switches[name] = _Switch(on.name, name)
+
+    # -- plans → feeds --------------------------------------------------------------------------
+
+    def feeds_for(self, plan: QuantPlan) -> tuple[Feeds, int]:
+        """The weight and switch inputs running ``plan``, and the first node position they change."""
+        feeds: Feeds = {}
+        first = len(self.proto.graph.node)
+        for const in self.consts:
+            value = self._value(const, plan)
+            feeds[const.feed] = value
+            if value is not const.value:
+                first = min(first, const.position)
+        for switch in self.switches.values():
+            on = switch.tensor in plan.tensors
+            feeds[switch.feed] = _ON if on else _OFF
+            if on:
+                first = min(first, switch.position)
+        return feeds, first
+
+    def _value(self, const: _Const, plan: QuantPlan) -> np.ndarray:
+        precision = plan.precision_of(const.node)
+        spec = plan.tensors.get(const.tensor)
+        if precision in (Precision.INT8, Precision.INT4) and spec is not None:
+            return self._cached(const, spec.dtype, lambda: _fake_quant(const.value, spec))
+        if precision is Precision.FP16:
+            return self._cached(const, "fp16", lambda: const.value.astype(np.float16).astype(np.float32))
+        return const.value
+
+    def _cached(self, const: _Const, kind: str, make: Any) -> np.ndarray:
+        key = (const.feed, kind)
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def plan_segments(self, firsts: Iterable[int], count: int) -> None:
+        """Choose up to ``count`` segment starts so that variants starting late run short suffixes."""
+        ordered = sorted(firsts)
+        if not ordered or count <= 1:
+            return
+        picks = {ordered[(len(ordered) * k) // count] for k in range(count)}
+        self.starts = sorted({0} | {p for p in picks if p > 0})
+
+    def session(self, start: int) -> Any:
+        with self._lock:
+            if start not in self._sessions:
+                self._sessions[start] = _session(self._suffix(start) if start else self.proto, self.threads)
+            return self._sessions[start]
+
+    def cut(self, start: int) -> list[str]:
+        """Tensors produced before ``start`` (or graph inputs) and read from ``start`` on."""
+        nodes = self.proto.graph.node
+        produced_before = {o for n in nodes[:start] for o in n.output}
+        feeds = {i.name for i in self.proto.graph.input}
+        read = [i for n in nodes[start:] for i in n.input if i]
+        return sorted({i for i in read if i in produced_before and i not in feeds})
+
+    def _suffix(self, start: int) -> onnx.ModelProto:
+        src = self.proto.graph
+        nodes = list(src.node[start:])
+        produced = {o for n in nodes for o in n.output}
+        read = {i for n in nodes for i in n.input if i}
+        inits = [t for t in src.initializer if t.name in read]
+        init_names = {t.name for t in inits}
+        inputs = [vi for vi in src.input if vi.name in read]
+        types = self.cut_types
+        inputs += [helper.make_tensor_value_info(name, types[name], None) for name in self.cut(start)]
+        outputs = [vi for vi in src.output if vi.name in produced]
+        graph = helper.make_graph(nodes, f"suffix_{start}", inputs, outputs,
+                                  [t for t in inits if t.name not in produced])
+        assert init_names >= {t.name for t in graph.initializer}
+        model = helper.make_model(graph, opset_imports=self.proto.opset_import)
+        model.ir_version = self.proto.ir_version
+        return model
+
+    def bind(self, batches: Sequence[Feeds], segmented: bool = True) -> BoundSamples:
+        """Cache FP32 outputs (and, if ``segmented``, the cut tensors) of ``batches``."""
+        return BoundSamples(self, list(batches), self.starts if segmented else [0])
+
+
+class BoundSamples:
+    """A switch model bound to evaluation batches: FP32 reference outputs and cut tensors cached."""
+
+    def __init__(self, switch: SwitchModel, batches: list[Feeds], starts: list[int]) -> None:
+        self.switch = switch
+        self.batches = batches
+        self.starts = starts
+        cuts = sorted({t for s in starts if s for t in switch.cut(s)})
+        reference = _session(_with_outputs(switch.proto, cuts), 0) if cuts else switch.session(0)
+        base, _ = switch.feeds_for(QuantPlan())
+        names = [*switch.outputs, *cuts]
+        self.cached: list[dict[str, np.ndarray]] = []
+        for batch in batches:
+            values = reference.run(names, {**batch, **_only(reference, base)})
+            self.cached.append(dict(zip(names, values, strict=True)))
+        switch.cut_types |= {n: helper.np_dtype_to_tensor_dtype(self.cached[0][n].dtype) for n in cuts}
+        self.reference = {o: np.concatenate([c[o] for c in self.cached]) for o in switch.outputs}
+
+    def run(self, plan: QuantPlan) -> dict[str, np.ndarray]:
+        """Outputs of ``plan`` over every batch, concatenated (outputs before the segment: FP32).
+
+        Batches run concurrently on single-threaded sessions (ORT releases the GIL).
+        """
+        feeds, first = self.switch.feeds_for(plan)
+        start = max(s for s in self.starts if s <= first)
+        sess = self.switch.session(start)
+        wanted = [o.name for o in sess.get_outputs()]
+        weights = _only(sess, feeds)
+
+        def one(index: int) -> dict[str, np.ndarray]:
+            cached = self.cached[index]
+            source = dict(self.batches[index])
+            if start:  # graph inputs read after the cut are fed as well
+                source.update({t: cached[t] for t in self.switch.cut(start)})
+            values = sess.run(wanted, {**_only(sess, source), **weights})
+            got = dict(zip(wanted, values, strict=True))
+            return {name: got.get(name, cached[name]) for name in self.switch.outputs}
+
+        if len(self.batches) == 1:
+            parts = [one(0)]
+        else:
+            with ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="dsqc-eval") as pool:
+                parts = list(pool.map(one, range(len(self.batches))))
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.switch.outputs}
+
+
+def workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _fake_quant(value: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    return dequantize(quantize(value, spec), spec)
+
+
+def _only(sess: Any, feeds: Mapping[str, np.ndarray]) -> Feeds:
+    names = {i.name for i in sess.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in names}
+
+
+def _with_outputs(proto: onnx.ModelProto, extra: Sequence[str]) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    known = {o.name for o in model.graph.output}
+    for name in extra:
+        if name not in known:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    return model
+
+
+def _session(proto: onnx.ModelProto, threads: int) -> Any:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
