@@ -48,7 +48,7 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     stats = calibrate_missing(fp32, placement.activations, recipe, samples, batch_size, known or {})
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
     plan = finalize(model, placement, ranges, profile, recipe)
-    result = PassManager([InsertQDQ(plan)]).run(model)
+    result = PassManager([InsertQDQ(plan, profile.float_readers_read_float)]).run(model)
     proto = result.model.to_proto()
     proto.ir_version = fp32.ir_version
     proto = lower_tables(finish_float_nodes(proto, plan, profile), plan, profile)

@@ -9,6 +9,7 @@ the plan folded are removed: the output Q's saturation is their clamp.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -53,8 +54,9 @@ class _Names:
 class InsertQDQ(Pass):
     """Rewrites the FP32 graph into the canonical QDQ model described by ``plan``."""
 
-    def __init__(self, plan: QuantPlan) -> None:
+    def __init__(self, plan: QuantPlan, float_readers_read_float: bool = False) -> None:
         self.plan = plan
+        self.float_readers_read_float = float_readers_read_float
 
     def requires(self, model: Model) -> None:
         if any(node.op in QDQ_OPS for node in model.graph.nodes):
@@ -75,9 +77,13 @@ class InsertQDQ(Pass):
             if isinstance(tensor, gs.Constant):
                 changed |= self._quantize_constant(graph, names, tensor, spec)
             else:
-                changed |= _quantize_activation(graph, names, tensor, spec)
+                keep_float = self._is_int8 if self.float_readers_read_float else None
+                changed |= _quantize_activation(graph, names, tensor, spec, keep_float)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         return PassResult(model, changed)
+
+    def _is_int8(self, node: gs.Node) -> bool:
+        return self.plan.precision_of(node.name) in (Precision.INT8, Precision.INT4)
 
     def _quantize_constant(self, graph: gs.Graph, names: _Names, tensor: gs.Constant,
                            spec: QuantSpec) -> bool:
@@ -95,9 +101,13 @@ class InsertQDQ(Pass):
         return True
 
 
-def _quantize_activation(graph: gs.Graph, names: _Names, tensor: gs.Tensor, spec: QuantSpec) -> bool:
-    readers = list(tensor.outputs)
-    as_output = is_graph_output(graph, tensor)
+def _quantize_activation(graph: gs.Graph, names: _Names, tensor: gs.Tensor, spec: QuantSpec,
+                         is_int8: Callable[[gs.Node], bool] | None) -> bool:
+    """Q after the producer, a DQ per reader. With ``is_int8`` given and a float producer (or a graph
+    input) there is no fusion to protect: float readers keep reading the float tensor, unrounded."""
+    float_producer = is_int8 is not None and (not tensor.inputs or not is_int8(tensor.inputs[0]))
+    readers = [r for r in tensor.outputs if not float_producer or (is_int8 is not None and is_int8(r))]
+    as_output = is_graph_output(graph, tensor) and not float_producer
     source: gs.Tensor = tensor
     if as_output:
         if not tensor.inputs:

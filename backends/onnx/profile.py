@@ -22,4 +22,5 @@ ONNX_PROFILE = TargetProfile(
     fold_activations=True,
     weight_limit=64,
     latency_guard=True,
+    float_readers_read_float=True,
 )

@@ -30,6 +30,9 @@ class TargetProfile:
     u8s8 kernels saturate with full 8-bit weights where the target's kernels do not.
     ``latency_guard``: when the int8 model runs slower than FP32 in the verification runtime, keep
     op types whose int8 kernels lose in FP32 (``compiler/latency_guard.py``).
+    ``float_readers_read_float``: float readers of a tensor quantized after a float producer read the
+    float tensor instead of a DQ (no fusion to protect; MiniLM 14 → 16 dB). Off where a backend wants
+    the DQ (TensorRT's residual-Add skip input).
     ``residual_add_skip_only``: a residual Add quantizes only its skip input; the branch coming
     from a compute op fuses into it (TensorRT's Conv+Add kernel).
     """
@@ -52,5 +55,6 @@ class TargetProfile:
     weight_limit: int | None = None
     verify_fused: bool = True
     latency_guard: bool = False
+    float_readers_read_float: bool = False
     float_fallback: str = "fp32"
     min_opset: int = 13
