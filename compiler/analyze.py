@@ -12,7 +12,7 @@ from dsqc.backends.registry import get_backend
 
 from .build_types import BuildRequest
 from .output import staged_output
-from .pipeline import load_and_normalize, load_data, model_name
+from .pipeline import RANDOM_WARNING, load_and_normalize, load_data, model_name
 from .plan_space import build_space
 from .quant.recipe import load_recipe
 from .sensitivity import Sensitivity, analyze_space
@@ -66,6 +66,8 @@ def analyze(request: AnalyzeRequest) -> AnalyzeResult:
                               calib=request.calib, calib_samples=request.calib_samples,
                               eval_data=request.eval_data, eval_samples=request.samples)
     calib, held_out = load_data(build_like, fp32, recipe)
+    if calib.synthetic:
+        log.warning("%s", RANDOM_WARNING)
     timings["load"] = time.perf_counter() - start
     mark = time.perf_counter()
     space = build_space(fp32, backend.profile_for({}), recipe, calib, request.calib_batch)
@@ -77,7 +79,7 @@ def analyze(request: AnalyzeRequest) -> AnalyzeResult:
     timings["analyze"] = time.perf_counter() - mark
     extra: dict[str, Any] = {"model": str(request.model), "target": request.target,
                              "calibration": {"source": calib.source, "samples": len(calib),
-                                             "method": recipe.method},
+                                             "method": recipe.method, "synthetic": calib.synthetic},
                              "held_out": held_out.source}
     with staged_output(request.out_dir) as staging:
         artifacts = [Path(JSON_NAME)]

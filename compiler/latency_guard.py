@@ -64,7 +64,8 @@ def guard_latency(fp32: onnx.ModelProto, quantized: Quantized, sample: Feeds, co
         why = NodeDecision(Precision.FP32, f"latency guard: int8 {best[2]} ran slower than FP32 here")
         plan = best[3].plan
         for name in plan.nodes:
-            if best[3].placement.op_types.get(name) == best[2]:
+            demoted = plan.nodes[name].precision is Precision.FP32
+            if demoted and best[3].placement.op_types.get(name) == best[2]:
                 plan.nodes[name] = why
     return result
 

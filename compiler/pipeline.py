@@ -25,6 +25,7 @@ from dsqc.passes import (
     SimplifyReshapeTranspose,
 )
 
+from .boosters import BoosterOptions, apply_boosters, correct_biases
 from .build_types import BuildRequest, BuildResult
 from .calibration.data import ImagePreprocess, SampleSet, load_samples, model_inputs
 from .errors import CalibrationError, RecipeError
@@ -130,16 +131,22 @@ def build(request: BuildRequest) -> BuildResult:
         calib, held_out = load_data(request, fp32, recipe)
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
+        boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source)
+        with clock("boosters"):  # CLE / SmoothQuant: the same function, easier to quantize
+            source = apply_boosters(fp32, calib, boosters, request.calib_batch)
         with clock("calibrate+plan"):
             profile = backend.profile_for(request.backend_options)
             if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
-                auto = choose_precisions(fp32, profile, recipe, calib, held_out, request)
+                auto = choose_precisions(source, profile, recipe, calib, held_out, request)
                 recipe, quantized = auto.recipe, auto.quantized
             else:
-                quantized = quantize_model(fp32, profile, recipe, calib, request.calib_batch)
-        if profile.latency_guard and request.measure_latency:
+                quantized = quantize_model(source, profile, recipe, calib, request.calib_batch)
+        if profile.latency_guard and request.measure_latency and not request.accuracy_budget:
             with clock("latency guard"):
-                quantized = _guard(fp32, quantized, profile, recipe, calib, held_out, request, result)
+                quantized = _guard(source, quantized, profile, recipe, calib, held_out, request, result)
+        if boosters.bias_correction:
+            with clock("bias correction"):
+                quantized.model = correct_biases(source, quantized.model, calib, request.calib_batch)
         result.warnings.extend(f"recipe regex '{r}' matched no node" for r in recipe.unmatched())
         result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
         job.eval_feeds = list(held_out.batches(request.calib_batch))
@@ -174,7 +181,7 @@ def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, 
            calib: SampleSet, held_out: SampleSet, request: BuildRequest, result: BuildResult) -> Quantized:
     """Keep op types whose int8 kernels lose to FP32 here in FP32 (see ``latency_guard``)."""
     def replan(ops: frozenset[str]) -> Quantized:
-        narrowed = dataclasses.replace(recipe, exclude_ops=recipe.exclude_ops | ops)
+        narrowed = dataclasses.replace(recipe, fallback_ops=recipe.fallback_ops | ops)
         return quantize_model(fp32, profile, narrowed, calib, request.calib_batch, known=quantized.stats)
 
     sample = {name: value[:1] for name, value in held_out.feeds.items()}

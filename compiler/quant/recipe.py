@@ -2,7 +2,7 @@
 
 ```toml
 [quantization]                 # defaults (all optional)
-method = "mse"                 # minmax | percentile | entropy | mse
+method = "minmax"              # minmax | percentile | entropy | mse
 percentile = 99.99
 activation_dtype = "uint8"     # uint8 | int8 (a target profile may force one)
 symmetric = false              # symmetric activations
@@ -21,6 +21,11 @@ precision = "fp32"             # int8 | int4 | fp16 | fp32
 [exclude]                      # keep in FP32
 nodes = ["head.*"]
 op_types = ["Softmax"]
+
+[boosters]                     # PTQ boosters (compiler/boosters.py)
+cle = true                     # cross-layer equalization of Conv → ReLU → Conv chains
+smoothquant = 0.8              # SmoothQuant alpha for MatMul/Gemm inputs with outlier channels
+bias_correction = true
 
 [calibration.image]            # preprocessing for image-folder calibration data
 size = 256
@@ -44,7 +49,7 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 _DEFAULT_KEYS = {"method", "percentile", "activation_dtype", "symmetric", "per_channel",
                  "weight_dtype", "block_size", "weight_limit"}
 _OPTION_KEYS = {"precision", "weight_dtype", "block_size", "per_channel", "weight_limit"}
-_TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration"}
+_TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration", "boosters"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class Override:
 
 @dataclass
 class Recipe:
-    method: str = "mse"
+    method: str = "minmax"
     percentile: float = 99.99
     activation_dtype: str | None = None
     symmetric: bool | None = None
@@ -80,6 +85,8 @@ class Recipe:
     exclude_nodes: list[Override] = field(default_factory=list)
     exclude_ops: set[str] = field(default_factory=set)
     calibration: dict[str, Any] = field(default_factory=dict)
+    boosters: dict[str, Any] = field(default_factory=dict)
+    fallback_ops: frozenset[str] = frozenset()
     source: str = "defaults"
 
     def options_for(self, node_name: str, op_type: str) -> NodeOptions:
@@ -96,7 +103,7 @@ class Recipe:
             if rule.pattern.fullmatch(node_name):
                 rule.matched += 1
                 excluded = True
-        if excluded:
+        if excluded or (op_type in self.fallback_ops and "precision" not in merged):
             merged["precision"] = "fp32"
         precision = merged.pop("precision", None)
         return NodeOptions(precision=Precision(precision) if precision else None, **merged)
@@ -145,6 +152,7 @@ def parse_recipe(data: dict[str, Any], label: str = "recipe") -> Recipe:
                             for p in _strings(exclude.get("nodes", []), label, "exclude.nodes")]
     recipe.exclude_ops = set(_strings(exclude.get("op_types", []), label, "exclude.op_types"))
     recipe.calibration = _table(data.get("calibration", {}), label, "calibration")
+    recipe.boosters = _table(data.get("boosters", {}), label, "boosters")
     return recipe
 
 

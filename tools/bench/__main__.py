@@ -8,16 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tools.bench.cases import DEFAULT_MODELS, prepare
 from tools.bench.report import machine, render
-from tools.bench.run import REPO, bench_calibration, bench_case, quantizers, say
+from tools.bench.run import REPO, bench_calibration, bench_case, quantizers, say, snapshot_source
 
 HERE = Path(__file__).resolve().parent
-CALIB_SAMPLES = (256, 32)  # calibration-only row: full, --quick
+CALIB_ROWS = ("256,1024", "32")  # calibration-only rows (sample counts): full, --quick
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -30,7 +31,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ort-methods", default="MinMax,Entropy")
     p.add_argument("--no-reduce-range", action="store_true", help="skip the ORT MinMax reduce_range variant")
     p.add_argument("--calib-model", default="resnet18_like",
-                   help="model of the calibration-only row ('none' to skip)")
+                   help="model of the calibration-only rows ('none' to skip)")
+    p.add_argument("--calib-row-samples", help="sample counts of the calibration-only rows "
+                   f"(default {CALIB_ROWS[0]}, --quick {CALIB_ROWS[1]})")
     p.add_argument("--rounds", type=int, help="latency rounds (default 3, --quick 1)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per latency measurement")
     p.add_argument("--no-profile", action="store_true", help="skip ORT profiling of slow models")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "results.json"
-    results: dict[str, Any] = {"models": {}, "calibration": None}
+    results: dict[str, Any] = {"models": {}, "calibration": []}
     if args.merge and json_path.exists():
         results = json.loads(json_path.read_text())
         if "history" not in results and "machine" in results:  # written before runs were listed
@@ -63,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     qs = quantizers([m for m in args.dsqc_methods.split(",") if m],
                     [m for m in args.ort_methods.split(",") if m], not args.no_reduce_range)
     rounds = args.rounds or (1 if args.quick else 3)
+    snap = snapshot_source(args.workdir / "src")  # workers import this frozen copy of dsqc
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(snap), os.environ.get("PYTHONPATH")]))
+    say(f"dsqc sources frozen in {snap} (commit {results['machine']['source']['commit']}, "
+        f"{len(results['machine']['source']['dirty'])} files changed since)")
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for name in names:
         say(f"{name}: preparing model and samples")
@@ -74,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         results["models"][case.name] = bench_case(case, qs, rounds, args.runs, not args.no_profile,
                                                   reuse=args.eval_only)
         _write(results, args.out)
-    if args.calib_model != "none" and (args.calib_model in names or not args.merge):
-        say(f"calibration-only row on {args.calib_model}")
-        n = args.calib_samples or CALIB_SAMPLES[1 if args.quick else 0]
-        case = prepare(args.calib_model, args.workdir, args.quick, n)
-        results["calibration"] = bench_calibration(case, repeats=1 if args.quick else 3)
+    if args.calib_model != "none":
+        results["calibration"] = []
+        for n in (int(x) for x in (args.calib_row_samples or CALIB_ROWS[args.quick]).split(",")):
+            say(f"calibration-only row on {args.calib_model}, {n} samples")
+            case = prepare(args.calib_model, args.workdir / f"calibration_{n}", args.quick, n,
+                           zoo_dir=args.workdir / "zoo")
+            results["calibration"].append(bench_calibration(case, repeats=1 if args.quick else 3))
+            _write(results, args.out)
     _write(results, args.out)
     say(f"wrote {args.out / 'RESULTS.md'} and {json_path}")
     return 0

@@ -42,8 +42,10 @@ class Case:
         return asdict(self)
 
 
-def prepare(name: str, workdir: Path, quick: bool, n_calib: int | None = None) -> Case:
-    """Write (or reuse) the case's FP32 model and sample files under ``workdir/name``."""
+def prepare(name: str, workdir: Path, quick: bool, n_calib: int | None = None,
+            zoo_dir: Path | None = None) -> Case:
+    """Write (or reuse) the case's FP32 model and sample files under ``workdir/name``; zoo models are
+    exported once into ``zoo_dir`` (default ``workdir/zoo``)."""
     kind = name if name in ("mnist", "minilm") else "random"
     calib_n, eval_n = SIZES[kind][1 if quick else 0]
     calib_n = n_calib or calib_n
@@ -55,7 +57,7 @@ def prepare(name: str, workdir: Path, quick: bool, n_calib: int | None = None) -
         return _mnist(folder, calib, held, calib_n, eval_n)
     if kind == "minilm":
         return _minilm(folder, calib, held, calib_n, eval_n)
-    return _random(name, stem, workdir, calib, held, calib_n, eval_n)
+    return _random(name, stem, zoo_dir or workdir / "zoo", calib, held, calib_n, eval_n)
 
 
 def _mnist(folder: Path, calib: Path, held: Path, n_calib: int, n_eval: int) -> Case:
@@ -86,13 +88,13 @@ def _minilm(folder: Path, calib: Path, held: Path, n_calib: int, n_eval: int) ->
                 "Lee-50 and WordSim353 from gensim")
 
 
-def _random(name: str, stem: str, workdir: Path, calib: Path, held: Path, n_calib: int, n_eval: int) -> Case:
+def _random(name: str, stem: str, zoo_dir: Path, calib: Path, held: Path, n_calib: int, n_eval: int) -> Case:
     if name.endswith(".onnx"):
         path = Path(name).resolve()
     else:
         from dsqc.models.export import zoo_model
 
-        path = zoo_model(name, workdir / "zoo")
+        path = zoo_model(name, zoo_dir)
     shapes = input_shapes(onnx.load(str(path), load_external_data=False))
     save_npz(calib, seeded_normal(shapes, n_calib, CALIB_SEED))
     save_npz(held, seeded_normal(shapes, n_eval, EVAL_SEED))

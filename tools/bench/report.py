@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tools.bench.checks import checks
+from tools.bench.checks import calibration_rows, checks
 
 
 def machine() -> dict[str, Any]:
@@ -164,5 +164,5 @@ def render(results: dict[str, Any]) -> str:
         *[f"- **{status}** {claim}: {detail}" for claim, status, detail in checks(results)], "",
         "## Per model", ""]
     body = [line for name, res in results["models"].items() for line in model_table(name, res)]
-    calib = calib_table(results["calibration"]) if results.get("calibration") else []
+    calib = [line for c in calibration_rows(results) for line in calib_table(c)]
     return "\n".join([*head, *body, *calib, *profiles(results)]) + "\n"

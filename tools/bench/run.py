@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,20 @@ from typing import Any
 from tools.bench.cases import Case
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+# The installed package maps these folders to dsqc (pyproject package-dir).
+PACKAGE_DIRS = {"": "compiler", "passes": "passes", "backends": "backends", "models": "models"}
+
+
+def snapshot_source(dest: Path) -> Path:
+    """Copy dsqc's sources to ``dest/dsqc`` laid out as installed; on PYTHONPATH the copy wins over the
+    editable install, so every worker of one run sees one source state while others edit the tree."""
+    shutil.rmtree(dest, ignore_errors=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for sub, folder in PACKAGE_DIRS.items():
+        shutil.copytree(REPO / folder, dest / "dsqc" / sub, ignore=skip, dirs_exist_ok=True)
+    return dest
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ def _first_line(exc: BaseException) -> str:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="  worker: %(message)s")
     spec = json.loads(Path(argv[0]).read_text())
-    import dsqc.pipeline  # noqa: F401  (imported outside the measured region in every mode)
+    import dsqc.pipeline  # (imported outside the measured region in every mode)
 
     base = _reset()
     start_cpu = _cpu_s()
@@ -187,6 +187,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         out = {"ok": False, "error": _first_line(exc), "base_rss_mb": base}
     out.setdefault("cpu_s", _cpu_s() - start_cpu)  # all threads, user + system
+    out["dsqc_source"] = str(Path(dsqc.pipeline.__file__).parent)
     out["peak_rss_mb"] = max(memory.peak_mb(), out.get("pre_process_peak_rss_mb", 0.0))
     out["delta_rss_mb"] = out["peak_rss_mb"] - out["base_rss_mb"]
     Path(spec["result"]).write_text(json.dumps(out, indent=1, default=str))
