@@ -184,7 +184,7 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
                           "--task-metric")
     space = build_space(fp32, profile, recipe, calib, request.calib_batch, int4=fraction is not None)
     switch = SwitchModel(space)
-    sens = analyze_space(space, switch, held_out.take(request.sensitivity_samples), "sqnr")
+    sens = analyze_space(space, switch, held_out.take(request.sensitivity_samples), "sqnr", fp16=True)
     evaluate = _evaluator(switch, held_out, budget, request.task_metric)
     int8_reference = evaluate(space.plan8)[0]
     limit = None if fraction is None else fraction * space.fp32_bytes

@@ -25,8 +25,7 @@ import onnx_graphsurgeon as gs
 from .calibration.data import SampleSet
 from .calibration.runner import TensorStats
 from .float_islands import FP16_WEIGHT_TARGETS
-from .ir import Model, constant_value, default_opset
-from .model_io import INT4_OPSET, upgrade_opset
+from .ir import Model, constant_value
 from .quant.planner import Placement, Range, finalize, is_table_lookup, place
 from .quant.profile import TargetProfile
 from .quant.recipe import Override, Recipe
@@ -81,7 +80,11 @@ class Choice:
 
 @dataclass
 class PlanSpace:
-    """The FP32 model (opset raised for INT4 if needed), the two full plans, the choices and their bytes."""
+    """The FP32 model, the two full plans, the choices and their bytes.
+
+    INT4 specs need no opset 21 here: plans are evaluated with fake quantization (``SwitchModel``) and
+    built by ``quantize_model``, which raises the opset when its recipe asks for INT4.
+    """
 
     fp32: onnx.ModelProto
     profile: TargetProfile
@@ -162,10 +165,6 @@ def build_space(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, c
               and profile.name in TABLE_TARGETS]
     int4_nodes = [n for n in model.graph.nodes if n.name not in user_fixed and profile.int4_weights and int4
                   and (n in tables or (n.op in _INT4_OPS and _const(n, 1) is not None))]
-    if int4_nodes and default_opset(fp32) < INT4_OPSET:
-        fp32 = upgrade_opset(fp32, INT4_OPSET)
-        model = Model.from_proto(fp32)
-        nodes = {n.name: n for n in model.graph.nodes}
     recipe8 = _with_overrides(recipe, {n.name: "int8" for n in tables})
     placement8 = place(model, profile, recipe8)
     start = time.perf_counter()

@@ -124,8 +124,9 @@ class Sensitivity:
 
 def analyze_space(space: PlanSpace, switch: SwitchModel, samples: SampleSet, metric: str = "sqnr",
                   nodes: str | None = None, progress: bool | None = None, batch_size: int = 64,
-                  segments: int = 8) -> Sensitivity:
-    """Measure every variant of every choice (or those whose name matches ``nodes``) on ``samples``."""
+                  segments: int = 8, fp16: bool = False) -> Sensitivity:
+    """Measure every variant of every choice (or those whose name matches ``nodes``) on ``samples``;
+    ``fp16`` adds the FP16 noise estimates the mixed-precision search needs."""
     if metric not in METRICS:
         raise RecipeError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
     start = time.perf_counter()
@@ -145,7 +146,7 @@ def analyze_space(space: PlanSpace, switch: SwitchModel, samples: SampleSet, met
             results[choice.name].variants[kind] = future.result()
             bar.update(done)
     bar.close()
-    for choice in chosen:
+    for choice in chosen if fp16 else []:
         _estimate_fp16(space, choice, results[choice.name], outputs)
     ranked = sorted(results.values(), key=lambda n: _order(n, metric))
     for rank, node in enumerate(ranked, 1):

@@ -51,8 +51,12 @@ class _Const:
 
 @dataclass
 class _Switch:
+    """One reader's view of a quantizable tensor (``reader`` None: the graph output itself)."""
+
     feed: str
     tensor: str
+    producer: str | None
+    reader: str | None
     position: int = 0
 
 
@@ -65,17 +69,19 @@ class SwitchModel:
         model = Model.from_proto(space.fp32)
         graph = model.graph
         self.consts: list[_Const] = []
-        self.switches: dict[str, _Switch] = {}
+        self.switches: list[_Switch] = []
+        self.float_readers_read_float = bool(getattr(space.profile, "float_readers_read_float", False))
         self._add_const_inputs(graph)
+        tensors = graph.tensors()
         for name in sorted(space.owners):
-            self._add_switch(graph, name)
+            self._add_switch(graph, tensors, name)
         proto = model.to_proto()
         proto.ir_version = space.fp32.ir_version
         self.proto = proto
         order = {node.name: i for i, node in enumerate(proto.graph.node)}
         for const in self.consts:
             const.position = order[const.node]
-        for switch in self.switches.values():
+        for switch in self.switches:
             switch.position = order[f"{switch.tensor}@Q"]
         self.outputs = [o.name for o in proto.graph.output]
         self.starts: list[int] = [0]
@@ -86,46 +92,54 @@ class SwitchModel:
 
     def _add_const_inputs(self, graph: gs.Graph) -> None:
         nodes = {n.name: n for n in graph.nodes}
+        feeds: dict[str, gs.Variable] = {}
         for name in [*self.space.choices, *self.space.fixed]:
             node = nodes[name]
             for slot, tensor in enumerate(node.inputs):
                 if tensor.name not in self.space.node_consts[name]:
                     continue
                 feed_name = f"{tensor.name}@{name}"
-                if not isinstance(tensor, gs.Constant) or any(c.feed == feed_name for c in self.consts):
-                    log.debug("%s: %s is not an initializer; it stays FP32 here", name, tensor.name)
+                if feed_name in feeds:  # the same constant twice in one node
+                    node.inputs[slot] = feeds[feed_name]
+                    continue
+                if not isinstance(tensor, gs.Constant):
+                    log.warning("%s: %s is not an initializer; analysis keeps it FP32", name, tensor.name)
                     continue
                 value = np.asarray(tensor.values)
-                feed = gs.Variable(feed_name, value.dtype, list(value.shape))
-                graph.inputs.append(feed)
-                node.inputs[slot] = feed
-                self.consts.append(_Const(feed.name, name, tensor.name, value))
+                feeds[feed_name] = gs.Variable(feed_name, value.dtype, list(value.shape))
+                graph.inputs.append(feeds[feed_name])
+                node.inputs[slot] = feeds[feed_name]
+                self.consts.append(_Const(feed_name, name, tensor.name, value))
 
-    def _add_switch(self, graph: gs.Graph, name: str) -> None:
-        tensor = graph.tensors()[name]
+    def _add_switch(self, graph: gs.Graph, tensors: dict[str, gs.Tensor], name: str) -> None:
+        """Q → DQ once, then ``Where(on, dq, x)`` per reader (and for a graph output), each its own switch:
+        InsertQDQ may give float readers the float tensor (``float_readers_read_float``)."""
+        tensor = tensors[name]
         spec = self.space.plan8.tensors[name]
-        source = tensor
+        producer = tensor.inputs[0].name if tensor.inputs else None
         readers = list(tensor.outputs)
+        source = tensor
         if is_graph_output(graph, tensor) and tensor.inputs:
             source = gs.Variable(f"{name}@float", tensor.dtype, tensor.shape)
-            producer = tensor.inputs[0]
-            producer.outputs[producer.outputs.index(tensor)] = source
+            tensor.inputs[0].outputs[tensor.inputs[0].outputs.index(tensor)] = source
         scale = gs.Constant(f"{name}@scale", spec.scale.astype(np.float32))
         zero = gs.Constant(f"{name}@zero_point", spec.zero_point.astype(_QDTYPE[spec.dtype]))
         q = gs.Variable(f"{name}@q", _QDTYPE[spec.dtype], tensor.shape)
         dq = gs.Variable(f"{name}@dq", np.float32, tensor.shape)
-        on = gs.Variable(f"{name}@on", np.bool_, [])
-        graph.inputs.append(on)
-        out = tensor if source is not tensor else gs.Variable(f"{name}@switched", np.float32, tensor.shape)
         graph.nodes += [gs.Node("QuantizeLinear", f"{name}@Q", inputs=[source, scale, zero], outputs=[q]),
-                        gs.Node("DequantizeLinear", f"{name}@DQ", inputs=[q, scale, zero], outputs=[dq]),
-                        gs.Node("Where", f"{name}@Where", inputs=[on, dq, source], outputs=[out])]
-        if source is tensor:
-            for reader in readers:
-                for i, t in enumerate(reader.inputs):
-                    if t is tensor:
-                        reader.inputs[i] = out
-        self.switches[name] = _Switch(on.name, name)
+                        gs.Node("DequantizeLinear", f"{name}@DQ", inputs=[q, scale, zero], outputs=[dq])]
+        targets: list[tuple[gs.Node | None, gs.Tensor]] = [(None, tensor)] if source is not tensor else []
+        for reader in readers:
+            out = gs.Variable(f"{name}@{reader.name}@switched", np.float32, tensor.shape)
+            for i, t in enumerate(reader.inputs):
+                if t is tensor:
+                    reader.inputs[i] = out
+            targets.append((reader, out))
+        for reader, out in targets:
+            on = gs.Variable(f"{name}@{reader.name if reader else 'output'}@on", np.bool_, [])
+            graph.inputs.append(on)
+            graph.nodes.append(gs.Node("Where", f"{on.name}@Where", inputs=[on, dq, source], outputs=[out]))
+            self.switches.append(_Switch(on.name, name, producer, reader.name if reader else None))
 
     # -- plans → feeds --------------------------------------------------------------------------
 
@@ -138,12 +152,21 @@ class SwitchModel:
             feeds[const.feed] = value
             if value is not const.value:
                 first = min(first, const.position)
-        for switch in self.switches.values():
-            on = switch.tensor in plan.tensors
+        for switch in self.switches:
+            on = switch.tensor in plan.tensors and self._reads_dq(switch, plan)
             feeds[switch.feed] = _ON if on else _OFF
             if on:
                 first = min(first, switch.position)
         return feeds, first
+
+    def _reads_dq(self, switch: _Switch, plan: QuantPlan) -> bool:
+        """Mirror of InsertQDQ: after a float producer (or a graph input) only integer readers get a DQ."""
+        if not self.float_readers_read_float:
+            return True
+        integer = (Precision.INT8, Precision.INT4)
+        if switch.producer is not None and plan.precision_of(switch.producer) in integer:
+            return True
+        return switch.reader is not None and plan.precision_of(switch.reader) in integer
 
     def _value(self, const: _Const, plan: QuantPlan) -> np.ndarray:
         precision = plan.precision_of(const.node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dsqc.cli import main
 from dsqc.errors import DsqcError
 from dsqc.ir import Model
 from dsqc.metrics import sqnr_db
+from dsqc.model_io import INT4_OPSET, upgrade_opset
 from dsqc.pass_infra import PassManager
 from dsqc.passes.insert_qdq import InsertQDQ
 from dsqc.pipeline import normalize
@@ -69,12 +71,13 @@ def test_bad_node_regex_is_one_line_error(cnn: tuple[Path, Path], tmp_path: Path
     assert not (tmp_path / "x").exists()
 
 
-@pytest.fixture(scope="module")
-def space_and_switch() -> tuple:
+@pytest.fixture(scope="module", params=[True, False], ids=["float-readers-read-float", "dq-for-all"])
+def space_and_switch(request: pytest.FixtureRequest) -> tuple:
     fp32 = normalize(outlier_cnn()).model
     rng = np.random.default_rng(3)
     calib = SampleSet({"input": rng.normal(0, 1, (24, 3, 16, 16)).astype(np.float32)}, "calib")
-    space = build_space(fp32, get_backend("onnx").profile, Recipe(), calib)
+    profile = dataclasses.replace(get_backend("onnx").profile, float_readers_read_float=request.param)
+    space = build_space(fp32, profile, Recipe(), calib)
     return space, SwitchModel(space), rng.normal(0, 1, (6, 3, 16, 16)).astype(np.float32)
 
 
@@ -94,6 +97,7 @@ def test_restricting_every_node_to_int8_gives_the_int8_plan(space_and_switch: tu
     {"conv3": Setting(None, True)},
     {"fc": Setting("int4")},
     {"conv1": Setting("int8", True), OUTLIER_NODE: Setting("fp16"), "conv3": Setting("int8", True)},
+    {"conv1": Setting(), OUTLIER_NODE: Setting("int8", True), "conv3": Setting(), "gap": Setting(None, True)},
 ])
 def test_switch_model_equals_the_qdq_model_of_the_plan(space_and_switch: tuple, settings: dict) -> None:
     """The one switchable session computes what InsertQDQ's model of the same plan computes (ORT reference
@@ -101,10 +105,13 @@ def test_switch_model_equals_the_qdq_model_of_the_plan(space_and_switch: tuple, 
     space, switch, x = space_and_switch
     plan = space.restrict(settings)
     got = switch.bind([{"input": x}], segmented=False).run(plan)["logits"]
-    model = Model.from_proto(space.fp32)
-    PassManager([InsertQDQ(plan)]).run(model)
+    fp32 = space.fp32
+    if any(d.precision is Precision.INT4 for d in plan.nodes.values()):
+        fp32 = upgrade_opset(fp32, INT4_OPSET)
+    model = Model.from_proto(fp32)
+    PassManager([InsertQDQ(plan, space.profile.float_readers_read_float)]).run(model)
     proto = model.to_proto()
-    proto.ir_version = space.fp32.ir_version
+    proto.ir_version = fp32.ir_version
     if any(d.precision is Precision.FP16 for d in plan.nodes.values()):  # FP16 rounding, as the switch does
         for init in proto.graph.initializer:
             if init.name == "w2":

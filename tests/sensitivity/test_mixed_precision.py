@@ -189,3 +189,17 @@ def test_quantized_tables_gather_only_their_rows(tmp_path: Path, precision: str)
     hidden = np.maximum(dequantize(quantize(table, spec), spec)[ids] @ inits["w1"], 0)
     got = run_batches(session(qdq), [{"ids": ids}])["out"]
     np.testing.assert_allclose(got, hidden @ inits["w2"], rtol=1e-5, atol=1e-5)
+
+
+def test_nodes_the_users_recipe_fixes_stay_fixed(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = cnn
+    recipe = tmp_path / "user.toml"
+    recipe.write_text('[quantization]\nmethod = "minmax"\n\n[exclude]\nnodes = ["conv1"]\n')
+    out = tmp_path / "fixed"
+    result = build(BuildRequest(model=model, target="onnx", out_dir=out, calib=str(data), recipe=recipe,
+                                measure_latency=False, accuracy_budget="sqnr:35"))
+    mp = result.metrics["mixed_precision"]
+    assert "conv1" not in mp["nodes"] and result.plan is not None
+    assert result.plan.nodes["conv1"].precision.value == "fp32"
+    written = (out / "plan.recipe.toml").read_text()
+    assert 'method = "minmax"' in written and 'nodes = ["conv1"]' in written

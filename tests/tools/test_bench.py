@@ -42,26 +42,27 @@ def tiny_model(path: Path) -> Path:
 def test_bench_smoke(tmp_path: Path) -> None:
     model = str(tiny_model(tmp_path / "tiny.onnx"))
     out = tmp_path / "out"
-    assert main(["--models", model, "--quick", "--calib-samples", "16", "--dsqc-methods", "minmax",
+    assert main(["--models", model, "--quick", "--calib-samples", "16", "--dsqc-methods", "",
                  "--ort-methods", "MinMax", "--no-reduce-range", "--calib-model", model,
                  "--calib-row-samples", "16", "--runs", "10",
                  "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
     results = json.loads((out / "results.json").read_text())
     res = results["models"]["tiny"]
-    assert set(res["quantize"]) == {"dsqc-minmax", "ort-minmax"}
+    assert set(res["quantize"]) == {"dsqc", "ort-minmax"}  # dsqc = a default build
     for q in res["quantize"].values():
         assert q["ok"], q
         assert q["wall_s"] > 0 and q["peak_rss_mb"] >= q["base_rss_mb"] > 0
         assert q["dsqc_source"].startswith(str(tmp_path / "work" / "src"))  # the frozen copy, not the tree
     rows = res["evaluation"]["rows"]
-    assert set(rows) == {"fp32", "dsqc-minmax", "ort-minmax"}
-    assert rows["dsqc-minmax"]["sqnr_db"] > 15
-    assert rows["dsqc-minmax"]["size_ratio"] > 0  # tiny model: Q/DQ overhead can exceed the weights
-    assert rows["dsqc-minmax"]["latency_ratio"] > 0 and "top1_agreement" in rows["dsqc-minmax"]["task"]
+    assert set(rows) == {"fp32", "dsqc", "ort-minmax"}
+    assert rows["dsqc"]["sqnr_db"] > 15
+    assert rows["dsqc"]["size_ratio"] > 0  # tiny model: Q/DQ overhead can exceed the weights
+    assert rows["dsqc"]["latency_ratio"] > 0 and rows["dsqc"]["cpu_latency_ratio"] > 0
+    assert "top1_agreement" in rows["dsqc"]["task"]
     [calib] = results["calibration"]
     assert calib["dsqc calibrate(entropy)"]["ok"] and calib["ORT quantize_static(Entropy)"]["ok"]
     text = (out / "RESULTS.md").read_text()
-    assert "| dsqc-minmax |" in text and "Calibration only: tiny" in text and "Machine:" in text
+    assert "| dsqc (default: " in text and "Calibration only: tiny" in text and "Machine:" in text
     assert any("entropy calibration wall" in claim for claim, _, _ in checks(results))
 
 

@@ -15,7 +15,15 @@ from typing import Any
 
 from tools.bench.cases import DEFAULT_MODELS, prepare
 from tools.bench.report import machine, render
-from tools.bench.run import REPO, bench_calibration, bench_case, quantizers, say, snapshot_source
+from tools.bench.run import (
+    REPO,
+    bench_calibration,
+    bench_case,
+    default_method,
+    quantizers,
+    say,
+    snapshot_source,
+)
 
 HERE = Path(__file__).resolve().parent
 CALIB_ROWS = ("256,1024", "32")  # calibration-only rows (sample counts): full, --quick
@@ -27,7 +35,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="comma list: mnist, minilm, any dsqc.models.zoo name, or a path to an .onnx file")
     p.add_argument("--quick", action="store_true", help="fewer samples, one latency round")
     p.add_argument("--calib-samples", type=int, help="override every case's calibration sample count")
-    p.add_argument("--dsqc-methods", default="entropy,minmax,percentile,mse")
+    p.add_argument("--dsqc-methods", default="minmax,entropy,percentile,mse",
+                   help="methods run besides the default build ('dsqc'); the default method is skipped")
     p.add_argument("--ort-methods", default="MinMax,Entropy")
     p.add_argument("--no-reduce-range", action="store_true", help="skip the ORT MinMax reduce_range variant")
     p.add_argument("--calib-model", default="resnet18_like",
@@ -63,11 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     m = results["machine"]
     results.setdefault("history", []).append({"date": m["date"], "argv": results["argv"],
                                               "load_avg": m["load_avg"], "source": m["source"]})
-    qs = quantizers([m for m in args.dsqc_methods.split(",") if m],
-                    [m for m in args.ort_methods.split(",") if m], not args.no_reduce_range)
     rounds = args.rounds or (1 if args.quick else 3)
     snap = snapshot_source(args.workdir / "src")  # workers import this frozen copy of dsqc
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(snap), os.environ.get("PYTHONPATH")]))
+    results["dsqc_default_method"] = default_method()
+    qs = quantizers([m for m in args.dsqc_methods.split(",") if m],
+                    [m for m in args.ort_methods.split(",") if m], not args.no_reduce_range,
+                    results["dsqc_default_method"])
     say(f"dsqc sources frozen in {snap} (commit {results['machine']['source']['commit']}, "
         f"{len(results['machine']['source']['dirty'])} files changed since)")
     names = [m.strip() for m in args.models.split(",") if m.strip()]

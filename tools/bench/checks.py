@@ -9,9 +9,11 @@ NOISE = 0.03  # latency ratios closer than this count as equal (run-to-run sprea
 
 
 def primary(labels: list[str]) -> str | None:
-    """dsqc's default-method variant (entropy), else the first dsqc variant."""
-    dsqc = [k for k in labels if k.startswith("dsqc-")]
-    return "dsqc-entropy" if "dsqc-entropy" in dsqc else (dsqc[0] if dsqc else None)
+    """The default dsqc build (``dsqc``; ``dsqc-entropy`` in results written before it existed)."""
+    for label in ("dsqc", "dsqc-entropy"):
+        if label in labels:
+            return label
+    return next((k for k in labels if k.startswith("dsqc-")), None)
 
 
 def _rows(results: dict[str, Any], model: str) -> dict[str, Any]:

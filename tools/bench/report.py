@@ -71,7 +71,7 @@ def task_text(kind: str, t: dict[str, float] | None) -> str:
     return f"cos {t['cosine_mean']:.5f}"
 
 
-def model_table(name: str, res: dict[str, Any]) -> list[str]:
+def model_table(name: str, res: dict[str, Any], default: str = "default") -> list[str]:
     case, rows = res["case"], res["evaluation"].get("rows", {})
     lines = [f"### {name}", "", f"Calibration: {case['calib_data']}. Held out: {case['eval_data']}.", "",
              "| quantizer | quantize s | peak RSS MB (Δ) | SQNR dB | task | latency ms | INT8/FP32 | "
@@ -85,12 +85,13 @@ def model_table(name: str, res: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | failed | — | — | {q.get('error', '')[:120]} | — | — | — | — |")
             continue
         r = rows.get(label, {})
+        shown = f"dsqc (default: {default})" if label == "dsqc" else label
         wall, rss = f"{q['wall_s']:.2f}", f"{q['peak_rss_mb']:.0f} (+{q['delta_rss_mb']:.0f})"
         if "pre_process_s" in q:  # ORT: quant_pre_process share of the wall time, quantize_static's own peak
             wall += f" (pre {q['pre_process_s']:.2f})"
             rss += f" (q_s {q['quantize_static_peak_rss_mb']:.0f})"
         lines.append(
-            f"| {label} | {wall} | {rss} | "
+            f"| {shown} | {wall} | {rss} | "
             f"{_f(r.get('sqnr_db'), '.2f')} | {task_text(case['kind'], r.get('task'))} | "
             f"{_f(r.get('latency_ms'), '.3f')} | {_f(r.get('latency_ratio'), '.2f')} | "
             f"{_f(r.get('cpu_latency_ratio'), '.2f')} | {_f(r.get('size_ratio'), '.3f')} |")
@@ -155,7 +156,8 @@ def render(results: dict[str, Any]) -> str:
         "over several rounds; the best round is shown: other jobs only add time); CPU-time ratio = the same "
         "with the calling thread's CPU time (ORT computes inline with one thread), immune to other jobs; "
         "size = INT8 file / FP32 file.",
-        "dsqc: `dsqc.pipeline.build(target='onnx', method=...)`, wall excludes its verification phase. "
+        "dsqc: `dsqc.pipeline.build(target='onnx')` as the CLI runs it (latency guard on), `dsqc` with the "
+        "default method, `dsqc-<method>` with `method=...`; its wall time leaves out the verification phase. "
         "ORT: `quant_pre_process` + `quantize_static(QDQ, per_channel=True, QUInt8 activations, QInt8 "
         "weights)`; `-rr` adds `reduce_range=True` (ORT's advice for CPUs without VNNI, as here); "
         "`pre` = the quant_pre_process share of the wall time, `q_s` = peak RSS of quantize_static alone.",
@@ -163,6 +165,7 @@ def render(results: dict[str, Any]) -> str:
         "## Checks against issue 3", "",
         *[f"- **{status}** {claim}: {detail}" for claim, status, detail in checks(results)], "",
         "## Per model", ""]
-    body = [line for name, res in results["models"].items() for line in model_table(name, res)]
+    default = results.get("dsqc_default_method", "default")
+    body = [line for name, res in results["models"].items() for line in model_table(name, res, default)]
     calib = [line for c in calibration_rows(results) for line in calib_table(c)]
     return "\n".join([*head, *body, *calib, *profiles(results)]) + "\n"

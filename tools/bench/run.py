@@ -39,8 +39,21 @@ class Quantizer:
     reduce_range: bool = False
 
 
-def quantizers(dsqc_methods: list[str], ort_methods: list[str], reduce_range: bool) -> list[Quantizer]:
-    qs = [Quantizer(f"dsqc-{m}", "quantize-dsqc", m) for m in dsqc_methods]
+def default_method() -> str:
+    """dsqc's default calibration method, asked of the sources the workers import."""
+    code = "from dsqc.quant.recipe import Recipe; print(Recipe().method)"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return proc.stdout.strip() or "unknown"
+
+
+def quantizers(dsqc_methods: list[str], ort_methods: list[str], reduce_range: bool,
+               default: str) -> list[Quantizer]:
+    """``dsqc`` (a default build), ``dsqc-<method>`` for the other methods, then ORT's quantizers."""
+    qs = [Quantizer("dsqc", "quantize-dsqc", "")]
+    qs += [Quantizer(f"dsqc-{m}", "quantize-dsqc", m) for m in dsqc_methods if m != default]
     qs += [Quantizer(f"ort-{m.lower()}", "quantize-ort", m) for m in ort_methods]
     if reduce_range:
         qs.append(Quantizer("ort-minmax-rr", "quantize-ort", "MinMax", reduce_range=True))

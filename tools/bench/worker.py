@@ -42,7 +42,7 @@ def quantize_dsqc(spec: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(spec["out"]).with_suffix("")
     request = BuildRequest(model=Path(spec["fp32"]), target="onnx", out_dir=out_dir, calib=spec["calib"],
                            calib_samples=spec["n_calib"], calib_batch=CALIB_BATCH, eval_data=spec["eval"],
-                           eval_samples=8, method=spec.get("method"))
+                           eval_samples=8, method=spec.get("method") or None)
     start = time.perf_counter()
     result = build(request)
     total = time.perf_counter() - start

@@ -38,6 +38,7 @@ def plant(src: Path, dst: Path, outlier: float) -> Path:
            fc2.input[1]: np.concatenate([w2, column], axis=1)}
     for name, value in new.items():
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+    del model.graph.value_info[:]  # the hidden layer is one unit wider now
     onnx.checker.check_model(model)
     onnx.save(model, dst)
     return dst
