@@ -6,12 +6,13 @@ Writes ``RESULTS.md`` and ``results.json`` to ``--out`` (default: this folder). 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tools.bench.cases import DEFAULT_MODELS, prepare
 from tools.bench.report import machine, render
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    lock = _lock(args.workdir)  # noqa: F841  (held until exit)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "results.json"
     results: dict[str, Any] = {"models": {}, "calibration": []}
@@ -103,6 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     _write(results, args.out)
     say(f"wrote {args.out / 'RESULTS.md'} and {json_path}")
     return 0
+
+
+def _lock(workdir: Path) -> TextIO:
+    """One run per workdir at a time: runs share its model files and its frozen dsqc sources."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = (workdir / ".bench.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say(f"another bench run is using {workdir}; waiting for it (or pass another --workdir)")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
 def _write(results: dict[str, Any], out: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,22 +92,45 @@ def quantize_ort(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _normalized(path: str) -> Any:
+    """The normalized FP32 model, cached beside ``path``: later workers only ``onnx.load`` it, so their
+    baseline RSS holds the model, not the leftovers of normalizing it (as ORT's side gets a saved file)."""
+    import onnx
+
     from dsqc.pipeline import load_and_normalize
 
-    return load_and_normalize(Path(path)).model
+    cached = Path(path).with_suffix(".normalized.onnx")
+    if not cached.exists():
+        onnx.save(load_and_normalize(Path(path)).model, cached)
+    return onnx.load(cached)
 
 
-def calib_dsqc(spec: dict[str, Any]) -> dict[str, Any]:
-    """``dsqc.calibration.calibrate`` on the tensors dsqc's placement would quantize."""
+def placement_tensors(fp32: str) -> list[str]:
+    """The tensors dsqc's onnx placement quantizes (also writes the normalized-model cache)."""
     from dsqc.backends.onnx.profile import ONNX_PROFILE
-    from dsqc.calibration.data import SampleSet
-    from dsqc.calibration.runner import calibrate
     from dsqc.ir import Model
     from dsqc.quant.planner import place
     from dsqc.quant.recipe import Recipe
 
+    return place(Model.from_proto(_normalized(fp32)), ONNX_PROFILE, Recipe()).activations
+
+
+def _prepared(fp32: str) -> list[str]:
+    """Normalize and plan in a throwaway process, so this worker's baseline holds only the model."""
+    cached = Path(fp32).with_suffix(".placement.json")
+    if not cached.exists():
+        code = ("import json, sys; from tools.bench.worker import placement_tensors; "
+                "json.dump(placement_tensors(sys.argv[1]), open(sys.argv[2], 'w'))")
+        subprocess.run([sys.executable, "-c", code, fp32, str(cached)], check=True)
+    return list(json.loads(cached.read_text()))
+
+
+def calib_dsqc(spec: dict[str, Any]) -> dict[str, Any]:
+    """``dsqc.calibration.calibrate`` on the tensors dsqc's placement would quantize."""
+    from dsqc.calibration.data import SampleSet
+    from dsqc.calibration.runner import calibrate
+
+    tensors = _prepared(spec["fp32"])
     proto = _normalized(spec["fp32"])
-    tensors = place(Model.from_proto(proto), ONNX_PROFILE, Recipe()).activations
     feeds, _ = load_npz(Path(spec["calib"]), spec["n_calib"])
     samples = SampleSet(feeds, "bench")
     base, cpu = _reset(), _cpu_s()
