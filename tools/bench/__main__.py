@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "load_avg": m["load_avg"], "source": m["source"]})
     rounds = args.rounds or (1 if args.quick else 3)
     snap = snapshot_source(args.workdir / "src")  # workers import this frozen copy of dsqc
+    for stale in [*args.workdir.rglob("*.normalized.onnx"), *args.workdir.rglob("*.placement.json")]:
+        stale.unlink()  # the workers' per-model caches hold the last run's dsqc output: one run, one source
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(snap), os.environ.get("PYTHONPATH")]))
     results["dsqc_default_method"] = default_method()
     qs = quantizers([m for m in args.dsqc_methods.split(",") if m],
