@@ -24,6 +24,7 @@ from .calibration.data import SampleSet
 from .errors import RecipeError
 from .metrics import output_metrics
 from .plan_space import Choice, PlanSpace, Setting
+from .progress import Progress
 from .quant.qparams import dequantize, quantize
 from .quant.spec import Precision, QuantPlan
 from .switch_model import BoundSamples, SwitchModel, workers
@@ -202,27 +203,6 @@ def _estimate_fp16(space: PlanSpace, choice: Choice, node: NodeSensitivity, outp
     fp16_err = float(np.sum((w - weight.astype(np.float16).astype(np.float64)) ** 2))
     ratio = fp16_err / int8_err if int8_err > 0 else 0.0
     node.fp16_noise = {o: node.variants["w8"].noise[o] * ratio for o in outputs}
-
-
-class Progress:
-    """A one-line ``\\r`` progress bar on stderr, redrawn at most ten times a second."""
-
-    def __init__(self, label: str, total: int, enabled: bool) -> None:
-        self.label, self.total, self.enabled, self.last = label, total, enabled, 0.0
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.1 and done < self.total):
-            return
-        self.last = now
-        filled = 30 * done // max(self.total, 1)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def noise_to_sqnr(noise: Mapping[str, float]) -> float:

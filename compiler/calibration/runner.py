@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from ..errors import CalibrationError
+from ..progress import Progress
 from .data import SampleSet
 from .observers import Observer, make_observer
 from .ort_session import first_line, output_session
@@ -43,27 +44,6 @@ class TensorStats:
     hi: float
     method: str
     nonfinite: int = 0  # NaN/Inf values seen and left out (e.g. -inf attention masks)
-
-
-class _Progress:
-    """A one-line ``\\r`` progress bar on stderr, redrawn at most ten times a second."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.last = total, enabled, 0.0
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.1 and done < self.total):
-            return
-        self.last = now
-        filled = 30 * done // max(self.total, 1)
-        sys.stderr.write(f"\rcalibrating [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} samples")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _check_tensors(proto: onnx.ModelProto, names: Sequence[str]) -> None:
@@ -141,7 +121,7 @@ def _stream(
     feed_names: list[str],
     batch_size: int,
     fixed: bool,
-    bar: _Progress,
+    bar: Progress,
 ) -> None:
     """Feed every batch; ORT computes batch ``i + 1`` while a worker observes batch ``i``."""
     done, total, bs = 0, len(samples), batch_size
@@ -206,7 +186,8 @@ def calibrate(
     fed, run, session = _plan_outputs(proto, names)
     observers: dict[str, Observer] = {n: make_observer(method, **observer_options) for n in (*fed, *run)}
     bs, samples, fixed = _batch_plan(proto, samples, batch_size)
-    bar = _Progress(len(samples), sys.stderr.isatty() if progress is None else progress)
+    bar = Progress("calibrating", len(samples), sys.stderr.isatty() if progress is None else progress,
+                   "samples")
     try:
         _stream(session, run, fed, observers, samples, feed_names, bs, fixed, bar)
     finally:
