@@ -42,3 +42,17 @@ def test_guard_leaves_a_fast_plan_alone(monkeypatch: pytest.MonkeyPatch) -> None
     result = guard_module.guard_latency("fp32", base, {}, frozenset({"Conv"}),  # type: ignore[arg-type]
                                         lambda ops: pytest.fail("no replan expected"))
     assert result.quantized is base and result.kept_fp32_ops == []
+
+
+def test_guard_takes_the_fastest_when_nothing_beats_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    timings = {"fp32": 1.0, "all": 1.3, "no-Conv": 1.05, "no-Gemm": 1.25}
+    monkeypatch.setattr(guard_module, "measure_latency", lambda model, sample: timings[model])
+    base = _quantized("all", {"conv": "Conv", "fc": "Gemm"})
+
+    def replan(ops: frozenset[str]) -> types.SimpleNamespace:
+        (op,) = ops
+        return _quantized(f"no-{op}", {"fc": "Gemm"} if op == "Conv" else {"conv": "Conv"})
+
+    result = guard_module.guard_latency("fp32", base, {}, frozenset({"Conv", "Gemm"}),  # type: ignore[arg-type]
+                                        replan)
+    assert result.quantized.model == "no-Conv" and result.kept_fp32_ops == ["Conv"]
