@@ -18,7 +18,7 @@ import onnx
 from ..errors import CalibrationError
 from .data import SampleSet
 from .ort_session import first_line, output_session
-from .runner import _batch_plan, _check_tensors, _known_types
+from .runner import _batch_plan, _check_tensors, _feed_names, _known_types
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ def channel_stats(proto: onnx.ModelProto, tensors: Mapping[str, int], samples: S
     if not names:
         return {}
     _check_tensors(proto, names)
-    inits = {t.name for t in proto.graph.initializer}
-    feed_names = [i.name for i in proto.graph.input if i.name not in inits]
-    missing = [n for n in feed_names if n not in samples.feeds]
-    if missing:
-        raise CalibrationError(f"{samples.source}: no data for model input {missing[0]!r}")
+    feed_names = _feed_names(proto, samples)
     fed = [n for n in names if n in feed_names]
     run = [n for n in names if n not in feed_names]
     session = output_session(proto, run, _known_types(proto)) if run else None

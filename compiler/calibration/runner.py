@@ -46,6 +46,16 @@ class TensorStats:
     nonfinite: int = 0  # NaN/Inf values seen and left out (e.g. -inf attention masks)
 
 
+def _feed_names(proto: onnx.ModelProto, samples: SampleSet) -> list[str]:
+    """The model's fed inputs (graph inputs minus initializers); every one must have data."""
+    inits = {t.name for t in proto.graph.initializer}
+    feed_names = [i.name for i in proto.graph.input if i.name not in inits]
+    missing = [n for n in feed_names if n not in samples.feeds]
+    if missing:
+        raise CalibrationError(f"{samples.source}: no data for model input {missing[0]!r}")
+    return feed_names
+
+
 def _check_tensors(proto: onnx.ModelProto, names: Sequence[str]) -> None:
     graph = proto.graph
     consts = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
@@ -174,11 +184,7 @@ def calibrate(
     make_observer(method, **observer_options)  # a bad method or option fails before any work
     names = list(dict.fromkeys(tensors))
     _check_tensors(proto, names)
-    inits = {t.name for t in proto.graph.initializer}
-    feed_names = [i.name for i in proto.graph.input if i.name not in inits]
-    missing = [n for n in feed_names if n not in samples.feeds]
-    if missing:
-        raise CalibrationError(f"{samples.source}: no data for model input {missing[0]!r}")
+    feed_names = _feed_names(proto, samples)
     if len(samples) == 0:
         raise CalibrationError(f"{samples.source}: no samples to calibrate with")
     if not names:
