@@ -4,6 +4,9 @@ Per-op int8 kernels do not always pay (on AVX2 CPUs without VNNI, ORT's QLinearC
 maps is slower than its float NCHWc conv). When the whole int8 model is slower than FP32, the guard
 tries keeping one compute op type at a time in FP32 and keeps the fastest plan that beats FP32,
 preferring the one that leaves the most nodes in int8. Calibration statistics are reused.
+
+Plans are timed side by side (``compare_latency``: interleaved rounds, calling-thread CPU time of a
+one-thread session), so other jobs on the machine neither slow one plan down nor favour another.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import onnx
 
 from .quant.spec import NodeDecision, Precision
 from .quantize import Quantized
-from .verify import measure_latency
+from .verify import compare_latency
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
-MARGIN = 0.97  # a candidate must beat FP32 by 3 % to count: single-run timings are noisy
+MARGIN = 0.97  # a candidate must beat FP32 by 3 % to count: timings still carry a little noise
 
 
 @dataclass
@@ -44,8 +47,8 @@ def guard_latency(fp32: onnx.ModelProto, quantized: Quantized, sample: Feeds, co
                   replan: Callable[[frozenset[str]], Quantized]) -> GuardResult:
     """Return ``quantized`` if it beats FP32, else the plan with one op type kept in FP32 that beats FP32
     with the most int8 nodes — or, when none does, the fastest one that clearly beats all-int8."""
-    base = measure_latency(fp32, sample)
-    ratio = measure_latency(quantized.model, sample) / base
+    base, first = (t.cpu_ms for t in compare_latency([fp32, quantized.model], sample))
+    ratio = first / base
     result = GuardResult(quantized, trials={"all int8": ratio})
     if ratio <= 1.0:
         return result
@@ -53,9 +56,10 @@ def guard_latency(fp32: onnx.ModelProto, quantized: Quantized, sample: Feeds, co
                       if d.precision is Precision.INT8} & compute_ops)
     best: tuple[float, int, str, Quantized] | None = None
     fastest: tuple[float, int, str, Quantized] | None = None
-    for op in present:
-        candidate = replan(frozenset({op}))
-        trial = measure_latency(candidate.model, sample) / base
+    candidates = [replan(frozenset({op})) for op in present]
+    timings = [t.cpu_ms for t in compare_latency([fp32, *(c.model for c in candidates)], sample)]
+    for op, candidate, ms in zip(present, candidates, timings[1:], strict=True):
+        trial = ms / timings[0]
         result.trials[f"{op} fp32"] = trial
         int8_nodes = sum(d.precision is Precision.INT8 for d in candidate.plan.nodes.values())
         log.info("latency guard: %s kept fp32 → INT8/FP32 %.2f", op, trial)

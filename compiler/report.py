@@ -62,8 +62,9 @@ def format_result(result: BuildResult) -> str:
                          f"({size['quantized'] / size['fp32']:.2f}×)")
         lat = ver.get("latency_ms")
         if lat:
+            cpu = f", CPU time {lat['cpu_ratio']:.2f}×" if "cpu_ratio" in lat else ""
             lines.append(f"  latency (ORT CPU, 1 thread, batch 1) {lat['fp32']:.3f} ms → "
-                         f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×)")
+                         f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×{cpu})")
     lines += _mixed_precision_lines(result)
     lines += _target_lines(result)
     return "\n".join(lines)

@@ -6,7 +6,7 @@ import importlib
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,9 +82,10 @@ def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
     result.size_bytes = {"fp32": fp32.ByteSize(), "quantized": quant.ByteSize()}
     if latency and batches:
         sample = {k: v[:1] for k, v in batches[0].items()}
-        result.latency_ms = {"fp32": measure_latency(fp32, sample),
-                             "quantized": measure_latency(quant, sample)}
-        result.latency_ms["ratio"] = result.latency_ms["quantized"] / max(result.latency_ms["fp32"], 1e-9)
+        base, mine = compare_latency([fp32, quant], sample)
+        result.latency_ms = {"fp32": base.wall_ms, "quantized": mine.wall_ms,
+                             "ratio": mine.wall_ms / max(base.wall_ms, 1e-9),
+                             "cpu_ratio": mine.cpu_ms / max(base.cpu_ms, 1e-9)}
     return result
 
 
@@ -101,6 +102,42 @@ def measure_latency(proto: onnx.ModelProto, feeds: Feeds, threads: int = 1, warm
         sess.run(None, feeds)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median wall-clock and calling-thread CPU time (ms) of one single-threaded inference."""
+
+    wall_ms: float
+    cpu_ms: float
+
+
+def compare_latency(protos: Sequence[onnx.ModelProto], feeds: Feeds, rounds: int = 6, runs: int = 8,
+                    warmup: int = 3, budget_s: float = 6.0) -> list[Timing]:
+    """Time ``protos`` side by side: every round runs each model ``runs`` times, in alternating order.
+
+    Sessions run with one intra-op thread, so ORT computes on the calling thread and its CPU time
+    (``time.thread_time``) does not count time lost to other processes; interleaving spreads any
+    remaining drift (frequency, cache) evenly. At least two rounds run, more while within ``budget_s``.
+    """
+    sessions = [session(p, threads=1) for p in protos]
+    for sess in sessions:
+        for _ in range(warmup):
+            sess.run(None, feeds)
+    wall: list[list[float]] = [[] for _ in sessions]
+    cpu: list[list[float]] = [[] for _ in sessions]
+    deadline = time.perf_counter() + budget_s
+    for r in range(rounds):
+        order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
+        for i in order:
+            for _ in range(runs):
+                w0, c0 = time.perf_counter(), time.thread_time()
+                sessions[i].run(None, feeds)
+                cpu[i].append((time.thread_time() - c0) * 1e3)
+                wall[i].append((time.perf_counter() - w0) * 1e3)
+        if r >= 1 and time.perf_counter() > deadline:
+            break
+    return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)]
 
 
 def check_gates(result: Verification, min_sqnr: float | None, max_drop: float | None) -> None:

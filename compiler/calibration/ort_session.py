@@ -1,14 +1,22 @@
 """An ONNX Runtime CPU session that returns chosen intermediate tensors of an in-memory model.
 
-The weights are not serialized with the graph: every initializer of 1 KiB or more goes to ORT as an
-in-memory external-data "file" (``add_external_initializers_from_files_in_memory``). That skips a
-full protobuf serialization and parse of the weights (about half of the session set-up time on a
-ResNet) and lifts the 2 GB protobuf limit. The caller's model is never modified.
+The weights are not serialized with the graph. Every initializer of 1 KiB or more is written, one
+tensor at a time, to a page-aligned ``weights.bin`` in a private temporary folder, and the session
+is built from a small graph whose initializers point there as external data. ONNX Runtime memory-maps
+that file: weights it uses as they are (most of them, below the NCHWc level) are never copied into
+the heap, and no second full copy of the weights ever exists in this process. That keeps the peak
+memory of calibration close to a plain inference session's (the bench measures it), and lifts the
+2 GB protobuf limit. The folder is removed when the session is garbage collected. The caller's model
+is never modified. If no temporary folder can be written, the weights are handed to ORT in memory.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -16,8 +24,10 @@ import onnx
 from ..errors import ModelError
 
 SPIN = False  # calibration sessions: idle ORT workers sleep (see output_session)
-IN_MEMORY_WEIGHTS = True  # False: serialize the weights with the graph (as ORT without that API needs)
+SPILL_WEIGHTS = True  # False: weights go to ORT as in-memory buffers (one extra copy while building)
 _INLINE_BYTES = 1024  # smaller initializers stay in the graph (shape constants must be readable)
+_PAGE = 4096  # weights start on page boundaries so ORT can map each one directly
+_WEIGHTS = "weights.bin"
 
 
 def first_line(exc: BaseException) -> str:
@@ -26,9 +36,8 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _graph_without_weights(
-    proto: onnx.ModelProto, outputs: Sequence[str], types: dict[str, int]
-) -> tuple[onnx.ModelProto, list[str], list[bytes]]:
+def _skeleton(proto: onnx.ModelProto, outputs: Sequence[str], types: dict[str, int]) -> onnx.ModelProto:
+    """``proto`` without initializers and with exactly ``outputs`` as graph outputs."""
     src = proto.graph
     model = onnx.ModelProto()
     model.ir_version = proto.ir_version
@@ -45,24 +54,55 @@ def _graph_without_weights(
         vi.name = name
         if name in types:  # element type only: stored shapes may pin a batch size
             vi.type.tensor_type.elem_type = types[name]
+    return model
+
+
+def _stub(graph: onnx.GraphProto, init: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    stub = graph.initializer.add()
+    stub.name, stub.data_type = init.name, init.data_type
+    stub.dims.extend(init.dims)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _is_inline(init: onnx.TensorProto) -> bool:
+    return init.data_location == onnx.TensorProto.EXTERNAL or init.ByteSize() < _INLINE_BYTES
+
+
+def _spill(proto: onnx.ModelProto, model: onnx.ModelProto, folder: Path) -> None:
+    """Write the large initializers to ``folder/weights.bin`` (page aligned) and stub them in ``model``."""
+    offset = 0
+    with (folder / _WEIGHTS).open("wb") as out:
+        for init in proto.graph.initializer:
+            if _is_inline(init) or not init.raw_data:
+                model.graph.initializer.append(init)
+                continue
+            raw = init.raw_data  # one tensor's bytes at a time
+            out.write(b"\0" * (-offset % _PAGE))
+            offset += -offset % _PAGE
+            out.write(raw)
+            _stub(model.graph, init, _WEIGHTS, offset, len(raw))
+            offset += len(raw)
+            del raw
+
+
+def _in_memory(proto: onnx.ModelProto, model: onnx.ModelProto, opts: Any) -> list[bytes]:
+    """Hand the large initializers to ORT as in-memory external files; the caller keeps the returned
+    buffers alive until the session is built (ORT copies them then)."""
     files: list[str] = []
     buffers: list[bytes] = []
-    for i, init in enumerate(src.initializer):
-        raw = init.raw_data if init.data_location != onnx.TensorProto.EXTERNAL else b""
-        if len(raw) < _INLINE_BYTES:
-            graph.initializer.append(init)
+    for i, init in enumerate(proto.graph.initializer):
+        if _is_inline(init) or not init.raw_data:
+            model.graph.initializer.append(init)
             continue
-        stub = graph.initializer.add()
-        stub.name, stub.data_type = init.name, init.data_type
-        stub.dims.extend(init.dims)
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        fname = f"dsqc-weight-{i}.bin"
-        for key, value in (("location", fname), ("offset", "0"), ("length", str(len(raw)))):
-            entry = stub.external_data.add()
-            entry.key, entry.value = key, value
-        files.append(fname)
-        buffers.append(raw)
-    return model, files, buffers
+        files.append(f"dsqc-weight-{i}.bin")
+        buffers.append(init.raw_data)
+        _stub(model.graph, init, files[-1], 0, len(buffers[-1]))
+    if files:
+        opts.add_external_initializers_from_files_in_memory(files, buffers, [len(b) for b in buffers])
+    return buffers
 
 
 def output_session(proto: onnx.ModelProto, outputs: Sequence[str], types: dict[str, int]) -> Any:
@@ -73,20 +113,29 @@ def output_session(proto: onnx.ModelProto, outputs: Sequence[str], types: dict[s
     opts.log_severity_level = 3
     if not SPIN:  # idle ORT workers sleep instead of spinning: the observer thread gets the core
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if IN_MEMORY_WEIGHTS and hasattr(opts, "add_external_initializers_from_files_in_memory"):
-        model, files, buffers = _graph_without_weights(proto, outputs, types)
-        if files:
-            opts.add_external_initializers_from_files_in_memory(files, buffers, [len(b) for b in buffers])
-    else:  # older ORT: serialize everything
-        model = onnx.ModelProto()
-        model.CopyFrom(proto)
-        del model.graph.output[:]
-        for name in outputs:
-            vi = model.graph.output.add()
-            vi.name = name
-            if name in types:
-                vi.type.tensor_type.elem_type = types[name]
+    model = _skeleton(proto, outputs, types)
+    folder: Path | None = None
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        if SPILL_WEIGHTS:
+            try:
+                folder = Path(tempfile.mkdtemp(prefix="dsqc-calib-"))
+                _spill(proto, model, folder)
+            except OSError:  # no writable temp folder: fall back to handing ORT the bytes
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+                folder = None
+                del model.graph.initializer[:]
+        if folder is None:
+            buffers = _in_memory(proto, model, opts)  # noqa: F841  (alive until the session is built)
+            source: Any = model.SerializeToString()
+        else:
+            source = str(folder / "model.onnx")
+            onnx.save(model, source)
+        session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         raise ModelError(f"ONNX Runtime cannot load the model for calibration: {first_line(exc)}") from None
+    if folder is not None:
+        weakref.finalize(session, shutil.rmtree, folder, True)
+    return session

@@ -11,6 +11,7 @@ import numpy as np
 from .histogram import GridHistogram
 
 _EPS = 1e-4  # count given to an empty quantized bin that must hold mass (TensorRT/MXNet smoothing)
+KL_MIN_KEPT = 99.0  # entropy never clips more than 1 % of |x| (see entropy_threshold)
 
 
 def _used_abs_bins(hist: GridHistogram) -> tuple[np.ndarray, int]:
@@ -44,6 +45,12 @@ def entropy_threshold(hist: GridHistogram, num_quant_bins: int = 128) -> float:
     edge of the candidate with the smallest KL(P || Q). As in NVIDIA's pytorch-quantization/ModelOpt,
     the first bin's count is replaced by the second's, so the zeros of a ReLU do not pull the
     threshold down. Evaluated in closed form from prefix sums.
+
+    KL(P || Q) has a degenerate minimum near 0 when almost every value lies beyond the candidate
+    (one-signed data far from zero, e.g. Sigmoid gates in [0.2, 0.8]): P collapses onto its last bin
+    and so does Q. Candidates below the ``KL_MIN_KEPT`` percentile of ``|x|`` are therefore not
+    considered; on ReLU or Gaussian-like data the KL optimum clips far less than that, so it binds
+    only in the degenerate case.
     """
     amax = max(-hist.min, hist.max)
     if hist.k is None:
@@ -60,7 +67,10 @@ def entropy_threshold(hist: GridHistogram, num_quant_bins: int = 128) -> float:
     nz = np.concatenate(([0], np.cumsum(h > 0)))
 
     qb = num_quant_bins
-    cand = np.arange(qb, n + 1)
+    first = max(qb, int(np.ceil(percentile_threshold(hist, KL_MIN_KEPT) / hist.width)))
+    if first >= n:
+        return amax
+    cand = np.arange(first, n + 1)
     merged = cand // qb  # bins per quantized group; the last group also takes the remainder
     # Groups 0..qb-2 depend on `merged` only: their sum of P*log(Q) is computed once per value.
     ms = np.arange(int(merged[0]), int(merged[-1]) + 1)

@@ -79,6 +79,18 @@ def test_entropy_clips_outliers() -> None:
     assert 2.5 < hi < 10.0 and -10.0 < lo < -2.5
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_entropy_keeps_one_signed_data_away_from_zero(sign: float) -> None:
+    """Sigmoid gates in [0.2, 0.8]: plain KL collapses the range onto the minimum (a 0-width range)."""
+    gates = 1.0 / (1.0 + np.exp(-0.3 * gaussian()))
+    lo, hi = _range("entropy", sign * gates)
+    p99 = float(np.percentile(gates, 99.0))
+    if sign > 0:
+        assert lo == pytest.approx(float(gates.min())) and hi >= p99 - 1e-3
+    else:
+        assert hi == pytest.approx(-float(gates.min())) and lo <= -p99 + 1e-3
+
+
 def test_mse_is_reasonable() -> None:
     x = gaussian(200_000)
     lo4, hi4 = _range("mse", x, bits=4)

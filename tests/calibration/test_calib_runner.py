@@ -127,14 +127,14 @@ def test_progress_bar_and_log(capsys: pytest.CaptureFixture[str], caplog: pytest
     assert "calibrated 2 tensors on 4 samples" in caplog.text
 
 
-def test_in_memory_weights_match_serialized(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spilled_weights_match_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     from dsqc.calibration import ort_session
 
     proto = conv_model()
-    assert any(len(t.raw_data) >= 1024 for t in proto.graph.initializer)  # the in-memory path is used
+    assert any(len(t.raw_data) >= 1024 for t in proto.graph.initializer)  # the spill path is used
     samples = samples_for(proto, 6)
     fast = calibrate(proto, ACTIVATIONS, samples, method="mse")
-    monkeypatch.setattr(ort_session, "IN_MEMORY_WEIGHTS", False)
+    monkeypatch.setattr(ort_session, "SPILL_WEIGHTS", False)
     slow = calibrate(proto, ACTIVATIONS, samples, method="mse")
     assert fast == slow
 
@@ -148,3 +148,35 @@ def test_fixed_batch_four_drops_the_remainder(caplog: pytest.LogCaptureFixture) 
     assert "the last 2 samples are not used" in caplog.text and "on 8 samples" in caplog.text
     with pytest.raises(CalibrationError, match="fixed to 4, got 3 samples"):
         calibrate(proto, ["x"], samples.take(3))
+
+
+def test_spill_folder_is_private_aligned_and_removed_with_the_session() -> None:
+    import gc
+    from pathlib import Path
+
+    from dsqc.calibration.ort_session import output_session
+
+    proto = conv_model()
+    session = output_session(proto, ["r1"], {})
+    folder = Path(session._model_path).parent
+    weights = folder / "weights.bin"
+    assert weights.stat().st_size >= 1024 and folder.name.startswith("dsqc-calib-")
+    stubs = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.initializer
+    offsets = [int(e.value) for t in stubs for e in t.external_data if e.key == "offset"]
+    assert offsets and all(o % 4096 == 0 for o in offsets)
+    del session
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_unwritable_temp_folder_falls_back_to_in_memory_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    def refuse(*args: object, **kwargs: object) -> str:
+        raise PermissionError("read-only")
+
+    proto = conv_model()
+    samples = samples_for(proto, 6)
+    spilled = calibrate(proto, ACTIVATIONS, samples, method="minmax")
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    assert calibrate(proto, ACTIVATIONS, samples, method="minmax") == spilled

@@ -9,6 +9,19 @@ import pytest
 
 import dsqc.latency_guard as guard_module
 from dsqc.quant.spec import NodeDecision, Precision
+from dsqc.verify import Timing
+
+
+def _fake_clock(monkeypatch: pytest.MonkeyPatch, timings: dict[str, float]) -> list[list[str]]:
+    """``compare_latency`` answering from ``timings`` (CPU ms); returns the groups it was asked to time."""
+    calls: list[list[str]] = []
+
+    def compare(models: list[str], sample: object) -> list[Timing]:
+        calls.append(list(models))
+        return [Timing(wall_ms=99.0, cpu_ms=timings[m]) for m in models]
+
+    monkeypatch.setattr(guard_module, "compare_latency", compare)
+    return calls
 
 
 def _quantized(tag: str, int8_ops: dict[str, str]) -> types.SimpleNamespace:
@@ -18,8 +31,7 @@ def _quantized(tag: str, int8_ops: dict[str, str]) -> types.SimpleNamespace:
 
 
 def test_guard_keeps_slow_op_type_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    timings = {"fp32": 1.0, "all": 1.3, "no-Conv": 0.8, "no-Gemm": 1.2}
-    monkeypatch.setattr(guard_module, "measure_latency", lambda model, sample: timings[model])
+    calls = _fake_clock(monkeypatch, {"fp32": 1.0, "all": 1.3, "no-Conv": 0.8, "no-Gemm": 1.2})
     base = _quantized("all", {"conv": "Conv", "fc": "Gemm"})
 
     def replan(ops: frozenset[str]) -> types.SimpleNamespace:
@@ -33,11 +45,11 @@ def test_guard_keeps_slow_op_type_in_fp32(monkeypatch: pytest.MonkeyPatch) -> No
     assert result.quantized.model == "no-Conv"
     assert result.quantized.plan.nodes["fc"].precision is Precision.INT8
     assert "slower than FP32" in (result.note() or "")
+    assert calls == [["fp32", "all"], ["fp32", "no-Conv", "no-Gemm"]]  # candidates timed side by side
 
 
 def test_guard_leaves_a_fast_plan_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = {"fp32": 1.0, "all": 0.5}
-    monkeypatch.setattr(guard_module, "measure_latency", lambda model, sample: fake[model])
+    _fake_clock(monkeypatch, {"fp32": 1.0, "all": 0.5})
     base = _quantized("all", {"conv": "Conv"})
     result = guard_module.guard_latency("fp32", base, {}, frozenset({"Conv"}),  # type: ignore[arg-type]
                                         lambda ops: pytest.fail("no replan expected"))
@@ -45,8 +57,7 @@ def test_guard_leaves_a_fast_plan_alone(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_guard_takes_the_fastest_when_nothing_beats_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    timings = {"fp32": 1.0, "all": 1.3, "no-Conv": 1.05, "no-Gemm": 1.25}
-    monkeypatch.setattr(guard_module, "measure_latency", lambda model, sample: timings[model])
+    _fake_clock(monkeypatch, {"fp32": 1.0, "all": 1.3, "no-Conv": 1.05, "no-Gemm": 1.25})
     base = _quantized("all", {"conv": "Conv", "fc": "Gemm"})
 
     def replan(ops: frozenset[str]) -> types.SimpleNamespace:
