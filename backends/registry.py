@@ -53,6 +53,13 @@ class Backend(ABC):
         """The profile the planner uses for these backend options (default: ``profile``)."""
         return self.profile
 
+    def verified_model(self, job: LoweringJob) -> onnx.ModelProto:
+        """The quantized ONNX model the build verifies against FP32 in ORT: the canonical QDQ model,
+        unless the target rewrites it into the artifact it writes (``trt``)."""
+        if job.qdq is None:
+            raise DsqcError("verified_model needs a quantized model")
+        return job.qdq
+
     @abstractmethod
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
         """Write this target's artifacts for ``job`` into the staging folder ``out``."""

@@ -10,11 +10,13 @@ Recipe table (the pipeline reads it into ``BoosterOptions.from_dict``)::
     [boosters]
     cle = true               # cross-layer equalization of Conv → ReLU/none → Conv chains
     smoothquant = 0.5        # alpha; omit (or false) to disable
+    shift = true             # centre one-signed MatMul/Gemm inputs (default: on for symmetric activations)
     bias_correction = true
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +25,12 @@ import onnx
 
 from dsqc.passes.bias_correction import BiasCorrection, channel_axis, float_input
 from dsqc.passes.equalize_cross_layer import EqualizeCrossLayer
+from dsqc.passes.shift_activations import ShiftActivations, shift_targets
 from dsqc.passes.smooth_quant import SmoothQuant, targets
 
 from .calibration.channel_stats import channel_stats
 from .calibration.data import SampleSet
+from .calibration.runner import calibrate
 from .errors import RecipeError
 from .ir import Model, constant_value
 from .model_io import prepare
@@ -39,19 +43,26 @@ class BoosterOptions:
     cle: bool = False
     smoothquant: float | None = None
     bias_correction: bool = False
+    shift: bool | None = None  # None: on when activations are quantized symmetrically (see resolved)
 
     @property
     def fp32_side(self) -> bool:
-        return self.cle or self.smoothquant is not None
+        return self.cle or self.smoothquant is not None or bool(self.shift)
+
+    def resolved(self, symmetric_activations: bool) -> BoosterOptions:
+        """The options with ``shift`` decided: one-signed inputs only cost bits without a zero point."""
+        if self.shift is not None:
+            return self
+        return dataclasses.replace(self, shift=symmetric_activations)
 
     @classmethod
     def from_dict(cls, table: dict[str, Any], label: str = "recipe") -> BoosterOptions:
         """Validate a ``[boosters]`` table; errors name the key."""
-        unknown = set(table) - {"cle", "smoothquant", "bias_correction"}
+        unknown = set(table) - {"cle", "smoothquant", "bias_correction", "shift"}
         if unknown:
             raise RecipeError(f"{label}: unknown key 'boosters.{sorted(unknown)[0]}'; allowed: "
-                              "bias_correction, cle, smoothquant")
-        for key in ("cle", "bias_correction"):
+                              "bias_correction, cle, shift, smoothquant")
+        for key in ("cle", "bias_correction", "shift"):
             if not isinstance(table.get(key, False), bool):
                 raise RecipeError(f"{label}: boosters.{key} must be true or false")
         alpha = table.get("smoothquant")
@@ -61,13 +72,15 @@ class BoosterOptions:
             alpha = 0.5
         if alpha is not None and (not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0):
             raise RecipeError(f"{label}: boosters.smoothquant must be an alpha in [0, 1] (or true/false)")
+        shift = table.get("shift")
         return cls(bool(table.get("cle", False)), None if alpha is None else float(alpha),
-                   bool(table.get("bias_correction", False)))
+                   bool(table.get("bias_correction", False)), None if shift is None else bool(shift))
 
 
 def apply_boosters(fp32: onnx.ModelProto, samples: SampleSet, options: BoosterOptions,
                    batch_size: int = 8) -> onnx.ModelProto:
-    """CLE, then SmoothQuant (per-channel absmax streamed over ``samples``), as options ask."""
+    """CLE, then SmoothQuant (per-channel absmax streamed over ``samples``), then the shift of
+    one-signed layer inputs (min/max streamed over ``samples``), as options ask."""
     if not options.fp32_side:
         return fp32
     model = Model.from_proto(fp32)
@@ -81,6 +94,14 @@ def apply_boosters(fp32: onnx.ModelProto, samples: SampleSet, options: BoosterOp
         result = SmoothQuant(options.smoothquant, {n: s.absmax for n, s in stats.items()})(model)
         log.info("boosters: SmoothQuant(alpha=%g) on %d activation tensors%s", options.smoothquant,
                  len(names), "" if result.modified else " (nothing changed)")
+    if options.shift:
+        proto = model.to_proto()
+        names = shift_targets(model.graph)
+        seen = calibrate(proto, names, samples, method="minmax", batch_size=batch_size) if names else {}
+        shift = ShiftActivations({n: (s.min, s.max) for n, s in seen.items()})
+        shift(model)
+        log.info("boosters: shifted %d of %d MatMul/Gemm input tensors to zero-centred ranges",
+                 len(shift.shifted), len(names))
     out = model.to_proto()
     out.ir_version = fp32.ir_version
     return prepare(out, "boosted model")

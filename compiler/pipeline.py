@@ -131,11 +131,13 @@ def build(request: BuildRequest) -> BuildResult:
         calib, held_out = load_data(request, fp32, recipe)
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
-        boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source)
-        with clock("boosters"):  # CLE / SmoothQuant: the same function, easier to quantize
+        profile = backend.profile_for(request.backend_options)
+        symmetric = profile.symmetric_activations if recipe.symmetric is None else recipe.symmetric
+        boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source).resolved(symmetric)
+        with clock("boosters"):  # CLE / SmoothQuant / shift: the same function, easier to quantize
             source = apply_boosters(fp32, calib, boosters, request.calib_batch)
+        job.fp32 = source  # the FP32 model the QDQ model (and a trt cache) refers to; same function
         with clock("calibrate+plan"):
-            profile = backend.profile_for(request.backend_options)
             if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
                 auto = choose_precisions(source, profile, recipe, calib, held_out, request)
                 recipe, quantized = auto.recipe, auto.quantized
@@ -152,7 +154,7 @@ def build(request: BuildRequest) -> BuildResult:
         job.eval_feeds = list(held_out.batches(request.calib_batch))
         job.eval_labels, job.measure_latency = held_out.labels, request.measure_latency
         with clock("verify"):
-            verification = verify(fp32, quantized.model, job.eval_feeds, held_out.labels,
+            verification = verify(fp32, backend.verified_model(job), job.eval_feeds, held_out.labels,
                                   request.task_metric, latency=request.measure_latency,
                                   fused=profile.verify_fused)
         result.metrics["verification"] = verification.to_dict()

@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 
 from dsqc.errors import GateError, RecipeError, UnsupportedError
-from dsqc.metrics import sqnr_db
 from dsqc.model_io import save_model
 from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
@@ -26,7 +25,7 @@ from ..registry import Backend, BackendOutput, LoweringJob, register
 from . import engine
 from .calib_cache import DEFAULT_TRT_VERSION, activation_scales, cache_header, format_cache, version_digits
 from .checker import Finding, check_trt
-from .fp16 import to_fp16
+from .fp16 import Fp16Report, to_fp16
 from .lower import float_readers_read_float, fold_int32_dequantize
 from .profile import TRT_PROFILE
 from .scripts import BundleFiles, render_build_py, render_build_sh
@@ -74,13 +73,17 @@ class TrtBackend(Backend):
                             shapes=_input_shapes(job), fp16=opts.fp16)
         result = BackendOutput()
         metrics: dict[str, Any] = {"trt_version_header": cache_header(opts.trt_version), "fp16": opts.fp16}
-        model = job.fp32 if job.qdq is None else self._lower(job, opts, out, result, metrics)
-        if opts.fp16:
-            model, report = to_fp16(model)
-            metrics["fp16_conversion"] = report.to_dict()
-            if report.overflowed:
-                result.notes.append(f"fp16: {len(report.overflowed)} tensor(s) exceed the FP16 range and "
-                                    f"became ±inf: {', '.join(report.overflowed[:5])}")
+        lowered = _lowered(job, opts)
+        model = lowered.model
+        if job.qdq is not None:
+            metrics["folded_bias_dequantize"] = len(lowered.folded)
+            metrics["float_readers_rewired"] = lowered.rewired
+            self._write_cache(job, lowered.model_before_fp16, opts, out, result, metrics)
+        if lowered.fp16 is not None:
+            metrics["fp16_conversion"] = lowered.fp16.to_dict()
+            if lowered.fp16.overflowed:
+                result.notes.append(f"fp16: {len(lowered.fp16.overflowed)} tensor(s) exceed the FP16 range "
+                                    f"and became ±inf: {', '.join(lowered.fp16.overflowed[:5])}")
         if job.qdq is not None:
             _gate_findings(check_trt(model), result, metrics)
         save_model(job.fp32, out / files.fp32)
@@ -97,16 +100,13 @@ class TrtBackend(Backend):
         result.metrics["trt"] = metrics
         return result
 
+    def verified_model(self, job: LoweringJob) -> onnx.ModelProto:
+        """The lowered model this target writes (``*.trt.onnx``), not the canonical QDQ model."""
+        return _lowered(job, TrtOptions.from_dict(job.options)).model
+
     @staticmethod
-    def _lower(job: LoweringJob, opts: TrtOptions, out: Path, result: BackendOutput,
-               metrics: dict[str, Any]) -> onnx.ModelProto:
-        assert job.qdq is not None
-        model, folded = fold_int32_dequantize(job.qdq)
-        int8_nodes = {name for name, d in job.plan.nodes.items()
-                      if d.precision in (Precision.INT8, Precision.INT4)} if job.plan else set()
-        model, rewired = float_readers_read_float(model, int8_nodes)
-        metrics["folded_bias_dequantize"] = len(folded)
-        metrics["float_readers_rewired"] = rewired
+    def _write_cache(job: LoweringJob, model: onnx.ModelProto, opts: TrtOptions, out: Path,
+                     result: BackendOutput, metrics: dict[str, Any]) -> None:
         graph = job.fp32.graph
         fp32_names = {v.name for v in graph.input} | {o for n in graph.node for o in n.output}
         scales, notes = activation_scales(model, fp32_names)
@@ -118,7 +118,6 @@ class TrtBackend(Backend):
         result.artifacts.append(Path(CACHE_NAME))
         result.notes.extend(f"calibration cache: {note}" for note in notes)
         metrics["cache_tensors"] = len(scales)
-        return model
 
     @staticmethod
     def _engine(available: bool, why: str, opts: TrtOptions, files: BundleFiles, out: Path,
@@ -154,21 +153,46 @@ def _gate_findings(findings: list[Finding], result: BackendOutput, metrics: dict
                             f"'{warnings[0].node}' [{warnings[0].rule}] {warnings[0].message}")
 
 
+@dataclass(frozen=True)
+class _Lowering:
+    model: onnx.ModelProto  # what *.trt.onnx holds
+    model_before_fp16: onnx.ModelProto
+    folded: list[str]
+    rewired: list[str]
+    fp16: Fp16Report | None
+
+
+def _lowered(job: LoweringJob, opts: TrtOptions) -> _Lowering:
+    """The canonical QDQ model (or FP32 when there is none) lowered to what TensorRT parses and fuses:
+    int32 bias DQs folded, float readers reading float, optionally FP16 float islands."""
+    folded: list[str] = []
+    rewired: list[str] = []
+    model = job.fp32
+    if job.qdq is not None:
+        model, folded = fold_int32_dequantize(job.qdq)
+        int8_nodes = {name for name, d in job.plan.nodes.items()
+                      if d.precision in (Precision.INT8, Precision.INT4)} if job.plan else set()
+        model, rewired = float_readers_read_float(model, int8_nodes)
+    before, report = model, None
+    if opts.fp16:
+        model, report = to_fp16(model)
+    return _Lowering(model, before, folded, rewired, report)
+
+
 def _verify(job: LoweringJob, model: onnx.ModelProto) -> dict[str, Any]:
-    """SQNR of the lowered model vs FP32 in ONNX Runtime, and its largest deviation from the QDQ model.
+    """How far the lowered model's outputs moved from the canonical QDQ model's in ONNX Runtime (0 for
+    CNNs: the lowering is exact there). Its SQNR vs FP32 is the build's verification.
 
     Graph optimizations are off: ORT then computes the Q/DQ definition in float (int8 values times
     scales, float accumulation), which is what TensorRT's int8 kernels compute up to float rounding;
     ORT's own fused x86 int8 kernels are a different runtime with its own error.
     """
-    ref = run_batches(session(job.fp32), job.eval_feeds)
+    if job.qdq is None:
+        return {}
     got = run_batches(session(model, optimize=False), job.eval_feeds)
-    metrics: dict[str, Any] = {"sqnr_db": {n: round(float(sqnr_db(ref[n], got[n])), 3) for n in ref}}
-    if job.qdq is not None:
-        canon = run_batches(session(job.qdq, optimize=False), job.eval_feeds)
-        metrics["max_abs_diff_vs_qdq"] = max(float(np.max(np.abs(canon[n].astype(np.float64) - got[n])))
-                                             for n in canon)
-    return metrics
+    canon = run_batches(session(job.qdq, optimize=False), job.eval_feeds)
+    return {"max_abs_diff_vs_qdq": max(float(np.max(np.abs(canon[n].astype(np.float64) - got[n])))
+                                       for n in canon)}
 
 
 def _input_shapes(job: LoweringJob) -> dict[str, tuple[int, ...]]:

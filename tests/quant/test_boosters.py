@@ -55,7 +55,12 @@ def test_options_from_recipe_table() -> None:
     assert opts == BoosterOptions(True, 0.7, True) and opts.fp32_side
     assert BoosterOptions.from_dict({"smoothquant": True}).smoothquant == 0.5
     assert BoosterOptions.from_dict({"smoothquant": False}).smoothquant is None
+    assert BoosterOptions.from_dict({}).resolved(True).shift is True  # on for symmetric activations (trt)
+    assert BoosterOptions.from_dict({}).resolved(False).shift is False
+    assert BoosterOptions.from_dict({"shift": False}).resolved(True).shift is False
+    assert BoosterOptions.from_dict({"shift": True}).resolved(False).fp32_side
     for bad, needle in (({"cle": 1}, "boosters.cle"), ({"smoothquant": 2.0}, "smoothquant"),
+                        ({"shift": 1}, "boosters.shift"),
                         ({"bias": True}, "boosters.bias")):
         with pytest.raises(RecipeError, match=needle):
             BoosterOptions.from_dict(bad)
@@ -63,7 +68,7 @@ def test_options_from_recipe_table() -> None:
 
 def test_fp32_boosters_keep_the_function() -> None:
     model, calib = cnn_then_transformer(), samples(1)
-    boosted = apply_boosters(model, calib, BoosterOptions(cle=True, smoothquant=0.5))
+    boosted = apply_boosters(model, calib, BoosterOptions(cle=True, smoothquant=0.5, shift=True))
     changed = {t.name for t in boosted.graph.initializer} != {t.name for t in model.graph.initializer} or any(
         not np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
         for a, b in zip(model.graph.initializer, boosted.graph.initializer, strict=False))
