@@ -153,3 +153,16 @@ def test_same_inputs_same_bytes(builds: Builds, work: Path) -> None:
     first = builds[("residual_cnn", "trt")].out_dir
     for name in ("calibration.cache", "build_engine.sh", "build_engine.py", "residual_cnn.trt.onnx"):
         assert (again.out_dir / name).read_bytes() == (first / name).read_bytes(), name
+
+
+def test_no_ort_latency_for_a_model_trt_runs(work: Path) -> None:
+    """ORT's timing of the emulation model says nothing about TensorRT: the build does not report it."""
+    from dsqc.report import format_result
+
+    model, npz = work / "residual_cnn.onnx", work / "residual_cnn_calib.npz"
+    if not model.exists():
+        save_with_calib(residual_cnn(), work, "residual_cnn")
+    result = build(BuildRequest(model=model, target="trt", out_dir=work / "timed", calib=str(npz),
+                                method="minmax", measure_latency=True))
+    assert result.metrics["verification"]["latency_ms"] is None
+    assert "latency" not in format_result(result)
