@@ -113,8 +113,10 @@ class Timing:
 
 
 def compare_latency(protos: Sequence[onnx.ModelProto], feeds: Feeds, rounds: int = 6, runs: int = 8,
-                    warmup: int = 3, budget_s: float = 6.0) -> list[Timing]:
-    """Time ``protos`` side by side: every round runs each model ``runs`` times, in alternating order.
+                    warmup: int = 3, budget_s: float = 6.0, round_s: float = 0.02) -> list[Timing]:
+    """Time ``protos`` side by side: every round runs each model ``runs`` times (more for fast models,
+    so that a round lasts ``round_s``: a 0.06 ms MNIST run needs hundreds of samples for a stable
+    median), in alternating order.
 
     Sessions run with one intra-op thread, so ORT computes on the calling thread and its CPU time
     (``time.thread_time``) does not count time lost to other processes; interleaving spreads any
@@ -124,6 +126,10 @@ def compare_latency(protos: Sequence[onnx.ModelProto], feeds: Feeds, rounds: int
     for sess in sessions:
         for _ in range(warmup):
             sess.run(None, feeds)
+    start = time.perf_counter()
+    sessions[0].run(None, feeds)
+    once = max(time.perf_counter() - start, 1e-6)
+    runs = max(runs, min(1000, int(round_s / once)))
     wall: list[list[float]] = [[] for _ in sessions]
     cpu: list[list[float]] = [[] for _ in sessions]
     deadline = time.perf_counter() + budget_s
