@@ -76,10 +76,10 @@ def _spill(proto: onnx.ModelProto, model: onnx.ModelProto, folder: Path) -> None
     offset = 0
     with (folder / _WEIGHTS).open("wb") as out:
         for init in proto.graph.initializer:
-            if _is_inline(init) or not init.raw_data:
+            raw = b"" if _is_inline(init) else init.raw_data  # one tensor's bytes at a time
+            if not raw:  # small, external, or stored in typed fields: stays in the graph
                 model.graph.initializer.append(init)
                 continue
-            raw = init.raw_data  # one tensor's bytes at a time
             out.write(b"\0" * (-offset % _PAGE))
             offset += -offset % _PAGE
             out.write(raw)
@@ -94,11 +94,12 @@ def _in_memory(proto: onnx.ModelProto, model: onnx.ModelProto, opts: Any) -> lis
     files: list[str] = []
     buffers: list[bytes] = []
     for i, init in enumerate(proto.graph.initializer):
-        if _is_inline(init) or not init.raw_data:
+        raw = b"" if _is_inline(init) else init.raw_data
+        if not raw:
             model.graph.initializer.append(init)
             continue
         files.append(f"dsqc-weight-{i}.bin")
-        buffers.append(init.raw_data)
+        buffers.append(raw)
         _stub(model.graph, init, files[-1], 0, len(buffers[-1]))
     if files:
         opts.add_external_initializers_from_files_in_memory(files, buffers, [len(b) for b in buffers])
