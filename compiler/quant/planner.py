@@ -166,6 +166,9 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
     if wanted in (Precision.INT8, Precision.INT4) and is_table_lookup(node):
         table = wanted if profile.int4_weights else Precision.INT8
         return NodeDecision(table, f"{table.value} weight-only table lookup (recipe): activations stay float")
+    if wanted is None and profile.int8_tables and is_table_lookup(node):
+        return NodeDecision(Precision.INT8, f"int8 weight-only table lookup: {profile.name} gathers the int8 "
+                                            "rows, then dequantizes them")
     constant_operand = node.op not in _WEIGHT_INPUT and any(
         constant_value(t) is not None for t in node.inputs if t.name)
     if constant_operand and (in_profile or wanted):

@@ -35,6 +35,9 @@ class TargetProfile:
     the DQ (TensorRT's residual-Add skip input).
     ``residual_add_skip_only``: a residual Add quantizes only its skip input; the branch coming
     from a compute op fuses into it (TensorRT's Conv+Add kernel).
+    ``int8_tables``: Gathers from constant tables (embeddings) are int8 weight-only (per row) by
+    default, for runtimes that gather the int8 rows before dequantizing (ORT's GatherBlockQuantized);
+    elsewhere a recipe asks for it.
     """
 
     name: str
@@ -56,5 +59,6 @@ class TargetProfile:
     verify_fused: bool = True
     latency_guard: bool = False
     float_readers_read_float: bool = False
+    int8_tables: bool = False
     float_fallback: str = "fp32"
     min_opset: int = 13

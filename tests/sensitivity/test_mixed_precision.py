@@ -15,6 +15,7 @@ from dsqc.cli import main
 from dsqc.errors import RecipeError
 from dsqc.pipeline import build
 from dsqc.plan_space import weight_bytes
+from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 from tests.sensitivity._models import OUTLIER_NODE, save_cnn, save_embedding
 
@@ -189,6 +190,25 @@ def test_quantized_tables_gather_only_their_rows(tmp_path: Path, precision: str)
     hidden = np.maximum(dequantize(quantize(table, spec), spec)[ids] @ inits["w1"], 0)
     got = run_batches(session(qdq), [{"ids": ids}])["out"]
     np.testing.assert_allclose(got, hidden @ inits["w2"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["onnx", "trt"])
+def test_tables_are_int8_by_default_where_the_runtime_gathers_int8_rows(tmp_path: Path, target: str) -> None:
+    """onnx: the embedding is int8 per row without a recipe (GatherBlockQuantized); trt: stays float."""
+    model, data = save_embedding(tmp_path)
+    out = tmp_path / target
+    result = build(BuildRequest(model=model, target=target, out_dir=out, calib=str(data),
+                                measure_latency=False))
+    decision = result.plan.nodes["embed"]
+    written = next(p for p in out.iterdir() if p.name.endswith(".onnx") and ".fp32." not in p.name)
+    ops = [n.op_type for n in onnx.load(written).graph.node]
+    if target == "onnx":
+        assert decision.precision is Precision.INT8 and "table lookup" in decision.reason
+        assert "GatherBlockQuantized" in ops and "Gather" not in ops
+        fp32_bytes, int8_bytes = result.metrics["verification"]["size_bytes"].values()
+        assert int8_bytes < 0.5 * fp32_bytes  # the 64x32 table dominates the model
+    else:
+        assert decision.precision is Precision.FP32 and "Gather" in ops
 
 
 def test_nodes_the_users_recipe_fixes_stay_fixed(cnn: tuple[Path, Path], tmp_path: Path) -> None:
