@@ -25,7 +25,7 @@ import onnx
 
 from dsqc.passes.bias_correction import BiasCorrection, channel_axis, float_input
 from dsqc.passes.equalize_cross_layer import EqualizeCrossLayer
-from dsqc.passes.shift_activations import ShiftActivations, shift_targets
+from dsqc.passes.shift_activations import ShiftActivations, shift_targets, unshifted
 from dsqc.passes.smooth_quant import SmoothQuant, targets
 
 from .calibration.channel_stats import channel_stats
@@ -120,7 +120,8 @@ def correct_biases(fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: SampleS
     wanted: dict[str, tuple[str, int]] = {}
     for node in model.graph.nodes:
         if node.name in float_weights:
-            tensor = float_input(node).name
+            # a shifted input's own bias fix is in place (quantize.py): correct for E[x], not E[x - m]
+            tensor = unshifted(reference.graph, float_input(node).name)
             if tensor in produced and constant_value(produced[tensor]) is None:
                 wanted[node.name] = (tensor, channel_axis(node))
     axes = {tensor: axis for tensor, axis in wanted.values()}

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import onnx
 
+from dsqc.passes.bias_correction import BiasCorrection
 from dsqc.passes.insert_qdq import InsertQDQ
+from dsqc.passes.shift_activations import shift_corrections
 
 from .calibration.data import SampleSet
 from .calibration.runner import TensorStats, calibrate
@@ -23,6 +25,7 @@ from .quant.recipe import Recipe
 from .quant.spec import QuantPlan
 
 log = logging.getLogger(__name__)
+SHIFT_MARK = "dsqc.shift_bias"  # model metadata: shifted layers' biases refolded with quantized weights
 
 
 @dataclass
@@ -48,7 +51,10 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     stats = calibrate_missing(fp32, placement.activations, recipe, samples, batch_size, known or {})
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
     plan = finalize(model, placement, ranges, profile, recipe)
+    shifted_weights, shift_means = shift_corrections(model.graph)
     result = PassManager([InsertQDQ(plan, profile.float_readers_read_float)]).run(model)
+    if shift_means:  # the shift's bias fold, redone with the quantized weights
+        BiasCorrection(shifted_weights, shift_means, mark=SHIFT_MARK)(result.model)
     proto = result.model.to_proto()
     proto.ir_version = fp32.ir_version
     proto = lower_tables(finish_float_nodes(proto, plan, profile), plan, profile)

@@ -101,17 +101,18 @@ class BiasCorrection(Pass):
     name, come from the FP32 model and calibration data). An int32 bias behind a DequantizeLinear is
     requantized with its own scale; a float bias (Conv/Gemm input, or MatMul → Add) is updated in
     place. Nodes without a bias, or whose bias is shared, are left alone (reason at DEBUG). The model's
-metadata records the correction; a model that has it is not corrected twice.
+metadata records the correction under ``mark``; a model that has it is not corrected twice.
     """
 
     def __init__(self, float_weights: Mapping[str, np.ndarray],
-                 input_means: Mapping[str, np.ndarray]) -> None:
+                 input_means: Mapping[str, np.ndarray], mark: str = MARK) -> None:
         self.float_weights = dict(float_weights)
         self.input_means = dict(input_means)
+        self.mark = mark
         self.corrected: dict[str, float] = {}
 
     def call(self, model: Model) -> PassResult:
-        if MARK in model.metadata:
+        if self.mark in model.metadata:
             log.debug("%s: already applied to this model", self.name)
             return PassResult(model, False)
         modified = False
@@ -125,7 +126,7 @@ metadata records the correction; a model that has it is not corrected twice.
             else:
                 modified = True
         if modified:
-            model.metadata[MARK] = f"{len(self.corrected)} biases corrected"
+            model.metadata[self.mark] = f"{len(self.corrected)} biases corrected"
         return PassResult(model, modified)
 
     def _correct(self, node: gs.Node) -> str | None:

@@ -9,6 +9,13 @@ that tensor). In TensorRT the ``Sub`` is a pointwise op fused with its producer 
 with the GEMM. Outlier Suppression+ (Wei et al. 2023) shifts per channel; one shift per tensor is
 enough for the one-signed case and keeps the bias fold exact for every reader.
 
+The float fold is exact for float weights. Once a layer's weight is quantized, ``X' @ W_q + m·Σ W`` is
+off by ``m · Σ_k (W_q - W)`` per output channel: where the bulk of X sits near 0 and a few outliers set
+the range (MiniLM's GELU outputs: m = 12, K = 1536), X' sits near -m and that term swamps the output
+(-2 dB). ``shift_corrections`` gives BiasCorrection what it needs to fold ``m · Σ_k W_q`` instead,
+after Q/DQ insertion (``compiler/quantize.py``): the shifted layer then carries exactly the weight
+error of the unshifted one, and only the activation rounding gets finer.
+
 Only readers with a constant 2-D weight (``smoothable_readers``) are shifted; a tensor is shifted when
 its symmetric range is at least ``min_gain`` times its centred half-range (1 %: a LayerNorm output in
 [-6.1, 6.3] already gains 0.14 dB, and the Sub costs TensorRT nothing: it fuses with its producer).
@@ -22,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dsqc.ir import Model, constant_value, make_constant, set_constant_input
+from dsqc.ir import Model, constant_value, make_constant, producer, set_constant_input
 from dsqc.pass_infra import Pass, PassResult
 
 from .smooth_quant import smoothable_readers, weight_of
@@ -128,3 +135,30 @@ def _add_after(graph: gs.Graph, node: gs.Node, correction: np.ndarray) -> None:
     node.outputs[0] = raw
     const = make_constant(graph, f"{node.name}_shift_bias", correction)
     graph.nodes.append(gs.Node("Add", f"{node.name}_ShiftBias", inputs=[raw, const], outputs=[out]))
+
+
+def shift_corrections(graph: gs.Graph) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """For every layer that reads a shifted tensor: its float weight, and the constant input "mean"
+    ``-m`` for which BiasCorrection adds ``m · Σ_k (W - W_q)``, the fold's error once W is quantized."""
+    weights: dict[str, np.ndarray] = {}
+    means: dict[str, np.ndarray] = {}
+    for node in graph.nodes:
+        if node.op != "Sub" or not node.outputs[0].name.endswith(SUFFIX):
+            continue
+        shift = constant_value(node.inputs[1])
+        if shift is None or shift.size != 1:
+            continue
+        for reader in node.outputs[0].outputs:
+            found = weight_of(reader)
+            if found is not None and reader.inputs[0] is node.outputs[0]:
+                weight, k_axis = found
+                weights[reader.name] = weight
+                means[reader.name] = np.full(weight.shape[k_axis], -float(shift.reshape(())), np.float64)
+    return weights, means
+
+
+def unshifted(graph: gs.Graph, name: str) -> str:
+    """The tensor a shifted tensor was made from (``name`` itself when it was not shifted)."""
+    tensor = graph.tensors().get(name)
+    node = producer(tensor) if tensor is not None and name.endswith(SUFFIX) else None
+    return node.inputs[0].name if node is not None and node.op == "Sub" else name
