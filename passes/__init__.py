@@ -10,6 +10,7 @@ from .fold_add_into_bias import FoldAddIntoBias
 from .fold_constants import FoldConstants
 from .fold_pad_into_conv import FoldPadIntoConv
 from .fuse_conv_bn import FuseConvBatchNorm
+from .shift_activations import ShiftActivations
 from .simplify_reshape_transpose import SimplifyReshapeTranspose
 from .smooth_quant import SmoothQuant
 
@@ -23,6 +24,7 @@ __all__ = [
     "FoldConstants",
     "FoldPadIntoConv",
     "FuseConvBatchNorm",
+    "ShiftActivations",
     "SimplifyReshapeTranspose",
     "SmoothQuant",
 ]
