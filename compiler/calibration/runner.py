@@ -3,7 +3,9 @@
 The requested intermediates become the only graph outputs of a temporary session. A worker thread
 folds batch ``i``'s outputs into one observer per tensor while ORT computes batch ``i + 1``; each
 batch is dropped once observed, so memory is at most two batches of the requested tensors plus one
-fixed-size histogram per tensor, whatever the number of samples.
+fixed-size histogram per tensor, whatever the number of samples. The first sample runs alone and
+measures the requested tensors' size; the batch size then shrinks, if needed, so that one batch of
+them stays within ``EXPOSED_BYTES``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
 OVERLAP = True  # observe batch i in a worker thread while ORT runs batch i + 1
+EXPOSED_BYTES = 64 << 20  # per batch: wider models get smaller batches (MiniLM: 34 MB per sample)
 _ORT_FLOAT = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
 
 
@@ -122,6 +125,17 @@ def _batch_plan(proto: onnx.ModelProto, samples: SampleSet, batch_size: int) -> 
     return fixed, samples.take(n - n % fixed), True
 
 
+def _fitting_batch(bs: int, n: int, exposed: int) -> int:
+    """The batch size whose exposed tensors fit ``EXPOSED_BYTES``, given ``exposed`` bytes for ``n`` samples
+    (never larger than ``bs``). Ranges do not depend on the batch size, so changing it mid-stream is safe."""
+    per_sample = max(1, exposed // max(n, 1))
+    fitting = max(1, min(bs, EXPOSED_BYTES // per_sample))
+    if fitting < bs:
+        log.info("calibration: %.1f MB of exposed tensors per sample; batches of %d instead of %d",
+                 per_sample / 1e6, fitting, bs)
+    return fitting
+
+
 def _stream(
     session: Any,
     run: list[str],
@@ -135,22 +149,26 @@ def _stream(
 ) -> None:
     """Feed every batch; ORT computes batch ``i + 1`` while a worker observes batch ``i``."""
     done, total, bs = 0, len(samples), batch_size
+    batched = fixed  # whether a batch of more than one sample has run
     pending: Future[None] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsqc-observe") as pool:
         while done < total:
-            n = min(bs, total - done)
+            n = 1 if done == 0 and not fixed else min(bs, total - done)  # sample 0 probes the sizes
             batch = {k: samples.feeds[k][done : done + n] for k in feed_names}
             try:
                 outs = session.run(run, batch) if session is not None else []
             except Exception as exc:
-                if done == 0 and bs > 1 and not fixed:  # e.g. a Reshape that pins batch 1
+                if n > 1 and not batched:  # e.g. a Reshape that pins batch 1
                     log.warning("the model failed at batch size %d (%s); calibrating with batch 1",
-                                bs, first_line(exc))
-                    bs = 1
+                                n, first_line(exc))
+                    bs, batched = 1, True
                     continue
                 raise CalibrationError(
                     f"{samples.source}: ONNX Runtime failed on samples {done}..{done + n - 1}: "
                     f"{first_line(exc)}") from None
+            batched = batched or n > 1
+            if done == 0 and not fixed:
+                bs = _fitting_batch(bs, n, sum(int(o.nbytes) for o in outs))
             arrays = dict(zip(run, outs, strict=True)) | {k: batch[k] for k in fed}
             del outs
             if pending is not None:

@@ -180,3 +180,18 @@ def test_unwritable_temp_folder_falls_back_to_in_memory_weights(monkeypatch: pyt
     spilled = calibrate(proto, ACTIVATIONS, samples, method="minmax")
     monkeypatch.setattr(tempfile, "mkdtemp", refuse)
     assert calibrate(proto, ACTIVATIONS, samples, method="minmax") == spilled
+
+
+def test_wide_tensors_shrink_the_batch_not_the_answer(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Sample 0 runs alone and measures the requested tensors; batches then fit ``EXPOSED_BYTES``."""
+    from dsqc.calibration import runner
+
+    proto = conv_model()
+    samples = samples_for(proto, 12)
+    wide = calibrate(proto, ACTIVATIONS, samples, method="entropy", batch_size=8)
+    monkeypatch.setattr(runner, "EXPOSED_BYTES", 1)
+    with caplog.at_level(logging.INFO, logger="dsqc.calibration"):
+        narrow = calibrate(proto, ACTIVATIONS, samples, method="entropy", batch_size=8)
+    assert "batches of 1 instead of 8" in caplog.text
+    assert narrow == wide
