@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .ir import proto_index
 from .quant.profile import TargetProfile
 from .quant.spec import Precision, QuantPlan
 
@@ -97,18 +98,13 @@ def store_fp16_weights(proto: onnx.ModelProto, plan: QuantPlan, profile: TargetP
 def guard_float_readers(proto: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """Per-axis (equal-valued) DQs in front of float Conv/ConvTranspose/Gemm nodes (see the module doc)."""
     graph = proto.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
-    inits = {t.name: t for t in graph.initializer}
+    producers, readers, inits = proto_index(graph)
     targets = []
     for node in graph.node:
         if node.op_type not in _GUARDED_OPS or plan.precision_of(node.name) in _QUANTIZED:
             continue
         dq = producers.get(node.input[0])
-        if dq is None or dq.op_type != "DequantizeLinear" or readers.get(dq.output[0], 0) != 1:
+        if dq is None or dq.op_type != "DequantizeLinear" or readers[dq.output[0]] != 1:
             continue
         scale, zero = (inits.get(dq.input[i]) if len(dq.input) > i else None for i in (1, 2))
         axis, channels = _channel_axis(node, producers, inits)

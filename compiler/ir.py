@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,3 +257,12 @@ def infer_shapes(graph: gs.Graph) -> int:
                 changed = True
         gained += changed
     return gained
+
+
+def proto_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], Counter[str],
+                                                 dict[str, onnx.TensorProto]]:
+    """For a GraphProto: the node producing each tensor, how many node inputs read each tensor, and the
+    initializers by name."""
+    producers = {o: n for n in graph.node for o in n.output}
+    reads = Counter(i for n in graph.node for i in n.input)
+    return producers, reads, {t.name: t for t in graph.initializer}

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .ir import proto_index
 from .quant.profile import TargetProfile
 from .quant.spec import QuantPlan
 
@@ -29,18 +30,13 @@ def lower_tables(proto: onnx.ModelProto, plan: QuantPlan, profile: TargetProfile
     if profile.name not in GATHER_BLOCK_TARGETS:
         return proto
     graph = proto.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    inits = {t.name: t for t in graph.initializer}
+    producers, uses, inits = proto_index(graph)
     found = []
     for gather in graph.node:
         dq = producers.get(gather.input[0]) if gather.op_type == "Gather" and gather.input else None
         if dq is None or dq.op_type != "DequantizeLinear" or _attr(gather, "axis", 0) != 0:
             continue
-        if uses.get(gather.input[0]) == 1 and len(dq.input) > 2 and all(i in inits for i in dq.input[:3]):
+        if uses[gather.input[0]] == 1 and len(dq.input) > 2 and all(i in inits for i in dq.input[:3]):
             found.append((gather, dq))
     if not found:
         return proto
