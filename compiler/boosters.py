@@ -12,6 +12,10 @@ Recipe table (the pipeline reads it into ``BoosterOptions.from_dict``)::
     smoothquant = 0.5        # alpha; omit (or false) to disable
     shift = true             # centre one-signed MatMul/Gemm inputs (default: on for symmetric activations)
     bias_correction = true
+    adaround = true          # learned rounding of Conv/ConvTranspose/Gemm/MatMul weights (after Q/DQ)
+    adaround_iterations = 1000
+    gptq = true              # GPTQ on Gemm/MatMul weights (AdaRound then takes the other layers)
+    gptq_act_order = false   # GPTQ: columns by decreasing Hessian diagonal
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .calibration.runner import calibrate
 from .errors import RecipeError
 from .ir import Model, constant_value
 from .model_io import prepare
+from .rounding import RoundingOptions
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,17 @@ class BoosterOptions:
     smoothquant: float | None = None
     bias_correction: bool = False
     shift: bool | None = None  # None: on when activations are quantized symmetrically (see resolved)
+    adaround: bool = False
+    adaround_iterations: int = 1000
+    gptq: bool = False
+    gptq_act_order: bool = False
+
+    @property
+    def rounding(self) -> RoundingOptions | None:
+        """What ``learn_rounding`` should do after Q/DQ insertion, or ``None``."""
+        if not (self.adaround or self.gptq):
+            return None
+        return RoundingOptions(self.adaround, self.gptq, self.adaround_iterations, self.gptq_act_order)
 
     @property
     def fp32_side(self) -> bool:
@@ -58,11 +74,11 @@ class BoosterOptions:
     @classmethod
     def from_dict(cls, table: dict[str, Any], label: str = "recipe") -> BoosterOptions:
         """Validate a ``[boosters]`` table; errors name the key."""
-        unknown = set(table) - {"cle", "smoothquant", "bias_correction", "shift"}
+        unknown = set(table) - set(_KEYS)
         if unknown:
             raise RecipeError(f"{label}: unknown key 'boosters.{sorted(unknown)[0]}'; allowed: "
-                              "bias_correction, cle, shift, smoothquant")
-        for key in ("cle", "bias_correction", "shift"):
+                              + ", ".join(sorted(_KEYS)))
+        for key in ("cle", "bias_correction", "shift", "adaround", "gptq", "gptq_act_order"):
             if not isinstance(table.get(key, False), bool):
                 raise RecipeError(f"{label}: boosters.{key} must be true or false")
         alpha = table.get("smoothquant")
@@ -72,9 +88,18 @@ class BoosterOptions:
             alpha = 0.5
         if alpha is not None and (not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0):
             raise RecipeError(f"{label}: boosters.smoothquant must be an alpha in [0, 1] (or true/false)")
+        iterations = table.get("adaround_iterations", 1000)
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 100_000:
+            raise RecipeError(f"{label}: boosters.adaround_iterations must be an integer in [1, 100000]")
         shift = table.get("shift")
         return cls(bool(table.get("cle", False)), None if alpha is None else float(alpha),
-                   bool(table.get("bias_correction", False)), None if shift is None else bool(shift))
+                   bool(table.get("bias_correction", False)), None if shift is None else bool(shift),
+                   bool(table.get("adaround", False)), iterations, bool(table.get("gptq", False)),
+                   bool(table.get("gptq_act_order", False)))
+
+
+_KEYS = ("adaround", "adaround_iterations", "bias_correction", "cle", "gptq", "gptq_act_order", "shift",
+         "smoothquant")
 
 
 def apply_boosters(fp32: onnx.ModelProto, samples: SampleSet, options: BoosterOptions,

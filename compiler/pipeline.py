@@ -46,6 +46,7 @@ from .pass_infra import (
 from .quant.profile import TargetProfile
 from .quant.recipe import Recipe, load_recipe
 from .quantize import Quantized, quantize_model
+from .rounding import learn_rounding
 from .report import write_report
 from .verify import check_gates, verify
 
@@ -146,6 +147,10 @@ def build(request: BuildRequest) -> BuildResult:
         if profile.latency_guard and request.measure_latency and not request.accuracy_budget:
             with clock("latency guard"):
                 quantized = _guard(source, quantized, profile, recipe, calib, held_out, request, result)
+        if boosters.rounding is not None:  # AdaRound / GPTQ: the plan's grid, better integers
+            with clock("learned rounding"):
+                quantized.model = learn_rounding(source, quantized.model, quantized.plan, calib,
+                                                 boosters.rounding, request.calib_batch)
         if boosters.bias_correction:
             with clock("bias correction"):
                 quantized.model = correct_biases(source, quantized.model, calib, request.calib_batch)

@@ -1,6 +1,7 @@
-"""dsqc.passes: graph passes, one file each, named for what they do (FP32 passes; BiasCorrection and
-InsertQDQ edit the QDQ model)."""
+"""dsqc.passes: graph passes, one file each, named for what they do (FP32 passes; BiasCorrection,
+AdaRound, GPTQ and InsertQDQ edit the QDQ model)."""
 
+from .adaround import AdaRound
 from .batchnorm_to_mul_add import BatchNormToMulAdd
 from .bias_correction import BiasCorrection
 from .eliminate_dead_code import EliminateDeadCode
@@ -10,11 +11,13 @@ from .fold_add_into_bias import FoldAddIntoBias
 from .fold_constants import FoldConstants
 from .fold_pad_into_conv import FoldPadIntoConv
 from .fuse_conv_bn import FuseConvBatchNorm
+from .gptq import GPTQ
 from .shift_activations import ShiftActivations
 from .simplify_reshape_transpose import SimplifyReshapeTranspose
 from .smooth_quant import SmoothQuant
 
 __all__ = [
+    "AdaRound",
     "BatchNormToMulAdd",
     "BiasCorrection",
     "EliminateDeadCode",
@@ -24,6 +27,7 @@ __all__ = [
     "FoldConstants",
     "FoldPadIntoConv",
     "FuseConvBatchNorm",
+    "GPTQ",
     "ShiftActivations",
     "SimplifyReshapeTranspose",
     "SmoothQuant",

@@ -1,0 +1,185 @@
+"""Learned rounding boosters (AdaRound, GPTQ) on the QDQ model: layer inputs from calibration data.
+
+Both passes re-choose the integer weights of a layer given what the layer reads. That input is taken
+from the **quantized** model (Q/DQ on activations, preceding layers already re-rounded), so each
+layer also absorbs the error that reaches it from upstream — AdaRound's "asymmetric reconstruction"
+(Nagel et al. 2020, §5) and GPTQ's sequential order. Layers are therefore processed in waves: a wave
+holds every remaining layer none of whose upstream layers is still waiting, and each wave costs one
+ORT pass of the QDQ model over the calibration samples (plus, for AdaRound, one of the FP32 model for
+the target ``W · x_fp32``). AdaRound keeps a bounded subset of samples (rows for Gemm/MatMul);
+GPTQ accumulates ``H = Σ 2 xxᵀ`` over all of them.
+
+Layers whose input the shift booster centred (``trt``) are fitted on the unshifted input, and their
+bias fold ``m · Σ W_q`` is redone with the new integers afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from dsqc.passes.adaround import AdaRound, LayerInputs
+from dsqc.passes.adaround import LAYERS as ADAROUND_LAYERS
+from dsqc.passes.bias_correction import BiasCorrection, dequantize_constant
+from dsqc.passes.gptq import GPTQ
+from dsqc.passes.gptq import LAYERS as GPTQ_LAYERS
+from dsqc.passes.shift_activations import shift_corrections
+
+from .calibration.data import SampleSet
+from .calibration.ort_session import first_line, output_session
+from .calibration.runner import _batch_plan, _feed_names, _known_types
+from .errors import CalibrationError
+from .ir import Model, constant_value, producer
+from .model_io import prepare
+from .quant.spec import QuantPlan
+
+log = logging.getLogger(__name__)
+KEEP_BYTES = 48 << 20  # AdaRound: stored inputs per layer and per model (quantized + FP32 each)
+REFOLD_MARK = "dsqc.shift_bias.rounding"
+
+
+@dataclass(frozen=True)
+class RoundingOptions:
+    adaround: bool = False
+    gptq: bool = False
+    iterations: int = 1000
+    act_order: bool = False
+    samples: int = 256
+
+
+def learn_rounding(fp32: onnx.ModelProto, qdq: onnx.ModelProto, plan: QuantPlan | None, samples: SampleSet,
+                   options: RoundingOptions, batch_size: int = 8) -> onnx.ModelProto:
+    """``qdq`` with GPTQ on its Gemm/MatMul weights (when asked) and AdaRound on the other layers'
+    (all of them when GPTQ is not asked); scales, zero points and ranges as in ``plan``."""
+    source, model = Model.from_proto(fp32), Model.from_proto(qdq)
+    ref_nodes = {n.name: n for n in source.graph.nodes}
+    weights: dict[str, np.ndarray] = {}
+    limits: dict[str, tuple[int, int]] = {}
+    method: dict[str, str] = {}
+    for node in model.graph.nodes:
+        ref = ref_nodes.get(node.name)
+        wanted = "gptq" if options.gptq and node.op in GPTQ_LAYERS else \
+            "adaround" if options.adaround and node.op in ADAROUND_LAYERS else None
+        w = constant_value(ref.inputs[1]) if ref is not None and len(ref.inputs) > 1 else None
+        dq = producer(node.inputs[1]) if len(node.inputs) > 1 else None
+        if wanted is None or w is None or dq is None or dq.op != "DequantizeLinear":
+            continue
+        assert ref is not None
+        weights[node.name], method[node.name] = w, wanted
+        spec = plan.tensors.get(ref.inputs[1].name) if plan is not None else None
+        if spec is not None:
+            limits[node.name] = (spec.qmin, spec.qmax)
+    _, shift_means = shift_corrections(source.graph)
+    before = {n: dequantize_constant(producer(model.graph.tensors()[_weight(model, n)]))  # type: ignore[arg-type]
+              for n in shift_means if n in method}
+    calib = samples.take(options.samples)
+    for wave in _waves(model.graph, set(method)):
+        proto = _export(model, qdq)
+        nodes = {n.name: n for n in model.graph.nodes if n.name in wave}
+        shifts = {n: -float(shift_means[n][0]) for n in wave if n in shift_means}
+        ada = [n for n in wave if method[n] == "adaround"]
+        if ada:
+            data = _adaround_inputs(fp32, proto, {n: (ref_nodes[n], nodes[n]) for n in ada}, shifts,
+                                    calib, batch_size)
+            AdaRound({n: weights[n] for n in ada}, data, limits, options.iterations)(model)
+        gq = [n for n in wave if method[n] == "gptq"]
+        if gq:
+            hessians = _hessians(proto, {n: nodes[n] for n in gq}, shifts, calib, batch_size)
+            GPTQ({n: weights[n] for n in gq}, hessians, limits, act_order=options.act_order)(model)
+    refold = {n: w for n, w in before.items() if w is not None}
+    if refold:
+        BiasCorrection(refold, {n: shift_means[n] for n in refold}, mark=REFOLD_MARK)(model)
+    log.info("boosters: learned rounding on %d layers (%s)", len(method),
+             ", ".join(f"{sum(v == m for v in method.values())} {m}" for m in ("adaround", "gptq")))
+    return prepare(_export(model, qdq), "re-rounded model")
+
+
+def _weight(model: Model, node_name: str) -> str:
+    node = next(n for n in model.graph.nodes if n.name == node_name)
+    return node.inputs[1].name
+
+
+def _export(model: Model, like: onnx.ModelProto) -> onnx.ModelProto:
+    proto = model.to_proto()
+    proto.ir_version = like.ir_version
+    return proto
+
+
+def _waves(graph: gs.Graph, layers: set[str]) -> list[list[str]]:
+    """``layers`` grouped so that no layer's upstream holds a layer of its own or a later wave."""
+    level: dict[str, int] = {}  # tensor name → number of layers on the longest path into it
+    waves: dict[int, list[str]] = {}
+    graph.toposort()
+    for node in graph.nodes:
+        depth = max((level.get(t.name, 0) for t in node.inputs), default=0)
+        if node.name in layers:
+            waves.setdefault(depth, []).append(node.name)
+            depth += 1
+        for out in node.outputs:
+            level[out.name] = depth
+    return [waves[d] for d in sorted(waves)]
+
+
+def _stream(proto: onnx.ModelProto, names: list[str], samples: SampleSet,
+            batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of the named tensors (graph inputs are taken from the feeds)."""
+    feed_names = _feed_names(proto, samples)
+    run = sorted({n for n in names if n not in feed_names})
+    session = output_session(proto, run, _known_types(proto)) if run else None
+    bs, samples, _ = _batch_plan(proto, samples, batch_size)
+    for batch in samples.batches(bs):
+        feeds = {k: batch[k] for k in feed_names}
+        try:
+            outs = session.run(run, feeds) if session is not None else []
+        except Exception as exc:
+            raise CalibrationError(f"{samples.source}: ONNX Runtime failed: {first_line(exc)}") from None
+        yield dict(zip(run, outs, strict=True)) | {k: feeds[k] for k in feed_names if k in names}
+
+
+def _rows(node: gs.Node, x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1, x.shape[-1]) if node.op in ("MatMul", "Gemm") else x
+
+
+def _adaround_inputs(fp32: onnx.ModelProto, qdq: onnx.ModelProto, nodes: dict[str, tuple[gs.Node, gs.Node]],
+                     shifts: dict[str, float], samples: SampleSet, batch_size: int) -> dict[str, LayerInputs]:
+    """Each layer's input in the QDQ and the FP32 model on the same samples (rows subsampled alike)."""
+    fp_names = {n: ref.inputs[0].name for n, (ref, _) in nodes.items()}
+    q_names = {n: node.inputs[0].name for n, (_, node) in nodes.items()}
+    kept: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in nodes}
+    budget = KEEP_BYTES // max(1, len(nodes))
+    rng = np.random.default_rng(0)
+    pairs = zip(_stream(fp32, list(fp_names.values()), samples, batch_size),
+                _stream(qdq, list(q_names.values()), samples, batch_size), strict=True)
+    for fp_batch, q_batch in pairs:
+        for name, (_, node) in nodes.items():
+            x_fp, x_q = _rows(node, fp_batch[fp_names[name]]), _rows(node, q_batch[q_names[name]])
+            total = sum(a.nbytes for a in kept[name][0])
+            per_item = max(1, x_q[0].nbytes)
+            room = max(0, budget - total) // per_item
+            if room < len(x_q):
+                pick = np.sort(rng.choice(len(x_q), size=int(room), replace=False))
+                x_fp, x_q = x_fp[pick], x_q[pick]
+            shift = shifts.get(name, 0.0)
+            kept[name][0].append(np.asarray(x_fp, np.float32) + shift)
+            kept[name][1].append(np.asarray(x_q, np.float32) + shift)
+    return {n: LayerInputs(np.concatenate(q), np.concatenate(fp)) for n, (fp, q) in kept.items()}
+
+
+def _hessians(qdq: onnx.ModelProto, nodes: dict[str, gs.Node], shifts: dict[str, float], samples: SampleSet,
+              batch_size: int) -> dict[str, np.ndarray]:
+    """``Σ 2 xxᵀ / rows`` over every input row each layer reads in the QDQ model."""
+    names = {n: node.inputs[0].name for n, node in nodes.items()}
+    sums: dict[str, np.ndarray] = {}
+    counts = dict.fromkeys(nodes, 0)
+    for batch in _stream(qdq, list(names.values()), samples, batch_size):
+        for name, node in nodes.items():
+            x = _rows(node, batch[names[name]]).astype(np.float64) + shifts.get(name, 0.0)
+            x = x[np.all(np.isfinite(x), axis=1)]
+            sums[name] = sums.get(name, 0.0) + 2.0 * x.T @ x
+            counts[name] += len(x)
+    return {n: h / max(counts[n], 1) for n, h in sums.items()}
