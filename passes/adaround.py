@@ -60,7 +60,7 @@ class AdaRound(Pass):
     ``(qmin, qmax)`` by node name (default: the storage type's narrow range)."""
 
     def __init__(self, float_weights: Mapping[str, np.ndarray], inputs: Mapping[str, LayerInputs],
-                 limits: Mapping[str, tuple[int, int]] | None = None, iterations: int = 1000,
+                 limits: Mapping[str, tuple[int, int]] | None = None, iterations: int = 500,
                  batch: int = 32, reg: float = 0.01, lr: float = 1e-2, seed: int = 0) -> None:
         self.float_weights = dict(float_weights)
         self.inputs = dict(inputs)
@@ -94,6 +94,15 @@ class AdaRound(Pass):
     def _round(self, grid: WeightGrid, w: np.ndarray, forward: Any, data: LayerInputs) -> RoundingResult:
         import torch
 
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small layers: one thread is faster than two contending ones
+        try:
+            return self._optimise(torch, grid, w, forward, data)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _optimise(self, torch: Any, grid: WeightGrid, w: np.ndarray, forward: Any,
+                  data: LayerInputs) -> RoundingResult:
         torch.manual_seed(self.seed)
         x_q = torch.from_numpy(np.ascontiguousarray(data.quantized, np.float32))
         x_fp = torch.from_numpy(np.ascontiguousarray(data.fp32, np.float32))
@@ -110,21 +119,25 @@ class AdaRound(Pass):
         def weight(h: torch.Tensor) -> torch.Tensor:
             return (torch.clamp(base + h + zero, grid.qmin, grid.qmax) - zero) * scale
 
+        with torch.no_grad():  # the loss unit: round-to-nearest's error, so λ means the same in every layer
+            nearest = _mse(forward, x_q, torch.from_numpy(grid.dequantize()), target)
+        unit = max(nearest * target.shape[1], 1e-30)
         gen = torch.Generator().manual_seed(self.seed)
         n, warm = x_q.shape[0], int(0.2 * self.iterations)
+        batch = self.batch * (8 if x_q.ndim == 2 else 1)  # Gemm/MatMul: rows, not images
         for step in range(self.iterations):
-            idx = torch.randint(0, n, (min(self.batch, n),), generator=gen)
+            idx = torch.randint(0, n, (min(batch, n),), generator=gen)
             h = torch.clamp(torch.sigmoid(v) * (_ZETA - _GAMMA) + _GAMMA, 0, 1)
-            loss = _reconstruction(forward(x_q[idx], weight(h)), target[idx])
+            loss = _reconstruction(forward(x_q[idx], weight(h)), target[idx]) / unit
             if step >= warm:
                 beta = 20 + (2 - 20) * (step - warm) / max(1, self.iterations - warm)
-                loss = loss + self.reg * (1 - (2 * h - 1).abs().pow(beta)).sum()
+                loss = loss + self.reg * (1 - (2 * h - 1).abs().pow(beta)).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         learned = np.clip(floor.astype(np.int64) + (v.detach().numpy() >= 0) + grid.zero, grid.qmin, grid.qmax)
         with torch.no_grad():
-            before = _mse(forward, x_q, torch.from_numpy(grid.dequantize()), target)
+            before = nearest
             after = _mse(forward, x_q, torch.from_numpy(grid.dequantize(learned)), target)
         changed = int(np.count_nonzero(learned != grid.q))
         kept = after < before

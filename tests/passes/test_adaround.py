@@ -1,0 +1,81 @@
+"""AdaRound on QDQ models: learned rounding beats round-to-nearest on held-out data, in ORT, and keeps
+the plan's scales and integer ranges."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from _rounding_models import cnn, cnn_samples, output_sqnr, scales, weight_ints
+
+from dsqc.backends.onnx.profile import ONNX_PROFILE
+from dsqc.boosters import BoosterOptions
+from dsqc.errors import RecipeError
+from dsqc.ir import Model
+from dsqc.passes import AdaRound
+from dsqc.passes.adaround import LayerInputs
+from dsqc.quant.recipe import Recipe
+from dsqc.quantize import quantize_model
+from dsqc.rounding import RoundingOptions, learn_rounding
+
+LIMIT = 7  # 4-bit weights in int8 storage: where round-to-nearest hurts
+
+
+@pytest.fixture(scope="module")
+def rounded() -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto]:
+    fp32 = cnn()
+    calib = cnn_samples(128, seed=1)
+    quantized = quantize_model(fp32, ONNX_PROFILE, Recipe(weight_limit=LIMIT), calib)
+    learned = learn_rounding(fp32, quantized.model, quantized.plan, calib,
+                             RoundingOptions(adaround=True, iterations=150))
+    return fp32, quantized.model, learned
+
+
+def test_beats_nearest_on_held_out_data(rounded: tuple[onnx.ModelProto, ...]) -> None:
+    fp32, nearest, learned = rounded
+    held = cnn_samples(64, seed=2)
+    before, after = output_sqnr(fp32, nearest, held), output_sqnr(fp32, learned, held)
+    assert after > before + 1.0, (before, after)
+    print(f"held-out SQNR {before:.2f} → {after:.2f} dB")
+
+
+def test_keeps_scales_and_ranges(rounded: tuple[onnx.ModelProto, ...]) -> None:
+    _, nearest, learned = rounded
+    onnx.checker.check_model(learned, full_check=True)
+    assert scales(learned).keys() == scales(nearest).keys()
+    assert all(np.array_equal(scales(learned)[k], v) for k, v in scales(nearest).items())
+    old, new = weight_ints(nearest), weight_ints(learned)
+    assert old.keys() == new.keys() and len(new) == 3
+    assert all(int(np.abs(q).max()) <= LIMIT for q in new.values())
+    flipped = [int(np.count_nonzero(new[k] != old[k])) for k in old]
+    assert sum(f > 0 for f in flipped) >= 2, flipped
+    # a flip moves a weight by one step: floor or ceil of W / s, never further
+    assert all(int(np.abs(new[k] - old[k]).max()) <= 1 for k in old)
+    assert "dsqc.adaround" in {p.key for p in learned.metadata_props}
+
+
+def test_pass_keeps_nearest_when_it_cannot_improve() -> None:
+    """A layer whose FP32 weights sit on the grid already: nothing to learn, nothing changes."""
+    fp32 = cnn()
+    calib = cnn_samples(16, seed=3)
+    quantized = quantize_model(fp32, ONNX_PROFILE, Recipe(), calib)
+    model = Model.from_proto(quantized.model)
+    conv = next(n for n in model.graph.nodes if n.name == "conv1")
+    dq = conv.inputs[1].inputs[0]
+    on_grid = (np.asarray(dq.inputs[0].values, np.float32)
+               * np.asarray(dq.inputs[1].values, np.float32).reshape(-1, 1, 1, 1))
+    x = calib.feeds["x"]
+    result = AdaRound({"conv1": on_grid}, {"conv1": LayerInputs(x, x)}, iterations=20)(model)
+    assert not result.modified
+
+
+def test_recipe_keys() -> None:
+    options = BoosterOptions.from_dict({"adaround": True, "adaround_iterations": 50})
+    assert options.rounding == RoundingOptions(adaround=True, iterations=50)
+    assert BoosterOptions.from_dict({}).rounding is None
+    with pytest.raises(RecipeError, match="adaround_iterations"):
+        BoosterOptions.from_dict({"adaround_iterations": 0})
+    with pytest.raises(RecipeError, match="boosters.adaround must be true or false"):
+        BoosterOptions.from_dict({"adaround": "yes"})
+    with pytest.raises(RecipeError, match="unknown key 'boosters.adarond'.*adaround"):
+        BoosterOptions.from_dict({"adarond": True})
