@@ -13,7 +13,7 @@ Recipe table (the pipeline reads it into ``BoosterOptions.from_dict``)::
     shift = true             # centre one-signed MatMul/Gemm inputs (default: on for symmetric activations)
     bias_correction = true
     adaround = true          # learned rounding of Conv/ConvTranspose/Gemm/MatMul weights (after Q/DQ)
-    adaround_iterations = 1000
+    adaround_iterations = 500
     gptq = true              # GPTQ on Gemm/MatMul weights (AdaRound then takes the other layers)
     gptq_act_order = false   # GPTQ: columns by decreasing Hessian diagonal
 """
@@ -50,7 +50,7 @@ class BoosterOptions:
     bias_correction: bool = False
     shift: bool | None = None  # None: on when activations are quantized symmetrically (see resolved)
     adaround: bool = False
-    adaround_iterations: int = 1000
+    adaround_iterations: int = 500
     gptq: bool = False
     gptq_act_order: bool = False
 
@@ -88,7 +88,7 @@ class BoosterOptions:
             alpha = 0.5
         if alpha is not None and (not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0):
             raise RecipeError(f"{label}: boosters.smoothquant must be an alpha in [0, 1] (or true/false)")
-        iterations = table.get("adaround_iterations", 1000)
+        iterations = table.get("adaround_iterations", 500)
         if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 100_000:
             raise RecipeError(f"{label}: boosters.adaround_iterations must be an integer in [1, 100000]")
         shift = table.get("shift")

@@ -47,7 +47,7 @@ REFOLD_MARK = "dsqc.shift_bias.rounding"
 class RoundingOptions:
     adaround: bool = False
     gptq: bool = False
-    iterations: int = 1000
+    iterations: int = 500
     act_order: bool = False
     samples: int = 256
 

@@ -26,7 +26,7 @@ op_types = ["Softmax"]
 cle = true                     # cross-layer equalization of Conv → ReLU → Conv chains
 smoothquant = 0.8              # SmoothQuant alpha for MatMul/Gemm inputs with outlier channels
 bias_correction = true
-adaround = true                # learned rounding of weights (AdaRound); adaround_iterations = 1000
+adaround = true                # learned rounding of weights (AdaRound); adaround_iterations = 500
 gptq = true                    # GPTQ on Gemm/MatMul weights; gptq_act_order = false
 
 [calibration.image]            # preprocessing for image-folder calibration data

@@ -36,7 +36,6 @@ def test_beats_nearest_on_held_out_data(rounded: tuple[onnx.ModelProto, ...]) ->
     held = cnn_samples(64, seed=2)
     before, after = output_sqnr(fp32, nearest, held), output_sqnr(fp32, learned, held)
     assert after > before + 1.0, (before, after)
-    print(f"held-out SQNR {before:.2f} → {after:.2f} dB")
 
 
 def test_keeps_scales_and_ranges(rounded: tuple[onnx.ModelProto, ...]) -> None:
