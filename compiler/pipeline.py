@@ -46,8 +46,8 @@ from .pass_infra import (
 from .quant.profile import TargetProfile
 from .quant.recipe import Recipe, load_recipe
 from .quantize import Quantized, quantize_model
-from .rounding import learn_rounding
 from .report import write_report
+from .rounding import learn_rounding
 from .verify import check_gates, verify
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from dsqc.passes.adaround import AdaRound, LayerInputs
 from dsqc.passes.adaround import LAYERS as ADAROUND_LAYERS
+from dsqc.passes.adaround import AdaRound, LayerInputs
 from dsqc.passes.bias_correction import BiasCorrection, dequantize_constant
 from dsqc.passes.gptq import GPTQ
 from dsqc.passes.gptq import LAYERS as GPTQ_LAYERS
@@ -75,8 +75,8 @@ def learn_rounding(fp32: onnx.ModelProto, qdq: onnx.ModelProto, plan: QuantPlan 
         if spec is not None:
             limits[node.name] = (spec.qmin, spec.qmax)
     _, shift_means = shift_corrections(source.graph)
-    before = {n: dequantize_constant(producer(model.graph.tensors()[_weight(model, n)]))  # type: ignore[arg-type]
-              for n in shift_means if n in method}
+    layers = {n.name: n for n in model.graph.nodes if n.name in method}
+    before = {n: dequantize_constant(producer(layers[n].inputs[1])) for n in shift_means if n in layers}
     calib = samples.take(options.samples)
     for wave in _waves(model.graph, set(method)):
         proto = _export(model, qdq)
@@ -97,11 +97,6 @@ def learn_rounding(fp32: onnx.ModelProto, qdq: onnx.ModelProto, plan: QuantPlan 
     log.info("boosters: learned rounding on %d layers (%s)", len(method),
              ", ".join(f"{sum(v == m for v in method.values())} {m}" for m in ("adaround", "gptq")))
     return prepare(_export(model, qdq), "re-rounded model")
-
-
-def _weight(model: Model, node_name: str) -> str:
-    node = next(n for n in model.graph.nodes if n.name == node_name)
-    return node.inputs[1].name
 
 
 def _export(model: Model, like: onnx.ModelProto) -> onnx.ModelProto:

@@ -17,6 +17,7 @@ from .simplify_reshape_transpose import SimplifyReshapeTranspose
 from .smooth_quant import SmoothQuant
 
 __all__ = [
+    "GPTQ",
     "AdaRound",
     "BatchNormToMulAdd",
     "BiasCorrection",
@@ -27,7 +28,6 @@ __all__ = [
     "FoldConstants",
     "FoldPadIntoConv",
     "FuseConvBatchNorm",
-    "GPTQ",
     "ShiftActivations",
     "SimplifyReshapeTranspose",
     "SmoothQuant",

@@ -86,7 +86,8 @@ class AdaRound(Pass):
             self.results[node.name] = result
             modified |= result.kept and result.changed > 0
             log.info("%s: %s output MSE %.4g → %.4g (%d weights flipped)%s", self.name, node.name,
-                     result.nearest_mse, result.learned_mse, result.changed, "" if result.kept else ", kept nearest")
+                     result.nearest_mse, result.learned_mse, result.changed,
+                     "" if result.kept else ", kept nearest")
         if modified:
             model.metadata[MARK] = f"{sum(r.kept for r in self.results.values())} layers re-rounded"
         return PassResult(model, modified)
@@ -135,7 +136,8 @@ class AdaRound(Pass):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        learned = np.clip(floor.astype(np.int64) + (v.detach().numpy() >= 0) + grid.zero, grid.qmin, grid.qmax)
+        up = v.detach().numpy() >= 0  # h(V) ≥ ½
+        learned = np.clip(floor.astype(np.int64) + up + grid.zero, grid.qmin, grid.qmax)
         with torch.no_grad():
             before = nearest
             after = _mse(forward, x_q, torch.from_numpy(grid.dequantize(learned)), target)
@@ -160,7 +162,7 @@ def _mse(forward: Any, x: Any, w: Any, target: Any, chunk: int = 256) -> float:
 
 def _forward(node: gs.Node, weight_rank: int) -> Any:
     """A torch function ``(x, w) -> output without bias`` for the layer, or why there is none."""
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     attrs = node.attrs
     if node.op == "MatMul":

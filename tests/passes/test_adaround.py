@@ -74,7 +74,7 @@ def test_recipe_keys() -> None:
     assert BoosterOptions.from_dict({}).rounding is None
     with pytest.raises(RecipeError, match="adaround_iterations"):
         BoosterOptions.from_dict({"adaround_iterations": 0})
-    with pytest.raises(RecipeError, match="boosters.adaround must be true or false"):
+    with pytest.raises(RecipeError, match=r"boosters\.adaround must be true or false"):
         BoosterOptions.from_dict({"adaround": "yes"})
-    with pytest.raises(RecipeError, match="unknown key 'boosters.adarond'.*adaround"):
+    with pytest.raises(RecipeError, match=r"unknown key 'boosters\.adarond'.*adaround"):
         BoosterOptions.from_dict({"adarond": True})
