@@ -5,11 +5,14 @@ difference is most of the loss. For each layer the integer weight becomes ``floo
 with ``h`` in [0, 1] a rectified sigmoid of a free variable ``V`` (ζ = 1.1, γ = -0.1), initialised so
 that ``h`` equals the fractional part (the soft weight starts at ``W``). Adam minimises
 
-    ‖ W x_fp32 − Ŵ(h) x̃ ‖²  (summed over output channels, averaged over positions)  +  λ Σ (1 − |2h − 1|^β)
+    ‖ W x_fp32 − Ŵ(h) x̃ ‖² / E_nearest  +  λ · mean(1 − |2h − 1|^β)
 
-where ``x̃`` is what the layer reads in the quantized model and ``x_fp32`` what it reads in FP32;
-the regulariser (off for the first 20 % of the iterations, then β annealed 20 → 2) drives every
-``h`` to 0 or 1. The result is rounded hard (``h ≥ ½``), clipped to the plan's range, and kept only
+where ``x̃`` is what the layer reads in the quantized model, ``x_fp32`` what it reads in FP32, the
+error is summed over output channels and averaged over positions, and ``E_nearest`` is
+round-to-nearest's, so λ means the same in every layer. The regulariser (off for the first 20 % of
+the iterations, then β annealed 20 → 2) drives every ``h`` to 0 or 1; λ = 100 (tuned on the MNIST
+CNN at 4 bits: 1 → 25.7 dB, 10 → 28.7, 100 → 29.5; it should dominate once β is small, so that
+the hard rounding equals what was optimised). The result is rounded hard (``h ≥ ½``), clipped to the plan's range, and kept only
 if its output error on the stored inputs is below round-to-nearest's. Scale and zero point stay as
 planned; torch is imported here only.
 """
@@ -61,7 +64,7 @@ class AdaRound(Pass):
 
     def __init__(self, float_weights: Mapping[str, np.ndarray], inputs: Mapping[str, LayerInputs],
                  limits: Mapping[str, tuple[int, int]] | None = None, iterations: int = 500,
-                 batch: int = 32, reg: float = 0.01, lr: float = 1e-2, seed: int = 0) -> None:
+                 batch: int = 32, reg: float = 100.0, lr: float = 1e-2, seed: int = 0) -> None:
         self.float_weights = dict(float_weights)
         self.inputs = dict(inputs)
         self.limits = dict(limits or {})
