@@ -42,7 +42,8 @@ def test_compiler_and_passes_never_import_a_backend() -> None:
                     names = [node.module]
                 offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
                               if n.startswith(targets) or n.split(".")[0] in HEAVY]
-    allowed = {"compiler/torch_export.py: torch"}
+    allowed = {"compiler/torch_export.py: torch",  # both import torch inside the functions that use it
+               "passes/adaround.py: torch", "passes/adaround.py: torch.nn.functional"}
     assert set(offenders) <= allowed, offenders
 
 
