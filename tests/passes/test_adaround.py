@@ -78,3 +78,27 @@ def test_recipe_keys() -> None:
         BoosterOptions.from_dict({"adaround": "yes"})
     with pytest.raises(RecipeError, match=r"unknown key 'boosters\.adarond'.*adaround"):
         BoosterOptions.from_dict({"adarond": True})
+
+
+@pytest.mark.parametrize("op,attrs,w_shape", [
+    ("Conv", {"pads": [1, 0, 2, 1], "strides": [2, 1], "dilations": [1, 2], "group": 2}, (6, 2, 3, 3)),
+    ("ConvTranspose", {"pads": [1, 1, 1, 1], "strides": [2, 2], "output_padding": [1, 1]}, (4, 3, 3, 3)),
+    ("Gemm", {"transB": 1, "alpha": 0.5}, (5, 4)),
+])
+def test_layer_forward_matches_ort(op: str, attrs: dict, w_shape: tuple[int, ...]) -> None:
+    """The torch function AdaRound optimises is the ONNX layer (without its bias), checked against ORT."""
+    import torch
+    from _graphs import init, make_model, randn, run, value
+    from onnx import helper
+
+    from dsqc.passes.adaround import _forward
+
+    x_shape = (2, 4) if op == "Gemm" else (2, 4, 7, 6)
+    w, x = randn(w_shape, seed=1), randn(x_shape, seed=2)
+    node = helper.make_node(op, ["x", "w"], ["y"], name="layer", **attrs)
+    proto = make_model([node], [value("x", x_shape)], [value("y", None)], [init("w", w)])
+    expected = run(proto, {"x": x})[0]
+    forward = _forward(Model.from_proto(proto).graph.nodes[0], len(w_shape))
+    assert not isinstance(forward, str), forward
+    got = forward(torch.from_numpy(x), torch.from_numpy(w)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
