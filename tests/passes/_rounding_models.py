@@ -28,7 +28,7 @@ def cnn() -> onnx.ModelProto:
     inits = [init("w1", randn((8, 3, 3, 3), seed=1, scale=0.3)), init("b1", randn((8,), seed=2, scale=0.1)),
              init("w2", randn((8, 8, 3, 3), seed=3, scale=0.2)), init("b2", randn((8,), seed=4, scale=0.1)),
              init("w3", randn((10, 128), seed=5, scale=0.1)), init("b3", randn((10,), seed=6, scale=0.1))]
-    return make_model(nodes, [value("x", (None, *CNN_SHAPE))], [value("y", (None, 10))], inits)
+    return make_model(nodes, [value("x", ("N", *CNN_SHAPE))], [value("y", ("N", 10))], inits)
 
 
 def cnn_samples(n: int, seed: int) -> SampleSet:
@@ -47,7 +47,7 @@ def mlp() -> onnx.ModelProto:
              helper.make_node("Add", ["m2", "b2"], ["y"], name="add2")]
     inits = [init("w1", randn((MLP_K, 96), seed=7, scale=0.15)), init("b1", randn((96,), seed=8, scale=0.1)),
              init("w2", randn((96, 32), seed=9, scale=0.15)), init("b2", randn((32,), seed=10, scale=0.1))]
-    return make_model(nodes, [value("x", (None, 4, MLP_K))], [value("y", (None, 4, 32))], inits)
+    return make_model(nodes, [value("x", ("N", 4, MLP_K))], [value("y", ("N", 4, 32))], inits)
 
 
 def mlp_samples(n: int, seed: int) -> SampleSet:

@@ -28,7 +28,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 def _build(inputs: tuple[Path, Path, Path], target: str, out: Path, **extra: object) -> dict:
     model, calib, recipe = inputs
     result = build(BuildRequest(model=model, target=target, out_dir=out, calib=str(calib), recipe=recipe,
-                                eval_samples=16, measure_latency=False, **extra))  # type: ignore[arg-type]
+                                eval_samples=16, measure_latency=False, **extra))
     assert "learned rounding" in result.timings
     return result.metrics
 
