@@ -12,9 +12,9 @@ error is summed over output channels and averaged over positions, and ``E_neares
 round-to-nearest's, so λ means the same in every layer. The regulariser (off for the first 20 % of
 the iterations, then β annealed 20 → 2) drives every ``h`` to 0 or 1; λ = 100 (tuned on the MNIST
 CNN at 4 bits: 1 → 25.7 dB, 10 → 28.7, 100 → 29.5; it should dominate once β is small, so that
-the hard rounding equals what was optimised). The result is rounded hard (``h ≥ ½``), clipped to the plan's range, and kept only
-if its output error on the stored inputs is below round-to-nearest's. Scale and zero point stay as
-planned; torch is imported here only.
+the hard rounding equals what was optimised). The result is rounded hard (``h ≥ ½``), clipped to
+the plan's range, and kept only if its output error on the stored inputs is below round-to-nearest's.
+Scale and zero point stay as planned; torch is imported here only.
 """
 
 from __future__ import annotations
