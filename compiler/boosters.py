@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class BoosterOptions:
     cle: bool = False
     smoothquant: float | None = None
-    bias_correction: bool = False
+    bias_correction: bool = True  # on by default: torchvision MobileNetV2 graph 38 → 48 dB
     shift: bool | None = None  # None: on when activations are quantized symmetrically (see resolved)
 
     @property
@@ -74,7 +74,7 @@ class BoosterOptions:
             raise RecipeError(f"{label}: boosters.smoothquant must be an alpha in [0, 1] (or true/false)")
         shift = table.get("shift")
         return cls(bool(table.get("cle", False)), None if alpha is None else float(alpha),
-                   bool(table.get("bias_correction", False)), None if shift is None else bool(shift))
+                   bool(table.get("bias_correction", True)), None if shift is None else bool(shift))
 
 
 def apply_boosters(fp32: onnx.ModelProto, samples: SampleSet, options: BoosterOptions,

@@ -100,6 +100,9 @@ def _target_lines(result: BuildResult) -> list[str]:
     """A few lines from the backend's own checks (LiteRT run, csim, TensorRT bundle)."""
     m = result.metrics.get(result.target) or {}
     lines: list[str] = []
+    if result.target == "onnx" and m.get("isa") and result.precision != "fp32":
+        lines.append(f"onnx: int8 weights in {m['weight_bits']} bits for isa={m['isa']} ({m['isa_source']}; "
+                     "-B isa=avx2|vnni|arm64 names the CPU that will run it)")
     if result.target == "tflite" and m.get("verification"):
         v = m["verification"]
         line = f"tflite (LiteRT interpreter, XNNPACK): min SQNR {v['min_sqnr_db']:.2f} dB"

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from dsqc.errors import RecipeError
 from dsqc.model_io import save_model
+from dsqc.quant.profile import TargetProfile
 
 from ..registry import Backend, BackendOutput, LoweringJob, register
-from .profile import ONNX_PROFILE
+from .isa import WEIGHT_LIMIT, resolve_isa
+from .profile import ONNX_PROFILE, onnx_profile
+
+OPTIONS = ("isa",)
 
 
 @register
@@ -16,9 +22,24 @@ class OnnxBackend(Backend):
     description = "QDQ ONNX for ONNX Runtime (uint8 activations, int8 per-channel weights)"
     profile = ONNX_PROFILE
 
+    def profile_for(self, options: dict[str, Any]) -> TargetProfile:
+        """Weight bits follow ``-B isa=avx2|vnni|arm64`` (default: the build machine's CPU)."""
+        _check_keys(options)
+        return onnx_profile(resolve_isa(options.get("isa"))[0])
+
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
+        _check_keys(job.options)
         model = job.qdq if job.qdq is not None else job.fp32
         suffix = "int8" if job.qdq is not None else "fp32"
         path = Path(f"{job.name}.{suffix}.onnx")
         save_model(model, out / path)
-        return BackendOutput(artifacts=[path])
+        isa, how = resolve_isa(job.options.get("isa"))
+        bits = 8 if WEIGHT_LIMIT[isa] == 127 else 7
+        return BackendOutput(artifacts=[path], metrics={"onnx": {"isa": isa, "isa_source": how,
+                                                                 "weight_bits": bits}})
+
+
+def _check_keys(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise RecipeError(f"-B {unknown[0]}: unknown option for target 'onnx'; known: {', '.join(OPTIONS)}")

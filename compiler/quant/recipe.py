@@ -2,7 +2,7 @@
 
 ```toml
 [quantization]                 # defaults (all optional)
-method = "minmax"              # minmax | percentile | entropy | mse
+method = "auto"                # auto | minmax | percentile | entropy | mse (auto: mse on conv maps)
 percentile = 99.99
 activation_dtype = "uint8"     # uint8 | int8 (a target profile may force one)
 symmetric = false              # symmetric activations
@@ -45,7 +45,7 @@ import tomllib
 from ..errors import RecipeError
 from .spec import Precision
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
+METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
 _DEFAULT_KEYS = {"method", "percentile", "activation_dtype", "symmetric", "per_channel",
                  "weight_dtype", "block_size", "weight_limit"}
 _OPTION_KEYS = {"precision", "weight_dtype", "block_size", "per_channel", "weight_limit"}
@@ -72,7 +72,7 @@ class Override:
 
 @dataclass
 class Recipe:
-    method: str = "minmax"
+    method: str = "auto"
     percentile: float = 99.99
     activation_dtype: str | None = None
     symmetric: bool | None = None
