@@ -88,7 +88,8 @@ def read_build(path: Path) -> BuildFolder:
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BuildFolderError(f"{report_path}: unreadable ({type(exc).__name__}); rebuild the folder") from None
+        raise BuildFolderError(f"{report_path}: unreadable ({type(exc).__name__}); rebuild the folder") \
+            from None
     if not isinstance(report, dict) or "target" not in report or "dsqc_version" not in report:
         raise BuildFolderError(f"{report_path}: not a dsqc build report (no 'target'/'dsqc_version')")
     target = str(report["target"])

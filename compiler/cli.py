@@ -281,9 +281,9 @@ def _add_debug(sub: argparse._SubParsersAction) -> None:
     _add_verbosity(p, argparse.SUPPRESS)
     p.add_argument("model", help="the FP32 model the build compiled (model.onnx or module:factory)")
     p.add_argument("build", type=Path, help="the -o folder of a finished int8 'dsqc build'")
-    p.add_argument("--calib", help="data as for the build (default: what report.json records, when re-loadable)")
+    p.add_argument("--calib", help="data as for the build (default: what report.json records, if loadable)")
     p.add_argument("--eval-data", help="held-out data (default: as the build)")
-    p.add_argument("--eval-samples", type=int, help="held-out samples (default: as many as the build verified)")
+    p.add_argument("--eval-samples", type=int, help="held-out samples (default: as many as the build used)")
     p.add_argument("--local-samples", type=int, default=32,
                    help="held-out samples each one-point run uses (default 32)")
     p.add_argument("--top", type=int, default=15, help="rows per printed table (default 15)")
@@ -301,7 +301,8 @@ def _cmd_debug(args: argparse.Namespace) -> int:
         raise DsqcError(f"--top {args.top}: give at least 1")
     with tempfile.TemporaryDirectory(prefix="dsqc-") as scratch:
         result = debug(DebugRequest(model=_resolve_model(args.model, Path(scratch)), build_dir=args.build,
-                                    calib=args.calib, eval_data=args.eval_data, eval_samples=args.eval_samples,
+                                    calib=args.calib, eval_data=args.eval_data,
+                                    eval_samples=args.eval_samples,
                                     local_samples=args.local_samples))
     target = args.json or args.build / JSON_NAME
     write_json(result, target)

@@ -81,7 +81,8 @@ class PointResult:
                 "per_channel": p.spec.axis is not None, "position": p.position,
                 "producer": p.producer, "producer_op": p.producer_op, "folded": p.folded,
                 "consumers": [{"node": n, "op": op} for n, op in p.consumers],
-                "local_output_sqnr_db": self.local_worst, "local_output_sqnr_db_by_output": self.local_outputs,
+                "local_output_sqnr_db": self.local_worst,
+                "local_output_sqnr_db_by_output": self.local_outputs,
                 "local_tensor_sqnr_db": self.local_tensor, "accumulated_tensor_sqnr_db": self.accumulated}
 
 
@@ -153,7 +154,8 @@ def _check_interface(normalized: onnx.ModelProto, source: onnx.ModelProto, folde
     outs = [[v.name for v in g.output] for g in (normalized.graph, source.graph)]
     if names[0] != names[1] or outs[0] != outs[1]:
         raise BuildFolderError(f"MODEL has inputs {names[0]} and outputs {outs[0]}, the build's FP32 model "
-                               f"{names[1]} and {outs[1]}: MODEL is not the model {folder.path} was built from")
+                               f"{names[1]} and {outs[1]}: MODEL is not the model {folder.path} was built "
+                               "from")
 
 
 def _held_out(request: DebugRequest, folder: BuildFolder, fp32: onnx.ModelProto) -> SampleSet:
@@ -169,7 +171,8 @@ def _held_out(request: DebugRequest, folder: BuildFolder, fp32: onnx.ModelProto)
     calib = request.calib or calib_default
     if calib is None:
         raise CalibrationError(f"{folder.path}/report.json names held-out data "
-                               f"'{recorded.get('eval_source', '?')}' that cannot be re-loaded from here; pass "
+                               f"'{recorded.get('eval_source', '?')}' that cannot be re-loaded from here; "
+                               "pass "
                                "--calib DATA (as for the build) or --eval-data DATA")
     like = BuildRequest(model=request.model, target=folder.target, out_dir=folder.path, calib=calib,
                         eval_samples=samples)
@@ -185,7 +188,8 @@ def _accumulate(switch: SwitchModel, points: list[QuantPoint], batches: list[Fee
     q_input = {n.name: n.input[0] for n in switch.proto.graph.node if n.op_type == "QuantizeLinear"}
     pairs = {p.tensor: (q_input[f"{p.tensor}@Q"], f"{p.tensor}@dq") for p in points if p.kind == "activation"}
     inputs = {i.name for i in switch.proto.graph.input}
-    names = list(dict.fromkeys([*switch.outputs, *(n for pr in pairs.values() for n in pr if n not in inputs)]))
+    exposed = (n for pair in pairs.values() for n in pair if n not in inputs)
+    names = list(dict.fromkeys([*switch.outputs, *exposed]))
     proto = onnx.ModelProto()
     proto.CopyFrom(switch.proto)
     known = {o.name for o in proto.graph.output}
@@ -193,7 +197,7 @@ def _accumulate(switch: SwitchModel, points: list[QuantPoint], batches: list[Fee
     sess = session(proto, optimize=False)
     off_feeds, on_feeds = switch.feeds_for(QuantPlan())[0], switch.feeds_for(plan)[0]
     sums = {t: np.zeros(3) for t in pairs}
-    runs: list[dict[str, list[np.ndarray]]] = [{o: [] for o in switch.outputs}, {o: [] for o in switch.outputs}]
+    runs: list[dict[str, list[np.ndarray]]] = [{o: [] for o in switch.outputs} for _ in range(2)]
     for batch in batches:
         off = {**batch, **dict(zip(names, sess.run(names, {**batch, **off_feeds}), strict=True))}
         on = {**batch, **dict(zip(names, sess.run(names, {**batch, **on_feeds}), strict=True))}
@@ -223,12 +227,14 @@ def _check_same_function(reference: dict[str, np.ndarray], source: dict[str, np.
     for name, ref in reference.items():
         if ref.shape != source[name].shape or _sqnr(ref, source[name]) < _SAME_FUNCTION_DB:
             what = folder.source_path.name if folder.source_path else "the model the plan refers to"
-            raise BuildFolderError(f"output '{name}' of MODEL differs from {what} in {folder.path}: MODEL is not "
+            raise BuildFolderError(f"output '{name}' of MODEL differs from {what} in {folder.path}: MODEL is "
+                                   "not "
                                    "the model this folder was built from")
 
 
-def _output_table(reference: dict[str, np.ndarray], deployed: dict[str, np.ndarray], off: dict[str, np.ndarray],
-                  on: dict[str, np.ndarray], folder: BuildFolder) -> dict[str, dict[str, float]]:
+def _output_table(reference: dict[str, np.ndarray], deployed: dict[str, np.ndarray],
+                  off: dict[str, np.ndarray], on: dict[str, np.ndarray],
+                  folder: BuildFolder) -> dict[str, dict[str, float]]:
     built = folder.verification.get("outputs", {})
     table: dict[str, dict[str, float]] = {}
     for name, ref in reference.items():
@@ -246,7 +252,8 @@ def _local(switch: SwitchModel, points: list[QuantPoint], plan: QuantPlan, sampl
     firsts = {t: switch.feeds_for(single)[1] for t, single in plans.items()}
     switch.plan_segments(firsts.values(), min(8, max(1, len(plans) // 6)))
     bound = switch.bind(list(samples.batches(batch_size)))
-    bar = Progress("debug: one point at a time", len(plans), sys.stderr.isatty() if progress is None else progress)
+    shown = sys.stderr.isatty() if progress is None else progress
+    bar = Progress("debug: one point at a time", len(plans), shown)
     results: dict[str, Measured] = {}
     with ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="dsqc-debug") as pool:
         futures = {pool.submit(measure, bound, plans[t]): t for t in sorted(plans, key=firsts.__getitem__)}

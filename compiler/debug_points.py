@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from .build_folder import BuildFolderError
 from .metrics import sqnr_db
-from .plan_space import PlanSpace, setting_for
+from .plan_space import PlanSpace, Setting, setting_for
 from .quant.profile import TargetProfile
 from .quant.qparams import dequantize
 from .quant.recipe import Recipe
@@ -96,7 +96,8 @@ def points_of(source: onnx.ModelProto, plan: QuantPlan) -> list[QuantPoint]:
             point.producer, point.producer_op = producer, ops.get(producer or "")
             points.append(point)
         else:
-            raise BuildFolderError(f"the build's plan quantizes tensor '{name}', which the FP32 model does not "
+            raise BuildFolderError(f"the build's plan quantizes tensor '{name}', which the FP32 model does "
+                                   "not "
                                    "have: MODEL is not the model this folder was built from")
     return sorted(points, key=lambda p: (p.position, p.kind != "activation", p.tensor))
 
@@ -139,7 +140,7 @@ def replay_artifact(switch: SwitchModel, artifact: onnx.ModelProto, plan: QuantP
     missing = [n for n, d in plan.nodes.items() if d.precision in INTEGER and n not in nodes
                and n not in plan.folded_activations]
     if missing:
-        raise BuildFolderError(f"node '{missing[0]}' of the build's plan is not in {graph.name or 'the QDQ model'}"
+        raise BuildFolderError(f"node '{missing[0]}' of the build's plan is not in the QDQ model"
                                ": the folder's QDQ model does not match its report.json")
 
     def slots(reader: str, tensor: str) -> list[str]:
@@ -172,11 +173,13 @@ def replay_artifact(switch: SwitchModel, artifact: onnx.ModelProto, plan: QuantP
                          "from the plan (round to nearest)")
             continue
         if value.shape != const.value.shape:
-            raise BuildFolderError(f"weight '{const.tensor}' of node '{const.node}' has shape {const.value.shape} "
+            raise BuildFolderError(f"weight '{const.tensor}' of node '{const.node}' has shape "
+                                   f"{const.value.shape} "
                                    f"in MODEL but {value.shape} in the build: MODEL is not the model it was "
                                    "built from")
         if spec.dtype != "int32" and (sqnr := sqnr_db(const.value, value)) < _MIN_WEIGHT_SQNR:
-            raise BuildFolderError(f"weight '{const.tensor}' of node '{const.node}' in the build is {sqnr:.1f} "
+            raise BuildFolderError(f"weight '{const.tensor}' of node '{const.node}' in the build is "
+                                   f"{sqnr:.1f} "
                                    "dB from MODEL's: MODEL is not the model this folder was built from")
         stored[const.feed] = value
     switch.replay(dq_readers, stored)

@@ -33,8 +33,8 @@ def format_debug(result: DebugResult, top: int = 15) -> str:
         if rows:
             lines += ["", *_table(title, rows, top)]
     lines.append("")
-    lines.append("local = only this point quantized, everything else float (worst output / the tensor itself); "
-                 "accumulated = the tensor in the fully quantized model")
+    lines.append("local = only this point quantized, everything else float (worst output / the tensor "
+                 "itself); accumulated = the tensor in the fully quantized model")
     lines += [f"note: {n}" for n in result.notes[:5]]
     return "\n".join(lines)
 
@@ -42,14 +42,15 @@ def format_debug(result: DebugResult, top: int = 15) -> str:
 def _table(title: str, rows: list[PointResult], top: int) -> list[str]:
     shown = rows[:top]
     node_head = "producer (op)" if shown[0].point.kind == "activation" else "consumer (op)"
-    tw = min(max(len(r.point.tensor) for r in shown), 40)
-    nw = min(max(len(r.point.node_label) for r in shown), 44)
+    tw = min(max([len(r.point.tensor) for r in shown] + [len("tensor")]), 40)
+    nw = min(max([len(r.point.node_label) for r in shown] + [len(node_head)]), 44)
     lines = [f"{title}: {len(rows)} quantized, worst local error first",
              f"  {'rank':>4s}  {'tensor':{tw}s}  {node_head:{nw}s}  {'dtype':5s} {'local out':>9s} "
              f"{'local tensor':>12s} {'accumulated':>11s}"]
     for r in shown:
-        lines.append(f"  {r.rank:4d}  {_cut(r.point.tensor, tw):{tw}s}  {_cut(r.point.node_label, nw):{nw}s}  "
-                     f"{r.point.spec.dtype:5s} {_db(r.local_worst):>9s} {_db(r.local_tensor):>12s} "
+        tensor, node = _cut(r.point.tensor, tw), _cut(r.point.node_label, nw)
+        lines.append(f"  {r.rank:4d}  {tensor:{tw}s}  {node:{nw}s}  {r.point.spec.dtype:5s} "
+                     f"{_db(r.local_worst):>9s} {_db(r.local_tensor):>12s} "
                      f"{_db(r.accumulated):>11s}")
     if len(rows) > top:
         lines.append(f"  … {len(rows) - top} more in {JSON_NAME}")
@@ -72,7 +73,8 @@ def write_json(result: DebugResult, path: Path) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); choose another --json path") from None
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); choose another --json path") \
+            from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(body)
