@@ -22,7 +22,7 @@ from .build_folder import BuildFolderError
 from .metrics import sqnr_db
 from .plan_space import PlanSpace, Setting, setting_for
 from .quant.profile import TargetProfile
-from .quant.qparams import dequantize
+from .quant.qparams import dequantize, quantize
 from .quant.recipe import Recipe
 from .quant.spec import Precision, QuantPlan, QuantSpec
 from .switch_model import SwitchModel
@@ -163,6 +163,7 @@ def replay_artifact(switch: SwitchModel, artifact: onnx.ModelProto, plan: QuantP
     specs = {p.tensor: p.spec for p in points if p.kind != "activation"}
     stored: dict[str, np.ndarray] = {}
     notes: list[str] = []
+    adjusted: list[str] = []
     for const in switch.consts:
         spec = specs.get(const.tensor)
         if spec is None or plan.precision_of(const.node) not in INTEGER:
@@ -182,7 +183,13 @@ def replay_artifact(switch: SwitchModel, artifact: onnx.ModelProto, plan: QuantP
                                    f"{sqnr:.1f} "
                                    "dB from MODEL's: MODEL is not the model this folder was built from")
         stored[const.feed] = value
+        if not np.array_equal(value, dequantize(quantize(const.value, spec), spec)):
+            adjusted.append(const.tensor)
     switch.replay(dq_readers, stored)
+    if adjusted:
+        notes.append(f"{len(adjusted)} constant(s) stored other than MODEL's rounded to nearest ("
+                     f"{', '.join(sorted(set(adjusted))[:3])}): bias correction, the shift's bias refold or "
+                     "learned rounding; replayed as stored, so such a bias alone shows the error it corrects")
     return notes
 
 
