@@ -110,12 +110,7 @@ class DebugResult:
 def debug(request: DebugRequest) -> DebugResult:
     """Replay the build in ``request.build_dir`` against ``request.model``; nothing is written here."""
     start = time.perf_counter()
-    folder = read_build(request.build_dir)
-    if request.local_samples < 1 or request.batch_size < 1:
-        raise DsqcError("--local-samples and the batch size must be at least 1")
-    normalized = load_and_normalize(request.model).model
-    source = load_model(folder.source_path) if folder.source_path else normalized
-    _check_interface(normalized, source, folder)
+    folder, normalized, source = _models(request)
     held_out = _held_out(request, folder, normalized)
     points = points_of(source, folder.plan)
     profile = get_backend(folder.target).profile
@@ -125,15 +120,20 @@ def debug(request: DebugRequest) -> DebugResult:
     batches = list(held_out.batches(request.batch_size))
     timings = {"load": time.perf_counter() - start}
     mark = time.perf_counter()
-    tensors, off, on = _accumulate(switch, points, batches, folder.plan)
+    shown = sys.stderr.isatty() if request.progress is None else request.progress
+    tensors, off, on = _accumulate(switch, points, batches, folder.plan, shown)
     reference = run_batches(session(normalized), batches)  # the FP32 side exactly as the build verified
     _check_same_function(reference, off, folder)
     deployed = run_batches(session(artifact, optimize=profile.verify_fused), batches) if artifact else on
     outputs = _output_table(reference, deployed, off, on, folder)
+    if artifact is not None:  # how exactly the replay mirrors the QDQ model (both reference Q/DQ)
+        plain = run_batches(session(artifact, optimize=False), batches) if profile.verify_fused else deployed
+        for name, row in outputs.items():
+            row["replay_vs_qdq_sqnr_db"] = _sqnr(plain[name], on[name])
     timings["accumulated"] = time.perf_counter() - mark
     mark = time.perf_counter()
     local_set = held_out.take(min(request.local_samples, len(held_out)))
-    local = _local(switch, points, folder.plan, local_set, request.batch_size, request.progress)
+    local = _local(switch, points, folder.plan, local_set, request.batch_size, shown)
     timings["local"] = time.perf_counter() - mark
     rows: list[PointResult] = []
     for p in points:
@@ -146,6 +146,20 @@ def debug(request: DebugRequest) -> DebugResult:
     data = {"held_out": held_out.source, "samples": len(held_out), "local_samples": len(local_set),
             "sessions": len(switch.starts) + 4, "local_runs": len(points)}
     return DebugResult(folder, request.model, rows, outputs, data, notes, timings)
+
+
+def _models(request: DebugRequest) -> tuple[BuildFolder, onnx.ModelProto, onnx.ModelProto]:
+    """The build folder, MODEL normalized as the build did, and the FP32 model its plan refers to."""
+    folder = read_build(request.build_dir)
+    if request.local_samples < 1 or request.batch_size < 1:
+        raise DsqcError("--local-samples and the batch size must be at least 1")
+    normalized = load_and_normalize(request.model).model
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in normalized.graph.node):
+        raise BuildFolderError(f"{request.model} is already quantized; give the FP32 model the build "
+                               "compiled")
+    source = load_model(folder.source_path) if folder.source_path else normalized
+    _check_interface(normalized, source, folder)
+    return folder, normalized, source
 
 
 def _check_interface(normalized: onnx.ModelProto, source: onnx.ModelProto, folder: BuildFolder) -> None:
@@ -179,8 +193,8 @@ def _held_out(request: DebugRequest, folder: BuildFolder, fp32: onnx.ModelProto)
     return load_data(like, fp32, Recipe())[1]
 
 
-def _accumulate(switch: SwitchModel, points: list[QuantPoint], batches: list[Feeds],
-                plan: QuantPlan) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray],
+def _accumulate(switch: SwitchModel, points: list[QuantPoint], batches: list[Feeds], plan: QuantPlan,
+                shown: bool) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray],
                                           dict[str, np.ndarray]]:
     """One session exposing every quantized activation, run with all switches off and all on.
 
@@ -198,7 +212,8 @@ def _accumulate(switch: SwitchModel, points: list[QuantPoint], batches: list[Fee
     off_feeds, on_feeds = switch.feeds_for(QuantPlan())[0], switch.feeds_for(plan)[0]
     sums = {t: np.zeros(3) for t in pairs}
     runs: list[dict[str, list[np.ndarray]]] = [{o: [] for o in switch.outputs} for _ in range(2)]
-    for batch in batches:
+    bar = Progress("debug: FP32 and fully quantized", len(batches), shown, "batches")
+    for done, batch in enumerate(batches, 1):
         off = {**batch, **dict(zip(names, sess.run(names, {**batch, **off_feeds}), strict=True))}
         on = {**batch, **dict(zip(names, sess.run(names, {**batch, **on_feeds}), strict=True))}
         for tensor, (x, dq) in pairs.items():
@@ -207,6 +222,8 @@ def _accumulate(switch: SwitchModel, points: list[QuantPoint], batches: list[Fee
         for values, run in zip((off, on), runs, strict=True):
             for o in switch.outputs:
                 run[o].append(values[o])
+        bar.update(done)
+    bar.close()
     tensors = {t: (_db(s[0], s[1]), _db(s[0], s[2])) for t, s in sums.items()}
     off_out, on_out = ({o: np.concatenate(v) for o, v in run.items()} for run in runs)
     return tensors, off_out, on_out
@@ -246,13 +263,12 @@ def _output_table(reference: dict[str, np.ndarray], deployed: dict[str, np.ndarr
 
 
 def _local(switch: SwitchModel, points: list[QuantPoint], plan: QuantPlan, samples: SampleSet,
-           batch_size: int, progress: bool | None) -> dict[str, Measured]:
+           batch_size: int, shown: bool) -> dict[str, Measured]:
     """Each point alone, as the sensitivity analysis runs its variants: one segmented switch model."""
     plans = {p.tensor: p.only(plan) for p in points}
     firsts = {t: switch.feeds_for(single)[1] for t, single in plans.items()}
     switch.plan_segments(firsts.values(), min(8, max(1, len(plans) // 6)))
     bound = switch.bind(list(samples.batches(batch_size)))
-    shown = sys.stderr.isatty() if progress is None else progress
     bar = Progress("debug: one point at a time", len(plans), shown)
     results: dict[str, Measured] = {}
     with ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="dsqc-debug") as pool:

@@ -55,14 +55,14 @@ def outlier_activation_cnn(seed: int = 0, outlier: float = 100.0) -> onnx.ModelP
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One model, its data, an onnx build and a tflite build of it (both without timing)."""
+    """One model, its data, and its onnx, trt and tflite builds (without timing)."""
     root = tmp_path_factory.mktemp("debug")
     model = root / "cnn.onnx"
     onnx.save(outlier_activation_cnn(), model)
     data = root / "calib.npz"
     np.savez(data, input=np.random.default_rng(1).normal(0, 1, (60, 3, 8, 8)).astype(np.float32))
     paths = {"root": root, "model": model, "data": data}
-    for target in ("onnx", "tflite"):
+    for target in ("onnx", "trt", "tflite"):
         out = root / f"out_{target}"
         assert main(["build", str(model), "--target", target, "--calib", str(data), "--no-latency",
                      "-o", str(out)]) == 0
@@ -103,10 +103,11 @@ def test_planted_outlier_ranks_first_and_every_plan_tensor_is_listed(
     assert r2["accumulated_tensor_sqnr_db"] < r2["local_tensor_sqnr_db"] - 3
 
 
-@pytest.mark.parametrize("target", ["onnx", "tflite"])
+@pytest.mark.parametrize("target", ["onnx", "trt", "tflite"])
 def test_final_output_matches_the_build_verification(built: dict[str, Path], target: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """onnx: the QDQ file as the build ran it; tflite (no QDQ file): the plan replayed with reference Q/DQ."""
+    """onnx/trt: the QDQ file as the build ran it; and the switch model replaying it with every point on
+    (trt: its lowered readers and folded biases; tflite, which has no QDQ file: the plan) agrees too."""
     report = json.loads((built[target] / "report.json").read_text())
     verified = report["metrics"]["verification"]["outputs"]["logits"]["sqnr_db"]
     out_json = built["root"] / f"debug_{target}.json"
@@ -115,8 +116,11 @@ def test_final_output_matches_the_build_verification(built: dict[str, Path], tar
     assert code == 0, err
     logits = json.loads(out_json.read_text())["outputs"]["logits"]
     assert abs(logits["accumulated_sqnr_db"] - verified) < 0.1
-    if target == "tflite":
+    if target != "tflite":  # the replay follows the QDQ file's readers and stored constants exactly
+        assert float(logits["replay_vs_qdq_sqnr_db"]) > 80
+    if target != "onnx":  # verified with reference Q/DQ, as the replay runs (onnx: fused int8 kernels)
         assert abs(logits["reference_qdq_sqnr_db"] - verified) < 0.1
+    if target == "tflite":
         final = next(p for p in json.loads(out_json.read_text())["points"] if p["tensor"] == "logits")
         assert abs(final["accumulated_tensor_sqnr_db"] - verified) < 0.1
 
@@ -177,3 +181,4 @@ def test_refuses_a_model_that_is_not_the_built_one(built: dict[str, Path], tmp_p
     onnx.save(renamed, path)
     _refused(capsys, [str(path), folder, "--calib", data], f"'{OUTLIER_TENSOR}'", "MODEL is not the model")
     _refused(capsys, [str(tmp_path / "absent.onnx"), folder, "--calib", data], "absent.onnx")
+    _refused(capsys, [str(built["onnx"] / "cnn.int8.onnx"), folder, "--calib", data], "already quantized")
