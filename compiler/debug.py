@@ -128,8 +128,8 @@ def debug(request: DebugRequest) -> DebugResult:
     outputs = _output_table(reference, deployed, off, on, folder)
     if artifact is not None:  # how exactly the replay mirrors the QDQ model (both reference Q/DQ)
         plain = run_batches(session(artifact, optimize=False), batches) if profile.verify_fused else deployed
-        for name, row in outputs.items():
-            row["replay_vs_qdq_sqnr_db"] = _sqnr(plain[name], on[name])
+        for name, metrics in outputs.items():
+            metrics["replay_vs_qdq_sqnr_db"] = _sqnr(plain[name], on[name])
     timings["accumulated"] = time.perf_counter() - mark
     mark = time.perf_counter()
     local_set = held_out.take(min(request.local_samples, len(held_out)))
