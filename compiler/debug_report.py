@@ -26,8 +26,10 @@ def format_debug(result: DebugResult, top: int = 15) -> str:
     for name, o in result.outputs.items():
         built = o.get("build_verification_sqnr_db")
         built_text = f"; the build verified {_db(built)}" if built is not None else ""
+        replay = o.get("replay_vs_qdq_sqnr_db")
+        replay_text = f" (the replay matches the QDQ file to {_db(replay)} dB)" if replay is not None else ""
         lines.append(f"  {name}: {_db(o['accumulated_sqnr_db'])} as the build runs it{built_text}; "
-                     f"{_db(o['reference_qdq_sqnr_db'])} with reference Q/DQ")
+                     f"{_db(o['reference_qdq_sqnr_db'])} replayed with reference Q/DQ{replay_text}")
     for title, kinds in _KINDS.items():
         rows = result.ranked(kinds)
         if rows:
