@@ -13,7 +13,7 @@ of the sensitivity analysis (one per segment, at most 8 for any N), one exposing
 one FP32, one of the build's QDQ model — at most 12 ORT sessions, however large N. Runs: the exposing
 session twice over S (switches off: FP32 and each tensor's local rounding; on: accumulated), FP32 and
 the QDQ model once over S, and N runs over L of only the graph after the point's segment start, fed
-cached FP32 tensors at the cut.
+cached FP32 tensors at the cut. Memory: every quantized activation of one batch (``batch_size``), twice.
 """
 
 from __future__ import annotations
@@ -186,8 +186,7 @@ def _held_out(request: DebugRequest, folder: BuildFolder, fp32: onnx.ModelProto)
     if calib is None:
         raise CalibrationError(f"{folder.path}/report.json names held-out data "
                                f"'{recorded.get('eval_source', '?')}' that cannot be re-loaded from here; "
-                               "pass "
-                               "--calib DATA (as for the build) or --eval-data DATA")
+                               "pass --calib DATA (as for the build) or --eval-data DATA")
     like = BuildRequest(model=request.model, target=folder.target, out_dir=folder.path, calib=calib,
                         eval_samples=samples)
     return load_data(like, fp32, Recipe())[1]
