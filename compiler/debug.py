@@ -144,7 +144,7 @@ def debug(request: DebugRequest) -> DebugResult:
         row.rank = rank
     timings["total"] = time.perf_counter() - start
     data = {"held_out": held_out.source, "samples": len(held_out), "local_samples": len(local_set),
-            "sessions": len(switch.starts) + 4, "local_runs": len(points)}
+            "sessions_at_most": len(switch.starts) + 4, "local_runs": len(points)}
     return DebugResult(folder, request.model, rows, outputs, data, notes, timings)
 
 
