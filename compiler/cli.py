@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_export(sub)
     _add_check(sub)
+    _add_debug(sub)
     return parser
 
 
@@ -272,6 +273,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
     with staged_output(args.out.parent) as staging:
         save_model(proto, staging / args.out.name)
     print(f"dsqc: exported {args.factory} to {args.out}")
+    return 0
+
+
+def _add_debug(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("debug", help="per quantized tensor: local and accumulated error of a finished build")
+    _add_verbosity(p, argparse.SUPPRESS)
+    p.add_argument("model", help="the FP32 model the build compiled (model.onnx or module:factory)")
+    p.add_argument("build", type=Path, help="the -o folder of a finished int8 'dsqc build'")
+    p.add_argument("--calib", help="data as for the build (default: what report.json records, if loadable)")
+    p.add_argument("--eval-data", help="held-out data (default: as the build)")
+    p.add_argument("--eval-samples", type=int, help="held-out samples (default: as many as the build used)")
+    p.add_argument("--local-samples", type=int, default=32,
+                   help="held-out samples each one-point run uses (default 32)")
+    p.add_argument("--top", type=int, default=15, help="rows per printed table (default 15)")
+    p.add_argument("--json", type=Path, help="where to write the JSON (default BUILD/debug.json)")
+    p.set_defaults(func=_cmd_debug)
+
+
+def _cmd_debug(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .debug import DebugRequest, debug
+    from .debug_report import JSON_NAME, format_debug, write_json
+
+    if args.top < 1:
+        raise DsqcError(f"--top {args.top}: give at least 1")
+    with tempfile.TemporaryDirectory(prefix="dsqc-") as scratch:
+        result = debug(DebugRequest(model=_resolve_model(args.model, Path(scratch)), build_dir=args.build,
+                                    calib=args.calib, eval_data=args.eval_data,
+                                    eval_samples=args.eval_samples,
+                                    local_samples=args.local_samples))
+    target = args.json or args.build / JSON_NAME
+    write_json(result, target)
+    print(format_debug(result, args.top))
+    print(f"dsqc: {len(result.rows)} quantized tensors in {result.timings['total']:.2f} s; wrote {target}")
     return 0
 
 
