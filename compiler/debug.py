@@ -117,6 +117,10 @@ def debug(request: DebugRequest) -> DebugResult:
     switch = SwitchModel(replay_space(source, profile, folder.plan))
     artifact = load_model(folder.qdq_path) if folder.qdq_path else None
     notes = replay_artifact(switch, artifact, folder.plan, points) if artifact is not None else []
+    if artifact is None and folder.report.get("metrics", {}).get("boosters", {}).get("bias_correction"):
+        notes.append(f"bias correction changed biases of the {folder.target} artifact after planning; this "
+                     "folder holds no QDQ model with them, so the replay uses the planned biases "
+                     "(expect small differences from the build's verification)")
     batches = list(held_out.batches(request.batch_size))
     timings = {"load": time.perf_counter() - start}
     mark = time.perf_counter()

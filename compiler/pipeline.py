@@ -134,6 +134,7 @@ def build(request: BuildRequest) -> BuildResult:
         profile = backend.profile_for(request.backend_options)
         symmetric = profile.symmetric_activations if recipe.symmetric is None else recipe.symmetric
         boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source).resolved(symmetric)
+        result.metrics["boosters"] = dataclasses.asdict(boosters)
         with clock("boosters"):  # CLE / SmoothQuant / shift: the same function, easier to quantize
             source = apply_boosters(fp32, calib, boosters, request.calib_batch)
         job.fp32 = source  # the FP32 model the QDQ model (and a trt cache) refers to; same function

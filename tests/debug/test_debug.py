@@ -62,12 +62,25 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = root / "calib.npz"
     np.savez(data, input=np.random.default_rng(1).normal(0, 1, (60, 3, 8, 8)).astype(np.float32))
     paths = {"root": root, "model": model, "data": data}
-    for target in ("onnx", "trt", "tflite"):
+    no_bc = root / "no_bc.toml"  # tflite folders hold no QDQ model with the corrected biases
+    no_bc.write_text("[boosters]\nbias_correction = false\n")
+    for target in ("onnx", "trt", "tflite", "tflite_bc"):
         out = root / f"out_{target}"
-        assert main(["build", str(model), "--target", target, "--calib", str(data), "--no-latency",
-                     "-o", str(out)]) == 0
+        recipe = ["--recipe", str(no_bc)] if target == "tflite" else []
+        assert main(["build", str(model), "--target", target.removesuffix("_bc"), "--calib", str(data),
+                     "--no-latency", "-o", str(out), *recipe]) == 0
         paths[target] = out
     return paths
+
+
+def test_a_bias_corrected_folder_without_qdq_model_says_the_replay_differs(
+        built: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(built["data"])
+    code, out, err = _debug(capsys, str(built["model"]), str(built["tflite_bc"]), "--calib", data)
+    assert code == 0, err
+    assert "note: bias correction changed biases of the tflite artifact after planning" in out
+    code, out, err = _debug(capsys, str(built["model"]), str(built["tflite"]), "--calib", data)
+    assert code == 0 and "bias correction changed" not in out
 
 
 def _debug(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
