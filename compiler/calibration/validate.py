@@ -80,6 +80,11 @@ def _check_dtype(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
         return arr.astype(want)
     if want.kind == "b" and arr.dtype.kind == "b":
         return arr
+    if want.kind == "O":  # ONNX string tensors: numpy str/bytes arrays, fed to ORT as objects
+        if arr.dtype.kind not in "USO":
+            raise CalibrationError(f"{where}: input {spec.name!r} expects strings, got {arr.dtype.name}; "
+                                   "store str data for this input")
+        return arr.astype(object)
     raise CalibrationError(f"{bad}; store {want.name} data for this input")
 
 
