@@ -40,7 +40,9 @@ class Built:
 
     artifacts: tuple[str, ...]
     int8_nodes: tuple[str, ...] = ()  # nodes the plan must put in int8 (all of them, by name)
+    fp32_nodes: tuple[str, ...] = ()  # nodes the plan must keep in fp32
     min_sqnr: float = 25.0  # every output's SQNR in the build's own verification, dB
+    exact_outputs: tuple[str, ...] = ()  # outputs no int8 node touches: SQNR inf (identical)
     warnings: tuple[str, ...] = ()  # the exact stderr lines (warnings; ``{tmp}`` = the case folder)
     check: Callable[[Path], None] | None = None  # extra checks on the output folder
 
@@ -111,7 +113,7 @@ def check_case(case: Case, tmp: Path) -> None:
 
 def _check_built(built: Built, outcome: Outcome, out: Path) -> None:
     assert outcome.rc == 0, outcome.stderr
-    assert outcome.lines == list(built.warnings), outcome.stderr
+    assert outcome.lines == [w.replace("{tmp}", str(out.parent)) for w in built.warnings], outcome.stderr
     for name in built.artifacts:
         assert (out / name).is_file(), f"{name} missing; have {sorted(p.name for p in out.rglob('*'))}"
     report = json.loads((out / "report.json").read_text())
@@ -119,10 +121,15 @@ def _check_built(built: Built, outcome: Outcome, out: Path) -> None:
     plan = report.get("plan") or {"nodes": {}}
     int8 = sorted(n for n, p in plan["nodes"].items() if p["precision"] == "int8")
     assert set(built.int8_nodes) <= set(int8), f"int8 nodes {int8}, wanted {built.int8_nodes}"
+    fp32 = {n for n, p in plan["nodes"].items() if p["precision"] == "fp32"}
+    assert set(built.fp32_nodes) <= fp32, f"fp32 nodes {sorted(fp32)}, wanted {built.fp32_nodes}"
     verification = report["metrics"].get("verification")
     if verification is not None:
-        sqnrs = {k: v["sqnr_db"] for k, v in verification["outputs"].items()}
-        assert all(built.min_sqnr <= s < 200 for s in sqnrs.values()), sqnrs
+        sqnrs = {k: float(v["sqnr_db"]) for k, v in verification["outputs"].items()
+                 if k not in built.exact_outputs}
+        assert sqnrs and all(built.min_sqnr <= s < 200 for s in sqnrs.values()), sqnrs
+        exact = [float(verification["outputs"][k]["sqnr_db"]) for k in built.exact_outputs]
+        assert exact == [float("inf")] * len(exact), exact
     if built.check is not None:
         built.check(out)
 
