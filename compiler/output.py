@@ -60,6 +60,10 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output '{out_dir}' exists and is not a folder; choose another -o")
     resolved = out_dir.resolve()
+    blocker = next((p for p in resolved.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"cannot write output folder '{out_dir}': '{blocker}' is a file, not a folder; "
+                          "choose another -o")
     try:
         resolved.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{resolved.name}.dsqc-", dir=resolved.parent))

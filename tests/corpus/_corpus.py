@@ -15,6 +15,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class Case:
     run: Callable[[Path, list[str]], Outcome] | None = None  # default: in-process dsqc.cli.main
     xfail: str | None = None
     before: dict[str, str] = field(default_factory=dict)  # files in OUT before the run (must survive)
+    out: str = OUT  # the output folder, relative to the case folder
+    exit_code: int = 2  # of a refusal (130/143 for an interrupted build)
+    environment: Callable[[Path], AbstractContextManager[None]] | None = None  # e.g. mounts a small disk
 
 
 class _Records(logging.Handler):
@@ -91,7 +95,12 @@ def run_subprocess(tmp: Path, args: list[str], **kwargs: object) -> Outcome:
 
 
 def check_case(case: Case, tmp: Path) -> None:
-    out = tmp / OUT
+    with case.environment(tmp) if case.environment else contextlib.nullcontext():
+        _check_case(case, tmp)
+
+
+def _check_case(case: Case, tmp: Path) -> None:
+    out = tmp / case.out
     args = case.make(tmp)
     for name, text in case.before.items():
         out.mkdir(exist_ok=True)
@@ -102,9 +111,9 @@ def check_case(case: Case, tmp: Path) -> None:
     if case.refuse is not None:
         expected = case.refuse.replace("{tmp}", str(tmp))
         assert outcome.lines == [expected], f"stderr:\n{outcome.stderr}\nwanted:\n{expected}"
-        assert outcome.rc == 2, outcome
+        assert outcome.rc == case.exit_code, outcome
         assert _snapshot(out) == before, f"{out} changed"
-        leftovers = sorted(p.name for p in tmp.glob(f".{OUT}.dsqc-*"))
+        leftovers = sorted(p.name for p in out.parent.glob(f".{out.name}.dsqc-*"))
         assert not leftovers, f"staging left behind: {leftovers}"
         return
     assert case.built is not None, f"case {case.id} states no outcome"
@@ -137,4 +146,6 @@ def _check_built(built: Built, outcome: Outcome, out: Path) -> None:
 def _snapshot(folder: Path) -> dict[str, bytes] | None:
     if not folder.exists():
         return None
+    if not folder.is_dir():
+        return {"": folder.read_bytes()}
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from . import cases_data, cases_graph, cases_model, cases_recipe
+from . import cases_data, cases_env, cases_graph, cases_model, cases_recipe
 from ._corpus import Case, check_case
 
 CASES: list[Case] = [*cases_model.CASES, *cases_graph.CASES, *cases_data.CASES,
-                     *cases_recipe.CASES]
+                     *cases_recipe.CASES, *cases_env.CASES]
 
 
 def _param(case: Case) -> object:
