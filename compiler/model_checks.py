@@ -176,8 +176,9 @@ def check_inputs(proto: onnx.ModelProto, label: str) -> None:
             continue
         kind = vi.type.WhichOneof("value")
         if kind != "tensor_type":
+            what = (kind or "no_type")[:-5].replace("_", " ")
             raise UnsupportedError(
-                f"{label}: input '{vi.name}' is a {(kind or 'no')[:-5].replace('_', ' ')}, not a tensor; dsqc "
+                f"{label}: input '{vi.name}' is a {what}, not a tensor; dsqc "
                 "feeds tensors only: re-export with tensor inputs")
         tt = vi.type.tensor_type
         if tt.elem_type in _NOT_FED:

@@ -81,8 +81,8 @@ def normalize_opset(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
         return proto
     known = onnx.defs.onnx_opset_version()
     if version > known:
-        raise ModelError(f"{label}: opset {version} is newer than any ONNX release dsqc knows (up to {known}); "
-                         "export the model again at opset 17")
+        raise ModelError(f"{label}: opset {version} is newer than any ONNX release dsqc knows (up to "
+                         f"{known}); export the model again at opset 17")
     target = MIN_OPSET if version < MIN_OPSET else MAX_OPSET
     try:
         converted = onnx.version_converter.convert_version(proto, target)
@@ -105,7 +105,7 @@ def upgrade_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
     return converted
 
 
-_ELEMENT_BYTES = {
+_ELEMENT_BYTES: dict[int, int] = {
     onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
     onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
     onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,

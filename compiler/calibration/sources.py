@@ -11,7 +11,7 @@ import sys
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -93,11 +93,12 @@ def _read_array_file(path: Path, inputs: Sequence[InputSpec], where: str) -> dic
         raise CalibrationError(f"{where}: cannot read {path.name}: {exc}; write the file again") from None
 
 
-def _check_declared(f: BinaryIO, size: int, name: str, where: str) -> None:
+def _check_declared(f: IO[bytes], size: int, name: str, where: str) -> None:
     """Refuse an .npy whose header declares more data than the file holds, before any allocation."""
     try:
         version = np.lib.format.read_magic(f)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        fmt = np.lib.format
+        reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, _, dtype = reader(f)
     except ValueError:
         return  # np.load says what is wrong with the header itself

@@ -130,9 +130,11 @@ def load_recipe(path: Path | None) -> Recipe:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror}); check the --recipe path") from exc
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror}); check the --recipe path") \
+            from exc
     except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: the recipe is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+        raise RecipeError(f"{path}: the recipe is not UTF-8 text (byte {exc.start}); save it as UTF-8") \
+            from exc
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: invalid TOML: {exc}; fix the recipe") from exc
     return parse_recipe(data, str(path))

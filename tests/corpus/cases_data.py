@@ -166,6 +166,6 @@ CASES = [
     Case("token-id-out-of-range", "calibration data", _gather_out_of_range, xfail=HARDEN_RETRY,
          refuse="dsqc: error: ids.npz (24 samples), first 20: ONNX Runtime failed on samples 5..5: "
                 "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running "
-                "Gather node. Name:'embed' Status Message: indices element out of data bounds, idx=77 must be "
-                "within the inclusive range [-50,49]"),
+                "Gather node. Name:'embed' Status Message: indices element out of data bounds, idx=77 must "
+                "be within the inclusive range [-50,49]"),
 ]

@@ -88,8 +88,9 @@ def _interrupt(phase: str, signum: int) -> Callable[[Path, list[str]], Outcome]:
         marker, scratch = tmp / "paused", tmp / "tmpdir"
         scratch.mkdir()
         env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "tests.corpus._pausing_cli", phase, str(marker), *args],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, "-m", "tests.corpus._pausing_cli", phase, str(marker), *args]
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
         deadline = time.monotonic() + 90
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)

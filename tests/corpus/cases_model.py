@@ -59,7 +59,8 @@ def _external(tmp: Path, location: str, dims: tuple[int, ...] = (16, 8), length:
     del w1.dims[:]
     w1.dims.extend(dims)
     w1.data_location = TensorProto.EXTERNAL
-    entries = [("location", location), ("offset", "0"), ("length", str(len(raw) if length is None else length))]
+    size = len(raw) if length is None else length
+    entries = [("location", location), ("offset", "0"), ("length", str(size))]
     for key, value in entries:
         w1.external_data.add(key=key, value=value)
     folder = tmp / "models"
@@ -119,7 +120,8 @@ def _directory(tmp: Path) -> list[str]:
 
 
 E = "dsqc: error: {tmp}/"
-NOT_ONNX = "not a valid ONNX model (the protobuf does not parse: truncated, or not ONNX); export the model again"
+NOT_ONNX = ("not a valid ONNX model (the protobuf does not parse: truncated, or not ONNX); export the model "
+            "again")
 EXT = E + "models/ext.onnx: initializer 'w1' "
 NO_OPSET = ("the model imports no standard ONNX opset (opset_import has no domain ''; a truncated file or "
             "a broken export); export the model again")

@@ -42,7 +42,8 @@ class Graph:
     def add(self, op: str, inputs: list[str], shape: Shape | None, **attrs: object) -> str:
         """A node; ``shape`` None for constant-only values (not activations: no batch axis)."""
         out = f"t{len(self.nodes)}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{op.lower()}_{len(self.nodes)}", **attrs))
+        name = f"{op.lower()}_{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
         if shape is not None:
             self.shapes[out] = shape
         self.ops.append(op)
@@ -60,7 +61,8 @@ def _conv(g: Graph, x: str, draw: Callable) -> str:
     out_c = c if depthwise else draw(st.integers(1, 8))
     pad = k // 2
     if draw(st.booleans()) and k == 3:  # explicit Pad → Conv(pads=0): FoldPadIntoConv
-        x = g.add("Pad", [x, g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")], (c, h + 2, w + 2))
+        pads = g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+        x = g.add("Pad", [x, pads], (c, h + 2, w + 2))
         pad, h, w = 0, h + 2, w + 2
     oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     group = c if depthwise else 1

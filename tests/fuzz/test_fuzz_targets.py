@@ -84,7 +84,8 @@ def _lowered_or_refused(case: Case, target: str) -> None:
     """Through ``pipeline.build`` (the CLI's report printing is checked apart, below)."""
     with tempfile.TemporaryDirectory() as tmp:
         model, calib, out = _inputs(case, Path(tmp))
-        request = BuildRequest(model=model, target=target, out_dir=out, calib=str(calib), measure_latency=False)
+        request = BuildRequest(model=model, target=target, out_dir=out, calib=str(calib),
+                               measure_latency=False)
         try:
             result = build(request)
         except DsqcError as exc:
@@ -135,7 +136,7 @@ def test_hls_lowers_bit_exact_or_refuses(case: Case) -> None:
 @given(graphs(max_steps=4))
 def test_tflite_cli_prints_its_report(case: Case) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        outcome, out = _cli(case, "tflite", Path(tmp))
+        outcome, _ = _cli(case, "tflite", Path(tmp))
         assert outcome.rc in (0, 2), outcome
     RAN["tflite via the CLI"] += 1
 
