@@ -67,12 +67,16 @@ def test_onnx_builds_run_in_ort(case: Case) -> None:
         int8 = _int8_nodes(report)
         left = {n.op_type for n in quantized.graph.node} & COMPUTE_OPS
         assert not left or int8, f"{left} in the graph but nothing quantized: a silent success"
+        want = ort.InferenceSession(case.model.SerializeToString(), providers=["CPUExecutionProvider"])
         if int8:
             assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
             sqnrs = [float(v["sqnr_db"]) for v in report["metrics"]["verification"]["outputs"].values()]
-            assert any(np.isfinite(s) for s in sqnrs), f"int8 nodes {int8} but every SQNR is {sqnrs}"
+            held_out = {k: v[-4:] for k, v in case.feeds(20, seed=1).items()}  # what verify() ran
+            if any(np.any(ref) for ref in want.run(None, held_out)):  # all-zero references: SQNR is 0/0
+                assert any(np.isfinite(s) for s in sqnrs), f"int8 nodes {int8} but every SQNR is {sqnrs}"
+            else:
+                SEEN["onnx: held-out FP32 outputs all zero (SQNR not checked)"] += 1
         feeds = case.feeds(4, seed=2)
-        want = ort.InferenceSession(case.model.SerializeToString(), providers=["CPUExecutionProvider"])
         got = ort.InferenceSession(str(out / "fuzz.int8.onnx"), providers=["CPUExecutionProvider"])
         assert [o.name for o in got.get_outputs()] == [o.name for o in want.get_outputs()]
         for ref, value in zip(want.run(None, feeds), got.run(None, feeds), strict=True):
