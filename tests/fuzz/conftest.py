@@ -11,16 +11,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 RAN: Counter[str] = Counter()  # graphs per property and outcome
 SEEN: Counter[str] = Counter()  # details (a check that did not apply, and why)
 
 
-def fuzz_settings(default: int) -> Callable[[Any], Any]:
-    """``derandomize``: the same graphs on every run; ``DSQC_FUZZ_EXAMPLES=500`` runs 500 per property."""
+def fuzz_settings(default: int, shrink: bool = True) -> Callable[[Any], Any]:
+    """``derandomize``: the same graphs on every run; ``DSQC_FUZZ_EXAMPLES=500`` runs 500 per property.
+
+    ``shrink=False`` for properties marked xfail: the first failure is enough, shrinking it costs time.
+    """
     examples = int(os.environ.get("DSQC_FUZZ_EXAMPLES", default))
-    return settings(max_examples=examples, derandomize=True, deadline=None, database=None,
+    phases = tuple(Phase) if shrink else (Phase.explicit, Phase.reuse, Phase.generate)
+    return settings(max_examples=examples, derandomize=True, deadline=None, database=None, phases=phases,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much],
                     print_blob=True)
