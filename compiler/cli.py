@@ -23,14 +23,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .output import Terminated, termination_as_interrupt
+
     try:
-        return int(args.func(args) or 0)
+        with termination_as_interrupt():  # SIGTERM cleans up like Ctrl-C
+            return int(args.func(args) or 0)
     except DsqcError as exc:
         print(f"dsqc: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("dsqc: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"dsqc: {'terminated (SIGTERM)' if terminated else 'interrupted'}; nothing was written",
+              file=sys.stderr)
+        return Terminated.exit_code if terminated else 130
 
 
 def _configure_logging(level: int) -> None:

@@ -35,6 +35,7 @@ crop = 224
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ class Override:
     pattern: re.Pattern[str]
     options: dict[str, Any]
     matched: int = 0
+    where: str = ""  # the recipe key it came from (``override[1]``); empty for generated overrides
 
 
 @dataclass
@@ -94,15 +96,23 @@ class Recipe:
         merged: dict[str, Any] = {"weight_dtype": self.weight_dtype, "block_size": self.block_size,
                                   "per_channel": self.per_channel, "weight_limit": self.weight_limit}
         merged.update(self.op_types.get(op_type, {}))
+        quantizing: Override | None = None  # the last user override asking for a quantized precision
         for override in self.overrides:
             if override.pattern.fullmatch(node_name):
                 override.matched += 1
                 merged.update(override.options)
+                if override.where and "precision" in override.options:
+                    quantizing = override if override.options["precision"] != "fp32" else None
         excluded = op_type in self.exclude_ops
         for rule in self.exclude_nodes:
             if rule.pattern.fullmatch(node_name):
                 rule.matched += 1
                 excluded = True
+                if quantizing is not None:
+                    raise RecipeError(
+                        f"{self.source}: node '{node_name}' is excluded by exclude.nodes "
+                        f"'{rule.pattern.pattern}' but {quantizing.where} ('{quantizing.pattern.pattern}') "
+                        f"sets precision '{quantizing.options['precision']}'; remove one of the two rules")
         if excluded or (op_type in self.fallback_ops and "precision" not in merged):
             merged["precision"] = "fp32"
         precision = merged.pop("precision", None)
@@ -118,11 +128,15 @@ def load_recipe(path: Path | None) -> Recipe:
     if path is None:
         return Recipe()
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RecipeError(f"recipe {path}: cannot read ({exc.strerror})") from exc
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror}); check the --recipe path") \
+            from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: the recipe is not UTF-8 text (byte {exc.start}); save it as UTF-8") \
+            from exc
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"recipe {path}: invalid TOML: {exc}") from exc
+        raise RecipeError(f"{path}: invalid TOML: {exc}; fix the recipe") from exc
     return parse_recipe(data, str(path))
 
 
@@ -145,12 +159,17 @@ def parse_recipe(data: dict[str, Any], label: str = "recipe") -> Recipe:
         _unknown(table, _OPTION_KEYS | {"nodes"}, label, f"override[{i}].")
         pattern = _regex(table.pop("nodes", None), label, f"override[{i}].nodes")
         opts = {k: _check_value(k, v, label, f"override[{i}].{k}") for k, v in table.items()}
-        recipe.overrides.append(Override(pattern, opts))
+        recipe.overrides.append(Override(pattern, opts, where=f"override[{i}]"))
     exclude = _table(data.get("exclude", {}), label, "exclude")
     _unknown(exclude, {"nodes", "op_types"}, label, "exclude.")
     recipe.exclude_nodes = [Override(_regex(p, label, "exclude.nodes"), {})
                             for p in _strings(exclude.get("nodes", []), label, "exclude.nodes")]
     recipe.exclude_ops = set(_strings(exclude.get("op_types", []), label, "exclude.op_types"))
+    for op in sorted(recipe.exclude_ops):
+        precision = recipe.op_types.get(op, {}).get("precision", "fp32")
+        if precision != "fp32":
+            raise RecipeError(f"{label}: op_types.{op}.precision = '{precision}' but exclude.op_types keeps "
+                              f"{op} in fp32; remove one of the two rules")
     recipe.calibration = _table(data.get("calibration", {}), label, "calibration")
     recipe.boosters = _table(data.get("boosters", {}), label, "boosters")
     return recipe
@@ -176,7 +195,10 @@ def _check_value(key: str, value: Any, label: str, where: str) -> Any:
 def _unknown(table: dict[str, Any], allowed: set[str], label: str, prefix: str) -> None:
     for key in table:
         if key not in allowed:
-            raise RecipeError(f"{label}: unknown key '{prefix}{key}'; allowed: {', '.join(sorted(allowed))}")
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise RecipeError(
+                f"{label}: unknown key '{prefix}{key}'{hint}; allowed: {', '.join(sorted(allowed))}")
 
 
 def _table(value: Any, label: str, where: str) -> dict[str, Any]:
