@@ -27,7 +27,7 @@ from dsqc.passes import (
 
 from .boosters import BoosterOptions, apply_boosters, correct_biases
 from .build_types import BuildRequest, BuildResult
-from .calibration.data import ImagePreprocess, SampleSet, load_samples, model_inputs
+from .calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_samples, model_inputs
 from .errors import CalibrationError, RecipeError
 from .ir import Model
 from .latency_guard import guard_latency
@@ -47,7 +47,7 @@ from .quant.profile import TargetProfile
 from .quant.recipe import Recipe, load_recipe
 from .quantize import Quantized, quantize_model
 from .report import write_report
-from .verify import check_gates, verify
+from .verify import check_gates, latency_sample, verify
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, 
         narrowed = dataclasses.replace(recipe, fallback_ops=recipe.fallback_ops | ops)
         return quantize_model(fp32, profile, narrowed, calib, request.calib_batch, known=quantized.stats)
 
-    sample = {name: value[:1] for name, value in held_out.feeds.items()}
+    sample = latency_sample(fp32, held_out.feeds)
     guard = guard_latency(fp32, quantized, sample, profile.compute_ops | profile.support_ops, replan)
     note = guard.note()
     if note and guard.kept_fp32_ops:
@@ -199,7 +199,17 @@ def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, 
 
 
 def load_data(request: BuildRequest, fp32: onnx.ModelProto, recipe: Recipe) -> tuple[SampleSet, SampleSet]:
-    """Calibration samples and held-out evaluation samples (``--eval-data`` or a split)."""
+    """Calibration samples and held-out evaluation samples (``--eval-data`` or a split), in whole
+    batches of the model's batch size where the model fixes it (every later run then uses it)."""
+    calib, held_out = _load_sets(request, fp32, recipe)
+    batch = fixed_batch(model_inputs(fp32))
+    if batch is not None and batch != request.calib_batch:
+        log.info("the model fixes its batch size to %d: calibration and verification run batches of %d",
+                 batch, batch)
+    return calib.for_model_batch(batch, "calibration"), held_out.for_model_batch(batch, "evaluation")
+
+
+def _load_sets(request: BuildRequest, fp32: onnx.ModelProto, recipe: Recipe) -> tuple[SampleSet, SampleSet]:
     if not request.calib:
         raise CalibrationError("int8 needs calibration data: --calib DATA (npz, folder, module:function, "
                                "mnist), or --precision fp32")

@@ -63,7 +63,7 @@ def format_result(result: BuildResult) -> str:
         lat = ver.get("latency_ms")
         if lat:
             cpu = f", CPU time {lat['cpu_ratio']:.2f}×" if "cpu_ratio" in lat else ""
-            lines.append(f"  latency (ORT CPU, 1 thread, batch 1) {lat['fp32']:.3f} ms → "
+            lines.append(f"  latency (ORT CPU, 1 thread, batch {lat.get('batch', 1)}) {lat['fp32']:.3f} ms → "
                          f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×{cpu})")
     lines += _mixed_precision_lines(result)
     lines += _target_lines(result)
@@ -96,6 +96,18 @@ def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:
     return lines
 
 
+def _reference_lines(ref: dict[str, Any] | None) -> list[str]:
+    """The LiteRT-vs-integer-reference line: tensors compared, or why there is no comparison."""
+    if not ref:
+        return []
+    if "skipped" in ref:
+        return [f"  vs dsqc integer reference: not compared ({ref['skipped']})"]
+    if not ref.get("tensors"):
+        return ["  vs dsqc integer reference: no int8 tensor to compare"]
+    return [f"  vs dsqc integer reference: {ref['tensors_exact']}/{ref['tensors']} tensors bit-exact, "
+            f"max {ref['max_lsb']} LSB"]
+
+
 def _target_lines(result: BuildResult) -> list[str]:
     """A few lines from the backend's own checks (LiteRT run, csim, TensorRT bundle)."""
     m = result.metrics.get(result.target) or {}
@@ -111,18 +123,18 @@ def _target_lines(result: BuildResult) -> list[str]:
         if v.get("task"):
             line += f", {v['task'].get('metric', 'task')} {v['task'].get('quantized', float('nan')):.4f}"
         lines.append(line)
-        ref = (v.get("tensors") or {}).get("vs_integer_reference")
-        if ref:
-            lines.append(f"  vs dsqc integer reference: {ref['tensors_exact']}/{ref['tensors']} tensors "
-                         f"bit-exact, max {ref['max_lsb']} LSB")
+        lines += _reference_lines((v.get("tensors") or {}).get("vs_integer_reference"))
         lat = m.get("latency_ms")
         if lat:
             lines.append(f"  latency 1 thread: float32 {lat['float32']:.3f} ms, int8 {lat['int8']:.3f} ms "
                          f"(int8 {lat['speedup']:.2f}× faster)")
     if result.target == "hls" and m.get("csim"):
         c, e = m["csim"], m.get("estimates", {})
-        lines.append(f"hls csim (gcc, strict C99): {c['status']}, {c['mismatching_values']} mismatching "
-                     f"values over {c['vectors']} vectors; max stack frame {c['max_stack_bytes']} B")
+        if "vectors" in c:
+            lines.append(f"hls csim (gcc, strict C99): {c['status']}, {c['mismatching_values']} mismatching "
+                         f"values over {c['vectors']} vectors; max stack frame {c['max_stack_bytes']} B")
+        else:
+            lines.append(f"hls csim (gcc, strict C99): {c['status']}")
         if e:
             lines.append(f"  estimate: {e.get('cycles', 0):,} cycles ≈ {e.get('latency_us', 0):.0f} µs at "
                          f"{e.get('clock_mhz', 0):.0f} MHz")

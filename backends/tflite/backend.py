@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 
 from dsqc.errors import RecipeError
+from dsqc.verify import latency_sample
 
 from ..registry import Backend, BackendOutput, LoweringJob, register
 from . import verify
@@ -123,14 +124,15 @@ class TfliteBackend(Backend):
             check, got = verify.outputs_vs_onnx(int8.blob, job.fp32, job.eval_feeds, nhwc_in)
             check["vs_qdq"] = verify.outputs_vs_qdq(got, job.qdq, job.eval_feeds, int8.output_scales)
             if not nhwc_in:
-                first = {k: v[:1] for k, v in job.eval_feeds[0].items()}
+                first = latency_sample(job.fp32, job.eval_feeds[0])
                 names = [i.name for i in job.qdq.graph.input]
                 check["tensors"] = verify.tensors_vs_references(int8.graph, job.qdq, first,
                                                                 [n for n in names if n in first])
             metrics["verification"] = check
         if opts.latency and job.eval_feeds:
             names = [i.name for i in job.fp32.graph.input if i.name in job.eval_feeds[0]]
-            sample = [job.eval_feeds[0][n][:1] for n in names]
+            first = latency_sample(job.fp32, job.eval_feeds[0])
+            sample = [first[n] for n in names]
             metrics["latency_ms"] = verify.latency(int8.blob, fp32.blob, sample, nhwc_in)
         notes = [f"tflite: {len(int8.stats.float_nodes)} node(s) run in float: "
                  f"{', '.join(int8.stats.float_nodes[:5])}"] if int8.stats.float_nodes else []

@@ -41,12 +41,13 @@ def _from_output(detail: dict[str, Any], y: np.ndarray, nhwc: bool) -> np.ndarra
     return np.asarray(y, np.float32)
 
 
-def samples(batches: list[Feeds], names: list[str]) -> list[list[np.ndarray]]:
-    """Split ONNX-style batches into batch-1 samples ordered like ``names``."""
+def samples(batches: list[Feeds], names: list[str], batch: int = 1) -> list[list[np.ndarray]]:
+    """Split ONNX-style batches into runs of ``batch`` samples (1, or the batch size the model fixes)
+    ordered like ``names``."""
     out: list[list[np.ndarray]] = []
     for feeds in batches:
         n = next(iter(feeds.values())).shape[0]
-        out.extend([feeds[name][i:i + 1] for name in names] for i in range(n))
+        out.extend([feeds[name][i:i + batch] for name in names] for i in range(0, n - n % batch, batch))
     return out
 
 
