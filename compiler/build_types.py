@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .quant.spec import QuantPlan
+from .verdict import Verdict
 
 
 @dataclass
@@ -32,6 +33,8 @@ class BuildRequest:
     accuracy_budget: str | None = None  # mixed precision: "sqnr:30", "cosine:0.98" or "drop:0.005"
     size_budget: float | None = None  # mixed precision: fraction of the FP32 weight bytes
     sensitivity_samples: int = 16  # held-out samples each one-node variant runs on
+    strict: bool = False  # a verdict other than "ok" fails the build (exit 2, nothing written)
+    model_label: str | None = None  # the model as the user named it (path or module:factory), for hints
 
 
 @dataclass
@@ -47,6 +50,7 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     failed: str | None = None  # what was asked and not met although the artifacts were written (exit 2)
+    verdict: Verdict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,5 +61,6 @@ class BuildResult:
             "plan_summary": self.plan.histogram() if self.plan else None,
             "warnings": self.warnings,
             "failed": self.failed,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }

@@ -10,6 +10,9 @@ import numpy as np
 
 from . import __version__
 from .build_types import BuildResult
+from .quant.spec import Precision
+
+SLOWER = 1.05  # INT8/FP32 time above which a build warns: below it, timing noise on a shared machine
 
 
 def _jsonable(value: Any) -> Any:
@@ -67,7 +70,68 @@ def format_result(result: BuildResult) -> str:
                          f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×{cpu})")
     lines += _mixed_precision_lines(result)
     lines += _target_lines(result)
+    lines += _float_node_lines(result.metrics.get("float_nodes") or {})
+    lines += _verdict_lines(result)
     return "\n".join(lines)
+
+
+def float_nodes(result: BuildResult) -> dict[str, dict[str, str]]:
+    """Every node that computes in float in the artifact, with its precision and the real reason: the
+    plan's decision (recipe, latency guard, no int8 kernel, …) or, for ``tflite``, the lowering's."""
+    nodes: dict[str, dict[str, str]] = {}
+    if result.plan is not None:
+        for name, decision in result.plan.nodes.items():
+            if decision.precision in (Precision.FP32, Precision.FP16):
+                nodes[name] = {"precision": decision.precision.value, "reason": decision.reason}
+    lowered = ((result.metrics.get("tflite") or {}).get("int8") or {}).get("float_nodes") or []
+    for name in lowered:
+        nodes.setdefault(name, {"precision": "fp32", "reason": "tflite lowering: its output has no "
+                                "QuantizeLinear in the QDQ model, so the .tflite computes it in float"})
+    return dict(sorted(nodes.items()))
+
+
+def speed_warnings(metrics: dict[str, Any]) -> list[str]:
+    """A warning with the measured ratio when the int8 artifact ran slower than FP32 here."""
+    warnings: list[str] = []
+    lat = (metrics.get("verification") or {}).get("latency_ms")
+    if lat:
+        ratio = lat.get("cpu_ratio", lat["ratio"])
+        if ratio > SLOWER:
+            warnings.append(
+                f"the int8 model ran {ratio:.2f}× SLOWER than FP32 here (ORT CPU, 1 thread, batch "
+                f"{lat.get('batch', 1)}, CPU time; wall {lat['ratio']:.2f}×): Q/DQ around float nodes or "
+                "small int8 kernels cost more than int8 saves on this CPU; see the float nodes, or "
+                "deploy FP32 here")
+    tfl = (metrics.get("tflite") or {}).get("latency_ms")
+    if tfl and tfl["speedup"] < 1 / SLOWER:
+        warnings.append(f"the int8 .tflite ran {1 / max(tfl['speedup'], 1e-9):.2f}× SLOWER than its "
+                        f"float32 twin in LiteRT here (1 thread, XNNPACK): {tfl['int8']:.3f} vs "
+                        f"{tfl['float32']:.3f} ms")
+    return warnings
+
+
+def _float_node_lines(nodes: dict[str, dict[str, str]], names_shown: int = 6) -> list[str]:
+    """Float nodes grouped by reason, their names listed (the full list is in report.json)."""
+    if not nodes:
+        return []
+    by_reason: dict[str, list[str]] = {}
+    for name, entry in nodes.items():
+        by_reason.setdefault(f"{entry['precision']}: {entry['reason']}", []).append(name or "<unnamed>")
+    lines = [f"float nodes: {len(nodes)}"]
+    for reason, names in by_reason.items():
+        more = f", … {len(names) - names_shown} more in report.json" if len(names) > names_shown else ""
+        lines.append(f"  {', '.join(names[:names_shown])}{more} — {reason}")
+    return lines
+
+
+def _verdict_lines(result: BuildResult) -> list[str]:
+    verdict = result.verdict
+    if verdict is None:
+        return []
+    lines = [f"verdict: {verdict.level}" + (f" — {'; '.join(verdict.reasons)}" if verdict.reasons else "")]
+    if result.precision != "fp32":
+        lines.append(f"  limits: {verdict.thresholds.describe()} (recipe [verdict] overrides)")
+    return lines
 
 
 def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:

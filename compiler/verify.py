@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 
 
+def quiet_onnxruntime(show_warnings: bool = False) -> None:
+    """ONNX Runtime's process-wide logger: errors only (its C++ warnings, e.g. shape-merge notices at
+    model load, bypass each session's ``log_severity_level``), or warnings too (``-vv``)."""
+    ort.set_default_logger_severity(2 if show_warnings else 3)
+
+
 def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
