@@ -274,31 +274,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """``-B key=value`` as strings (the target's parser types and checks them) plus the trt flags."""
     options: dict[str, object] = {}
     for item in args.backend_option:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise DsqcError(f"--backend-option {item!r}: expected KEY=VALUE, e.g. parallelism=8")
-        options[key.strip()] = _option_value(raw.strip())
-    if args.require_engine:
-        options["require_engine"] = True
-    if args.fp16:
-        options["fp16"] = True
-    if args.trt_version:
-        options["trt_version"] = args.trt_version
+        options[key.strip()] = raw.strip()
+    trt_flags = {"require_engine": args.require_engine or None, "fp16": args.fp16 or None,
+                 "trt_version": args.trt_version}
+    for key, value in trt_flags.items():
+        if value is not None and args.target != "trt":
+            raise DsqcError(f"--{key.replace('_', '-')} is an option of --target trt, not {args.target}")
+        if value is not None:
+            options[key] = value
     return options
-
-
-def _option_value(raw: str) -> object:
-    """``true``/``false`` → bool, integers and floats as numbers, anything else a string."""
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
