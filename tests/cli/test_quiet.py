@@ -61,8 +61,8 @@ def test_onnxruntime_cpp_warnings_are_silenced(conv_bn_path: Path, tmp_path: Pat
     """ORT's process-wide logger is set to errors: C++ warnings from sessions dsqc does not create
     (a user's calibration generator here) no longer reach the terminal."""
     (tmp_path / "prep.py").write_text(PREPROCESS)
-    build = ["-m", "dsqc.cli", "-q", "build", str(conv_bn_path), "--target", "onnx", "--calib", "prep:samples",
-             "--no-latency", "-o", str(tmp_path / "out")]
+    build = ["-m", "dsqc.cli", "-q", "build", str(conv_bn_path), "--target", "onnx",
+             "--calib", "prep:samples", "--no-latency", "-o", str(tmp_path / "out")]
     proc = subprocess.run([sys.executable, *build], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and proc.stdout == ""
