@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,34 @@ class BuildRequest:
     sensitivity_samples: int = 16  # held-out samples each one-node variant runs on
     strict: bool = False  # a verdict other than "ok" fails the build (exit 2, nothing written)
     model_label: str | None = None  # the model as the user named it (path or module:factory), for hints
+
+
+def rebuild_command(request: BuildRequest, recipe: Path) -> str:
+    """A shell command that rebuilds ``request`` with ``recipe`` instead of ``--accuracy-budget``,
+    runnable from any directory: file arguments absolute, and a ``cd`` first when a ``module:function``
+    spec must import from the directory the build ran in."""
+    def where(spec: str | Path) -> str:
+        return os.path.abspath(spec) if Path(spec).exists() else str(spec)
+
+    model = request.model_label or str(request.model)
+    args = ["dsqc", "build", where(model), "--target", request.target, "--calib", where(request.calib or "")]
+    defaults = BuildRequest(model=request.model, target=request.target, out_dir=request.out_dir)
+    for flag, name in (("--calib-samples", "calib_samples"), ("--calib-batch", "calib_batch"),
+                       ("--eval-samples", "eval_samples"), ("--method", "method"),
+                       ("--task-metric", "task_metric"), ("--min-sqnr", "min_sqnr"),
+                       ("--max-drop", "max_drop")):
+        value = getattr(request, name)
+        if value != getattr(defaults, name):
+            args += [flag, str(value)]
+    if request.eval_data:
+        args += ["--eval-data", where(request.eval_data)]
+    for key, value in request.backend_options.items():
+        args += ["-B", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    args += ["--recipe", os.path.abspath(recipe), "-o", os.path.abspath(request.out_dir)]
+    command = shlex.join(args)
+    specs = (model, request.calib, request.task_metric)
+    modules = [s for s in specs if s and ":" in s and not Path(s).exists()]
+    return f"cd {shlex.quote(os.getcwd())} && {command}" if modules else command
 
 
 @dataclass
