@@ -39,7 +39,8 @@ def test_tflite_build_with_a_float_node_names_it(conv_bn_files: tuple[Path, Path
     assert code == 0
     assert "float nodes: 1" in out and "fc — fp32: recipe keeps it in fp32" in out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["metrics"]["float_nodes"] == {"fc": {"precision": "fp32", "reason": "recipe keeps it in fp32"}}
+    expected = {"fc": {"precision": "fp32", "reason": "recipe keeps it in fp32"}}
+    assert report["metrics"]["float_nodes"] == expected
     assert "fc" in report["metrics"]["tflite"]["int8"]["float_nodes"]  # LiteRT's file computes it in float
 
 
@@ -105,5 +106,6 @@ def test_speed_warnings_from_metrics() -> None:
     noise = {"verification": {"latency_ms": {"ratio": 1.04, "cpu_ratio": 1.03}}}
     assert speed_warnings(noise) == []
     slow_tflite = {"tflite": {"latency_ms": {"int8": 2.0, "float32": 1.0, "speedup": 0.5}}}
-    assert speed_warnings(slow_tflite) == ["the int8 .tflite ran 2.00× SLOWER than its float32 twin in LiteRT "
-                                           "here (1 thread, XNNPACK): 2.000 vs 1.000 ms"]
+    assert speed_warnings(slow_tflite) == [
+        "the int8 .tflite ran 2.00× SLOWER than its float32 twin in LiteRT here (1 thread, XNNPACK): "
+        "2.000 vs 1.000 ms"]
