@@ -190,8 +190,10 @@ def _target_lines(result: BuildResult) -> list[str]:
         lines += _reference_lines((v.get("tensors") or {}).get("vs_integer_reference"))
         lat = m.get("latency_ms")
         if lat:
+            speed = lat["speedup"]
+            versus = f"{speed:.2f}× faster" if speed >= 1 else f"{1 / max(speed, 1e-9):.2f}× SLOWER"
             lines.append(f"  latency 1 thread: float32 {lat['float32']:.3f} ms, int8 {lat['int8']:.3f} ms "
-                         f"(int8 {lat['speedup']:.2f}× faster)")
+                         f"(int8 {versus})")
     if result.target == "hls" and m.get("csim"):
         c, e = m["csim"], m.get("estimates", {})
         if "vectors" in c:

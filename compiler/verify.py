@@ -50,7 +50,8 @@ def run_batches(sess: ort.InferenceSession, batches: Iterable[Feeds]) -> dict[st
         except Exception as exc:  # ORT raises its own types; a traceback here is a bug, not a message
             shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
             raise DsqcError(f"ONNX Runtime failed on held-out batch {i} ({shapes}): {first_line(exc)}; "
-                            "check that the evaluation data matches the model's inputs") from None
+                            "check that the evaluation data matches the model's inputs (a model that only "
+                            "runs at batch 1 behind a symbolic batch axis: --calib-batch 1)") from None
         for name, value in zip(names, values, strict=True):
             chunks[name].append(np.asarray(value))
     return {n: np.concatenate(v) if v and v[0].ndim else np.stack(v) for n, v in chunks.items()}
