@@ -100,7 +100,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                         "parallelism=8, interface=m_axi|axis, power_of_two_scales=true, clock_mhz=250, "
                         "part=…, tb_vectors=16, csim=false; tflite io=float|int8, input_layout=nchw|nhwc, "
                         "signature=true, verify, latency, write_fp32; trt require_engine, fp16, "
-                        "trt_version, workspace_mib; onnx none")
+                        "trt_version, workspace_mib; onnx isa=avx2|vnni|arm64 (the CPU that will run it)")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 2, nothing written) unless the verdict is ok (not degraded, collapsed "
                         "or unquantized; limits in the recipe's [verdict] table)")
