@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsqc.errors import RecipeError
 from dsqc.model_io import save_model
 from dsqc.quant.profile import TargetProfile
 
+from ..options import check_options
 from ..registry import Backend, BackendOutput, LoweringJob, register
-from .isa import WEIGHT_LIMIT, resolve_isa
+from .isa import ISAS, WEIGHT_LIMIT, resolve_isa
 from .profile import ONNX_PROFILE, onnx_profile
 
-OPTIONS = ("isa",)
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """``-B`` options of this target: ``isa``, the CPU that will run the model (default: this one)."""
+
+    isa: str | None = field(default=None, metadata={"choices": ISAS})
 
 
 @register
@@ -21,6 +27,7 @@ class OnnxBackend(Backend):
     name = "onnx"
     description = "QDQ ONNX for ONNX Runtime (uint8 activations, int8 per-channel weights)"
     profile = ONNX_PROFILE
+    options = OnnxOptions
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """Weight bits follow ``-B isa=avx2|vnni|arm64`` (default: the build machine's CPU)."""
@@ -40,6 +47,4 @@ class OnnxBackend(Backend):
 
 
 def _check_keys(options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise RecipeError(f"-B {unknown[0]}: unknown option for target 'onnx'; known: {', '.join(OPTIONS)}")
+    check_options("onnx", OnnxOptions, options)

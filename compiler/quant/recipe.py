@@ -27,6 +27,9 @@ cle = true                     # cross-layer equalization of Conv → ReLU → C
 smoothquant = 0.8              # SmoothQuant alpha for MatMul/Gemm inputs with outlier channels
 bias_correction = true
 
+[verdict]                      # limits of the build's verdict (compiler/verdict.py)
+degraded_sqnr_db = 15
+
 [calibration.image]            # preprocessing for image-folder calibration data
 size = 256
 crop = 224
@@ -50,7 +53,7 @@ METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
 _DEFAULT_KEYS = {"method", "percentile", "activation_dtype", "symmetric", "per_channel",
                  "weight_dtype", "block_size", "weight_limit"}
 _OPTION_KEYS = {"precision", "weight_dtype", "block_size", "per_channel", "weight_limit"}
-_TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration", "boosters"}
+_TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration", "boosters", "verdict"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Recipe:
     exclude_ops: set[str] = field(default_factory=set)
     calibration: dict[str, Any] = field(default_factory=dict)
     boosters: dict[str, Any] = field(default_factory=dict)
+    verdict: dict[str, Any] = field(default_factory=dict)  # checked by verdict.Thresholds.from_table
     fallback_ops: frozenset[str] = frozenset()
     source: str = "defaults"
 
@@ -172,6 +176,7 @@ def parse_recipe(data: dict[str, Any], label: str = "recipe") -> Recipe:
                               f"{op} in fp32; remove one of the two rules")
     recipe.calibration = _table(data.get("calibration", {}), label, "calibration")
     recipe.boosters = _table(data.get("boosters", {}), label, "boosters")
+    recipe.verdict = _table(data.get("verdict", {}), label, "verdict")
     return recipe
 
 

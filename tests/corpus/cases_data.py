@@ -97,9 +97,6 @@ def _gather_out_of_range(tmp: Path) -> list[str]:
     return ["build", str(model), "--target", "onnx", "--no-latency", "--calib", str(calib)]
 
 
-# runner.py retries any ORT failure at batch 1 and logs a WARNING first: two stderr lines for one error
-HARDEN_RETRY = ("fixed on branch harden: item 1 (calibration/runner.py warns 'the model failed at batch size "
-                "8 ...; calibrating with batch 1' before a data error that batch 1 does not cure)")
 GB10 = (335_544_320, 8)  # 10 GiB of float32 declared
 
 CASES = [
@@ -134,9 +131,10 @@ CASES = [
     Case("one-sample", "calibration data", _mlp_with(_npz(x=M.samples((1, 8)))),
          refuse="dsqc: error: {tmp}/calib.npz: 1 samples are too few to calibrate and verify; give at least "
                 "5 or pass --eval-data"),
-    # ranges from one sample clip the 8 held-out ones (SQNR ~7 dB): it builds, and the report says so
+    # ranges from one sample clip the 8 held-out ones (SQNR ~7 dB): it builds, and the verdict says so
     Case("one-sample-with-eval-data", "calibration data", _one_sample_with_eval,
-         built=Built(("mlp.int8.onnx", "report.json"), ("fc1", "fc2"), min_sqnr=5)),
+         built=Built(("mlp.int8.onnx", "report.json"), ("fc1", "fc2"), min_sqnr=5,
+                     warnings=("dsqc: warning: verdict COLLAPSED: output 'y' cosine …",))),
     Case("npy-declares-10gb", "calibration data", _mlp_with(_npy_declaring(GB10)),
          refuse="dsqc: error: calibration data '{tmp}/huge.npy': huge.npy declares an array of shape "
                 "(335544320, 8) float32 (10.0 GiB) but holds 32 bytes of data; the file is truncated: write "
@@ -163,7 +161,7 @@ CASES = [
     Case("no-such-data", "calibration data", _mlp_with(lambda tmp: tmp / "nowhere.npz"),
          refuse="dsqc: error: calibration data '{tmp}/nowhere.npz': no such file or folder, and not "
                 "module:function, 'mnist' or 'random'"),
-    Case("token-id-out-of-range", "calibration data", _gather_out_of_range, xfail=HARDEN_RETRY,
+    Case("token-id-out-of-range", "calibration data", _gather_out_of_range,
          refuse="dsqc: error: ids.npz (24 samples), first 20: ONNX Runtime failed on samples 5..5: "
                 "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running "
                 "Gather node. Name:'embed' Status Message: indices element out of data bounds, idx=77 must "

@@ -12,8 +12,6 @@ from onnx import TensorProto, helper
 from . import _models as M
 from ._corpus import Built, Case
 
-HARDEN_BATCH = "fixed on branch harden: item 1 (calibration/verification adapt to a static batch)"
-
 
 def _onnx(name: str, proto: onnx.ModelProto, data: dict[str, np.ndarray] | None = None,
           *extra: str, target: str = "onnx") -> Callable[[Path], list[str]]:
@@ -185,7 +183,7 @@ CASES = [
          built=Built(("passthrough.int8.onnx", "report.json"), ("fc1", "fc2"), exact_outputs=("x",))),
     Case("dynamic-batch-and-sequence", "batch", _onnx("seq", M.sequence_model(), _x(24, 6, 16)),
          built=Built(("seq.int8.onnx", "report.json"), ("mm1", "mm2"))),
-    _conv_case("static-batch-1", "batch", M.conv_net(batch=1), xfail=HARDEN_BATCH),
+    _conv_case("static-batch-1", "batch", M.conv_net(batch=1)),
     # 30 samples: 6 held out, so neither calibration (batch 8) nor verification fits batch 4 by luck
-    _conv_case("static-batch-4", "batch", M.conv_net(batch=4), xfail=HARDEN_BATCH, samples=30),
+    _conv_case("static-batch-4", "batch", M.conv_net(batch=4), samples=30),
 ]

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from hypothesis import given
 
 from dsqc.build_types import BuildRequest
@@ -134,8 +133,6 @@ def test_hls_lowers_bit_exact_or_refuses(case: Case) -> None:
     _lowered_or_refused(case, "hls")
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch harden: item 3 (report.py KeyError 'tensors_exact' "
-                                       "when a tflite build leaves a node in float)")
 @fuzz_settings(default=10, shrink=False)
 @given(graphs(max_steps=4))
 def test_tflite_cli_prints_its_report(case: Case) -> None:
@@ -145,8 +142,6 @@ def test_tflite_cli_prints_its_report(case: Case) -> None:
     RAN["tflite via the CLI"] += 1
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch harden: item 2 (a build that quantized nothing must "
-                                       "say so loudly)")
 @fuzz_settings(default=10, shrink=False)
 @given(graphs(max_steps=4, compute=False))
 def test_nothing_quantized_is_said_loudly(case: Case) -> None:

@@ -35,9 +35,10 @@ def test_profile_and_bad_values() -> None:
     assert backend.profile_for({"isa": "vnni"}).weight_limit == 127
     assert backend.profile_for({"isa": "arm64"}).weight_limit == 127
     assert resolve_isa(None)[1] == "detected on the build machine"
-    with pytest.raises(RecipeError, match="isa=sse2: choose one of avx2, vnni, arm64"):
+    with pytest.raises(RecipeError, match="onnx: -B isa='sse2'; choose one of avx2, vnni, arm64"):
         backend.profile_for({"isa": "sse2"})
-    with pytest.raises(RecipeError, match="-B parallelism: unknown option for target 'onnx'; known: isa"):
+    unknown = r"onnx: unknown target option 'parallelism' \(-B parallelism=…\); options of onnx: isa"
+    with pytest.raises(RecipeError, match=unknown):
         backend.profile_for({"parallelism": 8})
 
 
