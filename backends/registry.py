@@ -16,6 +16,8 @@ from dsqc.errors import DsqcError, RecipeError
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.spec import QuantPlan
 
+from .options import check_options
+
 Feeds = dict[str, np.ndarray]
 
 
@@ -48,6 +50,11 @@ class Backend(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     profile: ClassVar[TargetProfile]
+    options: ClassVar[type[Any] | None] = None  # a dataclass: its fields are the target's -B keys
+
+    def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """``-B`` options checked and typed (strings converted); unknown keys are one-line errors."""
+        return check_options(self.name, self.options, raw)
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """The profile the planner uses for these backend options (default: ``profile``)."""

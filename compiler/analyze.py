@@ -38,6 +38,7 @@ class AnalyzeRequest:
     recipe: Path | None = None
     progress: bool | None = None
     plot: bool = True
+    backend_options: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,7 +71,8 @@ def analyze(request: AnalyzeRequest) -> AnalyzeResult:
         log.warning("%s", RANDOM_WARNING)
     timings["load"] = time.perf_counter() - start
     mark = time.perf_counter()
-    space = build_space(fp32, backend.profile_for({}), recipe, calib, request.calib_batch)
+    profile = backend.profile_for(request.backend_options)
+    space = build_space(fp32, profile, recipe, calib, request.calib_batch)
     timings["calibrate+plan"] = time.perf_counter() - mark
     timings["calibration"] = space.calibration_seconds
     mark = time.perf_counter()

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 class BoosterOptions:
     cle: bool = False
     smoothquant: float | None = None
-    bias_correction: bool = False
+    bias_correction: bool = True  # on by default: torchvision MobileNetV2 graph 38 → 48 dB
     shift: bool | None = None  # None: on when activations are quantized symmetrically (see resolved)
     adaround: bool = False
     adaround_iterations: int = 500
@@ -93,7 +93,7 @@ class BoosterOptions:
             raise RecipeError(f"{label}: boosters.adaround_iterations must be an integer in [1, 100000]")
         shift = table.get("shift")
         return cls(bool(table.get("cle", False)), None if alpha is None else float(alpha),
-                   bool(table.get("bias_correction", False)), None if shift is None else bool(shift),
+                   bool(table.get("bias_correction", True)), None if shift is None else bool(shift),
                    bool(table.get("adaround", False)), iterations, bool(table.get("gptq", False)),
                    bool(table.get("gptq_act_order", False)))
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .quant.spec import QuantPlan
+from .verdict import Verdict
 
 
 @dataclass
@@ -32,6 +35,36 @@ class BuildRequest:
     accuracy_budget: str | None = None  # mixed precision: "sqnr:30", "cosine:0.98" or "drop:0.005"
     size_budget: float | None = None  # mixed precision: fraction of the FP32 weight bytes
     sensitivity_samples: int = 16  # held-out samples each one-node variant runs on
+    strict: bool = False  # a verdict other than "ok" fails the build (exit 2, nothing written)
+    model_label: str | None = None  # the model as the user named it (path or module:factory), for hints
+
+
+def rebuild_command(request: BuildRequest, recipe: Path) -> str:
+    """A shell command that rebuilds ``request`` with ``recipe`` instead of ``--accuracy-budget``,
+    runnable from any directory: file arguments absolute, and a ``cd`` first when a ``module:function``
+    spec must import from the directory the build ran in."""
+    def where(spec: str | Path) -> str:
+        return os.path.abspath(spec) if Path(spec).exists() else str(spec)
+
+    model = request.model_label or str(request.model)
+    args = ["dsqc", "build", where(model), "--target", request.target, "--calib", where(request.calib or "")]
+    defaults = BuildRequest(model=request.model, target=request.target, out_dir=request.out_dir)
+    for flag, name in (("--calib-samples", "calib_samples"), ("--calib-batch", "calib_batch"),
+                       ("--eval-samples", "eval_samples"), ("--method", "method"),
+                       ("--task-metric", "task_metric"), ("--min-sqnr", "min_sqnr"),
+                       ("--max-drop", "max_drop")):
+        value = getattr(request, name)
+        if value != getattr(defaults, name):
+            args += [flag, str(value)]
+    if request.eval_data:
+        args += ["--eval-data", where(request.eval_data)]
+    for key, value in request.backend_options.items():
+        args += ["-B", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    args += ["--recipe", os.path.abspath(recipe), "-o", os.path.abspath(request.out_dir)]
+    command = shlex.join(args)
+    specs = (model, request.calib, request.task_metric)
+    modules = [s for s in specs if s and ":" in s and not Path(s).exists()]
+    return f"cd {shlex.quote(os.getcwd())} && {command}" if modules else command
 
 
 @dataclass
@@ -47,6 +80,7 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     failed: str | None = None  # what was asked and not met although the artifacts were written (exit 2)
+    verdict: Verdict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,5 +91,6 @@ class BuildResult:
             "plan_summary": self.plan.histogram() if self.plan else None,
             "warnings": self.warnings,
             "failed": self.failed,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import DsqcError
+
+if TYPE_CHECKING:
+    from .build_types import BuildRequest, BuildResult
 
 TARGETS = ("onnx", "trt", "tflite", "hls")
 log = logging.getLogger("dsqc")
@@ -23,14 +28,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .output import Terminated, termination_as_interrupt
+
     try:
-        return int(args.func(args) or 0)
+        with termination_as_interrupt():  # SIGTERM cleans up like Ctrl-C
+            return int(args.func(args) or 0)
     except DsqcError as exc:
         print(f"dsqc: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("dsqc: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"dsqc: {'terminated (SIGTERM)' if terminated else 'interrupted'}; nothing was written",
+              file=sys.stderr)
+        return Terminated.exit_code if terminated else 130
+    except BrokenPipeError:  # `dsqc inspect m.onnx | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """``-q``: errors only — no summary, no warnings, no runtime chatter."""
+    return bool(getattr(args, "verbose", 0) - getattr(args, "quiet", 0) < 0)
 
 
 def _configure_logging(level: int) -> None:
@@ -50,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_export(sub)
     _add_check(sub)
+    _add_debug(sub)
     return parser
 
 
@@ -68,8 +87,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", help="calibration data: .npz, folder, module:function, mnist, random")
     p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
-    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"),
-                   help="range calibration method (default: recipe, else minmax)")
+    p.add_argument("--method", choices=("auto", "minmax", "percentile", "entropy", "mse"),
+                   help="range calibration (default: recipe, else auto = mse on conv maps, minmax elsewhere)")
     p.add_argument("--recipe", type=Path, help="TOML recipe (overrides, exclusions, precisions)")
     p.add_argument("--eval-data", help="held-out data for verification (default: a split of --calib)")
     p.add_argument("--eval-samples", type=int, default=64, help="held-out samples (default 64)")
@@ -82,8 +101,14 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true", help="trt: run the float parts in FP16")
     p.add_argument("--trt-version", help="trt: calibration cache header version, e.g. 100300")
     p.add_argument("-B", "--backend-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="target option, repeatable: hls parallelism=8, interface=axis, "
-                        "power_of_two_scales=true; tflite io=float, signature=true")
+                   help="target option, repeatable; each target rejects keys it does not know: hls "
+                        "parallelism=8, interface=m_axi|axis, power_of_two_scales=true, clock_mhz=250, "
+                        "part=…, tb_vectors=16, csim=false; tflite io=float|int8, input_layout=nchw|nhwc, "
+                        "signature=true, verify, latency, write_fp32; trt require_engine, fp16, "
+                        "trt_version, workspace_mib; onnx isa=avx2|vnni|arm64 (the CPU that will run it)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2, nothing written) unless the verdict is ok (not degraded, collapsed "
+                        "or unquantized; limits in the recipe's [verdict] table)")
     p.add_argument("--accuracy-budget", metavar="KIND:VALUE",
                    help="automatic mixed precision (int4/int8/fp16/fp32 per node) meeting sqnr:DB (worst "
                         "output SQNR floor), cosine:FLOOR, or drop:MAX (task metric; needs labels or "
@@ -109,8 +134,16 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a PyTorch module to ONNX (module:factory)")
     _add_verbosity(p, argparse.SUPPRESS)
-    p.add_argument("factory", help="package.module:function returning (torch module, example inputs)")
+    p.add_argument("factory", help="package.module:function returning (torch module, example inputs); "
+                   "modules in the current directory import as with python -m")
     p.add_argument("-o", "--out", required=True, type=Path, help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset to export (default 17)")
+    axes = p.add_mutually_exclusive_group()
+    axes.add_argument("--static", action="store_true",
+                      help="no dynamic axes: the batch size is fixed to the example inputs'")
+    axes.add_argument("--dynamic-axes", metavar="AXES", default="0",
+                      help="symbolic axes: '0,1' for every input and output, or 'input:0,1;output:0' "
+                           "per name (default '0': the batch)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -151,12 +184,20 @@ def _resolve_model(spec: str, scratch: Path) -> Path:
     return target
 
 
+def _quiet_runtimes(args: argparse.Namespace) -> None:
+    """ORT's C++ warnings only at ``-vv`` (LiteRT's chatter goes to the debug log: ``tflite.runtime``)."""
+    from .verify import quiet_onnxruntime
+
+    quiet_onnxruntime(show_warnings=getattr(args, "verbose", 0) - getattr(args, "quiet", 0) >= 2)
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     import tempfile
 
     from .build_types import BuildRequest
     from .pipeline import build
 
+    _quiet_runtimes(args)
     with tempfile.TemporaryDirectory(prefix="dsqc-") as scratch:
         request = BuildRequest(
             model=_resolve_model(args.model, Path(scratch)), target=args.target, out_dir=args.out,
@@ -166,17 +207,28 @@ def _cmd_build(args: argparse.Namespace) -> int:
             max_drop=args.max_drop, task_metric=args.task_metric, measure_latency=not args.no_latency,
             dump_ir=args.dump_ir, check_each_pass=args.check_each_pass,
             backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
-            size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples)
+            size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples,
+            strict=args.strict, model_label=args.model)
         result = build(request)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    from .report import format_result
-
-    print(format_result(result))
+    if not _quiet(args):
+        _print_build(result, request)
     if result.failed:
         print(f"dsqc: error: {result.failed}", file=sys.stderr)
         return 2
     return 0
+
+
+def _print_build(result: BuildResult, request: BuildRequest) -> None:
+    """Warnings, the summary, and — when the verdict is not ok — a loud last line saying what to try."""
+    from .pipeline import advice_hint
+    from .report import format_result
+
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(format_result(result), flush=True)
+    if result.verdict is not None and not result.verdict.ok:
+        print(f"dsqc: warning: {advice_hint(result.verdict, request)}; --strict makes this exit 2",
+              file=sys.stderr)
 
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
@@ -194,8 +246,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
     p.add_argument("--eval-data", help="held-out data (default: a split of --calib)")
-    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"),
-                   help="range calibration method (default: recipe, else minmax)")
+    p.add_argument("--method", choices=("auto", "minmax", "percentile", "entropy", "mse"),
+                   help="range calibration (default: recipe, else auto = mse on conv maps, minmax elsewhere)")
     p.add_argument("--recipe", type=Path, help="TOML recipe; nodes it fixes are left out of the analysis")
     p.add_argument("--top", type=int, default=30, help="rows of the printed table (default 30)")
     p.add_argument("--no-plot", action="store_true", help="skip sensitivity.png")
@@ -210,6 +262,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise DsqcError(f"--samples {args.samples}: give at least 1")
+    _quiet_runtimes(args)
     with tempfile.TemporaryDirectory(prefix="dsqc-") as scratch:
         result = analyze(AnalyzeRequest(
             model=_resolve_model(args.model, Path(scratch)), out_dir=args.out, calib=args.calib,
@@ -226,31 +279,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """``-B key=value`` as strings (the target's parser types and checks them) plus the trt flags."""
     options: dict[str, object] = {}
     for item in args.backend_option:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise DsqcError(f"--backend-option {item!r}: expected KEY=VALUE, e.g. parallelism=8")
-        options[key.strip()] = _option_value(raw.strip())
-    if args.require_engine:
-        options["require_engine"] = True
-    if args.fp16:
-        options["fp16"] = True
-    if args.trt_version:
-        options["trt_version"] = args.trt_version
+        options[key.strip()] = raw.strip()
+    trt_flags = {"require_engine": args.require_engine or None, "fp16": args.fp16 or None,
+                 "trt_version": args.trt_version}
+    for key, value in trt_flags.items():
+        if value is not None and args.target != "trt":
+            raise DsqcError(f"--{key.replace('_', '-')} is an option of --target trt, not {args.target}")
+        if value is not None:
+            options[key] = value
     return options
-
-
-def _option_value(raw: str) -> object:
-    """``true``/``false`` → bool, integers and floats as numbers, anything else a string."""
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -265,13 +308,51 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .model_io import save_model
     from .output import staged_output
-    from .torch_export import from_torch, load_factory
+    from .torch_export import from_torch, load_factory, parse_dynamic_axes
 
+    if not 7 <= args.opset <= 23:
+        raise DsqcError(f"--opset {args.opset}: torch.onnx exports opsets 7..23; 17 is the default")
+    dynamic = None if args.static else parse_dynamic_axes(args.dynamic_axes)
     module, inputs = load_factory(args.factory)
-    proto = from_torch(module, inputs)
+    proto = from_torch(module, inputs, opset=args.opset, dynamic=dynamic)
     with staged_output(args.out.parent) as staging:
         save_model(proto, staging / args.out.name)
     print(f"dsqc: exported {args.factory} to {args.out}")
+    return 0
+
+
+def _add_debug(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("debug", help="per quantized tensor: local and accumulated error of a finished build")
+    _add_verbosity(p, argparse.SUPPRESS)
+    p.add_argument("model", help="the FP32 model the build compiled (model.onnx or module:factory)")
+    p.add_argument("build", type=Path, help="the -o folder of a finished int8 'dsqc build'")
+    p.add_argument("--calib", help="data as for the build (default: what report.json records, if loadable)")
+    p.add_argument("--eval-data", help="held-out data (default: as the build)")
+    p.add_argument("--eval-samples", type=int, help="held-out samples (default: as many as the build used)")
+    p.add_argument("--local-samples", type=int, default=32,
+                   help="held-out samples each one-point run uses (default 32)")
+    p.add_argument("--top", type=int, default=15, help="rows per printed table (default 15)")
+    p.add_argument("--json", type=Path, help="where to write the JSON (default BUILD/debug.json)")
+    p.set_defaults(func=_cmd_debug)
+
+
+def _cmd_debug(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .debug import DebugRequest, debug
+    from .debug_report import JSON_NAME, format_debug, write_json
+
+    if args.top < 1:
+        raise DsqcError(f"--top {args.top}: give at least 1")
+    with tempfile.TemporaryDirectory(prefix="dsqc-") as scratch:
+        result = debug(DebugRequest(model=_resolve_model(args.model, Path(scratch)), build_dir=args.build,
+                                    calib=args.calib, eval_data=args.eval_data,
+                                    eval_samples=args.eval_samples,
+                                    local_samples=args.local_samples))
+    target = args.json or args.build / JSON_NAME
+    write_json(result, target)
+    print(format_debug(result, args.top))
+    print(f"dsqc: {len(result.rows)} quantized tensors in {result.timings['total']:.2f} s; wrote {target}")
     return 0
 
 

@@ -71,9 +71,10 @@ def guard_latency(fp32: onnx.ModelProto, quantized: Quantized, sample: Feeds, co
     if best is not None:
         result.quantized, result.kept_fp32_ops = best[3], [best[2]]
         why = NodeDecision(Precision.FP32, f"latency guard: int8 {best[2]} ran slower than FP32 here")
-        plan = best[3].plan
-        for name in plan.nodes:
-            demoted = plan.nodes[name].precision is Precision.FP32
+        plan, before = best[3].plan, quantized.plan.nodes
+        for name in plan.nodes:  # only nodes the guard demoted: a recipe exclusion keeps its own reason
+            demoted = plan.nodes[name].precision is Precision.FP32 and name in before \
+                and before[name].precision is not Precision.FP32
             if demoted and best[3].placement.op_types.get(name) == best[2]:
                 plan.nodes[name] = why
     return result

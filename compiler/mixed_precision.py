@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .build_types import BuildRequest
+from .build_types import BuildRequest, rebuild_command
 from .calibration.data import SampleSet
 from .errors import RecipeError
 from .metrics import cosine, sqnr_db
@@ -265,8 +265,8 @@ def _explain(plan: QuantPlan, found: Search) -> None:
 
 def _header(request: BuildRequest, budget: Budget, fraction: float | None) -> list[str]:
     size = f", size budget {fraction:g}× FP32 weight bytes" if fraction is not None else ""
-    return [f"dsqc mixed-precision plan for {request.model.name} (target {request.target}): accuracy budget "
+    name = Path(request.model_label).name if request.model_label else request.model.name
+    return [f"dsqc mixed-precision plan for {name} (target {request.target}): accuracy budget "
             f"{budget}{size}.",
             "Edit a precision (int4 | int8 | fp16 | fp32) and rebuild with:",
-            f"  dsqc build {request.model} --target {request.target} --recipe {RECIPE_NAME} --calib "
-            f"{request.calib} ..."]
+            f"  {rebuild_command(request, request.out_dir / RECIPE_NAME)}"]

@@ -27,8 +27,8 @@ from dsqc.passes import (
 
 from .boosters import BoosterOptions, apply_boosters, correct_biases
 from .build_types import BuildRequest, BuildResult
-from .calibration.data import ImagePreprocess, SampleSet, load_samples, model_inputs
-from .errors import CalibrationError, RecipeError
+from .calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_samples, model_inputs
+from .errors import CalibrationError, GateError, RecipeError
 from .ir import Model
 from .latency_guard import guard_latency
 from .mixed_precision import AutoPlan, check_request, choose_precisions
@@ -46,9 +46,10 @@ from .pass_infra import (
 from .quant.profile import TargetProfile
 from .quant.recipe import Recipe, load_recipe
 from .quantize import Quantized, quantize_model
-from .report import write_report
+from .report import float_nodes, speed_warnings, write_report
 from .rounding import learn_rounding
-from .verify import check_gates, verify
+from .verdict import Thresholds, Verdict, advice, judge
+from .verify import check_gates, latency_sample, verify
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,12 @@ def build(request: BuildRequest) -> BuildResult:
     timings: dict[str, float] = {}
     clock = _Clock(timings)
     backend = get_backend(request.target)
+    options = backend.parse_options(request.backend_options)  # a key the target does not know: error now
     if request.precision not in PRECISIONS:
         raise RecipeError(f"--precision {request.precision!r}: choose one of {', '.join(PRECISIONS)}")
     check_request(request)
     recipe = load_recipe(request.recipe)
+    limits = Thresholds.from_table(recipe.verdict, recipe.source)
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
@@ -126,15 +129,16 @@ def build(request: BuildRequest) -> BuildResult:
                          precision=request.precision, timings=timings)
     result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
-                      eval_feeds=[], options=dict(request.backend_options))
+                      eval_feeds=[], options=options)
     auto: AutoPlan | None = None
     if request.precision != "fp32":
         calib, held_out = load_data(request, fp32, recipe)
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
-        profile = backend.profile_for(request.backend_options)
+        profile = backend.profile_for(options)
         symmetric = profile.symmetric_activations if recipe.symmetric is None else recipe.symmetric
         boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source).resolved(symmetric)
+        result.metrics["boosters"] = dataclasses.asdict(boosters)
         with clock("boosters"):  # CLE / SmoothQuant / shift: the same function, easier to quantize
             source = apply_boosters(fp32, calib, boosters, request.calib_batch)
         job.fp32 = source  # the FP32 model the QDQ model (and a trt cache) refers to; same function
@@ -180,10 +184,32 @@ def build(request: BuildRequest) -> BuildResult:
             result.artifacts[-1:-1] = auto.write(staging, kept_fp32)
         result.metrics.update(output.metrics)
         result.warnings.extend(output.notes)
+        result.metrics["float_nodes"] = float_nodes(result)
+        result.warnings.extend(speed_warnings(result.metrics))
+        result.verdict = _verdict(result, limits)
         write_report(staging / REPORT_NAME, result)
         if "verification" in result.metrics:
             check_gates(verification, request.min_sqnr, request.max_drop)
+        if request.strict and not result.verdict.ok:
+            raise GateError(f"--strict, nothing written: {advice_hint(result.verdict, request)}")
     return result
+
+
+def _verdict(result: BuildResult, limits: Thresholds) -> Verdict:
+    """Judge what verification measured: ORT's run of the quantized model and, where the target runs
+    its own artifact (LiteRT for ``tflite``), that run too."""
+    if result.precision == "fp32" or "verification" not in result.metrics:
+        return Verdict("ok", ("--precision fp32: nothing was quantized, as asked",), limits)
+    ver = result.metrics["verification"]
+    outputs = dict(ver["outputs"])
+    runtime = (result.metrics.get(result.target) or {}).get("verification") or {}
+    outputs.update({f"{name} (LiteRT)": m for name, m in (runtime.get("outputs") or {}).items()})
+    quantized = len(result.plan.tensors) if result.plan is not None else 0
+    return judge(outputs, ver.get("task"), quantized, limits)
+
+
+def advice_hint(verdict: Verdict, request: BuildRequest) -> str:
+    return advice(verdict, request.model_label or str(request.model), request.calib, str(request.out_dir))
 
 
 def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, recipe: Recipe,
@@ -193,7 +219,7 @@ def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, 
         narrowed = dataclasses.replace(recipe, fallback_ops=recipe.fallback_ops | ops)
         return quantize_model(fp32, profile, narrowed, calib, request.calib_batch, known=quantized.stats)
 
-    sample = {name: value[:1] for name, value in held_out.feeds.items()}
+    sample = latency_sample(fp32, held_out.feeds)
     guard = guard_latency(fp32, quantized, sample, profile.compute_ops | profile.support_ops, replan)
     note = guard.note()
     if note and guard.kept_fp32_ops:
@@ -203,7 +229,17 @@ def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, 
 
 
 def load_data(request: BuildRequest, fp32: onnx.ModelProto, recipe: Recipe) -> tuple[SampleSet, SampleSet]:
-    """Calibration samples and held-out evaluation samples (``--eval-data`` or a split)."""
+    """Calibration samples and held-out evaluation samples (``--eval-data`` or a split), in whole
+    batches of the model's batch size where the model fixes it (every later run then uses it)."""
+    calib, held_out = _load_sets(request, fp32, recipe)
+    batch = fixed_batch(model_inputs(fp32))
+    if batch is not None and batch != request.calib_batch:
+        log.info("the model fixes its batch size to %d: calibration and verification run batches of %d",
+                 batch, batch)
+    return calib.for_model_batch(batch, "calibration"), held_out.for_model_batch(batch, "evaluation")
+
+
+def _load_sets(request: BuildRequest, fp32: onnx.ModelProto, recipe: Recipe) -> tuple[SampleSet, SampleSet]:
     if not request.calib:
         raise CalibrationError("int8 needs calibration data: --calib DATA (npz, folder, module:function, "
                                "mnist), or --precision fp32")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 
 class Progress:
-    """Redrawn at most ten times a second; silent unless ``enabled`` (the callers pass "stderr is a TTY")."""
+    """Redrawn at most ten times a second; silent unless ``enabled`` (the callers pass "stderr is a TTY")
+    and the log shows warnings (``-q`` hides the bar too)."""
 
     def __init__(self, label: str, total: int, enabled: bool, unit: str = "") -> None:
+        enabled = enabled and logging.getLogger("dsqc").isEnabledFor(logging.WARNING)
         self.label, self.total, self.enabled, self.unit, self.last = label, total, enabled, unit, 0.0
 
     def update(self, done: int) -> None:

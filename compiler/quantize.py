@@ -15,12 +15,12 @@ from dsqc.passes.shift_activations import shift_corrections
 from .calibration.data import SampleSet
 from .calibration.runner import TensorStats, calibrate
 from .float_islands import finish_float_nodes
-from .ir import Model, default_opset
+from .ir import Model, default_opset, proto_index
 from .model_io import INT4_OPSET, prepare, upgrade_opset
 from .ort_tables import lower_tables
 from .pass_infra import PassManager
 from .quant.planner import Placement, Range, finalize, place
-from .quant.profile import TargetProfile
+from .quant.profile import PASSTHROUGH_OPS, TargetProfile
 from .quant.recipe import Recipe
 from .quant.spec import QuantPlan
 
@@ -67,17 +67,65 @@ def calibrate_missing(fp32: onnx.ModelProto, tensors: list[str], recipe: Recipe,
     options: dict[str, float] = {"percentile": recipe.percentile} if recipe.method == "percentile" else {}
     missing = [name for name in tensors if name not in known]
     stats = {name: known[name] for name in tensors if name in known}
-    inputs = {i.name for i in fp32.graph.input}
-    # Graph inputs hold the data's own distribution, often multi-modal (MNIST's background spike):
-    # KL clipping cuts the signal off there (input range 2.83 → 0.67, 38 → 3 dB), so they use min/max.
     by_method: dict[str, list[str]] = {}
-    for name in missing:
-        method = "minmax" if recipe.method == "entropy" and name in inputs else recipe.method
+    for name, method in tensor_methods(fp32, missing, recipe.method).items():
         by_method.setdefault(method, []).append(name)
     for method, names in by_method.items():
         stats.update(calibrate(fp32, names, samples, method=method, batch_size=batch_size, progress=None,
                                **(options if method == recipe.method else {})))
     return stats
+
+
+def tensor_methods(fp32: onnx.ModelProto, tensors: list[str], method: str) -> dict[str, str]:
+    """The range method of each tensor. Graph inputs hold the data's own distribution, often
+    multi-modal (MNIST's background spike): KL clipping cuts the signal off there (input range 2.83 →
+    0.67, 38 → 3 dB), so ``entropy`` and ``auto`` keep their min/max.
+
+    ``auto`` (the default): MSE-optimal clipping for convolution feature maps (a tensor a Conv produces
+    or reads, through layout ops and Relu/Clip), whose long post-ReLU tails cost more resolution than
+    clipping them does (torchvision ResNet-18 graph: 29.9 vs 27.7 dB); min/max elsewhere, where the
+    rare outliers of transformer activations carry signal (MiniLM: MSE 15.6 vs min/max 16.0 dB).
+    """
+    inputs = {i.name for i in fp32.graph.input}
+    if method not in ("entropy", "auto"):
+        return dict.fromkeys(tensors, method)
+    near_conv = _conv_feature_maps(fp32.graph) if method == "auto" else set()
+    fallback = "minmax" if method == "auto" else method
+    return {name: "minmax" if name in inputs else "mse" if name in near_conv else fallback
+            for name in tensors}
+
+
+_CONV = ("Conv", "ConvTranspose")
+_SAME_MAP = PASSTHROUGH_OPS | {"Relu", "Clip"}
+
+
+def _conv_feature_maps(graph: onnx.GraphProto) -> set[str]:
+    """Tensors a Conv produces or reads, directly or through layout ops and Relu/Clip."""
+    producers, _, _ = proto_index(graph)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def produced_by_conv(name: str, depth: int = 0) -> bool:
+        node = producers.get(name)
+        if node is None or depth > 8:
+            return False
+        if node.op_type in _CONV:
+            return True
+        return node.op_type in _SAME_MAP and bool(node.input) and produced_by_conv(node.input[0], depth + 1)
+
+    def read_by_conv(name: str, depth: int = 0) -> bool:
+        for node in readers.get(name, []):
+            if node.op_type in _CONV and node.input[0] == name:
+                return True
+            if node.op_type in _SAME_MAP and node.input[0] == name and depth < 8 and node.output and \
+                    read_by_conv(node.output[0], depth + 1):
+                return True
+        return False
+
+    names = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    return {name for name in names if produced_by_conv(name) or read_by_conv(name)}
 
 
 def _wants_int4(recipe: Recipe) -> bool:

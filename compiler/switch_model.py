@@ -89,6 +89,16 @@ class SwitchModel:
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self.cut_types: dict[str, int] = {}  # filled by ``bind`` from the reference run
         self._lock = threading.Lock()
+        self._dq_readers: frozenset[tuple[str, str | None]] | None = None
+        self._stored: dict[str, np.ndarray] = {}
+
+    def replay(self, dq_readers: Iterable[tuple[str, str | None]], stored: Mapping[str, np.ndarray]) -> None:
+        """Mirror a built QDQ model instead of the profile's rules: exactly the ``(tensor, reader)``
+        pairs that read a DQ there switch on (reader None: the graph output), and quantized constants take
+        the values stored there (constant feed name → dequantized value) rather than the plan's
+        round-to-nearest (they differ after bias correction or learned rounding)."""
+        self._dq_readers = frozenset(dq_readers)
+        self._stored = dict(stored)
 
     def _add_const_inputs(self, graph: gs.Graph) -> None:
         nodes = {n.name: n for n in graph.nodes}
@@ -161,6 +171,8 @@ class SwitchModel:
 
     def _reads_dq(self, switch: _Switch, plan: QuantPlan) -> bool:
         """Mirror of InsertQDQ: after a float producer (or a graph input) only integer readers get a DQ."""
+        if self._dq_readers is not None:
+            return (switch.tensor, switch.reader) in self._dq_readers
         if not self.float_readers_read_float:
             return True
         integer = (Precision.INT8, Precision.INT4)
@@ -172,6 +184,8 @@ class SwitchModel:
         precision = plan.precision_of(const.node)
         spec = plan.tensors.get(const.tensor)
         if precision in (Precision.INT8, Precision.INT4) and spec is not None:
+            if const.feed in self._stored:
+                return self._stored[const.feed]
             return self._cached(const, spec.dtype, lambda: _fake_quant(const.value, spec))
         if precision is Precision.FP16:
             return self._cached(const, "fp16", lambda: const.value.astype(np.float16).astype(np.float32))

@@ -14,11 +14,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .calibration.data import fixed_batch, model_inputs
+from .calibration.ort_session import first_line
 from .errors import DsqcError, GateError
 from .metrics import output_metrics, top1_agreement
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
+
+
+def quiet_onnxruntime(show_warnings: bool = False) -> None:
+    """ONNX Runtime's process-wide logger: errors only (its C++ warnings, e.g. shape-merge notices at
+    model load, bypass each session's ``log_severity_level``), or warnings too (``-vv``)."""
+    ort.set_default_logger_severity(2 if show_warnings else 3)
 
 
 def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
@@ -36,8 +44,15 @@ def run_batches(sess: ort.InferenceSession, batches: Iterable[Feeds]) -> dict[st
     """Run every batch and concatenate each output along axis 0."""
     names = [o.name for o in sess.get_outputs()]
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feeds in batches:
-        for name, value in zip(names, sess.run(names, feeds), strict=True):
+    for i, feeds in enumerate(batches):
+        try:
+            values = sess.run(names, feeds)
+        except Exception as exc:  # ORT raises its own types; a traceback here is a bug, not a message
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+            raise DsqcError(f"ONNX Runtime failed on held-out batch {i} ({shapes}): {first_line(exc)}; "
+                            "check that the evaluation data matches the model's inputs (a model that only "
+                            "runs at batch 1 behind a symbolic batch axis: --calib-batch 1)") from None
+        for name, value in zip(names, values, strict=True):
             chunks[name].append(np.asarray(value))
     return {n: np.concatenate(v) if v and v[0].ndim else np.stack(v) for n, v in chunks.items()}
 
@@ -81,12 +96,19 @@ def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
                            "metric": task_metric or "top1_accuracy"}
     result.size_bytes = {"fp32": fp32.ByteSize(), "quantized": quant.ByteSize()}
     if latency and batches:
-        sample = {k: v[:1] for k, v in batches[0].items()}
+        sample = latency_sample(fp32, batches[0])
         base, mine = compare_latency([fp32, quant], sample)
-        result.latency_ms = {"fp32": base.wall_ms, "quantized": mine.wall_ms,
+        result.latency_ms = {"batch": len(next(iter(sample.values()))),
+                             "fp32": base.wall_ms, "quantized": mine.wall_ms,
                              "ratio": mine.wall_ms / max(base.wall_ms, 1e-9),
                              "cpu_ratio": mine.cpu_ms / max(base.cpu_ms, 1e-9)}
     return result
+
+
+def latency_sample(proto: onnx.ModelProto, feeds: Feeds) -> Feeds:
+    """One batch-1 sample of ``feeds`` to time with, or a whole batch where the model fixes its size."""
+    size = fixed_batch(model_inputs(proto)) or 1
+    return {k: v[:size] for k, v in feeds.items()}
 
 
 def measure_latency(proto: onnx.ModelProto, feeds: Feeds, threads: int = 1, warmup: int = 5,

@@ -24,6 +24,7 @@ from dsqc.integer.compare import ORT_LEVELS, Stats, compare_with_ort, per_op_wit
 from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
 
+from ..options import parse_options
 from ..registry import Backend, BackendOutput, LoweringJob, register
 from .c_writer import INTERFACES, write_firmware
 from .csim import check_object, run_csim, toolchain_available
@@ -50,11 +51,7 @@ class HlsOptions:
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> HlsOptions:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise RecipeError(f"hls: unknown option '{unknown[0]}' (known: {', '.join(sorted(known))})")
-        opts = cls(**options)
+        opts = parse_options("hls", cls, options)
         if not isinstance(opts.parallelism, int) or not 1 <= opts.parallelism <= 4096:
             raise RecipeError(f"hls: parallelism must be an integer in 1..4096, got {opts.parallelism!r}")
         if opts.interface not in INTERFACES:
@@ -77,6 +74,12 @@ class HlsBackend(Backend):
     name = "hls"
     description = "integer-only C99 project for Vitis/Intel HLS (int8, bit-exact with dsqc's reference)"
     profile: ClassVar[TargetProfile] = HLS_PROFILE
+    options = HlsOptions
+
+    def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
+        typed = super().parse_options(raw)
+        HlsOptions.parse(typed)  # ranges, interface and part as well
+        return typed
 
     @classmethod
     def profile_for(cls, options: dict[str, Any]) -> TargetProfile:

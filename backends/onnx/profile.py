@@ -1,8 +1,7 @@
 """ONNX Runtime CPU: uint8 asymmetric activations, int8 symmetric per-channel weights (x86 fast path).
 
-Weights use 7 bits ([-64, 64]): ORT's x86 u8s8 kernels without VNNI (AVX2) sum pairs of u8·s8
-products in saturating int16; 255·127·2 overflows, 255·64·2 does not. Measured on the MNIST CNN here:
-full 8-bit weights gave 18.7 dB output SQNR through the fused kernels against 38 dB emulated.
+Weight bits follow the CPU that will run the model (``isa.py``): 8 bits with int32 dot products
+(VNNI, AMX, ARM), 7 bits ([-64, 64]) on AVX2 without VNNI, whose u8s8 kernels saturate in int16.
 
 Sigmoid and Mul (SiLU, squeeze-excite) run as QLinearSigmoid/QLinearMul when they sit between int8
 nodes: kept float, their Q/DQ made the EfficientNet-like net 1.23× slower than FP32; wrapped, 0.81×.
@@ -11,7 +10,11 @@ Embedding tables are int8 per row by default: GatherBlockQuantized dequantizes o
 (``compiler/ort_tables.py``), so MiniLM's 47 MB word table shrinks 4× at no measurable cost in speed.
 """
 
+import dataclasses
+
 from dsqc.quant.profile import TargetProfile
+
+from .isa import WEIGHT_LIMIT
 
 ONNX_PROFILE = TargetProfile(
     name="onnx",
@@ -23,8 +26,13 @@ ONNX_PROFILE = TargetProfile(
     quantize_outputs=True,
     output_q_optional=frozenset({"Gemm", "MatMul"}),
     fold_activations=True,
-    weight_limit=64,
+    weight_limit=WEIGHT_LIMIT["avx2"],
     latency_guard=True,
     float_readers_read_float=True,
     int8_tables=True,
 )
+
+
+def onnx_profile(isa: str) -> TargetProfile:
+    """The onnx profile for a CPU class (``avx2``, ``vnni``, ``arm64``)."""
+    return dataclasses.replace(ONNX_PROFILE, weight_limit=WEIGHT_LIMIT[isa])

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from dsqc.errors import RecipeError
+from dsqc.verify import latency_sample
 
+from ..options import parse_options
 from ..registry import Backend, BackendOutput, LoweringJob, register
 from . import verify
 from .graph import Graph
@@ -29,15 +30,16 @@ from .validate import validate
 from .writer import serialize
 
 log = logging.getLogger(__name__)
-_CHOICES: dict[str, tuple[Any, ...]] = {"io": ("float", "int8"), "input_layout": ("nchw", "nhwc"),
-                                        "signature": (True, False), "verify": (True, False),
-                                        "latency": (True, False), "write_fp32": (True, False)}
+
+
+def _choice(default: Any, *choices: Any) -> Any:
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass
 class TfliteOptions:
-    io: str = "float"
-    input_layout: str = "nchw"
+    io: str = _choice("float", "float", "int8")
+    input_layout: str = _choice("nchw", "nchw", "nhwc")
     signature: bool = True
     verify: bool = True
     latency: bool = True
@@ -45,13 +47,7 @@ class TfliteOptions:
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> TfliteOptions:
-        for key, value in raw.items():
-            if key not in _CHOICES:
-                raise RecipeError(f"tflite option '{key}' is unknown; options: {', '.join(sorted(_CHOICES))}")
-            if value not in _CHOICES[key]:
-                choices = ", ".join(str(c) for c in _CHOICES[key])
-                raise RecipeError(f"tflite option {key}={value!r}; choose one of {choices}")
-        return cls(**raw)
+        return parse_options("tflite", cls, raw)
 
 
 @dataclass
@@ -95,6 +91,7 @@ class TfliteBackend(Backend):
     name = "tflite"
     description = "int8 .tflite flatbuffer for LiteRT/XNNPACK (ARM NEON), verified in the LiteRT interpreter"
     profile = TFLITE_PROFILE
+    options = TfliteOptions
 
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
         opts = TfliteOptions.parse(job.options)
@@ -123,14 +120,15 @@ class TfliteBackend(Backend):
             check, got = verify.outputs_vs_onnx(int8.blob, job.fp32, job.eval_feeds, nhwc_in)
             check["vs_qdq"] = verify.outputs_vs_qdq(got, job.qdq, job.eval_feeds, int8.output_scales)
             if not nhwc_in:
-                first = {k: v[:1] for k, v in job.eval_feeds[0].items()}
+                first = latency_sample(job.fp32, job.eval_feeds[0])
                 names = [i.name for i in job.qdq.graph.input]
                 check["tensors"] = verify.tensors_vs_references(int8.graph, job.qdq, first,
                                                                 [n for n in names if n in first])
             metrics["verification"] = check
         if opts.latency and job.eval_feeds:
             names = [i.name for i in job.fp32.graph.input if i.name in job.eval_feeds[0]]
-            sample = [job.eval_feeds[0][n][:1] for n in names]
+            first = latency_sample(job.fp32, job.eval_feeds[0])
+            sample = [first[n] for n in names]
             metrics["latency_ms"] = verify.latency(int8.blob, fp32.blob, sample, nhwc_in)
         notes = [f"tflite: {len(int8.stats.float_nodes)} node(s) run in float: "
                  f"{', '.join(int8.stats.float_nodes[:5])}"] if int8.stats.float_nodes else []

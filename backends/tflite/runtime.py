@@ -5,22 +5,59 @@ Only validated files get here (``validate.validate``): LiteRT aborts the process
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 Feeds = dict[str, np.ndarray]
+log = logging.getLogger(__name__)
+_ROUTINE = re.compile(r"Created TensorFlow Lite .*delegate|Replacing \d+ out of \d+ node")
 
 
 def interpreter(blob: bytes, threads: int = 1) -> Any:
     """An allocated interpreter with the default delegates (XNNPACK)."""
     lite = importlib.import_module("ai_edge_litert.interpreter")
-    it = lite.Interpreter(model_content=blob, num_threads=threads)
-    it.allocate_tensors()
+    with runtime_stderr_to_log():
+        it = lite.Interpreter(model_content=blob, num_threads=threads)
+        it.allocate_tensors()
     return it
+
+
+@contextlib.contextmanager
+def runtime_stderr_to_log() -> Iterator[None]:
+    """Route what the C++ runtime writes to file descriptor 2 into ``logging``.
+
+    LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every interpreter it
+    creates, straight to fd 2 where Python's ``sys.stderr`` cannot catch it. That line goes to the debug
+    log (``-vv``); anything else the runtime says becomes a warning, so it is neither lost nor shown
+    under ``-q``.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", errors="replace")
+    finally:
+        os.close(saved)
+    for line in filter(None, (raw.strip() for raw in text.splitlines())):
+        level = logging.DEBUG if _ROUTINE.search(line) else logging.WARNING
+        log.log(level, "LiteRT: %s", line)
 
 
 def _to_input(detail: dict[str, Any], x: np.ndarray, nhwc: bool) -> np.ndarray:
@@ -41,12 +78,13 @@ def _from_output(detail: dict[str, Any], y: np.ndarray, nhwc: bool) -> np.ndarra
     return np.asarray(y, np.float32)
 
 
-def samples(batches: list[Feeds], names: list[str]) -> list[list[np.ndarray]]:
-    """Split ONNX-style batches into batch-1 samples ordered like ``names``."""
+def samples(batches: list[Feeds], names: list[str], batch: int = 1) -> list[list[np.ndarray]]:
+    """Split ONNX-style batches into runs of ``batch`` samples (1, or the batch size the model fixes)
+    ordered like ``names``."""
     out: list[list[np.ndarray]] = []
     for feeds in batches:
         n = next(iter(feeds.values())).shape[0]
-        out.extend([feeds[name][i:i + 1] for name in names] for i in range(n))
+        out.extend([feeds[name][i:i + batch] for name in names] for i in range(0, n - n % batch, batch))
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.metrics import output_metrics, sqnr_db, top1_agreement
 from dsqc.verify import run_batches, session
 
@@ -50,7 +51,8 @@ def outputs_vs_onnx(blob: bytes, reference: onnx.ModelProto, batches: list[Feeds
     names = [i.name for i in reference.graph.input
              if i.name not in {init.name for init in reference.graph.initializer}]
     ref = run_batches(session(reference), batches)
-    got_list = runtime.run(blob, runtime.samples(batches, names), nhwc_in=nhwc_in)
+    batch = fixed_batch(model_inputs(reference)) or 1
+    got_list = runtime.run(blob, runtime.samples(batches, names, batch), nhwc_in=nhwc_in)
     got = dict(zip(ref, got_list, strict=True))
     per_output = {name: output_metrics(ref[name], got[name].reshape(ref[name].shape)) for name in ref}
     first = next(iter(ref))

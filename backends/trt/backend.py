@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dsqc.errors import GateError, RecipeError, UnsupportedError
+from dsqc.errors import GateError, UnsupportedError
 from dsqc.model_io import save_model
 from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 
+from ..options import parse_options
 from ..registry import Backend, BackendOutput, LoweringJob, register
 from . import engine
 from .calib_cache import DEFAULT_TRT_VERSION, activation_scales, cache_header, format_cache, version_digits
@@ -45,13 +46,7 @@ class TrtOptions:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> TrtOptions:
-        known = {"require_engine": bool, "fp16": bool, "trt_version": str, "workspace_mib": int}
-        for key, value in options.items():
-            if key not in known:
-                raise RecipeError(f"trt: unknown option '{key}'; known: {', '.join(sorted(known))}")
-            if value is not None and not isinstance(value, known[key]):
-                raise RecipeError(f"trt: option '{key}' must be {known[key].__name__}, got {value!r}")
-        parsed = cls(**{k: v for k, v in options.items() if v is not None})
+        parsed = parse_options("trt", cls, {k: v for k, v in options.items() if v is not None})
         version_digits(parsed.trt_version)
         return parsed
 
@@ -61,6 +56,7 @@ class TrtBackend(Backend):
     name = "trt"
     description = "TensorRT: strongly typed QDQ ONNX, calibration cache (TensorRT <= 10), engine build script"
     profile = TRT_PROFILE
+    options = TrtOptions
 
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
         opts = TrtOptions.from_dict(job.options)

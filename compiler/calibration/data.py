@@ -21,7 +21,7 @@ from . import sources
 from .images import ImagePreprocess
 from .validate import check_feeds
 
-__all__ = ["ImagePreprocess", "InputSpec", "SampleSet", "load_samples", "model_inputs"]
+__all__ = ["ImagePreprocess", "InputSpec", "SampleSet", "fixed_batch", "load_samples", "model_inputs"]
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,28 @@ def model_inputs(proto: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def fixed_batch(inputs: list[InputSpec]) -> int | None:
+    """The batch size the model pins on axis 0 of its inputs (``torch.onnx.export`` without
+    ``dynamic_axes`` pins it to the example's batch), or None when axis 0 is symbolic or unknown."""
+    for spec in inputs:
+        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+            return spec.shape[0]
+    return None
+
+
 @dataclass
 class SampleSet:
-    """Samples stacked on axis 0 of every input array; optional labels ``[N]``."""
+    """Samples stacked on axis 0 of every input array; optional labels ``[N]``.
+
+    ``fixed_batch`` is set (by ``for_model_batch``) when the model pins its batch size: every batch
+    then has exactly that many samples, whatever size a caller asks ``batches`` for.
+    """
 
     feeds: dict[str, np.ndarray]
     source: str
     synthetic: bool = False
     labels: np.ndarray | None = None
+    fixed_batch: int | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values()))) if self.feeds else 0
@@ -66,19 +80,40 @@ class SampleSet:
     def _slice(self, start: int, stop: int, source: str) -> SampleSet:
         labels = None if self.labels is None else self.labels[start:stop]
         feeds = {k: v[start:stop] for k, v in self.feeds.items()}
-        return SampleSet(feeds, source, self.synthetic, labels)
+        return SampleSet(feeds, source, self.synthetic, labels, self.fixed_batch)
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Consecutive feed dicts of ``batch_size`` samples (the last may be smaller); views, no copies."""
+        """Consecutive feed dicts of ``batch_size`` samples (the last may be smaller; all of exactly
+        ``fixed_batch`` when the model pins it); views, no copies."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for start in range(0, len(self), batch_size):
-            yield {k: v[start : start + batch_size] for k, v in self.feeds.items()}
+        step = self.fixed_batch or batch_size
+        for start in range(0, len(self), step):
+            yield {k: v[start : start + step] for k, v in self.feeds.items()}
 
     def take(self, n: int) -> SampleSet:
-        """The first ``n`` samples (all of them if there are fewer)."""
+        """The first ``n`` samples (all of them if there are fewer); with a fixed batch, whole batches
+        (at least one)."""
+        if self.fixed_batch:
+            n = max(self.fixed_batch, n - n % self.fixed_batch)
         n = max(0, min(n, len(self)))
         return self if n == len(self) else self._slice(0, n, f"{self.source}, first {n}")
+
+    def for_model_batch(self, batch: int | None, purpose: str) -> SampleSet:
+        """This set as the model can run it: whole batches of ``batch`` when the model fixes its batch
+        size (None: unchanged). A one-line error when there is not even one batch."""
+        if batch is None:
+            return self
+        n = len(self)
+        if n < batch:
+            raise CalibrationError(
+                f"{self.source}: the model's batch size is fixed to {batch} (axis 0 of its inputs) but "
+                f"the {purpose} data has {n} sample(s); give at least {batch}, or export the model with "
+                "a dynamic batch axis")
+        fitted = self._slice(0, n - n % batch, self.source if n % batch == 0 else
+                             f"{self.source}, first {n - n % batch}")
+        fitted.fixed_batch = batch
+        return fitted
 
     def split(self, n_eval: int) -> tuple[SampleSet, SampleSet]:
         """``(calibration, held-out eval)``: the last ``n_eval`` samples are the eval part."""

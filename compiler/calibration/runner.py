@@ -159,7 +159,7 @@ def _stream(
                 outs = session.run(run, batch) if session is not None else []
             except Exception as exc:
                 if n > 1 and not batched:  # e.g. a Reshape that pins batch 1
-                    log.warning("the model failed at batch size %d (%s); calibrating with batch 1",
+                    log.info("the model failed at batch size %d (%s); calibrating with batch 1",
                                 n, first_line(exc))
                     bs, batched = 1, True
                     continue

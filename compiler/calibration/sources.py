@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,12 +49,14 @@ class _Collector:
         if len(counts) > 1:
             raise CalibrationError(f"{where}: inputs hold different numbers of samples")
         n = counts.pop()
+        if self.limit is not None:  # keep only what is still needed (a memory-mapped .npy stays unread)
+            n = min(n, self.limit - self.n)
         for name, arr in arrays.items():
-            self.parts[name].append(arr)
+            self.parts[name].append(arr[:n])
         if LABELS_KEY not in item or LABELS_KEY in self.parts:
             self.labels = None  # labels only when every item has them
         elif self.labels is not None:
-            self.labels.append(as_labels(item[LABELS_KEY], n, where))
+            self.labels.append(as_labels(item[LABELS_KEY], len(arrays[self.inputs[0].name]), where)[:n])
         self.n += n
 
     def result(self) -> Raw:
@@ -73,11 +77,40 @@ def _read_array_file(path: Path, inputs: Sequence[InputSpec], where: str) -> dic
                 raise CalibrationError(
                     f"{where}: a .npy file holds one array but the model has inputs "
                     f"{', '.join(repr(s.name) for s in inputs)}; use .npz files with one key per input")
-            return {inputs[0].name: np.load(path, allow_pickle=False)}
+            with path.open("rb") as f:
+                _check_declared(f, path.stat().st_size, path.name, where)
+            return {inputs[0].name: np.load(path, mmap_mode="r", allow_pickle=False)}
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    _check_declared(member, info.file_size, f"{path.name}:{info.filename}", where)
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise CalibrationError(f"{where}: cannot read {path.name}: {exc}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if "allow_pickle" in str(exc):
+            raise CalibrationError(f"{where}: {path.name} holds pickled Python objects, which dsqc does not "
+                                   "load; save plain numeric arrays (np.savez)") from None
+        raise CalibrationError(f"{where}: cannot read {path.name}: {exc}; write the file again") from None
+
+
+def _check_declared(f: IO[bytes], size: int, name: str, where: str) -> None:
+    """Refuse an .npy whose header declares more data than the file holds, before any allocation."""
+    try:
+        version = np.lib.format.read_magic(f)
+        fmt = np.lib.format
+        reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = reader(f)
+    except ValueError:
+        return  # np.load says what is wrong with the header itself
+    if dtype.hasobject:
+        return  # refused by allow_pickle=False with numpy's own message
+    declared = math.prod(shape) * dtype.itemsize
+    held = size - f.tell()
+    if declared > held:
+        raise CalibrationError(
+            f"{where}: {name} declares an array of shape {tuple(shape)} {dtype.name} "
+            f"({declared / 2**30:.1f} GiB) but holds {held} bytes of data; the file is truncated: "
+            "write it again")
 
 
 def from_file(path: Path, inputs: Sequence[InputSpec], limit: int | None, where: str) -> Raw:

@@ -58,7 +58,7 @@ def as_batch(value: Any, spec: InputSpec, where: str) -> np.ndarray:
 def as_labels(value: Any, n: int, where: str) -> np.ndarray:
     labels = np.asarray(value).reshape(-1)
     if labels.size != n:
-        raise CalibrationError(f"{where}: {labels.size} labels for {n} samples")
+        raise CalibrationError(f"{where}: {labels.size} labels for {n} samples; give one label per sample")
     return labels
 
 
@@ -80,6 +80,11 @@ def _check_dtype(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
         return arr.astype(want)
     if want.kind == "b" and arr.dtype.kind == "b":
         return arr
+    if want.kind == "O":  # ONNX string tensors: numpy str/bytes arrays, fed to ORT as objects
+        if arr.dtype.kind not in "USO":
+            raise CalibrationError(f"{where}: input {spec.name!r} expects strings, got {arr.dtype.name}; "
+                                   "store str data for this input")
+        return arr.astype(object)
     raise CalibrationError(f"{bad}; store {want.name} data for this input")
 
 
@@ -92,8 +97,10 @@ def _check_finite(arr: np.ndarray, name: str, where: str) -> None:
             finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
             if not finite.all():
                 first = start + int(np.argmin(finite))
+                what = "NaN" if np.isnan(arr[first]).any() else "Inf"
                 raise CalibrationError(
-                    f"{where}: input {name!r} has NaN or Inf in sample {first}; clean the data")
+                    f"{where}: input {name!r} has {what} in sample {first}; clean the data or leave the "
+                    "sample out")
 
 
 def check_feeds(

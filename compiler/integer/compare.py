@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -27,7 +28,7 @@ def ort_int_outputs(qdq: onnx.ModelProto, program: Program, feeds: Mapping[str, 
     options.log_severity_level = 3
     session = ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [b.onnx_name for b in program.outputs]
-    values = session.run(names, {k: np.asarray(v, np.float32) for k, v in feeds.items()})
+    values = run_in_model_batches(session, names, feeds)
     out: dict[str, np.ndarray] = {}
     for binding, value in zip(program.outputs, values, strict=True):
         info = program.tensors[binding.tensor]
@@ -39,6 +40,20 @@ def ort_int_outputs(qdq: onnx.ModelProto, program: Program, feeds: Mapping[str, 
 
 
 Stats = dict[str, int | float]
+
+
+def run_in_model_batches(session: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run`` over all samples, in chunks of the batch size the model fixes (axis 0 of its
+    inputs, e.g. 1 for ``torch.onnx.export`` without dynamic axes), outputs concatenated on axis 0."""
+    floats = {k: np.asarray(v, np.float32) for k, v in feeds.items()}
+    dims = [i.shape[0] for i in session.get_inputs() if i.shape]
+    fixed = next((d for d in dims if isinstance(d, int) and d > 0), None)
+    total = len(next(iter(floats.values())))
+    if fixed is None or fixed == total:
+        return [np.asarray(v) for v in session.run(names, floats)]
+    chunks = [session.run(names, {k: v[i : i + fixed] for k, v in floats.items()})
+              for i in range(0, total - total % fixed, fixed)]
+    return [np.concatenate([np.asarray(c[j]) for c in chunks]) for j in range(len(names))]
 
 
 def lsb_stats(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> Stats:
@@ -78,7 +93,7 @@ def per_op_with_ort(qdq: onnx.ModelProto, program: Program,
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    values = session.run(wanted, {k: np.asarray(v, np.float32) for k, v in feeds.items()})
+    values = run_in_model_batches(session, wanted, feeds)
     ints = {name: np.asarray(v).astype(np.int64) for name, v in zip(program.tensors, values, strict=True)}
     uint8 = {name for name, v in zip(program.tensors, values, strict=True) if np.asarray(v).dtype == np.uint8}
     ints = {k: v - 128 if k in uint8 else v for k, v in ints.items()}

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from ..ir import Model, constant_value, is_graph_output
 from .profile import TargetProfile
-from .qparams import activation_spec, bias_spec, weight_spec
+from .qparams import activation_spec, bias_spec, fit_bias, weight_spec
 from .recipe import NodeOptions, Recipe
 from .spec import NodeDecision, Precision, QuantPlan, QuantSpec
 
@@ -361,9 +361,10 @@ def _plan_constants(node: gs.Node, plan: QuantPlan, placement: Placement, profil
         return
     if node.op == "ConvTranspose" and w_spec.axis is not None and int(node.attrs.get("group", 1)) != 1:
         return
-    scale = w_spec.scale if w_spec.axis is not None else np.full(bias.shape, w_spec.scale, np.float32)
-    if scale.shape != bias.shape:
+    if w_spec.axis is not None and w_spec.scale.shape != bias.shape:
         return
+    w_spec = plan.tensors[w_tensor.name] = fit_bias(w_spec, bias, x_spec.scale)
+    scale = w_spec.scale if w_spec.axis is not None else np.full(bias.shape, w_spec.scale, np.float32)
     plan.tensors[node.inputs[bias_index].name] = bias_spec(x_spec.scale, scale)
 
 

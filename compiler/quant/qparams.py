@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .spec import DTYPE_RANGES, QuantSpec
@@ -49,6 +51,31 @@ def weight_spec(weight: np.ndarray, axis: int | None, dtype: str = "int8",
     zero = np.zeros(scale.shape, dtype=np.int64)
     return QuantSpec(dtype, scale, zero, axis=None if axis is None else axis % weight.ndim,
                      block_size=block_size or None, narrow=True, limit=limit)
+
+
+BIAS_LIMIT = float(2**30)  # |quantized bias| bound: half the int32 range, the rest for Σ x·w
+
+
+def fit_bias(w_spec: QuantSpec, bias: np.ndarray, input_scale: np.ndarray) -> QuantSpec:
+    """``w_spec`` with its scale raised where the int32 bias (scale s_in · s_w) would not fit.
+
+    A channel whose weights are all but zero (a dead channel after BatchNorm folding) gets a tiny weight
+    scale, so its bias in units of s_in · s_w overflows int32 and is clipped: the real EfficientNet-Lite0's
+    first depthwise conv lost its output to 15 dB that way. Such channels' weights are ~0 anyway, so a
+    coarser weight scale costs nothing there.
+    """
+    need = np.abs(bias.astype(np.float64)) / (float(input_scale) * BIAS_LIMIT)
+    scale = w_spec.scale.astype(np.float64)
+    widened = np.maximum(scale, need if w_spec.axis is not None else need.max(initial=0.0))
+    if np.array_equal(widened, scale):
+        return w_spec
+    if _is_pow2(scale):
+        widened = np.exp2(np.ceil(np.log2(widened)))
+    return dataclasses.replace(w_spec, scale=widened.astype(np.float32))
+
+
+def _is_pow2(scale: np.ndarray) -> bool:
+    return bool(np.all(np.exp2(np.round(np.log2(scale))) == scale))
 
 
 def bias_spec(input_scale: np.ndarray, weight_scale: np.ndarray) -> QuantSpec:

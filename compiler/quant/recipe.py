@@ -2,7 +2,7 @@
 
 ```toml
 [quantization]                 # defaults (all optional)
-method = "minmax"              # minmax | percentile | entropy | mse
+method = "auto"                # auto | minmax | percentile | entropy | mse (auto: mse on conv maps)
 percentile = 99.99
 activation_dtype = "uint8"     # uint8 | int8 (a target profile may force one)
 symmetric = false              # symmetric activations
@@ -29,6 +29,9 @@ bias_correction = true
 adaround = true                # learned rounding of weights (AdaRound); adaround_iterations = 500
 gptq = true                    # GPTQ on Gemm/MatMul weights; gptq_act_order = false
 
+[verdict]                      # limits of the build's verdict (compiler/verdict.py)
+degraded_sqnr_db = 15
+
 [calibration.image]            # preprocessing for image-folder calibration data
 size = 256
 crop = 224
@@ -37,6 +40,7 @@ crop = 224
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +51,11 @@ import tomllib
 from ..errors import RecipeError
 from .spec import Precision
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
+METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
 _DEFAULT_KEYS = {"method", "percentile", "activation_dtype", "symmetric", "per_channel",
                  "weight_dtype", "block_size", "weight_limit"}
 _OPTION_KEYS = {"precision", "weight_dtype", "block_size", "per_channel", "weight_limit"}
-_TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration", "boosters"}
+_TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration", "boosters", "verdict"}
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,12 @@ class Override:
     pattern: re.Pattern[str]
     options: dict[str, Any]
     matched: int = 0
+    where: str = ""  # the recipe key it came from (``override[1]``); empty for generated overrides
 
 
 @dataclass
 class Recipe:
-    method: str = "minmax"
+    method: str = "auto"
     percentile: float = 99.99
     activation_dtype: str | None = None
     symmetric: bool | None = None
@@ -88,6 +93,7 @@ class Recipe:
     exclude_ops: set[str] = field(default_factory=set)
     calibration: dict[str, Any] = field(default_factory=dict)
     boosters: dict[str, Any] = field(default_factory=dict)
+    verdict: dict[str, Any] = field(default_factory=dict)  # checked by verdict.Thresholds.from_table
     fallback_ops: frozenset[str] = frozenset()
     source: str = "defaults"
 
@@ -96,15 +102,23 @@ class Recipe:
         merged: dict[str, Any] = {"weight_dtype": self.weight_dtype, "block_size": self.block_size,
                                   "per_channel": self.per_channel, "weight_limit": self.weight_limit}
         merged.update(self.op_types.get(op_type, {}))
+        quantizing: Override | None = None  # the last user override asking for a quantized precision
         for override in self.overrides:
             if override.pattern.fullmatch(node_name):
                 override.matched += 1
                 merged.update(override.options)
+                if override.where and "precision" in override.options:
+                    quantizing = override if override.options["precision"] != "fp32" else None
         excluded = op_type in self.exclude_ops
         for rule in self.exclude_nodes:
             if rule.pattern.fullmatch(node_name):
                 rule.matched += 1
                 excluded = True
+                if quantizing is not None:
+                    raise RecipeError(
+                        f"{self.source}: node '{node_name}' is excluded by exclude.nodes "
+                        f"'{rule.pattern.pattern}' but {quantizing.where} ('{quantizing.pattern.pattern}') "
+                        f"sets precision '{quantizing.options['precision']}'; remove one of the two rules")
         if excluded or (op_type in self.fallback_ops and "precision" not in merged):
             merged["precision"] = "fp32"
         precision = merged.pop("precision", None)
@@ -120,11 +134,15 @@ def load_recipe(path: Path | None) -> Recipe:
     if path is None:
         return Recipe()
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RecipeError(f"recipe {path}: cannot read ({exc.strerror})") from exc
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror}); check the --recipe path") \
+            from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: the recipe is not UTF-8 text (byte {exc.start}); save it as UTF-8") \
+            from exc
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"recipe {path}: invalid TOML: {exc}") from exc
+        raise RecipeError(f"{path}: invalid TOML: {exc}; fix the recipe") from exc
     return parse_recipe(data, str(path))
 
 
@@ -147,14 +165,20 @@ def parse_recipe(data: dict[str, Any], label: str = "recipe") -> Recipe:
         _unknown(table, _OPTION_KEYS | {"nodes"}, label, f"override[{i}].")
         pattern = _regex(table.pop("nodes", None), label, f"override[{i}].nodes")
         opts = {k: _check_value(k, v, label, f"override[{i}].{k}") for k, v in table.items()}
-        recipe.overrides.append(Override(pattern, opts))
+        recipe.overrides.append(Override(pattern, opts, where=f"override[{i}]"))
     exclude = _table(data.get("exclude", {}), label, "exclude")
     _unknown(exclude, {"nodes", "op_types"}, label, "exclude.")
     recipe.exclude_nodes = [Override(_regex(p, label, "exclude.nodes"), {})
                             for p in _strings(exclude.get("nodes", []), label, "exclude.nodes")]
     recipe.exclude_ops = set(_strings(exclude.get("op_types", []), label, "exclude.op_types"))
+    for op in sorted(recipe.exclude_ops):
+        precision = recipe.op_types.get(op, {}).get("precision", "fp32")
+        if precision != "fp32":
+            raise RecipeError(f"{label}: op_types.{op}.precision = '{precision}' but exclude.op_types keeps "
+                              f"{op} in fp32; remove one of the two rules")
     recipe.calibration = _table(data.get("calibration", {}), label, "calibration")
     recipe.boosters = _table(data.get("boosters", {}), label, "boosters")
+    recipe.verdict = _table(data.get("verdict", {}), label, "verdict")
     return recipe
 
 
@@ -178,7 +202,10 @@ def _check_value(key: str, value: Any, label: str, where: str) -> Any:
 def _unknown(table: dict[str, Any], allowed: set[str], label: str, prefix: str) -> None:
     for key in table:
         if key not in allowed:
-            raise RecipeError(f"{label}: unknown key '{prefix}{key}'; allowed: {', '.join(sorted(allowed))}")
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise RecipeError(
+                f"{label}: unknown key '{prefix}{key}'{hint}; allowed: {', '.join(sorted(allowed))}")
 
 
 def _table(value: Any, label: str, where: str) -> dict[str, Any]:

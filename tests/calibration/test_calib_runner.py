@@ -69,7 +69,7 @@ def test_fixed_batch_one_model_runs() -> None:
 def test_hard_coded_batch_falls_back_to_one(caplog: pytest.LogCaptureFixture) -> None:
     proto = reshape_batch1_model()
     samples = samples_for(proto, 6)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         stats = calibrate(proto, ["y"], samples, method="minmax", batch_size=4)
     assert stats["y"].max == pytest.approx(float(np.maximum(samples.feeds["x"], 0).max()))
     assert "calibrating with batch 1" in caplog.text

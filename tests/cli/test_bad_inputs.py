@@ -44,7 +44,7 @@ def test_truncated_file(tmp_path: Path) -> None:
 def test_not_onnx(tmp_path: Path) -> None:
     path = tmp_path / "notes.onnx"
     path.write_text("this is a text file, not a model\n" * 20)
-    assert_clean_failure(build(path, tmp_path / "out"), tmp_path / "out", "notes.onnx", "not a valid ONNX")
+    assert_clean_failure(build(path, tmp_path / "out"), tmp_path / "out", "notes.onnx", "not an ONNX model")
 
 
 def test_unknown_domain(tmp_path: Path) -> None:

@@ -62,8 +62,11 @@ def test_no_bare_top_level_names_installed() -> None:
 @pytest.mark.skipif(os.environ.get("DSQC_SKIP_WHEEL") == "1", reason="DSQC_SKIP_WHEEL=1")
 def test_wheel_installs_non_editable_and_runs(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(dist), str(ROOT)], check=True, timeout=300)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                            "-w", str(dist), str(ROOT)], check=True, timeout=300, capture_output=True,
+                           text=True)
+    # e.g. setuptools' "`project.license` as a TOML table is deprecated" (a SPDX string since 77)
+    assert "deprecated" not in built.stdout + built.stderr, built.stderr
     wheel = next(dist.glob("dsqc-*.whl"))
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsqc.quant.qparams import activation_spec, bias_spec, dequantize, quantize, weight_spec
+from dsqc.quant.qparams import activation_spec, bias_spec, dequantize, fit_bias, quantize, weight_spec
 from dsqc.quant.spec import QuantSpec
 
 
@@ -62,3 +62,23 @@ def test_bias_scale_is_product() -> None:
     spec = bias_spec(np.float32(0.02), np.array([0.1, 0.2], np.float32))
     assert spec.dtype == "int32" and spec.axis == 0
     np.testing.assert_allclose(spec.scale, [0.002, 0.004], rtol=1e-6)
+
+
+def test_dead_channel_bias_fits_int32_by_widening_its_weight_scale() -> None:
+    """A BatchNorm-folded dead channel: weights ~1e-6, bias -6 (the real EfficientNet-Lite0 has them).
+    Its int32 bias at s_in·s_w would be ~-2e10 and clip; the channel's weight scale widens instead."""
+    weight = np.stack([np.full((1, 3, 3), 1e-6), np.linspace(-0.4, 0.4, 9).reshape(1, 3, 3)])
+    weight = weight.astype(np.float32)
+    bias = np.array([-6.07, 0.1], np.float32)
+    x_scale = np.float32(2 / 255)
+    w_spec = weight_spec(weight, 0, "int8")
+    assert np.abs(bias[0]) / (x_scale * w_spec.scale[0]) > 2**31, "the plain spec overflows int32"
+    fitted = fit_bias(w_spec, bias, x_scale)
+    b_spec = bias_spec(x_scale, fitted.scale)
+    assert np.abs(quantize(bias, b_spec)).max() <= 2**30
+    restored = dequantize(quantize(bias, b_spec), b_spec)
+    assert np.all(np.abs(restored - bias) <= b_spec.scale / 2 * (1 + 1e-6)), "within half a step"
+    assert fitted.scale[1] == w_spec.scale[1], "a healthy channel keeps its scale"
+    assert fit_bias(w_spec, np.zeros(2, np.float32), x_scale) is w_spec
+    pow2 = fit_bias(weight_spec(weight, 0, "int8", power_of_two=True), bias, x_scale)
+    assert np.all(np.exp2(np.round(np.log2(pow2.scale))) == pow2.scale), "pow2 plans stay pow2"

@@ -27,6 +27,8 @@ from dsqc.quant.spec import Precision
 from dsqc.switch_model import SwitchModel
 from tests.sensitivity._models import OUTLIER_NODE, late_input_mlp, outlier_cnn, save_cnn
 
+AVX2 = {"isa": "avx2"}  # 7-bit weights, which the planted outlier is sized for, on any build machine
+
 
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -36,7 +38,7 @@ def cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_planted_outlier_layer_ranks_first(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
     result = analyze(AnalyzeRequest(model=model, out_dir=tmp_path / "out", calib=str(data), samples=8,
-                                     progress=False))
+                                     progress=False, backend_options=AVX2))
     ranked = result.sensitivity.nodes
     assert ranked[0].name == OUTLIER_NODE
     top = ranked[0]
@@ -77,7 +79,7 @@ def space_and_switch(request: pytest.FixtureRequest) -> tuple:
     rng = np.random.default_rng(3)
     calib = SampleSet({"input": rng.normal(0, 1, (24, 3, 16, 16)).astype(np.float32)}, "calib")
     profile = dataclasses.replace(get_backend("onnx").profile, float_readers_read_float=request.param)
-    space = build_space(fp32, profile, Recipe(), calib)
+    space = build_space(fp32, profile, Recipe(method="minmax"), calib)  # ties as the tolerance assumes
     return space, SwitchModel(space), rng.normal(0, 1, (6, 3, 16, 16)).astype(np.float32)
 
 

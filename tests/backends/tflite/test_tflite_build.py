@@ -59,7 +59,7 @@ def test_options(conv_bn_path: Path, conv_bn_npz: Path, tmp_path: Path) -> None:
     info = parse((tmp_path / "o" / "conv_bn.int8.tflite").read_bytes())
     assert info["signatures"] == []
     assert info["tensors"][info["ops"][0][2][0]]["type"] == 9  # int8 input
-    with pytest.raises(RecipeError, match="tflite option 'colour' is unknown"):
+    with pytest.raises(RecipeError, match="tflite: unknown target option 'colour'"):
         build(BuildRequest(model=conv_bn_path, target="tflite", out_dir=tmp_path / "p",
                            calib=str(conv_bn_npz), backend_options={"colour": 1}))
     assert not (tmp_path / "p").exists()

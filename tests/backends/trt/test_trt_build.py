@@ -142,7 +142,7 @@ def test_fp16_islands(work: Path) -> None:
 
 
 def test_options_are_validated(work: Path) -> None:
-    with pytest.raises(RecipeError, match="unknown option 'fp17'"):
+    with pytest.raises(RecipeError, match="unknown target option 'fp17'"):
         _build(work, "residual_cnn", "trt", fp17=True)
     with pytest.raises(RecipeError, match="trt_version"):
         _build(work, "residual_cnn", "trt", trt_version="ten")

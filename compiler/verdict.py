@@ -1,0 +1,135 @@
+"""The verdict of a build: ``ok`` / ``degraded`` / ``collapsed`` (or ``unquantized``) from its verification.
+
+A pure function of the measured numbers, so ``dsqc build``, ``dsqc batch`` and bundles judge alike.
+
+Default thresholds, against the project's own benchmark (tools/bench/RESULTS.md, TRANSFORMERS.md):
+
+- **collapsed** — any output below 6 dB SQNR, or below 0.90 cosine, or a task-metric drop above 0.10
+  (10 points of accuracy). ORT's ``quantize_static`` on MiniLM (0.03 dB, cosine 0.35) and the
+  PP-OCR-style detector of issue 12 (-2.29 dB, cosine 0.546) fall here; for a centred output, cosine
+  0.90 is about 6.8 dB, so both limits describe the same loss of signal.
+- **degraded** — any output below 15 dB, or below 0.98 cosine, or a drop above 0.01 (1 point).
+  MiniLM with real weights quantizes to 16.4 dB / token cosine 0.9887 while its Lee-50 correlation
+  stays within 0.0005 of FP32 (the project's acceptance bar), so 15 dB keeps that build ``ok``; its
+  INT4-attention variant (13.5 dB, 0.976) and entropy-calibrated MiniLM (9.8 dB, Lee -0.08) are
+  ``degraded``. The CNNs build at 37–43 dB and stay far from both limits.
+- **unquantized** — an int8 build whose plan quantized no tensor: the artifact is the FP32 model and
+  its "perfect" SQNR (inf) is no success.
+
+Override any limit in the recipe::
+
+    [verdict]
+    degraded_sqnr_db = 20
+    collapsed_drop = 0.05
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import RecipeError
+
+LEVELS = ("ok", "degraded", "collapsed", "unquantized")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits below which (SQNR, cosine) or above which (task drop) a build is degraded / collapsed."""
+
+    collapsed_sqnr_db: float = 6.0
+    collapsed_cosine: float = 0.90
+    collapsed_drop: float = 0.10
+    degraded_sqnr_db: float = 15.0
+    degraded_cosine: float = 0.98
+    degraded_drop: float = 0.01
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], label: str = "recipe") -> Thresholds:
+        """The recipe's ``[verdict]`` table over the defaults; unknown keys and bad numbers are errors."""
+        known = [f.name for f in fields(cls)]
+        for key, value in table.items():
+            if key not in known:
+                raise RecipeError(f"{label}: unknown key 'verdict.{key}'; allowed: {', '.join(known)}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise RecipeError(f"{label}: verdict.{key} must be a number, got {value!r}")
+        limits = cls(**{k: float(v) for k, v in table.items()})
+        for kind in ("sqnr_db", "cosine"):
+            if getattr(limits, f"collapsed_{kind}") > getattr(limits, f"degraded_{kind}"):
+                raise RecipeError(f"{label}: verdict.collapsed_{kind} must not exceed "
+                                  f"verdict.degraded_{kind}")
+        if limits.collapsed_drop < limits.degraded_drop:
+            raise RecipeError(f"{label}: verdict.collapsed_drop must not be below verdict.degraded_drop")
+        return limits
+
+    def describe(self) -> str:
+        return (f"degraded below {self.degraded_sqnr_db:g} dB SQNR or {self.degraded_cosine:g} cosine or "
+                f"a task drop above {self.degraded_drop:g}; collapsed below {self.collapsed_sqnr_db:g} dB or "
+                f"{self.collapsed_cosine:g} cosine or a drop above {self.collapsed_drop:g}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: str
+    reasons: tuple[str, ...]
+    thresholds: Thresholds
+
+    @property
+    def ok(self) -> bool:
+        return self.level == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "reasons": list(self.reasons), "thresholds": asdict(self.thresholds)}
+
+
+def judge(outputs: Mapping[str, Mapping[str, float]], task: Mapping[str, Any] | None,
+          quantized_tensors: int, thresholds: Thresholds | None = None) -> Verdict:
+    """The verdict from per-output ``sqnr_db``/``cosine``, an optional task ``drop`` and the count of
+    tensors the plan quantized. Reasons name each output that crossed a limit, worst level first."""
+    limits = thresholds or Thresholds()
+    if quantized_tensors == 0:
+        return Verdict("unquantized", ("the plan quantized 0 tensors: the artifact computes in FP32 and "
+                                       "its outputs equal FP32 (SQNR inf) because nothing was quantized",),
+                       limits)
+    collapsed: list[str] = []
+    degraded: list[str] = []
+    for name, m in outputs.items():
+        sqnr, cos = float(m["sqnr_db"]), float(m["cosine"])
+        if math.isnan(sqnr) or math.isnan(cos):
+            collapsed.append(f"output '{name}' is NaN")
+            continue
+        for value, low, high, what in ((sqnr, limits.collapsed_sqnr_db, limits.degraded_sqnr_db, "SQNR"),
+                                       (cos, limits.collapsed_cosine, limits.degraded_cosine, "cosine")):
+            unit = " dB" if what == "SQNR" else ""
+            if value < low:
+                collapsed.append(f"output '{name}' {what} {value:.4g}{unit} < {low:g}{unit}")
+            elif value < high:
+                degraded.append(f"output '{name}' {what} {value:.4g}{unit} < {high:g}{unit}")
+    if task is not None:
+        drop, metric = float(task["drop"]), task.get("metric", "task metric")
+        if drop > limits.collapsed_drop:
+            collapsed.append(f"{metric} dropped {drop:.4g} > {limits.collapsed_drop:g}")
+        elif drop > limits.degraded_drop:
+            degraded.append(f"{metric} dropped {drop:.4g} > {limits.degraded_drop:g}")
+    if collapsed:
+        return Verdict("collapsed", tuple(collapsed + degraded), limits)
+    if degraded:
+        return Verdict("degraded", tuple(degraded), limits)
+    return Verdict("ok", (), limits)
+
+
+def advice(verdict: Verdict, model: str, calib: str | None, out: str) -> str:
+    """The loud last line of a build that is not ``ok``: what happened and what to try."""
+    if verdict.level == "unquantized":
+        return (f"NOTHING WAS QUANTIZED ({model}): 0 quantized tensors, the artifact is the FP32 model. "
+                "See the float nodes and their reasons above and in report.json; force nodes to int8 with a "
+                "recipe ([op_types.<Op>] precision = \"int8\"), or build with --precision fp32 if that is "
+                "what you want")
+    shown = verdict.reasons[:3]
+    why = "; ".join(shown) + (f"; … {len(verdict.reasons) - 3} more" if len(verdict.reasons) > 3 else "")
+    analyze = f"dsqc analyze {model} --calib {calib or 'DATA'} -o {out}-analysis"
+    return (f"verdict {verdict.level.upper()}: {why}. Try: `{analyze}` to rank the sensitive nodes, then a "
+            f"recipe keeping them in fp32 ([exclude] nodes = [...]), or --accuracy-budget "
+            f"sqnr:{verdict.thresholds.degraded_sqnr_db:g} for an automatic mixed-precision plan")

@@ -1,0 +1,58 @@
+"""``-B isa``: the onnx target's weight bits follow the CPU that will run the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from dsqc.backends.onnx.isa import host_isa, resolve_isa
+from dsqc.backends.registry import get_backend
+from dsqc.cli import main
+from dsqc.errors import RecipeError
+from tests.sensitivity._models import save_cnn
+
+
+def test_host_isa_reads_the_cpu_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert host_isa(cpuinfo, "x86_64") == "avx2"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert host_isa(cpuinfo, "x86_64") == "vnni"
+    cpuinfo.write_text("flags\t\t: avx2 avx_vnni\n")
+    assert host_isa(cpuinfo, "x86_64") == "vnni"
+    assert host_isa(tmp_path / "missing", "x86_64") == "avx2", "unknown x86 takes the safe 7 bits"
+    assert host_isa(cpuinfo, "aarch64") == "arm64"
+
+
+def test_profile_and_bad_values() -> None:
+    backend = get_backend("onnx")
+    assert backend.profile_for({"isa": "avx2"}).weight_limit == 64
+    assert backend.profile_for({"isa": "vnni"}).weight_limit == 127
+    assert backend.profile_for({"isa": "arm64"}).weight_limit == 127
+    assert resolve_isa(None)[1] == "detected on the build machine"
+    with pytest.raises(RecipeError, match="onnx: -B isa='sse2'; choose one of avx2, vnni, arm64"):
+        backend.profile_for({"isa": "sse2"})
+    unknown = r"onnx: unknown target option 'parallelism' \(-B parallelism=…\); options of onnx: isa"
+    with pytest.raises(RecipeError, match=unknown):
+        backend.profile_for({"parallelism": 8})
+
+
+@pytest.mark.parametrize(("isa", "limit", "bits"), [("avx2", 64, 7), ("vnni", 127, 8)])
+def test_build_stores_weights_in_the_isa_range(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               isa: str, limit: int, bits: int) -> None:
+    model, data = save_cnn(tmp_path)
+    out = tmp_path / isa
+    assert main(["build", str(model), "-t", "onnx", "--calib", str(data), "-o", str(out), "--no-latency",
+                 "-B", f"isa={isa}"]) == 0
+    qdq = onnx.load(str(out / "outlier_cnn.int8.onnx"))
+    weights = [numpy_helper.to_array(t) for t in qdq.graph.initializer if t.data_type == onnx.TensorProto.INT8
+               and t.dims and len(t.dims) == 4]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == limit
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["onnx"] == {"isa": isa, "isa_source": "-B isa", "weight_bits": bits}
+    assert f"int8 weights in {bits} bits for isa={isa} (-B isa" in capsys.readouterr().out

@@ -1,0 +1,141 @@
+"""Every build gets a verdict (ok / degraded / collapsed / unquantized) in the terminal and report.json;
+``--strict`` turns a verdict other than ok into exit 2 with nothing written (issue 12, items 2 and 9)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from dsqc.cli import main
+from dsqc.errors import RecipeError
+from dsqc.quant.recipe import parse_recipe
+from dsqc.verdict import Thresholds, judge
+from tests.conftest import conv_bn_model
+
+
+def _out(sqnr: float, cos: float) -> dict[str, float]:
+    return {"sqnr_db": sqnr, "cosine": cos}
+
+
+def test_judge_levels_and_reasons() -> None:
+    assert judge({"y": _out(40.0, 0.9999)}, None, 10).level == "ok"
+    assert judge({"y": _out(math.inf, 1.0)}, None, 10).level == "ok"  # lossless, and something was quantized
+    degraded = judge({"y": _out(12.0, 0.99)}, None, 10)
+    assert degraded.level == "degraded" and degraded.reasons == ("output 'y' SQNR 12 dB < 15 dB",)
+    # the PP-OCR-style detector of issue 12: -2.29 dB, cosine 0.546 on its probability map
+    collapsed = judge({"map": _out(-2.29, 0.546), "aux": _out(40.0, 0.9999)}, None, 10)
+    assert collapsed.level == "collapsed"
+    assert collapsed.reasons == ("output 'map' SQNR -2.29 dB < 6 dB", "output 'map' cosine 0.546 < 0.9")
+    task = {"fp32": 0.97, "quantized": 0.80, "drop": 0.17, "metric": "top1_accuracy"}
+    assert judge({"y": _out(30.0, 0.999)}, task, 10).level == "collapsed"
+    assert judge({"y": _out(30.0, 0.999)}, {**task, "drop": 0.02}, 10).level == "degraded"
+    assert judge({"y": _out(math.nan, math.nan)}, None, 10).level == "collapsed"
+
+
+def test_nothing_quantized_is_never_success() -> None:
+    verdict = judge({"y": _out(math.inf, 1.0)}, None, quantized_tensors=0)
+    assert verdict.level == "unquantized" and not verdict.ok
+    assert "quantized 0 tensors" in verdict.reasons[0]
+
+
+def test_thresholds_from_recipe_table() -> None:
+    recipe = parse_recipe({"verdict": {"degraded_sqnr_db": 30, "collapsed_cosine": 0.5}}, "r.toml")
+    limits = Thresholds.from_table(recipe.verdict, "r.toml")
+    assert limits.degraded_sqnr_db == 30 and limits.collapsed_cosine == 0.5 and limits.degraded_cosine == 0.98
+    assert judge({"y": _out(25.0, 0.999)}, None, 1, limits).level == "degraded"
+    with pytest.raises(RecipeError, match=r"unknown key 'verdict.sqnr'.*degraded_sqnr_db"):
+        Thresholds.from_table({"sqnr": 3}, "r.toml")
+    with pytest.raises(RecipeError, match="must be a number"):
+        Thresholds.from_table({"degraded_cosine": "high"}, "r.toml")
+    with pytest.raises(RecipeError, match="must not exceed"):
+        Thresholds.from_table({"collapsed_sqnr_db": 20}, "r.toml")
+
+
+def collapsing_model(path: Path) -> Path:
+    """Conv (+1000 bias) → Conv (−1000 bias): the output is the input, but the middle tensor's range
+    [0, 1003] leaves ~4 units per int8 step for a signal of ±2 — the outlier-range collapse seen on
+    real models."""
+    eye = np.eye(4, dtype=np.float32)[:, :, None, None]
+    inits = [numpy_helper.from_array(eye, "w"), numpy_helper.from_array(np.full(4, 1000.0, np.float32), "up"),
+             numpy_helper.from_array(np.full(4, -1000.0, np.float32), "down")]
+    nodes = [helper.make_node("Conv", ["x", "w", "up"], ["h"], name="shift_up"),
+             helper.make_node("Conv", ["h", "w", "down"], ["y"], name="shift_down")]
+    graph = helper.make_graph(nodes, "collapse", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                               ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _npz(path: Path, name: str, shape: tuple[int, ...], n: int = 40) -> Path:
+    np.savez(path, **{name: np.random.default_rng(0).normal(size=(n, *shape)).astype(np.float32)})
+    return path
+
+
+def _build(model: Path, calib: Path, out: Path, *extra: str) -> int:
+    return main(["build", str(model), "--target", "onnx", "--calib", str(calib), "--no-latency",
+                 "-o", str(out), *extra])
+
+
+def test_collapsed_build_says_so_and_strict_writes_nothing(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    model = collapsing_model(tmp_path / "collapse.onnx")
+    calib = _npz(tmp_path / "calib.npz", "x", (4, 8, 8))
+    assert _build(model, calib, tmp_path / "out") == 0
+    out, err = capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"]["level"] == "collapsed"
+    assert report["verdict"]["thresholds"]["collapsed_sqnr_db"] == 6.0
+    assert "verdict: collapsed — output 'y' SQNR" in out and "limits: degraded below 15 dB" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dsqc: warning: verdict COLLAPSED: output 'y' SQNR"), last
+    assert f"dsqc analyze {model} --calib {calib}" in last and "--accuracy-budget sqnr:15" in last
+
+    assert _build(model, calib, tmp_path / "strict", "--strict") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dsqc: error: --strict, nothing written: verdict COLLAPSED")
+    assert not (tmp_path / "strict").exists()
+
+
+def test_recipe_verdict_table_moves_the_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = collapsing_model(tmp_path / "collapse.onnx")
+    calib = _npz(tmp_path / "calib.npz", "x", (4, 8, 8))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[verdict]\ncollapsed_sqnr_db = -20\ncollapsed_cosine = 0.1\n"
+                      "degraded_sqnr_db = -10\ndegraded_cosine = 0.2\n")
+    assert _build(model, calib, tmp_path / "out", "--recipe", str(recipe), "--strict") == 0
+    assert "verdict: ok" in capsys.readouterr().out
+
+
+def test_build_that_quantized_nothing_is_loud(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "conv_bn.onnx"
+    onnx.save(conv_bn_model(), model)
+    calib = _npz(tmp_path / "calib.npz", "input", (3, 16, 16))
+    recipe = tmp_path / "none.toml"
+    recipe.write_text('[exclude]\nop_types = ["Conv", "Gemm", "Relu", "GlobalAveragePool", "Flatten"]\n')
+    assert _build(model, calib, tmp_path / "out", "--recipe", str(recipe)) == 0
+    out, err = capsys.readouterr()
+    assert "0 quantized tensors" in out and "verdict: unquantized" in out
+    assert err.strip().splitlines()[-1].startswith("dsqc: warning: NOTHING WAS QUANTIZED")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"]["level"] == "unquantized"
+    assert _build(model, calib, tmp_path / "strict", "--recipe", str(recipe), "--strict") == 2
+    assert not (tmp_path / "strict").exists()
+
+
+def test_ok_build_has_a_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "conv_bn.onnx"
+    onnx.save(conv_bn_model(), model)
+    calib = _npz(tmp_path / "calib.npz", "input", (3, 16, 16))
+    assert _build(model, calib, tmp_path / "out", "--strict") == 0
+    out, err = capsys.readouterr()
+    assert "verdict: ok" in out and "dsqc: warning" not in err
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["verdict"]["level"] == "ok"
