@@ -113,6 +113,8 @@ NOTES = [
     "round-to-nearest (a unit test checks exactly that). MiniLM's real activations are correlated.",
     "- Bias correction (on by default in `dsqc build` since this was written) is off in every row here, "
     "so the columns isolate the rounding; in a build it runs after the learned rounding.",
+    "- Measured on the branch before it merged main's ISA-dependent weight bits; on this AVX2 machine "
+    "the onnx profile's weights are 7-bit (±64) either way.",
     "- The ResNet-18-like and MobileNetV2-like rows ran with `--quick` (32 calibration, 16 held-out "
     "seeded N(0,1) inputs) and 200 AdaRound iterations, to fit the session's time on 2 loaded cores.",
     "- MiniLM at int8 is limited by the activations (uint8 everywhere on the onnx target), not the "
