@@ -38,7 +38,7 @@ from .calibration.runner import calibrate
 from .errors import RecipeError
 from .ir import Model, constant_value
 from .model_io import prepare
-from .rounding import RoundingOptions
+from .rounding import ROUNDED_MARK, RoundingOptions
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,9 @@ def correct_biases(fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: SampleS
     model = Model.from_proto(qdq)
     produced = reference.graph.tensors()
     wanted: dict[str, tuple[str, int]] = {}
+    learned = set(model.metadata.get(ROUNDED_MARK, "").splitlines())  # AdaRound/GPTQ fitted the mean too
     for node in model.graph.nodes:
-        if node.name in float_weights:
+        if node.name in float_weights and node.name not in learned:
             # a shifted input's own bias fix is in place (quantize.py): correct for E[x], not E[x - m]
             tensor = unshifted(reference.graph, float_input(node).name)
             if tensor in produced and constant_value(produced[tensor]) is None:

@@ -41,6 +41,7 @@ from .quant.spec import QuantPlan
 log = logging.getLogger(__name__)
 KEEP_BYTES = 48 << 20  # AdaRound: stored inputs per layer and per model (quantized + FP32 each)
 REFOLD_MARK = "dsqc.shift_bias.rounding"
+ROUNDED_MARK = "dsqc.rounded_layers"  # model metadata: the layers whose integers were learned, one a line
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def learn_rounding(fp32: onnx.ModelProto, qdq: onnx.ModelProto, plan: QuantPlan 
     layers = {n.name: n for n in model.graph.nodes if n.name in method}
     before = {n: dequantize_constant(producer(layers[n].inputs[1])) for n in shift_means if n in layers}
     calib = samples.take(options.samples)
+    rounded: list[str] = []
     for wave in _waves(model.graph, set(method)):
         proto = _export(model, qdq)
         nodes = {n.name: n for n in model.graph.nodes if n.name in wave}
@@ -86,12 +88,18 @@ def learn_rounding(fp32: onnx.ModelProto, qdq: onnx.ModelProto, plan: QuantPlan 
         if ada:
             data = _adaround_inputs(fp32, proto, {n: (ref_nodes[n], nodes[n]) for n in ada}, shifts,
                                     calib, batch_size)
-            AdaRound({n: weights[n] for n in ada}, data, limits, options.iterations)(model)
+            adaround = AdaRound({n: weights[n] for n in ada}, data, limits, options.iterations)
+            adaround(model)
+            rounded += [n for n, r in adaround.results.items() if r.kept and r.changed]
         gq = [n for n in wave if method[n] == "gptq"]
         if gq:
             hessians = _hessians(proto, {n: nodes[n] for n in gq}, shifts, calib, batch_size)
-            GPTQ({n: weights[n] for n in gq}, hessians, limits, act_order=options.act_order)(model)
-    refold = {n: w for n, w in before.items() if w is not None}
+            gptq = GPTQ({n: weights[n] for n in gq}, hessians, limits, act_order=options.act_order)
+            gptq(model)
+            rounded += [n for n, g in gptq.results.items() if g.kept and g.changed]
+    if rounded:  # bias correction leaves these alone: their fit already includes the mean error
+        model.metadata[ROUNDED_MARK] = "\n".join(sorted(rounded))
+    refold = {n: w for n, w in before.items() if w is not None and n in rounded}
     if refold:
         BiasCorrection(refold, {n: shift_means[n] for n in refold}, mark=REFOLD_MARK)(model)
     log.info("boosters: learned rounding on %d layers (%s)", len(method),
