@@ -110,7 +110,7 @@ def test_bias_correction_leaves_learned_layers_alone(rounded: tuple[onnx.ModelPr
     from dsqc.boosters import correct_biases
     from dsqc.rounding import ROUNDED_MARK
 
-    fp32, nearest, learned = rounded
+    fp32, _, learned = rounded
     marked = {p.value for p in learned.metadata_props if p.key == ROUNDED_MARK}
     layers = set(next(iter(marked)).splitlines()) if marked else set()
     assert {"conv2", "fc"} <= layers
