@@ -4,6 +4,7 @@ Calibration and held-out crops come from disjoint photo sets, so held-out inputs
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+@functools.lru_cache(maxsize=32)
 def photo(name: str) -> np.ndarray:
     """``skimage.data.<name>()`` as float32 RGB in [0, 1], ``[H, W, 3]``."""
     from skimage import data

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=CASES, help="cases to prepare (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="cache folder (default $DSQC_REAL_DIR or .cache/real)")
     parser.add_argument("--bn-batches", type=int, default=200, help="train-mode batches for BatchNorm statistics")
+    parser.add_argument("--bn-batch-size", type=int, default=8)
     parser.add_argument("--n-calib", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=128)
     args = parser.parse_args(argv)
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "silero_vad":
             speech.prepare_silero(folder, pydeps)
         else:
-            vision.prepare_torchvision(name.removesuffix("_tv"), folder, args.n_calib, args.n_eval, args.bn_batches)
+            vision.prepare_torchvision(name.removesuffix("_tv"), folder, args.n_calib, args.n_eval, args.bn_batches,
+                                      args.bn_batch_size)
         log.info("%s prepared in %.0f s", name, time.perf_counter() - start)
     return 0
 

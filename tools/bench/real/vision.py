@@ -50,7 +50,7 @@ def fit_batchnorm(module: Any, batches: int, batch_size: int, seed: int) -> None
         for b in range(batches):
             crops = photos.random_crops(names, batch_size, SIZE, rng, scale=(0.08, 1.0))
             module(torch.from_numpy(photos.to_nchw(crops, photos.IMAGENET_MEAN, photos.IMAGENET_STD)))
-            if b % 50 == 0:
+            if b % 25 == 0:
                 log.info("  BatchNorm statistics: batch %d/%d", b, batches)
     module.eval()
 
@@ -64,7 +64,7 @@ def image_sets(n_calib: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.nda
 
 
 def prepare_torchvision(arch: str, folder: Path, n_calib: int, n_eval: int, bn_batches: int,
-                        bn_batch_size: int = 16) -> Path:
+                        bn_batch_size: int = 8) -> Path:
     """``torchvision.models.<arch>`` (random init, seed 0), BatchNorm statistics from real photos, ONNX."""
     import torch
     import torchvision
