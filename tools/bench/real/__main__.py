@@ -16,22 +16,31 @@ from tools.bench.real import evaluate, quantize, report
 from tools.bench.real.store import REPO, load_meta, real_dir
 
 log = logging.getLogger("tools.bench.real")
-ORDER = ("resnet18_tv", "mobilenet_v2_tv", "efficientnet_b0_tv", "efficientnet_lite0", "minilm", "nudenet_320n",
-         "silero_vad", "mnist_cnn")
+ORDER = (
+    "resnet18_tv",
+    "mobilenet_v2_tv",
+    "efficientnet_b0_tv",
+    "efficientnet_lite0",
+    "minilm",
+    "nudenet_320n",
+    "silero_vad",
+    "mnist_cnn",
+)
 # Calibration samples used (the first N of the calibration file, for every quantizer): ORT's entropy and
 # percentile calibrators keep every intermediate tensor of every sample in memory.
 CALIB_LIMIT = {"classifier": 64, "detector": 32}
 
 
-def bench_case(meta: dict[str, Any], folder: Path, work: Path, methods: tuple[str, ...], rounds: int,
-               runs: int) -> dict[str, Any]:
+def bench_case(
+    meta: dict[str, Any], folder: Path, work: Path, todo: list[quantize.Job], rounds: int, runs: int
+) -> dict[str, Any]:
     """Every quantization of one case, their accuracy, then the latency of the three headline models."""
     name, kind = meta["name"], meta["kind"]
     work.mkdir(parents=True, exist_ok=True)
     n_calib = min(meta["n_calib"], CALIB_LIMIT.get(kind, meta["n_calib"]))
     fp32, calib, held = folder / meta["model"], folder / meta["calib"], folder / meta["eval"]
     results: dict[str, dict[str, Any]] = {}
-    for job in quantize.jobs(methods):
+    for job in todo:
         res = quantize.run(job, fp32, calib, held, n_calib, work)
         results[job.label] = res
         state = f"{res['wall_s']:.0f} s" if res["ok"] else f"FAILED {res['error']}"
@@ -46,29 +55,49 @@ def bench_case(meta: dict[str, Any], folder: Path, work: Path, methods: tuple[st
     for label, lat in evaluate.latency({"fp32": fp32, **timed}, sample, rounds, runs).items():
         rows[label].update(lat)
     jobs = {k: {kk: vv for kk, vv in v.items() if kk != "command"} for k, v in results.items()}
-    return {"kind": kind, "n_calib": n_calib, "n_eval": meta["n_eval"], "source": meta.get("source"),
-            "inputs": meta.get("inputs"), "rows": rows, "jobs": jobs, **best}
+    return {
+        "kind": kind,
+        "n_calib": n_calib,
+        "n_eval": meta["n_eval"],
+        "source": meta.get("source"),
+        "inputs": meta.get("inputs"),
+        "rows": rows,
+        "jobs": jobs,
+        **best,
+    }
 
 
 def _best(rows: dict[str, dict[str, Any]], tool: str) -> str | None:
     """The label of ``tool``'s run with the highest finite SQNR."""
-    cands = [(r["sqnr_db"], k) for k, r in rows.items() if k.split("-")[0] == tool and math.isfinite(r["sqnr_db"])]
+    cands = [
+        (r["sqnr_db"], k) for k, r in rows.items() if k.split("-")[0] == tool and math.isfinite(r["sqnr_db"])
+    ]
     return max(cands)[1] if cands else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="*", help=f"cases to run (default: all prepared, in the order {ORDER})")
-    parser.add_argument("--data", type=Path, default=None, help="prepared cases (default $DSQC_REAL_DIR or .cache/real)")
+    parser.add_argument(
+        "--cases", nargs="*", help=f"cases to run (default: all prepared, in the order {ORDER})"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=None, help="prepared cases (default $DSQC_REAL_DIR or .cache/real)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="quantized models (default <data>/runs)")
     parser.add_argument("--md", type=Path, default=REPO / "tools" / "bench" / "REAL.md")
     parser.add_argument("--json", type=Path, default=REPO / "tools" / "bench" / "real.json")
     parser.add_argument("--also-md", type=Path, nargs="*", default=[], help="more copies of the table")
-    parser.add_argument("--methods", nargs="*", default=list(quantize.DSQC_METHODS))
+    parser.add_argument(
+        "--methods", nargs="*", default=list(quantize.DSQC_METHODS), help="dsqc --method runs"
+    )
+    parser.add_argument("--ort-methods", nargs="*", default=list(quantize.ORT_METHODS))
+    parser.add_argument("--no-reduce-range", action="store_true", help="skip ORT's reduce_range=True runs")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--merge", action="store_true", help="keep the other cases already in --json")
-    parser.add_argument("--title", default="Real-weight benchmark: dsqc vs ONNX Runtime's best quantize_static")
+    parser.add_argument(
+        "--title", default="Real-weight benchmark: dsqc vs ONNX Runtime's best quantize_static"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[real %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     folder = args.data or real_dir()
@@ -76,19 +105,28 @@ def main(argv: list[str] | None = None) -> int:
     names = args.cases or [n for n in ORDER if n in metas] + sorted(set(metas) - set(ORDER))
     missing = [n for n in names if n not in metas]
     if missing:
-        print(f"real bench: error: {', '.join(missing)} not prepared in {folder}; run "
-              "python -m tools.bench.real.prepare (torchvision venv) or see README", file=sys.stderr)
+        print(
+            f"real bench: error: {', '.join(missing)} not prepared in {folder}; run "
+            "python -m tools.bench.real.prepare (torchvision venv) or see README",
+            file=sys.stderr,
+        )
         return 2
     results: dict[str, Any] = {"machine": report.machine(), "cases": {}}
     if args.merge and args.json.exists():
         earlier = json.loads(args.json.read_text())
         results["cases"] = {k: v for k, v in earlier["cases"].items() if k not in names}
-        results["machine"] = earlier["machine"] | {"date": f"{earlier['machine']['date']} .. {results['machine']['date']}"}
+        results["machine"] = earlier["machine"] | {
+            "date": f"{earlier['machine']['date']} .. {results['machine']['date']}"
+        }
+    todo = quantize.jobs(
+        tuple(args.methods), tuple(args.ort_methods), (False,) if args.no_reduce_range else (False, True)
+    )
     for name in names:
         start = time.perf_counter()
         results["cases"].pop(name, None)
-        results["cases"][name] = bench_case(metas[name], folder, (args.work or folder / "runs") / name,
-                                            tuple(args.methods), args.rounds, args.runs)
+        results["cases"][name] = bench_case(
+            metas[name], folder, (args.work or folder / "runs") / name, todo, args.rounds, args.runs
+        )
         log.info("%s done in %.0f s", name, time.perf_counter() - start)
         args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")
         text = report.markdown(results, args.title)

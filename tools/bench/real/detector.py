@@ -1,5 +1,6 @@
 """NudeNet's ``320n.onnx`` (a YOLOv8n detector with real weights, from the ``nudenet`` wheel) on real photos
-letterboxed to 320: photo crops (people in the astronaut and camera photos) and 2×2 mosaics of real LFW faces."""
+letterboxed to 320: photo crops (people in the astronaut and camera photos) and 2×2 mosaics of
+real LFW faces."""
 
 from __future__ import annotations
 
@@ -46,8 +47,12 @@ def image_set(n_photos: int, n_faces: int, held_out: bool, seed: int) -> np.ndar
     """Letterboxed photo crops (random area 30–100 %, so aspect ratios vary) and face mosaics, NCHW [0, 1]."""
     rng = np.random.default_rng(seed)
     names = photos.HELD_OUT_PHOTOS if held_out else photos.CALIB_PHOTOS
-    images = [photos.letterbox(photos.photo(names[i % len(names)]), SIZE) if i < len(names) else
-              photos.letterbox(_crop(photos.photo(names[i % len(names)]), rng), SIZE) for i in range(n_photos)]
+    images = [
+        photos.letterbox(photos.photo(names[i % len(names)]), SIZE)
+        if i < len(names)
+        else photos.letterbox(_crop(photos.photo(names[i % len(names)]), rng), SIZE)
+        for i in range(n_photos)
+    ]
     mosaics = photos.faces(n_faces, rng, held_out=held_out, size=SIZE)
     return photos.to_nchw(np.concatenate([np.stack(images), mosaics]))
 
@@ -56,7 +61,7 @@ def _crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape[:2]
     ch, cw = int(h * rng.uniform(0.5, 1.0)), int(w * rng.uniform(0.5, 1.0))
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = img[y:y + ch, x:x + cw]
+    crop = img[y : y + ch, x : x + cw]
     return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
@@ -65,11 +70,21 @@ def prepare_detector(folder: Path, pydeps: Path | None, n_photos: int = 32, n_fa
     held = image_set(n_photos, n_faces, held_out=True, seed=31)
     with tempfile.TemporaryDirectory() as tmp:
         path = fixed_size(nudenet_model(pydeps), Path(tmp) / "model.onnx")
-        return save_case("nudenet_320n", path, {"images": calib}, {"images": held}, {
-            "kind": "detector",
-            "source": "nudenet 3.4.2 320n.onnx (YOLOv8n, real weights, 18 classes), input dims fixed to 320x320, "
-                      "dynamic batch; output0 [N, 22, 2100] = cx, cy, w, h (pixels) + 18 class scores",
-            "inputs": "images: RGB in [0, 1] letterboxed to 320 (pad right/bottom, as nudenet does), NCHW: "
-                      f"{n_photos} skimage photo crops + {n_faces} 2x2 mosaics of real LFW faces "
-                      "(calibration: calibration photos, faces 0-49; held-out: other photos, faces 50-99)",
-            "metric": "box agreement and mAP@0.5 vs FP32 boxes (score >= 0.25, class-wise NMS IoU 0.45)"}, folder)
+        return save_case(
+            "nudenet_320n",
+            path,
+            {"images": calib},
+            {"images": held},
+            {
+                "kind": "detector",
+                "source": "nudenet 3.4.2 320n.onnx (YOLOv8n, real weights, 18 classes), "
+                "input dims fixed to 320x320, "
+                "dynamic batch; output0 [N, 22, 2100] = cx, cy, w, h (pixels) + 18 class scores",
+                "inputs": "images: RGB in [0, 1] letterboxed to 320 "
+                "(pad right/bottom, as nudenet does), NCHW: "
+                f"{n_photos} skimage photo crops + {n_faces} 2x2 mosaics of real LFW faces "
+                "(calibration: calibration photos, faces 0-49; held-out: other photos, faces 50-99)",
+                "metric": "box agreement and mAP@0.5 vs FP32 boxes (score >= 0.25, class-wise NMS IoU 0.45)",
+            },
+            folder,
+        )

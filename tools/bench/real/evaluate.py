@@ -33,8 +33,10 @@ def outputs(path: Path, feeds: Feeds) -> np.ndarray:
     name = sess.get_outputs()[0].name
     n = len(next(iter(feeds.values())))
     inputs = {i.name for i in sess.get_inputs()}
-    parts = [sess.run([name], {k: v[s:s + EVAL_BATCH] for k, v in feeds.items() if k in inputs})[0]
-             for s in range(0, n, EVAL_BATCH)]
+    parts = [
+        sess.run([name], {k: v[s : s + EVAL_BATCH] for k, v in feeds.items() if k in inputs})[0]
+        for s in range(0, n, EVAL_BATCH)
+    ]
     return np.concatenate(parts)
 
 
@@ -47,25 +49,39 @@ def stream_vad(path: Path, feeds: Feeds, starts: list[int]) -> np.ndarray:
     for i in range(n):
         if i in starts:
             state = np.zeros_like(state)
-        p, state = sess.run(None, {"input": feeds["input"][i:i + 1], "state": state})
+        p, state = sess.run(None, {"input": feeds["input"][i : i + 1], "state": state})
         probs[i] = p[0, 0]
     return probs
 
 
-def task(kind: str, meta: dict[str, Any], path: Path, ref: np.ndarray, got: np.ndarray, feeds: Feeds,
-         labels: np.ndarray | None, ref_stream: np.ndarray | None) -> dict[str, float]:
+def task(
+    kind: str,
+    meta: dict[str, Any],
+    path: Path,
+    ref: np.ndarray,
+    got: np.ndarray,
+    feeds: Feeds,
+    labels: np.ndarray | None,
+    ref_stream: np.ndarray | None,
+) -> dict[str, float]:
     """The case's task metric of ``got`` against FP32's ``ref`` (and labels when there are)."""
     if kind == "classifier":
         return {"top1_agreement": metrics.top1_agreement(ref, got)}
     if kind == "mnist":
         assert labels is not None
-        return {"accuracy": float(np.mean(np.argmax(got, -1) == labels)),
-                "top1_agreement": metrics.top1_agreement(ref, got)}
+        return {
+            "accuracy": float(np.mean(np.argmax(got, -1) == labels)),
+            "top1_agreement": metrics.top1_agreement(ref, got),
+        }
     if kind == "detector":
         ref_det = [metrics.yolo_boxes(r) for r in ref]
         got_det = [metrics.yolo_boxes(g) for g in got]
-        return {"box_agreement": metrics.box_agreement(ref_det, got_det), "map50": metrics.map50(ref_det, got_det),
-                "fp32_boxes": float(sum(len(d[0]) for d in ref_det)), "boxes": float(sum(len(d[0]) for d in got_det))}
+        return {
+            "box_agreement": metrics.box_agreement(ref_det, got_det),
+            "map50": metrics.map50(ref_det, got_det),
+            "fp32_boxes": float(sum(len(d[0]) for d in ref_det)),
+            "boxes": float(sum(len(d[0]) for d in got_det)),
+        }
     if kind == "vad":
         assert ref_stream is not None
         streamed = ref_stream if got is ref else stream_vad(path, feeds, meta["streams"])
@@ -96,9 +112,13 @@ def latency(paths: dict[str, Path], sample: Feeds, rounds: int, runs: int) -> di
                 sess.run(None, feeds)
                 times.append(time.perf_counter() - start)
             per_round[label].append(statistics.median(times) * 1e3)
-    return {k: {"latency_ms": statistics.median(v),
-                "latency_ratio": statistics.median(a / b for a, b in zip(v, per_round["fp32"], strict=True))}
-            for k, v in per_round.items()}
+    return {
+        k: {
+            "latency_ms": statistics.median(v),
+            "latency_ratio": statistics.median(a / b for a, b in zip(v, per_round["fp32"], strict=True)),
+        }
+        for k, v in per_round.items()
+    }
 
 
 def evaluate(meta: dict[str, Any], folder: Path, variants: dict[str, Path]) -> dict[str, dict[str, Any]]:
@@ -112,10 +132,12 @@ def evaluate(meta: dict[str, Any], folder: Path, variants: dict[str, Path]) -> d
     rows: dict[str, dict[str, Any]] = {}
     for label, path in paths.items():
         got = ref if label == "fp32" else outputs(path, feeds)
-        rows[label] = {"size_mb": path.stat().st_size / 2**20,
-                       "size_ratio": path.stat().st_size / paths["fp32"].stat().st_size,
-                       "sqnr_db": metrics.sqnr_db(ref[keep], got[keep]),
-                       "task": task(kind, meta, path, ref, got, feeds, labels, ref_stream)}
+        rows[label] = {
+            "size_mb": path.stat().st_size / 2**20,
+            "size_ratio": path.stat().st_size / paths["fp32"].stat().st_size,
+            "sqnr_db": metrics.sqnr_db(ref[keep], got[keep]),
+            "task": task(kind, meta, path, ref, got, feeds, labels, ref_stream),
+        }
     return rows
 
 

@@ -29,8 +29,9 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.maximum(area + areas - inter, 1e-12))
 
 
-def yolo_boxes(pred: np.ndarray, score_threshold: float = SCORE_THRESHOLD, nms_iou: float = NMS_IOU
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def yolo_boxes(
+    pred: np.ndarray, score_threshold: float = SCORE_THRESHOLD, nms_iou: float = NMS_IOU
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's YOLOv8 output ``[4 + classes, anchors]`` (cx, cy, w, h, class scores) → boxes
     ``[K, 4]`` (x1, y1, x2, y2), scores ``[K]``, classes ``[K]`` after class-wise greedy NMS."""
     scores_all = pred[4:]
@@ -41,8 +42,9 @@ def yolo_boxes(pred: np.ndarray, score_threshold: float = SCORE_THRESHOLD, nms_i
     return nms(boxes, scores[keep], classes[keep], nms_iou)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float
-        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class-wise greedy non-maximum suppression, highest score first."""
     kept: list[int] = []
     for c in np.unique(classes):
@@ -55,8 +57,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshol
     return boxes[order].reshape(-1, 4), scores[order], classes[order]
 
 
-def _match(ref_boxes: np.ndarray, ref_classes: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-           classes: np.ndarray) -> np.ndarray:
+def _match(
+    ref_boxes: np.ndarray, ref_classes: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray
+) -> np.ndarray:
     """Greedy one-to-one matching in descending score: for each predicted box, True when it takes a
     still-unmatched reference box of its class with IoU ≥ 0.5 (the best such one)."""
     taken = np.zeros(len(ref_boxes), bool)
@@ -122,12 +125,17 @@ def vad_agreement(ref: np.ndarray, got: np.ndarray, threshold: float = 0.5) -> d
     """Speech probabilities of one streamed model against FP32's: mean/max |Δp| and the fraction of
     chunks on the same side of ``threshold``."""
     diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    return {"prob_mae": float(diff.mean()), "prob_max_abs": float(diff.max()),
-            "speech_agreement": float(np.mean((ref > threshold) == (got > threshold)))}
+    return {
+        "prob_mae": float(diff.mean()),
+        "prob_max_abs": float(diff.max()),
+        "speech_agreement": float(np.mean((ref > threshold) == (got > threshold))),
+    }
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of matching rows."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.asarray(np.sum(a64 * b64, axis=-1) / np.maximum(
-        np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1), 1e-30))
+    return np.asarray(
+        np.sum(a64 * b64, axis=-1)
+        / np.maximum(np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1), 1e-30)
+    )

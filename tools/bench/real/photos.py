@@ -10,10 +10,27 @@ from collections.abc import Sequence
 import numpy as np
 
 # skimage.data names bundled in the wheel (no download); grey ones are stacked to RGB.
-CALIB_PHOTOS = ("astronaut", "chelsea", "rocket", "camera", "motorcycle_left", "immunohistochemistry",
-                "coins", "brick", "grass")
-HELD_OUT_PHOTOS = ("coffee", "motorcycle_right", "hubble_deep_field", "retina", "clock", "gravel", "moon",
-                   "page")
+CALIB_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "rocket",
+    "camera",
+    "motorcycle_left",
+    "immunohistochemistry",
+    "coins",
+    "brick",
+    "grass",
+)
+HELD_OUT_PHOTOS = (
+    "coffee",
+    "motorcycle_right",
+    "hubble_deep_field",
+    "retina",
+    "clock",
+    "gravel",
+    "moon",
+    "page",
+)
 # ImageNet normalisation (torchvision) and TF-Lite's (x - 127) / 128 (EfficientNet-Lite).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -48,12 +65,17 @@ def faces(n: int, rng: np.random.Generator, held_out: bool, size: int = 320) -> 
         for j, k in enumerate(rng.choice(len(lfw), 4, replace=False)):
             tile = transform.resize(lfw[k], (half, half), order=1, anti_aliasing=False)
             r, c = divmod(j, 2)
-            out[i, r * half:(r + 1) * half, c * half:(c + 1) * half] = tile[..., None]
+            out[i, r * half : (r + 1) * half, c * half : (c + 1) * half] = tile[..., None]
     return out
 
 
-def random_crops(names: Sequence[str], n: int, size: int, rng: np.random.Generator,
-                 scale: tuple[float, float] = (0.25, 1.0)) -> np.ndarray:
+def random_crops(
+    names: Sequence[str],
+    n: int,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.25, 1.0),
+) -> np.ndarray:
     """``n`` random-resized crops (area fraction ``scale``, aspect 3/4–4/3, random flip) as
     ``[n, size, size, 3]`` float32 in [0, 1], photos drawn round-robin from ``names``."""
     from skimage import transform
@@ -68,7 +90,7 @@ def random_crops(names: Sequence[str], n: int, size: int, rng: np.random.Generat
         ch = int(min(h, max(16, round(np.sqrt(area / aspect)))))
         cw = int(min(w, max(16, round(np.sqrt(area * aspect)))))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = img[y:y + ch, x:x + cw]
+        crop = img[y : y + ch, x : x + cw]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         out[i] = transform.resize(crop, (size, size), order=1, anti_aliasing=True)

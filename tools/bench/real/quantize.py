@@ -35,28 +35,57 @@ class Job:
         return f"ort-{self.method.lower()}{'-rr' if self.reduce_range else ''}"
 
 
-def jobs(dsqc_methods: tuple[str, ...] = DSQC_METHODS) -> list[Job]:
-    """dsqc default, dsqc with each non-default method, ORT's 3 methods × reduce_range off/on."""
+def jobs(
+    dsqc_methods: tuple[str, ...] = DSQC_METHODS,
+    ort_methods: tuple[str, ...] = ORT_METHODS,
+    reduce_range: tuple[bool, ...] = (False, True),
+) -> list[Job]:
+    """dsqc default, dsqc with each non-default method, ORT's methods × reduce_range off/on."""
     out = [Job("dsqc")] + [Job("dsqc", m) for m in dsqc_methods if m != "minmax"]
-    return out + [Job("ort", m, rr) for m in ORT_METHODS for rr in (False, True)]
+    return out + [Job("ort", m, rr) for m in ort_methods for rr in reduce_range]
 
 
-def run(job: Job, fp32: Path, calib: Path, held: Path, n_calib: int, folder: Path, timeout_s: float = 1800
-        ) -> dict[str, Any]:
+def run(
+    job: Job, fp32: Path, calib: Path, held: Path, n_calib: int, folder: Path, timeout_s: float = 1800
+) -> dict[str, Any]:
     """Quantize ``fp32`` into ``folder/<label>.onnx``; ``{"ok", "model", "wall_s", ...}`` or an error."""
     out = folder / f"{job.label}.onnx"
     out.unlink(missing_ok=True)
     if job.tool == "dsqc":
         build_dir = folder / job.label
         shutil.rmtree(build_dir, ignore_errors=True)
-        cmd = [str(Path(sys.executable).with_name("dsqc")), "build", str(fp32), "--target", "onnx", "--calib",
-               str(calib), "--calib-samples", str(n_calib), "--eval-data", str(held), "--eval-samples", "16",
-               "-o", str(build_dir)]
+        cmd = [
+            str(Path(sys.executable).with_name("dsqc")),
+            "build",
+            str(fp32),
+            "--target",
+            "onnx",
+            "--calib",
+            str(calib),
+            "--calib-samples",
+            str(n_calib),
+            "--eval-data",
+            str(held),
+            "--eval-samples",
+            "16",
+            "-o",
+            str(build_dir),
+        ]
         cmd += ["--method", job.method] if job.method else []
     else:
         spec = folder / f"{job.label}.spec.json"
-        spec.write_text(json.dumps({"fp32": str(fp32), "calib": str(calib), "n_calib": n_calib, "out": str(out),
-                                    "method": job.method, "reduce_range": job.reduce_range}))
+        spec.write_text(
+            json.dumps(
+                {
+                    "fp32": str(fp32),
+                    "calib": str(calib),
+                    "n_calib": n_calib,
+                    "out": str(out),
+                    "method": job.method,
+                    "reduce_range": job.reduce_range,
+                }
+            )
+        )
         cmd = [sys.executable, "-m", "tools.bench.real.quantize", str(spec)]
     start = time.perf_counter()
     try:
@@ -71,7 +100,12 @@ def run(job: Job, fp32: Path, calib: Path, held: Path, n_calib: int, folder: Pat
             shutil.copyfile(found[0], out)
     if proc.returncode != 0 or not out.exists():
         lines = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()] or ["no output"]
-        return {"ok": False, "error": f"exit {proc.returncode}: {lines[-1][:300]}", "command": cmd, "wall_s": wall}
+        return {
+            "ok": False,
+            "error": f"exit {proc.returncode}: {lines[-1][:300]}",
+            "command": cmd,
+            "wall_s": wall,
+        }
     return {"ok": True, "model": str(out), "wall_s": wall, "command": cmd}
 
 
@@ -98,7 +132,7 @@ def ort_quantize(spec: dict[str, Any]) -> None:
 
         def get_next(self) -> dict[str, Any] | None:
             s = next(self._starts, None)
-            return None if s is None else {k: v[s:s + CALIB_BATCH] for k, v in feeds.items()}
+            return None if s is None else {k: v[s : s + CALIB_BATCH] for k, v in feeds.items()}
 
     pre = str(Path(spec["out"]).with_suffix(".pre.onnx"))
     try:
@@ -106,9 +140,17 @@ def ort_quantize(spec: dict[str, Any]) -> None:
     except Exception as exc:
         log.warning("quant_pre_process failed (%s); quantizing the raw model", exc)
         pre = spec["fp32"]
-    quantize_static(pre, spec["out"], Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=spec["reduce_range"], activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, spec["method"]))
+    quantize_static(
+        pre,
+        spec["out"],
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=spec["reduce_range"],
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, spec["method"]),
+    )
     Path(pre).unlink(missing_ok=True) if pre != spec["fp32"] else None
 
 

@@ -50,8 +50,11 @@ def synthesize(voice: str, speed: int, text: str) -> np.ndarray:
 
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text],
+            check=True,
+            capture_output=True,
+        )
         with wave.open(str(wav)) as w:
             rate = w.getframerate()
             pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
@@ -60,7 +63,7 @@ def synthesize(voice: str, speed: int, text: str) -> np.ndarray:
 
 def stream(utterances: list[tuple[str, int, str]], rng: np.random.Generator) -> np.ndarray:
     """Silence (0.3–1.2 s), speech at a random gain, silence…, over faint white noise; a multiple of 512."""
-    parts = []
+    parts: list[np.ndarray] = []
     for voice, speed, text in utterances:
         parts.append(np.zeros(int(RATE * rng.uniform(0.3, 1.2)), np.float32))
         parts.append(synthesize(voice, speed, text) * rng.uniform(0.3, 1.0))
@@ -80,17 +83,26 @@ def single_branch(src: Path, dest: Path) -> Path:
     for n in branch.node:
         n.input[:] = ["state_sbh" if i == "state" else i for i in n.input]
     out_prob, out_state = (o.name for o in branch.output)
-    nodes = [helper.make_node("Transpose", ["state"], ["state_sbh"], perm=[1, 0, 2], name="state_to_sbh"),
-             *branch.node,
-             helper.make_node("Identity", [out_prob], ["output"], name="output_identity"),
-             helper.make_node("Transpose", [out_state], ["stateN"], perm=[1, 0, 2], name="stateN_to_bsh")]
+    nodes = [
+        helper.make_node("Transpose", ["state"], ["state_sbh"], perm=[1, 0, 2], name="state_to_sbh"),
+        *branch.node,
+        helper.make_node("Identity", [out_prob], ["output"], name="output_identity"),
+        helper.make_node("Transpose", [out_state], ["stateN"], perm=[1, 0, 2], name="stateN_to_bsh"),
+    ]
     inits = [t for t in graph.initializer if t.name in used]
-    inputs = [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", CONTEXT + CHUNK]),
-              helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT, ["batch", 2, 128])]
-    outputs = [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["batch", 1]),
-               helper.make_tensor_value_info("stateN", onnx.TensorProto.FLOAT, ["batch", 2, 128])]
-    new = helper.make_model(helper.make_graph(nodes, "silero_vad_16k", inputs, outputs, inits),
-                            opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    inputs = [
+        helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", CONTEXT + CHUNK]),
+        helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT, ["batch", 2, 128]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["batch", 1]),
+        helper.make_tensor_value_info("stateN", onnx.TensorProto.FLOAT, ["batch", 2, 128]),
+    ]
+    new = helper.make_model(
+        helper.make_graph(nodes, "silero_vad_16k", inputs, outputs, inits),
+        opset_imports=list(model.opset_import),
+        ir_version=model.ir_version,
+    )
     onnx.checker.check_model(new, full_check=True)
     onnx.save(new, str(dest))
     return dest
@@ -106,7 +118,7 @@ def stream_samples(model: Path, audio: np.ndarray) -> tuple[np.ndarray, np.ndarr
     context = np.zeros(CONTEXT, np.float32)
     chunks, states, probs = [], [], []
     for start in range(0, len(audio), CHUNK):
-        x = np.concatenate([context, audio[start:start + CHUNK]])[None]
+        x = np.concatenate([context, audio[start : start + CHUNK]])[None]
         chunks.append(x[0])
         states.append(state[0])
         prob, state = sess.run(None, {"input": x, "state": state})
@@ -122,12 +134,15 @@ def silero_model(pydeps: Path | None) -> Path:
 
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("silero-vad is not installed: pip download --no-deps silero-vad, unzip into pydeps")
+        raise FileNotFoundError(
+            "silero-vad is not installed: pip download --no-deps silero-vad, unzip into pydeps"
+        )
     return Path(spec.origin).parent / "data" / SOURCE_FILE
 
 
-def _samples(model: Path, sets: list[list[tuple[str, int, str]]], rng: np.random.Generator
-             ) -> tuple[dict[str, np.ndarray], list[int], float]:
+def _samples(
+    model: Path, sets: list[list[tuple[str, int, str]]], rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], list[int], float]:
     xs, ss, starts, speech = [], [], [], []
     total = 0
     for utterances in sets:
@@ -137,7 +152,11 @@ def _samples(model: Path, sets: list[list[tuple[str, int, str]]], rng: np.random
         xs.append(x)
         ss.append(s)
         speech.append(p > 0.5)
-    return {"input": np.concatenate(xs), "state": np.concatenate(ss)}, starts, float(np.concatenate(speech).mean())
+    return (
+        {"input": np.concatenate(xs), "state": np.concatenate(ss)},
+        starts,
+        float(np.concatenate(speech).mean()),
+    )
 
 
 def prepare_silero(folder: Path, pydeps: Path | None) -> Path:
@@ -146,14 +165,27 @@ def prepare_silero(folder: Path, pydeps: Path | None) -> Path:
         path = single_branch(silero_model(pydeps), Path(tmp) / "model.onnx")
         calib, _, calib_speech = _samples(path, [CALIB_SPEECH[:3], CALIB_SPEECH[3:]], rng)
         held, starts, held_speech = _samples(path, [HELD_OUT_SPEECH[:3], HELD_OUT_SPEECH[3:]], rng)
-        log.info("silero: speech fraction (FP32 p > 0.5) calib %.2f, held-out %.2f", calib_speech, held_speech)
-        return save_case("silero_vad", path, calib, held, {
-            "kind": "vad", "streams": starts,
-            "source": f"silero-vad 6.2.3 {SOURCE_FILE} (real weights): its 16 kHz If-branch promoted to the main "
-                      "graph, sr removed, state made batch-first [N, 2, 128] with a Transpose each side",
-            "inputs": "input: 64 context + 512 new samples of 16 kHz audio per call; state: the recurrent state "
-                      "the FP32 model carried into that call. espeak-ng sentences (6 calibration, 6 other "
-                      "held-out sentences and voices) between silences, faint noise; held-out rows are "
-                      f"consecutive calls of {len(starts)} streams starting at rows {starts}; "
-                      f"FP32 speech fraction {held_speech:.2f}",
-            "metric": "speech-probability agreement (streamed on own state): mean |dp|, p>0.5 agreement"}, folder)
+        log.info(
+            "silero: speech fraction (FP32 p > 0.5) calib %.2f, held-out %.2f", calib_speech, held_speech
+        )
+        return save_case(
+            "silero_vad",
+            path,
+            calib,
+            held,
+            {
+                "kind": "vad",
+                "streams": starts,
+                "source": f"silero-vad 6.2.3 {SOURCE_FILE} (real weights): "
+                "its 16 kHz If-branch promoted to the main "
+                "graph, sr removed, state made batch-first [N, 2, 128] with a Transpose each side",
+                "inputs": "input: 64 context + 512 new samples of 16 kHz audio per call; "
+                "state: the recurrent state "
+                "the FP32 model carried into that call. espeak-ng sentences (6 calibration, 6 other "
+                "held-out sentences and voices) between silences, faint noise; held-out rows are "
+                f"consecutive calls of {len(starts)} streams starting at rows {starts}; "
+                f"FP32 speech fraction {held_speech:.2f}",
+                "metric": "speech-probability agreement (streamed on own state): mean |dp|, p>0.5 agreement",
+            },
+            folder,
+        )

