@@ -75,6 +75,21 @@ def _best(rows: dict[str, dict[str, Any]], tool: str) -> str | None:
     return max(cands)[1] if cands else None
 
 
+def combine(sources: list[Path], out_json: Path, mds: list[Path], title: str) -> int:
+    """Merge result files of separate runs (later files win per case) into one json and table."""
+    parts = [json.loads(p.read_text()) for p in sources]
+    cases: dict[str, Any] = {}
+    for part in parts:
+        cases.update(part["cases"])
+    order = [n for n in ORDER if n in cases] + sorted(set(cases) - set(ORDER))
+    dates = " .. ".join(dict.fromkeys(p["machine"]["date"] for p in parts))
+    results = {"machine": parts[0]["machine"] | {"date": dates}, "cases": {n: cases[n] for n in order}}
+    out_json.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    for path in mds:
+        path.write_text(report.markdown(results, title))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -96,10 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--merge", action="store_true", help="keep the other cases already in --json")
     parser.add_argument(
+        "--combine", type=Path, nargs="*", help="only write --md/--json from these result files"
+    )
+    parser.add_argument(
         "--title", default="Real-weight benchmark: dsqc vs ONNX Runtime's best quantize_static"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[real %(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    if args.combine:
+        return combine(args.combine, args.json, [args.md, *args.also_md], args.title)
     folder = args.data or real_dir()
     metas = load_meta(folder)
     names = args.cases or [n for n in ORDER if n in metas] + sorted(set(metas) - set(ORDER))

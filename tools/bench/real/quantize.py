@@ -74,6 +74,11 @@ def run(
         cmd += ["--method", job.method] if job.method else []
     else:
         spec = folder / f"{job.label}.spec.json"
+        # reduce_range changes only the quantization: its run reuses the same method's ranges through
+        # ORT's own calibration cache, written by the reduce_range=False run just before.
+        cache = folder / f"ort-{job.method.lower()}.ranges.json"
+        if not job.reduce_range:
+            cache.unlink(missing_ok=True)
         spec.write_text(
             json.dumps(
                 {
@@ -83,6 +88,7 @@ def run(
                     "out": str(out),
                     "method": job.method,
                     "reduce_range": job.reduce_range,
+                    "cache": str(cache),
                 }
             )
         )
@@ -150,6 +156,7 @@ def ort_quantize(spec: dict[str, Any]) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=getattr(CalibrationMethod, spec["method"]),
+        calibration_cache_path=spec.get("cache"),
     )
     Path(pre).unlink(missing_ok=True) if pre != spec["fp32"] else None
 
