@@ -54,7 +54,8 @@ def image_set(n_photos: int, n_faces: int, held_out: bool, seed: int) -> np.ndar
         for i in range(n_photos)
     ]
     mosaics = photos.faces(n_faces, rng, held_out=held_out, size=SIZE)
-    return photos.to_nchw(np.concatenate([np.stack(images), mosaics]))
+    both = np.concatenate([np.stack(images), mosaics])
+    return photos.to_nchw(both[rng.permutation(len(both))])  # mixed, so any first N hold both kinds
 
 
 def _crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -83,7 +84,8 @@ def prepare_detector(folder: Path, pydeps: Path | None, n_photos: int = 32, n_fa
                 "inputs": "images: RGB in [0, 1] letterboxed to 320 "
                 "(pad right/bottom, as nudenet does), NCHW: "
                 f"{n_photos} skimage photo crops + {n_faces} 2x2 mosaics of real LFW faces "
-                "(calibration: calibration photos, faces 0-49; held-out: other photos, faces 50-99)",
+                "in shuffled order (calibration: calibration photos, faces 0-49; "
+                "held-out: other photos, faces 50-99)",
                 "metric": "box agreement and mAP@0.5 vs FP32 boxes (score >= 0.25, class-wise NMS IoU 0.45)",
             },
             folder,

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bn-batches", type=int, default=200, help="train-mode batches for BatchNorm statistics"
     )
     parser.add_argument("--bn-batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1: faster on a busy machine)")
     parser.add_argument("--n-calib", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=128)
     args = parser.parse_args(argv)
