@@ -56,6 +56,7 @@ def bench_case(
         rows[label].update(lat)
     jobs = {k: {kk: vv for kk, vv in v.items() if kk != "command"} for k, v in results.items()}
     return {
+        "noise_floor_db": evaluate.noise_floor(meta, folder),
         "kind": kind,
         "n_calib": n_calib,
         "n_eval": meta["n_eval"],

@@ -145,3 +145,20 @@ def held_out(meta: dict[str, Any], folder: Path) -> tuple[Feeds, np.ndarray | No
     with np.load(folder / meta["eval"]) as npz:
         feeds = {k: npz[k] for k in npz.files}
     return feeds, feeds.pop("labels", None)
+
+
+def noise_floor(meta: dict[str, Any], folder: Path, seed: int = 0) -> float | None:
+    """SQNR of FP32 against FP32 fed inputs moved by uniform ±½ step of an 8-bit grid over each float
+    input's range: what quantizing the inputs alone costs. A model this sensitive (random-weight graphs
+    can be chaotic) cannot rank quantizers above this floor. None when no input is float."""
+    feeds, _ = held_out(meta, folder)
+    if not any(v.dtype == np.float32 for v in feeds.values()):
+        return None
+    rng = np.random.default_rng(seed)
+    noisy = dict(feeds)
+    for k, v in feeds.items():
+        if v.dtype == np.float32:
+            step = float(v.max() - v.min()) / 255
+            noisy[k] = v + rng.uniform(-step / 2, step / 2, v.shape).astype(np.float32)
+    model = folder / meta["model"]
+    return metrics.sqnr_db(outputs(model, feeds), outputs(model, noisy))

@@ -84,7 +84,9 @@ def markdown(results: dict[str, Any], title: str) -> str:
         "`--method minmax|percentile|entropy|mse`"
         " by SQNR; ORT best: best by SQNR of `quantize_static` (QDQ, per-channel, U8 activations / S8 "
         "weights) over MinMax/Entropy/Percentile x reduce_range off/on. Same calibration / held-out "
-        "split for all. Prepared by `python -m tools.bench.real.prepare`; cases in `.cache/real/*.json`.",
+        "split for all. FP32 rows: the input noise floor, SQNR of FP32 fed inputs moved by ±½ step of an "
+        "8-bit grid (what quantizing the inputs alone costs; a model this sensitive cannot rank quantizers "
+        "above it). Prepared by `python -m tools.bench.real.prepare`; cases in `.cache/real/*.json`.",
         "",
         "| model | quantizer | config | SQNR dB | task metric | latency x | size x |",
         "|---|---|---|---:|---|---:|---:|",
@@ -92,8 +94,10 @@ def markdown(results: dict[str, Any], title: str) -> str:
     for name, case in results["cases"].items():
         kind, rows = case["kind"], case["rows"]
         fp32 = rows.get("fp32", {})
+        floor = case.get("noise_floor_db")
+        floor_text = "" if floor is None else f"{floor:.1f} (input noise floor)"
         out.append(
-            f"| **{name}** | FP32 | {case['n_calib']} calib / {case['n_eval']} held-out | | "
+            f"| **{name}** | FP32 | {case['n_calib']} calib / {case['n_eval']} held-out | {floor_text} | "
             f"{task_text(kind, fp32.get('task', {})) if kind == 'mnist' else ''} | 1 | 1 |"
         )
         for role in ("dsqc", "dsqc_best", "ort_best"):
