@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tools.bench.real.store import REPO
 
 log = logging.getLogger(__name__)
 DSQC_METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -49,6 +52,7 @@ def run(
     job: Job, fp32: Path, calib: Path, held: Path, n_calib: int, folder: Path, timeout_s: float = 1800
 ) -> dict[str, Any]:
     """Quantize ``fp32`` into ``folder/<label>.onnx``; ``{"ok", "model", "wall_s", ...}`` or an error."""
+    fp32, calib, held, folder = (p.resolve() for p in (fp32, calib, held, folder))
     out = folder / f"{job.label}.onnx"
     out.unlink(missing_ok=True)
     if job.tool == "dsqc":
@@ -95,7 +99,12 @@ def run(
         cmd = [sys.executable, "-m", "tools.bench.real.quantize", str(spec)]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        # cwd: ORT's quant_pre_process leaves temporary *.data / sym_shape_infer_temp.onnx in the cwd
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=folder, env=env)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout_s:.0f} s", "command": cmd}
     wall = time.perf_counter() - start
