@@ -32,7 +32,8 @@ CALIB_LIMIT = {"classifier": 64, "detector": 32}
 
 
 def bench_case(
-    meta: dict[str, Any], folder: Path, work: Path, todo: list[quantize.Job], rounds: int, runs: int
+    meta: dict[str, Any], folder: Path, work: Path, todo: list[quantize.Job], rounds: int, runs: int,
+    reuse_ort: bool = False,
 ) -> dict[str, Any]:
     """Every quantization of one case, their accuracy, then the latency of the three headline models."""
     name, kind = meta["name"], meta["kind"]
@@ -41,7 +42,7 @@ def bench_case(
     fp32, calib, held = folder / meta["model"], folder / meta["calib"], folder / meta["eval"]
     results: dict[str, dict[str, Any]] = {}
     for job in todo:
-        res = quantize.run(job, fp32, calib, held, n_calib, work)
+        res = quantize.run(job, fp32, calib, held, n_calib, work, reuse_ort=reuse_ort)
         results[job.label] = res
         state = f"{res['wall_s']:.0f} s" if res["ok"] else f"FAILED {res['error']}"
         log.info("%s: %s %s", name, job.label, state)
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ort-methods", nargs="*", default=list(quantize.ORT_METHODS))
     parser.add_argument("--no-reduce-range", action="store_true", help="skip ORT's reduce_range=True runs")
+    parser.add_argument("--reuse-ort", action="store_true",
+                        help="evaluate ORT models an earlier run left in --work instead of rebuilding them")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--merge", action="store_true", help="keep the other cases already in --json")
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         results["cases"].pop(name, None)
         results["cases"][name] = bench_case(
-            metas[name], folder, (args.work or folder / "runs") / name, todo, args.rounds, args.runs
+            metas[name], folder, (args.work or folder / "runs") / name, todo, args.rounds, args.runs,
+            args.reuse_ort,
         )
         log.info("%s done in %.0f s", name, time.perf_counter() - start)
         args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")

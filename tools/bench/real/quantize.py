@@ -18,7 +18,7 @@ from typing import Any
 from tools.bench.real.store import REPO
 
 log = logging.getLogger(__name__)
-DSQC_METHODS = ("minmax", "percentile", "entropy", "mse")
+DSQC_METHODS = ("minmax", "auto", "percentile", "entropy", "mse")
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 CALIB_BATCH = 8
 
@@ -49,11 +49,16 @@ def jobs(
 
 
 def run(
-    job: Job, fp32: Path, calib: Path, held: Path, n_calib: int, folder: Path, timeout_s: float = 1800
+    job: Job, fp32: Path, calib: Path, held: Path, n_calib: int, folder: Path, timeout_s: float = 1800,
+    reuse_ort: bool = False,
 ) -> dict[str, Any]:
-    """Quantize ``fp32`` into ``folder/<label>.onnx``; ``{"ok", "model", "wall_s", ...}`` or an error."""
+    """Quantize ``fp32`` into ``folder/<label>.onnx``; ``{"ok", "model", "wall_s", ...}`` or an error.
+    ``reuse_ort``: an ORT model an earlier run left in ``folder`` is evaluated again, not rebuilt (ORT's
+    quantizer does not change between dsqc commits; its histogram calibrations take most of the time)."""
     fp32, calib, held, folder = (p.resolve() for p in (fp32, calib, held, folder))
     out = folder / f"{job.label}.onnx"
+    if reuse_ort and job.tool == "ort" and out.exists():
+        return {"ok": True, "model": str(out), "wall_s": float("nan"), "reused": True}
     out.unlink(missing_ok=True)
     if job.tool == "dsqc":
         build_dir = folder / job.label

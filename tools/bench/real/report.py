@@ -126,6 +126,6 @@ def markdown(results: dict[str, Any], title: str) -> str:
             else:
                 out.append(
                     f"| {name} | {label} | {row['sqnr_db']:.1f} | {task_text(case['kind'], row['task'])} | "
-                    f"{job['wall_s']:.0f} s |"
+                    f"{'reused from an earlier run' if job.get('reused') else format(job['wall_s'], '.0f') + ' s'} |"
                 )
     return "\n".join(out) + "\n"
