@@ -124,8 +124,9 @@ def markdown(results: dict[str, Any], title: str) -> str:
             if row is None:
                 out.append(f"| {name} | {label} | – | – | {job.get('error', 'failed')} |")
             else:
+                took = "reused from an earlier run" if job.get("reused") else f"{job['wall_s']:.0f} s"
                 out.append(
                     f"| {name} | {label} | {row['sqnr_db']:.1f} | {task_text(case['kind'], row['task'])} | "
-                    f"{'reused from an earlier run' if job.get('reused') else format(job['wall_s'], '.0f') + ' s'} |"
+                    f"{took} |"
                 )
     return "\n".join(out) + "\n"
