@@ -145,7 +145,7 @@ def softmax(lw: Lowerer, node: gs.Node) -> None:
     x = node.inputs[0]
     rank = len(lw.onnx_shape(x))
     axis = int(node.attrs.get("axis", -1 if lw.opset >= 13 else 1)) % rank
-    layout = "nhwc" if lw.value(x.name).layout == "nhwc" and axis == 1 else "plain"
+    layout = "nhwc" if rank == 4 and axis == 1 else "plain"  # NHWC puts the channel axis last
     if layout == "plain" and axis != rank - 1:
         raise unsupported(node, f"softmax over axis {axis}; TFLite SOFTMAX works on the last axis")
     elementwise(lw, node, "SOFTMAX", options("SOFTMAX", beta=1.0), FIXED["SOFTMAX"], layout=layout)

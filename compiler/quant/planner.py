@@ -80,6 +80,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
         placement.options[node.name] = opts
         placement.op_types[node.name] = node.op
         placement.decisions[node.name] = _decide(node, opts, profile, precision)
+    _split_fixed_concats(graph, profile, placement)
     _settle_support_ops(graph, profile, placement)
     for node in graph.nodes:
         if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded \
@@ -95,6 +96,22 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
     _propagate_passthrough(graph, profile, placement, quantized)
     placement.activations = sorted(quantized)
     return placement
+
+
+def _split_fixed_concats(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
+    """A shared-scale Concat joining a fixed-output op (Sigmoid: 1/256) with other branches runs in
+    float: one int8 scale would collapse either the [0, 1) scores or the other branch (YOLO's
+    boxes-in-pixels + class scores output)."""
+    for node in graph.nodes:
+        if node.op not in profile.shared_scale_ops or placement.options[node.name].precision is not None or \
+                placement.decisions[node.name].precision is not Precision.INT8:
+            continue
+        fixed = [t.inputs[0].op for t in _activation_inputs(node)
+                 if t.inputs and t.inputs[0].op in profile.fixed_output_specs]
+        if fixed and len(fixed) < len(_activation_inputs(node)):
+            placement.decisions[node.name] = NodeDecision(
+                Precision.FP32, f"{node.op} joins {fixed[0]}'s fixed-scale output with other branches; one "
+                                "shared int8 scale would collapse one of them")
 
 
 def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
