@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 from dsqc.errors import UnsupportedError
 from dsqc.ir import constant_value, default_opset
 
-from . import rules_conv, rules_shape  # noqa: F401  (register rules)
+from . import rules_conv, rules_mask, rules_shape  # noqa: F401  (register rules)
 from .graph import NUMPY_DTYPES, Graph, QParams
 from .patterns import Match, find_gelu
 from .rulebook import RULES
