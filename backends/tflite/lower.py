@@ -55,6 +55,7 @@ class LowerStats:
     edge_transposes: int = 0
     interior_transposes: list[str] = field(default_factory=list)
     float_nodes: list[str] = field(default_factory=list)
+    float_reasons: dict[str, str] = field(default_factory=dict)
     requantize: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -239,12 +240,24 @@ class Lowerer:
             name = onnx_out.name
             if dtype == "float32" and self.quantized:
                 self.stats.float_nodes.append(node.name)
+                self.stats.float_reasons[node.name] = self._float_reason(node, onnx_out)
         idx = self.g.add(name, shape, dtype, quant, nhwc=layout == "nhwc")
         value = Value(idx, layout, chw)
         self.values[onnx_out.name] = value
         if target is not None:
             self.values[target.name] = value
         return idx
+
+    def _float_reason(self, node: gs.Node, out: gs.Tensor) -> str:
+        """Why a node of a quantized model runs in float (the planner's reason is added by the backend)."""
+        acts = [t for t in node.inputs if t.name and not self.is_const(t)]
+        if acts and not all(self.is_int8(t.name) for t in acts):
+            return "its inputs are float in the QDQ model"
+        readers = list(out.outputs)
+        if any(o is out for o in self.onnx.outputs) or not (len(readers) == 1 and
+                                                             readers[0].op == "QuantizeLinear"):
+            return "its output is not quantized (a graph output or read in float)"
+        return f"{node.op}: no int8 TFLite kernel; runs in float between DEQUANTIZE and QUANTIZE"
 
     def float_in(self, name: str, layout: str | None = None) -> int:
         value = self.value(name) if layout is None else self.to_layout(self.value(name), layout)
