@@ -81,6 +81,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
         placement.op_types[node.name] = node.op
         placement.decisions[node.name] = _decide(node, opts, profile, precision)
     _split_fixed_concats(graph, profile, placement)
+    _float_additive_masks(graph, placement)
     _settle_support_ops(graph, profile, placement)
     for node in graph.nodes:
         if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded \
@@ -112,6 +113,22 @@ def _split_fixed_concats(graph: gs.Graph, profile: TargetProfile, placement: Pla
             placement.decisions[node.name] = NodeDecision(
                 Precision.FP32, f"{node.op} joins {fixed[0]}'s fixed-scale output with other branches; one "
                                 "shared int8 scale would collapse one of them")
+
+
+def _float_additive_masks(graph: gs.Graph, placement: Placement) -> None:
+    """Attention scores plus a Where-built mask (0 / float min) stay float up to the Softmax: an int8
+    scale holding -3.4e38 rounds every real score to zero (uniform attention)."""
+    for node in graph.nodes:
+        masked = node.op in ("Add", "Sub") and any(t.inputs and t.inputs[0].op == "Where"
+                                                   for t in _activation_inputs(node))
+        if not masked or placement.options[node.name].precision is not None:
+            continue
+        placement.decisions[node.name] = NodeDecision(
+            Precision.FP32, f"{node.op} adds a Where-built attention mask (float min): no int8 scale holds it")
+        for reader in node.outputs[0].outputs:
+            if reader.op == "Softmax" and placement.options[reader.name].precision is None:
+                placement.decisions[reader.name] = NodeDecision(
+                    Precision.FP32, "Softmax of masked scores (float min): no int8 scale holds its input")
 
 
 def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
