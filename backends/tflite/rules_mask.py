@@ -33,15 +33,15 @@ def _dtype(node: gs.Node, tensor: gs.Tensor) -> str:
 def _operand(lw: Lowerer, node: gs.Node, tensor: gs.Tensor, dtype: str) -> int:
     """An input in its own dtype: a constant as stored, an activation plain (dequantized if int8)."""
     if lw.is_const(tensor):
-        value = np.asarray(lw.const(tensor)).astype(NUMPY_DTYPES[dtype])
-        return lw.g.const(f"{node.name}_{tensor.name}", value, dtype)
-    value = lw.to_layout(lw.value(tensor.name), "plain")
-    t = lw.g.tensors[value.tensor]
-    if t.dtype == "int8" and dtype == "float32":
-        return lw.dequantized(value.tensor)
-    if t.dtype != dtype:
-        raise unsupported(node, f"input '{tensor.name}' is {t.dtype}, the op wants {dtype}")
-    return value.tensor
+        data = np.asarray(lw.const(tensor)).astype(NUMPY_DTYPES[dtype])
+        return lw.g.const(f"{node.name}_{tensor.name}", data, dtype)
+    idx = lw.to_layout(lw.value(tensor.name), "plain").tensor
+    have = lw.g.tensors[idx].dtype
+    if have == "int8" and dtype == "float32":
+        return lw.dequantized(idx)
+    if have != dtype:
+        raise unsupported(node, f"input '{tensor.name}' is {have}, the op wants {dtype}")
+    return idx
 
 
 @rule("Cast")

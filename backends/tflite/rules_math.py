@@ -109,8 +109,8 @@ def elementwise(lw: Lowerer, node: gs.Node, kind: str, opts: Any = None, fixed: 
     ins = operands(lw, inputs, target is not None, layout, rank)
     out = lw.output(node, target, layout, result=result)
     if too_wide:
-        lw.stats.float_reasons[node.name] = (f"{kind}: its int8 scales differ over {_MAX_RESCALE:g}x (an additive "
-                                             "mask?); TFLite's int8 kernel cannot rescale them")
+        lw.stats.float_reasons[node.name] = (f"{kind}: its int8 scales differ over {_MAX_RESCALE:g}x (an "
+                                             "additive mask?); TFLite's int8 kernel cannot rescale them")
     if target is not None and fixed is not None and not fixed.same_as(target.quant):
         # the runtime imposes the output parameters: compute there, then requantize to the plan's
         fixed_out = lw.g.like(out, f"{lw.g.tensors[out].name}_fixed", "int8", fixed)

@@ -124,7 +124,8 @@ def _float_additive_masks(graph: gs.Graph, placement: Placement) -> None:
         if not masked or placement.options[node.name].precision is not None:
             continue
         placement.decisions[node.name] = NodeDecision(
-            Precision.FP32, f"{node.op} adds a Where-built attention mask (float min): no int8 scale holds it")
+            Precision.FP32, f"{node.op} adds a Where-built attention mask (float min): no int8 scale holds "
+                            "it")
         for reader in node.outputs[0].outputs:
             if reader.op == "Softmax" and placement.options[reader.name].precision is None:
                 placement.decisions[reader.name] = NodeDecision(
