@@ -107,12 +107,24 @@ def _split_fixed_concats(graph: gs.Graph, profile: TargetProfile, placement: Pla
         if node.op not in profile.shared_scale_ops or placement.options[node.name].precision is not None or \
                 placement.decisions[node.name].precision is not Precision.INT8:
             continue
-        fixed = [t.inputs[0].op for t in _activation_inputs(node)
-                 if t.inputs and t.inputs[0].op in profile.fixed_output_specs]
+        fixed = [op for op in (_source_op(t, profile) for t in _activation_inputs(node))
+                 if op in profile.fixed_output_specs]
         if fixed and len(fixed) < len(_activation_inputs(node)):
             placement.decisions[node.name] = NodeDecision(
                 Precision.FP32, f"{node.op} joins {fixed[0]}'s fixed-scale output with other branches; one "
                                 "shared int8 scale would collapse one of them")
+
+
+def _source_op(tensor: gs.Tensor, profile: TargetProfile) -> str:
+    """The op that computed ``tensor``'s values, looking back through ops that only move them."""
+    for _ in range(16):
+        if not tensor.inputs:
+            return ""
+        producer = tensor.inputs[0]
+        if producer.op not in profile.passthrough_ops or not producer.inputs:
+            return str(producer.op)
+        tensor = producer.inputs[0]
+    return ""
 
 
 def _float_additive_masks(graph: gs.Graph, placement: Placement) -> None:
