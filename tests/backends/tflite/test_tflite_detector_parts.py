@@ -35,9 +35,9 @@ def _head() -> onnx.ModelProto:
         helper.make_node("Reshape", ["scores_map", "flat_shape"], ["scores"]),
         helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1),
     ]
-    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 36])],
-                              [w, stride, tail, index])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 36])
+    graph = helper.make_graph(nodes, "head", [x], [y], [w, stride, tail, index])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -59,8 +59,8 @@ def _mask() -> onnx.ModelProto:
     ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, 8])]
-    graph = helper.make_graph(nodes, "mask", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
-                              [zero, low, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    graph = helper.make_graph(nodes, "mask", inputs, [y], [zero, low, w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
