@@ -88,7 +88,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
     p.add_argument("--method", choices=("auto", "minmax", "percentile", "entropy", "mse"),
-                   help="range calibration (default: recipe, else auto = mse on conv maps, minmax elsewhere)")
+                   help="range calibration (default: recipe, else minmax; auto: mse on conv inputs)")
     p.add_argument("--recipe", type=Path, help="TOML recipe (overrides, exclusions, precisions)")
     p.add_argument("--eval-data", help="held-out data for verification (default: a split of --calib)")
     p.add_argument("--eval-samples", type=int, default=64, help="held-out samples (default 64)")
@@ -247,7 +247,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
     p.add_argument("--eval-data", help="held-out data (default: a split of --calib)")
     p.add_argument("--method", choices=("auto", "minmax", "percentile", "entropy", "mse"),
-                   help="range calibration (default: recipe, else auto = mse on conv maps, minmax elsewhere)")
+                   help="range calibration (default: recipe, else minmax; auto: mse on conv inputs)")
     p.add_argument("--recipe", type=Path, help="TOML recipe; nodes it fixes are left out of the analysis")
     p.add_argument("--top", type=int, default=30, help="rows of the printed table (default 30)")
     p.add_argument("--no-plot", action="store_true", help="skip sensitivity.png")

@@ -15,7 +15,7 @@ from dsqc.passes.shift_activations import shift_corrections
 from .calibration.data import SampleSet
 from .calibration.runner import TensorStats, calibrate
 from .float_islands import finish_float_nodes
-from .ir import Model, default_opset, proto_index
+from .ir import Model, default_opset
 from .model_io import INT4_OPSET, prepare, upgrade_opset
 from .ort_tables import lower_tables
 from .pass_infra import PassManager
@@ -81,15 +81,17 @@ def tensor_methods(fp32: onnx.ModelProto, tensors: list[str], method: str) -> di
     multi-modal (MNIST's background spike): KL clipping cuts the signal off there (input range 2.83 →
     0.67, 38 → 3 dB), so ``entropy`` and ``auto`` keep their min/max.
 
-    ``auto`` (the default): MSE-optimal clipping for convolution feature maps (a tensor a Conv produces
-    or reads, through layout ops and Relu/Clip), whose long post-ReLU tails cost more resolution than
-    clipping them does (torchvision ResNet-18 graph: 29.9 vs 27.7 dB); min/max elsewhere, where the
-    rare outliers of transformer activations carry signal (MiniLM: MSE 15.6 vs min/max 16.0 dB).
+    ``auto`` (opt-in; the default is min/max): MSE-optimal clipping for the inputs of convolutions
+    (through layout ops and Relu/Clip), whose long post-ReLU tails cost more resolution than clipping
+    them does, since the next convolution sums many of them (torchvision ResNet-18 graph: 28.6 vs 27.7
+    dB); min/max elsewhere, where single rare values carry the signal: transformer outlier features
+    (MiniLM: 15.6 vs 16.0 dB with MSE). Even on conv inputs it can lose: a detector's head maps
+    (NudeNet YOLOv8n: box agreement 0.49 vs 0.84 with min/max), hence not the default.
     """
     inputs = {i.name for i in fp32.graph.input}
     if method not in ("entropy", "auto"):
         return dict.fromkeys(tensors, method)
-    near_conv = _conv_feature_maps(fp32.graph) if method == "auto" else set()
+    near_conv = _conv_inputs(fp32.graph) if method == "auto" else set()
     fallback = "minmax" if method == "auto" else method
     return {name: "minmax" if name in inputs else "mse" if name in near_conv else fallback
             for name in tensors}
@@ -99,33 +101,26 @@ _CONV = ("Conv", "ConvTranspose")
 _SAME_MAP = PASSTHROUGH_OPS | {"Relu", "Clip"}
 
 
-def _conv_feature_maps(graph: onnx.GraphProto) -> set[str]:
-    """Tensors a Conv produces or reads, directly or through layout ops and Relu/Clip."""
-    producers, _, _ = proto_index(graph)
+def _conv_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Tensors a Conv reads as its data input, directly or through layout ops and Relu/Clip."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
 
-    def produced_by_conv(name: str, depth: int = 0) -> bool:
-        node = producers.get(name)
-        if node is None or depth > 8:
-            return False
-        if node.op_type in _CONV:
-            return True
-        return node.op_type in _SAME_MAP and bool(node.input) and produced_by_conv(node.input[0], depth + 1)
-
     def read_by_conv(name: str, depth: int = 0) -> bool:
         for node in readers.get(name, []):
-            if node.op_type in _CONV and node.input[0] == name:
+            if node.input[0] != name:
+                continue
+            if node.op_type in _CONV:
                 return True
-            if node.op_type in _SAME_MAP and node.input[0] == name and depth < 8 and node.output and \
-                    read_by_conv(node.output[0], depth + 1):
+            through = node.op_type in _SAME_MAP and node.output and depth < 8
+            if through and read_by_conv(node.output[0], depth + 1):
                 return True
         return False
 
     names = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-    return {name for name in names if produced_by_conv(name) or read_by_conv(name)}
+    return {name for name in names if read_by_conv(name)}
 
 
 def _wants_int4(recipe: Recipe) -> bool:

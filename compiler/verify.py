@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from .calibration.data import fixed_batch, model_inputs
-from .calibration.ort_session import first_line
+from .calibration.ort_session import BatchRunner, first_line
 from .errors import DsqcError, GateError
 from .metrics import output_metrics, top1_agreement
 
@@ -41,19 +41,21 @@ def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True) -> 
 
 
 def run_batches(sess: ort.InferenceSession, batches: Iterable[Feeds]) -> dict[str, np.ndarray]:
-    """Run every batch and concatenate each output along axis 0."""
+    """Run every batch and concatenate each output along axis 0 (a model pinned to batch 1 behind a
+    symbolic axis runs one sample at a time: ``BatchRunner``)."""
     names = [o.name for o in sess.get_outputs()]
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    runner = BatchRunner(sess, names)
     for i, feeds in enumerate(batches):
         try:
-            values = sess.run(names, feeds)
+            runs = runner(feeds)
         except Exception as exc:  # ORT raises its own types; a traceback here is a bug, not a message
             shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
             raise DsqcError(f"ONNX Runtime failed on held-out batch {i} ({shapes}): {first_line(exc)}; "
-                            "check that the evaluation data matches the model's inputs (a model that only "
-                            "runs at batch 1 behind a symbolic batch axis: --calib-batch 1)") from None
-        for name, value in zip(names, values, strict=True):
-            chunks[name].append(np.asarray(value))
+                            "check that the evaluation data matches the model's inputs") from None
+        for values in runs:
+            for name, value in zip(names, values, strict=True):
+                chunks[name].append(np.asarray(value))
     return {n: np.concatenate(v) if v and v[0].ndim else np.stack(v) for n, v in chunks.items()}
 
 

@@ -79,11 +79,15 @@ def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = N
     return Built(blob, stats, graph.histogram(), graph, scales, time.perf_counter() - start)
 
 
-def _describe(built: Built, path: Path) -> dict[str, Any]:
+def _describe(built: Built, path: Path, plan: Any = None) -> dict[str, Any]:
     s = built.stats
+    planned = getattr(plan, "nodes", None) or {}
+    floats = {name: f"{planned[name].reason} ({s.float_reasons.get(name, '')})" if name in planned and
+              planned[name].precision.value != "int8" else s.float_reasons.get(name, "")
+              for name in s.float_nodes}
     return {"file": str(path), "bytes": len(built.blob), "ops": built.ops, "lower_write_s": built.seconds,
             "edge_transposes": s.edge_transposes, "interior_transposes": s.interior_transposes,
-            "float_nodes": s.float_nodes, "requantized": s.requantize, "notes": s.notes}
+            "float_nodes": floats, "requantized": s.requantize, "notes": s.notes}
 
 
 @register
@@ -115,7 +119,7 @@ class TfliteBackend(Backend):
         path = Path(f"{job.name}.int8.tflite")
         (out / path).write_bytes(int8.blob)
         result.artifacts.append(path)
-        metrics["int8"] = _describe(int8, path)
+        metrics["int8"] = _describe(int8, path, job.plan)
         if opts.verify and job.eval_feeds:
             check, got = verify.outputs_vs_onnx(int8.blob, job.fp32, job.eval_feeds, nhwc_in)
             check["vs_qdq"] = verify.outputs_vs_qdq(got, job.qdq, job.eval_feeds, int8.output_scales)

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 from dsqc.errors import UnsupportedError
 from dsqc.ir import constant_value, default_opset
 
-from . import rules_conv, rules_shape  # noqa: F401  (register rules)
+from . import rules_conv, rules_mask, rules_shape  # noqa: F401  (register rules)
 from .graph import NUMPY_DTYPES, Graph, QParams
 from .patterns import Match, find_gelu
 from .rulebook import RULES
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
 _IGNORED = {"Constant"}
+_SHAPE_OPS = {"Shape", "Size", "ConstantOfShape", "Range", "Expand", "Cast"}
 
 
 @dataclass
@@ -54,6 +55,7 @@ class LowerStats:
     edge_transposes: int = 0
     interior_transposes: list[str] = field(default_factory=list)
     float_nodes: list[str] = field(default_factory=list)
+    float_reasons: dict[str, str] = field(default_factory=dict)
     requantize: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -70,7 +72,7 @@ class Target:
 class Lowerer:
     def __init__(self, model: onnx.ModelProto, opts: LowerOptions | None = None) -> None:
         self.opts = opts or LowerOptions()
-        self.onnx = gs.import_onnx(_static_shapes(model, self.opts.batch))
+        self.onnx = _fold_shapes(gs.import_onnx(_static_shapes(model, self.opts.batch)))
         self.opset = default_opset(model)
         self.quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
         self.g = Graph()
@@ -238,12 +240,24 @@ class Lowerer:
             name = onnx_out.name
             if dtype == "float32" and self.quantized:
                 self.stats.float_nodes.append(node.name)
+                self.stats.float_reasons[node.name] = self._float_reason(node, onnx_out)
         idx = self.g.add(name, shape, dtype, quant, nhwc=layout == "nhwc")
         value = Value(idx, layout, chw)
         self.values[onnx_out.name] = value
         if target is not None:
             self.values[target.name] = value
         return idx
+
+    def _float_reason(self, node: gs.Node, out: gs.Tensor) -> str:
+        """Why a node of a quantized model runs in float (the planner's reason is added by the backend)."""
+        acts = [t for t in node.inputs if t.name and not self.is_const(t)]
+        if acts and not all(self.is_int8(t.name) for t in acts):
+            return "its inputs are float in the QDQ model"
+        readers = list(out.outputs)
+        if any(o is out for o in self.onnx.outputs) or not (len(readers) == 1 and
+                                                             readers[0].op == "QuantizeLinear"):
+            return "its output is not quantized (a graph output or read in float)"
+        return f"{node.op}: no int8 TFLite kernel; runs in float between DEQUANTIZE and QUANTIZE"
 
     def float_in(self, name: str, layout: str | None = None) -> int:
         value = self.value(name) if layout is None else self.to_layout(self.value(name), layout)
@@ -338,6 +352,41 @@ def _static_shapes(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     except (onnx.shape_inference.InferenceError, ValueError) as exc:
         raise UnsupportedError(f"shape inference with batch {batch} failed: {str(exc).splitlines()[0]}") \
             from exc
+
+
+def _fold_shapes(graph: gs.Graph, rounds: int = 12) -> gs.Graph:
+    """Fold what the now-static shapes decide (Shape → Gather → Concat → Reshape chains, Range,
+    ConstantOfShape, Expand of constants, the detector's anchor grid) into constants, re-inferring
+    shapes between rounds. DequantizeLinear of stored weights stays (weights stay int8); a Q→DQ pair
+    on a tensor made constant here becomes the float constant the QDQ model computes."""
+    if not any(n.op in _SHAPE_OPS for n in graph.nodes):
+        return graph
+    for _ in range(rounds):
+        if not _fold_quantized_constants(graph) and not any(n.op in _SHAPE_OPS for n in graph.nodes):
+            break
+        graph.fold_constants(fold_shapes=True, error_ok=True)
+        graph.cleanup(remove_unused_graph_inputs=False)
+        proto = gs.export_onnx(graph)
+        del proto.graph.value_info[:]
+        graph = gs.import_onnx(onnx.shape_inference.infer_shapes(proto, data_prop=True))
+    return graph
+
+
+def _fold_quantized_constants(graph: gs.Graph) -> bool:
+    folded = False
+    for q in [n for n in graph.nodes if n.op == "QuantizeLinear" and isinstance(n.inputs[0], gs.Constant)]:
+        quant = _qparams(q)
+        if not quant.per_tensor:
+            continue
+        ints = np.clip(np.rint(q.inputs[0].values.astype(np.float32) / quant.scale[0]) + quant.zero_point[0],
+                       -128, 127)
+        for dq in [r for r in q.outputs[0].outputs if r.op == "DequantizeLinear"]:
+            out = dq.outputs[0]
+            dq.outputs.clear()
+            out.to_constant(((ints - quant.zero_point[0]) * quant.scale[0]).astype(np.float32))
+            folded = True
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return folded
 
 
 def lower(model: onnx.ModelProto, opts: LowerOptions | None = None) -> tuple[Graph, LowerStats]:

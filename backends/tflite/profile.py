@@ -13,10 +13,15 @@ TFLITE_PROFILE = TargetProfile(
     symmetric_activations=False,
     per_channel_weights=True,
     compute_ops=frozenset({
-        "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat",
+        "Conv", "ConvTranspose", "Gemm", "MatMul", "Concat",
         "AveragePool", "GlobalAveragePool", "ReduceMean", "Softmax", "Sigmoid", "Tanh", "HardSwish",
         "Relu", "Gelu", "Resize",
     }),
+    # Add/Sub/Mul run in int8 only where an int8 node reads them (a CNN's residual, SiLU's Mul): a
+    # transformer's residual Add feeding LayerNorm holds outlier channels (MiniLM: -8..224) that one
+    # int8 scale turns into noise (layer-0 output 6 dB); float readers read the float tensor.
+    support_ops=frozenset({"Add", "Sub", "Mul"}),
+    float_readers_read_float=True,
     quantize_outputs=True,
     output_q_optional=frozenset(),
     passthrough_ops=PASSTHROUGH_OPS,

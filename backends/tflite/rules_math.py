@@ -80,6 +80,17 @@ def operands(lw: Lowerer, inputs: list[gs.Tensor], int8: bool, layout: str, rank
     return idx
 
 
+_MAX_RESCALE = 2.0 ** 24
+
+
+def _rescale_overflows(lw: Lowerer, acts: list[str], out: QParams) -> bool:
+    """TFLite's int8 ADD/SUB rescales every input and the output by fixed-point multipliers; scales
+    that differ by more than ``_MAX_RESCALE`` underflow them (LiteRT aborts the process)."""
+    scales = [float(lw.g.tensors[lw.value(n).tensor].quant.scale[0]) for n in acts  # type: ignore[union-attr]
+              if lw.is_int8(n)] + [float(out.scale[0])]
+    return max(scales) / min(scales) > _MAX_RESCALE
+
+
 def elementwise(lw: Lowerer, node: gs.Node, kind: str, opts: Any = None, fixed: QParams | None = None,
                 inputs: list[gs.Tensor] | None = None, result: gs.Tensor | None = None,
                 layout: str | None = None) -> None:
@@ -92,8 +103,14 @@ def elementwise(lw: Lowerer, node: gs.Node, kind: str, opts: Any = None, fixed: 
     rank = len(lw.onnx_shape(result))
     layout = layout or common_layout(lw, acts, rank)
     target = lw.target(node, acts, result) if kind not in _FLOAT_ONLY else None
+    too_wide = target is not None and kind in ("ADD", "SUB") and _rescale_overflows(lw, acts, target.quant)
+    if too_wide:  # an additive attention mask quantized at scale ~1e36: int8 ADD aborts in LiteRT
+        target = None
     ins = operands(lw, inputs, target is not None, layout, rank)
     out = lw.output(node, target, layout, result=result)
+    if too_wide:
+        lw.stats.float_reasons[node.name] = (f"{kind}: its int8 scales differ over {_MAX_RESCALE:g}x (an "
+                                             "additive mask?); TFLite's int8 kernel cannot rescale them")
     if target is not None and fixed is not None and not fixed.same_as(target.quant):
         # the runtime imposes the output parameters: compute there, then requantize to the plan's
         fixed_out = lw.g.like(out, f"{lw.g.tensors[out].name}_fixed", "int8", fixed)
@@ -145,7 +162,7 @@ def softmax(lw: Lowerer, node: gs.Node) -> None:
     x = node.inputs[0]
     rank = len(lw.onnx_shape(x))
     axis = int(node.attrs.get("axis", -1 if lw.opset >= 13 else 1)) % rank
-    layout = "nhwc" if lw.value(x.name).layout == "nhwc" and axis == 1 else "plain"
+    layout = "nhwc" if rank == 4 and axis == 1 else "plain"  # NHWC puts the channel axis last
     if layout == "plain" and axis != rank - 1:
         raise unsupported(node, f"softmax over axis {axis}; TFLite SOFTMAX works on the last axis")
     elementwise(lw, node, "SOFTMAX", options("SOFTMAX", beta=1.0), FIXED["SOFTMAX"], layout=layout)

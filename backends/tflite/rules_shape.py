@@ -161,3 +161,24 @@ def slice_(lw: Lowerer, node: gs.Node) -> None:
               for k, v in (("begin", begin), ("end", end), ("strides", stride))]
     out = _passthrough_out(lw, node, value.tensor, value.layout)
     lw.g.op("STRIDED_SLICE", [value.tensor, *consts], [out], options("STRIDED_SLICE"), node.name)
+
+
+@rule("Split")
+def split(lw: Lowerer, node: gs.Node) -> None:
+    """SPLIT_V along one axis; every output keeps the input's type and quantization (it moves integers)."""
+    x = node.inputs[0]
+    rank = len(lw.onnx_shape(x))
+    axis = int(node.attrs.get("axis", 0)) % rank
+    outputs = [o for o in node.outputs if o.name]
+    if len(outputs) != len(node.outputs):
+        raise unsupported(node, "an unnamed (dropped) Split output")
+    sizes = [lw.onnx_shape(o)[axis] for o in outputs]
+    value = lw.value(x.name)
+    if value.layout == "flat_hwc":
+        value = lw.to_layout(value, "plain")
+    tfl_axis = NHWC_AXIS[axis] if value.layout == "nhwc" else axis
+    outs = [_passthrough_out(lw, node, value.tensor, value.layout, result=o) for o in outputs]
+    sizes_t = lw.g.const(f"{node.name}_sizes", np.asarray(sizes, np.int32))
+    axis_t = lw.g.const(f"{node.name}_axis", np.asarray(tfl_axis, np.int32))
+    lw.g.op("SPLIT_V", [value.tensor, sizes_t, axis_t], outs, options("SPLIT_V", numSplits=len(outs)),
+            node.name)

@@ -27,16 +27,19 @@ OPTIONS: dict[str, str | None] = {
     "GELU": "GeluOptions", "SQUARED_DIFFERENCE": "SquaredDifferenceOptions",
     "STRIDED_SLICE": "StridedSliceOptions", "SLICE": "SliceOptions", "EXP": "ExpOptions",
     "MAXIMUM": "MaximumMinimumOptions", "MINIMUM": "MaximumMinimumOptions", "POW": "PowOptions",
-    "LEAKY_RELU": "LeakyReluOptions", "SPLIT": "SplitOptions", "QUANTIZE": None, "DEQUANTIZE": None,
+    "LEAKY_RELU": "LeakyReluOptions", "SPLIT": "SplitOptions", "SPLIT_V": "SplitVOptions",
+    "QUANTIZE": None, "DEQUANTIZE": None,
     "LOGISTIC": None, "TANH": None, "RELU": None, "RELU6": None, "RELU_N1_TO_1": None, "RSQRT": None,
-    "SQRT": None, "ABS": None, "NEG": None,
+    "SQRT": None, "ABS": None, "NEG": None, "CAST": "CastOptions", "LOGICAL_AND": "LogicalAndOptions",
+    "LOGICAL_OR": "LogicalOrOptions", "BROADCAST_TO": "BroadcastToOptions", "SELECT_V2": "SelectV2Options",
 }
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 # Ops whose int8 kernels are version 2 (converter's rule: int8 input → 2, else 1).
 _INT8_V2 = {"ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D", "TRANSPOSE", "CONCATENATION", "PAD", "PADV2",
             "SOFTMAX", "MEAN", "RELU", "RELU6", "TANH", "LOGISTIC", "GATHER", "STRIDED_SLICE", "SLICE",
             "MAXIMUM", "MINIMUM", "BATCH_MATMUL", "SUB", "DEQUANTIZE", "RESIZE_BILINEAR",
-            "RESIZE_NEAREST_NEIGHBOR", "LEAKY_RELU", "RSQRT", "GELU"}
+            "RESIZE_NEAREST_NEIGHBOR", "LEAKY_RELU", "RSQRT", "GELU",
+            "SPLIT_V"}
 
 
 @cache

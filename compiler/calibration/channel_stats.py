@@ -17,7 +17,7 @@ import onnx
 
 from ..errors import CalibrationError
 from .data import SampleSet
-from .ort_session import first_line, output_session
+from .ort_session import BatchRunner, first_line, output_session
 from .runner import _batch_plan, _check_tensors, _feed_names, _known_types
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,16 @@ def channel_stats(proto: onnx.ModelProto, tensors: Mapping[str, int], samples: S
     session = output_session(proto, run, _known_types(proto)) if run else None
     accs = {n: _Accumulator(tensors[n]) for n in names}
     bs, samples, _ = _batch_plan(proto, samples, batch_size)
+    runner = BatchRunner(session, run) if session is not None else None
     for batch in samples.batches(bs):
         feeds = {k: batch[k] for k in feed_names}
         try:
-            outs = session.run(run, feeds) if session is not None else []
+            parts = runner(feeds) if runner is not None else []
         except Exception as exc:
             raise CalibrationError(f"{samples.source}: ONNX Runtime failed: {first_line(exc)}") from None
-        for name, value in zip(run, outs, strict=True):
-            accs[name].update(value)
+        for outs in parts:
+            for name, value in zip(run, outs, strict=True):
+                accs[name].update(value)
         for name in fed:
             accs[name].update(feeds[name])
     log.info("per-channel statistics of %d tensors over %d samples", len(names), len(samples))

@@ -12,6 +12,7 @@ is never modified. If no temporary folder can be written, the weights are handed
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import weakref
@@ -22,6 +23,8 @@ from typing import Any
 import onnx
 
 from ..errors import ModelError
+
+log = logging.getLogger(__name__)
 
 SPIN = False  # calibration sessions: idle ORT workers sleep (see output_session)
 SPILL_WEIGHTS = True  # False: weights go to ORT as in-memory buffers (one extra copy while building)
@@ -140,3 +143,39 @@ def output_session(proto: onnx.ModelProto, outputs: Sequence[str], types: dict[s
     if folder is not None:
         weakref.finalize(session, shutil.rmtree, folder, True)
     return session
+
+
+class BatchRunner:
+    """``session.run`` over batches; a model that runs only at batch 1 behind a symbolic batch axis (a
+    Reshape pinning it) is run one sample at a time from the first batch it fails on. ``__call__``
+    returns one output list per part (the batch, or its samples); a failure that splitting does not
+    cure re-raises the batch's own error."""
+
+    def __init__(self, session: Any, names: Sequence[str]) -> None:
+        self.session, self.names, self.singles = session, list(names), False
+
+    def __call__(self, feeds: dict[str, Any]) -> list[list[Any]]:
+        if self.singles:
+            return [self.session.run(self.names, part) for part in _samples(feeds)]
+        try:
+            return [self.session.run(self.names, feeds)]
+        except Exception:
+            if _batch_len(feeds) <= 1:
+                raise
+            try:
+                runs = [self.session.run(self.names, part) for part in _samples(feeds)]
+            except Exception:
+                pass
+            else:
+                log.info("the model failed at batch size %d; running one sample at a time", _batch_len(feeds))
+                self.singles = True
+                return runs
+            raise
+
+
+def _batch_len(feeds: dict[str, Any]) -> int:
+    return min((len(v) for v in feeds.values() if getattr(v, "ndim", 0)), default=1)
+
+
+def _samples(feeds: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: v[j:j + 1] for k, v in feeds.items()} for j in range(_batch_len(feeds))]

@@ -80,6 +80,8 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
         placement.options[node.name] = opts
         placement.op_types[node.name] = node.op
         placement.decisions[node.name] = _decide(node, opts, profile, precision)
+    _split_fixed_concats(graph, profile, placement)
+    _float_additive_masks(graph, placement)
     _settle_support_ops(graph, profile, placement)
     for node in graph.nodes:
         if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded \
@@ -95,6 +97,51 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
     _propagate_passthrough(graph, profile, placement, quantized)
     placement.activations = sorted(quantized)
     return placement
+
+
+def _split_fixed_concats(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
+    """A shared-scale Concat joining a fixed-output op (Sigmoid: 1/256) with other branches runs in
+    float: one int8 scale would collapse either the [0, 1) scores or the other branch (YOLO's
+    boxes-in-pixels + class scores output)."""
+    for node in graph.nodes:
+        if node.op not in profile.shared_scale_ops or placement.options[node.name].precision is not None or \
+                placement.decisions[node.name].precision is not Precision.INT8:
+            continue
+        fixed = [op for op in (_source_op(t, profile) for t in _activation_inputs(node))
+                 if op in profile.fixed_output_specs]
+        if fixed and len(fixed) < len(_activation_inputs(node)):
+            placement.decisions[node.name] = NodeDecision(
+                Precision.FP32, f"{node.op} joins {fixed[0]}'s fixed-scale output with other branches; one "
+                                "shared int8 scale would collapse one of them")
+
+
+def _source_op(tensor: gs.Tensor, profile: TargetProfile) -> str:
+    """The op that computed ``tensor``'s values, looking back through ops that only move them."""
+    for _ in range(16):
+        if not tensor.inputs:
+            return ""
+        producer = tensor.inputs[0]
+        if producer.op not in profile.passthrough_ops or not producer.inputs:
+            return str(producer.op)
+        tensor = producer.inputs[0]
+    return ""
+
+
+def _float_additive_masks(graph: gs.Graph, placement: Placement) -> None:
+    """Attention scores plus a Where-built mask (0 / float min) stay float up to the Softmax: an int8
+    scale holding -3.4e38 rounds every real score to zero (uniform attention)."""
+    for node in graph.nodes:
+        masked = node.op in ("Add", "Sub") and any(t.inputs and t.inputs[0].op == "Where"
+                                                   for t in _activation_inputs(node))
+        if not masked or placement.options[node.name].precision is not None:
+            continue
+        placement.decisions[node.name] = NodeDecision(
+            Precision.FP32, f"{node.op} adds a Where-built attention mask (float min): no int8 scale holds "
+                            "it")
+        for reader in node.outputs[0].outputs:
+            if reader.op == "Softmax" and placement.options[reader.name].precision is None:
+                placement.decisions[reader.name] = NodeDecision(
+                    Precision.FP32, "Softmax of masked scores (float min): no int8 scale holds its input")
 
 
 def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:

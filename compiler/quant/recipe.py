@@ -2,7 +2,7 @@
 
 ```toml
 [quantization]                 # defaults (all optional)
-method = "auto"                # auto | minmax | percentile | entropy | mse (auto: mse on conv maps)
+method = "minmax"              # minmax | auto | percentile | entropy | mse (auto: mse on conv inputs)
 percentile = 99.99
 activation_dtype = "uint8"     # uint8 | int8 (a target profile may force one)
 symmetric = false              # symmetric activations
@@ -79,7 +79,7 @@ class Override:
 
 @dataclass
 class Recipe:
-    method: str = "auto"
+    method: str = "minmax"
     percentile: float = 99.99
     activation_dtype: str | None = None
     symmetric: bool | None = None

@@ -71,3 +71,29 @@ def test_fewer_samples_than_the_fixed_batch_is_one_line(tmp_path: Path,
     assert code == 2
     assert len(err) == 1 and "fixed to 4" in err[0] and "3 sample(s)" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_symbolic_batch_pinned_to_one_inside_builds_and_verifies(tmp_path: Path) -> None:
+    """x[N,4] (symbolic) → Reshape to the constant [1, 4] → MatMul: only batch 1 runs, though the input
+    says N. Calibration and verification both fall back to one sample at a time on their own."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([1, 4], np.int64), "shape"),
+             numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"], name="pin"),
+             helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    model = tmp_path / "pinned.onnx"
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    data = tmp_path / "x.npz"
+    np.savez(data, x=rng.normal(size=(40, 4)).astype(np.float32))
+    out = tmp_path / "out"
+    assert main(["build", str(model), "--target", "onnx", "--calib", str(data), "--no-latency",
+                 "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    verification = report["metrics"]["verification"]
+    assert verification["samples"] == 8 and verification["min_sqnr_db"] > 30

@@ -1,4 +1,5 @@
-"""Fuzzing settings: a fixed seed, a small default count, DSQC_FUZZ_EXAMPLES for a longer run.
+"""Fuzzing settings: a fixed seed, a small default count, DSQC_FUZZ_EXAMPLES for a longer run
+(``python -m tools.bench.fuzz``), DSQC_FUZZ_RANDOM=1 for fresh graphs instead of the fixed seed.
 
 The number of graphs each property saw is printed at the end of the session.
 """
@@ -24,7 +25,8 @@ def fuzz_settings(default: int, shrink: bool = True) -> Callable[[Any], Any]:
     """
     examples = int(os.environ.get("DSQC_FUZZ_EXAMPLES", default))
     phases = tuple(Phase) if shrink else (Phase.explicit, Phase.reuse, Phase.generate)
-    return settings(max_examples=examples, derandomize=True, deadline=None, database=None, phases=phases,
+    fixed = os.environ.get("DSQC_FUZZ_RANDOM", "0") != "1"
+    return settings(max_examples=examples, derandomize=fixed, deadline=None, database=None, phases=phases,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much],
                     print_blob=True)

@@ -1,4 +1,4 @@
-"""The default range method ``auto``: MSE clipping on convolution feature maps, min/max elsewhere."""
+"""The range method ``auto``: MSE clipping on convolution inputs, min/max elsewhere (opt-in)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def test_auto_uses_mse_on_conv_maps_and_minmax_elsewhere() -> None:
     model = _conv_then_matmul()
     methods = tensor_methods(model, ["x", "c", "r", "g", "f", "y"], "auto")
     assert methods == {"x": "minmax",  # graph input: the data's own distribution
-                       "c": "mse", "r": "mse",  # produced by the Conv (through Relu)
+                       "c": "minmax", "r": "minmax",  # a Conv's output read by no Conv (a head)
                        "g": "minmax", "f": "minmax", "y": "minmax"}  # pooled vector, MatMul side
+    chained = tensor_methods(_conv_then_conv(), ["x", "c", "r", "y"], "auto")
+    assert chained == {"x": "minmax", "c": "mse", "r": "mse", "y": "minmax"}, "Conv → Relu → Conv"
 
 
 def test_explicit_methods_apply_everywhere_but_entropy_spares_inputs() -> None:
@@ -41,7 +43,19 @@ def test_explicit_methods_apply_everywhere_but_entropy_spares_inputs() -> None:
     assert tensor_methods(model, ["x", "c"], "entropy") == {"x": "minmax", "c": "entropy"}
 
 
-def test_defaults_are_auto_and_bias_correction() -> None:
-    assert Recipe().method == "auto"
+def _conv_then_conv() -> helper.ModelProto:
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(2, 4, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits))
+
+
+def test_defaults_are_minmax_and_bias_correction() -> None:
+    assert Recipe().method == "minmax"
     assert BoosterOptions().bias_correction and BoosterOptions.from_dict({}).bias_correction
     assert not BoosterOptions.from_dict({"bias_correction": False}).bias_correction

