@@ -116,8 +116,8 @@ NOTES = [
     "re-rounded layers (`dsqc build models/mnist_cnn.onnx --calib mnist --no-latency --eval-samples 1000`, "
     "±7 weights: nearest + bias correction 21.56 dB, top-1 0.971; AdaRound 29.96 dB, 0.972; AdaRound "
     "followed by bias correction on the same layers 28.18 dB).",
-    "- Measured on the branch before it merged main's ISA-dependent weight bits; on this AVX2 machine "
-    "the onnx profile's weights are 7-bit (±64) either way.",
+    "- Measured on the branch before it merged main's ISA-dependent weight bits: the int8 rows use the "
+    "onnx profile's then-fixed 7-bit weights (±64); main now builds 8-bit weights on VNNI CPUs.",
     "- The ResNet-18-like and MobileNetV2-like rows ran with `--quick` (32 calibration, 16 held-out "
     "seeded N(0,1) inputs) and 200 AdaRound iterations, to fit the session's time on 2 loaded cores.",
     "- MiniLM at int8 is limited by the activations (uint8 everywhere on the onnx target), not the "
