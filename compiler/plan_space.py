@@ -26,10 +26,11 @@ from .calibration.data import SampleSet
 from .calibration.runner import TensorStats
 from .float_islands import FP16_WEIGHT_TARGETS
 from .ir import Model, constant_value
-from .quant.planner import Placement, Range, finalize, is_table_lookup, place
+from .quant.planner import Placement, Range, finalize, place
 from .quant.profile import TargetProfile
 from .quant.recipe import Override, Recipe
 from .quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
+from .quant.weights import is_table_lookup
 from .quantize import calibrate_missing
 
 log = logging.getLogger(__name__)

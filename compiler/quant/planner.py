@@ -1,4 +1,5 @@
-"""The planner: decides, never edits. Placement first (which nodes and tensors), then specs from stats.
+"""The planner: decides, never edits. Placement first (which nodes and tensors), then specs from stats
+(activations here, a node's weights/tables/biases in ``weights.py``).
 
 Policy lives here and in the target profile; observers only measure, and ``InsertQDQ`` only
 applies the plan.
@@ -15,17 +16,14 @@ import onnx_graphsurgeon as gs
 
 from ..ir import Model, constant_value, is_graph_output
 from .profile import TargetProfile
-from .qparams import activation_spec, bias_spec, fit_bias, weight_spec
+from .qparams import activation_spec
 from .recipe import NodeOptions, Recipe
 from .spec import NodeDecision, Precision, QuantPlan, QuantSpec
+from .weights import BIAS_INPUT, FLOAT_TYPES, WEIGHT_INPUT, const_weight, is_table_lookup, plan_constants
 
 log = logging.getLogger(__name__)
 
-# (weight input index, per-channel axis given the node) and bias input index, per compute op.
-_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
-_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 _FOLDABLE = {"Relu", "Clip"}
-_FLOAT_TYPES = {np.dtype(np.float32), np.dtype(np.float16)}
 
 
 @dataclass(frozen=True)
@@ -56,17 +54,6 @@ class Placement:
         ra, rb = self.group_of(a), self.group_of(b)
         if ra != rb:
             self.groups[rb] = ra
-
-
-def weight_axis(node: gs.Node, weight: np.ndarray) -> int:
-    """Output-channel axis of a node's weight: Conv 0, ConvTranspose 1, Gemm by transB, MatMul -1."""
-    if node.op == "Conv":
-        return 0
-    if node.op == "ConvTranspose":
-        return 1
-    if node.op == "Gemm":
-        return 0 if node.attrs.get("transB", 0) else 1
-    return weight.ndim - 1
 
 
 def place(model: Model, profile: TargetProfile, recipe: Recipe,
@@ -197,7 +184,7 @@ def _fuses_into_add(node: gs.Node, tensor: gs.Tensor, profile: TargetProfile, pl
     if node.op != "Add" or not profile.residual_add_skip_only or not tensor.inputs:
         return False
     src = tensor.inputs[0]
-    return (src.op in _WEIGHT_INPUT and len(tensor.outputs) == 1
+    return (src.op in WEIGHT_INPUT and len(tensor.outputs) == 1
             and placement.decisions[src.name].precision is Precision.INT8)
 
 
@@ -216,12 +203,12 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
     if wanted is None and profile.int8_tables and is_table_lookup(node):
         return NodeDecision(Precision.INT8, f"int8 weight-only table lookup: {profile.name} gathers the int8 "
                                             "rows, then dequantizes them")
-    constant_operand = node.op not in _WEIGHT_INPUT and any(
+    constant_operand = node.op not in WEIGHT_INPUT and any(
         constant_value(t) is not None for t in node.inputs if t.name)
     if constant_operand and (in_profile or wanted):
         return NodeDecision(Precision.FP32, f"{node.op} with a constant operand has no fused int8 kernel")
     is_int4 = wanted is Precision.INT4 or (opts.weight_dtype == "int4" and in_profile)
-    if is_int4 and node.op in ("MatMul", "Gemm") and profile.int4_weights and _const_weight(node):
+    if is_int4 and node.op in ("MatMul", "Gemm") and profile.int4_weights and const_weight(node):
         return NodeDecision(Precision.INT4, "int4 weight-only (recipe)")
     if wanted is Precision.INT4 and in_profile:
         return NodeDecision(Precision.INT8, "int4 asked but only constant MatMul/Gemm weights take int4")
@@ -232,23 +219,11 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
     return NodeDecision(Precision.FP32, f"{node.op}: no int8 kernel worth the Q/DQ on {profile.name}")
 
 
-def _const_weight(node: gs.Node) -> bool:
-    return len(node.inputs) > 1 and constant_value(node.inputs[1]) is not None
-
-
-def is_table_lookup(node: gs.Node) -> bool:
-    """Gather (axis 0) from a constant 2-D float table, e.g. an embedding: quantizable weight-only."""
-    if node.op != "Gather" or int(node.attrs.get("axis", 0)) != 0 or not node.inputs:
-        return False
-    table = constant_value(node.inputs[0])
-    return table is not None and table.ndim == 2 and np.dtype(table.dtype) in _FLOAT_TYPES
-
-
 def _activation_inputs(node: gs.Node) -> list[gs.Tensor]:
     """Float, non-constant data inputs (weights and biases are handled as constants)."""
-    skip = {_BIAS_INPUT.get(node.op, -1)}
-    if node.op in _WEIGHT_INPUT and _const_weight(node):
-        skip.add(_WEIGHT_INPUT[node.op])
+    skip = {BIAS_INPUT.get(node.op, -1)}
+    if node.op in WEIGHT_INPUT and const_weight(node):
+        skip.add(WEIGHT_INPUT[node.op])
     if node.op in ("Reshape", "Slice", "Gather", "Resize", "Expand", "Tile", "Pad", "Split",
                    "Squeeze", "Unsqueeze"):
         skip |= set(range(1, len(node.inputs)))
@@ -257,7 +232,7 @@ def _activation_inputs(node: gs.Node) -> list[gs.Tensor]:
 
 
 def _is_float(tensor: gs.Tensor) -> bool:
-    return tensor.dtype is None or np.dtype(tensor.dtype) in _FLOAT_TYPES
+    return tensor.dtype is None or np.dtype(tensor.dtype) in FLOAT_TYPES
 
 
 def _wants_output_q(graph: gs.Graph, node: gs.Node, profile: TargetProfile, placement: Placement) -> bool:
@@ -356,7 +331,7 @@ def finalize(model: Model, placement: Placement, ranges: Mapping[str, Range],
         plan.tensors[name] = activation_spec(lo, hi, dtype, symmetric, profile.power_of_two_scales)
     _apply_fixed_outputs(model, plan, placement, profile, dtype)
     for node in model.graph.nodes:
-        _plan_constants(node, plan, placement, profile)
+        plan_constants(node, plan, placement.options[node.name], profile)
     return plan
 
 
@@ -373,59 +348,3 @@ def _apply_fixed_outputs(model: Model, plan: QuantPlan, placement: Placement, pr
             if placement.group_of(name) == group:
                 plan.tensors[name] = spec
         plan.notes.append(f"{node.name}: {node.op} output fixed at scale {fixed[0]:g}, zero point {fixed[1]}")
-
-
-def _plan_constants(node: gs.Node, plan: QuantPlan, placement: Placement, profile: TargetProfile) -> None:
-    precision = plan.precision_of(node.name)
-    if is_table_lookup(node) and precision in (Precision.INT8, Precision.INT4):
-        _plan_table(node, plan, placement.options[node.name], precision)
-        return
-    if node.op not in _WEIGHT_INPUT or precision not in (Precision.INT8, Precision.INT4):
-        return
-    w_tensor = node.inputs[_WEIGHT_INPUT[node.op]]
-    weight = constant_value(w_tensor)
-    if weight is None:
-        return
-    opts = placement.options[node.name]
-    axis = weight_axis(node, weight)
-    if precision is Precision.INT4:
-        block = opts.block_size or None
-        k_axis = 0 if node.op == "MatMul" or not node.attrs.get("transB", 0) else 1
-        plan.tensors[w_tensor.name] = weight_spec(weight, k_axis if block else axis, "int4", block)
-        return
-    per_channel = opts.per_channel and profile.per_channel_weights and weight.ndim >= 2
-    limit = opts.weight_limit or profile.weight_limit
-    w_spec = weight_spec(weight, axis if per_channel else None, "int8",
-                         power_of_two=profile.power_of_two_scales, limit=limit)
-    plan.tensors[w_tensor.name] = w_spec
-    bias_index = _BIAS_INPUT.get(node.op)
-    if bias_index is None or len(node.inputs) <= bias_index or not node.inputs[bias_index].name:
-        return
-    bias = constant_value(node.inputs[bias_index])
-    x_spec = plan.tensors.get(node.inputs[0].name)
-    beta_scaled = node.op == "Gemm" and node.attrs.get("beta", 1.0) != 1.0
-    if bias is None or bias.ndim != 1 or x_spec is None or beta_scaled:
-        return
-    if node.op == "ConvTranspose" and w_spec.axis is not None and int(node.attrs.get("group", 1)) != 1:
-        return
-    if w_spec.axis is not None and w_spec.scale.shape != bias.shape:
-        return
-    w_spec = plan.tensors[w_tensor.name] = fit_bias(w_spec, bias, x_spec.scale)
-    scale = w_spec.scale if w_spec.axis is not None else np.full(bias.shape, w_spec.scale, np.float32)
-    plan.tensors[node.inputs[bias_index].name] = bias_spec(x_spec.scale, scale)
-
-
-def _plan_table(node: gs.Node, plan: QuantPlan, opts: NodeOptions, precision: Precision) -> None:
-    """Embedding rows: int8 per row, or int4 in blocks along the row (per row when block_size is 0)."""
-    table = constant_value(node.inputs[0])
-    assert table is not None
-    if precision is Precision.INT4:
-        block = opts.block_size or None
-        spec = weight_spec(table, 1 if block else 0, "int4", block)
-    else:
-        spec = weight_spec(table, 0, "int8")
-    plan.tensors[node.inputs[0].name] = spec
-
-
-def spec_for(plan: QuantPlan, name: str) -> QuantSpec | None:
-    return plan.tensors.get(name)
