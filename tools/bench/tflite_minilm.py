@@ -17,12 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dsqc.backends.tflite import runtime
-
-
-def embeddings(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    weights = mask[..., None].astype(np.float32)
-    pooled = (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1.0)
-    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+from dsqc.models.minilm import mean_pool
 
 
 def main() -> None:
@@ -43,7 +38,7 @@ def main() -> None:
     samples = [[feeds[n][i:i + 1] for n in names] for i in range(count)]
     got = runtime.run(blob, samples)[0]
     mask = feeds["attention_mask"]
-    cos = (embeddings(fp32, mask) * embeddings(got, mask)).sum(1)
+    cos = (mean_pool(fp32, mask) * mean_pool(got, mask)).sum(1)
     result: dict[str, object] = {"samples": count, "embedding_cosine_mean": float(cos.mean()),
                                  "embedding_cosine_min": float(cos.min())}
     for threads in args.threads:
