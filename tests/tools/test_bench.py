@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,10 @@ def tiny_model(path: Path) -> Path:
     return path
 
 
-def test_bench_smoke(tmp_path: Path) -> None:
+def test_bench_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the bench puts its frozen source copy on PYTHONPATH for its workers; undo that after the test, or a
+    # later test's fresh venv imports dsqc from this tmp folder (tests/cli/test_package.py did)
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     model = str(tiny_model(tmp_path / "tiny.onnx"))
     out = tmp_path / "out"
     assert main(["--models", model, "--quick", "--calib-samples", "16", "--dsqc-methods", "",
