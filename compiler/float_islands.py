@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .ir import proto_index
-from .quant.profile import TargetProfile
-from .quant.spec import Precision, QuantPlan
+from dsqc.ir import proto_index
+from dsqc.quant.profile import TargetProfile
+from dsqc.quant.spec import Precision, QuantPlan
 
 log = logging.getLogger(__name__)
 

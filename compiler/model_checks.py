@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import networkx as nx
 import onnx
 
-from .errors import ModelError, UnsupportedError
-from .ir import DEFAULT_DOMAINS
+from dsqc.errors import ModelError, UnsupportedError
+from dsqc.ir import DEFAULT_DOMAINS
 
 log = logging.getLogger(__name__)
 

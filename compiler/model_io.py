@@ -9,9 +9,9 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import ModelError
-from .ir import default_opset
-from .model_checks import check_inputs, check_structure, foreign_format, name_nodes
+from dsqc.errors import ModelError
+from dsqc.ir import default_opset
+from dsqc.model_checks import check_inputs, check_structure, foreign_format, name_nodes
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import ClassVar, Protocol
 
 import onnx
 
-from .errors import PassError
-from .ir import Model
+from dsqc.errors import PassError
+from dsqc.ir import Model
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import onnx
 
-from .errors import DsqcError, ModelError
-from .model_io import load_model
+from dsqc.errors import DsqcError, ModelError
+from dsqc.model_io import load_model
 
 log = logging.getLogger(__name__)
 EXPORT_OPSET = 17

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .calibration.data import fixed_batch, model_inputs
-from .calibration.ort_session import BatchRunner, first_line
-from .errors import DsqcError, GateError
-from .metrics import output_metrics, top1_agreement
+from dsqc.calibration.data import fixed_batch, model_inputs
+from dsqc.calibration.ort_session import BatchRunner, first_line
+from dsqc.errors import DsqcError, GateError
+from dsqc.metrics import output_metrics, top1_agreement
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]

@@ -13,7 +13,7 @@ The float fold is exact for float weights. Once a layer's weight is quantized, `
 off by ``m · Σ_k (W_q - W)`` per output channel: where the bulk of X sits near 0 and a few outliers set
 the range (MiniLM's GELU outputs: m = 12, K = 1536), X' sits near -m and that term swamps the output
 (-2 dB). ``shift_corrections`` gives BiasCorrection what it needs to fold ``m · Σ_k W_q`` instead,
-after Q/DQ insertion (``compiler/quantize.py``): the shifted layer then carries exactly the weight
+after Q/DQ insertion (``compiler/quant/quantize.py``): the shifted layer then carries exactly the weight
 error of the unshifted one, and only the activation rounding gets finer.
 
 Only readers with a constant 2-D weight (``smoothable_readers``) are shifted; a tensor is shifted when

@@ -1,7 +1,7 @@
 """Calibration: load sample data, stream it through the FP32 model, observe tensor ranges."""
 
-from .data import ImagePreprocess, InputSpec, SampleSet, load_samples, model_inputs
-from .observers import (
+from dsqc.calibration.data import ImagePreprocess, InputSpec, SampleSet, load_samples, model_inputs
+from dsqc.calibration.observers import (
     EntropyObserver,
     MinMaxObserver,
     MseObserver,
@@ -9,7 +9,7 @@ from .observers import (
     PercentileObserver,
     make_observer,
 )
-from .runner import TensorStats, calibrate
+from dsqc.calibration.runner import TensorStats, calibrate
 
 __all__ = [
     "EntropyObserver",

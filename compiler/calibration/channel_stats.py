@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..errors import CalibrationError
-from .data import SampleSet
-from .ort_session import BatchRunner, first_line, output_session
-from .runner import _batch_plan, _check_tensors, _feed_names, _known_types
+from dsqc.calibration.data import SampleSet
+from dsqc.calibration.ort_session import BatchRunner, first_line, output_session
+from dsqc.calibration.runner import _batch_plan, _check_tensors, _feed_names, _known_types
+from dsqc.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import CalibrationError
-from . import sources
-from .images import ImagePreprocess
-from .validate import check_feeds
+from dsqc.calibration import sources
+from dsqc.calibration.images import ImagePreprocess
+from dsqc.calibration.validate import check_feeds
+from dsqc.errors import CalibrationError
 
 __all__ = ["ImagePreprocess", "InputSpec", "SampleSet", "fixed_batch", "load_samples", "model_inputs"]
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CalibrationError, RecipeError
+from dsqc.errors import CalibrationError, RecipeError
 
 if TYPE_CHECKING:
-    from .data import InputSpec
+    from dsqc.calibration.data import InputSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}

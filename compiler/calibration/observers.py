@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import RecipeError
-from .histogram import DEFAULT_BINS, GridHistogram
-from .thresholds import entropy_threshold, mse_threshold, percentile_threshold
+from dsqc.calibration.histogram import DEFAULT_BINS, GridHistogram
+from dsqc.calibration.thresholds import entropy_threshold, mse_threshold, percentile_threshold
+from dsqc.errors import RecipeError
 
 
 class Observer(ABC):

@@ -22,7 +22,7 @@ from typing import Any
 
 import onnx
 
-from ..errors import ModelError
+from dsqc.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import CalibrationError
-from ..progress import Progress
-from .data import SampleSet
-from .observers import Observer, make_observer
-from .ort_session import first_line, output_session
+from dsqc.calibration.data import SampleSet
+from dsqc.calibration.observers import Observer, make_observer
+from dsqc.calibration.ort_session import first_line, output_session
+from dsqc.driver.progress import Progress
+from dsqc.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 

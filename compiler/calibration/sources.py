@@ -15,12 +15,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CalibrationError
-from .images import IMAGE_SUFFIXES, ImagePreprocess, list_images, load_images
-from .validate import LABELS_KEY, as_batch, as_labels, check_names
+from dsqc.calibration.images import IMAGE_SUFFIXES, ImagePreprocess, list_images, load_images
+from dsqc.calibration.validate import LABELS_KEY, as_batch, as_labels, check_names
+from dsqc.errors import CalibrationError
 
 if TYPE_CHECKING:
-    from .data import InputSpec
+    from dsqc.calibration.data import InputSpec
 
 Raw = tuple[dict[str, np.ndarray], "np.ndarray | None"]
 CALLABLE_RE = re.compile(r"(?:[A-Za-z_][\w.]*|.+\.py):[A-Za-z_]\w*")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .histogram import GridHistogram
+from dsqc.calibration.histogram import GridHistogram
 
 _EPS = 1e-4  # count given to an empty quantized bin that must hold mass (TensorRT/MXNet smoothing)
 KL_MIN_KEPT = 99.0  # entropy never clips more than 1 % of |x| (see entropy_threshold)

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CalibrationError
+from dsqc.errors import CalibrationError
 
 if TYPE_CHECKING:
-    from .data import InputSpec
+    from dsqc.calibration.data import InputSpec
 
 LABELS_KEY = "labels"
 

@@ -1,8 +1,8 @@
 """dsqc's integer program: QDQ ONNX lowered to int8 tensors, int32 accumulation and fixed-point
 requantization (one rounding rule, see ``fixedpoint``), and its numpy reference interpreter."""
 
-from .fixedpoint import ROUNDING_RULE, Multiplier, quantize_multiplier, requantize
-from .ops import (
+from dsqc.integer.fixedpoint import ROUNDING_RULE, Multiplier, quantize_multiplier, requantize
+from dsqc.integer.ops import (
     AddOp,
     ConcatOp,
     ConvOp,
@@ -15,8 +15,8 @@ from .ops import (
     Requant,
     TensorInfo,
 )
-from .program import lower
-from .reference import dequantize_outputs, quantize_inputs, run
+from dsqc.integer.program import lower
+from dsqc.integer.reference import dequantize_outputs, quantize_inputs, run
 
 __all__ = [
     "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "Multiplier",

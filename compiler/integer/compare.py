@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .ops import Program
+from dsqc.integer.ops import Program
 
 ORT_LEVELS = ("float_requant", "fused")
 
@@ -73,7 +73,7 @@ def per_op_with_ort(qdq: onnx.ModelProto, program: Program,
     off). Isolates the rounding of one requantization from the propagation of earlier differences."""
     import onnxruntime as ort
 
-    from .reference import execute
+    from dsqc.integer.reference import execute
 
     model = onnx.ModelProto()
     model.CopyFrom(qdq)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fixedpoint import Multiplier
+from dsqc.integer.fixedpoint import Multiplier
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from dsqc.errors import UnsupportedError
+from dsqc.integer.ops import IOBinding, Op, Program, TensorInfo
 from dsqc.ir import constant_value
-
-from .ops import IOBinding, Op, Program, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class Lowering:
         self.notes: list[str] = []
 
     def run(self) -> Program:
-        from .lowering import LOWERINGS, lower_requantize
+        from dsqc.integer.lowering import LOWERINGS, lower_requantize
 
         handled: set[str] = set()
         for node in self.graph.nodes:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from .fixedpoint import requantize
-from .ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Program, Requant
+from dsqc.integer.fixedpoint import requantize
+from dsqc.integer.ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Program, Requant
 
 Env = Mapping[str, np.ndarray]
 _NEG = np.int64(-(2**40))

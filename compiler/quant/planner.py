@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir import Model, constant_value, is_graph_output
-from .profile import TargetProfile
-from .qparams import activation_spec
-from .recipe import NodeOptions, Recipe
-from .spec import NodeDecision, Precision, QuantPlan, QuantSpec
-from .weights import BIAS_INPUT, FLOAT_TYPES, WEIGHT_INPUT, const_weight, is_table_lookup, plan_constants
+from dsqc.ir import Model, constant_value, is_graph_output
+from dsqc.quant.profile import TargetProfile
+from dsqc.quant.qparams import activation_spec
+from dsqc.quant.recipe import NodeOptions, Recipe
+from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
+from dsqc.quant.weights import (
+    BIAS_INPUT,
+    FLOAT_TYPES,
+    WEIGHT_INPUT,
+    const_weight,
+    is_table_lookup,
+    plan_constants,
+)
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ class TargetProfile:
     targets are verified with ORT's reference Q/DQ semantics (float requantization), since ORT's x86
     u8s8 kernels saturate with full 8-bit weights where the target's kernels do not.
     ``latency_guard``: when the int8 model runs slower than FP32 in the verification runtime, keep
-    op types whose int8 kernels lose in FP32 (``compiler/latency_guard.py``).
+    op types whose int8 kernels lose in FP32 (``compiler/quant/latency_guard.py``).
     ``float_readers_read_float``: float readers of a tensor quantized after a float producer read the
     float tensor instead of a DQ (no fusion to protect; MiniLM 14 → 16 dB). Off where a backend wants
     the DQ (TensorRT's residual-Add skip input).

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from .spec import DTYPE_RANGES, QuantSpec
+from dsqc.quant.spec import DTYPE_RANGES, QuantSpec
 
 _TINY = np.float32(1e-12)
 

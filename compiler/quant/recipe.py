@@ -22,14 +22,14 @@ precision = "fp32"             # int8 | int4 | fp16 | fp32
 nodes = ["head.*"]
 op_types = ["Softmax"]
 
-[boosters]                     # PTQ boosters (compiler/boosters.py)
+[boosters]                     # PTQ boosters (compiler/quant/boosters.py)
 cle = true                     # cross-layer equalization of Conv → ReLU → Conv chains
 smoothquant = 0.8              # SmoothQuant alpha for MatMul/Gemm inputs with outlier channels
 bias_correction = true
 adaround = true                # learned rounding of weights (AdaRound); adaround_iterations = 500
 gptq = true                    # GPTQ on Gemm/MatMul weights; gptq_act_order = false
 
-[verdict]                      # limits of the build's verdict (compiler/verdict.py)
+[verdict]                      # limits of the build's verdict (compiler/driver/verdict.py)
 degraded_sqnr_db = 15
 
 [calibration.image]            # preprocessing for image-folder calibration data
@@ -48,8 +48,8 @@ from typing import Any
 
 import tomllib
 
-from ..errors import RecipeError
-from .spec import Precision
+from dsqc.errors import RecipeError
+from dsqc.quant.spec import Precision
 
 METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
 _DEFAULT_KEYS = {"method", "percentile", "activation_dtype", "symmetric", "per_channel",

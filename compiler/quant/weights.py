@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir import constant_value
-from .profile import TargetProfile
-from .qparams import bias_spec, fit_bias, weight_spec
-from .recipe import NodeOptions
-from .spec import Precision, QuantPlan
+from dsqc.ir import constant_value
+from dsqc.quant.profile import TargetProfile
+from dsqc.quant.qparams import bias_spec, fit_bias, weight_spec
+from dsqc.quant.recipe import NodeOptions
+from dsqc.quant.spec import Precision, QuantPlan
 
 # Weight input index and bias input index, per compute op.
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}

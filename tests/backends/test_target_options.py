@@ -43,7 +43,7 @@ def test_strings_become_typed_values() -> None:
 
 def test_onnx_build_rejects_an_hls_option_before_any_work(conv_bn_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "dsqc.cli", "build", str(conv_bn_path), "--target", "onnx",
+    proc = subprocess.run([sys.executable, "-m", "dsqc", "build", str(conv_bn_path), "--target", "onnx",
                            "--calib", "random", "-B", "parallelism=8", "-o", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2

@@ -14,7 +14,7 @@ from tests.conftest import conv_bn_model
 
 
 def run_dsqc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dsqc.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dsqc", *args], capture_output=True, text=True,
                           timeout=300)
 
 

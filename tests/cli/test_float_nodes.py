@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import dsqc.latency_guard
+import dsqc.quant.latency_guard
 import dsqc.verify
-from dsqc.cli import main
-from dsqc.report import speed_warnings
+from dsqc.driver.cli import main
+from dsqc.driver.report import speed_warnings
 from dsqc.verify import Timing
 from tests.conftest import conv_bn_model
 
@@ -88,7 +88,7 @@ def test_slower_int8_warns_and_recipe_exclusion_keeps_its_reason(conv_bn_files: 
         return [Timing(1.0, 1.0)] + [Timing(1.5, 1.5) if _int8_conv(p) else Timing(0.9, 0.9)
                                      for p in protos[1:]]
 
-    monkeypatch.setattr(dsqc.latency_guard, "compare_latency", guard_clock)
+    monkeypatch.setattr(dsqc.quant.latency_guard, "compare_latency", guard_clock)
     monkeypatch.setattr(dsqc.verify, "compare_latency",
                         lambda protos, feeds: [Timing(1.0, 1.0), Timing(1.4, 1.4)])
     assert main(["build", str(model), "--target", "onnx", "--calib", str(calib), "--recipe", str(recipe),

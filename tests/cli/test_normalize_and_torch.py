@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
+from dsqc.driver.pipeline import load_and_normalize
 from dsqc.errors import PassError
 from dsqc.ir import Model
 from dsqc.pass_infra import FixedPoint, Pass, PassManager, PassResult
-from dsqc.pipeline import load_and_normalize
 from dsqc.verify import session
 
 torch = pytest.importorskip("torch")
@@ -60,12 +60,12 @@ def test_from_torch_and_export_cli(tmp_path: Path) -> None:
                        "    m = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()\n"
                        "    return m, torch.randn(1, 4)\n")
     out = tmp_path / "exported.onnx"
-    proc = subprocess.run([sys.executable, "-m", "dsqc.cli", "export", "tiny_factory:make", "-o", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "dsqc", "export", "tiny_factory:make", "-o", str(out)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     onnx.checker.check_model(onnx.load(out))
-    inspect = subprocess.run([sys.executable, "-m", "dsqc.cli", "inspect", str(out)], capture_output=True,
+    inspect = subprocess.run([sys.executable, "-m", "dsqc", "inspect", str(out)], capture_output=True,
                              text=True, timeout=120)
     assert inspect.returncode == 0 and "Gemm" in inspect.stdout and "float" in inspect.stdout
 

@@ -17,7 +17,7 @@ HEAVY = ("torch", "tensorrt", "ai_edge_litert", "tflite", "transformers")
 
 
 def test_help_is_light_and_fast() -> None:
-    code = ("import sys, time; t = time.perf_counter(); from dsqc.cli import main\n"
+    code = ("import sys, time; t = time.perf_counter(); from dsqc.driver.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             f"bad = [m for m in {HEAVY!r} if m in sys.modules]\n"
             "print('HEAVY', bad); print('SECONDS', time.perf_counter() - t)")

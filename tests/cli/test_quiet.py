@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _dsqc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dsqc.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dsqc", *args], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -61,7 +61,7 @@ def test_onnxruntime_cpp_warnings_are_silenced(conv_bn_path: Path, tmp_path: Pat
     """ORT's process-wide logger is set to errors: C++ warnings from sessions dsqc does not create
     (a user's calibration generator here) no longer reach the terminal."""
     (tmp_path / "prep.py").write_text(PREPROCESS)
-    build = ["-m", "dsqc.cli", "-q", "build", str(conv_bn_path), "--target", "onnx",
+    build = ["-m", "dsqc", "-q", "build", str(conv_bn_path), "--target", "onnx",
              "--calib", "prep:samples", "--no-latency", "-o", str(tmp_path / "out")]
     proc = subprocess.run([sys.executable, *build], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

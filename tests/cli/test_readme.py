@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 import dsqc.backends.onnx.isa
-import dsqc.latency_guard
+import dsqc.quant.latency_guard
 import dsqc.verify
-from dsqc.cli import main
+from dsqc.driver.cli import main
 from dsqc.verify import Timing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def test_demo_tail_is_what_the_demo_prints(tmp_path: Path, monkeypatch: pytest.M
         times = [1.02 if _int8_conv(p) else 0.95 for p in protos[1:]]
         return [Timing(1.0, 1.0)] + [Timing(t, t) for t in times]
 
-    monkeypatch.setattr(dsqc.latency_guard, "compare_latency", guard_clock)
+    monkeypatch.setattr(dsqc.quant.latency_guard, "compare_latency", guard_clock)
     monkeypatch.setattr(dsqc.backends.onnx.isa, "host_isa", lambda: "vnni")  # the machine the README shows
     monkeypatch.setattr(dsqc.verify, "compare_latency", lambda protos, feeds: [Timing(0.05, 0.05)] * 2)
     monkeypatch.chdir(tmp_path)

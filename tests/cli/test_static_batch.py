@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsqc.cli import main
+from dsqc.driver.cli import main
 
 torch = pytest.importorskip("torch")
 

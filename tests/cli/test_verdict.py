@@ -12,10 +12,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dsqc.cli import main
+from dsqc.driver.cli import main
+from dsqc.driver.verdict import Thresholds, judge
 from dsqc.errors import RecipeError
 from dsqc.quant.recipe import parse_recipe
-from dsqc.verdict import Thresholds, judge
 from tests.conftest import conv_bn_model
 
 

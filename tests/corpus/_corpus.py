@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsqc.cli import main
+from dsqc.driver.cli import main
 
 OUT = "out"  # every case builds into {tmp}/out
 
@@ -56,7 +56,7 @@ class Case:
     make: Callable[[Path], list[str]]  # writes the inputs, returns the CLI arguments (no -o)
     refuse: str | None = None
     built: Built | None = None
-    run: Callable[[Path, list[str]], Outcome] | None = None  # default: in-process dsqc.cli.main
+    run: Callable[[Path, list[str]], Outcome] | None = None  # default: in-process dsqc.driver.cli.main
     xfail: str | None = None
     before: dict[str, str] = field(default_factory=dict)  # files in OUT before the run (must survive)
     out: str = OUT  # the output folder, relative to the case folder
@@ -76,7 +76,7 @@ class _Records(logging.Handler):
 
 
 def run_in_process(tmp: Path, args: list[str]) -> Outcome:
-    """``dsqc.cli.main(args)`` with stdout/stderr captured; an exception escaping it fails the case."""
+    """``dsqc.driver.cli.main(args)`` with stdout/stderr captured; an exception escaping it fails the case."""
     out, err, records = io.StringIO(), io.StringIO(), _Records()
     root = logging.getLogger()
     root.addHandler(records)
@@ -90,7 +90,7 @@ def run_in_process(tmp: Path, args: list[str]) -> Outcome:
 
 
 def run_subprocess(tmp: Path, args: list[str], **kwargs: object) -> Outcome:
-    proc = subprocess.run([sys.executable, "-m", "dsqc.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "dsqc", *args], capture_output=True, text=True,
                           timeout=120, cwd=tmp, **kwargs)  # type: ignore[call-overload]
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 

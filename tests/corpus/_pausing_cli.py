@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         onnx.save_model = paused_save
     else:
         raise SystemExit(f"unknown phase {phase!r}")
-    from dsqc.cli import main as dsqc_main
+    from dsqc.driver.cli import main as dsqc_main
 
     return dsqc_main(args)
 

@@ -67,7 +67,7 @@ def _file_size_limit(tmp: Path, args: list[str]) -> Outcome:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
-    proc = subprocess.run([sys.executable, "-m", "dsqc.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "dsqc", *args], capture_output=True, text=True,
                           timeout=120, cwd=ROOT, preexec_fn=limit)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 

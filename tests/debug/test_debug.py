@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dsqc.cli import main
+from dsqc.driver.cli import main
 
 OUTLIER_TENSOR = "r1"  # relu1's output: channel 0 sits at 100, the others near 1, per-tensor uint8
 

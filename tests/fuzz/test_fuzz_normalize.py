@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import given
 
+from dsqc.driver.pipeline import normalization_steps, normalize
 from dsqc.ir import Model
 from dsqc.pass_infra import Pass, PassManager, PassResult
-from dsqc.pipeline import normalization_steps, normalize
 from tests.passes._graphs import TOL, rel_error, run
 
 from ._graphs import Case, graphs

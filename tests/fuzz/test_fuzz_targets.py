@@ -19,9 +19,9 @@ import onnx
 import onnxruntime as ort
 from hypothesis import given
 
-from dsqc.build_types import BuildRequest
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 from dsqc.errors import DsqcError
-from dsqc.pipeline import build
 from tests.corpus._corpus import Outcome, run_in_process
 
 from ._graphs import COMPUTE_OPS, Case, graphs

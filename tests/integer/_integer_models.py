@@ -1,7 +1,7 @@
 """Small models built in code and their canonical QDQ form for the integer and HLS tests.
 
-``quantize`` = dsqc's planner + ``InsertQDQ`` with min/max ranges from ORT: ``dsqc.quantize.quantize_model``
-without the streaming calibration, so these tests run on their own.
+``quantize`` = dsqc's planner + ``InsertQDQ`` with min/max ranges from ORT:
+``dsqc.quant.quantize.quantize_model`` without the streaming calibration, so these tests run on their own.
 """
 
 from __future__ import annotations

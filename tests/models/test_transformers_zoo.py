@@ -15,11 +15,11 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from dsqc.backends.trt import check_trt
-from dsqc.build_types import BuildRequest, BuildResult
+from dsqc.driver.build_types import BuildRequest, BuildResult
+from dsqc.driver.pipeline import build, load_and_normalize
 from dsqc.ir import Model, constant_value
 from dsqc.metrics import sqnr_db
 from dsqc.models import transformers_zoo as tz
-from dsqc.pipeline import build, load_and_normalize
 from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 

@@ -9,14 +9,14 @@ import pytest
 from _rounding_models import cnn, cnn_samples, output_sqnr, scales, weight_ints
 
 from dsqc.backends.onnx.profile import ONNX_PROFILE
-from dsqc.boosters import BoosterOptions
 from dsqc.errors import RecipeError
 from dsqc.ir import Model
 from dsqc.passes import AdaRound
 from dsqc.passes.adaround import LayerInputs
+from dsqc.quant.boosters import BoosterOptions
+from dsqc.quant.quantize import quantize_model
 from dsqc.quant.recipe import Recipe
-from dsqc.quantize import quantize_model
-from dsqc.rounding import RoundingOptions, learn_rounding
+from dsqc.quant.rounding import RoundingOptions, learn_rounding
 
 LIMIT = 7  # 4-bit weights in int8 storage: where round-to-nearest hurts
 
@@ -107,8 +107,8 @@ def test_layer_forward_matches_ort(op: str, attrs: dict, w_shape: tuple[int, ...
 def test_bias_correction_leaves_learned_layers_alone(rounded: tuple[onnx.ModelProto, ...]) -> None:
     """AdaRound fitted each layer's whole output error, its mean included: ΔW · E[x] would undo part of
     it (MNIST CNN at ±7: 29.96 dB without, 28.18 dB with a second correction)."""
-    from dsqc.boosters import correct_biases
-    from dsqc.rounding import ROUNDED_MARK
+    from dsqc.quant.boosters import correct_biases
+    from dsqc.quant.rounding import ROUNDED_MARK
 
     fp32, _, learned = rounded
     marked = {p.value for p in learned.metadata_props if p.key == ROUNDED_MARK}

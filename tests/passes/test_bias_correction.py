@@ -9,12 +9,12 @@ from _graphs import apply, init, make_model, randn, run, value
 from onnx import helper
 
 from dsqc.backends.onnx.profile import ONNX_PROFILE
-from dsqc.boosters import correct_biases
 from dsqc.calibration.data import SampleSet
 from dsqc.passes import BiasCorrection
 from dsqc.passes.bias_correction import MARK
+from dsqc.quant.boosters import correct_biases
+from dsqc.quant.quantize import quantize_model
 from dsqc.quant.recipe import Recipe
-from dsqc.quantize import quantize_model
 
 CONV_W = randn((8, 1, 3, 3), seed=1)
 MM_W = randn((16, 6), seed=2)

@@ -9,13 +9,13 @@ import pytest
 from _rounding_models import mlp, mlp_samples, output_sqnr, scales, weight_ints
 
 from dsqc.backends.onnx.profile import ONNX_PROFILE
-from dsqc.boosters import BoosterOptions
 from dsqc.ir import Model
 from dsqc.passes import GPTQ
 from dsqc.passes.gptq import gptq_rows
+from dsqc.quant.boosters import BoosterOptions
+from dsqc.quant.quantize import quantize_model
 from dsqc.quant.recipe import Recipe
-from dsqc.quantize import quantize_model
-from dsqc.rounding import RoundingOptions, learn_rounding
+from dsqc.quant.rounding import RoundingOptions, learn_rounding
 
 RECIPES = {"int4": Recipe(weight_dtype="int4", block_size=16), "int8": Recipe(weight_limit=15)}
 

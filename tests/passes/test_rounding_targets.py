@@ -11,8 +11,8 @@ import onnx
 import pytest
 from _rounding_models import cnn, cnn_samples, save
 
-from dsqc.build_types import BuildRequest
-from dsqc.pipeline import build
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 
 RECIPE = "[quantization]\nweight_limit = 7\n\n[boosters]\nadaround = true\nadaround_iterations = 60\n"
 

@@ -88,8 +88,8 @@ def test_quantized_weights_do_not_turn_the_shift_into_a_bias(tmp_path: Path) -> 
     bulk to -24. Folding ``m · Σ W`` would leave ``m · Σ_k (W_q - W)`` on every output once W is quantized
     (the trt build without that fix: MiniLM at -2 dB); folded with the quantized weights, the shift never
     loses to no shift."""
-    from dsqc.build_types import BuildRequest
-    from dsqc.pipeline import build
+    from dsqc.driver.build_types import BuildRequest
+    from dsqc.driver.pipeline import build
 
     k = 256
     nodes = [helper.make_node("Exp", ["x"], ["h"], name="exp"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from dsqc.boosters import BoosterOptions
+from dsqc.quant.boosters import BoosterOptions
+from dsqc.quant.quantize import tensor_methods
 from dsqc.quant.recipe import Recipe
-from dsqc.quantize import tensor_methods
 
 
 def _conv_then_matmul() -> helper.ModelProto:

@@ -1,4 +1,4 @@
-"""``dsqc.boosters``: options from a recipe table, FP32-side boosters keep the function, bias
+"""``dsqc.quant.boosters``: options from a recipe table, FP32-side boosters keep the function, bias
 correction after Q/DQ; ``channel_stats`` matches numpy whatever the batch size."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.backends.onnx.profile import ONNX_PROFILE
-from dsqc.boosters import BoosterOptions, apply_boosters, correct_biases
 from dsqc.calibration.channel_stats import channel_stats
 from dsqc.calibration.data import SampleSet
 from dsqc.errors import RecipeError
 from dsqc.metrics import sqnr_db
+from dsqc.quant.boosters import BoosterOptions, apply_boosters, correct_biases
+from dsqc.quant.quantize import quantize_model
 from dsqc.quant.recipe import Recipe
-from dsqc.quantize import quantize_model
 from dsqc.verify import run_batches, session
 
 

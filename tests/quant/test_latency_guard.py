@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-import dsqc.latency_guard as guard_module
+import dsqc.quant.latency_guard as guard_module
 from dsqc.quant.spec import NodeDecision, Precision
 from dsqc.verify import Timing
 

@@ -11,15 +11,15 @@ import numpy as np
 import onnx
 import pytest
 
-from dsqc.build_types import BuildRequest
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 from dsqc.errors import GateError
 from dsqc.models.mnist import DEMO_META_PATH, DEMO_MODEL_PATH
-from dsqc.pipeline import build
 from dsqc.verify import run_batches, session
 
 
 def dsqc_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dsqc.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dsqc", *args], capture_output=True, text=True,
                           timeout=300)
 
 

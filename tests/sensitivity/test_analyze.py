@@ -10,21 +10,21 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from dsqc.analyze import AnalyzeRequest, analyze
+from dsqc.autoprec.analyze import AnalyzeRequest, analyze
+from dsqc.autoprec.plan_space import Setting, build_space, setting_for
+from dsqc.autoprec.switch_model import SwitchModel
 from dsqc.backends.registry import get_backend
 from dsqc.calibration.data import SampleSet
-from dsqc.cli import main
+from dsqc.driver.cli import main
+from dsqc.driver.pipeline import normalize
 from dsqc.errors import DsqcError
 from dsqc.ir import Model
 from dsqc.metrics import sqnr_db
 from dsqc.model_io import INT4_OPSET, upgrade_opset
 from dsqc.pass_infra import PassManager
 from dsqc.passes.insert_qdq import InsertQDQ
-from dsqc.pipeline import normalize
-from dsqc.plan_space import Setting, build_space, setting_for
 from dsqc.quant.recipe import Recipe
 from dsqc.quant.spec import Precision
-from dsqc.switch_model import SwitchModel
 from tests.sensitivity._models import OUTLIER_NODE, late_input_mlp, outlier_cnn, save_cnn
 
 AVX2 = {"isa": "avx2"}  # 7-bit weights, which the planted outlier is sized for, on any build machine
@@ -129,7 +129,7 @@ def test_switch_model_equals_the_qdq_model_of_the_plan(space_and_switch: tuple, 
 
 
 def test_bad_metric_is_rejected(space_and_switch: tuple) -> None:
-    from dsqc.sensitivity import analyze_space
+    from dsqc.autoprec.sensitivity import analyze_space
 
     space, switch, x = space_and_switch
     with pytest.raises(DsqcError, match="--metric"):
@@ -139,7 +139,7 @@ def test_bad_metric_is_rejected(space_and_switch: tuple) -> None:
 def test_suffix_segments_give_the_full_runs_results() -> None:
     """Variants starting late run only the suffix, fed cached FP32 cut tensors and the graph inputs read
     after the cut; their outputs equal full runs."""
-    from dsqc.sensitivity import _variants
+    from dsqc.autoprec.sensitivity import _variants
 
     fp32 = normalize(late_input_mlp()).model
     rng = np.random.default_rng(4)

@@ -10,11 +10,11 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from dsqc.build_types import BuildRequest
-from dsqc.cli import main
+from dsqc.autoprec.plan_space import weight_bytes
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.cli import main
+from dsqc.driver.pipeline import build
 from dsqc.errors import RecipeError
-from dsqc.pipeline import build
-from dsqc.plan_space import weight_bytes
 from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 from tests.sensitivity._models import OUTLIER_NODE, save_cnn, save_embedding

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from dsqc.plan_recipe import parse_plan_recipe, plan_recipe_text
+from dsqc.autoprec.plan_recipe import parse_plan_recipe, plan_recipe_text
 from dsqc.quant.recipe import parse_recipe
 from dsqc.quant.spec import Precision
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dsqc.build_types import BuildRequest, rebuild_command
-from dsqc.cli import main
+from dsqc.driver.build_types import BuildRequest, rebuild_command
+from dsqc.driver.cli import main
 
 MNIST = Path(__file__).resolve().parents[2] / "models" / "mnist_cnn.onnx"
 

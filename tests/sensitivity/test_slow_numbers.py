@@ -23,7 +23,7 @@ def test_planted_mnist_plain_int8_loses_a_point_the_plan_meets_half_a_point(tmp_
 def test_analyze_a_50_node_cnn_within_3x_its_calibration(tmp_path: Path) -> None:
     import numpy as np
 
-    from dsqc.analyze import AnalyzeRequest, analyze
+    from dsqc.autoprec.analyze import AnalyzeRequest, analyze
     from dsqc.models.export import zoo_model
 
     model = zoo_model("resnet18_like", tmp_path)

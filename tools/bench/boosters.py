@@ -24,12 +24,12 @@ import numpy as np
 
 from dsqc.backends.onnx.profile import ONNX_PROFILE
 from dsqc.backends.trt.lower import float_readers_read_float
-from dsqc.boosters import BoosterOptions, apply_boosters, correct_biases
 from dsqc.calibration.data import SampleSet
+from dsqc.driver.pipeline import load_and_normalize
 from dsqc.metrics import cosine, sqnr_db
-from dsqc.pipeline import load_and_normalize
+from dsqc.quant.boosters import BoosterOptions, apply_boosters, correct_biases
+from dsqc.quant.quantize import quantize_model
 from dsqc.quant.recipe import Recipe
-from dsqc.quantize import quantize_model
 from dsqc.verify import run_batches, session
 from tools.bench.booster_models import VARIANTS, variant_path
 from tools.bench.cases import Case, prepare

@@ -156,7 +156,8 @@ def render(results: dict[str, Any]) -> str:
         "over several rounds; the best round is shown: other jobs only add time); CPU-time ratio = the same "
         "with the calling thread's CPU time (ORT computes inline with one thread), immune to other jobs; "
         "size = INT8 file / FP32 file.",
-        "dsqc: `dsqc.pipeline.build(target='onnx')` as the CLI runs it (latency guard on), `dsqc` with the "
+        "dsqc: `dsqc.driver.pipeline.build(target='onnx')` as the CLI runs it (latency guard on), "
+        "`dsqc` with the "
         "default method, `dsqc-<method>` with `method=...`; its wall time leaves out the verification phase. "
         "ORT: `quant_pre_process` + `quantize_static(QDQ, per_channel=True, QUInt8 activations, QInt8 "
         "weights)`; `-rr` adds `reduce_range=True` (ORT's advice for CPUs without VNNI, as here); "

@@ -26,11 +26,11 @@ import onnx
 
 from dsqc.backends.onnx.profile import ONNX_PROFILE
 from dsqc.calibration.data import SampleSet
+from dsqc.driver.pipeline import load_and_normalize
 from dsqc.metrics import cosine, sqnr_db
-from dsqc.pipeline import load_and_normalize
+from dsqc.quant.quantize import quantize_model
 from dsqc.quant.recipe import Recipe
-from dsqc.quantize import quantize_model
-from dsqc.rounding import RoundingOptions, learn_rounding
+from dsqc.quant.rounding import RoundingOptions, learn_rounding
 from dsqc.verify import run_batches, session
 from tools.bench.cases import prepare
 from tools.bench.data import batches, load_npz

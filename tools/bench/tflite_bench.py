@@ -49,8 +49,8 @@ def run_measured(cmd: list[str], log: Path, cwd: Path = REPO,
 
 def dsqc_child(model: str, calib: str, held: str, out: str, precision: str) -> None:
     """Entry point of the measured dsqc subprocess."""
-    from dsqc.build_types import BuildRequest
-    from dsqc.pipeline import build
+    from dsqc.driver.build_types import BuildRequest
+    from dsqc.driver.pipeline import build
 
     n_cal = len(np.load(calib)["input"])
     n_eval = len(np.load(held)["input"])

@@ -24,9 +24,9 @@ import onnx
 from onnx import numpy_helper
 
 from dsqc.backends.trt import check_trt
-from dsqc.build_types import BuildRequest
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 from dsqc.metrics import cosine, sqnr_db
-from dsqc.pipeline import build
 from dsqc.verify import run_batches, session
 from tools.bench.data import batches
 from tools.bench.run import REPO, say

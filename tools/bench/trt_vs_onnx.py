@@ -49,8 +49,8 @@ def cache_matches_scales(out: Path, name: str) -> tuple[bool, int]:
 
 def run_model(name: str, workdir: Path) -> dict[str, Any]:
     from dsqc.backends.trt import check_trt
-    from dsqc.build_types import BuildRequest
-    from dsqc.pipeline import build
+    from dsqc.driver.build_types import BuildRequest
+    from dsqc.driver.pipeline import build
 
     case = prepare(name, workdir, quick=False)
     row: dict[str, Any] = {"model": name, "calib": case.calib_data, "eval": case.eval_data}

@@ -35,10 +35,10 @@ CALIB_BATCH = 8
 
 
 def quantize_dsqc(spec: dict[str, Any]) -> dict[str, Any]:
-    """A full default ``dsqc.pipeline.build`` (target onnx, latency guard on); the wall time leaves out
+    """A full default ``dsqc.driver.pipeline.build`` (target onnx, latency guard on); the wall time leaves out
     the verification phase (a few held-out samples and the FP32/INT8 latency measurement)."""
-    from dsqc.build_types import BuildRequest
-    from dsqc.pipeline import build
+    from dsqc.driver.build_types import BuildRequest
+    from dsqc.driver.pipeline import build
 
     out_dir = Path(spec["out"]).with_suffix("")
     request = BuildRequest(model=Path(spec["fp32"]), target="onnx", out_dir=out_dir, calib=spec["calib"],
@@ -96,7 +96,7 @@ def _normalized(path: str) -> Any:
     baseline RSS holds the model, not the leftovers of normalizing it (as ORT's side gets a saved file)."""
     import onnx
 
-    from dsqc.pipeline import load_and_normalize
+    from dsqc.driver.pipeline import load_and_normalize
 
     cached = Path(path).with_suffix(".normalized.onnx")
     if not cached.exists():
@@ -201,7 +201,7 @@ def _first_line(exc: BaseException) -> str:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="  worker: %(message)s")
     spec = json.loads(Path(argv[0]).read_text())
-    import dsqc.pipeline  # (imported outside the measured region in every mode)
+    import dsqc.driver.pipeline  # (imported outside the measured region in every mode)
 
     base = _reset()
     start_cpu = _cpu_s()
@@ -211,7 +211,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         out = {"ok": False, "error": _first_line(exc), "base_rss_mb": base}
     out.setdefault("cpu_s", _cpu_s() - start_cpu)  # all threads, user + system
-    out["dsqc_source"] = str(Path(dsqc.pipeline.__file__).parent)
+    out["dsqc_source"] = str(Path(dsqc.driver.pipeline.__file__).parent)
     out["peak_rss_mb"] = max(memory.peak_mb(), out.get("pre_process_peak_rss_mb", 0.0))
     out["delta_rss_mb"] = out["peak_rss_mb"] - out["base_rss_mb"]
     Path(spec["result"]).write_text(json.dumps(out, indent=1, default=str))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dsqc.analyze import AnalyzeRequest, analyze
+from dsqc.autoprec.analyze import AnalyzeRequest, analyze
 from dsqc.models.export import zoo_model
 
 

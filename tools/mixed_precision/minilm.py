@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from dsqc.build_types import BuildRequest
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 from dsqc.models import minilm
-from dsqc.pipeline import build
 
 SEQ = 128
 OUTPUT = "sentence_embedding"

@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from dsqc.build_types import BuildRequest
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 from dsqc.models.mnist import DEMO_MODEL_PATH
-from dsqc.pipeline import build
 
 
 def plant(src: Path, dst: Path, outlier: float) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dsqc.build_types import BuildRequest
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 from dsqc.models.mnist import DEMO_MODEL_PATH
-from dsqc.pipeline import build
 
 
 @pytest.mark.skipif(not all(shutil.which(t) for t in ("gcc", "make", "nm")), reason="gcc/make/nm missing")

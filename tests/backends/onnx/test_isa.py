@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from dsqc.backends.onnx.isa import host_isa, resolve_isa
 from dsqc.backends.registry import get_backend
-from dsqc.cli import main
+from dsqc.driver.cli import main
 from dsqc.errors import RecipeError
 from tests.sensitivity._models import save_cnn
 

@@ -20,10 +20,10 @@ import onnx
 import onnxruntime as ort
 
 from dsqc.backends.tflite.profile import TFLITE_PROFILE
+from dsqc.driver.pipeline import normalize as pipeline_normalize
 from dsqc.ir import Model
 from dsqc.pass_infra import PassManager
 from dsqc.passes.insert_qdq import InsertQDQ
-from dsqc.pipeline import normalize as pipeline_normalize
 from dsqc.quant.planner import Range, finalize, place
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.recipe import Recipe

@@ -1,4 +1,4 @@
-"""``dsqc.pipeline.build(--target tflite)`` end to end: artifacts, verification metrics, options."""
+"""``dsqc.driver.pipeline.build(--target tflite)`` end to end: artifacts, verification metrics, options."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from _models import cnn
 from _qdq import ort_run, parse, run_tflite_isolated
 
 from dsqc.backends.registry import available, get_backend
-from dsqc.build_types import BuildRequest
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 from dsqc.errors import RecipeError, UnsupportedError
-from dsqc.pipeline import build
 
 
 def test_registered() -> None:

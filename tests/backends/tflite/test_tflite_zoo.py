@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from _qdq import parse
 
-from dsqc.build_types import BuildRequest
-from dsqc.pipeline import build
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 
 log = logging.getLogger(__name__)
 CNNS = ("resnet18_like", "mobilenetv2_like", "efficientnet_like")

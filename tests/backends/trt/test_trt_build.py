@@ -1,4 +1,4 @@
-"""``dsqc.pipeline.build(target="trt")`` end to end: artifacts, cache = Q/DQ scales bit for bit, ORT
+"""``dsqc.driver.pipeline.build(target="trt")`` end to end: artifacts, cache = Q/DQ scales bit for bit, ORT
 accuracy against FP32 and against the ``onnx`` target, the no-TensorRT path and ``require_engine``."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from trt_models import attention_block, residual_cnn, save_with_calib
 
 from dsqc.backends.trt import check_trt
 from dsqc.backends.trt.engine import tensorrt_status
-from dsqc.build_types import BuildRequest, BuildResult
+from dsqc.driver.build_types import BuildRequest, BuildResult
+from dsqc.driver.pipeline import build
 from dsqc.errors import GateError, RecipeError
 from dsqc.metrics import sqnr_db
-from dsqc.pipeline import build
 from dsqc.verify import session
 
 MODELS = {"residual_cnn": residual_cnn, "attention": attention_block}
@@ -157,7 +157,7 @@ def test_same_inputs_same_bytes(builds: Builds, work: Path) -> None:
 
 def test_no_ort_latency_for_a_model_trt_runs(work: Path) -> None:
     """ORT's timing of the emulation model says nothing about TensorRT: the build does not report it."""
-    from dsqc.report import format_result
+    from dsqc.driver.report import format_result
 
     model, npz = work / "residual_cnn.onnx", work / "residual_cnn_calib.npz"
     if not model.exists():

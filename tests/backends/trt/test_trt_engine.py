@@ -16,8 +16,8 @@ from trt_models import residual_cnn, save_with_calib
 
 from dsqc.backends.trt.engine import tensorrt_status
 from dsqc.backends.trt.scripts import BundleFiles, render_build_py, render_build_sh
-from dsqc.build_types import BuildRequest
-from dsqc.pipeline import build
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import build
 
 FILES = BundleFiles(name="my net", qdq="my net.trt.onnx", fp32="my net.fp32.onnx", cache="calibration.cache",
                     engine="my net.engine", shapes={"input:0": (1, 3, 8, 8)})

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import RecipeError
+from dsqc.errors import RecipeError
 
 LEVELS = ("ok", "degraded", "collapsed", "unquantized")
 

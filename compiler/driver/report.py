@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .build_types import BuildResult
-from .quant.spec import Precision
+from dsqc import __version__
+from dsqc.driver.build_types import BuildResult
+from dsqc.quant.spec import Precision
 
 SLOWER = 1.05  # INT8/FP32 time above which a build warns: below it, timing noise on a shared machine
 

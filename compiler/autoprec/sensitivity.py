@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .calibration.data import SampleSet
-from .errors import RecipeError
-from .metrics import output_metrics
-from .plan_space import Choice, PlanSpace, Setting
-from .progress import Progress
-from .quant.qparams import dequantize, quantize
-from .quant.spec import Precision, QuantPlan
-from .switch_model import BoundSamples, SwitchModel, workers
+from dsqc.autoprec.plan_space import Choice, PlanSpace, Setting
+from dsqc.autoprec.switch_model import BoundSamples, SwitchModel, workers
+from dsqc.calibration.data import SampleSet
+from dsqc.driver.progress import Progress
+from dsqc.errors import RecipeError
+from dsqc.metrics import output_metrics
+from dsqc.quant.qparams import dequantize, quantize
+from dsqc.quant.spec import Precision, QuantPlan
 
 log = logging.getLogger(__name__)
 

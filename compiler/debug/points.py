@@ -18,14 +18,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .build_folder import BuildFolderError
-from .metrics import sqnr_db
-from .plan_space import PlanSpace, Setting, setting_for
-from .quant.profile import TargetProfile
-from .quant.qparams import dequantize, quantize
-from .quant.recipe import Recipe
-from .quant.spec import Precision, QuantPlan, QuantSpec
-from .switch_model import SwitchModel
+from dsqc.autoprec.plan_space import PlanSpace, Setting, setting_for
+from dsqc.autoprec.switch_model import SwitchModel
+from dsqc.driver.build_folder import BuildFolderError
+from dsqc.metrics import sqnr_db
+from dsqc.quant.profile import TargetProfile
+from dsqc.quant.qparams import dequantize, quantize
+from dsqc.quant.recipe import Recipe
+from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
 log = logging.getLogger(__name__)
 INTEGER = (Precision.INT8, Precision.INT4)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from .errors import OutputError
+from dsqc.errors import OutputError
 
 _HELD = {signal.SIGINT, signal.SIGTERM}
 _DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",

@@ -17,21 +17,21 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .build_types import BuildRequest, rebuild_command
-from .calibration.data import SampleSet
-from .errors import RecipeError
-from .metrics import cosine, sqnr_db
-from .plan_recipe import RECIPE_NAME, parse_plan_recipe, plan_recipe_text
-from .plan_space import PlanSpace, build_space, weight_bytes
-from .precision_search import Budget, Search, search
-from .quant.profile import TargetProfile
-from .quant.recipe import Recipe
-from .quant.spec import NodeDecision, Precision, QuantPlan
-from .quantize import Quantized, quantize_model
-from .sensitivity import Sensitivity, analyze_space
-from .sensitivity_report import JSON_NAME, PLOT_NAME, write_json, write_plot
-from .switch_model import SwitchModel
-from .verify import Verification, task_metric, verify
+from dsqc.autoprec.plan_recipe import RECIPE_NAME, parse_plan_recipe, plan_recipe_text
+from dsqc.autoprec.plan_space import PlanSpace, build_space, weight_bytes
+from dsqc.autoprec.precision_search import Budget, Search, search
+from dsqc.autoprec.sensitivity import Sensitivity, analyze_space
+from dsqc.autoprec.sensitivity_report import JSON_NAME, PLOT_NAME, write_json, write_plot
+from dsqc.autoprec.switch_model import SwitchModel
+from dsqc.calibration.data import SampleSet
+from dsqc.driver.build_types import BuildRequest, rebuild_command
+from dsqc.errors import RecipeError
+from dsqc.metrics import cosine, sqnr_db
+from dsqc.quant.profile import TargetProfile
+from dsqc.quant.quantize import Quantized, quantize_model
+from dsqc.quant.recipe import Recipe
+from dsqc.quant.spec import NodeDecision, Precision, QuantPlan
+from dsqc.verify import Verification, task_metric, verify
 
 log = logging.getLogger(__name__)
 ROUNDS = 3

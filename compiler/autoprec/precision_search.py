@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .plan_space import PlanSpace, setting_for
-from .quant.spec import Precision, QuantPlan
-from .sensitivity import Sensitivity, noise_to_sqnr
+from dsqc.autoprec.plan_space import PlanSpace, setting_for
+from dsqc.autoprec.sensitivity import Sensitivity, noise_to_sqnr
+from dsqc.quant.spec import Precision, QuantPlan
 
 log = logging.getLogger(__name__)
 _ABOVE_INT8 = (Precision.FP16, Precision.FP32)

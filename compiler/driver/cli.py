@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .errors import DsqcError
+from dsqc import __version__
+from dsqc.errors import DsqcError
 
 if TYPE_CHECKING:
-    from .build_types import BuildRequest, BuildResult
+    from dsqc.driver.build_types import BuildRequest, BuildResult
 
 TARGETS = ("onnx", "trt", "tflite", "hls")
 log = logging.getLogger("dsqc")
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from .output import Terminated, termination_as_interrupt
+    from dsqc.driver.output import Terminated, termination_as_interrupt
 
     try:
         with termination_as_interrupt():  # SIGTERM cleans up like Ctrl-C
@@ -162,7 +162,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     """Exit 0 when clean (warnings allowed), 1 when a rule is broken, 2 when the model is unusable."""
     import importlib
 
-    from .model_io import load_model
+    from dsqc.model_io import load_model
 
     checker = importlib.import_module(CHECKERS[args.target])
     findings = checker.check_trt(load_model(args.model))
@@ -175,8 +175,8 @@ def _resolve_model(spec: str, scratch: Path) -> Path:
     path = Path(spec)
     if path.exists() or ":" not in spec or spec.endswith(".onnx"):
         return path
-    from .model_io import save_model
-    from .torch_export import from_torch, load_factory
+    from dsqc.model_io import save_model
+    from dsqc.torch_export import from_torch, load_factory
 
     module, inputs = load_factory(spec)
     target = scratch / f"{spec.partition(':')[2]}.onnx"
@@ -186,7 +186,7 @@ def _resolve_model(spec: str, scratch: Path) -> Path:
 
 def _quiet_runtimes(args: argparse.Namespace) -> None:
     """ORT's C++ warnings only at ``-vv`` (LiteRT's chatter goes to the debug log: ``tflite.runtime``)."""
-    from .verify import quiet_onnxruntime
+    from dsqc.verify import quiet_onnxruntime
 
     quiet_onnxruntime(show_warnings=getattr(args, "verbose", 0) - getattr(args, "quiet", 0) >= 2)
 
@@ -194,8 +194,8 @@ def _quiet_runtimes(args: argparse.Namespace) -> None:
 def _cmd_build(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .build_types import BuildRequest
-    from .pipeline import build
+    from dsqc.driver.build_types import BuildRequest
+    from dsqc.driver.pipeline import build
 
     _quiet_runtimes(args)
     with tempfile.TemporaryDirectory(prefix="dsqc-") as scratch:
@@ -220,8 +220,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _print_build(result: BuildResult, request: BuildRequest) -> None:
     """Warnings, the summary, and — when the verdict is not ok — a loud last line saying what to try."""
-    from .pipeline import advice_hint
-    from .report import format_result
+    from dsqc.driver.pipeline import advice_hint
+    from dsqc.driver.report import format_result
 
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -257,8 +257,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .analyze import AnalyzeRequest, analyze
-    from .sensitivity_report import format_table
+    from dsqc.autoprec.analyze import AnalyzeRequest, analyze
+    from dsqc.autoprec.sensitivity_report import format_table
 
     if args.samples < 1:
         raise DsqcError(f"--samples {args.samples}: give at least 1")
@@ -297,8 +297,8 @@ def _backend_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .model_io import load_model
-    from .summary import format_summary, summarize
+    from dsqc.driver.summary import format_summary, summarize
+    from dsqc.model_io import load_model
 
     summary = summarize(load_model(args.model))
     print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary, str(args.model)))
@@ -306,9 +306,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .model_io import save_model
-    from .output import staged_output
-    from .torch_export import from_torch, load_factory, parse_dynamic_axes
+    from dsqc.driver.output import staged_output
+    from dsqc.model_io import save_model
+    from dsqc.torch_export import from_torch, load_factory, parse_dynamic_axes
 
     if not 7 <= args.opset <= 23:
         raise DsqcError(f"--opset {args.opset}: torch.onnx exports opsets 7..23; 17 is the default")
@@ -339,8 +339,8 @@ def _add_debug(sub: argparse._SubParsersAction) -> None:
 def _cmd_debug(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .debug import DebugRequest, debug
-    from .debug_report import JSON_NAME, format_debug, write_json
+    from dsqc.debug.command import DebugRequest, debug
+    from dsqc.debug.report import JSON_NAME, format_debug, write_json
 
     if args.top < 1:
         raise DsqcError(f"--top {args.top}: give at least 1")

@@ -30,21 +30,20 @@ from typing import Any
 import numpy as np
 import onnx
 
+from dsqc.autoprec.sensitivity import Measured, measure
+from dsqc.autoprec.switch_model import SwitchModel, workers
 from dsqc.backends.registry import get_backend
-
-from .build_folder import BuildFolder, BuildFolderError, read_build
-from .build_types import BuildRequest
-from .calibration.data import SampleSet, load_samples, model_inputs
-from .debug_points import QuantPoint, points_of, replay_artifact, replay_space
-from .errors import CalibrationError, DsqcError
-from .model_io import load_model
-from .pipeline import load_and_normalize, load_data
-from .progress import Progress
-from .quant.recipe import Recipe
-from .quant.spec import QuantPlan
-from .sensitivity import Measured, measure
-from .switch_model import SwitchModel, workers
-from .verify import run_batches, session
+from dsqc.calibration.data import SampleSet, load_samples, model_inputs
+from dsqc.debug.points import QuantPoint, points_of, replay_artifact, replay_space
+from dsqc.driver.build_folder import BuildFolder, BuildFolderError, read_build
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.pipeline import load_and_normalize, load_data
+from dsqc.driver.progress import Progress
+from dsqc.errors import CalibrationError, DsqcError
+from dsqc.model_io import load_model
+from dsqc.quant.recipe import Recipe
+from dsqc.quant.spec import QuantPlan
+from dsqc.verify import run_batches, session
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]

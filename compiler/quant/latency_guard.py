@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .quant.spec import NodeDecision, Precision
-from .quantize import Quantized
-from .verify import compare_latency
+from dsqc.quant.quantize import Quantized
+from dsqc.quant.spec import NodeDecision, Precision
+from dsqc.verify import compare_latency
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .debug import DebugResult, PointResult
-from .errors import OutputError
+from dsqc.debug.command import DebugResult, PointResult
+from dsqc.errors import OutputError
 
 JSON_NAME = "debug.json"
 _KINDS = {"activations": ("activation",), "weights and biases": ("weight", "bias")}

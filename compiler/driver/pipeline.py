@@ -13,7 +13,25 @@ from pathlib import Path
 
 import onnx
 
+from dsqc.autoprec.mixed_precision import AutoPlan, check_request, choose_precisions
 from dsqc.backends.registry import LoweringJob, get_backend
+from dsqc.calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_samples, model_inputs
+from dsqc.driver.build_types import BuildRequest, BuildResult
+from dsqc.driver.output import staged_output
+from dsqc.driver.report import float_nodes, speed_warnings, write_report
+from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
+from dsqc.errors import CalibrationError, GateError, RecipeError
+from dsqc.ir import Model
+from dsqc.model_io import load_model, prepare
+from dsqc.pass_infra import (
+    CheckInstrument,
+    DumpIRInstrument,
+    FixedPoint,
+    Instrument,
+    PassManager,
+    Step,
+    TimingInstrument,
+)
 from dsqc.passes import (
     BatchNormToMulAdd,
     EliminateDeadCode,
@@ -24,32 +42,13 @@ from dsqc.passes import (
     FuseConvBatchNorm,
     SimplifyReshapeTranspose,
 )
-
-from .boosters import BoosterOptions, apply_boosters, correct_biases
-from .build_types import BuildRequest, BuildResult
-from .calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_samples, model_inputs
-from .errors import CalibrationError, GateError, RecipeError
-from .ir import Model
-from .latency_guard import guard_latency
-from .mixed_precision import AutoPlan, check_request, choose_precisions
-from .model_io import load_model, prepare
-from .output import staged_output
-from .pass_infra import (
-    CheckInstrument,
-    DumpIRInstrument,
-    FixedPoint,
-    Instrument,
-    PassManager,
-    Step,
-    TimingInstrument,
-)
-from .quant.profile import TargetProfile
-from .quant.recipe import Recipe, load_recipe
-from .quantize import Quantized, quantize_model
-from .report import float_nodes, speed_warnings, write_report
-from .rounding import learn_rounding
-from .verdict import Thresholds, Verdict, advice, judge
-from .verify import check_gates, latency_sample, verify
+from dsqc.quant.boosters import BoosterOptions, apply_boosters, correct_biases
+from dsqc.quant.latency_guard import guard_latency
+from dsqc.quant.profile import TargetProfile
+from dsqc.quant.quantize import Quantized, quantize_model
+from dsqc.quant.recipe import Recipe, load_recipe
+from dsqc.quant.rounding import learn_rounding
+from dsqc.verify import check_gates, latency_sample, verify
 
 log = logging.getLogger(__name__)
 

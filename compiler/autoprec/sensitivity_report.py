@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .sensitivity import Sensitivity
+from dsqc.autoprec.sensitivity import Sensitivity
 
 JSON_NAME = "sensitivity.json"
 PLOT_NAME = "sensitivity.png"

@@ -23,20 +23,19 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from dsqc.calibration.data import SampleSet
+from dsqc.calibration.ort_session import first_line, output_session
+from dsqc.calibration.runner import _batch_plan, _feed_names, _known_types
+from dsqc.errors import CalibrationError
+from dsqc.ir import Model, constant_value, producer
+from dsqc.model_io import prepare
 from dsqc.passes.adaround import LAYERS as ADAROUND_LAYERS
 from dsqc.passes.adaround import AdaRound, LayerInputs
 from dsqc.passes.bias_correction import BiasCorrection, dequantize_constant
 from dsqc.passes.gptq import GPTQ
 from dsqc.passes.gptq import LAYERS as GPTQ_LAYERS
 from dsqc.passes.shift_activations import shift_corrections
-
-from .calibration.data import SampleSet
-from .calibration.ort_session import first_line, output_session
-from .calibration.runner import _batch_plan, _feed_names, _known_types
-from .errors import CalibrationError
-from .ir import Model, constant_value, producer
-from .model_io import prepare
-from .quant.spec import QuantPlan
+from dsqc.quant.spec import QuantPlan
 
 log = logging.getLogger(__name__)
 KEEP_BYTES = 48 << 20  # AdaRound: stored inputs per layer and per model (quantized + FP32 each)

@@ -29,10 +29,10 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper
 
-from .ir import Model, is_graph_output
-from .plan_space import PlanSpace
-from .quant.qparams import dequantize, quantize
-from .quant.spec import Precision, QuantPlan, QuantSpec
+from dsqc.autoprec.plan_space import PlanSpace
+from dsqc.ir import Model, is_graph_output
+from dsqc.quant.qparams import dequantize, quantize
+from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]

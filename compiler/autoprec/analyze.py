@@ -8,16 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsqc.autoprec.plan_space import build_space
+from dsqc.autoprec.sensitivity import Sensitivity, analyze_space
+from dsqc.autoprec.sensitivity_report import JSON_NAME, PLOT_NAME, write_json, write_plot
+from dsqc.autoprec.switch_model import SwitchModel
 from dsqc.backends.registry import get_backend
-
-from .build_types import BuildRequest
-from .output import staged_output
-from .pipeline import RANDOM_WARNING, load_and_normalize, load_data, model_name
-from .plan_space import build_space
-from .quant.recipe import load_recipe
-from .sensitivity import Sensitivity, analyze_space
-from .sensitivity_report import JSON_NAME, PLOT_NAME, write_json, write_plot
-from .switch_model import SwitchModel
+from dsqc.driver.build_types import BuildRequest
+from dsqc.driver.output import staged_output
+from dsqc.driver.pipeline import RANDOM_WARNING, load_and_normalize, load_data, model_name
+from dsqc.quant.recipe import load_recipe
 
 log = logging.getLogger(__name__)
 

@@ -8,21 +8,20 @@ from dataclasses import dataclass
 
 import onnx
 
+from dsqc.calibration.data import SampleSet
+from dsqc.calibration.runner import TensorStats, calibrate
+from dsqc.float_islands import finish_float_nodes
+from dsqc.ir import Model, default_opset
+from dsqc.model_io import INT4_OPSET, prepare, upgrade_opset
+from dsqc.ort_tables import lower_tables
+from dsqc.pass_infra import PassManager
 from dsqc.passes.bias_correction import BiasCorrection
 from dsqc.passes.insert_qdq import InsertQDQ
 from dsqc.passes.shift_activations import shift_corrections
-
-from .calibration.data import SampleSet
-from .calibration.runner import TensorStats, calibrate
-from .float_islands import finish_float_nodes
-from .ir import Model, default_opset
-from .model_io import INT4_OPSET, prepare, upgrade_opset
-from .ort_tables import lower_tables
-from .pass_infra import PassManager
-from .quant.planner import Placement, Range, finalize, place
-from .quant.profile import PASSTHROUGH_OPS, TargetProfile
-from .quant.recipe import Recipe
-from .quant.spec import QuantPlan
+from dsqc.quant.planner import Placement, Range, finalize, place
+from dsqc.quant.profile import PASSTHROUGH_OPS, TargetProfile
+from dsqc.quant.recipe import Recipe
+from dsqc.quant.spec import QuantPlan
 
 log = logging.getLogger(__name__)
 SHIFT_MARK = "dsqc.shift_bias"  # model metadata: shifted layers' biases refolded with quantized weights

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .calibration.sources import CALLABLE_RE
-from .errors import DsqcError
-from .quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
+from dsqc.calibration.sources import CALLABLE_RE
+from dsqc.errors import DsqcError
+from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
 
 REPORT_NAME = "report.json"
 QDQ_SUFFIXES = {"onnx": ".int8.onnx", "trt": ".trt.onnx"}

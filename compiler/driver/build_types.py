@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .quant.spec import QuantPlan
-from .verdict import Verdict
+from dsqc.driver.verdict import Verdict
+from dsqc.quant.spec import QuantPlan
 
 
 @dataclass

@@ -27,18 +27,17 @@ from typing import Any
 
 import onnx
 
+from dsqc.calibration.channel_stats import channel_stats
+from dsqc.calibration.data import SampleSet
+from dsqc.calibration.runner import calibrate
+from dsqc.errors import RecipeError
+from dsqc.ir import Model, constant_value
+from dsqc.model_io import prepare
 from dsqc.passes.bias_correction import BiasCorrection, channel_axis, float_input
 from dsqc.passes.equalize_cross_layer import EqualizeCrossLayer
 from dsqc.passes.shift_activations import ShiftActivations, shift_targets, unshifted
 from dsqc.passes.smooth_quant import SmoothQuant, targets
-
-from .calibration.channel_stats import channel_stats
-from .calibration.data import SampleSet
-from .calibration.runner import calibrate
-from .errors import RecipeError
-from .ir import Model, constant_value
-from .model_io import prepare
-from .rounding import ROUNDED_MARK, RoundingOptions
+from dsqc.quant.rounding import ROUNDED_MARK, RoundingOptions
 
 log = logging.getLogger(__name__)
 

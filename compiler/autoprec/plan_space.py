@@ -22,16 +22,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .calibration.data import SampleSet
-from .calibration.runner import TensorStats
-from .float_islands import FP16_WEIGHT_TARGETS
-from .ir import Model, constant_value
-from .quant.planner import Placement, Range, finalize, place
-from .quant.profile import TargetProfile
-from .quant.recipe import Override, Recipe
-from .quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
-from .quant.weights import is_table_lookup
-from .quantize import calibrate_missing
+from dsqc.calibration.data import SampleSet
+from dsqc.calibration.runner import TensorStats
+from dsqc.float_islands import FP16_WEIGHT_TARGETS
+from dsqc.ir import Model, constant_value
+from dsqc.quant.planner import Placement, Range, finalize, place
+from dsqc.quant.profile import TargetProfile
+from dsqc.quant.quantize import calibrate_missing
+from dsqc.quant.recipe import Override, Recipe
+from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
+from dsqc.quant.weights import is_table_lookup
 
 log = logging.getLogger(__name__)
 

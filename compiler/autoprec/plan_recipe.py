@@ -15,8 +15,8 @@ from typing import Any
 
 import tomllib
 
-from .quant.recipe import Recipe, parse_recipe
-from .quant.spec import Precision
+from dsqc.quant.recipe import Recipe, parse_recipe
+from dsqc.quant.spec import Precision
 
 RECIPE_NAME = "plan.recipe.toml"
 _QUANT_KEYS = ("method", "percentile", "activation_dtype", "symmetric", "per_channel", "weight_dtype",

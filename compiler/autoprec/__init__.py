@@ -1,0 +1,1 @@
+"""Automatic mixed precision: plan space, switch model, sensitivity, precision search, plan recipes."""

@@ -1,0 +1,1 @@
+"""The build driver: command line, pipeline order, build folder, report, summary and verdict."""
