@@ -129,7 +129,7 @@ class TfliteBackend(Backend):
                 check["tensors"] = verify.tensors_vs_references(int8.graph, job.qdq, first,
                                                                 [n for n in names if n in first])
             metrics["verification"] = check
-        if opts.latency and job.eval_feeds:
+        if opts.latency and job.measure_latency and job.eval_feeds:  # --no-latency: reproducible
             names = [i.name for i in job.fp32.graph.input if i.name in job.eval_feeds[0]]
             first = latency_sample(job.fp32, job.eval_feeds[0])
             sample = [first[n] for n in names]

@@ -191,12 +191,14 @@ def calibrate(
     method: str = "entropy",
     batch_size: int = 8,
     progress: bool | None = None,
+    keep_observers: dict[str, Observer] | None = None,
     **observer_options: Any,
 ) -> dict[str, TensorStats]:
     """Observe ``tensors`` over ``samples`` with ``method``; non-float tensors are skipped.
 
     Models whose batch dim is fixed run at that size; a model that fails at ``batch_size`` on the
     first batch (a Reshape pinning batch 1) reruns at 1. The ranges do not depend on the batch size.
+    ``keep_observers``: filled with the observers, for callers that want the histograms themselves.
     """
     start = time.perf_counter()
     make_observer(method, **observer_options)  # a bad method or option fails before any work
@@ -216,6 +218,8 @@ def calibrate(
         _stream(session, run, fed, observers, samples, feed_names, bs, fixed, bar)
     finally:
         bar.close()
+    if keep_observers is not None:
+        keep_observers.update(observers)
 
     stats: dict[str, TensorStats] = {}
     for name in (n for n in names if n in observers):

@@ -37,6 +37,7 @@ class BuildRequest:
     sensitivity_samples: int = 16  # held-out samples each one-node variant runs on
     strict: bool = False  # a verdict other than "ok" fails the build (exit 2, nothing written)
     model_label: str | None = None  # the model as the user named it (path or module:factory), for hints
+    command_line: list[str] | None = None  # argv as typed (the bundle's manifest records it)
 
 
 def rebuild_command(request: BuildRequest, recipe: Path) -> str:
@@ -92,5 +93,4 @@ class BuildResult:
             "warnings": self.warnings,
             "failed": self.failed,
             "verdict": self.verdict.to_dict() if self.verdict else None,
-            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }

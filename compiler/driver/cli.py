@@ -24,6 +24,7 @@ log = logging.getLogger("dsqc")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = ["dsqc", *(sys.argv[1:] if argv is None else argv)]
     _configure_logging(args.verbose - args.quiet)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_check(sub)
     _add_debug(sub)
+    _add_verify(sub)
     return parser
 
 
@@ -208,7 +210,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             dump_ir=args.dump_ir, check_each_pass=args.check_each_pass,
             backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
             size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples,
-            strict=args.strict, model_label=args.model)
+            strict=args.strict, model_label=args.model, command_line=args.argv)
         result = build(request)
     if not _quiet(args):
         _print_build(result, request)
@@ -354,6 +356,22 @@ def _cmd_debug(args: argparse.Namespace) -> int:
     print(format_debug(result, args.top))
     print(f"dsqc: {len(result.rows)} quantized tensors in {result.timings['total']:.2f} s; wrote {target}")
     return 0
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="re-hash a bundle's files and re-run its artifact (exit 1 on a mismatch)")
+    _add_verbosity(p, argparse.SUPPRESS)
+    p.add_argument("bundle", type=Path, help="the -o folder of a finished 'dsqc build'")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every file and the re-run agree, 1 on any mismatch, 2 when the folder is no bundle."""
+    from dsqc.driver.verify_bundle import format_check, verify_bundle
+
+    check = verify_bundle(args.bundle)
+    print(format_check(check))
+    return 0 if check.ok else 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from dsqc.autoprec.mixed_precision import AutoPlan, check_request, choose_precis
 from dsqc.backends.registry import LoweringJob, get_backend
 from dsqc.calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_samples, model_inputs
 from dsqc.driver.build_types import BuildRequest, BuildResult
-from dsqc.driver.output import staged_output
+from dsqc.driver import bundle
+from dsqc.driver.bundle_output import check_bundle_target, staged_bundle
 from dsqc.driver.report import float_nodes, speed_warnings, write_report
 from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
 from dsqc.errors import CalibrationError, GateError, RecipeError
@@ -116,6 +117,7 @@ def build(request: BuildRequest) -> BuildResult:
     if request.precision not in PRECISIONS:
         raise RecipeError(f"--precision {request.precision!r}: choose one of {', '.join(PRECISIONS)}")
     check_request(request)
+    check_bundle_target(request.out_dir)  # a non-empty folder no build made: refused before any work
     recipe = load_recipe(request.recipe)
     limits = Thresholds.from_table(recipe.verdict, recipe.source)
     if request.method:
@@ -130,6 +132,7 @@ def build(request: BuildRequest) -> BuildResult:
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=options)
     auto: AutoPlan | None = None
+    calib = held_out = None
     if request.precision != "fp32":
         calib, held_out = load_data(request, fp32, recipe)
         if calib.synthetic:
@@ -174,7 +177,7 @@ def build(request: BuildRequest) -> BuildResult:
         result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
                                          "eval_source": held_out.source, "eval_samples": len(held_out),
                                          "method": recipe.method, "synthetic": calib.synthetic}
-    with staged_output(request.out_dir) as staging:
+    with staged_bundle(request.out_dir) as staging:
         with clock("lower+write"):
             output = backend.emit(job, staging)
         result.artifacts = [*output.artifacts, Path(REPORT_NAME)]
@@ -186,11 +189,14 @@ def build(request: BuildRequest) -> BuildResult:
         result.metrics["float_nodes"] = float_nodes(result)
         result.warnings.extend(speed_warnings(result.metrics))
         result.verdict = _verdict(result, limits)
+        bundle.record(staging, request, result, fp32, job.fp32, calib, job.eval_feeds)
+        result.artifacts += [Path(bundle.HTML_NAME), Path(bundle.MANIFEST_NAME)]
         write_report(staging / REPORT_NAME, result)
         if "verification" in result.metrics:
             check_gates(verification, request.min_sqnr, request.max_drop)
         if request.strict and not result.verdict.ok:
             raise GateError(f"--strict, nothing written: {advice_hint(result.verdict, request)}")
+        bundle.seal(staging, request, result, bundle.calibration_provenance(request, result, calib, held_out))
     return result
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from dsqc import __version__
 from dsqc.driver.build_types import BuildResult
+from dsqc.driver.manifest import stable_metrics
 from dsqc.quant.spec import Precision
 
 SLOWER = 1.05  # INT8/FP32 time above which a build warns: below it, timing noise on a shared machine
@@ -32,8 +33,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_report(path: Path, result: BuildResult, extra: dict[str, Any] | None = None) -> None:
-    """Deterministic JSON (sorted keys) so equal inputs give equal reports, timings aside."""
+    """Deterministic JSON (sorted keys) so equal inputs give equal reports; wall-clock timings go to the
+    bundle's build_info.json instead."""
     body = {"dsqc_version": __version__, **result.to_dict(), **(extra or {})}
+    body["metrics"] = stable_metrics(body.get("metrics") or {})
     if result.plan is not None:
         body["plan"] = result.plan.to_dict()
     path.write_text(json.dumps(_jsonable(body), indent=2, sort_keys=True) + "\n")

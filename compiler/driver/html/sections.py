@@ -1,0 +1,252 @@
+"""The report's sections. Each takes the per-target reports (``report.json`` bodies; one today, several
+with multi-target builds) and returns HTML in which every model-supplied string is escaped."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import Any
+
+import numpy as np
+
+from dsqc.driver.html.charts import histogram_svg, precision_bar_svg
+
+PARAM_ROWS = 400  # parameter map rows shown per table; the full plan is in manifest.json
+
+
+def esc(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return esc(value)
+    value = float(value)
+    return "∞" if math.isinf(value) else f"{value:.{digits}g}"
+
+
+def badge(text: str, kind: str) -> str:
+    return f'<span class="badge {esc(kind)}">{esc(text)}</span>'
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    """``head`` is escaped here; ``rows`` hold HTML the caller escaped."""
+    th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def td(text: Any, kind: str = "") -> str:
+    """A cell: ``text`` escaped, except for ``kind="raw"`` (HTML the caller built and escaped)."""
+    if kind == "raw":
+        return f"<td>{text}</td>"
+    return f'<td class="{kind}">{esc(text)}</td>' if kind else f"<td>{esc(text)}</td>"
+
+
+def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
+    """Pass/fail of every gate the build checked, per target, and the verdict."""
+    rows: list[list[str]] = []
+    for r in reports:
+        target = esc(r.get("target"))
+        verdict = r.get("verdict") or {}
+        level = str(verdict.get("level", "?"))
+        kind = {"ok": "pass", "degraded": "warn"}.get(level, "fail")
+        rows.append([td(target, "raw"), td("verdict"), td(badge(level, kind), "raw"),
+                     td("; ".join(verdict.get("reasons") or []) or "every output within the limits")])
+        ver = (r.get("metrics") or {}).get("verification") or {}
+        limits = verdict.get("thresholds") or {}
+        for name, m in (ver.get("outputs") or {}).items():
+            sqnr = _float(m.get("sqnr_db"))
+            floor = float(limits.get("degraded_sqnr_db", 15.0))
+            ok = sqnr >= floor
+            rows.append([td(target, "raw"), td(f"output {name}: SQNR ≥ {floor:g} dB"),
+                         td(badge("pass" if ok else "fail", "pass" if ok else "fail"), "raw"),
+                         td(f"{num(sqnr)} dB, cosine {num(m.get('cosine'), 5)}")])
+        mp = (r.get("metrics") or {}).get("mixed_precision")
+        if mp:
+            for key in ("accuracy", "size"):
+                part = mp[key]
+                rows.append([td(target, "raw"), td(f"--{key}-budget {part.get('budget', part.get('budget_fraction'))}"),
+                             td(badge("pass" if part["met"] else "fail", "pass" if part["met"] else "fail"), "raw"),
+                             td(f"achieved {num(part.get('achieved', part.get('fraction')))}")])
+        if r.get("failed"):
+            rows.append([td(target, "raw"), td("build"), td(badge("fail", "fail"), "raw"), td(r["failed"])])
+    command = " ".join(manifest.get("command") or [])
+    note = ("<p class='muted'>Gates given on the command line (<code>--min-sqnr</code>, <code>--max-drop</code>, "
+            "<code>--strict</code>) stop a build that misses them before anything is written, so a bundle "
+            f"exists only when they passed. Command: <code>{esc(command or '(API call)')}</code></p>")
+    return table(["target", "gate", "result", "measured"], rows) + note
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def accuracy(reports: list[dict[str, Any]]) -> str:
+    """Per output, per target: SQNR, cosine, MSE (ORT), and the target runtime's own run where it has one."""
+    rows: list[list[str]] = []
+    for r in reports:
+        metrics = r.get("metrics") or {}
+        ver = metrics.get("verification") or {}
+        runtime = ((metrics.get(str(r.get("target"))) or {}).get("verification") or {}).get("outputs") or {}
+        for name, m in (ver.get("outputs") or {}).items():
+            rows.append([td(r.get("target")), td(name, "name"), td("ONNX Runtime"), td(num(m.get("sqnr_db")), "num"),
+                         td(num(m.get("cosine"), 6), "num"), td(num(m.get("mse")), "num")])
+        for name, m in runtime.items():
+            rows.append([td(r.get("target")), td(name, "name"), td("LiteRT interpreter"),
+                         td(num(m.get("sqnr_db")), "num"), td(num(m.get("cosine"), 6), "num"),
+                         td(num(m.get("mse")), "num")])
+    if not rows:
+        return "<p>Not quantized: nothing to compare (--precision fp32).</p>"
+    extra = []
+    for r in reports:
+        ver = (r.get("metrics") or {}).get("verification") or {}
+        if ver.get("top1_agreement") is not None:
+            extra.append(f"{esc(r.get('target'))}: top-1 agreement {ver['top1_agreement'] * 100:.2f} %")
+        if ver.get("task"):
+            t = ver["task"]
+            extra.append(f"{esc(r.get('target'))}: {esc(t.get('metric'))} FP32 {num(t.get('fp32'))} → "
+                         f"{num(t.get('quantized'))} (drop {num(t.get('drop'))})")
+        samples = ver.get("samples")
+        if samples:
+            extra.append(f"{esc(r.get('target'))}: {samples} held-out samples")
+    body = table(["target", "output", "run by", "SQNR dB", "cosine", "MSE"], rows)
+    return body + ("<p>" + "<br>".join(extra) + "</p>" if extra else "")
+
+
+def precision_map(reports: list[dict[str, Any]]) -> str:
+    """Node → precision and the planner's reason; float nodes of the lowering added."""
+    out: list[str] = []
+    for r in reports:
+        plan = r.get("plan") or {}
+        nodes = plan.get("nodes") or {}
+        floats = (r.get("metrics") or {}).get("float_nodes") or {}
+        counts: dict[str, int] = {}
+        rows = []
+        for name in sorted(set(nodes) | set(floats)):
+            d = floats.get(name) or nodes.get(name) or {}
+            precision = str(d.get("precision", "?"))
+            counts[precision] = counts.get(precision, 0) + 1
+            rows.append([td(name, "name"), td(badge(precision, f"p-{precision}"), "raw"), td(d.get("reason", ""))])
+        out.append(f"<h3>{esc(r.get('target'))}</h3>")
+        if not rows:
+            out.append("<p>No plan: the artifact is the FP32 model.</p>")
+            continue
+        out.append(precision_bar_svg(counts))
+        out.append("<details open><summary>" + f"{len(rows)} nodes</summary>"
+                   + table(["node", "precision", "why"], rows) + "</details>")
+    return "".join(out)
+
+
+def sensitivity(reports: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in reports:
+        mp = (r.get("metrics") or {}).get("mixed_precision") or {}
+        for k, row in enumerate((mp.get("sensitivity") or {}).get("top") or [], 1):
+            rows.append([td(r.get("target")), td(str(k), "num"), td(row.get("node"), "name"), td(row.get("op")),
+                         td(num(row.get("score_db")), "num")])
+    if not rows:
+        return ("<p>Not computed for this build (it runs with <code>--accuracy-budget</code>, or "
+                "<code>dsqc analyze</code>).</p>")
+    return (table(["target", "rank", "node", "op", "output SQNR with only this node quantized (dB)"], rows)
+            + "<p class='muted'>The full ranking is in <code>sensitivity.json</code>.</p>")
+
+
+def histograms(reports: list[dict[str, Any]]) -> str:
+    out = []
+    for r in reports:
+        hist = (r.get("metrics") or {}).get("histograms") or {}
+        tensors = hist.get("tensors") or []
+        if not tensors:
+            continue
+        out.append(f"<h3>{esc(r.get('target'))}</h3><p class='muted'>Ranked by {esc(hist.get('ranking'))}; "
+                   f"{esc(hist.get('samples'))} calibration samples; log-scaled counts, blue inside the clipping "
+                   "range (shaded), red outside it (saturated by the quantizer).</p><div class='grid'>")
+        for h in tensors:
+            out.append(f"<div class='card'><div class='title'>{esc(h['tensor'])}</div>{histogram_svg(h)}"
+                       f"<div class='muted'>data [{num(h['min'])}, {num(h['max'])}], {esc(h['dtype'])} scale "
+                       f"{num(h['scale'])} zp {esc(h['zero_point'])}; clipped {h['clipped_fraction'] * 100:.3f} %; "
+                       f"est. SQNR {num(h['sqnr_db_estimate'])} dB</div></div>")
+        out.append("</div>")
+    return "".join(out) or "<p>No quantized activations (nothing calibrated).</p>"
+
+
+def latency_size(reports: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in reports:
+        metrics = r.get("metrics") or {}
+        ver = metrics.get("verification") or {}
+        target = r.get("target")
+        size = ver.get("size_bytes")
+        if size:
+            rows.append([td(target), td("model size (ONNX bytes)"),
+                         td(f"{size['fp32'] / 1e6:.3f} MB → {size['quantized'] / 1e6:.3f} MB "
+                            f"({size['quantized'] / max(size['fp32'], 1):.2f}×)")])
+        lat = ver.get("latency_ms")
+        if lat:
+            rows.append([td(target), td("latency, ORT CPU 1 thread"),
+                         td(f"FP32 {num(lat['fp32'])} ms → {num(lat['quantized'])} ms ({num(lat['ratio'], 3)}×)")])
+        tfl = (metrics.get("tflite") or {})
+        if (tfl.get("int8") or {}).get("bytes"):
+            rows.append([td(target), td(".tflite bytes"), td(f"{tfl['int8']['bytes']:,}")])
+        if tfl.get("latency_ms"):
+            t = tfl["latency_ms"]
+            rows.append([td(target), td("latency, LiteRT XNNPACK 1 thread"),
+                         td(f"float32 {num(t['float32'])} ms, int8 {num(t['int8'])} ms")])
+        est = (metrics.get("hls") or {}).get("estimates") or {}
+        if est:
+            rows.append([td(target), td("HLS estimate"),
+                         td(f"{est.get('cycles', 0):,} cycles ≈ {num(est.get('latency_us'))} µs at "
+                            f"{num(est.get('clock_mhz'))} MHz; {est.get('macs', 0):,} MACs")])
+    note = "<p class='muted'>Timed on the build machine; built with --no-latency, no timing is shown.</p>"
+    return (table(["target", "what", "value"], rows) if rows else "<p>Nothing measured.</p>") + note
+
+
+def parameter_map(reports: list[dict[str, Any]]) -> str:
+    """Tensor → dtype, granularity, scale, zero point (and the hls fixed-point form), per target."""
+    out = []
+    for r in reports:
+        tensors = (r.get("plan") or {}).get("tensors") or {}
+        if not tensors:
+            continue
+        hls = r.get("target") == "hls"
+        rows = []
+        for name in sorted(tensors)[:PARAM_ROWS]:
+            s = tensors[name]
+            scale = np.asarray(s["scale"], np.float64)
+            zero = np.asarray(s["zero_point"])
+            gran = "per-tensor" if s.get("axis") is None else (
+                f"per-channel axis {s['axis']} ({scale.size})" if not s.get("block_size")
+                else f"blockwise axis {s['axis']} block {s['block_size']}")
+            scale_text = num(scale.item()) if scale.size == 1 else f"{num(scale.min())} … {num(scale.max())}"
+            zero_text = str(zero.item()) if zero.size == 1 else (
+                str(int(zero.min())) if zero.min() == zero.max() else f"{int(zero.min())} … {int(zero.max())}")
+            row = [td(name, "name"), td(s["dtype"]), td(gran), td(scale_text, "num"), td(zero_text, "num")]
+            if hls:
+                row.append(td(fixed_point(scale)))
+            rows.append(row)
+        head = ["tensor", "dtype", "granularity", "scale", "zero point"] + (["fixed-point form"] if hls else [])
+        more = (f"<p class='muted'>{len(tensors) - PARAM_ROWS} more tensors in manifest.json's plan.</p>"
+                if len(tensors) > PARAM_ROWS else "")
+        opened = " open" if len(tensors) <= 40 else ""
+        out.append(f"<h3>{esc(r.get('target'))}</h3><details{opened}><summary>{len(tensors)} quantized tensors"
+                   f"</summary>{table(head, rows)}{more}</details>")
+    return "".join(out) or "<p>No quantized tensor.</p>"
+
+
+def fixed_point(scale: np.ndarray) -> str:
+    """``2^-n`` when every scale is a power of two, else the Q31 multiplier and shift of the largest."""
+    values = np.atleast_1d(scale)
+    mantissa, exponent = np.frexp(values)
+    if np.all(mantissa == 0.5):
+        shifts = sorted({int(1 - e) for e in exponent})
+        return "pow2: " + ", ".join(f"2^-{s}" if s >= 0 else f"2^{-s}" for s in shifts[:4]) + \
+            (" …" if len(shifts) > 4 else "")
+    m, e = np.frexp(float(values.max()))
+    multiplier = int(round(m * (1 << 31)))
+    return f"{multiplier}·2^-{31 - e} (Q31 multiplier, shift {31 - e})" + (" for the largest" if values.size > 1 else "")
