@@ -122,7 +122,8 @@ def test_good_build_writes_everything(tmp_path: Path, conv_bn_path: Path) -> Non
     out = tmp_path / "out"
     proc = build(conv_bn_path, out)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["conv_bn.fp32.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["build_info.json", "conv_bn.fp32.onnx", "manifest.json",
+                                                     "report.html", "report.json"]
     normalized = onnx.load(out / "conv_bn.fp32.onnx")
     assert "BatchNormalization" not in {n.op_type for n in normalized.graph.node}
     assert np.isfinite(len(normalized.graph.node))
