@@ -173,7 +173,8 @@ def rerun(folder: Path, target: str, section: dict[str, Any]) -> Agreement:
         want = np.load(folder / entry["file"], allow_pickle=False)
         have = got.get(entry["name"], list(got.values())[k] if len(got) > k else None)
         if have is None or have.shape != want.shape:
-            return Agreement(artifact, section["runtime"], False, f"output {entry['name']!r} missing or reshaped")
+            why = f"output {entry['name']!r} missing or reshaped"
+            return Agreement(artifact, section["runtime"], False, why)
         diff = float(np.max(np.abs(have - want))) if want.size else 0.0
         span = float(np.max(want) - np.min(want)) if want.size else 0.0
         row = {"max_abs_diff": diff, "tolerance": span / 100}

@@ -28,23 +28,28 @@ from dsqc.driver.manifest import (
     volatile_metrics,
     write_manifest,
 )
+
 HTML_NAME = "report.html"
 __all__ = ["HTML_NAME", "MANIFEST_NAME", "calibration_provenance", "record", "seal"]
 
 
 def record(staging: Path, request: BuildRequest, result: BuildResult, fp32: onnx.ModelProto,
            source: onnx.ModelProto, calib: SampleSet | None, eval_feeds: list[dict[str, np.ndarray]]) -> None:
-    """Histograms of the most sensitive activations and the agreement vectors, into ``result``."""
+    """Gates, histograms of the most sensitive activations and the agreement vectors, into ``result``."""
+    result.metrics["gates"] = {"min_sqnr": request.min_sqnr, "max_drop": request.max_drop,
+                               "strict": request.strict}
     if result.plan is not None and calib is not None:
         mp = result.metrics.get("mixed_precision") or {}
         ranked = [row["node"] for row in (mp.get("sensitivity") or {}).get("top", []) if "node" in row]
         result.metrics["histograms"] = activation_histograms(source, result.plan, calib, request.calib_batch,
                                                              ranked or None)
     names = [str(a) for a in result.artifacts]
-    section = agreement.record(staging, result.target, names, eval_feeds, lambda feeds: _run_fp32(fp32, feeds))
+    section = agreement.record(staging, result.target, names, eval_feeds,
+                               lambda feeds: _run_fp32(fp32, feeds))
     if section is not None:
         result.metrics["agreement"] = section
-        result.artifacts += [Path(e["file"]) for e in (*section.get("inputs", []), *section.get("outputs", []))]
+        recorded = (*section.get("inputs", []), *section.get("outputs", []))
+        result.artifacts += [Path(e["file"]) for e in recorded]
         result.artifacts += [Path(e["fp32_file"]) for e in section.get("outputs", []) if "fp32_file" in e]
 
 

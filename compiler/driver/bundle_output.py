@@ -32,8 +32,9 @@ def check_bundle_target(out_dir: Path) -> None:
         raise OutputError(f"cannot write output folder '{out_dir}': '{blocker}' is a file, not a folder; "
                           "choose another -o")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not is_bundle(out_dir):
-        raise OutputError(f"output folder '{out_dir}' is not empty and is not a dsqc bundle (no manifest.json "
-                          "or report.json of a build); choose an empty or new -o, a build replaces it whole")
+        raise OutputError(f"output folder '{out_dir}' is not empty and is not a dsqc bundle (no "
+                          "manifest.json or report.json of a build); choose an empty or new -o (a build "
+                          "replaces its folder whole)")
 
 
 @contextlib.contextmanager

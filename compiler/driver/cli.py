@@ -359,7 +359,8 @@ def _cmd_debug(args: argparse.Namespace) -> int:
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="re-hash a bundle's files and re-run its artifact (exit 1 on a mismatch)")
+    p = sub.add_parser("verify", help="re-hash a bundle's files and re-run its artifact (exit 1 on a "
+                       "mismatch, 2 when the folder is not a bundle)")
     _add_verbosity(p, argparse.SUPPRESS)
     p.add_argument("bundle", type=Path, help="the -o folder of a finished 'dsqc build'")
     p.set_defaults(func=_cmd_verify)

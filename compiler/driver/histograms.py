@@ -58,7 +58,8 @@ def _rank(model: onnx.ModelProto, hists: dict[str, GridHistogram], estimates: di
         return by_estimate, "lowest estimated tensor SQNR under its spec (calibration histogram)"
     inputs = {node.name: [t for t in node.input if t in hists] for node in model.graph.node}
     order = list(dict.fromkeys(t for name in ranked_nodes for t in inputs.get(name, [])))
-    return order + [n for n in by_estimate if n not in order], "sensitivity analysis (inputs of the top nodes)"
+    rest = [n for n in by_estimate if n not in order]
+    return order + rest, "sensitivity analysis (inputs of the top nodes)"
 
 
 def _estimated_sqnr(hist: GridHistogram, spec: QuantSpec) -> float:

@@ -16,8 +16,8 @@ import onnx
 from dsqc.autoprec.mixed_precision import AutoPlan, check_request, choose_precisions
 from dsqc.backends.registry import LoweringJob, get_backend
 from dsqc.calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_samples, model_inputs
-from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver import bundle
+from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.bundle_output import check_bundle_target, staged_bundle
 from dsqc.driver.report import float_nodes, speed_warnings, write_report
 from dsqc.driver.verdict import Thresholds, Verdict, advice, judge

@@ -57,7 +57,8 @@ def format_check(check: BundleCheck) -> str:
         lines.append(f"  re-run {a.artifact} in {a.runtime}: {'ok' if a.ok else 'MISMATCH'} — {a.detail}")
         for name, row in a.outputs.items():
             sqnr = f", SQNR vs FP32 {row['sqnr_db_vs_fp32']:.2f} dB" if "sqnr_db_vs_fp32" in row else ""
-            lines.append(f"    {name}: max |diff| {row['max_abs_diff']:.3g} (tolerance {row['tolerance']:.3g}){sqnr}")
+            lines.append(f"    {name}: max |diff| {row['max_abs_diff']:.3g} "
+                         f"(tolerance {row['tolerance']:.3g}){sqnr}")
     elif not check.problems:
         lines.append("  re-run: skipped (no recorded vectors)")
     lines.append("dsqc: bundle OK" if check.ok else "dsqc: bundle FAILED verification")

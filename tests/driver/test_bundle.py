@@ -44,7 +44,8 @@ def _build(model: Path, data: Path, out: Path, target: str, *extra: str) -> int:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_manifest_records_inputs_versions_and_every_file(tmp_path: Path, conv_bn_path: Path,
@@ -84,7 +85,8 @@ def test_verify_passes_then_names_the_tampered_file(tmp_path: Path, conv_bn_path
     capsys.readouterr()
     assert main(["verify", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "all files match" in text and "re-run conv_bn.int8.onnx in ONNX Runtime" in text and "bit-exact" in text
+    assert "all files match" in text and "bit-exact" in text
+    assert "re-run conv_bn.int8.onnx in ONNX Runtime" in text
     artifact = out / "conv_bn.int8.onnx"
     blob = bytearray(artifact.read_bytes())
     blob[-1] ^= 1
@@ -127,7 +129,8 @@ def test_verify_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path,
     assert main(["verify", str(tmp_path)]) == 2
 
 
-def test_model_strings_are_escaped_in_report_html(tmp_path: Path, evil_model: Path, conv_bn_npz: Path) -> None:
+def test_model_strings_are_escaped_in_report_html(tmp_path: Path, evil_model: Path,
+                                                  conv_bn_npz: Path) -> None:
     out = tmp_path / "out"
     assert _build(evil_model, conv_bn_npz, out, "onnx") == 0
     html = (out / "report.html").read_text()
@@ -146,7 +149,8 @@ def test_model_strings_are_escaped_in_report_html(tmp_path: Path, evil_model: Pa
 
 
 @pytest.mark.parametrize("target", ["onnx", "tflite", "hls"])
-def test_rebuild_is_byte_identical(tmp_path: Path, conv_bn_path: Path, conv_bn_npz: Path, target: str) -> None:
+def test_rebuild_is_byte_identical(tmp_path: Path, conv_bn_path: Path, conv_bn_npz: Path,
+                                   target: str) -> None:
     """Same inputs, --no-latency: every file but build_info.json is byte-identical (and the rebuild
     replaces the first bundle in the same -o)."""
     out = tmp_path / "out"
@@ -160,7 +164,8 @@ def test_rebuild_is_byte_identical(tmp_path: Path, conv_bn_path: Path, conv_bn_n
     assert not changed, changed
 
 
-def test_reused_bundle_folder_is_replaced_whole(tmp_path: Path, conv_bn_path: Path, conv_bn_npz: Path) -> None:
+def test_reused_bundle_folder_is_replaced_whole(tmp_path: Path, conv_bn_path: Path,
+                                                conv_bn_npz: Path) -> None:
     out = tmp_path / "out"
     assert _build(conv_bn_path, conv_bn_npz, out, "onnx") == 0
     (out / "stale.bin").write_bytes(b"old")

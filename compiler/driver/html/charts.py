@@ -66,7 +66,8 @@ def precision_bar_svg(histogram: dict[str, int], width: int = 520, height: int =
         if not count:
             continue
         w = count / total * width
-        parts.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height}" fill="{COLORS[precision]}"/>')
+        parts.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height}" '
+                     f'fill="{COLORS[precision]}"/>')
         if w > 60:
             parts.append(f'<text x="{x + 6:.1f}" y="{height - 8}" font-size="12" fill="#fff">'
                          f'{precision} {count}</text>')

@@ -57,7 +57,8 @@ def _tflite(artifacts: list[str], report: dict[str, Any]) -> str:
             "it.set_tensor(inp['index'], x.astype(inp['dtype']))\n"
             "it.invoke()\nprint(it.get_tensor(out['index']))\n")
     android = ("// Android (Kotlin), LiteRT: org.tensorflow.lite.Interpreter / CompiledModel\n"
-               f"val interpreter = Interpreter(loadModelFile(\"{model}\"), Interpreter.Options().setNumThreads(4))\n"
+               f"val interpreter = Interpreter(loadModelFile(\"{model}\"),\n"
+               "                              Interpreter.Options().setNumThreads(4))\n"
                "interpreter.run(input, output)\n")
     return "<p>Python (LiteRT):</p>" + _pre(code) + "<p>On the device:</p>" + _pre(android)
 
@@ -66,7 +67,8 @@ def _hls(artifacts: list[str], report: dict[str, Any]) -> str:
     hls = report.get("metrics", {}).get("hls") or {}
     options = hls.get("options") or {}
     top = hls.get("top", "top")
-    shell = ("cd hls\nmake csim                # gcc C simulation: the testbench checks every vector bit for bit\n"
+    shell = ("cd hls\nmake csim                # gcc C simulation: the testbench checks every vector "
+             "bit for bit\n"
              "vitis_hls -f build.tcl   # Vitis HLS: csim, csynth, cosim, export IP "
              f"(part {options.get('part', '?')}, {options.get('clock_mhz', '?')} MHz)\n")
     return (f"<p>C99 project in <code>hls/</code>, top function <code>{escape(str(top))}</code>, interface "

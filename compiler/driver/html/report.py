@@ -68,14 +68,15 @@ def _summary(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
                                                if v) + "</p>")
     warnings = [w for r in reports for w in r.get("warnings") or []]
     if warnings:
-        out.append("<h3>Warnings</h3><ul class='warnings'>" + "".join(f"<li>{s.esc(w)}</li>" for w in warnings)
-                   + "</ul>")
+        items = "".join(f"<li>{s.esc(w)}</li>" for w in warnings)
+        out.append(f"<h3>Warnings</h3><ul class='warnings'>{items}</ul>")
     return "".join(out)
 
 
 def _files(manifest: dict[str, Any]) -> str:
-    rows = [[s.td(name, "name"), s.td(f"{entry.get('bytes', 0):,}", "num"), s.td(entry.get("sha256", ""), "name")]
+    rows = [[s.td(name, "name"), s.td(f"{entry.get('bytes', 0):,}", "num"),
+             s.td(entry.get("sha256", ""), "name")]
             for name, entry in sorted((manifest.get("files") or {}).items()) if name != "report.html"]
     return (s.table(["file", "bytes", "sha256"], rows)
-            + "<p class='muted'>Check them with <code>dsqc verify THIS_FOLDER</code> (hashes, and the artifact "
-              "re-run on <code>check/</code> inputs where its runtime is installed).</p>")
+            + "<p class='muted'>Check them with <code>dsqc verify THIS_FOLDER</code> (hashes, and the "
+              "artifact re-run on <code>check/</code> inputs where its runtime is installed).</p>")

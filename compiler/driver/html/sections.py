@@ -45,38 +45,47 @@ def td(text: Any, kind: str = "") -> str:
     return f'<td class="{kind}">{esc(text)}</td>' if kind else f"<td>{esc(text)}</td>"
 
 
+def _gate(target: str, gate: str, level: str, measured: str) -> list[str]:
+    kind = {"ok": "pass", "pass": "pass", "degraded": "warn"}.get(level, "fail")
+    return [td(target), td(gate), td(badge(level, kind), "raw"), td(measured)]
+
+
 def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
     """Pass/fail of every gate the build checked, per target, and the verdict."""
     rows: list[list[str]] = []
     for r in reports:
-        target = esc(r.get("target"))
+        target, metrics = str(r.get("target")), r.get("metrics") or {}
         verdict = r.get("verdict") or {}
-        level = str(verdict.get("level", "?"))
-        kind = {"ok": "pass", "degraded": "warn"}.get(level, "fail")
-        rows.append([td(target, "raw"), td("verdict"), td(badge(level, kind), "raw"),
-                     td("; ".join(verdict.get("reasons") or []) or "every output within the limits")])
-        ver = (r.get("metrics") or {}).get("verification") or {}
-        limits = verdict.get("thresholds") or {}
+        reasons = "; ".join(verdict.get("reasons") or []) or "every output within the limits"
+        rows.append(_gate(target, "verdict", str(verdict.get("level", "?")), reasons))
+        floor = float((verdict.get("thresholds") or {}).get("degraded_sqnr_db", 15.0))
+        ver = metrics.get("verification") or {}
         for name, m in (ver.get("outputs") or {}).items():
             sqnr = _float(m.get("sqnr_db"))
-            floor = float(limits.get("degraded_sqnr_db", 15.0))
-            ok = sqnr >= floor
-            rows.append([td(target, "raw"), td(f"output {name}: SQNR ≥ {floor:g} dB"),
-                         td(badge("pass" if ok else "fail", "pass" if ok else "fail"), "raw"),
-                         td(f"{num(sqnr)} dB, cosine {num(m.get('cosine'), 5)}")])
-        mp = (r.get("metrics") or {}).get("mixed_precision")
-        if mp:
-            for key in ("accuracy", "size"):
-                part = mp[key]
-                rows.append([td(target, "raw"), td(f"--{key}-budget {part.get('budget', part.get('budget_fraction'))}"),
-                             td(badge("pass" if part["met"] else "fail", "pass" if part["met"] else "fail"), "raw"),
-                             td(f"achieved {num(part.get('achieved', part.get('fraction')))}")])
+            level = "pass" if sqnr >= floor else "fail"
+            rows.append(_gate(target, f"output {name}: SQNR ≥ {floor:g} dB", level,
+                              f"{num(sqnr)} dB, cosine {num(m.get('cosine'), 5)}"))
+        given = metrics.get("gates") or {}
+        if given.get("min_sqnr") is not None:
+            rows.append(_gate(target, f"--min-sqnr {given['min_sqnr']:g}", "pass",
+                              f"worst output {num(ver.get('min_sqnr_db'))} dB"))
+        if given.get("max_drop") is not None:
+            rows.append(_gate(target, f"--max-drop {given['max_drop']:g}", "pass",
+                              f"drop {num((ver.get('task') or {}).get('drop'))}"))
+        if given.get("strict"):
+            rows.append(_gate(target, "--strict (verdict must be ok)", "pass", "verdict ok"))
+        mp = metrics.get("mixed_precision") or {}
+        for key in ("accuracy", "size") if mp else ():
+            part = mp[key]
+            budget = part.get("budget", part.get("budget_fraction"))
+            achieved = num(part.get("achieved", part.get("fraction")))
+            rows.append(_gate(target, f"--{key}-budget {budget}", "pass" if part["met"] else "fail",
+                              f"achieved {achieved}"))
         if r.get("failed"):
-            rows.append([td(target, "raw"), td("build"), td(badge("fail", "fail"), "raw"), td(r["failed"])])
-    command = " ".join(manifest.get("command") or [])
-    note = ("<p class='muted'>Gates given on the command line (<code>--min-sqnr</code>, <code>--max-drop</code>, "
-            "<code>--strict</code>) stop a build that misses them before anything is written, so a bundle "
-            f"exists only when they passed. Command: <code>{esc(command or '(API call)')}</code></p>")
+            rows.append(_gate(target, "build", "fail", str(r["failed"])))
+    command = " ".join(manifest.get("command") or []) or "(API call)"
+    note = ("<p class='muted'>A gate given on the command line that fails stops the build before anything "
+            f"is written: a bundle exists only when they passed. Command: <code>{esc(command)}</code></p>")
     return table(["target", "gate", "result", "measured"], rows) + note
 
 
@@ -95,8 +104,9 @@ def accuracy(reports: list[dict[str, Any]]) -> str:
         ver = metrics.get("verification") or {}
         runtime = ((metrics.get(str(r.get("target"))) or {}).get("verification") or {}).get("outputs") or {}
         for name, m in (ver.get("outputs") or {}).items():
-            rows.append([td(r.get("target")), td(name, "name"), td("ONNX Runtime"), td(num(m.get("sqnr_db")), "num"),
-                         td(num(m.get("cosine"), 6), "num"), td(num(m.get("mse")), "num")])
+            rows.append([td(r.get("target")), td(name, "name"), td("ONNX Runtime"),
+                         td(num(m.get("sqnr_db")), "num"), td(num(m.get("cosine"), 6), "num"),
+                         td(num(m.get("mse")), "num")])
         for name, m in runtime.items():
             rows.append([td(r.get("target")), td(name, "name"), td("LiteRT interpreter"),
                          td(num(m.get("sqnr_db")), "num"), td(num(m.get("cosine"), 6), "num"),
@@ -116,7 +126,40 @@ def accuracy(reports: list[dict[str, Any]]) -> str:
         if samples:
             extra.append(f"{esc(r.get('target'))}: {samples} held-out samples")
     body = table(["target", "output", "run by", "SQNR dB", "cosine", "MSE"], rows)
-    return body + ("<p>" + "<br>".join(extra) + "</p>" if extra else "")
+    checks = target_checks(reports)
+    return body + ("<p>" + "<br>".join(extra) + "</p>" if extra else "") + checks
+
+
+def target_checks(reports: list[dict[str, Any]]) -> str:
+    """The backends' own checks of their artifact: LiteRT vs the integer reference, csim, TensorRT rules."""
+    rows: list[list[str]] = []
+    for r in reports:
+        target, m = str(r.get("target")), (r.get("metrics") or {}).get(str(r.get("target"))) or {}
+        ref = (((m.get("verification") or {}).get("tensors") or {}).get("vs_integer_reference")) or {}
+        if ref.get("tensors"):
+            ok = ref["tensors_exact"] == ref["tensors"]
+            rows.append(_gate(target, "LiteRT vs dsqc integer reference", "pass" if ok else "warn",
+                              f"{ref['tensors_exact']}/{ref['tensors']} tensors bit-exact, "
+                              f"max {ref['max_lsb']} LSB"))
+        csim = m.get("csim") or {}
+        if "vectors" in csim:
+            rows.append(_gate(target, "make csim (gcc, strict C99) vs integer reference",
+                              "pass" if csim["status"] == "bit-exact" else "fail",
+                              f"{csim['status']}: {csim['mismatching_values']} mismatching values over "
+                              f"{csim['vectors']} vectors"))
+        for level, stats in (m.get("lsb_vs_ort") or {}).items():
+            if "exact" in stats:
+                level_ok = "pass" if stats["max_lsb"] <= 1 else "warn"
+                rows.append(_gate(target, f"integer reference vs ORT ({level})", level_ok,
+                                  f"{stats['exact']}/{stats['values']} exact, max {stats['max_lsb']} LSB"))
+        if target == "trt" and "check" in m:
+            errors = [f for f in m["check"] if f.get("severity") == "error"]
+            rows.append(_gate(target, "TensorRT Q/DQ rules", "fail" if errors else "pass",
+                              f"{len(m['check'])} finding(s), {len(errors)} error(s)"))
+            engine = m.get("engine") or {}
+            rows.append(_gate(target, "engine built here", "pass" if engine.get("built") else "warn",
+                              str(engine.get("reason") or "")))
+    return "<h3>Target checks</h3>" + table(["target", "check", "result", "measured"], rows) if rows else ""
 
 
 def precision_map(reports: list[dict[str, Any]]) -> str:
@@ -132,7 +175,8 @@ def precision_map(reports: list[dict[str, Any]]) -> str:
             d = floats.get(name) or nodes.get(name) or {}
             precision = str(d.get("precision", "?"))
             counts[precision] = counts.get(precision, 0) + 1
-            rows.append([td(name, "name"), td(badge(precision, f"p-{precision}"), "raw"), td(d.get("reason", ""))])
+            rows.append([td(name, "name"), td(badge(precision, f"p-{precision}"), "raw"),
+                         td(d.get("reason", ""))])
         out.append(f"<h3>{esc(r.get('target'))}</h3>")
         if not rows:
             out.append("<p>No plan: the artifact is the FP32 model.</p>")
@@ -148,8 +192,8 @@ def sensitivity(reports: list[dict[str, Any]]) -> str:
     for r in reports:
         mp = (r.get("metrics") or {}).get("mixed_precision") or {}
         for k, row in enumerate((mp.get("sensitivity") or {}).get("top") or [], 1):
-            rows.append([td(r.get("target")), td(str(k), "num"), td(row.get("node"), "name"), td(row.get("op")),
-                         td(num(row.get("score_db")), "num")])
+            rows.append([td(r.get("target")), td(str(k), "num"), td(row.get("node"), "name"),
+                         td(row.get("op")), td(num(row.get("score_db")), "num")])
     if not rows:
         return ("<p>Not computed for this build (it runs with <code>--accuracy-budget</code>, or "
                 "<code>dsqc analyze</code>).</p>")
@@ -165,12 +209,14 @@ def histograms(reports: list[dict[str, Any]]) -> str:
         if not tensors:
             continue
         out.append(f"<h3>{esc(r.get('target'))}</h3><p class='muted'>Ranked by {esc(hist.get('ranking'))}; "
-                   f"{esc(hist.get('samples'))} calibration samples; log-scaled counts, blue inside the clipping "
-                   "range (shaded), red outside it (saturated by the quantizer).</p><div class='grid'>")
+                   f"{esc(hist.get('samples'))} calibration samples; log-scaled counts, blue inside the "
+                   "clipping range (shaded), red outside it (saturated by the quantizer).</p>"
+                   "<div class='grid'>")
         for h in tensors:
             out.append(f"<div class='card'><div class='title'>{esc(h['tensor'])}</div>{histogram_svg(h)}"
                        f"<div class='muted'>data [{num(h['min'])}, {num(h['max'])}], {esc(h['dtype'])} scale "
-                       f"{num(h['scale'])} zp {esc(h['zero_point'])}; clipped {h['clipped_fraction'] * 100:.3f} %; "
+                       f"{num(h['scale'])} zp {esc(h['zero_point'])}; "
+                       f"clipped {h['clipped_fraction'] * 100:.3f} %; "
                        f"est. SQNR {num(h['sqnr_db_estimate'])} dB</div></div>")
         out.append("</div>")
     return "".join(out) or "<p>No quantized activations (nothing calibrated).</p>"
@@ -190,7 +236,8 @@ def latency_size(reports: list[dict[str, Any]]) -> str:
         lat = ver.get("latency_ms")
         if lat:
             rows.append([td(target), td("latency, ORT CPU 1 thread"),
-                         td(f"FP32 {num(lat['fp32'])} ms → {num(lat['quantized'])} ms ({num(lat['ratio'], 3)}×)")])
+                         td(f"FP32 {num(lat['fp32'])} ms → {num(lat['quantized'])} ms "
+                            f"({num(lat['ratio'], 3)}×)")])
         tfl = (metrics.get("tflite") or {})
         if (tfl.get("int8") or {}).get("bytes"):
             rows.append([td(target), td(".tflite bytes"), td(f"{tfl['int8']['bytes']:,}")])
@@ -224,18 +271,19 @@ def parameter_map(reports: list[dict[str, Any]]) -> str:
                 f"per-channel axis {s['axis']} ({scale.size})" if not s.get("block_size")
                 else f"blockwise axis {s['axis']} block {s['block_size']}")
             scale_text = num(scale.item()) if scale.size == 1 else f"{num(scale.min())} … {num(scale.max())}"
-            zero_text = str(zero.item()) if zero.size == 1 else (
-                str(int(zero.min())) if zero.min() == zero.max() else f"{int(zero.min())} … {int(zero.max())}")
+            low, high = int(zero.min()), int(zero.max())
+            zero_text = str(low) if low == high else f"{low} … {high}"
             row = [td(name, "name"), td(s["dtype"]), td(gran), td(scale_text, "num"), td(zero_text, "num")]
             if hls:
                 row.append(td(fixed_point(scale)))
             rows.append(row)
-        head = ["tensor", "dtype", "granularity", "scale", "zero point"] + (["fixed-point form"] if hls else [])
+        head = ["tensor", "dtype", "granularity", "scale", "zero point"]
+        head += ["fixed-point form"] if hls else []
         more = (f"<p class='muted'>{len(tensors) - PARAM_ROWS} more tensors in manifest.json's plan.</p>"
                 if len(tensors) > PARAM_ROWS else "")
         opened = " open" if len(tensors) <= 40 else ""
-        out.append(f"<h3>{esc(r.get('target'))}</h3><details{opened}><summary>{len(tensors)} quantized tensors"
-                   f"</summary>{table(head, rows)}{more}</details>")
+        out.append(f"<h3>{esc(r.get('target'))}</h3><details{opened}><summary>{len(tensors)} quantized "
+                   f"tensors</summary>{table(head, rows)}{more}</details>")
     return "".join(out) or "<p>No quantized tensor.</p>"
 
 
@@ -248,5 +296,6 @@ def fixed_point(scale: np.ndarray) -> str:
         return "pow2: " + ", ".join(f"2^-{s}" if s >= 0 else f"2^{-s}" for s in shifts[:4]) + \
             (" …" if len(shifts) > 4 else "")
     m, e = np.frexp(float(values.max()))
-    multiplier = int(round(m * (1 << 31)))
-    return f"{multiplier}·2^-{31 - e} (Q31 multiplier, shift {31 - e})" + (" for the largest" if values.size > 1 else "")
+    multiplier = round(m * (1 << 31))
+    largest = " for the largest" if values.size > 1 else ""
+    return f"{multiplier}·2^-{31 - e} (Q31 multiplier, shift {31 - e}){largest}"

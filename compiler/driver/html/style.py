@@ -33,7 +33,8 @@ pre { background: var(--panel); border: 1px solid var(--line); padding: 10px; ov
 .p-fp16 { background: var(--fp16); } .p-fp32 { background: var(--fp32); }
 .muted { color: var(--mute); font-size: 12px; }
 .grid { display: flex; flex-wrap: wrap; gap: 14px; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; background: #fff; width: 384px; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; background: #fff;
+        width: 384px; }
 .card .title { font-family: "DejaVu Sans Mono", Menlo, monospace; font-size: 12px; word-break: break-all;
                max-width: 360px; }
 details > summary { cursor: pointer; color: #1a57b5; margin: 4px 0; }
