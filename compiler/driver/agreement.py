@@ -81,8 +81,14 @@ def run_ort(model: str | bytes, feeds: Feeds) -> dict[str, np.ndarray]:
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else len(next(iter(feeds.values())))
     total = len(next(iter(feeds.values())))
-    parts = [session.run(names, {k: v[i:i + step] for k, v in feeds.items()})
-             for i in range(0, total - total % step, step)]
+    try:
+        parts = [session.run(names, {k: v[i:i + step] for k, v in feeds.items()})
+                 for i in range(0, total - total % step, step)]
+    except Exception:  # noqa: BLE001 - e.g. a Reshape that pins batch 1 inside: one sample at a time
+        if step == 1:
+            raise
+        step = 1
+        parts = [session.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(total)]
     return {n: np.concatenate([np.asarray(p[k], np.float32) for p in parts]) for k, n in enumerate(names)}
 
 

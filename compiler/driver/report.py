@@ -45,7 +45,10 @@ def write_report(path: Path, result: BuildResult, extra: dict[str, Any] | None =
 def format_result(result: BuildResult) -> str:
     """The human summary the CLI prints: artifacts, the plan, the verification table."""
     lines = [f"dsqc: built target '{result.target}' ({result.precision}) in {result.out_dir}"]
-    lines += [f"  {artifact}" for artifact in result.artifacts]
+    vectors = [a for a in result.artifacts if Path(a).parts[0] == "check"]
+    lines += [f"  {artifact}" for artifact in result.artifacts if artifact not in vectors]
+    if vectors:
+        lines.append(f"  check/ ({len(vectors)} files: held-out inputs and outputs for 'dsqc verify')")
     if result.plan is not None:
         hist = ", ".join(f"{k} {v}" for k, v in result.plan.histogram().items())
         lines.append(f"plan: {hist} nodes; {len(result.plan.tensors)} quantized tensors")

@@ -9,6 +9,8 @@ from pathlib import Path
 from dsqc.driver.agreement import Agreement, rerun
 from dsqc.driver.manifest import UNHASHED, body_sha256, read_manifest, sha256_file
 
+DERIVED = ("debug.json",)  # what `dsqc debug OUT` writes into a finished bundle by default
+
 
 @dataclass
 class BundleCheck:
@@ -16,6 +18,7 @@ class BundleCheck:
     target: str
     files_checked: int = 0
     problems: list[str] = field(default_factory=list)  # one line each, naming the file
+    notes: list[str] = field(default_factory=list)
     agreement: Agreement | None = None
 
     @property
@@ -39,7 +42,9 @@ def verify_bundle(folder: Path) -> BundleCheck:
             check.problems.append(f"{rel}: sha256 mismatch (changed since the build)")
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel not in listed and rel not in UNHASHED:
+        if rel in DERIVED:
+            check.notes.append(f"{rel}: written by a later dsqc command, not part of the build (not hashed)")
+        elif rel not in listed and rel not in UNHASHED:
             check.problems.append(f"{rel}: not in the manifest (added after the build)")
     section = (manifest.get("metrics") or {}).get("agreement")
     if section and not check.problems:  # re-run only what the hashes vouch for
@@ -50,6 +55,7 @@ def verify_bundle(folder: Path) -> BundleCheck:
 def format_check(check: BundleCheck) -> str:
     lines = [f"dsqc verify {check.folder}: target {check.target}, {check.files_checked} files"]
     lines += [f"  MISMATCH {problem}" for problem in check.problems]
+    lines += [f"  note: {note}" for note in check.notes]
     if not check.problems:
         lines.append("  hashes: all files match the manifest")
     a = check.agreement

@@ -87,6 +87,9 @@ def test_verify_passes_then_names_the_tampered_file(tmp_path: Path, conv_bn_path
     text = capsys.readouterr().out
     assert "all files match" in text and "bit-exact" in text
     assert "re-run conv_bn.int8.onnx in ONNX Runtime" in text
+    (out / "debug.json").write_text("{}")  # `dsqc debug OUT` writes there by default: not a tamper
+    assert main(["verify", str(out)]) == 0
+    assert "debug.json: written by a later dsqc command" in capsys.readouterr().out
     artifact = out / "conv_bn.int8.onnx"
     blob = bytearray(artifact.read_bytes())
     blob[-1] ^= 1
