@@ -104,7 +104,7 @@ def accuracy(reports: list[dict[str, Any]]) -> str:
         ver = metrics.get("verification") or {}
         runtime = ((metrics.get(str(r.get("target"))) or {}).get("verification") or {}).get("outputs") or {}
         for name, m in (ver.get("outputs") or {}).items():
-            rows.append([td(r.get("target")), td(name, "name"), td("ONNX Runtime"),
+            rows.append([td(r.get("target")), td(name, "name"), td(_ort_label(str(r.get("target")))),
                          td(num(m.get("sqnr_db")), "num"), td(num(m.get("cosine"), 6), "num"),
                          td(num(m.get("mse")), "num")])
         for name, m in runtime.items():
@@ -128,6 +128,11 @@ def accuracy(reports: list[dict[str, Any]]) -> str:
     body = table(["target", "output", "run by", "SQNR dB", "cosine", "MSE"], rows)
     checks = target_checks(reports)
     return body + ("<p>" + "<br>".join(extra) + "</p>" if extra else "") + checks
+
+
+def _ort_label(target: str) -> str:
+    """How verification ran the QDQ model: as deployed (onnx) or in ORT's reference Q/DQ semantics."""
+    return "ONNX Runtime (fused int8 kernels)" if target == "onnx" else "ONNX Runtime (reference Q/DQ)"
 
 
 def target_checks(reports: list[dict[str, Any]]) -> str:
@@ -250,7 +255,8 @@ def latency_size(reports: list[dict[str, Any]]) -> str:
             rows.append([td(target), td("HLS estimate"),
                          td(f"{est.get('cycles', 0):,} cycles ≈ {num(est.get('latency_us'))} µs at "
                             f"{num(est.get('clock_mhz'))} MHz; {est.get('macs', 0):,} MACs")])
-    note = "<p class='muted'>Timed on the build machine; built with --no-latency, no timing is shown.</p>"
+    note = ("<p class='muted'>Timed on the build machine (other jobs share its cores: treat as indicative); "
+            "a build with --no-latency shows no timing.</p>")
     return (table(["target", "what", "value"], rows) if rows else "<p>Nothing measured.</p>") + note
 
 
