@@ -179,6 +179,17 @@ def test_reused_bundle_folder_is_replaced_whole(tmp_path: Path, conv_bn_path: Pa
     assert not list(tmp_path.glob(".out.*")), "staging or old bundle left behind"
 
 
+def test_failed_rebuild_leaves_the_old_bundle_as_it_was(tmp_path: Path, conv_bn_path: Path,
+                                                       conv_bn_npz: Path) -> None:
+    out = tmp_path / "out"
+    assert _build(conv_bn_path, conv_bn_npz, out, "onnx") == 0
+    before = _files(out)
+    assert _build(conv_bn_path, conv_bn_npz, out, "tflite", "--min-sqnr", "500") == 2
+    assert _files(out) == before
+    assert main(["verify", str(out)]) == 0
+    assert not list(tmp_path.glob(".out.*"))
+
+
 def test_non_bundle_folder_is_refused_before_any_work(tmp_path: Path, conv_bn_path: Path, conv_bn_npz: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "photos"

@@ -56,7 +56,8 @@ def _tflite(artifacts: list[str], report: dict[str, Any]) -> str:
             "x = np.load('check/input_0.npy')[:1]    # one held-out sample from this bundle\n"
             "it.set_tensor(inp['index'], x.astype(inp['dtype']))\n"
             "it.invoke()\nprint(it.get_tensor(out['index']))\n")
-    android = ("// Android (Kotlin), LiteRT: org.tensorflow.lite.Interpreter / CompiledModel\n"
+    android = ("// Android (Kotlin), LiteRT's org.tensorflow.lite.Interpreter\n"
+               "// (loadModelFile: your app's memory-mapped asset loader)\n"
                f"val interpreter = Interpreter(loadModelFile(\"{model}\"),\n"
                "                              Interpreter.Options().setNumThreads(4))\n"
                "interpreter.run(input, output)\n")
