@@ -23,6 +23,8 @@ from dsqc.driver.manifest import (
     MANIFEST_NAME,
     Provenance,
     build_manifest,
+    file_entry,
+    file_hashes,
     sha256_arrays,
     sha256_source,
     volatile_metrics,
@@ -72,9 +74,11 @@ def seal(staging: Path, request: BuildRequest, result: BuildResult, calibration:
     provenance = Provenance(command=list(request.command_line or []),
                             model_label=request.model_label or str(request.model),
                             model_path=request.model, recipe_path=request.recipe, calibration=calibration)
-    preview = build_manifest(staging, report, provenance)  # the artifacts' hashes, shown in the report
+    files = file_hashes(staging)  # every file but the page itself, shown in the page
+    preview = build_manifest(staging, report, provenance, files)
     (staging / HTML_NAME).write_text(render_report([report], preview), encoding="utf-8")
-    manifest = build_manifest(staging, report, provenance)
+    files[HTML_NAME] = file_entry(staging / HTML_NAME)
+    manifest = build_manifest(staging, report, provenance, dict(sorted(files.items())))
     write_manifest(staging, manifest, result.timings, volatile_metrics(result.metrics))
 
 

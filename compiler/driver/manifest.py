@@ -105,13 +105,17 @@ def volatile_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any
     return found
 
 
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
     """Every file under ``folder`` except the manifest and build_info: relative path → sha256, bytes."""
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if rel not in UNHASHED:
-            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            files[rel] = file_entry(path)
     return files
 
 
@@ -124,8 +128,10 @@ def body_sha256(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(rest).encode()).hexdigest()
 
 
-def build_manifest(folder: Path, report: dict[str, Any], source: Provenance) -> dict[str, Any]:
-    """The manifest of the finished bundle in ``folder`` (call after every other file is written)."""
+def build_manifest(folder: Path, report: dict[str, Any], source: Provenance,
+                   files: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The manifest of the finished bundle in ``folder`` (call after every other file is written);
+    ``files``: the hashes, when the caller already has them."""
     recipe = None
     if source.recipe_path is not None:
         recipe = {"path": str(source.recipe_path), "sha256": sha256_file(source.recipe_path),
@@ -143,7 +149,7 @@ def build_manifest(folder: Path, report: dict[str, Any], source: Provenance) -> 
         "plan": report.get("plan"),
         "verdict": report.get("verdict"),
         "metrics": stable_metrics(report.get("metrics") or {}),
-        "files": file_hashes(folder),
+        "files": file_hashes(folder) if files is None else files,
     }
     body["manifest_sha256"] = body_sha256(body)
     return body

@@ -189,7 +189,8 @@ def build(request: BuildRequest) -> BuildResult:
         result.metrics["float_nodes"] = float_nodes(result)
         result.warnings.extend(speed_warnings(result.metrics))
         result.verdict = _verdict(result, limits)
-        bundle.record(staging, request, result, fp32, job.fp32, calib, job.eval_feeds)
+        with clock("bundle"):  # activation histograms, agreement vectors
+            bundle.record(staging, request, result, fp32, job.fp32, calib, job.eval_feeds)
         result.artifacts += [Path(bundle.HTML_NAME), Path(bundle.MANIFEST_NAME)]
         write_report(staging / REPORT_NAME, result)
         if "verification" in result.metrics:

@@ -59,8 +59,11 @@ def test_bundle_files(builds: Builds, name: str) -> None:
     result = builds[(name, "trt")]
     expected = {f"{name}.trt.onnx", f"{name}.fp32.onnx", "calibration.cache", "build_engine.sh",
                 "build_engine.py", "report.json"}
-    assert {str(p) for p in result.artifacts} == expected
-    assert {p.name for p in result.out_dir.iterdir()} == expected
+    bundle = {"report.html", "manifest.json"}  # every build folder is a bundle (with check/ vectors)
+    artifacts = {str(p) for p in result.artifacts}
+    assert {a for a in artifacts if not a.startswith("check/")} == expected | bundle
+    assert "check/input_0.npy" in artifacts
+    assert {p.name for p in result.out_dir.iterdir()} == expected | bundle | {"build_info.json", "check"}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
