@@ -139,6 +139,9 @@ def record(folder: Path, target: str, artifacts: list[str], eval_feeds: list[Fee
     names = list(feeds)
     got = run_artifact(folder / artifact, target, feeds, names)
     reference = fp32_outputs(feeds)
+    if any(a.dtype.hasobject for a in (*feeds.values(), *got.values())):
+        return {"artifact": artifact, "runtime": _runtime_name(artifact),
+                "skipped": "string tensors: no vectors recorded (.npy would need pickle)"}
     check = folder / CHECK_DIR
     check.mkdir()
     section: dict[str, Any] = {"artifact": artifact, "runtime": _runtime_name(artifact),
@@ -169,6 +172,8 @@ def rerun(folder: Path, target: str, section: dict[str, Any]) -> Agreement:
     if target == "hls":
         return _rerun_csim(folder)
     artifact = section["artifact"]
+    if "skipped" in section:
+        return Agreement(artifact, section["runtime"], True, f"not re-run: {section['skipped']}")
     inputs = {e["name"]: np.load(folder / e["file"], allow_pickle=False) for e in section["inputs"]}
     try:
         got = run_artifact(folder / artifact, target, inputs, [e["name"] for e in section["inputs"]])

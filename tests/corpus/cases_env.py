@@ -107,6 +107,7 @@ OUT_ERR = "dsqc: error: cannot write the artifacts for '{tmp}/disk/out' "
 INTERRUPTED = "dsqc: interrupted; nothing was written"
 TERMINATED = "dsqc: terminated (SIGTERM); nothing was written"
 KEEP = {"notes.txt": "the user's own file\n"}
+PREVIOUS_BUILD = {"report.json": '{"dsqc_version": "0.1.0", "target": "onnx"}\n', "mlp.int8.onnx": "old\n"}
 
 CASES = [
     Case("output-disk-full", "environment", _big_mlp, out="disk/out", environment=_full_disk,
@@ -126,10 +127,16 @@ CASES = [
          refuse=INTERRUPTED, exit_code=130),
     Case("sigterm-mid-calibration", "signals", _calibrated, run=_interrupt("calibration", signal.SIGTERM),
          refuse=TERMINATED, exit_code=143),
-    Case("sigint-mid-write", "signals", _calibrated, run=_interrupt("write", signal.SIGINT), before=KEEP,
+    Case("sigint-mid-write", "signals", _calibrated, run=_interrupt("write", signal.SIGINT),
+         before=PREVIOUS_BUILD,
          refuse=INTERRUPTED, exit_code=130),
-    Case("sigterm-mid-write", "signals", _calibrated, run=_interrupt("write", signal.SIGTERM), before=KEEP,
+    Case("sigterm-mid-write", "signals", _calibrated, run=_interrupt("write", signal.SIGTERM),
+         before=PREVIOUS_BUILD,
          refuse=TERMINATED, exit_code=143),
+    Case("output-not-a-bundle", "environment", _big_mlp, before=KEEP,
+         refuse="dsqc: error: output folder '{tmp}/out' is not empty and is not a dsqc bundle (no "
+                "manifest.json or report.json of a build); choose an empty or new -o (a build replaces its "
+                "folder whole)"),
     Case("failed-build-keeps-folder", "environment", lambda tmp: _big_mlp(tmp, "--target", "npu"),
          before=KEEP, refuse="dsqc: error: unknown target 'npu'; registered targets: hls, onnx, tflite, trt"),
 ]
