@@ -152,9 +152,10 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
                 auto = choose_precisions(source, profile, recipe, calib, held_out, request)
                 recipe, quantized = auto.recipe, auto.quantized
             else:
-                quantized = quantize_model(source, profile, recipe, calib, request.calib_batch,
-                                           known=shared.known_stats(source, recipe))
-                shared.remember_stats(source, recipe, quantized.stats)
+                with shared.calibration(source, recipe) as known:
+                    quantized = quantize_model(source, profile, recipe, calib, request.calib_batch,
+                                               known=dict(known))
+                    known.update(quantized.stats)
         if profile.latency_guard and request.measure_latency and not request.accuracy_budget:
             with clock("latency guard"):
                 quantized = _guard(source, quantized, profile, recipe, calib, held_out, request, result)

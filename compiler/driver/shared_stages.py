@@ -10,8 +10,10 @@ and range method; a target whose boosters change the FP32 model calibrates its o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,16 +32,22 @@ class SharedStages:
     _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     _stats: dict[tuple[int, str, float], dict[str, TensorStats]] = field(default_factory=dict)
     hits: list[str] = field(default_factory=list)  # stages reused, in order (for the report and tests)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _locks: dict[tuple[Any, ...], threading.Lock] = field(default_factory=dict)
 
     def once(self, stage: str, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-        """``compute()`` the first time ``(stage, key)`` is asked for, the same object afterwards."""
+        """``compute()`` the first time ``(stage, key)`` is asked for, the same object afterwards; a
+        thread asking while another computes it waits for that result."""
         full = (stage, *key)
-        if full in self._memo:
-            self.hits.append(stage)
-            return self._memo[full]
-        value = compute()
-        self._memo[full] = value
-        return value
+        with self._guard:
+            lock = self._locks.setdefault(full, threading.Lock())
+        with lock:
+            if full in self._memo:
+                self.hits.append(stage)
+                return self._memo[full]
+            value = compute()
+            self._memo[full] = value
+            return value
 
     def get(self, stage: str) -> Any:
         """What a stage without key computed, or ``None`` if no target ran it."""
@@ -51,15 +59,18 @@ class SharedStages:
         return self.once("boosters", (id(fp32), tuple(sorted(dataclasses.asdict(options).items()))),
                          compute)
 
-    def known_stats(self, source: onnx.ModelProto, recipe: Recipe) -> dict[str, TensorStats]:
-        """Statistics already gathered on ``source`` with ``recipe``'s range method ({} at first)."""
-        known = self._stats.get(_stats_key(source, recipe), {})
-        if known:
-            self.hits.append("calibration")
-        return known
-
-    def remember_stats(self, source: onnx.ModelProto, recipe: Recipe, stats: dict[str, TensorStats]) -> None:
-        self._stats.setdefault(_stats_key(source, recipe), {}).update(stats)
+    @contextlib.contextmanager
+    def calibration(self, source: onnx.ModelProto, recipe: Recipe) -> Iterator[dict[str, TensorStats]]:
+        """The statistics gathered so far on ``source`` with ``recipe``'s range method, held (one
+        target at a time) while the caller calibrates what is missing and adds it to the dict."""
+        key = _stats_key(source, recipe)
+        with self._guard:
+            lock = self._locks.setdefault(("calibration", *key), threading.Lock())
+        with lock:
+            known = self._stats.setdefault(key, {})
+            if known:
+                self.hits.append("calibration")
+            yield known
 
 
 def _stats_key(source: onnx.ModelProto, recipe: Recipe) -> tuple[int, str, float]:
