@@ -1,216 +1,118 @@
-"""Agreement vectors: a few held-out inputs, the FP32 outputs and the artifact's own outputs, kept in the
-bundle (``check/*.npy``) so ``dsqc verify`` can run the artifact again in its runtime and compare.
+"""Cross-target agreement: the same held-out inputs through every written artifact, each run by its
+own runtime (ORT for the onnx/trt Q/DQ models, LiteRT for ``.tflite``, the gcc-compiled testbench
+for hls), compared with FP32 and with each other.
 
-Runtimes: ONNX Runtime for the ``onnx``/``trt`` Q/DQ models, the LiteRT interpreter for ``.tflite``; the
-``hls`` project carries its own vectors in ``tb/testbench.c`` and ``make csim`` checks them bit for bit.
-``.npy`` files are byte-deterministic (``np.savez`` would stamp the time into its zip).
+Pairwise, an output's difference is counted in LSBs of the coarsest scale any target quantizes that
+output with (``max_lsb``: one unit for every pair); where no target quantizes it, only the absolute
+difference is given. All
+comparisons use the samples every runtime ran: the hls testbench runs its ``tb_vectors`` (the first
+held-out samples), so with hls in the set the comparison is on those.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-import re
-import shutil
-import subprocess
-import tempfile
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
-from dsqc.metrics import sqnr_db
-
-log = logging.getLogger(__name__)
-
-CHECK_DIR = "check"
-MAX_SAMPLES = 8
-MAX_INPUT_BYTES = 1 << 20  # the vectors stay small: fewer samples for large inputs (at least one)
-ARTIFACT_SUFFIXES = {"onnx": (".int8.onnx", ".fp32.onnx"), "trt": (".trt.onnx",),
-                     "tflite": (".int8.tflite", ".fp32.tflite")}
-_CSIM = re.compile(r"dsqc csim: (\d+) vectors, (\d+) mismatching values")
-Feeds = dict[str, np.ndarray]
+from dsqc.backends.registry import Feeds, WrittenBuild, get_backend
+from dsqc.metrics import sqnr_db, top1_agreement
+from dsqc.verify import run_batches, session
 
 
 @dataclass
 class Agreement:
-    """One re-run: the artifact, the runtime, per-output max |diff| against the recorded run."""
+    samples: int
+    vs_fp32: dict[str, dict[str, Any]] = field(default_factory=dict)  # target → per-output metrics
+    pairwise: list[dict[str, Any]] = field(default_factory=list)
+    not_run: dict[str, str] = field(default_factory=dict)  # target → why its artifact did not run here
 
-    artifact: str
-    runtime: str
-    ok: bool
-    detail: str
-    outputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "vs_fp32": self.vs_fp32, "pairwise": self.pairwise,
+                "not_run": self.not_run}
 
-
-def pick_artifact(target: str, artifacts: list[str]) -> str | None:
-    """The file the runtime runs: the first artifact with the target's suffix."""
-    for suffix in ARTIFACT_SUFFIXES.get(target, ()):
-        for name in artifacts:
-            if name.endswith(suffix):
-                return name
-    return None
-
-
-def first_samples(batches: list[Feeds]) -> Feeds:
-    """Up to ``MAX_SAMPLES`` held-out samples, fewer when their inputs exceed ``MAX_INPUT_BYTES``."""
-    names = list(batches[0])
-    feeds = {n: np.concatenate([b[n] for b in batches]) for n in names}
-    per_sample = sum(a[:1].nbytes for a in feeds.values())
-    count = max(1, min(MAX_SAMPLES, MAX_INPUT_BYTES // max(per_sample, 1), len(feeds[names[0]])))
-    return {n: np.ascontiguousarray(a[:count]) for n, a in feeds.items()}
+    def lines(self) -> list[str]:
+        """The terminal table: each target vs FP32, then every pair."""
+        out = [f"agreement on {self.samples} held-out samples (each artifact in its own runtime):"]
+        for target, m in self.vs_fp32.items():
+            top1 = f", top-1 {m['top1_agreement']:.1%}" if "top1_agreement" in m else ""
+            out.append(f"  {target:<8} vs fp32: min SQNR {m['min_sqnr_db']:.2f} dB{top1}  ({m['runtime']})")
+        for pair in self.pairwise:
+            lsb = f"max {pair['max_lsb']} LSB" if pair["max_lsb"] is not None else \
+                f"max |diff| {pair['max_abs_diff']:.4g}"
+            top1 = f", top-1 agreement {pair['top1_agreement']:.1%}" if "top1_agreement" in pair else ""
+            out.append(f"  {pair['a']:<8} vs {pair['b']:<8}: {lsb}{top1}")
+        out += [f"  {t}: not run here — {why}" for t, why in self.not_run.items()]
+        return out
 
 
-def run_artifact(path: Path, target: str, feeds: Feeds, input_names: list[str]) -> dict[str, np.ndarray]:
-    """Outputs of the artifact in its runtime (float, ONNX layout where the runtime keeps it)."""
-    if path.suffix == ".tflite":
-        return _run_litert(path, [feeds[n] for n in input_names])
-    return run_ort(str(path), feeds)
+def agree(fp32: onnx.ModelProto, builds: dict[str, WrittenBuild], feeds: list[Feeds]) -> Agreement:
+    """Run every build's artifact on ``feeds`` and compare (see the module docstring)."""
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    not_run: dict[str, str] = {}
+    for target, written in builds.items():
+        got = get_backend(target).run_artifact(written, feeds)
+        if got is None:
+            not_run[target] = f"the {target} runtime is not installed"
+        else:
+            outputs[target] = got
+    if not outputs:
+        return Agreement(0, not_run=not_run)
+    reference = run_batches(session(fp32), feeds)
+    n = min(len(v) for got in outputs.values() for v in got.values())
+    n = min(n, *(len(v) for v in reference.values()))
+    result = Agreement(n, not_run=not_run)
+    for target, got in outputs.items():
+        result.vs_fp32[target] = _compare(reference, got, n) | {
+            "runtime": get_backend(target).runtime_name}
+    lsb = {name: _coarsest_scale(builds.values(), name) for name in reference}
+    for a, b in itertools.combinations(outputs, 2):
+        result.pairwise.append({"a": a, "b": b, **_pair(outputs[a], outputs[b], n, lsb)})
+    return result
 
 
-def run_ort(model: str | bytes, feeds: Feeds) -> dict[str, np.ndarray]:
-    """ONNX Runtime (CPU, 1 thread, default optimizations) in the model's own batch size."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else len(next(iter(feeds.values())))
-    total = len(next(iter(feeds.values())))
-    try:
-        parts = [session.run(names, {k: v[i:i + step] for k, v in feeds.items()})
-                 for i in range(0, total - total % step, step)]
-    except Exception:
-        if step == 1:
-            raise
-        step = 1
-        parts = [session.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(total)]
-    return {n: np.concatenate([np.asarray(p[k], np.float32) for p in parts]) for k, n in enumerate(names)}
+def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    per_output = {name: round(sqnr_db(ref[:n], got[name][:n].reshape(ref[:n].shape)), 3)
+                  for name, ref in reference.items()}
+    entry: dict[str, Any] = {"sqnr_db": per_output, "min_sqnr_db": min(per_output.values())}
+    first = next(iter(reference))
+    if _is_scores(reference[first]):
+        entry["top1_agreement"] = top1_agreement(reference[first][:n], got[first][:n].reshape(
+            reference[first][:n].shape))
+    return entry
 
 
-def _run_litert(path: Path, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
-    lite = importlib.import_module("ai_edge_litert.interpreter")
-    it = lite.Interpreter(model_path=str(path), num_threads=1)
-    it.allocate_tensors()
-    ins, outs = it.get_input_details(), it.get_output_details()
-    step = int(ins[0]["shape"][0]) or 1
-    total = len(inputs[0])
-    results: list[list[np.ndarray]] = [[] for _ in outs]
-    for i in range(0, total - total % step, step):
-        for detail, x in zip(ins, inputs, strict=True):
-            it.set_tensor(detail["index"], _litert_input(detail, x[i:i + step]))
-        it.invoke()
-        for k, detail in enumerate(outs):
-            y = np.array(it.get_tensor(detail["index"]))
-            if detail["dtype"] == np.int8:
-                scale, zero = detail["quantization"]
-                y = (y.astype(np.float32) - zero) * np.float32(scale)
-            results[k].append(np.asarray(y, np.float32))
-    return {d["name"]: np.concatenate(r) for d, r in zip(outs, results, strict=True)}
+def _pair(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n: int,
+          lsb: dict[str, float | None]) -> dict[str, Any]:
+    worst_lsb: int | None = None
+    worst_abs = 0.0
+    for name, scale in lsb.items():
+        diff = np.abs(a[name][:n].astype(np.float64) - b[name][:n].reshape(a[name][:n].shape))
+        worst_abs = max(worst_abs, float(diff.max(initial=0.0)))
+        if scale is not None:
+            worst_lsb = max(worst_lsb or 0, int(np.rint(diff / scale).max(initial=0)))
+    entry: dict[str, Any] = {"max_lsb": worst_lsb, "max_abs_diff": worst_abs}
+    first = next(iter(lsb))
+    if _is_scores(a[first]):
+        entry["top1_agreement"] = top1_agreement(a[first][:n], b[first][:n].reshape(a[first][:n].shape))
+    return entry
 
 
-def _litert_input(detail: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    shape = tuple(int(d) for d in detail["shape"])
-    if x.shape != shape and x.ndim == 4 and x.transpose(0, 2, 3, 1).shape == shape:
-        x = x.transpose(0, 2, 3, 1)  # -B input_layout=nhwc
-    if detail["dtype"] == np.int8:
-        scale, zero = detail["quantization"]
-        x = np.clip(np.rint(x / scale) + zero, -128, 127)
-    return np.ascontiguousarray(x, dtype=detail["dtype"])
+def _coarsest_scale(builds: Iterable[WrittenBuild], output: str) -> float | None:
+    known = [s for s in (_output_scale(w, output) for w in builds) if s is not None]
+    return max(known) if known else None
 
 
-def record(folder: Path, target: str, artifacts: list[str], eval_feeds: list[Feeds],
-           fp32_outputs: Any) -> dict[str, Any] | None:
-    """Write ``check/`` into the staged bundle and return the manifest's ``agreement`` section.
-
-    ``fp32_outputs(feeds)`` runs the FP32 model (ORT) on the chosen samples.
-    """
-    if target == "hls":
-        return {"runtime": "make csim (gcc)", "artifact": "hls/tb/testbench.c",
-                "how": "the testbench compares the C against dsqc's integer reference vectors bit for bit"}
-    artifact = pick_artifact(target, artifacts)
-    if artifact is None or not eval_feeds:
+def _output_scale(build: WrittenBuild, output: str) -> float | None:
+    spec = build.plan.tensors.get(output) if build.plan is not None else None
+    if spec is None or spec.scale.size != 1:
         return None
-    feeds = first_samples(eval_feeds)
-    names = list(feeds)
-    got = run_artifact(folder / artifact, target, feeds, names)
-    reference = fp32_outputs(feeds)
-    if any(a.dtype.hasobject for a in (*feeds.values(), *got.values())):
-        return {"artifact": artifact, "runtime": _runtime_name(artifact),
-                "skipped": "string tensors: no vectors recorded (.npy would need pickle)"}
-    check = folder / CHECK_DIR
-    check.mkdir()
-    section: dict[str, Any] = {"artifact": artifact, "runtime": _runtime_name(artifact),
-                               "samples": len(feeds[names[0]]), "inputs": [], "outputs": []}
-    for k, name in enumerate(names):
-        np.save(check / f"input_{k}.npy", feeds[name], allow_pickle=False)
-        section["inputs"].append({"name": name, "file": f"{CHECK_DIR}/input_{k}.npy"})
-    for k, (name, value) in enumerate(got.items()):
-        np.save(check / f"output_{k}.npy", value, allow_pickle=False)
-        entry = {"name": name, "file": f"{CHECK_DIR}/output_{k}.npy"}
-        fp32 = reference.get(name)
-        if fp32 is None and len(reference) == len(got):
-            fp32 = list(reference.values())[k]  # LiteRT names its outputs its own way: same order
-        if fp32 is not None and fp32.shape == value.shape:
-            np.save(check / f"fp32_{k}.npy", fp32, allow_pickle=False)
-            entry["fp32_file"] = f"{CHECK_DIR}/fp32_{k}.npy"
-        section["outputs"].append(entry)
-    return section
+    return float(spec.scale.reshape(-1)[0])
 
 
-def _runtime_name(artifact: str) -> str:
-    return "LiteRT interpreter" if artifact.endswith(".tflite") else "ONNX Runtime (CPU, 1 thread)"
-
-
-def rerun(folder: Path, target: str, section: dict[str, Any]) -> Agreement:
-    """Run the bundle's artifact again on its recorded inputs; agreement within one output LSB (1 % of the
-    output's range) — bit-exact is expected on the same machine, ±1 LSB across CPUs."""
-    if target == "hls":
-        return _rerun_csim(folder)
-    artifact = section["artifact"]
-    if "skipped" in section:
-        return Agreement(artifact, section["runtime"], True, f"not re-run: {section['skipped']}")
-    inputs = {e["name"]: np.load(folder / e["file"], allow_pickle=False) for e in section["inputs"]}
-    try:
-        got = run_artifact(folder / artifact, target, inputs, [e["name"] for e in section["inputs"]])
-    except ImportError as exc:
-        return Agreement(artifact, section["runtime"], True, f"not re-run: {exc.name} is not installed here")
-    ok, rows, worst = True, {}, ""
-    for k, entry in enumerate(section["outputs"]):
-        want = np.load(folder / entry["file"], allow_pickle=False)
-        have = got.get(entry["name"], list(got.values())[k] if len(got) > k else None)
-        if have is None or have.shape != want.shape:
-            why = f"output {entry['name']!r} missing or reshaped"
-            return Agreement(artifact, section["runtime"], False, why)
-        diff = float(np.max(np.abs(have - want))) if want.size else 0.0
-        span = float(np.max(want) - np.min(want)) if want.size else 0.0
-        row = {"max_abs_diff": diff, "tolerance": span / 100}
-        if "fp32_file" in entry:
-            row["sqnr_db_vs_fp32"] = float(sqnr_db(np.load(folder / entry["fp32_file"]), have))
-        rows[entry["name"]] = row
-        if diff > row["tolerance"]:
-            ok, worst = False, f"output {entry['name']!r} differs by {diff:.4g} (> {row['tolerance']:.4g})"
-    detail = worst or ("bit-exact" if all(r["max_abs_diff"] == 0 for r in rows.values()) else "within 1 LSB")
-    return Agreement(artifact, section["runtime"], ok, detail, rows)
-
-
-def _rerun_csim(folder: Path) -> Agreement:
-    project = folder / "hls"
-    if not all(shutil.which(tool) for tool in ("gcc", "make")):
-        return Agreement("hls/", "make csim", True, "not re-run: gcc/make not found here")
-    with tempfile.TemporaryDirectory(prefix="dsqc-verify-") as tmp:
-        work = Path(tmp) / "hls"
-        shutil.copytree(project, work)
-        proc = subprocess.run(["make", "-s", "csim"], cwd=work, capture_output=True, text=True,
-                              timeout=900, check=False)
-    text = proc.stdout + proc.stderr
-    found = _CSIM.search(text)
-    if proc.returncode != 0 or not found or found.group(2) != "0":
-        return Agreement("hls/tb/testbench.c", "make csim", False,
-                         f"make csim failed (exit {proc.returncode}): {text.strip()[-200:]!r}")
-    return Agreement("hls/tb/testbench.c", "make csim", True,
-                     f"{found.group(1)} vectors, 0 mismatching values (bit-exact)")
+def _is_scores(x: np.ndarray) -> bool:
+    return x.ndim == 2 and x.shape[1] > 1

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from dsqc.calibration.data import SampleSet
-from dsqc.driver import agreement
+from dsqc.driver import check_vectors
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.histograms import activation_histograms
 from dsqc.driver.html.report import render_report
@@ -46,10 +46,10 @@ def record(staging: Path, request: BuildRequest, result: BuildResult, fp32: onnx
         result.metrics["histograms"] = activation_histograms(source, result.plan, calib, request.calib_batch,
                                                              ranked or None)
     names = [str(a) for a in result.artifacts]
-    section = agreement.record(staging, result.target, names, eval_feeds,
+    section = check_vectors.record(staging, result.target, names, eval_feeds,
                                lambda feeds: _run_fp32(fp32, feeds))
     if section is not None:
-        result.metrics["agreement"] = section
+        result.metrics["check_vectors"] = section
         recorded = (*section.get("inputs", []), *section.get("outputs", []))
         result.artifacts += [Path(e["file"]) for e in recorded]
         result.artifacts += [Path(e["fp32_file"]) for e in section.get("outputs", []) if "fp32_file" in e]
@@ -84,4 +84,4 @@ def seal(staging: Path, request: BuildRequest, result: BuildResult, calibration:
 
 def _run_fp32(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     wanted = {i.name for i in model.graph.input}
-    return agreement.run_ort(model.SerializeToString(), {k: v for k, v in feeds.items() if k in wanted})
+    return check_vectors.run_ort(model.SerializeToString(), {k: v for k, v in feeds.items() if k in wanted})

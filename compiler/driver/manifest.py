@@ -23,6 +23,7 @@ from dsqc.errors import DsqcError
 MANIFEST_NAME = "manifest.json"
 BUILD_INFO_NAME = "build_info.json"
 BUNDLE_FORMAT = "dsqc-bundle/1"
+TARGETS_INDEX = "targets.json"  # a multi-target build: one bundle per target below it
 UNHASHED = (MANIFEST_NAME, BUILD_INFO_NAME)  # every other file of a bundle is listed with its hash
 VOLATILE_METRICS = ("passes_ms", "lower_write_s")  # wall times: build_info.json, not the manifest
 _RUNTIMES = {"onnx": "onnx", "onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert",
@@ -190,8 +191,23 @@ def is_bundle(folder: Path) -> bool:
         return True
     except NotABundleError:
         pass
+    if target_folders(folder):
+        return True
     try:
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(report, dict) and "dsqc_version" in report and "target" in report
+
+
+def target_folders(folder: Path) -> list[Path]:
+    """The per-target bundles of a multi-target build folder (``targets.json``); [] for anything else."""
+    try:
+        index = json.loads((folder / TARGETS_INDEX).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    targets = index.get("targets") if isinstance(index, dict) else None
+    if not isinstance(targets, dict):
+        return []
+    return [folder / str(entry.get("folder", name)) for name, entry in sorted(targets.items())
+            if isinstance(entry, dict)]

@@ -6,8 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsqc.driver.agreement import Agreement, rerun
-from dsqc.driver.manifest import UNHASHED, body_sha256, read_manifest, sha256_file
+from dsqc.driver.check_vectors import Agreement, rerun
+from dsqc.driver.manifest import (
+    MANIFEST_NAME,
+    UNHASHED,
+    body_sha256,
+    read_manifest,
+    sha256_file,
+    target_folders,
+)
 
 DERIVED = ("debug.json",)  # what `dsqc debug OUT` writes into a finished bundle by default
 
@@ -24,6 +31,12 @@ class BundleCheck:
     @property
     def ok(self) -> bool:
         return not self.problems and (self.agreement is None or self.agreement.ok)
+
+
+def verify_folder(folder: Path) -> list[BundleCheck]:
+    """A bundle, or every target bundle of a multi-target build folder (``targets.json``)."""
+    subs = [] if (folder / MANIFEST_NAME).is_file() else target_folders(folder)
+    return [verify_bundle(sub) for sub in subs] if subs else [verify_bundle(folder)]
 
 
 def verify_bundle(folder: Path) -> BundleCheck:
@@ -46,7 +59,7 @@ def verify_bundle(folder: Path) -> BundleCheck:
             check.notes.append(f"{rel}: written by a later dsqc command, not part of the build (not hashed)")
         elif rel not in listed and rel not in UNHASHED:
             check.problems.append(f"{rel}: not in the manifest (added after the build)")
-    section = (manifest.get("metrics") or {}).get("agreement")
+    section = (manifest.get("metrics") or {}).get("check_vectors")
     if section and not check.problems:  # re-run only what the hashes vouch for
         check.agreement = rerun(folder, check.target, section)
     return check
