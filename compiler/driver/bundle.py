@@ -32,7 +32,7 @@ from dsqc.driver.manifest import (
 )
 
 HTML_NAME = "report.html"
-__all__ = ["HTML_NAME", "MANIFEST_NAME", "calibration_provenance", "record", "seal"]
+__all__ = ["HTML_NAME", "MANIFEST_NAME", "calibration_provenance", "record", "seal", "write_index_html"]
 
 
 def record(staging: Path, request: BuildRequest, result: BuildResult, fp32: onnx.ModelProto,
@@ -85,3 +85,14 @@ def seal(staging: Path, request: BuildRequest, result: BuildResult, calibration:
 def _run_fp32(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     wanted = {i.name for i in model.graph.input}
     return check_vectors.run_ort(model.SerializeToString(), {k: v for k, v in feeds.items() if k in wanted})
+
+
+def write_index_html(folder: Path, targets: list[str], agreement: dict[str, Any] | None) -> None:
+    """``OUT/report.html`` of a multi-target build: every target's report side by side, the agreement,
+    and the files of every target bundle (each checked by ``dsqc verify OUT``)."""
+    reports = [json.loads((folder / t / "report.json").read_text(encoding="utf-8")) for t in targets]
+    manifests = [json.loads((folder / t / MANIFEST_NAME).read_text(encoding="utf-8")) for t in targets]
+    merged = dict(manifests[0])
+    merged["files"] = {f"{t}/{name}": entry for t, m in zip(targets, manifests, strict=True)
+                       for name, entry in m["files"].items()}
+    (folder / HTML_NAME).write_text(render_report(reports, merged, agreement), encoding="utf-8")

@@ -23,6 +23,7 @@ from typing import Any
 from dsqc.backends.registry import WrittenBuild, get_backend
 from dsqc.driver.agreement import Agreement, agree
 from dsqc.driver.build_types import BuildRequest, BuildResult
+from dsqc.driver.bundle import write_index_html
 from dsqc.driver.bundle_output import staged_bundle
 from dsqc.driver.param_map import param_rows, write_params_csv
 from dsqc.driver.pipeline import build
@@ -113,6 +114,7 @@ def build_targets(request: BuildRequest, targets: list[str]) -> MultiResult:
             (staging / AGREEMENT_NAME).write_text(json.dumps(agreement.to_dict(), indent=2) + "\n")
         result = MultiResult(request.out_dir, results, agreement, time.perf_counter() - start, shared.hits)
         (staging / INDEX_NAME).write_text(json.dumps(_index(result), indent=2) + "\n")
+        write_index_html(staging, targets, agreement.to_dict() if agreement else None)
     return result
 
 

@@ -229,3 +229,20 @@ def test_hls_bundle_verifies_with_its_testbench(tmp_path: Path, conv_bn_path: Pa
     (out / "manifest.json").write_text(canonical(manifest))
     assert main(["verify", str(out)]) == 1
     assert "make csim: MISMATCH" in capsys.readouterr().out
+
+
+def test_multi_target_folder_has_one_page_and_verifies_per_target(tmp_path: Path, conv_bn_path: Path,
+                                                                  conv_bn_npz: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert _build(conv_bn_path, conv_bn_npz, out, "onnx,tflite") == 0
+    html = (out / "report.html").read_text()
+    assert 'id="agreement"' in html and "onnx vs tflite" in html and "<h3>tflite</h3>" in html
+    assert "tflite/conv_bn.int8.tflite" in html  # every target bundle's files, with their hashes
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0
+    assert capsys.readouterr().out.count("dsqc: bundle OK") == 2
+    tflite = out / "tflite" / "conv_bn.int8.tflite"
+    tflite.write_bytes(tflite.read_bytes() + b"\0")
+    assert main(["verify", str(out)]) == 1
+    assert "MISMATCH conv_bn.int8.tflite: sha256 mismatch" in capsys.readouterr().out

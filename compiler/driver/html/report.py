@@ -19,8 +19,10 @@ _SECTIONS = (("summary", "Summary"), ("accuracy", "Accuracy"), ("precision", "Pr
              ("files", "Files"))
 
 
-def render_report(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
-    """The page for one bundle; ``reports`` holds one ``report.json`` body per target."""
+def render_report(reports: list[dict[str, Any]], manifest: dict[str, Any],
+                  agreement: dict[str, Any] | None = None) -> str:
+    """The page for one bundle; ``reports`` holds one ``report.json`` body per target, ``agreement`` the
+    cross-target comparison of a multi-target build."""
     model = (manifest.get("model") or {}).get("path", "model")
     targets = ", ".join(str(r.get("target")) for r in reports)
     versions = manifest.get("versions") or {}
@@ -36,7 +38,12 @@ def render_report(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> st
         "run": "".join(f"<h3>{s.esc(r.get('target'))}</h3>{howto_html(r)}" for r in reports),
         "files": _files(manifest),
     }
-    parts = [f'<section id="{key}"><h2>{title}</h2>{body[key]}</section>' for key, title in _SECTIONS]
+    sections = list(_SECTIONS)
+    if agreement:
+        body["agreement"] = s.cross_target(agreement)
+        sections.insert(2, ("agreement", "Cross-target agreement"))
+        nav = "".join(f'<a href="#{key}">{title}</a>' for key, title in sections)
+    parts = [f'<section id="{key}"><h2>{title}</h2>{body[key]}</section>' for key, title in sections]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'

@@ -305,3 +305,20 @@ def fixed_point(scale: np.ndarray) -> str:
     multiplier = round(m * (1 << 31))
     largest = " for the largest" if values.size > 1 else ""
     return f"{multiplier}·2^-{31 - e} (Q31 multiplier, shift {31 - e}){largest}"
+
+
+def cross_target(agreement: dict[str, Any]) -> str:
+    """The multi-target agreement: each artifact in its own runtime vs FP32, then every pair in LSBs."""
+    rows = [[td(t), td(m.get("runtime")), td(num(m.get("min_sqnr_db")), "num"),
+             td(f"{m['top1_agreement'] * 100:.2f} %" if "top1_agreement" in m else "–", "num")]
+            for t, m in (agreement.get("vs_fp32") or {}).items()]
+    pairs = [[td(f"{p['a']} vs {p['b']}"), td("–" if p.get("max_lsb") is None else str(p["max_lsb"]), "num"),
+              td(num(p.get("max_abs_diff")), "num"),
+              td(f"{p['top1_agreement'] * 100:.2f} %" if "top1_agreement" in p else "–", "num")]
+             for p in agreement.get("pairwise") or []]
+    missing = "".join(f"<li>{esc(t)}: not run here — {esc(why)}</li>"
+                      for t, why in (agreement.get("not_run") or {}).items())
+    return (f"<p>The same {esc(agreement.get('samples'))} held-out samples through every artifact.</p>"
+            + table(["target", "runtime", "min SQNR vs FP32 (dB)", "top-1 vs FP32"], rows)
+            + table(["pair", "max diff (LSB)", "max |diff|", "top-1 agreement"], pairs)
+            + (f"<ul>{missing}</ul>" if missing else ""))
