@@ -36,7 +36,7 @@ def test_several_targets_render_side_by_side_and_escaped() -> None:
     assert accuracy.count("&lt;img src=x onerror=alert(1)&gt;") == 2
     assert re.search(r"<td>onnx</td>.*30</td>.*<td>tflite</td>.*25</td>", accuracy)
     precision = html.split('id="precision"', 1)[1].split("</section>", 1)[0]
-    assert "<h3>onnx</h3>" in precision and "<h3>tflite</h3>" in precision
+    assert "<th>node</th><th>onnx</th><th>tflite</th>" in precision  # one row per node, a column per target
     assert "because &lt;img" in precision
 
 

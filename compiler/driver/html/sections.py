@@ -167,8 +167,33 @@ def target_checks(reports: list[dict[str, Any]]) -> str:
     return "<h3>Target checks</h3>" + table(["target", "check", "result", "measured"], rows) if rows else ""
 
 
+def _decisions(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Node → {precision, reason}: the plan's, with the lowering's float nodes over it."""
+    nodes = dict((report.get("plan") or {}).get("nodes") or {})
+    nodes.update((report.get("metrics") or {}).get("float_nodes") or {})
+    return nodes
+
+
+def precision_side_by_side(reports: list[dict[str, Any]]) -> str:
+    """Several targets: one row per node, one column per target (precision and why)."""
+    per = {str(r.get("target")): _decisions(r) for r in reports}
+    names = sorted({n for d in per.values() for n in d})
+    rows = []
+    for name in names:
+        row = [td(name, "name")]
+        for decisions in per.values():
+            d = decisions.get(name) or {}
+            precision = str(d.get("precision", "–"))
+            why = f"<span class='muted'>{esc(d.get('reason', ''))}</span>"
+            row.append(td(f"{badge(precision, f'p-{precision}')} {why}", "raw"))
+        rows.append(row)
+    return f"<details open><summary>{len(names)} nodes</summary>{table(['node', *per], rows)}</details>"
+
+
 def precision_map(reports: list[dict[str, Any]]) -> str:
     """Node → precision and the planner's reason; float nodes of the lowering added."""
+    if len(reports) > 1:
+        return precision_side_by_side(reports)
     out: list[str] = []
     for r in reports:
         plan = r.get("plan") or {}
