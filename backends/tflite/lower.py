@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from dsqc.errors import UnsupportedError
 from dsqc.ir import constant_value, default_opset
+from dsqc.op_kinds import QDQ_OPS
 
 from . import rules_conv, rules_mask, rules_shape  # noqa: F401  (register rules)
 from .graph import NUMPY_DTYPES, Graph, QParams
@@ -74,7 +75,7 @@ class Lowerer:
         self.opts = opts or LowerOptions()
         self.onnx = _fold_shapes(gs.import_onnx(_static_shapes(model, self.opts.batch)))
         self.opset = default_opset(model)
-        self.quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+        self.quantized = any(n.op_type in QDQ_OPS for n in model.graph.node)
         self.g = Graph()
         self.values: dict[str, Value] = {}
         self.qconst: dict[str, tuple[np.ndarray, QParams]] = {}

@@ -23,7 +23,6 @@ from dsqc.ir import constant_value
 
 log = logging.getLogger(__name__)
 
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
 _INT8 = (-128, 127)
 
 
