@@ -19,7 +19,7 @@ MatMul          [..., K, N]            rank - 1       rank - 2            -1
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -36,7 +36,7 @@ BIASED_OPS = ("Conv", "ConvTranspose", "Gemm")
 WEIGHT_INPUT = dict.fromkeys(COMPUTE_OPS, 1)
 BIAS_INPUT = dict.fromkeys(BIASED_OPS, 2)
 
-Node = gs.Node | onnx.NodeProto
+Node: TypeAlias = gs.Node | onnx.NodeProto
 
 
 def op_type(node: Node) -> str:

@@ -25,7 +25,7 @@ from .rules_common import (
 from .schema import options
 
 if TYPE_CHECKING:
-    from .lower import Lowerer, Target
+    from .lowerer import Lowerer, Target
 
 FIXED = {"SOFTMAX": QParams.of(1 / 256, -128), "LOGISTIC": QParams.of(1 / 256, -128),
          "TANH": QParams.of(1 / 128, 0)}

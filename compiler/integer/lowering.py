@@ -8,9 +8,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.errors import UnsupportedError
+from dsqc.integer.context import Lowering
 from dsqc.integer.fixedpoint import common_multipliers, quantize_multiplier
 from dsqc.integer.ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Requant, TensorInfo
-from dsqc.integer.program import Lowering
 from dsqc.op_kinds import weight_output_axis
 
 _ACC_LIMIT = 2**31 - 1
