@@ -51,40 +51,32 @@ def attr(node: Node, name: str, default: Any = 0) -> Any:
     return node.attrs.get(name, default)
 
 
-def _trans_b(node: Node) -> bool:
-    return op_type(node) == "Gemm" and bool(int(attr(node, "transB", 0)))
+def _weight_axes(node: Node, rank: int) -> tuple[int, int]:
+    """(output axis, reduction axis) of a compute op's weight; see the table in the module doc."""
+    op = op_type(node)
+    if op == "Conv":
+        return 0, 1
+    if op == "ConvTranspose":
+        return 1, 0
+    if op == "Gemm":
+        return (0, 1) if int(attr(node, "transB", 0)) else (1, 0)
+    if op == "MatMul":
+        return rank - 1, rank - 2
+    raise ValueError(f"{op} has no weight")
 
 
 def weight_output_axis(node: Node, rank: int = 2) -> int:
     """Axis of the weight (input 1) of a compute op that indexes output channels: Conv 0,
     ConvTranspose 1 (within each group), Gemm 0 with transB else 1, MatMul ``rank - 1``.
     The per-channel quantization axis of the weight."""
-    op = op_type(node)
-    if op == "Conv":
-        return 0
-    if op == "ConvTranspose":
-        return 1
-    if op == "Gemm":
-        return 0 if _trans_b(node) else 1
-    if op == "MatMul":
-        return rank - 1
-    raise ValueError(f"{op} has no weight")
+    return _weight_axes(node, rank)[0]
 
 
 def weight_reduction_axis(node: Node, rank: int = 2) -> int:
     """Axis of the weight (input 1) that runs along the input channels (K) the op sums over:
     Conv 1, ConvTranspose 0 (Convs also sum over the kernel axes 2...), Gemm 1 with transB else 0,
     MatMul ``rank - 2``. The axis int4 blocks run along."""
-    op = op_type(node)
-    if op == "Conv":
-        return 1
-    if op == "ConvTranspose":
-        return 0
-    if op == "Gemm":
-        return 1 if _trans_b(node) else 0
-    if op == "MatMul":
-        return rank - 2
-    raise ValueError(f"{op} has no weight")
+    return _weight_axes(node, rank)[1]
 
 
 def output_channels(node: Node, weight_shape: Sequence[int]) -> int:
