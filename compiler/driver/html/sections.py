@@ -63,7 +63,7 @@ def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
         for name, m in (ver.get("outputs") or {}).items():
             sqnr = _float(m.get("sqnr_db"))
             level = "pass" if sqnr >= floor else "fail"
-            rows.append(_gate(target, f"output {name}: SQNR ≥ {floor:g} dB", level,
+            rows.append(_gate(target, f"SQNR of output '{name}' ≥ {floor:g} dB", level,
                               f"{num(sqnr)} dB, cosine {num(m.get('cosine'), 5)}"))
         given = metrics.get("gates") or {}
         if given.get("min_sqnr") is not None:
@@ -187,7 +187,8 @@ def precision_side_by_side(reports: list[dict[str, Any]]) -> str:
             why = f"<span class='muted'>{esc(d.get('reason', ''))}</span>"
             row.append(td(f"{badge(precision, f'p-{precision}')} {why}", "raw"))
         rows.append(row)
-    return f"<details open><summary>{len(names)} nodes</summary>{table(['node', *per], rows)}</details>"
+    opened = " open" if len(names) <= 40 else ""
+    return f"<details{opened}><summary>{len(names)} nodes</summary>{table(['node', *per], rows)}</details>"
 
 
 def precision_map(reports: list[dict[str, Any]]) -> str:
@@ -212,7 +213,8 @@ def precision_map(reports: list[dict[str, Any]]) -> str:
             out.append("<p>No plan: the artifact is the FP32 model.</p>")
             continue
         out.append(precision_bar_svg(counts))
-        out.append("<details open><summary>" + f"{len(rows)} nodes</summary>"
+        opened = " open" if len(rows) <= 40 else ""
+        out.append(f"<details{opened}><summary>{len(rows)} nodes</summary>"
                    + table(["node", "precision", "why"], rows) + "</details>")
     return "".join(out)
 
