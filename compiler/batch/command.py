@@ -18,7 +18,8 @@ def add_batch_parser(sub: argparse._SubParsersAction, add_verbosity: Any) -> Non
     p.add_argument("manifest", type=Path, help="fleet TOML (schema: README, dsqc/batch/manifest.py)")
     p.add_argument("-o", "--out", type=Path, help="output folder (default: the manifest's out)")
     run = p.add_mutually_exclusive_group()
-    run.add_argument("-j", "--jobs", type=int, default=1, help="items built at once on this machine (default 1)")
+    run.add_argument("-j", "--jobs", type=int, default=1,
+                     help="items built at once on this machine (default 1)")
     run.add_argument("--ray", metavar="auto|ADDRESS|local",
                      help="run the items as Ray tasks: auto = the running cluster (ray start), ADDRESS = "
                           "ray://host:10001 or host:6379, local = start a Ray on this machine")

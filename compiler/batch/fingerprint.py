@@ -54,7 +54,8 @@ def data_digest(spec: str, cache: dict[Path, str]) -> str:
         return f"spec:{spec}"
     if path.is_file():
         return f"file:{file_digest(path, cache)}"
-    listing = [(str(p.relative_to(path)), file_digest(p, cache)) for p in sorted(path.rglob("*")) if p.is_file()]
+    files = [p for p in sorted(path.rglob("*")) if p.is_file()]
+    listing = [(str(p.relative_to(path)), file_digest(p, cache)) for p in files]
     return "folder:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 

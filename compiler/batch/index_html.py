@@ -28,7 +28,8 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-def write_index(path: Path, records: list[dict[str, Any]], manifest: str, executor: str, seconds: float) -> None:
+def write_index(path: Path, records: list[dict[str, Any]], manifest: str, executor: str,
+                seconds: float) -> None:
     """Write the page atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(render_index(records, manifest, executor, seconds), encoding="utf-8")
@@ -61,7 +62,8 @@ def _status(record: dict[str, Any]) -> tuple[str, str]:
         if record.get("cached"):
             return "ok (reused)", "cached"
         return ("ok", "ok") if verdict in (None, "ok") else (f"ok, {verdict}", "warn")
-    return {"memory": "OUT OF MEMORY", "timeout": "TIMEOUT", "crashed": "CRASHED"}.get(status, "FAILED"), "bad"
+    labels = {"memory": "OUT OF MEMORY", "timeout": "TIMEOUT", "crashed": "CRASHED"}
+    return labels.get(status, "FAILED"), "bad"
 
 
 def _link(record: dict[str, Any], text: str) -> str:

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import glob
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from dsqc.errors import DsqcError
 
@@ -103,7 +104,7 @@ class Item:
 
     def argv(self, out_dir: Path, model: Path | None = None, recipe: Path | None = None,
              calib: str | None = None) -> list[str]:
-        """``dsqc build`` arguments; ``model``/``recipe``/``calib`` replace the paths (a Ray worker's copies)."""
+        """``dsqc build`` arguments; ``model``/``recipe``/``calib`` replace the paths (a worker's copies)."""
         args = ["build", str(model or self.model), "--target", self.target, "-o", str(out_dir),
                 "--calib", calib or self.calib.spec]
         if self.recipe is not None:
@@ -201,7 +202,8 @@ def _expand(entry: dict[str, Any], key: str, root: Path, where: str, targets: li
 def _known(table: dict[str, Any], known: set[str], where: str, prefix: str) -> None:
     for key in table:
         if key not in known:
-            raise ManifestError(f"{where}: {prefix}{key}: unknown key; known keys: {', '.join(sorted(known))}")
+            raise ManifestError(f"{where}: {prefix}{key}: unknown key; known keys: "
+                                f"{', '.join(sorted(known))}")
 
 
 def _string(value: Any, where: str, key: str) -> str:
@@ -213,7 +215,8 @@ def _string(value: Any, where: str, key: str) -> str:
 def _list(value: Any, where: str, key: str) -> list[str]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
-        raise ManifestError(f"{where}: {key}: expected a string or a non-empty list of strings, got {value!r}")
+        raise ManifestError(f"{where}: {key}: expected a string or a non-empty list of strings, "
+                            f"got {value!r}")
     return values
 
 
@@ -242,7 +245,8 @@ def _targets(value: Any, where: str, key: str) -> list[str]:
     targets = _list(value, where, key)
     for target in targets:
         if target not in TARGETS:
-            raise ManifestError(f"{where}: {key}: unknown target {target!r}; choose from {', '.join(TARGETS)}")
+            raise ManifestError(f"{where}: {key}: unknown target {target!r}; choose from "
+                                f"{', '.join(TARGETS)}")
     if len(set(targets)) != len(targets):
         raise ManifestError(f"{where}: {key}: a target is listed twice")
     return targets
@@ -301,7 +305,9 @@ def _build(table: Any, root: Path, where: str, key: str) -> dict[str, Any]:
             continue
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ManifestError(f"{where}: {key}.{name}: expected {kind.__name__}, got {value!r}")
-        if name == "options" and not all(isinstance(v, str | int | float | bool) for v in value.values()):
+        scalar = (str, int, float, bool)
+        scalars = isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values())
+        if name == "options" and not scalars:
             raise ManifestError(f"{where}: {key}.options: values must be strings, numbers or booleans")
     table = dict(table)
     if "eval_data" in table:

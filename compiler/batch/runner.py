@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 BATCH_JSON = "batch.json"
 INDEX_HTML = "index.html"
 WORK_DIR = ".work"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Executor(Protocol):
@@ -100,16 +102,23 @@ class RayExecutor:
                 try:
                     yield ray.get(done[0])
                 except Exception as exc:  # the task itself died (worker lost, node gone)
-                    yield Outcome(item.id, "crashed", f"Ray task failed: {type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else ''}", 0.0, 0.0, None)
+                    yield Outcome(item.id, "crashed", f"Ray task failed: {_last_line(exc)}", 0.0, 0.0, None)
         finally:
             for left in pending:
                 ray.cancel(left, force=True)
 
 
-def _ray_task(item: Item, files: dict[str, tuple[str, bytes]]) -> Outcome:
-    """Runs on a Ray worker: ``files`` arrive resolved from their object refs."""
-    return run_item(item, None, Inputs(files))
+def _ray_task(item: Item, refs: dict[str, Any]) -> Outcome:
+    """Runs on a Ray worker: fetch the input files (object refs nested in a dict are not resolved by Ray)
+    and build like the local executor does."""
+    import ray
+
+    return run_item(item, None, Inputs({role: ray.get(ref) for role, ref in refs.items()}))
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [_ANSI.sub("", line).strip() for line in str(exc).splitlines()]
+    return next((line for line in reversed(lines) if line), type(exc).__name__)
 
 
 @dataclass

@@ -13,6 +13,7 @@ the finished build folder comes back as tar bytes, so a Ray worker needs no shar
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -33,8 +34,8 @@ from dsqc.batch.manifest import Item
 POLL_S = 0.05
 GRACE_S = 5.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_OOM_TEXT = re.compile(r"MemoryError|Unable to allocate|bad_alloc|Failed to allocate memory|Cannot allocate memory|out of memory",
-                       re.IGNORECASE)
+_OOM_TEXT = re.compile(r"MemoryError|Unable to allocate|bad_alloc|Failed to allocate memory|"
+                       r"Cannot allocate memory|out of memory", re.IGNORECASE)
 _RUNNING: set[int] = set()  # process groups of running items, for cancel_all()
 _LOCK = threading.Lock()
 
@@ -69,6 +70,9 @@ def run_item(item: Item, scratch: Path | None = None, inputs: Inputs | None = No
         argv = item.argv(out, model=paths.get("model"), recipe=paths.get("recipe"),
                          calib=str(paths["calib"]) if "calib" in paths else None)
         outcome = _supervise(item, [sys.executable, "-m", "dsqc", "-q", *argv], work)
+        originals = {"model": str(item.model), "recipe": str(item.recipe), "calib": item.calib.spec}
+        for role, copy in paths.items():  # name the user's files in messages, not the worker's copies
+            outcome.reason = outcome.reason.replace(str(copy), originals[role])
         if (out / "report.json").is_file():
             outcome.bundle = _pack(out)
         elif outcome.status == "ok":
@@ -174,10 +178,8 @@ def _group_rss(pgid: int) -> int:
 
 
 def _kill(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _pack(folder: Path) -> bytes:
