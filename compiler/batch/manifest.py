@@ -33,6 +33,7 @@ than one calibration set. Any mistake is one ``ManifestError`` line naming the f
 from __future__ import annotations
 
 import glob
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +161,8 @@ def load_fleet(path: Path, out: Path | None = None) -> Fleet:
             raise ManifestError(f"{where}: {seen[item.id]} and {item.model} both make item {item.id!r}; "
                                 "give one of them a distinct name")
         seen[item.id] = str(item.model)
-    out_dir = out if out is not None else root / _string(body.get("out", f"{path.stem}.out"), where, "out")
-    return Fleet(path, Path(out_dir), items)
+    default_out = root / _string(body.get("out", f"{path.stem}.out"), where, "out")
+    return Fleet(path, Path(out if out is not None else default_out).resolve(), items)
 
 
 def _expand(entry: dict[str, Any], key: str, root: Path, where: str, targets: list[str] | None,
@@ -229,7 +230,7 @@ def _name(name: Any, where: str, key: str) -> str:
 
 def _paths(pattern: str, root: Path, where: str, key: str, files_only: bool) -> list[Path]:
     full = Path(pattern).expanduser()
-    full = full if full.is_absolute() else root / full
+    full = Path(os.path.normpath(full if full.is_absolute() else root / full))
     if _GLOB.search(pattern):
         found = sorted(Path(p) for p in glob.glob(str(full)))
         found = [p for p in found if p.is_file()] if files_only else found

@@ -63,7 +63,7 @@ class Inputs:
 
 def run_item(item: Item, scratch: Path | None = None, inputs: Inputs | None = None) -> Outcome:
     """Build ``item`` in a child process under its limits; never raises for a failing build."""
-    work = Path(tempfile.mkdtemp(prefix="dsqc-item-", dir=scratch))
+    work = Path(tempfile.mkdtemp(prefix="dsqc-item-", dir=scratch)).resolve()
     try:
         paths = _materialize(inputs, work / "inputs") if inputs else {}
         out = work / "bundle"

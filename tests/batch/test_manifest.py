@@ -99,3 +99,15 @@ def test_cli_bad_manifest_exits_2_with_one_line(tree: Path, capsys: pytest.Captu
     err = capsys.readouterr().err.strip()
     assert err.startswith("dsqc: error: ") and "models[0].memory: unknown key" in err and "\n" not in err
     assert not (tree / "fleet.out").exists()  # nothing written
+
+
+def test_readme_example_is_a_valid_manifest(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's fleet example parses as documented (and a relative -o becomes absolute)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("### Fleets", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    fleet = load_fleet(_write(tree, example), Path("rel"))
+    monkeypatch.chdir(tree)
+    assert fleet.out.is_absolute()
+    assert {i.folder for i in fleet.items if i.model_name == "a"} == {
+        f"{t}-{r}" for t in ("onnx", "trt", "hls") for r in ("none", "mse", "w8")}
+    assert all(i.limits.memory_mb == 8000 and i.build["options"] == {"isa": "vnni"} for i in fleet.items)
