@@ -27,7 +27,8 @@ def custom_op_model() -> onnx.ModelProto:
         nodes, "custom_op", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 16, 16])],
         [numpy_helper.from_array(weight, "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 def main() -> None:
