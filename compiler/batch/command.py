@@ -47,7 +47,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     def progress(record: dict[str, Any], done: int, total: int) -> None:
         print(format_progress(record, done, total, width), flush=True)
 
-    result = run_batch(fleet, executor, force=args.force, on_done=progress)
+    try:
+        result = run_batch(fleet, executor, force=args.force, on_done=progress)
+    except KeyboardInterrupt as exc:  # finished items are installed and in batch.json: a rerun resumes
+        print(f"dsqc: batch interrupted; finished items are kept in {fleet.out} and a rerun skips them",
+              file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
     reused = sum(1 for r in result.records if r.get("cached"))
     ok = len(result.records) - len(result.failed)
     print(f"dsqc: batch: {ok} ok ({reused} reused), {len(result.failed)} failed in {result.seconds:.1f} s; "

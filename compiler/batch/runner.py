@@ -85,8 +85,13 @@ class RayExecutor:
                 shipped[path] = ray.put((path.name, path.read_bytes()))
             return shipped[path]
 
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         pending = {}
         for item in items:
+            unplaceable = _unplaceable(item, nodes)
+            if unplaceable:  # Ray would queue it forever
+                yield Outcome(item.id, "failed", unplaceable, 0.0, 0.0, None)
+                continue
             files = {"model": ref(item.model)}
             if item.recipe is not None:
                 files["recipe"] = ref(item.recipe)
@@ -106,6 +111,17 @@ class RayExecutor:
         finally:
             for left in pending:
                 ray.cancel(left, force=True)
+
+
+def _unplaceable(item: Item, nodes: list[dict[str, float]]) -> str:
+    """Why no node of the cluster can ever run ``item`` ("" when one can)."""
+    need = {"CPU": float(item.limits.cpus), "memory": float(item.limits.memory_mb * 2**20)}
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        return ""
+    most_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    most_mb = max((n.get("memory", 0.0) for n in nodes), default=0.0) / 2**20
+    return (f"no Ray node offers {item.limits.cpus} CPU and {item.limits.memory_mb} MB (largest: "
+            f"{most_cpu:g} CPU, {most_mb:.0f} MB); lower cpus/memory_mb or add a larger node")
 
 
 def _ray_task(item: Item, refs: dict[str, Any]) -> Outcome:

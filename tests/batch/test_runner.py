@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.batch.manifest import load_fleet
-from dsqc.batch.runner import run_batch
+from dsqc.batch.runner import _unplaceable, run_batch
 from dsqc.batch.worker import Outcome, _classify, _pack
 from dsqc.driver.cli import main
 from tests.conftest import conv_bn_model
@@ -145,3 +145,14 @@ def test_signals_and_memory_errors_are_classified() -> None:
     assert _classify(2, "", ["dsqc: error: m.onnx: bad"], 0, 100, 10) == ("failed", "m.onnx: bad")
     crash = _classify(1, "", ["Traceback", "KeyError: 'x'"], 0, 100, 10)
     assert crash == ("crashed", "exit code 1: KeyError: 'x'")
+
+
+def test_an_item_no_ray_node_can_hold_fails_instead_of_queueing_forever(tmp_path: Path) -> None:
+    onnx.save(conv_bn_model(), str(tmp_path / "a.onnx"))
+    (tmp_path / "f.toml").write_text("targets = ['onnx']\n[limits]\nmemory_mb = 8000\ncpus = 2\n"
+                                     "[[models]]\npath = 'a.onnx'\n")
+    item = load_fleet(tmp_path / "f.toml").items[0]
+    small, big = {"CPU": 4.0, "memory": 4e9}, {"CPU": 2.0, "memory": 9e9}
+    reason = _unplaceable(item, [small])
+    assert "no Ray node offers 2 CPU and 8000 MB (largest: 4 CPU, 3815 MB)" in reason
+    assert _unplaceable(item, [small, big]) == ""
