@@ -24,7 +24,8 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok{background:#e6f4ea;color:#137333}.cached{background:#e8f0fe;color:#1a4fa0}
 .bad{background:#fce8e6;color:#a50e0e}.warn{background:#fef7e0;color:#8a5a00}
 .badge{padding:1px 6px;border-radius:3px;font-weight:600;white-space:nowrap}
-.reason{max-width:520px;font-family:ui-monospace,monospace;font-size:12px;word-break:break-word}
+.note{max-width:300px;font-size:12px;word-break:break-word}
+.reason{min-width:240px;max-width:640px;font-family:ui-monospace,monospace;font-size:12px;word-break:break-word}
 """
 
 
@@ -46,7 +47,7 @@ def render_index(records: list[dict[str, Any]], manifest: str, executor: str, se
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1><div class=meta>{_e(meta)}</div>",
-             _matrix(records), "<h2>Items</h2>", _table(records), "</body></html>\n"]
+             _failures(records), _matrix(records), "<h2>Items</h2>", _table(records), "</body></html>\n"]
     return "\n".join(parts)
 
 
@@ -74,6 +75,17 @@ def _link(record: dict[str, Any], text: str) -> str:
     return f"<a href=\"{_e(href)}\">{_e(text)}</a>"
 
 
+def _failures(records: list[dict[str, Any]]) -> str:
+    """Every failed item with its whole reason, first on the page."""
+    failed = [r for r in records if r["status"] != "ok"]
+    if not failed:
+        return ""
+    rows = "".join(f"<tr><td>{_e(r['id'])}</td><td><span class=\"badge bad\">{_e(_status(r)[0])}</span></td>"
+                   f"<td class=reason>{_e(r.get('reason'))}</td></tr>" for r in failed)
+    return (f"<h2>Failed: {len(failed)}</h2><table><tr><th>item</th><th>status</th><th>reason</th></tr>"
+            f"{rows}</table>")
+
+
 def _matrix(records: list[dict[str, Any]]) -> str:
     models = list(dict.fromkeys(r["model"] for r in records))
     builds = list(dict.fromkeys(r["id"].split("/", 1)[1] for r in records))
@@ -95,8 +107,8 @@ def _matrix(records: list[dict[str, Any]]) -> str:
     return "<h2>Worst output SQNR (FP32 vs quantized) per build</h2>" + "".join(rows) + "</table>"
 
 
-HEADERS = ("item", "target", "status", "reason / verdict", "min SQNR dB", "cosine", "top-1", "task metric",
-           "target check", "size MB", "time s", "peak MB", "report")
+HEADERS = ("item", "target", "status", "reason (failed) / verdict (not ok)", "min SQNR dB", "cosine",
+           "top-1", "task metric", "target check", "size MB", "time s", "peak MB", "report")
 
 
 def _table(records: list[dict[str, Any]]) -> str:
@@ -104,7 +116,9 @@ def _table(records: list[dict[str, Any]]) -> str:
     for r in records:
         s = r.get("summary") or {}
         label, css = _status(r)
-        reason = r.get("reason") or "; ".join(s.get("verdict_reasons") or []) or (s.get("verdict") or "")
+        verdict = s.get("verdict")
+        reason = r.get("reason") or (f"{verdict}: {'; '.join(s.get('verdict_reasons') or [])}"
+                                     if verdict not in (None, "ok") else "")
         task = s.get("task") or {}
         task_text = (f"{task.get('metric', 'task')} {task['quantized']:.4f} (fp32 {task['fp32']:.4f})"
                      if task.get("quantized") is not None and task.get("fp32") is not None else "")
@@ -112,7 +126,7 @@ def _table(records: list[dict[str, Any]]) -> str:
         ratio = f" ({size / s['size_fp32_bytes']:.2f}×)" if size and s.get("size_fp32_bytes") else ""
         cells = [
             _e(r["id"]), _e(r["target"]), f"<span class=\"badge {css}\">{_e(label)}</span>",
-            f"<div class=reason>{_e(reason)}</div>",
+            f"<div class=note>{_e(reason)}</div>",
             _num(s.get("min_sqnr_db"), "{:.2f}"), _num(s.get("min_cosine"), "{:.5f}"),
             _num(s.get("top1_agreement"), "{:.1%}"), _e(task_text), _e(s.get("target_check") or ""),
             (_num(size / 1e6, "{:.3f}") + _e(ratio)) if size else "",
