@@ -35,11 +35,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise DsqcError(f"--jobs {args.jobs}: give at least 1")
     fleet = load_fleet(args.manifest, args.out)
     executor: Executor = RayExecutor(args.ray) if args.ray else LocalExecutor(args.jobs)
-    if args.ray:
+    if isinstance(executor, RayExecutor):
         try:
             import ray  # noqa: F401
         except ImportError:
             raise DsqcError("--ray needs Ray: pip install 'dsqc[ray]'") from None
+        executor.connect()
     width = max(len(item.id) for item in fleet.items)
     print(f"dsqc: batch of {len(fleet.items)} items from {args.manifest} into {fleet.out} on {executor.name}",
           flush=True)

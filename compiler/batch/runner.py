@@ -28,6 +28,7 @@ from dsqc.batch.fingerprint import input_hash, tree_hashes
 from dsqc.batch.manifest import Fleet, Item
 from dsqc.batch.summary import summarize_bundle
 from dsqc.batch.worker import Inputs, Outcome, cancel_all, run_item, unpack
+from dsqc.errors import DsqcError
 
 log = logging.getLogger(__name__)
 BATCH_JSON = "batch.json"
@@ -71,12 +72,23 @@ class RayExecutor:
         self.address = address
         self.name = f"ray ({address})"
 
+    def connect(self) -> None:
+        """Join the cluster (or start the local one); a missing cluster is one ``DsqcError`` line."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(address=None if self.address == "local" else self.address,
+                     log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise DsqcError(f"--ray {self.address}: cannot join a Ray cluster ({_last_line(exc)}); start one "
+                            "with 'ray start --head', pass its address, or use --ray local") from None
+
     def run(self, items: list[Item], scratch: Path) -> Iterator[Outcome]:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address=None if self.address == "local" else self.address,
-                     log_to_driver=False, logging_level=logging.WARNING)
+        self.connect()
         task = ray.remote(_ray_task)
         shipped: dict[Path, Any] = {}
 
