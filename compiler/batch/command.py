@@ -42,11 +42,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
             raise DsqcError("--ray needs Ray: pip install 'dsqc[ray]'") from None
         executor.connect()
     width = max(len(item.id) for item in fleet.items)
-    print(f"dsqc: batch of {len(fleet.items)} items from {args.manifest} into {fleet.out} on {executor.name}",
-          flush=True)
+    quiet = getattr(args, "verbose", 0) - getattr(args, "quiet", 0) < 0  # -q: the failures only
+
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, flush=True)
 
     def progress(record: dict[str, Any], done: int, total: int) -> None:
-        print(format_progress(record, done, total, width), flush=True)
+        say(format_progress(record, done, total, width))
+
+    say(f"dsqc: batch of {len(fleet.items)} items from {args.manifest} into {fleet.out} on {executor.name}")
 
     try:
         result = run_batch(fleet, executor, force=args.force, on_done=progress)
@@ -56,8 +61,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return int(getattr(exc, "exit_code", 130))
     reused = sum(1 for r in result.records if r.get("cached"))
     ok = len(result.records) - len(result.failed)
-    print(f"dsqc: batch: {ok} ok ({reused} reused), {len(result.failed)} failed in {result.seconds:.1f} s; "
-          f"wrote {fleet.out / BATCH_JSON}, {fleet.out / INDEX_HTML}", flush=True)
+    say(f"dsqc: batch: {ok} ok ({reused} reused), {len(result.failed)} failed in {result.seconds:.1f} s; "
+        f"wrote {fleet.out / BATCH_JSON}, {fleet.out / INDEX_HTML}")
     for record in result.failed:
         print(f"dsqc: failed: {record['id']}: {record['status']}: {record['reason']}", file=sys.stderr)
     return 1 if result.failed else 0
