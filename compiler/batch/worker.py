@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import shutil
@@ -135,13 +136,18 @@ def _supervise(item: Item, command: list[str], work: Path) -> Outcome:
     seconds = time.monotonic() - start
     rc = proc.returncode
     status, reason = _classify(rc, killed_for, _tail(work / "stderr.log"), peak, limit_mb, timeout)
-    return Outcome(item.id, status, reason, round(seconds, 3), round(peak / 2**20, 1), rc)
+    return Outcome(item.id, status, reason, round(seconds, 3), _mb(peak), rc)
+
+
+def _mb(size: int) -> float:
+    """MB rounded up to 0.1, so a group killed above ``memory_mb`` never reads as equal to it."""
+    return math.ceil(size / 2**20 * 10) / 10
 
 
 def _classify(rc: int, killed_for: str, stderr: list[str], peak: int, limit_mb: int,
               timeout: float) -> tuple[str, str]:
     if killed_for == "memory":
-        return "memory", (f"exceeded the memory limit: resident {peak / 2**20:.1f} MB > {limit_mb} MB; "
+        return "memory", (f"exceeded the memory limit: resident {_mb(peak):.1f} MB > {limit_mb} MB; "
                           "raise memory_mb")
     if killed_for == "timeout":
         return "timeout", f"exceeded the time limit of {timeout:g} s; raise timeout_s"

@@ -143,6 +143,8 @@ def test_signals_and_memory_errors_are_classified() -> None:
     status, reason = _classify(1, "", [numpy_oom], 2**27, 100, 10)
     assert status == "memory" and "Unable to allocate" in reason
     assert _classify(2, "", ["dsqc: error: m.onnx: bad"], 0, 100, 10) == ("failed", "m.onnx: bad")
+    just_above = _classify(-signal.SIGKILL, "memory", [], 40 * 2**20 + 1000, 40, 10)
+    assert just_above[0] == "memory" and "resident 40.1 MB > 40 MB" in just_above[1]  # never "40.0 > 40"
     crash = _classify(1, "", ["Traceback", "KeyError: 'x'"], 0, 100, 10)
     assert crash == ("crashed", "exit code 1: KeyError: 'x'")
 
