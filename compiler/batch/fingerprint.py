@@ -2,13 +2,16 @@
 
 It covers the model file's bytes, the calibration set (a file's bytes; a folder's file names and bytes;
 the name of a built-in set or a ``module:function``, whose code is not hashed), the held-out data the same
-way, the recipe's bytes, the dsqc version, the target and every build option. Limits are left out: they
-decide whether a build finishes, not what it writes.
+way, the recipe's bytes, the dsqc version and a digest of dsqc's own source files (so a changed compiler
+between two commits of one version rebuilds; dsqc.batch itself is left out), the target and every
+build option. Limits are left out: they decide whether a build finishes, not what it writes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ def input_hash(item: Item, cache: dict[Path, str] | None = None) -> str:
     if "eval_data" in build:
         build["eval_data"] = data_digest(str(build["eval_data"]), cache)
     body: dict[str, Any] = {
-        "dsqc": __version__,
+        "dsqc": [__version__, source_digest()],
         "model": file_digest(item.model, cache),
         "target": item.target,
         "recipe": file_digest(item.recipe, cache) if item.recipe else None,
@@ -34,6 +37,22 @@ def input_hash(item: Item, cache: dict[Path, str] | None = None) -> str:
         "build": build,
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def source_digest() -> str:
+    """sha256 over the ``.py`` files of the installed dsqc packages (core, passes, backends, models),
+    found without importing them."""
+    digest = hashlib.sha256()
+    for name in ("dsqc", "dsqc.passes", "dsqc.backends", "dsqc.models"):
+        spec = importlib.util.find_spec(name)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(Path(root).rglob("*.py")):
+                if name == "dsqc" and path.relative_to(root).parts[0] == "batch":
+                    continue  # the batch runner does not change what a build writes
+                digest.update(f"{name}/{path.relative_to(root)}".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def file_digest(path: Path, cache: dict[Path, str]) -> str:

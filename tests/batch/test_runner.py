@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from dsqc.batch import fingerprint
 from dsqc.batch.manifest import load_fleet
 from dsqc.batch.runner import _unplaceable, run_batch
 from dsqc.batch.worker import Outcome, _classify, _pack
@@ -117,7 +118,7 @@ class Recording:
             yield Outcome(item.id, "ok", "", 0.1, 1.0, 0, bundle=self.bundle)
 
 
-def test_input_hash_decides_what_is_rebuilt(tmp_path: Path) -> None:
+def test_input_hash_decides_what_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "bundle"
     folder.mkdir()
     (folder / "report.json").write_text("{}")
@@ -132,8 +133,13 @@ def test_input_hash_decides_what_is_rebuilt(tmp_path: Path) -> None:
         executor = Recording(_pack(folder))
         run_batch(load_fleet(manifest), executor, force=force)
         runs.append(executor.built)
+    monkeypatch.setattr(fingerprint, "source_digest", lambda: "another dsqc commit")
+    executor = Recording(_pack(folder))
+    run_batch(load_fleet(manifest), executor)
+    runs.append(executor.built)
     both = ["a/onnx", "a/trt"]
-    assert runs == [both, [], both, both, both]  # first, unchanged, --force, new option, new model bytes
+    # first, unchanged, --force, new option, new model bytes, changed dsqc source
+    assert runs == [both, [], both, both, both, both]
 
 
 def test_signals_and_memory_errors_are_classified() -> None:
