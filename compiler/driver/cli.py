@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_debug(sub)
     _add_verify(sub)
+    _add_batch(sub)
     return parser
 
 
@@ -399,6 +400,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     checks = verify_folder(args.bundle)  # a multi-target folder: each target's bundle
     print("\n".join(format_check(check) for check in checks))
     return 0 if all(check.ok for check in checks) else 1
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    from dsqc.batch.command import add_batch_parser
+
+    add_batch_parser(sub, _add_verbosity)
 
 
 if __name__ == "__main__":
