@@ -94,7 +94,7 @@ def test_failures_stay_alone_and_a_second_run_reuses(fleet_toml: Path,
         assert not (fleet / failed).exists()
     page = (fleet / "index.html").read_text()
     assert EVIL not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
-    assert 'href="good/onnx/report.json"' in page and "TIMEOUT" in page and "OUT OF MEMORY" in page
+    assert 'href="good/onnx/report.html"' in page and "TIMEOUT" in page and "OUT OF MEMORY" in page
     assert "<script" not in page and "http" not in page
 
     assert main(["batch", str(fleet_toml), "--jobs", "2"]) == 1
