@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -23,15 +23,7 @@ from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
 from dsqc.errors import CalibrationError, GateError, RecipeError
 from dsqc.ir import Model
 from dsqc.model_io import load_model, prepare
-from dsqc.pass_infra import (
-    CheckInstrument,
-    DumpIRInstrument,
-    FixedPoint,
-    Instrument,
-    PassManager,
-    Step,
-    TimingInstrument,
-)
+from dsqc.pass_infra import FixedPoint, PassContext, PassManager, Step, current_context
 from dsqc.passes import (
     BatchNormToMulAdd,
     EliminateDeadCode,
@@ -72,43 +64,36 @@ def normalization_steps() -> list[Step]:
 
 
 @dataclass
-class NormalizeOptions:
-    dump_ir: Path | None = None
-    check_each_pass: bool = False
-
-
-@dataclass
 class NormalizeResult:
     model: onnx.ModelProto
-    pass_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def normalize(proto: onnx.ModelProto, options: NormalizeOptions | None = None,
-              label: str = "model") -> NormalizeResult:
-    """Run the FP32 normalization pipeline and re-validate the result."""
-    options = options or NormalizeOptions()
-    timing = TimingInstrument()
-    instruments: list[Instrument] = [timing]
-    if options.check_each_pass:
-        instruments.append(CheckInstrument())
-    if options.dump_ir is not None:
-        instruments.append(DumpIRInstrument(options.dump_ir))
+def normalize(proto: onnx.ModelProto, label: str = "model") -> NormalizeResult:
+    """Run the FP32 normalization pipeline (in the active pass context) and re-validate the result."""
     model = Model.from_proto(proto)
-    result = PassManager(normalization_steps(), instruments).run(model)
+    result = PassManager(normalization_steps()).run(model)
     out = result.model.to_proto()
     out.ir_version = proto.ir_version
-    return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
+    return NormalizeResult(prepare(out, f"{label} (normalized)"))
 
 
-def load_and_normalize(path: Path, options: NormalizeOptions | None = None) -> NormalizeResult:
+def load_and_normalize(path: Path) -> NormalizeResult:
     start = time.perf_counter()
-    result = normalize(load_model(path), options, label=str(path))
+    result = normalize(load_model(path), label=str(path))
     log.info("normalized %s in %.2f s", path, time.perf_counter() - start)
     return result
 
 
 def build(request: BuildRequest) -> BuildResult:
-    """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir."""
+    """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir.
+
+    Every pass of the build (normalization, boosters, Q/DQ insertion, backend rewrites) runs in one
+    pass context: ``--dump-ir``, ``--check-each-pass`` and the ``-v`` timings see them all."""
+    with PassContext.for_build(request.dump_ir, request.check_each_pass).active():
+        return _build(request)
+
+
+def _build(request: BuildRequest) -> BuildResult:
     timings: dict[str, float] = {}
     clock = _Clock(timings)
     backend = get_backend(request.target)
@@ -121,12 +106,10 @@ def build(request: BuildRequest) -> BuildResult:
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = load_and_normalize(request.model, NormalizeOptions(
-            request.dump_ir, request.check_each_pass))
+        normalized = load_and_normalize(request.model)
     fp32 = normalized.model
     result = BuildResult(out_dir=request.out_dir, target=request.target,
                          precision=request.precision, timings=timings)
-    result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=options)
     auto: AutoPlan | None = None
@@ -186,6 +169,7 @@ def build(request: BuildRequest) -> BuildResult:
         result.metrics["float_nodes"] = float_nodes(result)
         result.warnings.extend(speed_warnings(result.metrics))
         result.verdict = _verdict(result, limits)
+        result.metrics["passes_ms"] = _pass_milliseconds()
         write_report(staging / REPORT_NAME, result)
         if "verification" in result.metrics:
             check_gates(verification, request.min_sqnr, request.max_drop)
@@ -285,6 +269,12 @@ class _Clock:
     def __exit__(self, *exc: object) -> None:
         self.timings[self._phase] = time.perf_counter() - self._start
         log.info("phase %-16s %.2f s", self._phase, self.timings[self._phase])
+
+
+def _pass_milliseconds() -> dict[str, float]:
+    """Wall time per pass name over every pass run of the build so far."""
+    timing = current_context().timing
+    return {k: round(v * 1e3, 3) for k, v in (timing.seconds if timing else {}).items()}
 
 
 def model_name(path: Path) -> str:
