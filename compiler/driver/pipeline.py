@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -19,11 +19,12 @@ from dsqc.calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.output import staged_output
 from dsqc.driver.report import float_nodes, speed_warnings, write_report
+from dsqc.driver.shared_stages import SharedStages
 from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
 from dsqc.errors import CalibrationError, GateError, RecipeError
 from dsqc.ir import Model
 from dsqc.model_io import load_model, prepare
-from dsqc.pass_infra import FixedPoint, PassContext, PassManager, Step, current_context
+from dsqc.pass_infra import FixedPoint, PassContext, PassManager, Step, TimingInstrument, current_context
 from dsqc.passes import (
     BatchNormToMulAdd,
     EliminateDeadCode,
@@ -66,15 +67,17 @@ def normalization_steps() -> list[Step]:
 @dataclass
 class NormalizeResult:
     model: onnx.ModelProto
+    pass_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def normalize(proto: onnx.ModelProto, label: str = "model") -> NormalizeResult:
     """Run the FP32 normalization pipeline (in the active pass context) and re-validate the result."""
+    timing = TimingInstrument()
     model = Model.from_proto(proto)
-    result = PassManager(normalization_steps()).run(model)
+    result = PassManager(normalization_steps(), [timing]).run(model)
     out = result.model.to_proto()
     out.ir_version = proto.ir_version
-    return NormalizeResult(prepare(out, f"{label} (normalized)"))
+    return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
 
 
 def load_and_normalize(path: Path) -> NormalizeResult:
@@ -84,16 +87,17 @@ def load_and_normalize(path: Path) -> NormalizeResult:
     return result
 
 
-def build(request: BuildRequest) -> BuildResult:
+def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildResult:
     """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir.
 
-    Every pass of the build (normalization, boosters, Q/DQ insertion, backend rewrites) runs in one
+    ``shared``: stages already run for another target of the same model and data (multi-target build).
+    Every pass the build runs (normalization, boosters, Q/DQ insertion, backend rewrites) runs in one
     pass context: ``--dump-ir``, ``--check-each-pass`` and the ``-v`` timings see them all."""
     with PassContext.for_build(request.dump_ir, request.check_each_pass).active():
-        return _build(request)
+        return _build(request, shared or SharedStages())
 
 
-def _build(request: BuildRequest) -> BuildResult:
+def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
     timings: dict[str, float] = {}
     clock = _Clock(timings)
     backend = get_backend(request.target)
@@ -106,15 +110,16 @@ def _build(request: BuildRequest) -> BuildResult:
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = load_and_normalize(request.model)
+        normalized = shared.once("normalize", (), lambda: load_and_normalize(request.model))
+    passes_so_far = _pass_seconds()  # the normalization's, unless another target of the build ran it
     fp32 = normalized.model
     result = BuildResult(out_dir=request.out_dir, target=request.target,
-                         precision=request.precision, timings=timings)
+                         precision=request.precision, timings=timings, options=options)
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=options)
     auto: AutoPlan | None = None
     if request.precision != "fp32":
-        calib, held_out = load_data(request, fp32, recipe)
+        calib, held_out = shared.once("data", (), lambda: load_data(request, fp32, recipe))
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
         profile = backend.profile_for(options)
@@ -122,14 +127,18 @@ def _build(request: BuildRequest) -> BuildResult:
         boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source).resolved(symmetric)
         result.metrics["boosters"] = dataclasses.asdict(boosters)
         with clock("boosters"):  # CLE / SmoothQuant / shift: the same function, easier to quantize
-            source = apply_boosters(fp32, calib, boosters, request.calib_batch)
+            source = shared.boosted(fp32, boosters,
+                                    lambda: apply_boosters(fp32, calib, boosters, request.calib_batch))
         job.fp32 = source  # the FP32 model the QDQ model (and a trt cache) refers to; same function
         with clock("calibrate+plan"):
             if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
                 auto = choose_precisions(source, profile, recipe, calib, held_out, request)
                 recipe, quantized = auto.recipe, auto.quantized
             else:
-                quantized = quantize_model(source, profile, recipe, calib, request.calib_batch)
+                with shared.calibration(source, recipe) as known:
+                    quantized = quantize_model(source, profile, recipe, calib, request.calib_batch,
+                                               known=dict(known))
+                    known.update(quantized.stats)
         if profile.latency_guard and request.measure_latency and not request.accuracy_budget:
             with clock("latency guard"):
                 quantized = _guard(source, quantized, profile, recipe, calib, held_out, request, result)
@@ -165,11 +174,12 @@ def _build(request: BuildRequest) -> BuildResult:
             kept_fp32 = result.metrics.get("latency_guard", {}).get("kept_fp32_ops", [])
             result.artifacts[-1:-1] = auto.write(staging, kept_fp32)
         result.metrics.update(output.metrics)
+        result.runtime_outputs = output.runtime_outputs
         result.warnings.extend(output.notes)
         result.metrics["float_nodes"] = float_nodes(result)
         result.warnings.extend(speed_warnings(result.metrics))
         result.verdict = _verdict(result, limits)
-        result.metrics["passes_ms"] = _pass_milliseconds()
+        result.metrics["passes_ms"] = _pass_milliseconds(normalized.pass_seconds, passes_so_far)
         write_report(staging / REPORT_NAME, result)
         if "verification" in result.metrics:
             check_gates(verification, request.min_sqnr, request.max_drop)
@@ -271,10 +281,19 @@ class _Clock:
         log.info("phase %-16s %.2f s", self._phase, self.timings[self._phase])
 
 
-def _pass_milliseconds() -> dict[str, float]:
-    """Wall time per pass name over every pass run of the build so far."""
+def _pass_seconds() -> dict[str, float]:
     timing = current_context().timing
-    return {k: round(v * 1e3, 3) for k, v in (timing.seconds if timing else {}).items()}
+    return dict(timing.seconds) if timing is not None else {}
+
+
+def _pass_milliseconds(normalization: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Wall time per pass: the normalization (shared between the targets of a multi-target build)
+    plus every pass this build ran after it (``before``: the totals when normalization was done)."""
+    seconds = dict(normalization)
+    for name, total in _pass_seconds().items():
+        if name not in before or total > before[name]:
+            seconds[name] = seconds.get(name, 0.0) + total - before.get(name, 0.0)
+    return {k: round(v * 1e3, 3) for k, v in seconds.items()}
 
 
 def model_name(path: Path) -> str:
