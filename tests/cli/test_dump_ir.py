@@ -62,3 +62,19 @@ def test_check_each_pass_catches_a_broken_booster(conv_bn_path: Path, conv_bn_np
     with pytest.raises(PassError, match="pass BiasCorrection: left an invalid graph"):
         build(request)
     assert not (tmp_path / "out").exists()
+
+
+def test_multi_target_build_dumps_each_target_into_its_own_folder(conv_bn_path: Path, conv_bn_npz: Path,
+                                                                  tmp_path: Path) -> None:
+    """Targets build concurrently with --no-latency: each has its own pass context and dump folder; the
+    shared normalization is dumped once, by the target that ran it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsqc", "build", str(conv_bn_path), "--target", "onnx,trt", "--calib",
+         str(conv_bn_npz), "--no-latency", "--dump-ir", str(tmp_path / "D"), "-o", str(tmp_path / "O")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    dumped = {t: sorted(p.name.split("_", 1)[1] for p in (tmp_path / "D" / t).iterdir())
+              for t in ("onnx", "trt")}
+    for names in dumped.values():
+        assert "InsertQDQ.onnx" in names and "BiasCorrection.onnx" in names
+    assert sum("FuseConvBatchNorm.onnx" in names for names in dumped.values()) == 1
