@@ -1,24 +1,38 @@
-"""Backends register by target name; ``dsqc build --target`` looks them up here."""
+"""Backends register by target name; ``dsqc build --target`` looks them up here.
+
+A backend holds all knowledge of its target; the core asks it, never names it:
+
+- ``profile`` / ``profile_for(options)``: what the planner may do (flags in ``TargetProfile``, and
+  ``finish_qdq``, the target's rewrite of the QDQ model).
+- ``lower(job) -> Lowered``: once per build, a pure function of the job (no files): the target's
+  model(s) and in-memory checks. ``verified_model(lowered)``: what ORT verifies against FP32.
+- ``write(lowered, out) -> BackendOutput``: the artifacts into the staging folder, and checks that
+  need them on disk (gcc, engine build).
+- report hooks: ``summary_lines``, ``float_nodes``, ``speed_warnings``, ``runtime_outputs``;
+  ``check_model`` for ``dsqc check``; ``replay`` for ``dsqc debug``.
+"""
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
-
-import numpy as np
-import onnx
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from dsqc.errors import DsqcError, RecipeError
-from dsqc.quant.profile import TargetProfile
-from dsqc.quant.spec import QuantPlan
 
 from .options import check_options
 
-Feeds = dict[str, np.ndarray]
+if TYPE_CHECKING:  # kept light: ``dsqc --help`` lists the targets through this module
+    import numpy as np
+    import onnx
+
+    from dsqc.driver.build_types import BuildResult
+    from dsqc.quant.profile import TargetProfile
+    from dsqc.quant.spec import QuantPlan
+
+Feeds = dict[str, "np.ndarray"]
 
 
 @dataclass
@@ -44,13 +58,49 @@ class BackendOutput:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Lowered:
+    """A job lowered for one target, not yet written: backends subclass it with their own results.
+
+    ``verified``: the quantized ONNX model the build verifies in ORT when the target rewrites the
+    canonical QDQ model into what it writes (``trt``); ``None``: the canonical ``job.qdq``.
+    ``metrics``/``notes``: the lowering's own checks, carried into the ``BackendOutput``.
+    """
+
+    job: LoweringJob
+    verified: onnx.ModelProto | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What ``dsqc debug`` replays in a build folder of this target: the verified QDQ model's file
+    suffix (``None``: the plan on MODEL), the FP32 model the plan refers to (``None``: MODEL), and a
+    description with ``{qdq}``/``{source}`` placeholders."""
+
+    qdq_suffix: str | None = None
+    source_suffix: str | None = None
+    description: str = "the plan in report.json on MODEL (ORT reference Q/DQ)"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """``dsqc check``: the findings as text; ``failed`` when a rule is broken (exit 1)."""
+
+    text: str
+    failed: bool
+
+
 class Backend(ABC):
-    """A target. ``profile`` constrains the plan; ``emit`` lowers and writes into ``out``."""
+    """A target: its profile constrains the plan; ``lower`` then ``write`` produce its artifacts."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     profile: ClassVar[TargetProfile]
     options: ClassVar[type[Any] | None] = None  # a dataclass: its fields are the target's -B keys
+    replay: ClassVar[Replay] = Replay()
+    has_checker: ClassVar[bool] = False  # ``check_model`` checks any QDQ model (``dsqc check``)
 
     def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
         """``-B`` options checked and typed (strings converted); unknown keys are one-line errors."""
@@ -60,16 +110,47 @@ class Backend(ABC):
         """The profile the planner uses for these backend options (default: ``profile``)."""
         return self.profile
 
-    def verified_model(self, job: LoweringJob) -> onnx.ModelProto:
-        """The quantized ONNX model the build verifies against FP32 in ORT: the canonical QDQ model,
-        unless the target rewrites it into the artifact it writes (``trt``)."""
-        if job.qdq is None:
-            raise DsqcError("verified_model needs a quantized model")
-        return job.qdq
+    @abstractmethod
+    def lower(self, job: LoweringJob) -> Lowered:
+        """``job`` lowered for this target, in memory: a pure function of the job, run once per build."""
 
     @abstractmethod
+    def write(self, lowered: Lowered, out: Path) -> BackendOutput:
+        """Write the artifacts of ``lowered`` into the staging folder ``out``."""
+
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
-        """Write this target's artifacts for ``job`` into the staging folder ``out``."""
+        """Lower and write in one call."""
+        return self.write(self.lower(job), out)
+
+    def verified_model(self, lowered: Lowered) -> onnx.ModelProto:
+        """The quantized ONNX model the build verifies against FP32 in ORT: the canonical QDQ model,
+        unless the target rewrote it into the artifact it writes (``Lowered.verified``)."""
+        if lowered.verified is not None:
+            return lowered.verified
+        if lowered.job.qdq is None:
+            raise DsqcError("verified_model needs a quantized model")
+        return lowered.job.qdq
+
+    def summary_lines(self, result: BuildResult) -> list[str]:
+        """Lines of the terminal summary from this target's own checks (``result.metrics[name]``)."""
+        return []
+
+    def float_nodes(self, result: BuildResult) -> dict[str, str]:
+        """Nodes the artifact computes in float beyond the plan's, with the reason."""
+        return {}
+
+    def speed_warnings(self, result: BuildResult) -> list[str]:
+        """Warnings when the target's own runtime measured the int8 artifact slower than float."""
+        return []
+
+    def runtime_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
+        """Output metrics (``sqnr_db``, ``cosine``…) of the target's own runtime run, labelled, that the
+        verdict judges beside ORT's."""
+        return {}
+
+    def check_model(self, model: onnx.ModelProto) -> CheckResult:
+        """``dsqc check``: this target's quantization rules on any QDQ model (``has_checker``)."""
+        raise DsqcError(f"target '{self.name}' has no model checker")
 
 
 _REGISTRY: dict[str, type[Backend]] = {}
@@ -94,19 +175,26 @@ def _load_builtins(only: str | None = None) -> None:
 
 
 def available() -> list[str]:
+    """Every registered target, the built-in ones imported."""
     _load_builtins()
     return sorted(_REGISTRY)
+
+
+def names() -> list[str]:
+    """Every target name, without importing the built-in backends (for ``--help``)."""
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
 
 
 def get_backend(name: str) -> Backend:
     if name in _BUILTIN:
         _load_builtins(only=name)
     if name not in _REGISTRY:
-        known = sorted(set(_BUILTIN) | set(_REGISTRY))
-        raise RecipeError(f"unknown target '{name}'; registered targets: {', '.join(known)}")
+        raise RecipeError(f"unknown target '{name}'; registered targets: {', '.join(names())}")
     return _REGISTRY[name]()
 
 
-def registered_factories() -> dict[str, Callable[[], Backend]]:
-    _load_builtins()
-    return dict(_REGISTRY)
+def checkers() -> list[str]:
+    """Targets whose backend checks any QDQ model (``dsqc check --target``)."""
+    return [name for name in available() if _REGISTRY[name].has_checker]
+
+

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import onnx
@@ -25,14 +25,17 @@ from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
 
 from ..options import parse_options
-from ..registry import Backend, BackendOutput, LoweringJob, register
-from .c_writer import INTERFACES, write_firmware
+from ..registry import Backend, BackendOutput, Lowered, LoweringJob, Replay, register
+from .c_writer import INTERFACES, Firmware, write_firmware
 from .csim import check_object, run_csim, toolchain_available
-from .estimates import estimate
+from .estimates import Estimates, estimate
 from .pow2 import is_pow2_plan, snap_to_pow2
 from .profile import HLS_POW2_PROFILE, HLS_PROFILE
 from .project import DEFAULT_PART, build_tcl, makefile, testbench
 from .readme import readme
+
+if TYPE_CHECKING:
+    from dsqc.driver.build_types import BuildResult
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +72,27 @@ class HlsOptions:
         return opts
 
 
+@dataclass
+class HlsLowered(Lowered):
+    """The C project as text, with what ``write`` needs to check and describe it."""
+
+    opts: HlsOptions = field(default_factory=HlsOptions)
+    program: Program | None = None
+    firmware: Firmware | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    estimate: Estimates | None = None
+    vectors: int = 0
+    lsb: dict[str, Stats] = field(default_factory=dict)
+
+
 @register
 class HlsBackend(Backend):
     name = "hls"
     description = "integer-only C99 project for Vitis/Intel HLS (int8, bit-exact with dsqc's reference)"
     profile: ClassVar[TargetProfile] = HLS_PROFILE
     options = HlsOptions
+    replay = Replay(description="the canonical QDQ model the C was lowered from (report.json's plan on "
+                                "MODEL) in ORT's reference Q/DQ semantics, not the C testbench")
 
     def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
         typed = super().parse_options(raw)
@@ -86,7 +104,8 @@ class HlsBackend(Backend):
         """The profile the planner should use for these ``backend_options``."""
         return HLS_POW2_PROFILE if options.get("power_of_two_scales") else HLS_PROFILE
 
-    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
+    def lower(self, job: LoweringJob) -> HlsLowered:
+        """The integer program, its reference run against ORT, and the project's files as text."""
         opts = HlsOptions.parse(dict(job.options))
         if job.qdq is None or job.plan is None:
             raise UnsupportedError("hls: the target is integer-only; build with --precision int8")
@@ -110,20 +129,45 @@ class HlsBackend(Backend):
                                             {k: v[:count] for k, v in expected.items()})
         files["Makefile"] = makefile(fw)
         files["build.tcl"] = build_tcl(fw, opts.part, float(opts.clock_mhz))
-        root = out / "hls"
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
         est = estimate(program, opts.parallelism, float(opts.clock_mhz))
         metrics: dict[str, Any] = {"top": fw.top, "ops": len(program.ops), "lsb_vs_ort": lsb,
                                    "eval_samples": len(next(iter(q_inputs.values()))),
                                    "estimates": est.to_dict(), "options": opts.__dict__}
-        checks = self._check(root, fw.top, count, opts, metrics, notes)
-        checks.append(_lsb_line(lsb))
+        return HlsLowered(job, metrics={"hls": metrics}, notes=notes, opts=opts, program=program,
+                          firmware=fw, files=files, estimate=est, vectors=count, lsb=lsb)
+
+    def write(self, lowered: Lowered, out: Path) -> BackendOutput:
+        """The project files, then ``make csim`` and the object checks on them, then the README."""
+        assert isinstance(lowered, HlsLowered)
+        opts, fw, est, program = lowered.opts, lowered.firmware, lowered.estimate, lowered.program
+        assert fw is not None and est is not None and program is not None
+        root = out / "hls"
+        for rel, text in lowered.files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        metrics = dict(lowered.metrics["hls"])
+        notes = list(lowered.notes)
+        checks = self._check(root, fw.top, lowered.vectors, opts, metrics, notes)
+        checks.append(_lsb_line(lowered.lsb))
         (root / "README.md").write_text(readme(fw, program, est, opts.__dict__, checks))
-        artifacts = [Path("hls") / rel for rel in sorted([*files, "README.md"])]
+        artifacts = [Path("hls") / rel for rel in sorted([*lowered.files, "README.md"])]
         log.info("hls: %d layers, %d MACs, csim %s", len(program.ops), est.macs, metrics["csim"]["status"])
         return BackendOutput(artifacts=artifacts, metrics={"hls": metrics}, notes=notes)
+
+    def summary_lines(self, result: BuildResult) -> list[str]:
+        m = result.metrics.get(self.name) or {}
+        c, e = m.get("csim"), m.get("estimates", {})
+        if not c:
+            return []
+        if "vectors" in c:
+            lines = [f"hls csim (gcc, strict C99): {c['status']}, {c['mismatching_values']} mismatching "
+                     f"values over {c['vectors']} vectors; max stack frame {c['max_stack_bytes']} B"]
+        else:
+            lines = [f"hls csim (gcc, strict C99): {c['status']}"]
+        if e:
+            lines.append(f"  estimate: {e.get('cycles', 0):,} cycles ≈ {e.get('latency_us', 0):.0f} µs at "
+                         f"{e.get('clock_mhz', 0):.0f} MHz")
+        return lines
 
     @staticmethod
     def _check(root: Path, top: str, count: int, opts: HlsOptions, metrics: dict[str, Any],
