@@ -103,8 +103,19 @@ class Backend(ABC):
     has_checker: ClassVar[bool] = False  # ``check_model`` checks any QDQ model (``dsqc check``)
 
     def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """``-B`` options checked and typed (strings converted); unknown keys are one-line errors."""
-        return check_options(self.name, self.options, raw)
+        """``-B`` options checked and typed (strings converted); unknown keys are one-line errors, and
+        the options dataclass's own checks (``__post_init__``: ranges, formats) run too."""
+        typed = check_options(self.name, self.options, raw)
+        if self.options is not None:
+            self.options(**typed)
+        return typed
+
+    def typed_options(self, raw: dict[str, Any]) -> Any:
+        """``raw`` as an instance of the ``options`` dataclass (defaults for keys not given)."""
+        if self.options is None:
+            check_options(self.name, None, raw)
+            return None
+        return self.options(**check_options(self.name, self.options, raw))
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """The profile the planner uses for these backend options (default: ``profile``)."""

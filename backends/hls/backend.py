@@ -24,7 +24,6 @@ from dsqc.integer.compare import ORT_LEVELS, Stats, compare_with_ort, per_op_wit
 from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
 
-from ..options import parse_options
 from ..registry import Backend, BackendOutput, Lowered, LoweringJob, Replay, register
 from .c_writer import INTERFACES, Firmware, write_firmware
 from .csim import check_object, run_csim, toolchain_available
@@ -52,24 +51,19 @@ class HlsOptions:
     tb_vectors: int = 16
     csim: bool = True
 
-    @classmethod
-    def parse(cls, options: dict[str, Any]) -> HlsOptions:
-        opts = parse_options("hls", cls, options)
-        if not isinstance(opts.parallelism, int) or not 1 <= opts.parallelism <= 4096:
-            raise RecipeError(f"hls: parallelism must be an integer in 1..4096, got {opts.parallelism!r}")
-        if opts.interface not in INTERFACES:
+    def __post_init__(self) -> None:
+        """Ranges and formats; types are the option parser's (``backends/options.py``)."""
+        if not 1 <= self.parallelism <= 4096:
+            raise RecipeError(f"hls: parallelism must be an integer in 1..4096, got {self.parallelism!r}")
+        if self.interface not in INTERFACES:
             raise RecipeError(f"hls: interface must be one of {', '.join(INTERFACES)}, "
-                              f"got {opts.interface!r}")
-        if not isinstance(opts.clock_mhz, int | float) or not 0 < opts.clock_mhz <= 2000:
-            raise RecipeError(f"hls: clock_mhz must be in (0, 2000], got {opts.clock_mhz!r}")
-        if not isinstance(opts.part, str) or not _PART.fullmatch(opts.part):
-            raise RecipeError(f"hls: part must match {_PART.pattern}, got {opts.part!r}")
-        for flag in ("power_of_two_scales", "csim"):
-            if not isinstance(getattr(opts, flag), bool):
-                raise RecipeError(f"hls: {flag} must be true or false, got {getattr(opts, flag)!r}")
-        if not isinstance(opts.tb_vectors, int) or opts.tb_vectors < 1:
-            raise RecipeError(f"hls: tb_vectors must be a positive integer, got {opts.tb_vectors!r}")
-        return opts
+                              f"got {self.interface!r}")
+        if not 0 < self.clock_mhz <= 2000:
+            raise RecipeError(f"hls: clock_mhz must be in (0, 2000], got {self.clock_mhz!r}")
+        if not _PART.fullmatch(self.part):
+            raise RecipeError(f"hls: part must match {_PART.pattern}, got {self.part!r}")
+        if self.tb_vectors < 1:
+            raise RecipeError(f"hls: tb_vectors must be a positive integer, got {self.tb_vectors!r}")
 
 
 @dataclass
@@ -94,11 +88,6 @@ class HlsBackend(Backend):
     replay = Replay(description="the canonical QDQ model the C was lowered from (report.json's plan on "
                                 "MODEL) in ORT's reference Q/DQ semantics, not the C testbench")
 
-    def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
-        typed = super().parse_options(raw)
-        HlsOptions.parse(typed)  # ranges, interface and part as well
-        return typed
-
     @classmethod
     def profile_for(cls, options: dict[str, Any]) -> TargetProfile:
         """The profile the planner should use for these ``backend_options``."""
@@ -106,7 +95,7 @@ class HlsBackend(Backend):
 
     def lower(self, job: LoweringJob) -> HlsLowered:
         """The integer program, its reference run against ORT, and the project's files as text."""
-        opts = HlsOptions.parse(dict(job.options))
+        opts: HlsOptions = self.typed_options(job.options)
         if job.qdq is None or job.plan is None:
             raise UnsupportedError("hls: the target is integer-only; build with --precision int8")
         notes: list[str] = []

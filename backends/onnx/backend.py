@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from dsqc.model_io import save_model
 from dsqc.quant.profile import TargetProfile
 
-from ..options import check_options
 from ..registry import Backend, BackendOutput, Lowered, LoweringJob, Replay, register
 
 if TYPE_CHECKING:
@@ -36,13 +35,12 @@ class OnnxBackend(Backend):
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """Weight bits follow ``-B isa=avx2|vnni|arm64`` (default: the build machine's CPU)."""
-        _check_keys(options)
+        self.parse_options(options)
         return onnx_profile(resolve_isa(options.get("isa"))[0])
 
     def lower(self, job: LoweringJob) -> Lowered:
         """Nothing to lower: ORT runs the canonical QDQ model (or the FP32 one) as it is."""
-        _check_keys(job.options)
-        isa, how = resolve_isa(job.options.get("isa"))
+        isa, how = resolve_isa(self.typed_options(job.options).isa)
         bits = 8 if WEIGHT_LIMIT[isa] == 127 else 7
         return Lowered(job, metrics={"onnx": {"isa": isa, "isa_source": how, "weight_bits": bits}})
 
@@ -59,7 +57,3 @@ class OnnxBackend(Backend):
             return []
         return [f"onnx: int8 weights in {m['weight_bits']} bits for isa={m['isa']} ({m['isa_source']}; "
                 "-B isa=avx2|vnni|arm64 names the CPU that will run it)"]
-
-
-def _check_keys(options: dict[str, Any]) -> None:
-    check_options("onnx", OnnxOptions, options)

@@ -20,7 +20,6 @@ import onnx
 
 from dsqc.verify import latency_sample
 
-from ..options import parse_options
 from ..registry import Backend, BackendOutput, Lowered, LoweringJob, Replay, register
 from . import verify
 from .graph import Graph
@@ -48,10 +47,6 @@ class TfliteOptions:
     verify: bool = True
     latency: bool = True
     write_fp32: bool = False
-
-    @classmethod
-    def parse(cls, raw: dict[str, Any]) -> TfliteOptions:
-        return parse_options("tflite", cls, raw)
 
 
 @dataclass
@@ -112,7 +107,7 @@ class TfliteBackend(Backend):
 
     def lower(self, job: LoweringJob) -> TfliteLowered:
         """The flatbuffers, validated, run in LiteRT against FP32 and the QDQ model, and timed."""
-        opts = TfliteOptions.parse(job.options)
+        opts: TfliteOptions = self.typed_options(job.options)
         fp32 = build_tflite(job.fp32, opts, io="float")
         metrics: dict[str, Any] = {}
         lowered = TfliteLowered(job, metrics={"tflite": metrics})

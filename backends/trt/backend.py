@@ -21,7 +21,6 @@ from dsqc.model_io import save_model
 from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 
-from ..options import parse_options
 from ..registry import Backend, BackendOutput, CheckResult, Lowered, LoweringJob, Replay, register
 from . import engine
 from .calib_cache import DEFAULT_TRT_VERSION, activation_scales, cache_header, format_cache, version_digits
@@ -47,11 +46,8 @@ class TrtOptions:
     trt_version: str = DEFAULT_TRT_VERSION
     workspace_mib: int | None = None
 
-    @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> TrtOptions:
-        parsed = parse_options("trt", cls, {k: v for k, v in options.items() if v is not None})
-        version_digits(parsed.trt_version)
-        return parsed
+    def __post_init__(self) -> None:
+        version_digits(self.trt_version)
 
 
 @dataclass
@@ -76,7 +72,7 @@ class TrtBackend(Backend):
 
     def lower(self, job: LoweringJob) -> TrtLowered:
         """The QDQ model as TensorRT parses it, its cache, the rules check and the ORT comparison."""
-        opts = TrtOptions.from_dict(job.options)
+        opts: TrtOptions = self.typed_options(job.options)
         metrics: dict[str, Any] = {"trt_version_header": cache_header(opts.trt_version), "fp16": opts.fp16}
         lowering = _lowered(job, opts)
         lowered = TrtLowered(job, metrics={"trt": metrics}, opts=opts, model=lowering.model)
