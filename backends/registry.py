@@ -8,8 +8,10 @@ A backend holds all knowledge of its target; the core asks it, never names it:
   model(s) and in-memory checks. ``verified_model(lowered)``: what ORT verifies against FP32.
 - ``write(lowered, out) -> BackendOutput``: the artifacts into the staging folder, and checks that
   need them on disk (gcc, engine build).
-- report hooks: ``summary_lines``, ``float_nodes``, ``speed_warnings``, ``runtime_outputs``;
-  ``check_model`` for ``dsqc check``; ``replay`` for ``dsqc debug``.
+- report hooks: ``summary_lines``, ``float_nodes``, ``speed_warnings``, ``verdict_outputs``,
+  ``requantization``;
+  ``check_model`` for ``dsqc check``; ``replay`` for ``dsqc debug``; ``run_artifact`` for the
+  cross-target agreement of a multi-target build.
 """
 
 from __future__ import annotations
@@ -56,6 +58,22 @@ class BackendOutput:
     artifacts: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # what the target's own runtime computed at build time on the held-out samples (float outputs by
+    # name), kept in memory for the cross-target agreement; never written
+    runtime_outputs: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class WrittenBuild:
+    """A target's finished build folder, as its runtime needs it to run the artifact again."""
+
+    folder: Path
+    artifacts: list[Path]
+    options: dict[str, Any]
+    metrics: dict[str, Any]
+    plan: QuantPlan | None
+    fp32: onnx.ModelProto  # the normalized FP32 model: input and output names and order
+    runtime_outputs: dict[str, np.ndarray] | None = None  # BackendOutput.runtime_outputs of the build
 
 
 @dataclass
@@ -101,6 +119,7 @@ class Backend(ABC):
     options: ClassVar[type[Any] | None] = None  # a dataclass: its fields are the target's -B keys
     replay: ClassVar[Replay] = Replay()
     has_checker: ClassVar[bool] = False  # ``check_model`` checks any QDQ model (``dsqc check``)
+    runtime_name: ClassVar[str] = "no runtime here"  # what runs the written artifact in ``run_artifact``
 
     def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
         """``-B`` options checked and typed (strings converted); unknown keys are one-line errors, and
@@ -154,14 +173,35 @@ class Backend(ABC):
         """Warnings when the target's own runtime measured the int8 artifact slower than float."""
         return []
 
-    def runtime_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
+    def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
         """Output metrics (``sqnr_db``, ``cosine``…) of the target's own runtime run, labelled, that the
         verdict judges beside ORT's."""
+        return {}
+
+    def requantization(self, result: BuildResult) -> dict[str, dict[str, list[int]]]:
+        """Tensor → the integer ``multiplier`` and right ``shift`` lists that requantize into it, for
+        targets that requantize with integers (``params.csv`` of a multi-target build)."""
         return {}
 
     def check_model(self, model: onnx.ModelProto) -> CheckResult:
         """``dsqc check``: this target's quantization rules on any QDQ model (``has_checker``)."""
         raise DsqcError(f"target '{self.name}' has no model checker")
+
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
+        """The written artifact run by this target's own runtime on ``feeds``: float outputs by name,
+        samples along axis 0 — possibly fewer than fed (the hls testbench runs its own vectors).
+        ``None`` where that runtime is not available here."""
+        return None
+
+
+def ort_outputs(build: WrittenBuild, suffix: str, feeds: list[Feeds]) -> dict[str, np.ndarray]:
+    """ONNX Runtime outputs (fused kernels, as deployed) of the build's first artifact named ``*suffix``."""
+    import onnx
+
+    from dsqc.verify import run_batches, session
+
+    path = next(build.folder / a for a in build.artifacts if a.name.endswith(suffix))
+    return run_batches(session(onnx.load(str(path))), feeds)
 
 
 _REGISTRY: dict[str, type[Backend]] = {}

@@ -6,15 +6,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from dsqc.model_io import save_model
 from dsqc.quant.profile import TargetProfile
 
-from ..registry import Backend, BackendOutput, Lowered, LoweringJob, Replay, register
+from ..registry import (
+    Backend,
+    BackendOutput,
+    Feeds,
+    Lowered,
+    LoweringJob,
+    Replay,
+    WrittenBuild,
+    ort_outputs,
+    register,
+)
+from .isa import ISAS, WEIGHT_LIMIT, resolve_isa
+from .profile import ONNX_PROFILE, onnx_profile
 
 if TYPE_CHECKING:
     from dsqc.driver.build_types import BuildResult
-from .isa import ISAS, WEIGHT_LIMIT, resolve_isa
-from .profile import ONNX_PROFILE, onnx_profile
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class OnnxBackend(Backend):
     options = OnnxOptions
     replay = Replay(qdq_suffix=".int8.onnx", description="the canonical QDQ model {qdq}, as the build ran it "
                     "(ORT with its fused int8 kernels)")
+    runtime_name = "ONNX Runtime"
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """Weight bits follow ``-B isa=avx2|vnni|arm64`` (default: the build machine's CPU)."""
@@ -50,6 +63,10 @@ class OnnxBackend(Backend):
         path = Path(f"{job.name}.{'int8' if job.qdq is not None else 'fp32'}.onnx")
         save_model(model, out / path)
         return BackendOutput(artifacts=[path], metrics=lowered.metrics, notes=list(lowered.notes))
+
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
+        """ONNX Runtime on the written model, fused kernels as deployed."""
+        return ort_outputs(build, ".onnx", feeds)
 
     def summary_lines(self, result: BuildResult) -> list[str]:
         m = result.metrics.get(self.name) or {}

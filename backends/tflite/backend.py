@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 
+from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.verify import latency_sample
 
-from ..registry import Backend, BackendOutput, Lowered, LoweringJob, Replay, register
-from . import verify
+from ..registry import Backend, BackendOutput, Feeds, Lowered, LoweringJob, Replay, WrittenBuild, register
+from . import runtime, verify
 from .graph import Graph
 from .lower import LowerOptions, LowerStats, lower
 from .profile import TFLITE_PROFILE
@@ -104,6 +106,7 @@ class TfliteBackend(Backend):
     options = TfliteOptions
     replay = Replay(description="the canonical QDQ model the .tflite was lowered from (report.json's plan "
                                 "on MODEL) in ORT's reference Q/DQ semantics, not the LiteRT interpreter")
+    runtime_name = "LiteRT interpreter (XNNPACK)"
 
     def lower(self, job: LoweringJob) -> TfliteLowered:
         """The flatbuffers, validated, run in LiteRT against FP32 and the QDQ model, and timed."""
@@ -169,7 +172,18 @@ class TfliteBackend(Backend):
     def speed_warnings(self, result: BuildResult) -> list[str]:
         return speed_warnings(result.metrics.get(self.name) or {})
 
-    def runtime_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
+    def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
         """LiteRT's run of the ``.tflite`` on the held-out samples."""
-        runtime = (result.metrics.get(self.name) or {}).get("verification") or {}
-        return {f"{name} (LiteRT)": m for name, m in (runtime.get("outputs") or {}).items()}
+        litert = (result.metrics.get(self.name) or {}).get("verification") or {}
+        return {f"{name} (LiteRT)": m for name, m in (litert.get("outputs") or {}).items()}
+
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
+        """The ``.tflite`` file in the LiteRT interpreter (XNNPACK), one sample (or fixed batch) a run."""
+        if not runtime.available():
+            return None
+        path = next(build.folder / a for a in build.artifacts if a.suffix == ".tflite")
+        names = [i.name for i in build.fp32.graph.input if i.name in feeds[0]]
+        batch = fixed_batch(model_inputs(build.fp32)) or 1
+        nhwc_in = build.options.get("input_layout") == "nhwc"
+        got = runtime.run(path.read_bytes(), runtime.samples(feeds, names, batch), nhwc_in=nhwc_in)
+        return dict(zip([o.name for o in build.fp32.graph.output], got, strict=True))

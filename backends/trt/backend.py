@@ -21,7 +21,18 @@ from dsqc.model_io import save_model
 from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 
-from ..registry import Backend, BackendOutput, CheckResult, Lowered, LoweringJob, Replay, register
+from ..registry import (
+    Backend,
+    BackendOutput,
+    CheckResult,
+    Feeds,
+    Lowered,
+    LoweringJob,
+    Replay,
+    WrittenBuild,
+    ort_outputs,
+    register,
+)
 from . import engine
 from .calib_cache import DEFAULT_TRT_VERSION, activation_scales, cache_header, format_cache, version_digits
 from .checker import Finding, check_trt, format_findings
@@ -69,6 +80,7 @@ class TrtBackend(Backend):
                     description="the lowered QDQ model {qdq} in ORT's reference Q/DQ semantics (not a "
                                 "TensorRT engine); FP32 tensors from {source}")
     has_checker = True
+    runtime_name = "ONNX Runtime on *.trt.onnx (TensorRT not installed here)"
 
     def lower(self, job: LoweringJob) -> TrtLowered:
         """The QDQ model as TensorRT parses it, its cache, the rules check and the ORT comparison."""
@@ -126,6 +138,10 @@ class TrtBackend(Backend):
         return [f"trt: calibration cache {m.get('cache_tensors', 0)} tensors "
                 f"({m.get('trt_version_header')}); rules check {len(m.get('check', []))} finding(s)",
                 "  engine: built" if built else f"  engine: not built — {m.get('engine', {}).get('reason')}"]
+
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
+        """``*.trt.onnx`` in ONNX Runtime: the Q/DQ model TensorRT would parse (no TensorRT here)."""
+        return ort_outputs(build, ".trt.onnx", feeds)
 
     def check_model(self, model: onnx.ModelProto) -> CheckResult:
         """TensorRT's Q/DQ rules; a broken rule fails (warnings do not)."""
