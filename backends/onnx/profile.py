@@ -14,6 +14,7 @@ import dataclasses
 
 import onnx
 
+from dsqc.op_kinds import COMPUTE_OPS
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.spec import QuantPlan
 
@@ -32,7 +33,7 @@ ONNX_PROFILE = TargetProfile(
     activation_dtype="uint8",
     symmetric_activations=False,
     per_channel_weights=True,
-    compute_ops=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}),
+    compute_ops=frozenset(COMPUTE_OPS),
     support_ops=frozenset({"Add", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "Mul"}),
     quantize_outputs=True,
     output_q_optional=frozenset({"Gemm", "MatMul"}),

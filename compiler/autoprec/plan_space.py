@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 from dsqc.calibration.data import SampleSet
 from dsqc.calibration.runner import TensorStats
 from dsqc.ir import Model, constant_value
+from dsqc.op_kinds import MATRIX_OPS
 from dsqc.quant.planner import Placement, Range, finalize, place
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import calibrate_missing
@@ -34,7 +35,6 @@ from dsqc.quant.weights import is_table_lookup
 
 log = logging.getLogger(__name__)
 
-_INT4_OPS = ("MatMul", "Gemm")
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def build_space(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, c
     tables = [n for n in model.graph.nodes if is_table_lookup(n) and n.name not in user_fixed
               and profile.table_lookups]
     int4_nodes = [n for n in model.graph.nodes if n.name not in user_fixed and profile.int4_weights and int4
-                  and (n in tables or (n.op in _INT4_OPS and _const(n, 1) is not None))]
+                  and (n in tables or (n.op in MATRIX_OPS and _const(n, 1) is not None))]
     recipe8 = _with_overrides(recipe, {n.name: "int8" for n in tables})
     placement8 = place(model, profile, recipe8)
     start = time.perf_counter()
