@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -153,8 +154,10 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
         result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
         job.eval_feeds = list(held_out.batches(request.calib_batch))
         job.eval_labels, job.measure_latency = held_out.labels, request.measure_latency
+        with clock("lower"):  # once: verification and the written artifacts share it
+            lowered = backend.lower(job)
         with clock("verify"):
-            verification = verify(fp32, backend.verified_model(job), job.eval_feeds, held_out.labels,
+            verification = verify(fp32, backend.verified_model(lowered), job.eval_feeds, held_out.labels,
                                   request.task_metric,
                                   # ORT timing only says something where ORT runs the model as deployed
                                   latency=request.measure_latency and profile.verify_fused,
@@ -166,9 +169,12 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
         result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
                                          "eval_source": held_out.source, "eval_samples": len(held_out),
                                          "method": recipe.method, "synthetic": calib.synthetic}
+    else:
+        with clock("lower"):
+            lowered = backend.lower(job)
     with staged_output(request.out_dir) as staging:
-        with clock("lower+write"):
-            output = backend.emit(job, staging)
+        with clock("write"):
+            output = backend.write(lowered, staging)
         result.artifacts = [*output.artifacts, Path(REPORT_NAME)]
         if auto is not None:
             kept_fp32 = result.metrics.get("latency_guard", {}).get("kept_fp32_ops", [])
@@ -176,9 +182,9 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
         result.metrics.update(output.metrics)
         result.runtime_outputs = output.runtime_outputs
         result.warnings.extend(output.notes)
-        result.metrics["float_nodes"] = float_nodes(result)
-        result.warnings.extend(speed_warnings(result.metrics))
-        result.verdict = _verdict(result, limits)
+        result.metrics["float_nodes"] = float_nodes(result, backend.float_nodes(result))
+        result.warnings.extend(speed_warnings(result.metrics) + backend.speed_warnings(result))
+        result.verdict = _verdict(result, limits, backend.verdict_outputs(result))
         result.metrics["passes_ms"] = _pass_milliseconds(normalized.pass_seconds, passes_so_far)
         write_report(staging / REPORT_NAME, result)
         if "verification" in result.metrics:
@@ -188,15 +194,13 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
     return result
 
 
-def _verdict(result: BuildResult, limits: Thresholds) -> Verdict:
+def _verdict(result: BuildResult, limits: Thresholds, runtime: dict[str, dict[str, Any]]) -> Verdict:
     """Judge what verification measured: ORT's run of the quantized model and, where the target runs
-    its own artifact (LiteRT for ``tflite``), that run too."""
+    its own artifact (``runtime``: LiteRT for ``tflite``), that run too."""
     if result.precision == "fp32" or "verification" not in result.metrics:
         return Verdict("ok", ("--precision fp32: nothing was quantized, as asked",), limits)
     ver = result.metrics["verification"]
-    outputs = dict(ver["outputs"])
-    runtime = (result.metrics.get(result.target) or {}).get("verification") or {}
-    outputs.update({f"{name} (LiteRT)": m for name, m in (runtime.get("outputs") or {}).items()})
+    outputs = {**ver["outputs"], **runtime}
     quantized = len(result.plan.tensors) if result.plan is not None else 0
     return judge(outputs, ver.get("task"), quantized, limits)
 
