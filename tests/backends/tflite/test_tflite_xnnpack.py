@@ -72,3 +72,38 @@ def test_float_undelegated_attention(tmp_path: Path) -> None:
     sqnr = [10 * np.log10(np.sum(ref ** 2) / np.sum((run_tflite_isolated(b, [[x]])[0][0] - ref) ** 2))
             for b in (blob_int8, blob)]
     assert sqnr[1] > 20 and sqnr[1] >= sqnr[0] - 0.5  # float attention loses nothing
+
+
+def _pool_model(relu: bool) -> onnx.ModelProto:
+    """x[N,4,8,8] → Conv 1x1 → [Relu] → MaxPool 3/2 pads 1 (not TFLite SAME: an explicit pad)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (6, 4, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (6,)).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv")]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"], name="relu"))
+    nodes.append(helper.make_node("MaxPool", ["r" if relu else "c"], ["y"], name="pool", kernel_shape=[3, 3],
+                                  strides=[2, 2], pads=[1, 1, 1, 1]))
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                           ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 4, 4])], inits)
+    return normalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("quantized", [False, True])
+def test_max_pool_pads_with_pad_where_that_is_the_lowest_value(relu: bool, quantized: bool) -> None:
+    """After a ReLU the pool's input never goes below 0 (int8: zero point -128), so PAD's fill is the
+    lowest value and equals PADV2's; XNNPACK delegates PAD but not PADV2. A signed input keeps PADV2."""
+    fp32 = _pool_model(relu)
+    model = qdq_model(fp32, samples(fp32, 8))[0] if quantized else fp32
+    blob, _ = _write(model)
+    ops = [op[0] for op in parse(blob)["ops"]]
+    assert ("PAD" in ops, "PADV2" in ops) == ((True, False) if relu else (False, True))
+    feeds = samples(fp32, 1, seed=2, batch=3)[0]
+    ref = ort_run(model, feeds)[0]
+    got = np.concatenate([o[0] for o in run_tflite_isolated(blob, [[feeds["x"][i:i + 1]] for i in range(3)])])
+    scale = max(float(np.abs(ref).max()), 1.0) / 100 if quantized else 1e-5
+    assert np.max(np.abs(got - ref)) <= scale
