@@ -44,6 +44,7 @@ def time_dir(folder: Path, threads: list[int], rounds: int, runs: int,
     order = np.random.default_rng(0)
     for n in threads:
         times: dict[str, list[float]] = {f.name: [] for f in files}
+        per_session: dict[str, list[float]] = {f.name: [] for f in files}
         for session in range(sessions):
             built = [files[i] for i in order.permutation(len(files))] if session else files
             interps = {f.name: _interpreter(f, n) for f in built}
@@ -55,9 +56,13 @@ def time_dir(folder: Path, threads: list[int], rounds: int, runs: int,
                     for _ in range(runs):
                         interp.invoke()
                     times[name].append((time.perf_counter() - start) / runs * 1e3)
+            for name in interps:
+                per_session[name].append(statistics.median(times[name][-max(1, rounds // sessions):]))
             del interps
         for name, t in times.items():
             result.setdefault(name, {})[f"{n} threads"] = statistics.median(t)
+            if sessions > 1:  # the spread of the sessions' medians: how much interpreter placement moves it
+                result[name][f"{n} threads sessions"] = [round(v, 4) for v in per_session[name]]
     return result
 
 
