@@ -65,8 +65,9 @@ def reshape(lw: Lowerer, node: gs.Node) -> None:
         # FULLY_CONNECTED (keepNumDims false) flattens its input itself, as the TFLite converter's files
         # do: no RESHAPE op (one XNNPACK copy fewer). NHWC with H·W > 1 flattens in HWC order: flat_hwc.
         nhwc_order = value.layout == "nhwc" and not _same_memory_order(in_shape)
-        lw.values[out.name] = type(value)(value.tensor, "flat_hwc" if nhwc_order else "plain",
-                                          tuple(in_shape[1:]) if nhwc_order else None, value.edge)
+        chw = (in_shape[1], in_shape[2], in_shape[3]) if nhwc_order else None
+        layout = "flat_hwc" if nhwc_order else "plain"
+        lw.values[out.name] = type(value)(value.tensor, layout, chw, value.edge)
         return
     if value.layout == "nhwc" and not _same_memory_order(in_shape):
         n, c, h, w = in_shape

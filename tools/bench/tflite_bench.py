@@ -272,8 +272,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--onnx2tf-venv", type=Path, default=Path("/work/venv-onnx2tf"))
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "tflite_bench")
     p.add_argument("--out", type=Path, default=HERE)
-    p.add_argument("--collect", type=Path, help="also copy the .tflite files here as <model>.<variant>.tflite "
-                   "(the layout tools.bench.litert_time reads)")
+    p.add_argument("--collect", type=Path,
+                   help="also copy the .tflite files here as <model>.<variant>.tflite (litert_time's layout)")
     return p.parse_args(argv)
 
 

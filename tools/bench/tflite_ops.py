@@ -120,8 +120,8 @@ def summary(path: Path) -> str:
     acts = collections.Counter(o.detail.split(",")[0] for o in ops if o.detail.startswith("act="))
     per_ch = sum("per-channel" in o.weights for o in ops)
     per_t = sum("per-tensor" in o.weights and "per-channel" not in o.weights for o in ops)
-    return (f"{path.name}: {len(ops)} ops {dict(kinds)}\n  fused activations {dict(acts)}; weights per-channel "
-            f"in {per_ch} ops, per-tensor only in {per_t}; not delegated to XNNPACK: "
+    return (f"{path.name}: {len(ops)} ops {dict(kinds)}\n  fused activations {dict(acts)}; "
+            f"weights per-channel in {per_ch} ops, per-tensor only in {per_t}; not delegated to XNNPACK: "
             f"{dict(undelegated(path)) or 'none'}")
 
 
@@ -148,7 +148,7 @@ def isolate(path: Path, folder: Path) -> int:
     kinds = [names[max(model.operatorCodes[o.opcodeIndex].builtinCode,
                        model.operatorCodes[o.opcodeIndex].deprecatedBuiltinCode)] for o in sub.operators]
     groups: list[list[int]] = []
-    for i, kind in enumerate(kinds):
+    for i in range(len(kinds)):
         if groups and kinds[groups[-1][-1]] in ("PAD", "PADV2") and len(groups[-1]) == 1:
             groups[-1].append(i)
         else:
