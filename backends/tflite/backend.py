@@ -5,7 +5,8 @@ FP32 ONNX model and the QDQ model, and time it against the float32 ``.tflite`` o
 
 Options (``job.options``): ``io`` "float" | "int8" (quantized model inputs/outputs), ``signature``
 (write a SignatureDef, default true), ``input_layout`` "nchw" | "nhwc", ``verify`` and ``latency``
-(default true), ``write_fp32`` (also write the float32 file in an int8 build).
+(default true), ``write_fp32`` (also write the float32 file in an int8 build), ``float_undelegated``
+(run in float the int8 ops XNNPACK does not take: attention's BATCH_MATMUL and SOFTMAX).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class TfliteOptions:
     verify: bool = True
     latency: bool = True
     write_fp32: bool = False
+    float_undelegated: bool = False
 
 
 @dataclass
@@ -64,7 +66,8 @@ class Built:
 def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = None) -> Built:
     """Lower, serialize and validate one model (QDQ → int8 file, FP32 → float32 file)."""
     start = time.perf_counter()
-    lowered = LowerOptions(io=io or opts.io, input_layout=opts.input_layout)
+    lowered = LowerOptions(io=io or opts.io, input_layout=opts.input_layout,
+                           float_undelegated=opts.float_undelegated)
     graph, stats = lower(model, lowered)
     names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     names_out = [o.name for o in model.graph.output]
