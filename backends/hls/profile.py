@@ -28,6 +28,7 @@ HLS_PROFILE = TargetProfile(
     shared_scale_ops=frozenset({"Concat"}),
     int4_weights=False,
     power_of_two_scales=False,
+    integer_only=True,
 )
 
 HLS_POW2_PROFILE = replace(HLS_PROFILE, power_of_two_scales=True)

@@ -41,9 +41,9 @@ from typing import Any
 
 import tomllib
 
+from dsqc.backends.registry import names
 from dsqc.errors import DsqcError
 
-TARGETS = ("onnx", "trt", "tflite", "hls")
 BUILTIN_DATA = ("random", "mnist")
 NO_RECIPE = "none"
 TOP_KEYS = {"out", "targets", "recipes", "calib", "limits", "build", "models"}
@@ -245,9 +245,9 @@ def _paths(pattern: str, root: Path, where: str, key: str, files_only: bool) -> 
 def _targets(value: Any, where: str, key: str) -> list[str]:
     targets = _list(value, where, key)
     for target in targets:
-        if target not in TARGETS:
+        if target not in names():
             raise ManifestError(f"{where}: {key}: unknown target {target!r}; choose from "
-                                f"{', '.join(TARGETS)}")
+                                f"{', '.join(names())}")
     if len(set(targets)) != len(targets):
         raise ManifestError(f"{where}: {key}: a target is listed twice")
     return targets
