@@ -94,7 +94,7 @@ def test_toy_target_builds_end_to_end(toy: type[ToyBackend], conv_bn_path: Path,
     assert toy.lowerings == 1
     assert "warning: toy: HI" in captured.err
     report = json.loads((out / "report.json").read_text())
-    assert report["artifacts"] == ["conv_bn.toy.txt", "report.json"]
+    assert report["artifacts"] == ["conv_bn.toy.txt", "report.json", "report.html", "manifest.json"]
     nodes, tensors = report["plan"]["nodes"], report["plan"]["tensors"]
     assert nodes["fc"]["precision"] == "int8" and nodes["conv"]["precision"] == "fp32"
     activations = [s for name, s in tensors.items() if s["dtype"] == "int8" and name != "fc_w"]

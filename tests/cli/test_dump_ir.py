@@ -43,7 +43,7 @@ def test_dump_ir_lists_boosters_and_insert_qdq_in_run_order(tmp_path: Path) -> N
     for name in ("FuseConvBatchNorm", "EqualizeCrossLayer", "SmoothQuant", "InsertQDQ", "BiasCorrection"):
         assert name in timed, (name, timed)
     assert timed.index("EqualizeCrossLayer") < timed.index("InsertQDQ") < timed.index("BiasCorrection")
-    passes_ms = json.loads((out / "report.json").read_text())["metrics"]["passes_ms"]
+    passes_ms = json.loads((out / "build_info.json").read_text())["volatile_metrics"]["passes_ms"]
     expected = {"FoldConstants", "EqualizeCrossLayer", "SmoothQuant", "InsertQDQ", "BiasCorrection"}
     assert expected <= passes_ms.keys()
 
