@@ -6,20 +6,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from dsqc.model_io import save_model
 from dsqc.quant.profile import TargetProfile
 
 from ..options import check_options
 from ..registry import Backend, BackendOutput, LoweringJob, register
+from .dynamic import KERNELS, lower_dynamic
 from .isa import ISAS, WEIGHT_LIMIT, resolve_isa
 from .profile import ONNX_PROFILE, onnx_profile
 
 
 @dataclass(frozen=True)
 class OnnxOptions:
-    """``-B`` options of this target: ``isa``, the CPU that will run the model (default: this one)."""
+    """``-B`` options of this target: ``isa``, the CPU that will run the model (default: this one);
+    ``dynamic_kernel``, the integer kernels of ``--mode dynamic|auto`` nodes (``dynamic.py``)."""
 
     isa: str | None = field(default=None, metadata={"choices": ISAS})
+    dynamic_kernel: str = field(default="fused", metadata={"choices": KERNELS})
 
 
 @register
@@ -34,9 +39,13 @@ class OnnxBackend(Backend):
         _check_keys(options)
         return onnx_profile(resolve_isa(options.get("isa"))[0])
 
+    def verified_model(self, job: LoweringJob) -> onnx.ModelProto:
+        """Dynamic nodes on ORT's integer kernels (what is written); static QDQ models as they are."""
+        return lower_dynamic(super().verified_model(job), job.options.get("dynamic_kernel", "fused"))
+
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
         _check_keys(job.options)
-        model = job.qdq if job.qdq is not None else job.fp32
+        model = self.verified_model(job) if job.qdq is not None else job.fp32
         suffix = "int8" if job.qdq is not None else "fp32"
         path = Path(f"{job.name}.{suffix}.onnx")
         save_model(model, out / path)

@@ -38,6 +38,8 @@ class TargetProfile:
     ``int8_tables``: Gathers from constant tables (embeddings) are int8 weight-only (per row) by
     default, for runtimes that gather the int8 rows before dequantizing (ORT's GatherBlockQuantized);
     elsewhere a recipe asks for it.
+    ``dynamic_refusal``: why the target cannot run activations quantized at run time (``--mode
+    dynamic|auto`` is refused with it); empty where it can.
     """
 
     name: str
@@ -62,3 +64,4 @@ class TargetProfile:
     int8_tables: bool = False
     float_fallback: str = "fp32"
     min_opset: int = 13
+    dynamic_refusal: str = ""
