@@ -139,13 +139,14 @@ def _matmul(tag: str, dyn: onnx.NodeProto, wq: np.ndarray, ws: np.ndarray, bias:
 
 def _conv(tag: str, dyn: onnx.NodeProto, wq: np.ndarray, ws: np.ndarray, bias: np.ndarray | None, final: str,
           attrs: dict[str, object]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """ConvInteger takes uint8 weights in ORT's CPU kernel: int8 values + 128 with zero point 128."""
+    """ConvInteger takes uint8 weights with one zero point in ORT's CPU kernel: int8 values + 128 with
+    zero point 128; the per-channel scales are applied after, in float."""
     xq, xs, xz = dyn.output
     wu8 = (wq.astype(np.int16) + 128).astype(np.uint8)
     names = {k: f"{tag}_{k}" for k in ("wq", "wz", "ws", "bias", "int", "float", "xs_ws", "pre_bias")}
     view = (1, -1, 1, 1)
     extra = [numpy_helper.from_array(wu8, names["wq"]),
-             numpy_helper.from_array(np.full(wq.shape[0], 128, np.uint8), names["wz"]),
+             numpy_helper.from_array(np.asarray(128, np.uint8), names["wz"]),  # ORT: per-tensor zero point
              numpy_helper.from_array(ws.reshape(view), names["ws"])]
     conv_attrs = {k: v for k, v in attrs.items() if k in ("dilations", "group", "kernel_shape", "pads",
                                                          "strides", "auto_pad")}
