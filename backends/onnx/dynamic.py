@@ -78,7 +78,7 @@ def _match(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
     if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
         return None
     dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
-    if dq_x is None or dq_w is None or dq_x.op_type != "DequantizeLinear" or dq_w.op_type != "DequantizeLinear":
+    if dq_x is None or dq_w is None or {dq_x.op_type, dq_w.op_type} != {"DequantizeLinear"}:
         return None
     dyn = producers.get(dq_x.input[0])
     if dyn is None or dyn.op_type != "DynamicQuantizeLinear" or dq_w.input[0] not in inits:
@@ -127,7 +127,8 @@ def _matmul(tag: str, dyn: onnx.NodeProto, wq: np.ndarray, ws: np.ndarray, bias:
                                       [final], name=f"{tag}_MatMulIntegerToFloat", domain=MS_DOMAIN))
         return nodes, extra
     pre = names["pre_bias"] if bias is not None else final
-    nodes += [helper.make_node("MatMulInteger", [xq, names["wq"], xz], [names["int"]], name=f"{tag}_MatMulInteger"),
+    nodes += [helper.make_node("MatMulInteger", [xq, names["wq"], xz], [names["int"]],
+                               name=f"{tag}_MatMulInteger"),
               helper.make_node("Cast", [names["int"]], [names["float"]], to=onnx.TensorProto.FLOAT,
                                name=f"{tag}_Cast"),
               helper.make_node("Mul", [xs, names["ws"]], [names["xs_ws"]], name=f"{tag}_ScaleMul"),
@@ -153,7 +154,8 @@ def _conv(tag: str, dyn: onnx.NodeProto, wq: np.ndarray, ws: np.ndarray, bias: n
     pre = names["pre_bias"] if bias is not None else final
     nodes = [helper.make_node("ConvInteger", [xq, names["wq"], xz, names["wz"]], [names["int"]],
                               name=f"{tag}_ConvInteger", **conv_attrs),
-             helper.make_node("Cast", [names["int"]], [names["float"]], to=onnx.TensorProto.FLOAT, name=f"{tag}_Cast"),
+             helper.make_node("Cast", [names["int"]], [names["float"]], to=onnx.TensorProto.FLOAT,
+                              name=f"{tag}_Cast"),
              helper.make_node("Mul", [xs, names["ws"]], [names["xs_ws"]], name=f"{tag}_ScaleMul"),
              helper.make_node("Mul", [names["float"], names["xs_ws"]], [pre], name=f"{tag}_Mul")]
     if bias is not None:

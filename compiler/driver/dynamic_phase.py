@@ -18,9 +18,9 @@ from typing import Any
 
 import onnx
 
+from dsqc.backends.registry import Backend, LoweringJob
 from dsqc.calibration.data import SampleSet, fixed_batch, load_samples, model_inputs
 from dsqc.driver.build_types import BuildRequest, BuildResult
-from dsqc.backends.registry import Backend, LoweringJob
 from dsqc.errors import CalibrationError, GateError, UnsupportedError
 from dsqc.quant.dynamic import MODES, candidates, insert_dynamic
 from dsqc.quant.dynamic_auto import choose_modes
@@ -138,8 +138,8 @@ def run_dynamic(mode: str, request: BuildRequest, backend: Backend, job: Lowerin
     info = result.metrics["dynamic"]
     info["verified"] = held is not None
     if calib is not None:
-        result.metrics["calibration"] = {"source": calib.source, "samples": len(calib), "method": recipe.method,
-                                         "synthetic": calib.synthetic}
+        result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
+                                         "method": recipe.method, "synthetic": calib.synthetic}
     if held is None:
         result.warnings.append(UNVERIFIED)
         return None

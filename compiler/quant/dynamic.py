@@ -54,7 +54,8 @@ def candidates(model: onnx.ModelProto) -> list[Candidate]:
             found.append(Candidate(node.name, "MatMul", node.input[0], init.name, 1))
         elif node.op_type == "Gemm" and dims == 2 and not attrs.get("transA", 0) \
                 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0:
-            found.append(Candidate(node.name, "Gemm", node.input[0], init.name, 0 if attrs.get("transB") else 1))
+            axis = 0 if attrs.get("transB") else 1
+            found.append(Candidate(node.name, "Gemm", node.input[0], init.name, axis))
         elif node.op_type == "Conv" and dims == 4:
             found.append(Candidate(node.name, "Conv", node.input[0], init.name, 0))
     return found
@@ -92,16 +93,18 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
             q, s, z, dq = f"{base}_dynq", f"{base}_dyns", f"{base}_dynzp", f"{base}_dyndq"
             before.append(helper.make_node("DynamicQuantizeLinear", [cand.activation], [q, s, z],
                                            name=f"{base}_DynamicQuantizeLinear"))
-            before.append(helper.make_node("DequantizeLinear", [q, s, z], [dq], name=f"{base}_DequantizeLinear"))
+            before.append(helper.make_node("DequantizeLinear", [q, s, z], [dq],
+                                           name=f"{base}_DequantizeLinear"))
             activations[cand.activation] = dq
         node.input[0] = activations[cand.activation]
         weight = numpy_helper.to_array(inits[cand.weight])
         qw, scale = quantize_weight(weight, cand.axis)
         wname = f"{cand.weight}_quantized" if cand.weight not in replaced_weights else f"{cand.node}_w"
         replaced_weights.add(cand.weight)
+        zero = np.zeros_like(scale, np.int8)
         graph.initializer.extend([numpy_helper.from_array(qw, wname),
                                   numpy_helper.from_array(scale, f"{wname}_scale"),
-                                  numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{wname}_zero_point")])
+                                  numpy_helper.from_array(zero, f"{wname}_zero_point")])
         deq = f"{wname}_dequantized"
         before.append(helper.make_node("DequantizeLinear", [wname, f"{wname}_scale", f"{wname}_zero_point"],
                                        [deq], name=f"{wname}_DequantizeLinear", axis=cand.axis))

@@ -186,7 +186,8 @@ def parse_recipe(data: dict[str, Any], label: str = "recipe") -> Recipe:
 
 def _check_value(key: str, value: Any, label: str, where: str) -> Any:
     choices: dict[str, tuple[Any, ...]] = {
-        "mode": ("static", "dynamic", "auto"), "method": METHODS, "activation_dtype": ("uint8", "int8"), "weight_dtype": ("int8", "int4"),
+        "mode": ("static", "dynamic", "auto"), "method": METHODS, "activation_dtype": ("uint8", "int8"),
+        "weight_dtype": ("int8", "int4"),
         "precision": tuple(p.value for p in Precision)}
     if key in choices and value not in choices[key]:
         raise RecipeError(f"{label}: {where} = {value!r}; choose one of {', '.join(choices[key])}")

@@ -165,7 +165,7 @@ def test_trt_and_hls_refuse_dynamic(net: Path, tmp_path: Path, target: str, why:
 def test_recipe_mode_key() -> None:
     assert parse_recipe({"quantization": {"mode": "dynamic"}}).mode == "dynamic"
     assert parse_recipe({}).mode == "static"
-    with pytest.raises(RecipeError, match="quantization.mode = 'runtime'"):
+    with pytest.raises(RecipeError, match=r"quantization\.mode = 'runtime'"):
         parse_recipe({"quantization": {"mode": "runtime"}})
 
 
