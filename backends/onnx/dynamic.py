@@ -11,6 +11,8 @@ contrib op: ``DynamicQuantizeLinear → ConvInteger → Cast → Mul(x_scale · 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -149,8 +151,8 @@ def _conv(tag: str, dyn: onnx.NodeProto, wq: np.ndarray, ws: np.ndarray, bias: n
     extra = [numpy_helper.from_array(wu8, names["wq"]),
              numpy_helper.from_array(np.asarray(128, np.uint8), names["wz"]),  # ORT: per-tensor zero point
              numpy_helper.from_array(ws.reshape(view), names["ws"])]
-    conv_attrs = {k: v for k, v in attrs.items() if k in ("dilations", "group", "kernel_shape", "pads",
-                                                         "strides", "auto_pad")}
+    kept = ("dilations", "group", "kernel_shape", "pads", "strides", "auto_pad")
+    conv_attrs: dict[str, Any] = {k: v for k, v in attrs.items() if k in kept}
     pre = names["pre_bias"] if bias is not None else final
     nodes = [helper.make_node("ConvInteger", [xq, names["wq"], xz, names["wz"]], [names["int"]],
                               name=f"{tag}_ConvInteger", **conv_attrs),
