@@ -70,9 +70,11 @@ def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = N
     model, hybrid = dynamic.strip(model)
     graph, stats = lower(model, lowered)
     if hybrid:
-        left = dynamic.hybridize(graph, hybrid)
+        left, static = dynamic.hybridize(graph, hybrid)
         stats.notes.extend(f"tflite: '{name}' stays float: no hybrid kernel for its lowering"
                            for name in left)
+        stats.notes.extend(f"tflite: '{name}' (dynamic in the plan) runs as a static int8 op: its input and "
+                           "output are int8 tensors of static neighbours" for name in static)
         stats.float_nodes = [n for n in stats.float_nodes if n not in hybrid or n in left]
     names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     names_out = [o.name for o in model.graph.output]

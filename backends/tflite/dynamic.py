@@ -44,14 +44,19 @@ def strip(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
     return out, set(found)
 
 
-def hybridize(graph: Graph, nodes: set[str]) -> list[str]:
-    """Turn the float ops lowered from ``nodes`` into hybrid ops (int8 per-channel weights); returns the
-    ONNX names of the nodes that did not become hybrid (they stay float, with the reason in the log)."""
+def hybridize(graph: Graph, nodes: set[str]) -> tuple[list[str], list[str]]:
+    """Turn the float ops lowered from ``nodes`` into hybrid ops (int8 per-channel weights). Returns the
+    ONNX names of the nodes that did not: (still float, lowered as static int8 ops). A node of an auto
+    plan between static int8 neighbours reads and writes int8 tensors with calibrated scales, so the
+    lowering gives it the int8 kernel: LiteRT has no hybrid op with an int8 input."""
     done: set[str] = set()
+    static: set[str] = set()
     for op in graph.ops:
         if op.origin not in nodes or op.kind not in HYBRID_DIM:
             continue
         x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
+        if x.dtype == "int8" and w.dtype == "int8":
+            static.add(op.origin)
         if x.dtype != "float32" or w.data is None or w.dtype != "float32":
             continue
         dim = HYBRID_DIM[op.kind]
@@ -60,7 +65,7 @@ def hybridize(graph: Graph, nodes: set[str]) -> list[str]:
         if op.kind == "FULLY_CONNECTED":
             op.options.asymmetricQuantizeInputs = True
         done.add(op.origin)
-    return sorted(nodes - done)
+    return sorted(nodes - done - static), sorted(static - done)
 
 
 def hybrid_version(kind: str, graph: Graph, inputs: list[int]) -> int | None:

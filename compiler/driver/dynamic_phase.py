@@ -24,11 +24,10 @@ from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.errors import CalibrationError, GateError, UnsupportedError
 from dsqc.quant.dynamic import MODES, candidates, insert_dynamic
 from dsqc.quant.dynamic_auto import choose_modes
-from dsqc.quant.planner import Placement
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Override, Recipe
-from dsqc.quant.spec import NodeDecision, Precision, QuantPlan
+from dsqc.quant.spec import NodeDecision, Precision
 from dsqc.verify import Verification, verify
 
 log = logging.getLogger(__name__)
@@ -77,17 +76,20 @@ def quantize_dynamic_mode(source: onnx.ModelProto, mode: str, profile: TargetPro
     info: dict[str, Any] = {"mode": mode}
     result.metrics["dynamic"] = info
     if mode == "dynamic":
-        plan = QuantPlan(nodes={n.name: NodeDecision(Precision.FP32, f"{n.op_type}: no dynamic int8 kernel "
-                                                     "(dynamic mode quantizes MatMul/Gemm/Conv weights)")
-                                for n in source.graph.node})
-        chosen = [c for c in candidates(source)
-                  if recipe.options_for(c.node, c.op).precision is not Precision.FP32]
-        for c in candidates(source):
-            if c not in chosen:
-                plan.nodes[c.node] = NodeDecision(Precision.FP32, "recipe keeps it in fp32")
-        model = insert_dynamic(source, chosen, plan)
+        base = _tables_only(source, profile, recipe)
+        plan = base.plan
+        ops = {n.name: n.op_type for n in source.graph.node}
+        for name, decision in list(plan.nodes.items()):
+            if decision.precision is Precision.FP32:
+                kept = recipe.options_for(name, ops[name]).precision is Precision.FP32
+                why = "recipe keeps it in fp32" if kept else \
+                    f"{ops[name]}: no dynamic int8 kernel (dynamic mode quantizes MatMul/Gemm/Conv weights)"
+                plan.nodes[name] = NodeDecision(Precision.FP32, why)
+        chosen = [c for c in candidates(base.model) if recipe.options_for(c.node, c.op).precision
+                  is not Precision.FP32]
+        model = insert_dynamic(base.model, chosen, plan)
         info["nodes"] = {c.node: {"op": c.op, "mode": "dynamic"} for c in chosen}
-        return Quantized(model, plan, Placement(), {})
+        return Quantized(model, plan, base.placement, {})
     assert calib is not None
     static = quantize_model(source, profile, recipe, calib, request.calib_batch)
     choices = choose_modes(source, static.plan, calib)
@@ -152,3 +154,12 @@ def run_dynamic(mode: str, request: BuildRequest, backend: Backend, job: Lowerin
     result.metrics["verification"] = verification.to_dict()
     info["eval_source"], info["eval_samples"] = held.source, len(held)
     return verification
+
+
+def _tables_only(source: onnx.ModelProto, profile: TargetProfile, recipe: Recipe) -> Quantized:
+    """The static planner with every op but Gather kept float: constant embedding tables become int8
+    weight-only where the target gathers int8 rows (``onnx``: GatherBlockQuantized, as in static mode);
+    no activation is quantized, so no calibration data is needed."""
+    ops = {n.op_type for n in source.graph.node}
+    tables = dataclasses.replace(recipe, exclude_ops=set(recipe.exclude_ops) | (ops - {"Gather"}))
+    return quantize_model(source, profile, tables, SampleSet(feeds={}, source="no data"))
