@@ -22,6 +22,7 @@ from dsqc.backends.registry import Backend, LoweringJob
 from dsqc.calibration.data import SampleSet, fixed_batch, load_samples, model_inputs
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.errors import CalibrationError, GateError, UnsupportedError
+from dsqc.quant.boosters import BoosterOptions, apply_boosters
 from dsqc.quant.dynamic import MODES, candidates, insert_dynamic
 from dsqc.quant.dynamic_auto import choose_modes
 from dsqc.quant.profile import TargetProfile
@@ -133,8 +134,18 @@ def run_dynamic(mode: str, request: BuildRequest, backend: Backend, job: Lowerin
         result.warnings.append(RANDOM_WARNING)
     if held is None and (request.min_sqnr is not None or request.max_drop is not None or request.strict):
         raise GateError("--min-sqnr/--max-drop/--strict need verification: give --eval-data DATA")
+    source = fp32
+    boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source).resolved(False)
+    if boosters.fp32_side and calib is None:
+        raise CalibrationError(f"{recipe.source}: [boosters] cle/smoothquant measure activations: give "
+                               "--calib DATA, or drop them for a dynamic build without data")
+    if calib is not None and boosters.fp32_side:
+        with clock("boosters"):  # CLE / SmoothQuant: the same function; per-tensor run-time scales gain most
+            source = apply_boosters(fp32, calib, boosters, request.calib_batch)
+    result.metrics["boosters"] = {"cle": boosters.cle, "smoothquant": boosters.smoothquant,
+                                  "note": "dynamic/auto: only the FP32 rewrites (CLE, SmoothQuant)"}
     with clock("calibrate+plan" if mode == "auto" else "plan"):
-        quantized = quantize_dynamic_mode(fp32, mode, profile, recipe, calib, request, result)
+        quantized = quantize_dynamic_mode(source, mode, profile, recipe, calib, request, result)
     result.warnings.extend(f"recipe regex '{r}' matched no node" for r in recipe.unmatched())
     result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
     info = result.metrics["dynamic"]
