@@ -61,8 +61,13 @@ def candidates(model: onnx.ModelProto) -> list[Candidate]:
     return found
 
 
-def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output channel in [-127, 127]: ``(int8 values, float32 scales)``."""
+def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-127, 127], per output channel along ``axis`` (``None``: one scale):
+    ``(int8 values, float32 scales)``."""
+    if axis is None:
+        amax = np.asarray(np.abs(weight).max(), np.float32)
+        scale = np.asarray(amax / WEIGHT_LIMIT if amax > 0 else 1.0, np.float32)
+        return np.clip(np.rint(weight / scale), -WEIGHT_LIMIT, WEIGHT_LIMIT).astype(np.int8), scale
     moved = np.moveaxis(weight.astype(np.float32), axis, 0)
     amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
     scale = np.where(amax > 0, amax / WEIGHT_LIMIT, 1.0).astype(np.float32)
@@ -73,10 +78,11 @@ def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
 
 
 def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantPlan,
-                   reasons: dict[str, str] | None = None) -> onnx.ModelProto:
+                   reasons: dict[str, str] | None = None, per_tensor: set[str] | None = None
+                   ) -> onnx.ModelProto:
     """A copy of ``model`` with ``chosen`` nodes dynamically quantized (DynamicQuantizeLinear →
-    DequantizeLinear on the activation, DequantizeLinear of int8 on the weight); ``plan`` records the
-    node decisions and weight specs."""
+    DequantizeLinear on the activation, DequantizeLinear of int8 on the weight: per output channel, or
+    one scale for the nodes in ``per_tensor``); ``plan`` records the node decisions and weight specs."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -98,7 +104,8 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
             activations[cand.activation] = dq
         node.input[0] = activations[cand.activation]
         weight = numpy_helper.to_array(inits[cand.weight])
-        qw, scale = quantize_weight(weight, cand.axis)
+        axis = None if cand.node in (per_tensor or set()) else cand.axis
+        qw, scale = quantize_weight(weight, axis)
         wname = f"{cand.weight}_quantized" if cand.weight not in replaced_weights else f"{cand.node}_w"
         replaced_weights.add(cand.weight)
         zero = np.zeros_like(scale, np.int8)
@@ -107,10 +114,10 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
                                   numpy_helper.from_array(zero, f"{wname}_zero_point")])
         deq = f"{wname}_dequantized"
         before.append(helper.make_node("DequantizeLinear", [wname, f"{wname}_scale", f"{wname}_zero_point"],
-                                       [deq], name=f"{wname}_DequantizeLinear", axis=cand.axis))
+                                       [deq], name=f"{wname}_DequantizeLinear", axis=axis or 0))
         node.input[1] = deq
         plan.nodes[cand.node] = NodeDecision(Precision.INT8, (reasons or {}).get(cand.node, DYNAMIC_REASON))
-        plan.tensors[cand.weight] = QuantSpec("int8", scale, np.zeros(scale.shape, np.int64), axis=cand.axis,
+        plan.tensors[cand.weight] = QuantSpec("int8", scale, np.zeros(scale.shape, np.int64), axis=axis,
                                               narrow=True)
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:

@@ -89,7 +89,8 @@ def bench_model(name: str, fp32: Path, feeds: list[dict[str, np.ndarray]], mask:
     if calib is not None:  # SmoothQuant needs activation statistics: the calibration data
         recipe = folder / "smoothquant.toml"
         recipe.write_text("[boosters]\nsmoothquant = 0.8\n")
-        options = ["--mode", "dynamic", "--calib", str(calib), "--calib-samples", "32", "--recipe", str(recipe)]
+        options = ["--mode", "dynamic", "--calib", str(calib), "--calib-samples", "32",
+                   "--recipe", str(recipe)]
         variants["dsqc dynamic + SmoothQuant 0.8"] = dsqc_build(fp32, folder / "dsqc_sq", options)
     if auto and calib is not None:
         options = ["--mode", "auto", "--calib", str(calib), "--calib-samples", "32"]
