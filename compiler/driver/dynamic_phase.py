@@ -23,7 +23,7 @@ from dsqc.calibration.data import SampleSet, fixed_batch, load_samples, model_in
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.errors import CalibrationError, GateError, UnsupportedError
 from dsqc.quant.boosters import BoosterOptions, apply_boosters
-from dsqc.quant.dynamic import MODES, candidates, insert_dynamic
+from dsqc.quant.dynamic import MODES, Candidate, candidates, insert_dynamic
 from dsqc.quant.dynamic_auto import choose_modes
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
@@ -88,7 +88,7 @@ def quantize_dynamic_mode(source: onnx.ModelProto, mode: str, profile: TargetPro
                 plan.nodes[name] = NodeDecision(Precision.FP32, why)
         chosen = [c for c in candidates(base.model) if recipe.options_for(c.node, c.op).precision
                   is not Precision.FP32]
-        model = insert_dynamic(base.model, chosen, plan)
+        model = insert_dynamic(base.model, chosen, plan, per_tensor=_per_tensor(chosen, recipe))
         info["nodes"] = {c.node: {"op": c.op, "mode": "dynamic"} for c in chosen}
         return Quantized(model, plan, base.placement, {})
     assert calib is not None
@@ -108,7 +108,8 @@ def quantize_dynamic_mode(source: onnx.ModelProto, mode: str, profile: TargetPro
     if missing:
         log.warning("auto mode: %d node(s) lost their constant weight in the static model: %s", len(missing),
                     ", ".join(sorted(missing)))
-    mixed.model = insert_dynamic(mixed.model, picked, mixed.plan, {n: c.reason for n, c in dynamic.items()})
+    mixed.model = insert_dynamic(mixed.model, picked, mixed.plan, {n: c.reason for n, c in dynamic.items()},
+                                 _per_tensor(picked, recipe))
     for c in choices:
         if c.mode == "static" and mixed.plan.precision_of(c.node) is Precision.INT8:
             mixed.plan.nodes[c.node] = NodeDecision(Precision.INT8, c.reason)
@@ -174,3 +175,8 @@ def _tables_only(source: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     ops = {n.op_type for n in source.graph.node}
     tables = dataclasses.replace(recipe, exclude_ops=set(recipe.exclude_ops) | (ops - {"Gather"}))
     return quantize_model(source, profile, tables, SampleSet(feeds={}, source="no data"))
+
+
+def _per_tensor(chosen: list[Candidate], recipe: Recipe) -> set[str]:
+    """Nodes whose recipe options turn per-channel weights off (``per_channel = false``)."""
+    return {c.node for c in chosen if not recipe.options_for(c.node, c.op).per_channel}

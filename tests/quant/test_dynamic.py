@@ -204,3 +204,16 @@ def test_auto_build_records_the_choice(net: Path, tmp_path: Path) -> None:
     assert on_dynamic_kernels == {name for name, c in nodes.items() if c["mode"] == "dynamic"}
     for name, c in nodes.items():
         assert f"{c['mode']} (--mode auto)" in report["plan"]["nodes"][name]["reason"]
+
+
+def test_recipe_sets_the_mode_and_per_tensor_weights(net: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[quantization]\nmode = "dynamic"\nper_channel = false\n')
+    out = tmp_path / "out"
+    assert main(["build", str(net), "--target", "onnx", "--recipe", str(recipe), "--no-latency",
+                 "--eval-data", str(_npz(tmp_path / "eval.npz", 8, 1)), "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["dynamic"]["mode"] == "dynamic"
+    spec = report["plan"]["tensors"]["head_w"]
+    assert spec["axis"] is None and np.asarray(spec["scale"]).ndim == 0
+    assert report["metrics"]["verification"]["outputs"]["y"]["sqnr_db"] > 20.0
