@@ -34,6 +34,7 @@ from tools.bench.real.store import real_dir
 HERE = Path(__file__).resolve().parent
 WORK = HERE.parents[1] / ".cache" / "dynamic"
 log = logging.getLogger("bench.dynamic")
+FINDINGS = "## Findings"  # the hand-written section below the tables survives a re-run
 
 
 def ort_dynamic(src: Path, dst: Path, per_channel: bool) -> Path:
@@ -181,7 +182,9 @@ def main() -> None:
         results["small transformer (zoo, random inputs)"] = bench_model("small_transformer", path, feeds,
                                                                         None, calib, args.auto)
     (HERE / "dynamic.json").write_text(json.dumps(results, indent=1) + "\n")
-    (HERE / "DYNAMIC.md").write_text(markdown(results) + "\n")
+    target = HERE / "DYNAMIC.md"
+    kept = target.read_text().partition(FINDINGS)[2] if target.exists() else ""
+    target.write_text(markdown(results) + "\n" + (FINDINGS + kept if kept else ""))
     print(markdown(results))
 
 
