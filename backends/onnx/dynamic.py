@@ -2,11 +2,12 @@
 (activation) + ``DequantizeLinear`` (int8 per-channel weight) form rewritten into integer kernels.
 
 MatMul and Gemm become ``com.microsoft.DynamicQuantizeMatMul`` (quantizes its float input at run time,
-u8·s8 GEMM, per-column weight scales, bias fused) by default: on MiniLM it beat the standard-ONNX chain
-``DynamicQuantizeLinear → MatMulInteger → Cast → Mul → Mul → Add`` and ``MatMulIntegerToFloat`` with
-a shared ``DynamicQuantizeLinear`` (tools/bench/DYNAMIC.md). ``kernel="integer"`` writes the standard
-chain (runs on any ONNX runtime), ``kernel="itf"`` the MatMulIntegerToFloat form. Conv has no fused
-contrib op: ``DynamicQuantizeLinear → ConvInteger → Cast → Mul(x_scale · w_scale[c]) → Add(bias)``.
+u8·s8 GEMM, per-column weight scales, bias fused) by default. ``kernel="integer"`` writes the
+standard-ONNX chain ``DynamicQuantizeLinear → MatMulInteger → Cast → Mul → Mul → Add`` (any ONNX
+runtime), ``kernel="itf"`` a shared ``DynamicQuantizeLinear`` + ``MatMulIntegerToFloat``. All three
+compute the same numbers and timed within noise of each other on MiniLM and the small transformer
+(tools/bench/DYNAMIC.md); ``fused`` is one node per layer. Conv has no fused contrib op:
+``DynamicQuantizeLinear → ConvInteger → Cast → Mul(x_scale · w_scale[c]) → Add(bias)``.
 """
 
 from __future__ import annotations
