@@ -20,6 +20,7 @@ from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.dynamic_phase import UNVERIFIED, resolve_mode, run_dynamic
 from dsqc.driver.output import staged_output
 from dsqc.driver.report import float_nodes, speed_warnings, write_report
+from dsqc.driver.shared_stages import SharedStages
 from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
 from dsqc.errors import CalibrationError, GateError, RecipeError
 from dsqc.ir import Model
@@ -108,8 +109,12 @@ def load_and_normalize(path: Path, options: NormalizeOptions | None = None) -> N
     return result
 
 
-def build(request: BuildRequest) -> BuildResult:
-    """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir."""
+def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildResult:
+    """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir.
+
+    ``shared``: stages already run for another target of the same model and data (multi-target build).
+    """
+    shared = shared or SharedStages()
     timings: dict[str, float] = {}
     clock = _Clock(timings)
     backend = get_backend(request.target)
@@ -122,11 +127,11 @@ def build(request: BuildRequest) -> BuildResult:
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = load_and_normalize(request.model, NormalizeOptions(
-            request.dump_ir, request.check_each_pass))
+        normalized = shared.once("normalize", (), lambda: load_and_normalize(request.model, NormalizeOptions(
+            request.dump_ir, request.check_each_pass)))
     fp32 = normalized.model
     result = BuildResult(out_dir=request.out_dir, target=request.target,
-                         precision=request.precision, timings=timings)
+                         precision=request.precision, timings=timings, options=options)
     result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=options)
@@ -136,7 +141,7 @@ def build(request: BuildRequest) -> BuildResult:
     if mode != "static":  # activations quantized at run time (all, or per node): dynamic_phase.py
         verification = run_dynamic(mode, request, backend, job, recipe, result, clock)
     elif request.precision != "fp32":
-        calib, held_out = load_data(request, fp32, recipe)
+        calib, held_out = shared.once("data", (), lambda: load_data(request, fp32, recipe))
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
         profile = backend.profile_for(options)
@@ -144,14 +149,18 @@ def build(request: BuildRequest) -> BuildResult:
         boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source).resolved(symmetric)
         result.metrics["boosters"] = dataclasses.asdict(boosters)
         with clock("boosters"):  # CLE / SmoothQuant / shift: the same function, easier to quantize
-            source = apply_boosters(fp32, calib, boosters, request.calib_batch)
+            source = shared.boosted(fp32, boosters,
+                                    lambda: apply_boosters(fp32, calib, boosters, request.calib_batch))
         job.fp32 = source  # the FP32 model the QDQ model (and a trt cache) refers to; same function
         with clock("calibrate+plan"):
             if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
                 auto = choose_precisions(source, profile, recipe, calib, held_out, request)
                 recipe, quantized = auto.recipe, auto.quantized
             else:
-                quantized = quantize_model(source, profile, recipe, calib, request.calib_batch)
+                with shared.calibration(source, recipe) as known:
+                    quantized = quantize_model(source, profile, recipe, calib, request.calib_batch,
+                                               known=dict(known))
+                    known.update(quantized.stats)
         if profile.latency_guard and request.measure_latency and not request.accuracy_budget:
             with clock("latency guard"):
                 quantized = _guard(source, quantized, profile, recipe, calib, held_out, request, result)
@@ -187,6 +196,7 @@ def build(request: BuildRequest) -> BuildResult:
             kept_fp32 = result.metrics.get("latency_guard", {}).get("kept_fp32_ops", [])
             result.artifacts[-1:-1] = auto.write(staging, kept_fp32)
         result.metrics.update(output.metrics)
+        result.runtime_outputs = output.runtime_outputs
         result.warnings.extend(output.notes)
         result.metrics["float_nodes"] = float_nodes(result)
         result.warnings.extend(speed_warnings(result.metrics))

@@ -48,5 +48,6 @@ def test_onnx_build_rejects_an_hls_option_before_any_work(conv_bn_path: Path, tm
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "dsqc: error: onnx: unknown target option 'parallelism' (-B parallelism=…); options of onnx: dynamic_kernel, isa"]
+        "dsqc: error: onnx: unknown target option 'parallelism' (-B parallelism=…); options of onnx: "
+        "dynamic_kernel, isa"]
     assert not out.exists()
