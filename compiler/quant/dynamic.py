@@ -20,11 +20,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from dsqc.ir import default_opset
+from dsqc.model_io import upgrade_opset
 from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
 
 MODES = ("static", "dynamic", "auto")
 DYNAMIC_REASON = "dynamic: int8 per-channel weights, activations quantized at run time (uint8, per tensor)"
 WEIGHT_LIMIT = 127
+MIN_OPSET = 13
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,13 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
     """A copy of ``model`` with ``chosen`` nodes dynamically quantized (DynamicQuantizeLinear →
     DequantizeLinear on the activation, DequantizeLinear of int8 on the weight: per output channel, or
     one scale for the nodes in ``per_tensor``); ``plan`` records the node decisions and weight specs."""
+    if default_opset(model) < MIN_OPSET:  # per-channel DequantizeLinear (axis) needs opset 13
+        model = upgrade_opset(model, MIN_OPSET)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
+    taken = {t for n in graph.node for t in n.output} | {i.name for i in graph.initializer} | \
+        {i.name for i in graph.input}
     inits = {i.name: i for i in graph.initializer}
     by_name = {n.name: n for n in graph.node}
     activations: dict[str, str] = {}  # activation tensor → its fake-quantized (DQ) name, shared by readers
@@ -95,7 +102,7 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
         node = by_name[cand.node]
         before = new_nodes.setdefault(cand.node, [])
         if cand.activation not in activations:
-            base = _unique(cand.activation, graph)
+            base = _unique(cand.activation, taken)
             q, s, z, dq = f"{base}_dynq", f"{base}_dyns", f"{base}_dynzp", f"{base}_dyndq"
             before.append(helper.make_node("DynamicQuantizeLinear", [cand.activation], [q, s, z],
                                            name=f"{base}_DynamicQuantizeLinear"))
@@ -131,8 +138,6 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
     kept = [i for i in graph.initializer if i.name in used or i.name in {o.name for o in graph.output}]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in out.opset_import):
-        raise ValueError("dynamic quantization needs opset ≥ 13 (per-channel DequantizeLinear)")
     return out
 
 
@@ -151,8 +156,14 @@ def dynamic_nodes(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return found
 
 
-def _unique(name: str, graph: onnx.GraphProto) -> str:
-    return name.replace("/", "_").strip("_") or "x"
+def _unique(name: str, taken: set[str]) -> str:
+    """A prefix for the tensors quantizing ``name`` that no tensor of the graph starts with yet."""
+    base = name.replace("/", "_").strip("_") or "x"
+    prefix, k = base, 1
+    while any(t.startswith(f"{prefix}_dyn") for t in taken):
+        prefix, k = f"{base}_{k}", k + 1
+    taken.update(f"{prefix}_{s}" for s in ("dynq", "dyns", "dynzp", "dyndq"))
+    return prefix
 
 
 def _toposort(nodes: list[onnx.NodeProto], known: set[str]) -> list[onnx.NodeProto]:
