@@ -55,20 +55,17 @@ def resolve_mode(request: BuildRequest, recipe: Recipe, profile: TargetProfile) 
     return mode
 
 
-def eval_set(request: BuildRequest, fp32: onnx.ModelProto, recipe: Recipe
+def eval_set(request: BuildRequest, fp32: onnx.ModelProto, loaded: tuple[SampleSet, SampleSet] | None
              ) -> tuple[SampleSet | None, SampleSet | None]:
-    """(calibration set or None, held-out set or None) for a dynamic/auto build."""
+    """(calibration set or None, held-out set or None) for a dynamic/auto build: ``loaded`` is the
+    pipeline's (calibration, held-out) pair when ``--calib`` was given."""
+    if loaded is not None:
+        return loaded
+    if not request.eval_data:
+        return None, None
     inputs = model_inputs(fp32)
-    batch = fixed_batch(inputs)
-    calib = held = None
-    if request.calib:
-        from dsqc.driver.pipeline import load_data
-
-        calib, held = load_data(request, fp32, recipe)
-    elif request.eval_data:
-        held = load_samples(request.eval_data, inputs, request.eval_samples, None, purpose="eval")
-        held = held.for_model_batch(batch, "evaluation")
-    return calib, held
+    held = load_samples(request.eval_data, inputs, request.eval_samples, None, purpose="eval")
+    return None, held.for_model_batch(fixed_batch(inputs), "evaluation")
 
 
 def quantize_dynamic_mode(source: onnx.ModelProto, mode: str, profile: TargetProfile, recipe: Recipe,
@@ -124,15 +121,12 @@ def single_samples(held: SampleSet, model: onnx.ModelProto) -> list[dict[str, An
 
 
 def run_dynamic(mode: str, request: BuildRequest, backend: Backend, job: LoweringJob, recipe: Recipe,
-                result: BuildResult, clock: Callable[[str], Any]) -> Verification | None:
+                result: BuildResult, clock: Callable[[str], Any],
+                loaded: tuple[SampleSet, SampleSet] | None) -> Verification | None:
     """Plan (and for ``auto`` calibrate), fill ``job``, verify when there is held-out data."""
     fp32 = job.fp32
     profile = backend.profile_for(job.options)
-    calib, held = eval_set(request, fp32, recipe)
-    if calib is not None and calib.synthetic:
-        from dsqc.driver.pipeline import RANDOM_WARNING
-
-        result.warnings.append(RANDOM_WARNING)
+    calib, held = eval_set(request, fp32, loaded)
     if held is None and (request.min_sqnr is not None or request.max_drop is not None or request.strict):
         raise GateError("--min-sqnr/--max-drop/--strict need verification: give --eval-data DATA")
     source = fp32

@@ -139,7 +139,10 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
     mode = resolve_mode(request, recipe, backend.profile_for(options))
     verification: Verification | None = None
     if mode != "static":  # activations quantized at run time (all, or per node): dynamic_phase.py
-        verification = run_dynamic(mode, request, backend, job, recipe, result, clock)
+        loaded = shared.once("data", (), lambda: load_data(request, fp32, recipe)) if request.calib else None
+        if loaded is not None and loaded[0].synthetic:
+            result.warnings.append(RANDOM_WARNING)
+        verification = run_dynamic(mode, request, backend, job, recipe, result, clock, loaded)
     elif request.precision != "fp32":
         calib, held_out = shared.once("data", (), lambda: load_data(request, fp32, recipe))
         if calib.synthetic:
