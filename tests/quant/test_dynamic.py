@@ -217,3 +217,13 @@ def test_recipe_sets_the_mode_and_per_tensor_weights(net: Path, tmp_path: Path) 
     spec = report["plan"]["tensors"]["head_w"]
     assert spec["axis"] is None and np.asarray(spec["scale"]).ndim == 0
     assert report["metrics"]["verification"]["outputs"]["y"]["sqnr_db"] > 20.0
+
+
+def test_debug_refuses_a_dynamic_build(net: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, data = tmp_path / "out", _npz(tmp_path / "eval.npz", 8, 1)
+    assert main(["build", str(net), "--target", "onnx", "--mode", "dynamic", "--no-latency", "-q",
+                 "--eval-data", str(data), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["debug", str(net), str(out), "--eval-data", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "built with --mode dynamic" in err[0]
