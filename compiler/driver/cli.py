@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_check(sub)
     _add_debug(sub)
+    _add_batch(sub)
     return parser
 
 
@@ -383,6 +384,12 @@ def _cmd_debug(args: argparse.Namespace) -> int:
     print(format_debug(result, args.top))
     print(f"dsqc: {len(result.rows)} quantized tensors in {result.timings['total']:.2f} s; wrote {target}")
     return 0
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    from dsqc.batch.command import add_batch_parser
+
+    add_batch_parser(sub, _add_verbosity)
 
 
 if __name__ == "__main__":
