@@ -25,15 +25,7 @@ from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
 from dsqc.errors import CalibrationError, GateError, RecipeError
 from dsqc.ir import Model
 from dsqc.model_io import load_model, prepare
-from dsqc.pass_infra import (
-    CheckInstrument,
-    DumpIRInstrument,
-    FixedPoint,
-    Instrument,
-    PassManager,
-    Step,
-    TimingInstrument,
-)
+from dsqc.pass_infra import FixedPoint, PassContext, PassManager, Step, TimingInstrument, current_context
 from dsqc.passes import (
     BatchNormToMulAdd,
     EliminateDeadCode,
@@ -74,37 +66,24 @@ def normalization_steps() -> list[Step]:
 
 
 @dataclass
-class NormalizeOptions:
-    dump_ir: Path | None = None
-    check_each_pass: bool = False
-
-
-@dataclass
 class NormalizeResult:
     model: onnx.ModelProto
     pass_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def normalize(proto: onnx.ModelProto, options: NormalizeOptions | None = None,
-              label: str = "model") -> NormalizeResult:
-    """Run the FP32 normalization pipeline and re-validate the result."""
-    options = options or NormalizeOptions()
+def normalize(proto: onnx.ModelProto, label: str = "model") -> NormalizeResult:
+    """Run the FP32 normalization pipeline (in the active pass context) and re-validate the result."""
     timing = TimingInstrument()
-    instruments: list[Instrument] = [timing]
-    if options.check_each_pass:
-        instruments.append(CheckInstrument())
-    if options.dump_ir is not None:
-        instruments.append(DumpIRInstrument(options.dump_ir))
     model = Model.from_proto(proto)
-    result = PassManager(normalization_steps(), instruments).run(model)
+    result = PassManager(normalization_steps(), [timing]).run(model)
     out = result.model.to_proto()
     out.ir_version = proto.ir_version
     return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
 
 
-def load_and_normalize(path: Path, options: NormalizeOptions | None = None) -> NormalizeResult:
+def load_and_normalize(path: Path) -> NormalizeResult:
     start = time.perf_counter()
-    result = normalize(load_model(path), options, label=str(path))
+    result = normalize(load_model(path), label=str(path))
     log.info("normalized %s in %.2f s", path, time.perf_counter() - start)
     return result
 
@@ -113,8 +92,13 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
     """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir.
 
     ``shared``: stages already run for another target of the same model and data (multi-target build).
-    """
-    shared = shared or SharedStages()
+    Every pass the build runs (normalization, boosters, Q/DQ insertion, backend rewrites) runs in one
+    pass context: ``--dump-ir``, ``--check-each-pass`` and the ``-v`` timings see them all."""
+    with PassContext.for_build(request.dump_ir, request.check_each_pass).active():
+        return _build(request, shared or SharedStages())
+
+
+def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
     timings: dict[str, float] = {}
     clock = _Clock(timings)
     backend = get_backend(request.target)
@@ -127,12 +111,11 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = shared.once("normalize", (), lambda: load_and_normalize(request.model, NormalizeOptions(
-            request.dump_ir, request.check_each_pass)))
+        normalized = shared.once("normalize", (), lambda: load_and_normalize(request.model))
+    passes_so_far = _pass_seconds()  # the normalization's, unless another target of the build ran it
     fp32 = normalized.model
     result = BuildResult(out_dir=request.out_dir, target=request.target,
                          precision=request.precision, timings=timings, options=options)
-    result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=options)
     auto: AutoPlan | None = None
@@ -204,6 +187,7 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
         result.metrics["float_nodes"] = float_nodes(result)
         result.warnings.extend(speed_warnings(result.metrics))
         result.verdict = _verdict(result, limits)
+        result.metrics["passes_ms"] = _pass_milliseconds(normalized.pass_seconds, passes_so_far)
         write_report(staging / REPORT_NAME, result)
         if "verification" in result.metrics and verification is not None:
             check_gates(verification, request.min_sqnr, request.max_drop)
@@ -305,6 +289,21 @@ class _Clock:
     def __exit__(self, *exc: object) -> None:
         self.timings[self._phase] = time.perf_counter() - self._start
         log.info("phase %-16s %.2f s", self._phase, self.timings[self._phase])
+
+
+def _pass_seconds() -> dict[str, float]:
+    timing = current_context().timing
+    return dict(timing.seconds) if timing is not None else {}
+
+
+def _pass_milliseconds(normalization: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Wall time per pass: the normalization (shared between the targets of a multi-target build)
+    plus every pass this build ran after it (``before``: the totals when normalization was done)."""
+    seconds = dict(normalization)
+    for name, total in _pass_seconds().items():
+        if name not in before or total > before[name]:
+            seconds[name] = seconds.get(name, 0.0) + total - before.get(name, 0.0)
+    return {k: round(v * 1e3, 3) for k, v in seconds.items()}
 
 
 def model_name(path: Path) -> str:

@@ -15,7 +15,6 @@ from dsqc.ir import Model, default_opset
 from dsqc.model_io import INT4_OPSET, prepare, upgrade_opset
 from dsqc.op_kinds import CONV_OPS
 from dsqc.ort_tables import lower_tables
-from dsqc.pass_infra import PassManager
 from dsqc.passes.bias_correction import BiasCorrection
 from dsqc.passes.insert_qdq import InsertQDQ
 from dsqc.passes.shift_activations import shift_corrections
@@ -52,7 +51,7 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
     plan = finalize(model, placement, ranges, profile, recipe)
     shifted_weights, shift_means = shift_corrections(model.graph)
-    result = PassManager([InsertQDQ(plan, profile.float_readers_read_float)]).run(model)
+    result = InsertQDQ(plan, profile.float_readers_read_float)(model)  # in the active pass context
     if shift_means:  # the shift's bias fold, redone with the quantized weights
         BiasCorrection(shifted_weights, shift_means, mark=SHIFT_MARK)(result.model)
     proto = result.model.to_proto()
