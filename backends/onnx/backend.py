@@ -22,6 +22,7 @@ from ..registry import (
     ort_outputs,
     register,
 )
+from .dynamic import KERNELS, lower_dynamic
 from .isa import ISAS, WEIGHT_LIMIT, resolve_isa
 from .profile import ONNX_PROFILE, onnx_profile
 
@@ -31,9 +32,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class OnnxOptions:
-    """``-B`` options of this target: ``isa``, the CPU that will run the model (default: this one)."""
+    """``-B`` options of this target: ``isa``, the CPU that will run the model (default: this one);
+    ``dynamic_kernel``, the integer kernels of ``--mode dynamic|auto`` nodes (``dynamic.py``)."""
 
     isa: str | None = field(default=None, metadata={"choices": ISAS})
+    dynamic_kernel: str = field(default="fused", metadata={"choices": KERNELS})
 
 
 @register
@@ -52,14 +55,18 @@ class OnnxBackend(Backend):
         return onnx_profile(resolve_isa(options.get("isa"))[0])
 
     def lower(self, job: LoweringJob) -> Lowered:
-        """Nothing to lower: ORT runs the canonical QDQ model (or the FP32 one) as it is."""
-        isa, how = resolve_isa(self.typed_options(job.options).isa)
+        """Static Q/DQ nodes stay as they are (ORT runs the canonical QDQ model); dynamic nodes go onto
+        ORT's integer kernels (``-B dynamic_kernel``): that model is what is written and verified."""
+        opts = self.typed_options(job.options)
+        isa, how = resolve_isa(opts.isa)
+        verified = lower_dynamic(job.qdq, opts.dynamic_kernel) if job.qdq is not None else None
         bits = 8 if WEIGHT_LIMIT[isa] == 127 else 7
-        return Lowered(job, metrics={"onnx": {"isa": isa, "isa_source": how, "weight_bits": bits}})
+        return Lowered(job, verified=verified,
+                       metrics={"onnx": {"isa": isa, "isa_source": how, "weight_bits": bits}})
 
     def write(self, lowered: Lowered, out: Path) -> BackendOutput:
         job = lowered.job
-        model = job.qdq if job.qdq is not None else job.fp32
+        model = lowered.verified if lowered.verified is not None else job.fp32
         path = Path(f"{job.name}.{'int8' if job.qdq is not None else 'fp32'}.onnx")
         save_model(model, out / path)
         return BackendOutput(artifacts=[path], metrics=lowered.metrics, notes=list(lowered.notes))

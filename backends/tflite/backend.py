@@ -21,10 +21,11 @@ import numpy as np
 import onnx
 
 from dsqc.calibration.data import fixed_batch, model_inputs
+from dsqc.quant.dynamic import dynamic_nodes
 from dsqc.verify import latency_sample
 
 from ..registry import Backend, BackendOutput, Feeds, Lowered, LoweringJob, Replay, WrittenBuild, register
-from . import runtime, verify
+from . import dynamic, runtime, verify
 from .graph import Graph
 from .lower import LowerOptions, LowerStats, lower
 from .profile import TFLITE_PROFILE
@@ -64,11 +65,20 @@ class Built:
 
 
 def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = None) -> Built:
-    """Lower, serialize and validate one model (QDQ → int8 file, FP32 → float32 file)."""
+    """Lower, serialize and validate one model (QDQ → int8 file, FP32 → float32 file; run-time
+    quantized nodes of a dynamic build → hybrid ops, ``dynamic.py``)."""
     start = time.perf_counter()
     lowered = LowerOptions(io=io or opts.io, input_layout=opts.input_layout,
                            float_undelegated=opts.float_undelegated)
+    model, hybrid = dynamic.strip(model)
     graph, stats = lower(model, lowered)
+    if hybrid:
+        left, static = dynamic.hybridize(graph, hybrid)
+        stats.notes.extend(f"tflite: '{name}' stays float: no hybrid kernel for its lowering"
+                           for name in left)
+        stats.notes.extend(f"tflite: '{name}' (dynamic in the plan) runs as a static int8 op: its input and "
+                           "output are int8 tensors of static neighbours" for name in static)
+        stats.float_nodes = [n for n in stats.float_nodes if n not in hybrid or n in left]
     names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     names_out = [o.name for o in model.graph.output]
     blob = serialize(graph, opts.signature, names_in, names_out)
@@ -133,10 +143,15 @@ class TfliteBackend(Backend):
         path = Path(f"{job.name}.int8.tflite")
         lowered.files.append((path, int8.blob))
         metrics["int8"] = _describe(int8, path, job.plan)
+        run_time = bool(dynamic_nodes(job.qdq))  # activations quantized at run time: no integer reference
+        if opts.verify and not job.eval_feeds and run_time:  # unverified build: LiteRT must still run it
+            runs = verify.outputs_vs_onnx(int8.blob, job.fp32, verify.random_feeds(job.fp32), nhwc_in)[1]
+            metrics["runs_in_litert"] = {"inputs": "random normal (no held-out data: not a verification)",
+                                         "finite": all(bool(np.isfinite(v).all()) for v in runs.values())}
         if opts.verify and job.eval_feeds:
             check, got = verify.outputs_vs_onnx(int8.blob, job.fp32, job.eval_feeds, nhwc_in)
             check["vs_qdq"] = verify.outputs_vs_qdq(got, job.qdq, job.eval_feeds, int8.output_scales)
-            if not nhwc_in:
+            if not nhwc_in and not run_time:
                 first = latency_sample(job.fp32, job.eval_feeds[0])
                 names = [i.name for i in job.qdq.graph.input]
                 check["tensors"] = verify.tensors_vs_references(int8.graph, job.qdq, first,

@@ -38,6 +38,7 @@ class BuildRequest:
     strict: bool = False  # a verdict other than "ok" fails the build (exit 2, nothing written)
     model_label: str | None = None  # the model as the user named it (path or module:factory), for hints
     command_line: list[str] | None = None  # argv as typed (the bundle's manifest records it)
+    mode: str | None = None  # static | dynamic | auto (None: the recipe's quantization.mode, else static)
 
 
 def rebuild_command(request: BuildRequest, recipe: Path) -> str:

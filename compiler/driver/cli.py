@@ -88,6 +88,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    "OUT/<target>/ each, params.csv and agreement.json across them)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--precision", default="int8", help="int8 (default) or fp32")
+    p.add_argument("--mode", choices=("static", "dynamic", "auto"),
+                   help="activation scales: static (calibrated, default; recipe quantization.mode), dynamic "
+                        "(computed at run time; onnx, tflite; --calib optional) or auto (per node, measured)")
     p.add_argument("--calib", help="calibration data: .npz, folder, module:function, mnist, random")
     p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
@@ -221,7 +224,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             dump_ir=args.dump_ir, check_each_pass=args.check_each_pass,
             backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
             size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples,
-            strict=args.strict, model_label=args.model, command_line=args.argv)
+            strict=args.strict, model_label=args.model, mode=args.mode, command_line=args.argv)
         if "," in args.target:
             return _build_targets(args, request)
         result = build(request)

@@ -20,6 +20,7 @@ from dsqc.calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_
 from dsqc.driver import bundle
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.bundle_output import check_bundle_target, staged_bundle
+from dsqc.driver.dynamic_phase import UNVERIFIED, resolve_mode, run_dynamic
 from dsqc.driver.report import float_nodes, speed_warnings, write_report
 from dsqc.driver.shared_stages import SharedStages
 from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
@@ -43,7 +44,7 @@ from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Recipe, load_recipe
 from dsqc.quant.rounding import learn_rounding
-from dsqc.verify import check_gates, latency_sample, verify
+from dsqc.verify import Verification, check_gates, latency_sample, verify
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,14 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
                       eval_feeds=[], options=options)
     auto: AutoPlan | None = None
     calib = held_out = None
-    if request.precision != "fp32":
+    mode = resolve_mode(request, recipe, backend.profile_for(options))
+    verification: Verification | None = None
+    if mode != "static":  # activations quantized at run time (all, or per node): dynamic_phase.py
+        loaded = shared.once("data", (), lambda: load_data(request, fp32, recipe)) if request.calib else None
+        if loaded is not None and loaded[0].synthetic:
+            result.warnings.append(RANDOM_WARNING)
+        verification, lowered = run_dynamic(mode, request, backend, job, recipe, result, clock, loaded)
+    elif request.precision != "fp32":
         calib, held_out = shared.once("data", (), lambda: load_data(request, fp32, recipe))
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
@@ -193,7 +201,7 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
             bundle.record(staging, request, result, fp32, job.fp32, calib, job.eval_feeds)
         result.artifacts += [Path(bundle.HTML_NAME), Path(bundle.MANIFEST_NAME)]
         write_report(staging / REPORT_NAME, result)
-        if "verification" in result.metrics:
+        if "verification" in result.metrics and verification is not None:
             check_gates(verification, request.min_sqnr, request.max_drop)
         if request.strict and not result.verdict.ok:
             raise GateError(f"--strict, nothing written: {advice_hint(result.verdict, request)}")
@@ -204,6 +212,8 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
 def _verdict(result: BuildResult, limits: Thresholds, runtime: dict[str, dict[str, Any]]) -> Verdict:
     """Judge what verification measured: ORT's run of the quantized model and, where the target runs
     its own artifact (``runtime``: LiteRT for ``tflite``), that run too."""
+    if (result.metrics.get("dynamic") or {}).get("verified") is False:
+        return Verdict("unverified", (UNVERIFIED,), limits)
     if result.precision == "fp32" or "verification" not in result.metrics:
         return Verdict("ok", ("--precision fp32: nothing was quantized, as asked",), limits)
     ver = result.metrics["verification"]

@@ -53,6 +53,7 @@ def format_result(result: BuildResult) -> str:
     if result.plan is not None:
         hist = ", ".join(f"{k} {v}" for k, v in result.plan.histogram().items())
         lines.append(f"plan: {hist} nodes; {len(result.plan.tensors)} quantized tensors")
+    lines += _mode_lines(result)
     ver = result.metrics.get("verification")
     if ver:
         lines.append(f"verification on {ver['samples']} held-out samples (FP32 vs quantized, ORT):")
@@ -80,6 +81,25 @@ def format_result(result: BuildResult) -> str:
     lines += _float_node_lines(result.metrics.get("float_nodes") or {})
     lines += _verdict_lines(result)
     return "\n".join(lines)
+
+
+def _mode_lines(result: BuildResult) -> list[str]:
+    """``--mode dynamic|auto``: how many nodes quantize their activations at run time; unverified builds."""
+    info = result.metrics.get("dynamic")
+    if not info:
+        return []
+    nodes = info.get("nodes") or {}
+    dynamic = sum(1 for n in nodes.values() if n.get("mode") == "dynamic")
+    if info["mode"] == "auto":
+        lines = [f"mode: auto — {dynamic} node(s) dynamic, {len(nodes) - dynamic} static, chosen per node by "
+                 "measured output SQNR (report.json: metrics.dynamic.nodes)"]
+    else:
+        lines = [f"mode: dynamic — {dynamic} MatMul/Gemm/Conv node(s): int8 per-channel weights, activations "
+                 "quantized at run time"]
+    if info.get("verified") is False:
+        lines.append("verification: none — UNVERIFIED (no --eval-data or --calib): nothing was compared "
+                     "against FP32")
+    return lines
 
 
 def float_nodes(result: BuildResult, lowered: dict[str, str] | None = None) -> dict[str, dict[str, str]]:

@@ -55,6 +55,8 @@ class TargetProfile:
     ``finish_qdq``: the backend's rewrite of the QDQ model for its runtime, run once after Q/DQ
     insertion wherever a plan is built (ORT: FP16 weight storage, the float guard, GatherBlockQuantized
     tables); it may add notes to the plan. ``None``: the QDQ model stays as inserted.
+    ``dynamic_refusal``: why the target cannot run activations quantized at run time (``--mode
+    dynamic|auto`` is refused with it); empty where it can.
     """
 
     name: str
@@ -83,3 +85,4 @@ class TargetProfile:
     finish_qdq: FinishQDQ | None = None
     float_fallback: str = "fp32"
     min_opset: int = 13
+    dynamic_refusal: str = ""
