@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from dsqc import __version__
 from dsqc.errors import DsqcError
+from dsqc.range_methods import METHODS
 
 if TYPE_CHECKING:
     from dsqc.driver.build_types import BuildRequest, BuildResult
@@ -94,7 +95,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", help="calibration data: .npz, folder, module:function, mnist, random")
     p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
-    p.add_argument("--method", choices=("auto", "minmax", "percentile", "entropy", "mse"),
+    p.add_argument("--method", choices=METHODS,
                    help="range calibration (default: recipe, else minmax; auto: mse on conv inputs)")
     p.add_argument("--recipe", type=Path, help="TOML recipe (overrides, exclusions, precisions)")
     p.add_argument("--eval-data", help="held-out data for verification (default: a split of --calib)")
@@ -286,7 +287,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
     p.add_argument("--eval-data", help="held-out data (default: a split of --calib)")
-    p.add_argument("--method", choices=("auto", "minmax", "percentile", "entropy", "mse"),
+    p.add_argument("--method", choices=METHODS,
                    help="range calibration (default: recipe, else minmax; auto: mse on conv inputs)")
     p.add_argument("--recipe", type=Path, help="TOML recipe; nodes it fixes are left out of the analysis")
     p.add_argument("--top", type=int, default=30, help="rows of the printed table (default 30)")

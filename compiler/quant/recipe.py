@@ -51,8 +51,8 @@ import tomllib
 
 from dsqc.errors import RecipeError
 from dsqc.quant.spec import Precision
+from dsqc.range_methods import METHODS
 
-METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
 _DEFAULT_KEYS = {"mode", "method", "percentile", "activation_dtype", "symmetric", "per_channel",
                  "weight_dtype", "block_size", "weight_limit"}
 _OPTION_KEYS = {"precision", "weight_dtype", "block_size", "per_channel", "weight_limit"}

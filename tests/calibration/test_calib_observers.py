@@ -193,3 +193,10 @@ def test_single_signed_data_far_from_zero(method: str) -> None:
     assert 5.0 <= lo < hi <= 6.0
     lo, hi = _range(method, -x)
     assert -6.0 <= lo < hi <= -5.0
+
+
+def test_every_observer_is_a_range_method_and_back() -> None:
+    from dsqc.calibration.observers import OBSERVERS
+    from dsqc.range_methods import OBSERVER_METHODS
+
+    assert set(OBSERVERS) == set(OBSERVER_METHODS)
