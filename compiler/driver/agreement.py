@@ -3,7 +3,8 @@ own runtime (ORT for the onnx/trt Q/DQ models, LiteRT for ``.tflite``, the gcc-c
 for hls), compared with FP32 and with each other.
 
 Pairwise, an output's difference is counted in LSBs of the coarsest scale any target quantizes that
-output with (``max_lsb``: one unit for every pair); where no target quantizes it, only the absolute
+output with (``max_lsb``, to 0.01 LSB: one unit for every pair; targets with different output
+scales differ by fractions of it); where no target quantizes it, only the absolute
 difference is given. All
 comparisons use the samples every runtime ran: the hls testbench runs its ``tb_vectors`` (the first
 held-out samples), so with hls in the set the comparison is on those.
@@ -88,13 +89,13 @@ def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], n: in
 
 def _pair(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n: int,
           lsb: dict[str, float | None]) -> dict[str, Any]:
-    worst_lsb: int | None = None
+    worst_lsb: float | None = None
     worst_abs = 0.0
     for name, scale in lsb.items():
         diff = np.abs(a[name][:n].astype(np.float64) - b[name][:n].reshape(a[name][:n].shape))
         worst_abs = max(worst_abs, float(diff.max(initial=0.0)))
         if scale is not None:
-            worst_lsb = max(worst_lsb or 0, int(np.rint(diff / scale).max(initial=0)))
+            worst_lsb = max(worst_lsb or 0.0, round(float((diff / scale).max(initial=0.0)), 2))
     entry: dict[str, Any] = {"max_lsb": worst_lsb, "max_abs_diff": worst_abs}
     first = next(iter(lsb))
     if _is_scores(a[first]):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -102,7 +101,7 @@ def build_targets(request: BuildRequest, targets: list[str]) -> MultiResult:
             result.out_dir = request.out_dir / target
             return result
 
-        workers = 1 if request.measure_latency else min(len(targets), os.cpu_count() or 1)
+        workers = 1 if request.measure_latency else len(targets)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsqc-target") as pool:
             results = dict(zip(targets, pool.map(one, targets), strict=True))
         write_params_csv(staging / PARAMS_NAME, param_rows(results))

@@ -1,9 +1,10 @@
 """``python -m tools.bench.multi_target``: one 4-target build against the four single-target builds.
 
 Each build runs in its own ``dsqc build`` subprocess (same flags, ``--no-latency``: the build's own
-FP32-vs-int8 timing would dominate and is not what is compared), one after the other; the wall time is
-the subprocess's. Writes ``tools/bench/MULTI_TARGET.md`` with the time ratio (4 targets vs the slowest
-single target) and the 4-target build's agreement table.
+FP32-vs-int8 timing would dominate and is not what is compared); the five builds run interleaved,
+``--repeats`` rounds, and each row is the median wall time of its subprocess. Writes
+``tools/bench/MULTI_TARGET.md`` with the time ratio (4 targets vs the slowest single target) and the
+4-target build's agreement table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -39,20 +41,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="mobilenetv2_like")
     parser.add_argument("--work", type=Path, default=Path(".cache/bench-multi"))
     parser.add_argument("--out", type=Path, default=HERE / "MULTI_TARGET.md")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     case = prepare(args.model, args.work, quick=True)
-    singles = {t: timed_build(case.fp32, case.calib, case.eval, t, args.work / "single" / t) for t in TARGETS}
     multi_dir = args.work / "multi"
-    both = timed_build(case.fp32, case.calib, case.eval, ",".join(TARGETS), multi_dir)
+    runs: dict[str, list[float]] = {t: [] for t in (*TARGETS, "all")}
+    for _ in range(args.repeats):
+        for t in TARGETS:
+            runs[t].append(timed_build(case.fp32, case.calib, case.eval, t, args.work / "single" / t))
+        runs["all"].append(timed_build(case.fp32, case.calib, case.eval, ",".join(TARGETS), multi_dir))
+    singles = {t: statistics.median(runs[t]) for t in TARGETS}
+    both = statistics.median(runs["all"])
     agreement = json.loads((multi_dir / "agreement.json").read_text())
     slowest = max(singles, key=lambda t: singles[t])
     lines = [f"# One build, four targets (`python -m tools.bench.multi_target --model {args.model}`)", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with "
              f"other jobs (timings noisy); {case.n_calib} calibration / {case.n_eval} held-out samples "
-             "(seeded random inputs), `--no-latency`, each build a fresh `dsqc build` process.", "",
-             "| build | wall s |", "|---|---:|"]
-    lines += [f"| `--target {t}` | {s:.1f} |" for t, s in singles.items()]
-    lines += [f"| `--target {','.join(TARGETS)}` | {both:.1f} |", "",
+             "(seeded random inputs), `--no-latency`, each build a fresh `dsqc build` process, the five "
+             f"builds interleaved, median of {args.repeats} rounds.", "",
+             "| build | wall s (median) | runs |", "|---|---:|---|"]
+    lines += [f"| `--target {t}` | {s:.1f} | {' '.join(f'{x:.1f}' for x in runs[t])} |"
+              for t, s in singles.items()]
+    all_runs = " ".join(f"{x:.1f}" for x in runs["all"])
+    lines += [f"| `--target {','.join(TARGETS)}` | {both:.1f} | {all_runs} |",
+              "",
               f"4 targets / slowest single target ({slowest}): **{both / singles[slowest]:.2f}×** "
               f"(goal ≤ 1.5×); / sum of the four single builds: {both / sum(singles.values()):.2f}×.", "",
               f"## Agreement of the 4-target build ({agreement['samples']} held-out samples, each artifact "
