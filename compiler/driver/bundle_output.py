@@ -18,19 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dsqc.driver.manifest import is_bundle
-from dsqc.driver.output import _DISK_ERRORS, _HELD, _why
+from dsqc.driver.output import _HELD, _why, check_output_path, staging_folder
 from dsqc.errors import OutputError
 
 
 def check_bundle_target(out_dir: Path) -> None:
     """Refuse (one line) an ``-o`` that is a file, or a non-empty folder that no dsqc build made."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output '{out_dir}' exists and is not a folder; choose another -o")
-    blocker = next((p for p in out_dir.resolve().parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise OutputError(f"cannot write output folder '{out_dir}': '{blocker}' is a file, not a folder; "
-                          "choose another -o")
+    check_output_path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not is_bundle(out_dir):
         raise OutputError(f"output folder '{out_dir}' is not empty and is not a dsqc bundle (no "
                           "manifest.json or report.json of a build); choose an empty or new -o (a build "
@@ -42,28 +37,10 @@ def staged_bundle(out_dir: Path) -> Iterator[Path]:
     """Yield a fresh staging folder; on success it replaces ``out_dir`` whole, on failure it is deleted."""
     out_dir = Path(out_dir)
     check_bundle_target(out_dir)
-    resolved = out_dir.resolve()
-    try:
-        resolved.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{resolved.name}.dsqc-", dir=resolved.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the bundle's mode
-    except OSError as exc:
-        raise OutputError(f"cannot write output folder '{out_dir}': {_why(exc)}; choose another -o") from exc
-    try:
-        try:
-            yield staging
-        except OSError as exc:
-            if exc.errno not in _DISK_ERRORS:
-                raise
-            raise OutputError(f"cannot write the artifacts for '{out_dir}' ({_why(exc)}); nothing was "
-                              "written: free space or choose another -o") from exc
+    with staging_folder(out_dir) as staging:
+        yield staging
         check_bundle_target(out_dir)  # someone may have filled the folder while the build ran
-        _swap(staging, resolved)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
+        _swap(staging, out_dir.resolve())
 
 def _swap(staging: Path, out_dir: Path) -> None:
     """Old bundle away, new one in, old one deleted; SIGINT/SIGTERM held until the new one is in place."""

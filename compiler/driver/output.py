@@ -57,16 +57,33 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     that fails for lack of space or permission is one ``OutputError`` line naming the folder.
     """
     out_dir = Path(out_dir)
+    check_output_path(out_dir)
+    with staging_folder(out_dir) as staging:
+        yield staging
+        _commit(staging, out_dir)
+
+
+def check_output_path(out_dir: Path) -> None:
+    """Refuse (one line) an ``-o`` that is a file or lies below one."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output '{out_dir}' exists and is not a folder; choose another -o")
-    resolved = out_dir.resolve()
-    blocker = next((p for p in resolved.parents if p.exists() and not p.is_dir()), None)
+    blocker = next((p for p in out_dir.resolve().parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise OutputError(f"cannot write output folder '{out_dir}': '{blocker}' is a file, not a folder; "
                           "choose another -o")
+
+
+@contextlib.contextmanager
+def staging_folder(out_dir: Path) -> Iterator[Path]:
+    """A new folder beside ``out_dir`` (same file system, the mode a plain ``mkdir`` would give), deleted
+    at the end; a write inside it that fails for lack of space or permission is one ``OutputError``."""
+    resolved = out_dir.resolve()
     try:
         resolved.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{resolved.name}.dsqc-", dir=resolved.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become a swapped-in bundle's mode
     except OSError as exc:
         raise OutputError(f"cannot write output folder '{out_dir}': {_why(exc)}; choose another -o") from exc
     try:
@@ -78,10 +95,8 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
             raise OutputError(
                 f"cannot write the artifacts for '{out_dir}' ({_why(exc)}); nothing was written: "
                 "free space or choose another -o") from exc
-        _commit(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
 
 def _why(exc: OSError) -> str:
     return _DISK_ERRORS.get(exc.errno or 0) or exc.strerror or str(exc)
