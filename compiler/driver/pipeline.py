@@ -43,10 +43,12 @@ from dsqc.passes import (
     SimplifyReshapeTranspose,
 )
 from dsqc.quant.boosters import BoosterOptions, apply_boosters, correct_biases
+from dsqc.quant.from_qdq import check_trained, has_qdq, split_qdq, trained_stats
 from dsqc.quant.latency_guard import guard_latency
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Recipe, load_recipe
+from dsqc.quant.spec import QuantSpec
 from dsqc.quant.rounding import learn_rounding
 from dsqc.verify import check_gates, latency_sample, verify
 
@@ -100,6 +102,34 @@ def normalize(proto: onnx.ModelProto, options: NormalizeOptions | None = None,
     return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
 
 
+def load_for_build(path: Path, options: NormalizeOptions) -> tuple[NormalizeResult, dict[str, QuantSpec]]:
+    """The normalized FP32 model and, for an already-quantized QDQ model (a QAT export), the specs of
+    its Q/DQ (``dsqc.quant.from_qdq``): the model under them is what gets normalized and re-planned."""
+    proto = load_model(path)
+    if not has_qdq(proto):
+        return normalize(proto, options, label=str(path)), {}
+    qdq = split_qdq(proto, str(path))
+    normalized = normalize(qdq.fp32, options, label=str(path))
+    return normalized, check_trained(normalized.model, qdq.specs, str(path))
+
+
+def _fp32_reference(request: BuildRequest, fp32: onnx.ModelProto,
+                    trained: dict[str, QuantSpec]) -> onnx.ModelProto:
+    """What verification compares against: the model itself, or ``--fp32-reference`` for a QDQ input."""
+    if request.fp32_reference is None:
+        return fp32
+    if not trained:
+        raise RecipeError(f"--fp32-reference {request.fp32_reference}: only for an already-quantized QDQ model; "
+                          f"{request.model} is a float model and is its own reference")
+    reference = load_and_normalize(request.fp32_reference).model
+    for kind, ours, theirs in (("inputs", model_inputs(fp32), model_inputs(reference)),
+                               ("outputs", fp32.graph.output, reference.graph.output)):
+        if [t.name for t in ours] != [t.name for t in theirs]:
+            raise RecipeError(f"--fp32-reference {request.fp32_reference}: its {kind} "
+                              f"{[t.name for t in theirs]} differ from {request.model}'s {[t.name for t in ours]}")
+    return reference
+
+
 def load_and_normalize(path: Path, options: NormalizeOptions | None = None) -> NormalizeResult:
     start = time.perf_counter()
     result = normalize(load_model(path), options, label=str(path))
@@ -121,9 +151,13 @@ def build(request: BuildRequest) -> BuildResult:
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = load_and_normalize(request.model, NormalizeOptions(
+        normalized, trained = load_for_build(request.model, NormalizeOptions(
             request.dump_ir, request.check_each_pass))
     fp32 = normalized.model
+    reference = _fp32_reference(request, fp32, trained)
+    if trained and request.accuracy_budget:
+        raise RecipeError(f"--accuracy-budget: {request.model} is already quantized (its Q/DQ scales are kept); "
+                          "build its FP32 model for a mixed-precision search")
     result = BuildResult(out_dir=request.out_dir, target=request.target,
                          precision=request.precision, timings=timings)
     result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
@@ -137,6 +171,8 @@ def build(request: BuildRequest) -> BuildResult:
         profile = backend.profile_for(options)
         symmetric = profile.symmetric_activations if recipe.symmetric is None else recipe.symmetric
         boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source).resolved(symmetric)
+        if trained:  # already quantized (QAT): weights and scales are final, nothing to rewrite or re-round
+            boosters = BoosterOptions(bias_correction=False, shift=False)
         result.metrics["boosters"] = dataclasses.asdict(boosters)
         with clock("boosters"):  # CLE / SmoothQuant / shift: the same function, easier to quantize
             source = apply_boosters(fp32, calib, boosters, request.calib_batch)
@@ -146,8 +182,9 @@ def build(request: BuildRequest) -> BuildResult:
                 auto = choose_precisions(source, profile, recipe, calib, held_out, request)
                 recipe, quantized = auto.recipe, auto.quantized
             else:
-                quantized = quantize_model(source, profile, recipe, calib, request.calib_batch)
-        if profile.latency_guard and request.measure_latency and not request.accuracy_budget:
+                quantized = quantize_model(source, profile, recipe, calib, request.calib_batch,
+                                           known=trained_stats(trained), trained=trained)
+        if profile.latency_guard and request.measure_latency and not request.accuracy_budget and not trained:
             with clock("latency guard"):
                 quantized = _guard(source, quantized, profile, recipe, calib, held_out, request, result)
         if boosters.rounding is not None:  # AdaRound / GPTQ: the plan's grid, better integers
@@ -162,7 +199,7 @@ def build(request: BuildRequest) -> BuildResult:
         job.eval_feeds = list(held_out.batches(request.calib_batch))
         job.eval_labels, job.measure_latency = held_out.labels, request.measure_latency
         with clock("verify"):
-            verification = verify(fp32, backend.verified_model(job), job.eval_feeds, held_out.labels,
+            verification = verify(reference, backend.verified_model(job), job.eval_feeds, held_out.labels,
                                   request.task_metric,
                                   # ORT timing only says something where ORT runs the model as deployed
                                   latency=request.measure_latency and profile.verify_fused,
