@@ -4,7 +4,10 @@
 (scale, zero point, dtype) and is removed; every DequantizeLinear of a constant (weights, int32
 biases) gives the constant's spec and is replaced by the dequantized float values, which lie exactly
 on that grid (re-quantizing them gives the same integers back). What remains is the FP32 model the
-QDQ model stands for (the model a QAT run trained, with its float weights).
+QDQ model stands for (the model a QAT run trained, with its float weights). Where a Q clamps at zero
+(zero point = the type's minimum) right after a Conv/Gemm/MatMul/Add, a Relu is put back: dsqc's and
+ORT's QDQ models fold Relu into that Q, and Q(relu(x)) = Q(x) there, so the quantized function is
+unchanged and the FP32 one is the model's.
 
 ``keep_specs``: after the planner has planned the target (placement, fixed outputs, node decisions),
 the trained specs replace the planned ones tensor by tensor; only tensors without a trained spec were
@@ -70,6 +73,8 @@ def split_qdq(proto: onnx.ModelProto, label: str = "model") -> QdqModel:
     producers = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
     rename: dict[str, str] = {}  # DQ output → the float tensor readers read now
+    relus: dict[str, onnx.NodeProto] = {}  # producer output → the Relu folded into its Q, put back
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | set(inits)
     specs: dict[str, QuantSpec] = {}
     new_inits: dict[str, onnx.TensorProto] = {}
     for node in graph.node:
@@ -92,6 +97,9 @@ def split_qdq(proto: onnx.ModelProto, label: str = "model") -> QdqModel:
         x = q_node.input[0]
         spec = _spec(q_node, inits, label, meta.get(x, {}))
         target = node.output[0] if node.output[0] in outputs else x
+        if _folded_relu(producers.get(x), spec) and x not in relus:  # the producer writes x_pre_relu now
+            relus[x] = onnx.helper.make_node("Relu", [_unique(f"{x}_pre_relu", taken)], [target],
+                                             name=_unique(f"{x}_Relu", taken))
         if target != x:
             rename[x] = target
         specs[target] = spec
@@ -101,7 +109,25 @@ def split_qdq(proto: onnx.ModelProto, label: str = "model") -> QdqModel:
         if node.op_type not in _QDQ and any(i in qdq_outputs for i in node.input):
             raise QdqInputError(f"{label}: node '{node.name}' reads a QuantizeLinear output directly; "
                                 "dsqc reads Q→DQ pairs only")
-    return QdqModel(_rebuild(proto, rename, new_inits, label), specs)
+    return QdqModel(_rebuild(proto, rename, new_inits, relus, label), specs)
+
+
+_FOLDS_RELU = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}
+
+
+def _folded_relu(producer: onnx.NodeProto | None, spec: QuantSpec) -> bool:
+    """A Q that clamps at exactly zero after an op whose Relu dsqc/ORT fold into the Q."""
+    return (producer is not None and producer.op_type in _FOLDS_RELU and spec.axis is None
+            and int(spec.zero_point) == DTYPE_RANGES[spec.dtype][0])
+
+
+def _unique(hint: str, taken: set[str]) -> str:
+    name, index = hint, 0
+    while name in taken:
+        index += 1
+        name = f"{hint}_{index}"
+    taken.add(name)
+    return name
 
 
 def _float_name(source: str, dq_out: str, inits: Mapping[str, object], made: Mapping[str, object]) -> str:
@@ -146,14 +172,18 @@ def _spec(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], label: st
 
 
 def _rebuild(proto: onnx.ModelProto, rename: dict[str, str], new_inits: dict[str, onnx.TensorProto],
-             label: str) -> onnx.ModelProto:
+             relus: dict[str, onnx.NodeProto], label: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     graph = model.graph
-    keep = [n for n in graph.node if n.op_type not in _QDQ]
-    for node in keep:
+    keep = []
+    for node in graph.node:
+        if node.op_type in _QDQ:
+            continue
         node.input[:] = [rename.get(i, i) for i in node.input]
-        node.output[:] = [rename.get(o, o) for o in node.output]
+        keep.append(node)
+        keep += [relus[o] for o in node.output if o in relus]
+        node.output[:] = [relus[o].input[0] if o in relus else rename.get(o, o) for o in node.output]
     del graph.node[:]
     graph.node.extend(keep)
     used = {i for n in keep for i in n.input} | {o.name for o in graph.output}
