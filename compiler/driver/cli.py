@@ -93,7 +93,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", help="held-out data for verification (default: a split of --calib)")
     p.add_argument("--eval-samples", type=int, default=64, help="held-out samples (default 64)")
     p.add_argument("--fp32-reference", type=Path, metavar="MODEL",
-                   help="a QDQ (QAT) input: verify against this FP32 model (default: the QDQ model without Q/DQ)")
+                   help="a QDQ (QAT) input: verify against this FP32 model (default: the QDQ model "
+                        "without Q/DQ)")
     p.add_argument("--min-sqnr", type=float, help="fail when an output's SQNR (dB) is below this")
     p.add_argument("--max-drop", type=float, help="fail when the task metric drops by more than this")
     p.add_argument("--task-metric", help="module:function(outputs, labels) -> float, higher is better")

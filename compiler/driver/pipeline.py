@@ -48,8 +48,8 @@ from dsqc.quant.latency_guard import guard_latency
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Recipe, load_recipe
-from dsqc.quant.spec import QuantSpec
 from dsqc.quant.rounding import learn_rounding
+from dsqc.quant.spec import QuantSpec
 from dsqc.verify import check_gates, latency_sample, verify
 
 log = logging.getLogger(__name__)
@@ -119,14 +119,15 @@ def _fp32_reference(request: BuildRequest, fp32: onnx.ModelProto,
     if request.fp32_reference is None:
         return fp32
     if not trained:
-        raise RecipeError(f"--fp32-reference {request.fp32_reference}: only for an already-quantized QDQ model; "
-                          f"{request.model} is a float model and is its own reference")
+        raise RecipeError(f"--fp32-reference {request.fp32_reference}: only for an already-quantized "
+                          f"QDQ model; {request.model} is a float model and is its own reference")
     reference = load_and_normalize(request.fp32_reference).model
     for kind, ours, theirs in (("inputs", model_inputs(fp32), model_inputs(reference)),
                                ("outputs", fp32.graph.output, reference.graph.output)):
-        if [t.name for t in ours] != [t.name for t in theirs]:
-            raise RecipeError(f"--fp32-reference {request.fp32_reference}: its {kind} "
-                              f"{[t.name for t in theirs]} differ from {request.model}'s {[t.name for t in ours]}")
+        mine, other = [t.name for t in ours], [t.name for t in theirs]
+        if mine != other:
+            raise RecipeError(f"--fp32-reference {request.fp32_reference}: its {kind} {other} differ "
+                              f"from {request.model}'s {mine}")
     return reference
 
 
@@ -156,7 +157,8 @@ def build(request: BuildRequest) -> BuildResult:
     fp32 = normalized.model
     reference = _fp32_reference(request, fp32, trained)
     if trained and request.accuracy_budget:
-        raise RecipeError(f"--accuracy-budget: {request.model} is already quantized (its Q/DQ scales are kept); "
+        raise RecipeError(f"--accuracy-budget: {request.model} is already quantized (its Q/DQ scales "
+                          "are kept); "
                           "build its FP32 model for a mixed-precision search")
     result = BuildResult(out_dir=request.out_dir, target=request.target,
                          precision=request.precision, timings=timings)

@@ -40,7 +40,8 @@ def export(module: QatModule, example_inputs: Any, path: str | Path) -> Path:
     Feed it to ``dsqc build path --target T --calib DATA``: the trained scales are kept.
     """
     if not isinstance(module, QatModule):
-        raise QatError(f"{type(module).__name__} was not prepared: call dsqc.qat.prepare(module, plan, example) "
+        raise QatError(f"{type(module).__name__} was not prepared: call dsqc.qat.prepare(module, plan, "
+                       "example) "
                        "first and export the module it returns")
     state = module.dsqc_qat
     plain = float_copy(module)
@@ -53,13 +54,15 @@ def export(module: QatModule, example_inputs: Any, path: str | Path) -> Path:
         quant = quantizer(module, point)
         names = found.tensors.get(Point(point.kind, point.path, point.index))
         if not names:
-            raise QatError(f"export: {point.describe()} (plan tensor '{tensor}') is not in the exported graph")
+            raise QatError(f"export: {point.describe()} (plan tensor '{tensor}') is not in the exported "
+                           "graph")
         plan.tensors[names[-1]] = quant.spec()
     _plan_biases(graph, plan, {n for t, p in state.points.items() if p.kind == "bias"
                                for n in found.tensors.get(Point("bias", p.path), [])})
     model = PassManager([InsertQDQ(plan)]).run(Model.from_proto(graph)).model.to_proto()
     model.ir_version = graph.ir_version
-    limits = {n: {"narrow": s.narrow, "limit": s.limit} for n, s in plan.tensors.items() if s.dtype != "int32"}
+    limits = {n: {"narrow": s.narrow, "limit": s.limit} for n, s in plan.tensors.items()
+              if s.dtype != "int32"}
     onnx.helper.set_model_props(model, {SPEC_METADATA: json.dumps(limits, sort_keys=True),
                                         "producer": "dsqc.qat"})
     model = check_model(model, "dsqc.qat export")

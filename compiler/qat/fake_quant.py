@@ -37,6 +37,10 @@ def _grad_scaled(value: torch.Tensor, factor: float) -> torch.Tensor:
 class FakeQuantize(nn.Module):
     """QuantizeLinear→DequantizeLinear of one spec. ``axis`` is the torch tensor's channel axis."""
 
+    zero_point: torch.Tensor
+    fixed_scale: torch.Tensor
+    log_scale: nn.Parameter
+
     def __init__(self, spec: QuantSpec, learnable: bool = False, axis: int | None = None) -> None:
         super().__init__()
         if spec.block_size:
@@ -104,9 +108,9 @@ class BiasFakeQuantize(nn.Module):
         return q * scale
 
 
-def quantizers(module: nn.Module) -> list[nn.Module]:
+def quantizers(module: nn.Module) -> list[FakeQuantize | BiasFakeQuantize]:
     """Every fake-quant module inside ``module`` (shared ones once)."""
-    seen: dict[int, nn.Module] = {}
+    seen: dict[int, FakeQuantize | BiasFakeQuantize] = {}
     for sub in module.modules():
         if isinstance(sub, FakeQuantize | BiasFakeQuantize):
             seen.setdefault(id(sub), sub)

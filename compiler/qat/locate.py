@@ -109,13 +109,13 @@ def fold_batchnorms(module: nn.Module, example_inputs: Any) -> list[str]:
         folded = []
         for bn in (s for s in seen if isinstance(s.module, nn.modules.batchnorm._BatchNorm)):
             conv = convs.get(bn.inputs[0]) if bn.inputs else None
-            norm = bn.module
+            norm: Any = bn.module
             if conv is None or norm.running_mean is None or norm.running_var is None:
                 continue
             factor = torch.rsqrt(norm.running_var + norm.eps)
             if norm.weight is not None:
                 factor = factor * norm.weight
-            layer = conv.module
+            layer: Any = conv.module
             bias = layer.bias if layer.bias is not None else torch.zeros_like(norm.running_mean)
             shift = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
             layer.weight.copy_(layer.weight * factor.reshape(-1, *[1] * (layer.weight.dim() - 1)))
@@ -126,8 +126,10 @@ def fold_batchnorms(module: nn.Module, example_inputs: Any) -> list[str]:
         after = module(*as_tuple(example_inputs))
     for a, b in zip(_flat(before), _flat(after), strict=True):
         if not _close(a.numpy(), b.numpy()):
-            raise QatError(f"folding BatchNorm {folded} into the preceding Conv changed {type(module).__name__}'s "
-                           "output: a Conv output read by a BatchNorm is read elsewhere too; fold it yourself")
+            raise QatError(f"folding BatchNorm {folded} into the preceding Conv changed "
+                           f"{type(module).__name__}'s "
+                           "output: a Conv output read by a BatchNorm is read elsewhere too; fold it "
+                           "yourself")
     return folded
 
 
@@ -144,7 +146,8 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return float(np.abs(a.astype(np.float64) - b).max(initial=0.0)) <= RTOL * scale + 1e-7
 
 
-def onnx_values(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], names: Iterable[str]) -> dict[str, np.ndarray]:
+def onnx_values(proto: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                names: Iterable[str]) -> dict[str, np.ndarray]:
     """The float values of ``names`` (activations of ``proto``) on ``feeds``, through ONNX Runtime."""
     wanted = [n for n in dict.fromkeys(names) if n not in feeds]
     model = copy.deepcopy(proto)

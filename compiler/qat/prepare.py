@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from dsqc.driver.build_folder import REPORT_NAME, plan_from_dict, read_build
-from dsqc.quant.spec import QuantPlan, QuantSpec
 from dsqc.qat.fake_quant import BiasFakeQuantize, FakeQuantize
 from dsqc.qat.locate import Point, QatError, export_graph, fold_batchnorms, match
+from dsqc.quant.spec import QuantPlan, QuantSpec
 
 log = logging.getLogger(__name__)
 OUTPUT_QUANT = "dsqc_output_quant"
@@ -47,7 +47,7 @@ class QatModule(nn.Module):
 
     def float_module(self) -> nn.Module:
         """The user's module as trained: float weights, no fake quantization (a fresh copy)."""
-        plain = copy.deepcopy(self.float_template)
+        plain: nn.Module = copy.deepcopy(self.__dict__["float_template"])
         with torch.no_grad():
             for name, param in plain.named_parameters():
                 path, _, leaf = name.rpartition(".")
@@ -58,7 +58,8 @@ class QatModule(nn.Module):
                     param.copy_(getattr(owner, leaf))
             for name, buffer in plain.named_buffers():
                 buffer.copy_(self.module.get_buffer(name))
-        return plain.train(self.module.training)
+        plain.train(self.module.training)
+        return plain
 
     def forward(self, *args: Any) -> Any:
         return self.module(*(self.input_quant[str(i)](a) if str(i) in self.input_quant else a

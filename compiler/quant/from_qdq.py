@@ -40,8 +40,9 @@ SPEC_METADATA = "dsqc.qat.specs"  # model metadata: {tensor: {"narrow", "limit"}
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 _OPERATOR_STYLE = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
                    "QGemm", "MatMulNBits"}
-_DTYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT32: "int32",
-           onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
+_DTYPES: dict[int, str] = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+                           onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT4: "int4",
+                           onnx.TensorProto.UINT4: "uint4"}
 
 
 class QdqInputError(DsqcError):
@@ -66,8 +67,10 @@ def split_qdq(proto: onnx.ModelProto, label: str = "model") -> QdqModel:
     graph = proto.graph
     operator = next((n for n in graph.node if n.op_type in _OPERATOR_STYLE), None)
     if operator is not None:
-        raise UnsupportedError(f"{label}: node '{operator.name}' is {operator.op_type}: dsqc reads QDQ models "
-                               "(QuantizeLinear/DequantizeLinear around float ops), not operator-style ones")
+        raise UnsupportedError(f"{label}: node '{operator.name}' is {operator.op_type}: dsqc reads QDQ "
+                               "models (QuantizeLinear/DequantizeLinear around float ops), not "
+                               "operator-style "
+                               "ones")
     meta = json.loads(next((p.value for p in proto.metadata_props if p.key == SPEC_METADATA), "{}"))
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
@@ -92,8 +95,9 @@ def split_qdq(proto: onnx.ModelProto, label: str = "model") -> QdqModel:
             continue
         q_node = producers.get(source)
         if q_node is None or q_node.op_type != "QuantizeLinear":
-            raise QdqInputError(f"{label}: DequantizeLinear '{node.name}' reads '{source}', which is neither a "
-                                "constant nor a QuantizeLinear output; dsqc reads Q→DQ pairs and DQ of constants")
+            raise QdqInputError(f"{label}: DequantizeLinear '{node.name}' reads '{source}', which is "
+                                "neither a constant nor a QuantizeLinear output; dsqc reads Q→DQ pairs and "
+                                "DQ of constants")
         x = q_node.input[0]
         spec = _spec(q_node, inits, label, meta.get(x, {}))
         target = node.output[0] if node.output[0] in outputs else x
@@ -144,15 +148,16 @@ def _spec(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], label: st
     """The spec of a Q or DQ node (its scale and zero point must be constants)."""
     for i in node.input[1:3]:
         if i and i not in inits:
-            raise QdqInputError(f"{label}: {node.op_type} '{node.name}' has a non-constant scale or zero point "
-                                f"'{i}'; dsqc reads static QDQ models only")
+            raise QdqInputError(f"{label}: {node.op_type} '{node.name}' has a non-constant scale or "
+                                f"zero point '{i}'; dsqc reads static QDQ models only")
     scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
     zero_init = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     dtype_code = zero_init.data_type if zero_init is not None else (
         values.data_type if values is not None else onnx.TensorProto.UINT8)
     if dtype_code not in _DTYPES:
         raise QdqInputError(f"{label}: {node.op_type} '{node.name}' uses element type "
-                            f"{onnx.TensorProto.DataType.Name(dtype_code)}; dsqc reads int8/uint8/int4/uint4/int32")
+                            f"{onnx.TensorProto.DataType.Name(dtype_code)}; dsqc reads "
+                            "int8/uint8/int4/uint4/int32")
     dtype = _DTYPES[dtype_code]
     zero = _integers(zero_init) if zero_init is not None else np.zeros(scale.shape, np.int64)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -232,7 +237,8 @@ def keep_specs(model: Model, placement: Placement, plan: QuantPlan, specs: Mappi
         _rebias(node, plan)
     unused = sorted(n for n, s in specs.items() if n not in plan.tensors and s.dtype != "int32")
     if unused:
-        plan.notes.append(f"{len(unused)} trained tensors stay float on {profile.name}: {', '.join(unused[:6])}")
+        shown = ", ".join(unused[:6])
+        plan.notes.append(f"{len(unused)} trained tensors stay float on {profile.name}: {shown}")
     return plan
 
 
@@ -259,7 +265,8 @@ def _weight(name: str, trained: QuantSpec, planned: QuantSpec) -> QuantSpec:
     if trained.axis is None and planned.axis is not None:  # per tensor is per channel with equal scales
         scale = np.full(planned.scale.shape, trained.scale, np.float32)
     elif trained.axis != planned.axis or trained.block_size != planned.block_size:
-        raise QdqInputError(f"weight '{name}' was trained per {'channel' if trained.axis is not None else 'tensor'} "
+        kind = "channel" if trained.axis is not None else "tensor"
+        raise QdqInputError(f"weight '{name}' was trained per {kind} "
                             f"(axis {trained.axis}, block {trained.block_size}); the target plans axis "
                             f"{planned.axis}, block {planned.block_size}")
     return dataclasses.replace(trained, scale=scale, zero_point=np.zeros(scale.shape, np.int64),
@@ -292,7 +299,8 @@ def check_trained(fp32: onnx.ModelProto, specs: dict[str, QuantSpec], label: str
         if name in inits and spec.dtype != "int32":
             values = inits[name]
             if not np.array_equal(dequantize(quantize(values, spec), spec), values.astype(np.float32)):
-                raise QdqInputError(f"{label}: normalization changed the quantized weight '{name}' (a BatchNorm "
-                                    "or Add folded into its Conv/Gemm?); fold them before quantizing")
+                raise QdqInputError(f"{label}: normalization changed the quantized weight '{name}' (a "
+                                    "BatchNorm or Add folded into its Conv/Gemm?); fold them before "
+                                    "quantizing")
         kept[name] = spec
     return kept

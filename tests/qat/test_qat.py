@@ -50,7 +50,8 @@ class _ConvRelu(nn.Module):
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 1, (n, 1, 8, 8)).astype(np.float32)
-    return x, (x[:, 0, :4].mean(axis=(1, 2)) > 0).astype(np.int64) + 2 * (x[:, 0, :, :4].mean(axis=(1, 2)) > 0)
+    top, left = x[:, 0, :4].mean(axis=(1, 2)) > 0, x[:, 0, :, :4].mean(axis=(1, 2)) > 0
+    return x, top.astype(np.int64) + 2 * left.astype(np.int64)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,8 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     recipe.write_text("[boosters]\nbias_correction = false\n")
     out = root / "ptq"
     build(BuildRequest(model=model_path, target="hls", out_dir=out, calib=str(root / "calib.npz"),
-                       eval_samples=16, recipe=recipe, measure_latency=False, backend_options={"csim": False}))
+                       eval_samples=16, recipe=recipe, measure_latency=False,
+                       backend_options={"csim": False}))
     return {"root": root, "module": module, "example": example, "model": model_path, "build": out,
             "calib": root / "calib.npz", "plan": read_build(out).plan, "x": x, "labels": labels}
 
@@ -107,7 +109,8 @@ def _train(prepared: nn.Module, x: np.ndarray, labels: np.ndarray, steps: int) -
     for step in range(steps):
         idx = slice((step * 16) % 80, (step * 16) % 80 + 16)
         opt.zero_grad()
-        nn.functional.cross_entropy(prepared(torch.from_numpy(x[idx])), torch.from_numpy(labels[idx])).backward()
+        loss = nn.functional.cross_entropy(prepared(torch.from_numpy(x[idx])), torch.from_numpy(labels[idx]))
+        loss.backward()
         opt.step()
     prepared.eval()
 

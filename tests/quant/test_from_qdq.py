@@ -52,8 +52,10 @@ def _operator_style() -> onnx.ModelProto:
         ("xs", 0.1, np.float32), ("xz", 0, np.uint8), ("ws", 0.1, np.float32), ("wz", 0, np.uint8),
         ("ys", 0.1, np.float32), ("yz", 0, np.uint8))]
     inits.append(numpy_helper.from_array(np.ones((2, 1, 1, 1), np.uint8), "w"))
-    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], name="qconv")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 4, 4])],
+    names = ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"]
+    node = helper.make_node("QLinearConv", names, ["y"], name="qconv")
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 2, 4, 4])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
