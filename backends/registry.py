@@ -15,6 +15,7 @@ import onnx
 from dsqc.errors import DsqcError, RecipeError
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.spec import QuantPlan
+from dsqc.verify import run_batches, session
 
 from .options import check_options
 
@@ -42,6 +43,22 @@ class BackendOutput:
     artifacts: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # what the target's own runtime computed at build time on the held-out samples (float outputs by
+    # name), kept in memory for the cross-target agreement; never written
+    runtime_outputs: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class WrittenBuild:
+    """A target's finished build folder, as its runtime needs it to run the artifact again."""
+
+    folder: Path
+    artifacts: list[Path]
+    options: dict[str, Any]
+    metrics: dict[str, Any]
+    plan: QuantPlan | None
+    fp32: onnx.ModelProto  # the normalized FP32 model: input and output names and order
+    runtime_outputs: dict[str, np.ndarray] | None = None  # BackendOutput.runtime_outputs of the build
 
 
 class Backend(ABC):
@@ -51,6 +68,7 @@ class Backend(ABC):
     description: ClassVar[str]
     profile: ClassVar[TargetProfile]
     options: ClassVar[type[Any] | None] = None  # a dataclass: its fields are the target's -B keys
+    runtime_name: ClassVar[str] = "no runtime here"  # what runs the written artifact in ``run_artifact``
 
     def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
         """``-B`` options checked and typed (strings converted); unknown keys are one-line errors."""
@@ -71,6 +89,18 @@ class Backend(ABC):
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
         """Write this target's artifacts for ``job`` into the staging folder ``out``."""
 
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
+        """The written artifact run by this target's own runtime on ``feeds``: float outputs by name,
+        samples along axis 0 — possibly fewer than fed (the hls testbench runs its own vectors).
+        ``None`` where that runtime is not available here."""
+        return None
+
+
+
+def ort_outputs(build: WrittenBuild, suffix: str, feeds: list[Feeds]) -> dict[str, np.ndarray]:
+    """ONNX Runtime outputs (fused kernels, as deployed) of the build's first artifact named ``*suffix``."""
+    path = next(build.folder / a for a in build.artifacts if a.name.endswith(suffix))
+    return run_batches(session(onnx.load(str(path))), feeds)
 
 _REGISTRY: dict[str, type[Backend]] = {}
 _BUILTIN = {"onnx": "dsqc.backends.onnx", "trt": "dsqc.backends.trt",

@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.ir import proto_index
+from dsqc.op_kinds import data_channel_axis, input_channels
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.spec import Precision, QuantPlan
 
@@ -135,13 +136,7 @@ def _channel_axis(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
     weight = _weight_dims(node.input[1] if len(node.input) > 1 else "", producers, inits)
     if weight is None:
         return 1, None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Conv":
-        return 1, weight[1] * int(attrs.get("group", 1))
-    if node.op_type == "ConvTranspose":
-        return 1, weight[0]
-    k = weight[1] if attrs.get("transB", 0) else weight[0]
-    return (0 if attrs.get("transA", 0) else 1), k
+    return data_channel_axis(node), input_channels(node, weight)
 
 
 def _weight_dims(name: str, producers: dict[str, onnx.NodeProto],

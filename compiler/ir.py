@@ -259,10 +259,52 @@ def infer_shapes(graph: gs.Graph) -> int:
     return gained
 
 
+class ProtoIndex:
+    """Read-only index of a GraphProto (for code that works on protos, not on the editable IR): the
+    node writing each tensor, the ``(node, input slot)`` pairs reading it, and constant values
+    (initializers and default-domain Constant nodes)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self._constants = dict(self.initializers)
+        self._readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                if value is not None:
+                    self._constants[node.output[0]] = value
+            for name in node.output:
+                self.producers[name] = node
+            for slot, name in enumerate(node.input):
+                if name:
+                    self._readers.setdefault(name, []).append((node, slot))
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        return self.producers.get(name)
+
+    def readers(self, name: str) -> list[tuple[onnx.NodeProto, int]]:
+        return self._readers.get(name, [])
+
+    def read_counts(self) -> Counter[str]:
+        """How many node inputs read each tensor."""
+        return Counter({name: len(readers) for name, readers in self._readers.items()})
+
+    def is_const(self, name: str) -> bool:
+        return name in self._constants
+
+    def const(self, name: str) -> np.ndarray | None:
+        tensor = self._constants.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
+    def elem_type(self, name: str) -> int | None:
+        tensor = self._constants.get(name)
+        return None if tensor is None else int(tensor.data_type)
+
+
 def proto_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], Counter[str],
                                                  dict[str, onnx.TensorProto]]:
     """For a GraphProto: the node producing each tensor, how many node inputs read each tensor, and the
-    initializers by name."""
-    producers = {o: n for n in graph.node for o in n.output}
-    reads = Counter(i for n in graph.node for i in n.input)
-    return producers, reads, {t.name: t for t in graph.initializer}
+    initializers by name (a ``ProtoIndex`` as plain mappings)."""
+    index = ProtoIndex(graph)
+    return index.producers, index.read_counts(), index.initializers

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import constant_value, producer
+from dsqc.op_kinds import weight_output_axis
 
 _SIGNED = {np.dtype(np.int8): 8, np.dtype(ml_dtypes.int4): 4}
 _UNSIGNED = {np.dtype(np.uint8): 8, np.dtype(ml_dtypes.uint4): 4}
@@ -99,15 +100,12 @@ def _expand(param: np.ndarray, q: np.ndarray, dq: gs.Node) -> np.ndarray:
 
 def as_rows(node: gs.Node, w: np.ndarray) -> np.ndarray | None:
     """The weight as ``[outputs, inputs]`` (a view's copy) for Gemm/MatMul, ``None`` for other layers."""
-    if node.op == "MatMul" and w.ndim == 2:
-        return np.ascontiguousarray(w.T)
-    if node.op == "Gemm" and w.ndim == 2 and not int(node.attrs.get("transA", 0)):
-        return np.ascontiguousarray(w if int(node.attrs.get("transB", 0)) else w.T)
-    return None
+    matrix = node.op == "MatMul" or (node.op == "Gemm" and not int(node.attrs.get("transA", 0)))
+    if not matrix or w.ndim != 2:
+        return None
+    return np.ascontiguousarray(w if weight_output_axis(node) == 0 else w.T)
 
 
 def from_rows(node: gs.Node, rows: np.ndarray) -> np.ndarray:
     """Inverse of ``as_rows``."""
-    if node.op == "Gemm" and int(node.attrs.get("transB", 0)):
-        return rows
-    return np.ascontiguousarray(rows.T)
+    return rows if weight_output_axis(node) == 0 else np.ascontiguousarray(rows.T)

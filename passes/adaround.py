@@ -28,13 +28,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model
+from dsqc.op_kinds import COMPUTE_OPS
 from dsqc.pass_infra import Pass, PassResult
 
 from ._weight_grid import WeightGrid, weight_grid
 
 log = logging.getLogger(__name__)
 MARK = "dsqc.adaround"
-LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+LAYERS = COMPUTE_OPS
 _ZETA, _GAMMA = 1.1, -0.1
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, producer
+from dsqc.op_kinds import QDQ_OPS, weight_reduction_axis
 from dsqc.pass_infra import Pass, PassResult
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,6 @@ def float_input(node: gs.Node) -> gs.Tensor:
     return tensor
 
 
-def channel_axis(node: gs.Node) -> int:
-    """Axis of the data input that the weight reduces over: Conv/Gemm 1, MatMul the last."""
-    return -1 if node.op == "MatMul" else 1
-
-
 def output_shift(node: gs.Node, delta_w: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
     """``E[ΔW · x]`` per output channel from the input's per-channel mean (padding ignored)."""
     if node.op == "Conv":
@@ -70,7 +66,7 @@ def output_shift(node: gs.Node, delta_w: np.ndarray, mean: np.ndarray) -> np.nda
     if node.op == "Gemm":
         if int(node.attrs.get("transA", 0)):
             return None
-        w = delta_w.T if int(node.attrs.get("transB", 0)) else delta_w
+        w = delta_w.T if weight_reduction_axis(node) == 1 else delta_w
         return None if w.shape[0] != mean.size else float(node.attrs.get("alpha", 1.0)) * (mean @ w)
     if delta_w.ndim != 2 or delta_w.shape[0] != mean.size:
         return None
@@ -84,7 +80,7 @@ def _matmul_bias(node: gs.Node) -> tuple[gs.Node, int] | None:
         if len(tensor.outputs) != 1:
             return None
         reader = tensor.outputs[0]
-        if reader.op in ("QuantizeLinear", "DequantizeLinear"):
+        if reader.op in QDQ_OPS:
             tensor = reader.outputs[0]
             continue
         if reader.op != "Add":

@@ -10,6 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, only_consumer, producer, set_constant_input
+from dsqc.op_kinds import input_channels, output_channels
 from dsqc.pass_infra import Pass, PassResult
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def pair_refusal(graph: gs.Graph, second: gs.Node) -> _Pair | str:
         return reason
     w1, w2 = constant_value(node.inputs[1]), constant_value(second.inputs[1])
     assert w1 is not None and w2 is not None
-    if w1.shape[0] != w2.shape[1] * int(second.attrs.get("group", 1)):
+    if output_channels(node, w1.shape) != input_channels(second, w2.shape):
         return f"{node.name} has {w1.shape[0]} output channels, {second.name} reads another count"
     return _Pair(node, act, second, bound)
 

@@ -9,11 +9,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, only_consumer, producer, set_constant_input, static_shape
+from dsqc.op_kinds import BIASED_OPS, output_channels
 from dsqc.pass_infra import Pass, PassResult
 
 log = logging.getLogger(__name__)
 
-PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+PRODUCERS = BIASED_OPS
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,7 @@ def _layout(node: gs.Node) -> tuple[int, int] | str:
     weight = static_shape(node.inputs[1])
     if weight is None:
         return f"shape of weight {node.inputs[1].name} is unknown"
-    if node.op == "Gemm":
-        return 2, weight[0 if int(node.attrs.get("transB", 0)) else 1]
-    if node.op == "ConvTranspose":
-        return len(weight), weight[1] * int(node.attrs.get("group", 1))
-    return len(weight), weight[0]
+    return (2 if node.op == "Gemm" else len(weight)), output_channels(node, weight)
 
 
 def _per_channel(const: np.ndarray, rank: int, channels: int) -> np.ndarray | str:

@@ -16,13 +16,14 @@ from dsqc.ir import (
     set_constant_input,
     tensor_rank,
 )
+from dsqc.op_kinds import COMPUTE_OPS, CONV_OPS, output_channels, weight_output_axis
 from dsqc.pass_infra import Pass, PassResult
 
 from ._batchnorm import batchnorm_affine, batchnorm_refusal
 
 log = logging.getLogger(__name__)
 
-FUSABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FUSABLE = COMPUTE_OPS
 
 
 def _weight_slot(node: gs.Node) -> int | str:
@@ -48,19 +49,13 @@ def _weight_slot(node: gs.Node) -> int | str:
 
 
 def _channel_axis(node: gs.Node, slot: int) -> int:
-    """Axis of the weight that indexes output channels (ConvTranspose: within a group)."""
-    if node.op == "Gemm":
-        return 0 if int(node.attrs.get("transB", 0)) else 1
-    if node.op == "MatMul":
-        return 1 if slot == 1 else 0
-    return 1 if node.op == "ConvTranspose" else 0
+    """Axis of the weight that indexes output channels (ConvTranspose: within a group); for
+    ``MatMul(W, X)`` (slot 0) the rows of W."""
+    return weight_output_axis(node) if slot == 1 else 0
 
 
 def _out_channels(node: gs.Node, slot: int, weight: np.ndarray) -> int:
-    channels = int(weight.shape[_channel_axis(node, slot)])
-    if node.op == "ConvTranspose":
-        channels *= int(node.attrs.get("group", 1))
-    return channels
+    return output_channels(node, weight.shape) if slot == 1 else int(weight.shape[0])
 
 
 def _scaled_weight(node: gs.Node, slot: int, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -138,7 +133,7 @@ def _rewrite(graph: gs.Graph, bn: gs.Node) -> None:
     bias = np.zeros(1) if bias_tensor is None else np.asarray(constant_value(bias_tensor), np.float64)
     bn.inputs.clear()
     bn.outputs.clear()
-    if node.op in ("Conv", "ConvTranspose"):
+    if node.op in CONV_OPS:
         set_constant_input(graph, node, 2, (bias * scale + shift).astype(dtype), f"{node.name}_bias")
     elif node.op == "Gemm":
         beta = float(node.attrs.get("beta", 1.0)) if bias_tensor is not None else 0.0

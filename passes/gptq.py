@@ -22,13 +22,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model
+from dsqc.op_kinds import MATRIX_OPS
 from dsqc.pass_infra import Pass, PassResult
 
 from ._weight_grid import WeightGrid, as_rows, from_rows, weight_grid
 
 log = logging.getLogger(__name__)
 MARK = "dsqc.gptq"
-LAYERS = ("Gemm", "MatMul")
+LAYERS = MATRIX_OPS
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, is_graph_output
+from dsqc.op_kinds import QDQ_OPS
 from dsqc.pass_infra import Pass, PassResult
 from dsqc.quant.qparams import quantize
 from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 # 4-bit values as ml_dtypes arrays: Model.to_proto packs them into INT4/UINT4 initializers.
 _NUMPY = {"int8": np.int8, "uint8": np.uint8, "int32": np.int32,
           "int4": ml_dtypes.int4, "uint4": ml_dtypes.uint4}
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 class _Names:

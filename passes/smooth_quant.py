@@ -10,6 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, is_graph_output, make_constant, producer, set_constant_input
+from dsqc.op_kinds import MATRIX_OPS, weight_reduction_axis
 from dsqc.pass_infra import Pass, PassResult
 
 log = logging.getLogger(__name__)
@@ -19,15 +20,14 @@ _SCALE_LIMITS = (1e-4, 1e4)
 
 def weight_of(node: gs.Node) -> tuple[np.ndarray, int] | None:
     """``(W, k_axis)`` for ``X @ W`` (MatMul) or Gemm with transA = 0 and a constant 2-D weight."""
-    if node.op not in ("MatMul", "Gemm") or node.domain not in (None, "", "ai.onnx") or len(node.inputs) < 2:
+    if node.op not in MATRIX_OPS or node.domain not in (None, "", "ai.onnx") or len(node.inputs) < 2:
         return None
     if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
         return None
     weight = constant_value(node.inputs[1])
     if weight is None or weight.ndim != 2 or not np.issubdtype(weight.dtype, np.floating):
         return None
-    k_axis = 1 if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else 0
-    return weight, k_axis
+    return weight, weight_reduction_axis(node)
 
 
 def smoothable_readers(tensor: gs.Tensor) -> list[gs.Node]:

@@ -25,8 +25,8 @@ from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
 
 from ..options import parse_options
-from ..registry import Backend, BackendOutput, LoweringJob, register
-from .c_writer import INTERFACES, write_firmware
+from ..registry import Backend, BackendOutput, Feeds, LoweringJob, WrittenBuild, register
+from .c_writer import INTERFACES, Port, write_firmware
 from .csim import check_object, run_csim, toolchain_available
 from .estimates import estimate
 from .pow2 import is_pow2_plan, snap_to_pow2
@@ -75,6 +75,7 @@ class HlsBackend(Backend):
     description = "integer-only C99 project for Vitis/Intel HLS (int8, bit-exact with dsqc's reference)"
     profile: ClassVar[TargetProfile] = HLS_PROFILE
     options = HlsOptions
+    runtime_name = "gcc-compiled testbench (make csim)"
 
     def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
         typed = super().parse_options(raw)
@@ -117,22 +118,42 @@ class HlsBackend(Backend):
         est = estimate(program, opts.parallelism, float(opts.clock_mhz))
         metrics: dict[str, Any] = {"top": fw.top, "ops": len(program.ops), "lsb_vs_ort": lsb,
                                    "eval_samples": len(next(iter(q_inputs.values()))),
-                                   "estimates": est.to_dict(), "options": opts.__dict__}
-        checks = self._check(root, fw.top, count, opts, metrics, notes)
+                                   "estimates": est.to_dict(), "options": opts.__dict__,
+                                   "ports": [_port(p) for p in fw.ports],
+                                   "requant": _requant_table(program)}
+        checks, codes = self._check(root, fw.top, count, opts, metrics, notes)
         checks.append(_lsb_line(lsb))
         (root / "README.md").write_text(readme(fw, program, est, opts.__dict__, checks))
         artifacts = [Path("hls") / rel for rel in sorted([*files, "README.md"])]
         log.info("hls: %d layers, %d MACs, csim %s", len(program.ops), est.macs, metrics["csim"]["status"])
-        return BackendOutput(artifacts=artifacts, metrics={"hls": metrics}, notes=notes)
+        outputs = _dequantize(codes, metrics["ports"]) if codes is not None else None
+        return BackendOutput(artifacts=artifacts, metrics={"hls": metrics}, notes=notes,
+                             runtime_outputs=outputs)
+
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
+        """``make csim``: the C compiled by gcc runs the testbench's own vectors (the first
+        ``tb_vectors`` held-out samples); its int8 outputs dequantized with the ports' scales. The
+        build's own ``make csim`` run of the same files is reused when it is at hand."""
+        if build.runtime_outputs is not None:
+            return build.runtime_outputs
+        ports = build.metrics.get("hls", {}).get("ports")
+        if not toolchain_available() or not ports:
+            return None
+        result = run_csim(build.folder / "hls")
+        if result.outputs is None:
+            raise DsqcError(f"hls: `make csim` in {build.folder / 'hls'} wrote no outputs: "
+                            f"{result.log[-300:]!r}")
+        return _dequantize(result.outputs, ports)
 
     @staticmethod
     def _check(root: Path, top: str, count: int, opts: HlsOptions, metrics: dict[str, Any],
-               notes: list[str]) -> list[str]:
+               notes: list[str]) -> tuple[list[str], np.ndarray | None]:
+        """``make csim`` and the object checks: README lines and the testbench's output codes."""
         if not opts.csim or not toolchain_available():
             metrics["csim"] = {"status": "skipped"}
             if opts.csim:
                 notes.append("hls: gcc/make/nm not found; the C was not compiled or simulated")
-            return []
+            return [], None
         result = run_csim(root)
         obj = check_object(root, f"firmware/{top}.c")
         metrics["csim"] = {"status": "bit-exact" if result.passed else "FAILED", "vectors": result.vectors,
@@ -145,10 +166,11 @@ class HlsBackend(Backend):
                             f"({result.mismatches} mismatching values); log tail: {result.log[-300:]!r}")
         if obj.forbidden or not obj.static_only:
             raise DsqcError(f"hls: firmware object uses {obj.forbidden or 'dynamic stack frames'}")
-        return [f"`make csim`: {result.vectors} vectors, 0 mismatching values (bit-exact) — passed at build "
-                "time", f"`nm -u` on the -O0 object: {', '.join(obj.undefined) or 'no undefined symbols'}",
-                f"`-fstack-usage`: {len(obj.stack)} functions, all static frames, largest "
-                f"{metrics['csim']['max_stack_bytes']} bytes"]
+        lines = [f"`make csim`: {result.vectors} vectors, 0 mismatching values (bit-exact) — passed at build "
+                 "time", f"`nm -u` on the -O0 object: {', '.join(obj.undefined) or 'no undefined symbols'}",
+                 f"`-fstack-usage`: {len(obj.stack)} functions, all static frames, largest "
+                 f"{metrics['csim']['max_stack_bytes']} bytes"]
+        return lines, result.outputs
 
 
 def _eval_feeds(job: LoweringJob, program: Program, count: int) -> tuple[dict[str, np.ndarray], bool]:
@@ -192,3 +214,31 @@ def _lsb_line(lsb: dict[str, Stats]) -> str:
     return ("integer reference vs ONNX Runtime on the QDQ model, output LSBs: " + "; ".join(parts)
             + f". Each op alone (fed ORT's int8 inputs): max {op['max_lsb']} LSB, {op['off_by_1']} of "
             f"{op['values']} values off by 1")
+
+
+def _port(port: Port) -> dict[str, Any]:
+    """A top-function port as the report (and ``run_artifact``) needs it."""
+    return {"c_name": port.c_name, "onnx_name": port.onnx_name, "direction": port.direction,
+            "size": port.size, "shape": list(port.shape), "scale": port.scale, "zero_point": port.zero_point}
+
+
+def _requant_table(program: Program) -> dict[str, dict[str, list[int]]]:
+    """Output tensor → the integer multipliers and right shifts that requantize into it."""
+    table = {}
+    for op in program.ops:
+        requant = getattr(op, "requant", None)
+        if requant is not None and not requant.identity:
+            table[op.output] = {"multiplier": [int(v) for v in np.ravel(requant.m)],
+                                "shift": [int(v) for v in np.ravel(requant.n)]}
+    return table
+
+
+def _dequantize(codes: np.ndarray, ports: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The testbench's output dump ([vectors, Σ output sizes], ports in order) as float outputs."""
+    outputs, column = {}, 0
+    for port in (p for p in ports if p["direction"] == "out"):
+        block = codes[:, column:column + port["size"]]
+        column += port["size"]
+        real = (block - port["zero_point"]).astype(np.float32) * np.float32(port["scale"])
+        outputs[port["onnx_name"]] = real.reshape(len(block), *port["shape"][1:])
+    return outputs

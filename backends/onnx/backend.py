@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dsqc.model_io import save_model
 from dsqc.quant.profile import TargetProfile
 
 from ..options import check_options
-from ..registry import Backend, BackendOutput, LoweringJob, register
+from ..registry import Backend, BackendOutput, Feeds, LoweringJob, WrittenBuild, ort_outputs, register
 from .isa import ISAS, WEIGHT_LIMIT, resolve_isa
 from .profile import ONNX_PROFILE, onnx_profile
 
@@ -28,6 +30,7 @@ class OnnxBackend(Backend):
     description = "QDQ ONNX for ONNX Runtime (uint8 activations, int8 per-channel weights)"
     profile = ONNX_PROFILE
     options = OnnxOptions
+    runtime_name = "ONNX Runtime"
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """Weight bits follow ``-B isa=avx2|vnni|arm64`` (default: the build machine's CPU)."""
@@ -44,6 +47,10 @@ class OnnxBackend(Backend):
         bits = 8 if WEIGHT_LIMIT[isa] == 127 else 7
         return BackendOutput(artifacts=[path], metrics={"onnx": {"isa": isa, "isa_source": how,
                                                                  "weight_bits": bits}})
+
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
+        """ONNX Runtime on the written model, fused kernels as deployed."""
+        return ort_outputs(build, ".onnx", feeds)
 
 
 def _check_keys(options: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ Embedding tables are int8 per row by default: GatherBlockQuantized dequantizes o
 
 import dataclasses
 
+from dsqc.op_kinds import COMPUTE_OPS
 from dsqc.quant.profile import TargetProfile
 
 from .isa import WEIGHT_LIMIT
@@ -21,7 +22,7 @@ ONNX_PROFILE = TargetProfile(
     activation_dtype="uint8",
     symmetric_activations=False,
     per_channel_weights=True,
-    compute_ops=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}),
+    compute_ops=frozenset(COMPUTE_OPS),
     support_ops=frozenset({"Add", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "Mul"}),
     quantize_outputs=True,
     output_q_optional=frozenset({"Gemm", "MatMul"}),

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
+from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.verify import latency_sample
 
 from ..options import parse_options
-from ..registry import Backend, BackendOutput, LoweringJob, register
-from . import verify
+from ..registry import Backend, BackendOutput, Feeds, LoweringJob, WrittenBuild, register
+from . import runtime, verify
 from .graph import Graph
 from .lower import LowerOptions, LowerStats, lower
 from .profile import TFLITE_PROFILE
@@ -96,6 +98,7 @@ class TfliteBackend(Backend):
     description = "int8 .tflite flatbuffer for LiteRT/XNNPACK (ARM NEON), verified in the LiteRT interpreter"
     profile = TFLITE_PROFILE
     options = TfliteOptions
+    runtime_name = "LiteRT interpreter (XNNPACK)"
 
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
         opts = TfliteOptions.parse(job.options)
@@ -140,6 +143,17 @@ class TfliteBackend(Backend):
             count = len(int8.stats.interior_transposes)
             notes.append(f"tflite: {count} layout transpose(s) inside the graph")
         return self._finish(result, metrics, notes + int8.stats.notes)
+
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
+        """The ``.tflite`` file in the LiteRT interpreter (XNNPACK), one sample (or fixed batch) a run."""
+        if not runtime.available():
+            return None
+        path = next(build.folder / a for a in build.artifacts if a.suffix == ".tflite")
+        names = [i.name for i in build.fp32.graph.input if i.name in feeds[0]]
+        batch = fixed_batch(model_inputs(build.fp32)) or 1
+        nhwc_in = build.options.get("input_layout") == "nhwc"
+        got = runtime.run(path.read_bytes(), runtime.samples(feeds, names, batch), nhwc_in=nhwc_in)
+        return dict(zip([o.name for o in build.fp32.graph.output], got, strict=True))
 
     @staticmethod
     def _finish(result: BackendOutput, metrics: dict[str, Any], notes: list[str]) -> BackendOutput:

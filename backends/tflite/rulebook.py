@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .lower import Lowerer
+    from .lowerer import Lowerer
 
 Rule = Callable[["Lowerer", Any], None]
 RULES: dict[str, Rule] = {}

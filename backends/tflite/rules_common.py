@@ -16,7 +16,7 @@ from .schema import ACTIVATIONS, options
 
 if TYPE_CHECKING:
     from .graph import Op
-    from .lower import Lowerer
+    from .lowerer import Lowerer
 
 
 def unsupported(node: gs.Node, why: str) -> UnsupportedError:

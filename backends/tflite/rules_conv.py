@@ -24,7 +24,7 @@ from .rules_common import (
 from .schema import options
 
 if TYPE_CHECKING:
-    from .lower import Lowerer
+    from .lowerer import Lowerer
 
 _PADDING = {"SAME": 0, "VALID": 1}
 

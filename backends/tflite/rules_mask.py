@@ -7,18 +7,14 @@ int8, so they are not float islands of the int8 graph.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph import NUMPY_DTYPES
+from .lowerer import Lowerer, Value
 from .rulebook import rule
 from .rules_common import unsupported
 from .schema import options, schema
-
-if TYPE_CHECKING:
-    from .lower import Lowerer
 
 _TYPE_NAMES = {"float32": "FLOAT32", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "int8": "INT8"}
 
@@ -80,8 +76,6 @@ def expand(lw: Lowerer, node: gs.Node) -> None:
 
 
 def _bind(lw: Lowerer, out: gs.Tensor, idx: int) -> None:
-    from .lower import Value
-
     lw.values[out.name] = Value(idx)
 
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dsqc.op_kinds import weight_output_axis
+
 from .graph import QParams
 from .patterns import Match, find_bias_add
 from .rulebook import rule
@@ -23,7 +25,7 @@ from .rules_common import (
 from .schema import options
 
 if TYPE_CHECKING:
-    from .lower import Lowerer, Target
+    from .lowerer import Lowerer, Target
 
 FIXED = {"SOFTMAX": QParams.of(1 / 256, -128), "LOGISTIC": QParams.of(1 / 256, -128),
          "TANH": QParams.of(1 / 128, 0)}
@@ -181,7 +183,7 @@ def gemm(lw: Lowerer, node: gs.Node) -> None:
     alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
     if node.attrs.get("transA", 0) or not lw.is_const(w) or alpha <= 0:
         raise unsupported(node, "Gemm needs a constant B, transA=0 and alpha > 0 to become FULLY_CONNECTED")
-    perm = (0, 1) if node.attrs.get("transB", 0) else (1, 0)
+    perm = (0, 1) if weight_output_axis(node) == 0 else (1, 0)
     bias = None if c is None else lw.const(c)
     n_out = lw.onnx_shape(node.outputs[0])[-1]
     if c is not None and (bias is None or bias.size != n_out):

@@ -18,7 +18,7 @@ from .rules_math import common_layout
 from .schema import options
 
 if TYPE_CHECKING:
-    from .lower import Lowerer
+    from .lowerer import Lowerer
 
 NHWC_AXIS = (0, 3, 1, 2)      # ONNX NCHW axis → its position in NHWC
 NHWC_TO_NCHW = (0, 3, 1, 2)

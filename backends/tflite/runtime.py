@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -22,6 +23,11 @@ import numpy as np
 Feeds = dict[str, np.ndarray]
 log = logging.getLogger(__name__)
 _ROUTINE = re.compile(r"Created TensorFlow Lite .*delegate|Replacing \d+ out of \d+ node")
+
+
+def available() -> bool:
+    """Whether the LiteRT interpreter (``ai-edge-litert``) is installed here."""
+    return importlib.util.find_spec("ai_edge_litert") is not None
 
 
 def interpreter(blob: bytes, threads: int = 1) -> Any:

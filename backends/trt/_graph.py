@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from dsqc.ir import DEFAULT_DOMAINS, ProtoIndex
+from dsqc.op_kinds import COMPUTE_OPS, CONV_OPS, QDQ_OPS
+
 # Ops TensorRT folds into the kernel of the Conv/Gemm before them.
 FOLDED = frozenset({"BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu",
                     "Softplus", "HardSigmoid", "HardSwish", "PRelu"})
 # Ops that take int8 inputs in TensorRT (fused, or Q/DQ moved through them). Add only as the skip
 # input of a Conv+Add residual (see ``conv_residual``).
-INT8_READERS = frozenset({*COMPUTE, *QDQ_OPS, "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
+INT8_READERS = frozenset({*COMPUTE_OPS, *QDQ_OPS, "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
                           "GlobalMaxPool", "Concat", "Reshape", "Transpose", "Flatten", "Squeeze",
                           "Unsqueeze", "Slice", "Gather", "Resize", "Split", "Pad", "Identity", "Relu",
                           "Expand", "Tile", "DepthToSpace", "SpaceToDepth"})
@@ -25,43 +26,13 @@ def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"
 
 
-class GraphIndex:
-    """Producers, readers and constant values of one model's top-level graph."""
+class GraphIndex(ProtoIndex):
+    """Producers, readers and constant values of one model's top-level graph, its opset and outputs."""
 
     def __init__(self, proto: onnx.ModelProto) -> None:
-        graph = proto.graph
-        self.opset = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-        self.outputs = {o.name for o in graph.output}
-        self._tensors: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
-        self._producer: dict[str, onnx.NodeProto] = {}
-        self._readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None:
-                    self._tensors[node.output[0]] = value
-            for name in node.output:
-                self._producer[name] = node
-            for slot, name in enumerate(node.input):
-                if name:
-                    self._readers.setdefault(name, []).append((node, slot))
-
-    def producer(self, name: str) -> onnx.NodeProto | None:
-        return self._producer.get(name)
-
-    def readers(self, name: str) -> list[tuple[onnx.NodeProto, int]]:
-        return self._readers.get(name, [])
-
-    def is_const(self, name: str) -> bool:
-        return name in self._tensors
-
-    def const(self, name: str) -> np.ndarray | None:
-        tensor = self._tensors.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
-
-    def elem_type(self, name: str) -> int | None:
-        tensor = self._tensors.get(name)
-        return None if tensor is None else int(tensor.data_type)
+        super().__init__(proto.graph)
+        self.opset = next((int(o.version) for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), 0)
+        self.outputs = {o.name for o in proto.graph.output}
 
     def scale(self, node: onnx.NodeProto) -> np.ndarray | None:
         return self.const(node.input[1]) if len(node.input) > 1 else None
@@ -94,6 +65,6 @@ def conv_residual(index: GraphIndex, add: onnx.NodeProto, slot: int) -> bool:
         src = index.producer(name) if other != slot else None
         if src is not None and src.op_type == "BatchNormalization":
             src = index.producer(src.input[0])
-        if src is not None and src.op_type in ("Conv", "ConvTranspose"):
+        if src is not None and src.op_type in CONV_OPS:
             return True
     return False

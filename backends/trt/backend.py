@@ -22,7 +22,7 @@ from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 
 from ..options import parse_options
-from ..registry import Backend, BackendOutput, LoweringJob, register
+from ..registry import Backend, BackendOutput, Feeds, LoweringJob, WrittenBuild, ort_outputs, register
 from . import engine
 from .calib_cache import DEFAULT_TRT_VERSION, activation_scales, cache_header, format_cache, version_digits
 from .checker import Finding, check_trt
@@ -57,6 +57,7 @@ class TrtBackend(Backend):
     description = "TensorRT: strongly typed QDQ ONNX, calibration cache (TensorRT <= 10), engine build script"
     profile = TRT_PROFILE
     options = TrtOptions
+    runtime_name = "ONNX Runtime on *.trt.onnx (TensorRT not installed here)"
 
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
         opts = TrtOptions.from_dict(job.options)
@@ -95,6 +96,10 @@ class TrtBackend(Backend):
         self._engine(available, why, opts, files, out, result, metrics)
         result.metrics["trt"] = metrics
         return result
+
+    def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
+        """``*.trt.onnx`` in ONNX Runtime: the Q/DQ model TensorRT would parse (no TensorRT here)."""
+        return ort_outputs(build, ".trt.onnx", feeds)
 
     def verified_model(self, job: LoweringJob) -> onnx.ModelProto:
         """The lowered model this target writes (``*.trt.onnx``), not the canonical QDQ model."""

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from dsqc.errors import RecipeError, UnsupportedError
+
+from ._graph import GraphIndex
 
 DEFAULT_TRT_VERSION = "10.3.0"
 ALGORITHM = "EntropyCalibration2"
@@ -110,24 +111,15 @@ def activation_scales(qdq: onnx.ModelProto,
     ``fp32_names``, a Q input renamed for a quantized graph output (``y_float``) maps back to the
     FP32 name (``y``) the DequantizeLinear restores. Returns the scales (graph order) and notes.
     """
-    graph = qdq.graph
-    inits = {t.name: t for t in graph.initializer}
-    consts = {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute
-              and n.attribute[0].name == "value"}
-    outputs = {o.name for o in graph.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    index = GraphIndex(qdq)
     scales: dict[str, np.float32] = {}
     origin: dict[str, str] = {}
     notes: list[str] = []
-    for node in graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] in inits or node.input[0] in consts:
+    for node in qdq.graph.node:
+        if node.op_type != "QuantizeLinear" or index.is_const(node.input[0]):
             continue
         label = node.name or node.output[0]
-        scale = _constant(node.input[1], inits, consts)
-        zero = _constant(node.input[2], inits, consts) if len(node.input) > 2 and node.input[2] else None
+        scale, zero = index.scale(node), index.zero_point(node)
         if scale is None or scale.size != 1:
             notes.append(f"{label}: scale is not one constant value (per-channel activation?): left out")
             continue
@@ -136,8 +128,8 @@ def activation_scales(qdq: onnx.ModelProto,
             continue
         name = node.input[0]
         if fp32_names is not None and name not in fp32_names:
-            restored = [d.output[0] for d in readers.get(node.output[0], [])
-                        if d.op_type == "DequantizeLinear" and d.output[0] in outputs & fp32_names]
+            restored = [d.output[0] for d, _ in index.readers(node.output[0])
+                        if d.op_type == "DequantizeLinear" and d.output[0] in index.outputs & fp32_names]
             name = restored[0] if restored else name
         value = np.float32(scale.ravel()[0])
         if name in scales and scales[name] != value:
@@ -148,12 +140,6 @@ def activation_scales(qdq: onnx.ModelProto,
         scales.setdefault(name, value)
         origin.setdefault(name, label)
     return scales, notes
-
-
-def _constant(name: str, inits: Mapping[str, onnx.TensorProto],
-              consts: Mapping[str, onnx.TensorProto]) -> np.ndarray | None:
-    tensor = inits.get(name) or consts.get(name)
-    return None if tensor is None else numpy_helper.to_array(tensor)
 
 
 def _q_dtype(node: onnx.NodeProto, zero: np.ndarray | None) -> np.dtype | None:

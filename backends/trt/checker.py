@@ -16,7 +16,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ._graph import COMPUTE, FLOAT_ONLY, FOLDED, INT8_READERS, QDQ_OPS, GraphIndex, conv_residual, node_label
+from dsqc.op_kinds import (
+    COMPUTE_OPS,
+    CONV_OPS,
+    MATRIX_OPS,
+    QDQ_OPS,
+    WEIGHT_INPUT,
+    weight_output_axis,
+    weight_reduction_axis,
+)
+
+from ._graph import FLOAT_ONLY, FOLDED, INT8_READERS, GraphIndex, conv_residual, node_label
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,7 @@ def _check_qparams(index: GraphIndex, node: onnx.NodeProto) -> list[Finding]:
 
 def _check_int4(index: GraphIndex, node: onnx.NodeProto, block: int) -> list[Finding]:
     label = node_label(node)
-    weight_of = [r for r, i in index.readers(node.output[0]) if r.op_type in ("MatMul", "Gemm") and i == 1]
+    weight_of = [r for r, i in index.readers(node.output[0]) if r.op_type in MATRIX_OPS and i == 1]
     weight = index.const(node.input[0])
     if node.op_type != "DequantizeLinear" or weight is None or not block or not weight_of:
         return [Finding(label, "dtype", "int4 is weight-only in TensorRT: a DequantizeLinear with "
@@ -165,22 +175,11 @@ def _check_weight_axis(index: GraphIndex, node: onnx.NodeProto) -> list[Finding]
 
 
 def _expected_axis(reader: onnx.NodeProto, slot: int, rank: int, blockwise: bool) -> int | None:
-    if slot != 1:
+    if slot != WEIGHT_INPUT.get(reader.op_type):
         return None
-    trans_b = any(a.name == "transB" and a.i for a in reader.attribute)
     if blockwise:
-        if reader.op_type == "Gemm":
-            return 1 if trans_b else 0
-        return rank - 2 if reader.op_type == "MatMul" and rank >= 2 else None
-    if reader.op_type == "Conv":
-        return 0
-    if reader.op_type == "ConvTranspose":
-        return 1
-    if reader.op_type == "Gemm":
-        return 0 if trans_b else 1
-    if reader.op_type == "MatMul":
-        return rank - 1
-    return None
+        return weight_reduction_axis(reader, rank) if reader.op_type in MATRIX_OPS and rank >= 2 else None
+    return weight_output_axis(reader, rank)
 
 
 def _check_fusion(index: GraphIndex, node: onnx.NodeProto, allowed: set[str]) -> list[Finding]:
@@ -193,11 +192,11 @@ def _check_fusion(index: GraphIndex, node: onnx.NodeProto, allowed: set[str]) ->
     source = index.producer(quantized) if quantized else None
     for reader, slot in index.readers(node.output[0]):
         rop, rlabel = reader.op_type, node_label(reader)
-        if source is not None and source.op_type in (*COMPUTE, "BatchNormalization") and rop in FOLDED:
+        if source is not None and source.op_type in (*COMPUTE_OPS, "BatchNormalization") and rop in FOLDED:
             out.append(Finding(label, "fusion", f"Q/DQ between {source.op_type} '{node_label(source)}' and "
                                f"{rop} '{rlabel}': TensorRT folds the {rop} into the kernel; quantize "
                                f"after the {rop}", "warning"))
-        elif (source is not None and source.op_type in ("Conv", "ConvTranspose") and rop == "Add"
+        elif (source is not None and source.op_type in CONV_OPS and rop == "Add"
               and _only_reader(index, quantized, reader)):
             out.append(Finding(label, "fusion", f"Q/DQ on the {source.op_type} branch of residual Add "
                                f"'{rlabel}': Conv+Add fuse only when just the skip input is quantized",

@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.errors import UnsupportedError
 from dsqc.model_io import upgrade_opset
+from dsqc.op_kinds import QDQ_OPS
 
-from ._graph import QDQ_OPS, GraphIndex
+from ._graph import GraphIndex
 from .lower import drop_unused_initializers
 
 FP16_OPSET = 19

@@ -19,7 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ._graph import INT8_READERS, QDQ_OPS, GraphIndex, conv_residual, node_label
+from dsqc.op_kinds import QDQ_OPS
+
+from ._graph import INT8_READERS, GraphIndex, conv_residual, node_label
 
 
 def fold_int32_dequantize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:

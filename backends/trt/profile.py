@@ -15,6 +15,7 @@ recipe asks for int8 Adds. The planner change that would let Add back in: treat 
 only when one input comes from an int8 Conv/ConvTranspose.
 """
 
+from dsqc.op_kinds import COMPUTE_OPS
 from dsqc.quant.profile import TargetProfile
 
 TRT_PROFILE = TargetProfile(
@@ -22,7 +23,7 @@ TRT_PROFILE = TargetProfile(
     activation_dtype="int8",
     symmetric_activations=True,
     per_channel_weights=True,
-    compute_ops=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}),
+    compute_ops=frozenset(COMPUTE_OPS),
     quantize_outputs=False,
     fold_activations=False,
     residual_add_skip_only=True,

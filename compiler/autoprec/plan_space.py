@@ -26,6 +26,7 @@ from dsqc.calibration.data import SampleSet
 from dsqc.calibration.runner import TensorStats
 from dsqc.float_islands import FP16_WEIGHT_TARGETS
 from dsqc.ir import Model, constant_value
+from dsqc.op_kinds import MATRIX_OPS
 from dsqc.quant.planner import Placement, Range, finalize, place
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import calibrate_missing
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 TABLE_TARGETS = frozenset({"onnx"})  # targets whose lowering takes DequantizeLinear → Gather tables
 INTEGER_ONLY_TARGETS = frozenset({"hls"})  # no float nodes: every choice stays int8 (a profile flag would do)
-_INT4_OPS = ("MatMul", "Gemm")
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def build_space(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, c
     tables = [n for n in model.graph.nodes if is_table_lookup(n) and n.name not in user_fixed
               and profile.name in TABLE_TARGETS]
     int4_nodes = [n for n in model.graph.nodes if n.name not in user_fixed and profile.int4_weights and int4
-                  and (n in tables or (n.op in _INT4_OPS and _const(n, 1) is not None))]
+                  and (n in tables or (n.op in MATRIX_OPS and _const(n, 1) is not None))]
     recipe8 = _with_overrides(recipe, {n.name: "int8" for n in tables})
     placement8 = place(model, profile, recipe8)
     start = time.perf_counter()

@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from dsqc.calibration.inputs import InputSpec
 from dsqc.errors import CalibrationError, RecipeError
-
-if TYPE_CHECKING:
-    from dsqc.calibration.data import InputSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}

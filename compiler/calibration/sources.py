@@ -11,16 +11,14 @@ import sys
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import numpy as np
 
 from dsqc.calibration.images import IMAGE_SUFFIXES, ImagePreprocess, list_images, load_images
+from dsqc.calibration.inputs import InputSpec
 from dsqc.calibration.validate import LABELS_KEY, as_batch, as_labels, check_names
 from dsqc.errors import CalibrationError
-
-if TYPE_CHECKING:
-    from dsqc.calibration.data import InputSpec
 
 Raw = tuple[dict[str, np.ndarray], "np.ndarray | None"]
 CALLABLE_RE = re.compile(r"(?:[A-Za-z_][\w.]*|.+\.py):[A-Za-z_]\w*")

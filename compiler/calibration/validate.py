@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from dsqc.calibration.inputs import InputSpec
 from dsqc.errors import CalibrationError
-
-if TYPE_CHECKING:
-    from dsqc.calibration.data import InputSpec
 
 LABELS_KEY = "labels"
 

@@ -41,6 +41,7 @@ from dsqc.driver.pipeline import load_and_normalize, load_data
 from dsqc.driver.progress import Progress
 from dsqc.errors import CalibrationError, DsqcError
 from dsqc.model_io import load_model
+from dsqc.op_kinds import QDQ_OPS
 from dsqc.quant.recipe import Recipe
 from dsqc.quant.spec import QuantPlan
 from dsqc.verify import run_batches, session
@@ -157,7 +158,7 @@ def _models(request: DebugRequest) -> tuple[BuildFolder, onnx.ModelProto, onnx.M
     if request.local_samples < 1 or request.batch_size < 1:
         raise DsqcError("--local-samples and the batch size must be at least 1")
     normalized = load_and_normalize(request.model).model
-    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in normalized.graph.node):
+    if any(node.op_type in QDQ_OPS for node in normalized.graph.node):
         raise BuildFolderError(f"{request.model} is already quantized; give the FP32 model the build "
                                "compiled")
     source = load_model(folder.source_path) if folder.source_path else normalized

@@ -79,6 +79,8 @@ class BuildResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     plan: QuantPlan | None = None
     warnings: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # the target's parsed -B options
+    runtime_outputs: dict[str, Any] | None = None  # the target runtime's own outputs (not in to_dict)
     timings: dict[str, float] = field(default_factory=dict)
     failed: str | None = None  # what was asked and not met although the artifacts were written (exit 2)
     verdict: Verdict | None = None

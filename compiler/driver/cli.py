@@ -81,7 +81,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="compile a model for a target")
     _add_verbosity(p, argparse.SUPPRESS)
     p.add_argument("model", help="model.onnx, or module:factory returning (torch module, inputs)")
-    p.add_argument("--target", "-t", required=True, help=f"one of {', '.join(TARGETS)}")
+    p.add_argument("--target", "-t", required=True,
+                   help=f"one of {', '.join(TARGETS)}, or several comma-separated (one calibration, "
+                   "OUT/<target>/ each, params.csv and agreement.json across them)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--precision", default="int8", help="int8 (default) or fp32")
     p.add_argument("--calib", help="calibration data: .npz, folder, module:function, mnist, random")
@@ -212,11 +214,35 @@ def _cmd_build(args: argparse.Namespace) -> int:
             backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
             size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples,
             strict=args.strict, model_label=args.model, fp32_reference=args.fp32_reference)
+        if "," in args.target:
+            return _build_targets(args, request)
         result = build(request)
     if not _quiet(args):
         _print_build(result, request)
     if result.failed:
         print(f"dsqc: error: {result.failed}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _build_targets(args: argparse.Namespace, request: BuildRequest) -> int:
+    """``--target a,b``: each target's summary, then the agreement table and the shared files."""
+    import dataclasses
+
+    from dsqc.driver.multi_target import PARAMS_NAME, build_targets, parse_targets
+
+    multi = build_targets(request, parse_targets(args.target))
+    if not _quiet(args):
+        for target, result in multi.results.items():
+            print(f"== {target} ({result.out_dir})")
+            _print_build(result, dataclasses.replace(request, target=target, out_dir=result.out_dir))
+        if multi.agreement is not None:
+            print("\n".join(multi.agreement.lines()))
+        print(f"dsqc: {len(multi.results)} targets in {multi.seconds:.1f} s (shared: normalize, data"
+              f"{', calibration' if 'calibration' in multi.reused else ''}); parameter map "
+              f"{args.out / PARAMS_NAME}")
+    if multi.failed:
+        print(f"dsqc: error: {multi.failed}", file=sys.stderr)
         return 2
     return 0
 
@@ -292,7 +318,7 @@ def _backend_options(args: argparse.Namespace) -> dict[str, object]:
     trt_flags = {"require_engine": args.require_engine or None, "fp16": args.fp16 or None,
                  "trt_version": args.trt_version}
     for key, value in trt_flags.items():
-        if value is not None and args.target != "trt":
+        if value is not None and "trt" not in args.target.split(","):
             raise DsqcError(f"--{key.replace('_', '-')} is an option of --target trt, not {args.target}")
         if value is not None:
             options[key] = value

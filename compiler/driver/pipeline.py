@@ -19,6 +19,7 @@ from dsqc.calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.output import staged_output
 from dsqc.driver.report import float_nodes, speed_warnings, write_report
+from dsqc.driver.shared_stages import SharedStages
 from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
 from dsqc.errors import CalibrationError, GateError, RecipeError
 from dsqc.ir import Model
@@ -138,8 +139,12 @@ def load_and_normalize(path: Path, options: NormalizeOptions | None = None) -> N
     return result
 
 
-def build(request: BuildRequest) -> BuildResult:
-    """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir."""
+def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildResult:
+    """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir.
+
+    ``shared``: stages already run for another target of the same model and data (multi-target build).
+    """
+    shared = shared or SharedStages()
     timings: dict[str, float] = {}
     clock = _Clock(timings)
     backend = get_backend(request.target)
@@ -152,22 +157,21 @@ def build(request: BuildRequest) -> BuildResult:
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized, trained = load_for_build(request.model, NormalizeOptions(
-            request.dump_ir, request.check_each_pass))
+        normalized, trained = shared.once("normalize", (), lambda: load_for_build(
+            request.model, NormalizeOptions(request.dump_ir, request.check_each_pass)))
     fp32 = normalized.model
     reference = _fp32_reference(request, fp32, trained)
     if trained and request.accuracy_budget:
         raise RecipeError(f"--accuracy-budget: {request.model} is already quantized (its Q/DQ scales "
-                          "are kept); "
-                          "build its FP32 model for a mixed-precision search")
+                          "are kept); build its FP32 model for a mixed-precision search")
     result = BuildResult(out_dir=request.out_dir, target=request.target,
-                         precision=request.precision, timings=timings)
+                         precision=request.precision, timings=timings, options=options)
     result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=options)
     auto: AutoPlan | None = None
     if request.precision != "fp32":
-        calib, held_out = load_data(request, fp32, recipe)
+        calib, held_out = shared.once("data", (), lambda: load_data(request, fp32, recipe))
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
         profile = backend.profile_for(options)
@@ -177,15 +181,18 @@ def build(request: BuildRequest) -> BuildResult:
             boosters = BoosterOptions(bias_correction=False, shift=False)
         result.metrics["boosters"] = dataclasses.asdict(boosters)
         with clock("boosters"):  # CLE / SmoothQuant / shift: the same function, easier to quantize
-            source = apply_boosters(fp32, calib, boosters, request.calib_batch)
+            source = shared.boosted(fp32, boosters,
+                                    lambda: apply_boosters(fp32, calib, boosters, request.calib_batch))
         job.fp32 = source  # the FP32 model the QDQ model (and a trt cache) refers to; same function
         with clock("calibrate+plan"):
             if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
                 auto = choose_precisions(source, profile, recipe, calib, held_out, request)
                 recipe, quantized = auto.recipe, auto.quantized
             else:
-                quantized = quantize_model(source, profile, recipe, calib, request.calib_batch,
-                                           known=trained_stats(trained), trained=trained)
+                with shared.calibration(source, recipe) as known:
+                    quantized = quantize_model(source, profile, recipe, calib, request.calib_batch,
+                                               known={**known, **trained_stats(trained)}, trained=trained)
+                    known.update(quantized.stats)
         if profile.latency_guard and request.measure_latency and not request.accuracy_budget and not trained:
             with clock("latency guard"):
                 quantized = _guard(source, quantized, profile, recipe, calib, held_out, request, result)
@@ -221,6 +228,7 @@ def build(request: BuildRequest) -> BuildResult:
             kept_fp32 = result.metrics.get("latency_guard", {}).get("kept_fp32_ops", [])
             result.artifacts[-1:-1] = auto.write(staging, kept_fp32)
         result.metrics.update(output.metrics)
+        result.runtime_outputs = output.runtime_outputs
         result.warnings.extend(output.notes)
         result.metrics["float_nodes"] = float_nodes(result)
         result.warnings.extend(speed_warnings(result.metrics))

@@ -10,9 +10,11 @@ import onnx
 from onnx import numpy_helper
 
 from dsqc.ir import default_opset
+from dsqc.op_kinds import QDQ_OPS
 
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
-           "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "MatMulNBits"}
+# Ops whose presence makes a model quantized already.
+QUANTIZED_OPS = {*QDQ_OPS, "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                 "DynamicQuantizeLinear", "MatMulNBits"}
 
 
 @dataclass
@@ -44,7 +46,7 @@ def summarize(proto: onnx.ModelProto) -> ModelSummary:
         key = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
         key = onnx.TensorProto.DataType.Name(init.data_type).lower() if key == "object" else key
         dtypes[key] = dtypes.get(key, 0) + int(arr.size)
-    quantized = any(op in QDQ_OPS for op in hist)
+    quantized = any(op in QUANTIZED_OPS for op in hist)
     return ModelSummary(
         opset=default_opset(proto), nodes=len(proto.graph.node),
         op_histogram=dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),

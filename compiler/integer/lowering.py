@@ -8,9 +8,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.errors import UnsupportedError
+from dsqc.integer.context import Lowering
 from dsqc.integer.fixedpoint import common_multipliers, quantize_multiplier
 from dsqc.integer.ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Requant, TensorInfo
-from dsqc.integer.program import Lowering
+from dsqc.op_kinds import weight_output_axis
 
 _ACC_LIMIT = 2**31 - 1
 
@@ -61,7 +62,7 @@ def lower_conv(ctx: Lowering, node: gs.Node) -> Op:
     x = ctx.act(node, 0)
     if len(x.shape) != 4:
         raise _fail(node, f"only 2-D convolution on NCHW is supported (input shape {x.shape})")
-    weight, w_scale = ctx.weight(node, 1, channel_axis=0)
+    weight, w_scale = ctx.weight(node, 1, channel_axis=weight_output_axis(node))
     group = int(node.attrs.get("group", 1))
     oc, icg, kh, kw = weight.shape
     if x.shape[1] != icg * group or oc % group:
@@ -89,13 +90,11 @@ def lower_dense(ctx: Lowering, node: gs.Node) -> Op:
             raise _fail(node, "transA or alpha != 1 is not supported")
         if len(node.inputs) > 2 and node.inputs[2].name and node.attrs.get("beta", 1.0) != 1.0:
             raise _fail(node, "beta != 1 is not supported")
-        trans_b = bool(node.attrs.get("transB", 0))
-    else:
-        trans_b = False
-    weight, w_scale = ctx.weight(node, 1, channel_axis=0 if trans_b else 1)
+    out_axis = weight_output_axis(node)
+    weight, w_scale = ctx.weight(node, 1, channel_axis=out_axis)
     if weight.ndim != 2:
         raise _fail(node, f"needs a 2-D constant weight, got shape {weight.shape}")
-    weight = weight if trans_b else weight.T
+    weight = weight if out_axis == 0 else weight.T
     if weight.shape[1] != x.shape[1]:
         raise _fail(node, f"weight {weight.shape} does not match input {x.shape}")
     out = ctx.output(node, (1, weight.shape[0]))

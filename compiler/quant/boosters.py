@@ -33,7 +33,8 @@ from dsqc.calibration.runner import calibrate
 from dsqc.errors import RecipeError
 from dsqc.ir import Model, constant_value
 from dsqc.model_io import prepare
-from dsqc.passes.bias_correction import BiasCorrection, channel_axis, float_input
+from dsqc.op_kinds import data_channel_axis
+from dsqc.passes.bias_correction import COMPUTE, BiasCorrection, float_input
 from dsqc.passes.equalize_cross_layer import EqualizeCrossLayer
 from dsqc.passes.shift_activations import ShiftActivations, shift_targets, unshifted
 from dsqc.passes.smooth_quant import SmoothQuant, targets
@@ -137,7 +138,7 @@ def correct_biases(fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: SampleS
     with the per-channel input means streamed over ``samples`` through ``fp32``."""
     reference = Model.from_proto(fp32)
     weights = {n.name: constant_value(n.inputs[1]) for n in reference.graph.nodes
-               if n.op in ("Conv", "Gemm", "MatMul") and len(n.inputs) > 1}
+               if n.op in COMPUTE and len(n.inputs) > 1}
     float_weights = {k: v for k, v in weights.items() if v is not None}
     model = Model.from_proto(qdq)
     produced = reference.graph.tensors()
@@ -148,7 +149,7 @@ def correct_biases(fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: SampleS
             # a shifted input's own bias fix is in place (quantize.py): correct for E[x], not E[x - m]
             tensor = unshifted(reference.graph, float_input(node).name)
             if tensor in produced and constant_value(produced[tensor]) is None:
-                wanted[node.name] = (tensor, channel_axis(node))
+                wanted[node.name] = (tensor, data_channel_axis(node))
     axes = {tensor: axis for tensor, axis in wanted.values()}
     stats = channel_stats(fp32, axes, samples, batch_size)
     means = {node: stats[tensor].mean for node, (tensor, _) in wanted.items()}

@@ -15,18 +15,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, is_graph_output
+from dsqc.op_kinds import BIAS_INPUT, MATRIX_OPS, WEIGHT_INPUT
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.qparams import activation_spec
 from dsqc.quant.recipe import NodeOptions, Recipe
 from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
-from dsqc.quant.weights import (
-    BIAS_INPUT,
-    FLOAT_TYPES,
-    WEIGHT_INPUT,
-    const_weight,
-    is_table_lookup,
-    plan_constants,
-)
+from dsqc.quant.weights import FLOAT_TYPES, const_weight, is_table_lookup, plan_constants
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +209,7 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
     if constant_operand and (in_profile or wanted):
         return NodeDecision(Precision.FP32, f"{node.op} with a constant operand has no fused int8 kernel")
     is_int4 = wanted is Precision.INT4 or (opts.weight_dtype == "int4" and in_profile)
-    if is_int4 and node.op in ("MatMul", "Gemm") and profile.int4_weights and const_weight(node):
+    if is_int4 and node.op in MATRIX_OPS and profile.int4_weights and const_weight(node):
         return NodeDecision(Precision.INT4, "int4 weight-only (recipe)")
     if wanted is Precision.INT4 and in_profile:
         return NodeDecision(Precision.INT8, "int4 asked but only constant MatMul/Gemm weights take int4")

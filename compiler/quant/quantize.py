@@ -13,6 +13,7 @@ from dsqc.calibration.runner import TensorStats, calibrate
 from dsqc.float_islands import finish_float_nodes
 from dsqc.ir import Model, default_opset
 from dsqc.model_io import INT4_OPSET, prepare, upgrade_opset
+from dsqc.op_kinds import CONV_OPS
 from dsqc.ort_tables import lower_tables
 from dsqc.pass_infra import PassManager
 from dsqc.passes.bias_correction import BiasCorrection
@@ -101,7 +102,6 @@ def tensor_methods(fp32: onnx.ModelProto, tensors: list[str], method: str) -> di
             for name in tensors}
 
 
-_CONV = ("Conv", "ConvTranspose")
 _SAME_MAP = PASSTHROUGH_OPS | {"Relu", "Clip"}
 
 
@@ -116,7 +116,7 @@ def _conv_inputs(graph: onnx.GraphProto) -> set[str]:
         for node in readers.get(name, []):
             if node.input[0] != name:
                 continue
-            if node.op_type in _CONV:
+            if node.op_type in CONV_OPS:
                 return True
             through = node.op_type in _SAME_MAP and node.output and depth < 8
             if through and read_by_conv(node.output[0], depth + 1):

@@ -29,6 +29,7 @@ from dsqc.calibration.runner import _batch_plan, _feed_names, _known_types
 from dsqc.errors import CalibrationError
 from dsqc.ir import Model, constant_value, producer
 from dsqc.model_io import prepare
+from dsqc.op_kinds import MATRIX_OPS
 from dsqc.passes.adaround import LAYERS as ADAROUND_LAYERS
 from dsqc.passes.adaround import AdaRound, LayerInputs
 from dsqc.passes.bias_correction import BiasCorrection, dequantize_constant
@@ -144,7 +145,7 @@ def _stream(proto: onnx.ModelProto, names: list[str], samples: SampleSet,
 
 
 def _rows(node: gs.Node, x: np.ndarray) -> np.ndarray:
-    return x.reshape(-1, x.shape[-1]) if node.op in ("MatMul", "Gemm") else x
+    return x.reshape(-1, x.shape[-1]) if node.op in MATRIX_OPS else x
 
 
 def _adaround_inputs(fp32: onnx.ModelProto, qdq: onnx.ModelProto, nodes: dict[str, tuple[gs.Node, gs.Node]],

@@ -6,26 +6,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import constant_value
+from dsqc.op_kinds import BIAS_INPUT, WEIGHT_INPUT, weight_output_axis, weight_reduction_axis
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.qparams import bias_spec, fit_bias, weight_spec
 from dsqc.quant.recipe import NodeOptions
 from dsqc.quant.spec import Precision, QuantPlan
 
-# Weight input index and bias input index, per compute op.
-WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
-BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 FLOAT_TYPES = {np.dtype(np.float32), np.dtype(np.float16)}
-
-
-def weight_axis(node: gs.Node, weight: np.ndarray) -> int:
-    """Output-channel axis of a node's weight: Conv 0, ConvTranspose 1, Gemm by transB, MatMul -1."""
-    if node.op == "Conv":
-        return 0
-    if node.op == "ConvTranspose":
-        return 1
-    if node.op == "Gemm":
-        return 0 if node.attrs.get("transB", 0) else 1
-    return weight.ndim - 1
 
 
 def const_weight(node: gs.Node) -> bool:
@@ -52,10 +39,10 @@ def plan_constants(node: gs.Node, plan: QuantPlan, opts: NodeOptions, profile: T
     weight = constant_value(w_tensor)
     if weight is None:
         return
-    axis = weight_axis(node, weight)
+    axis = weight_output_axis(node, weight.ndim)
     if precision is Precision.INT4:
         block = opts.block_size or None
-        k_axis = 0 if node.op == "MatMul" or not node.attrs.get("transB", 0) else 1
+        k_axis = weight_reduction_axis(node, weight.ndim)
         plan.tensors[w_tensor.name] = weight_spec(weight, k_axis if block else axis, "int4", block)
         return
     per_channel = opts.per_channel and profile.per_channel_weights and weight.ndim >= 2

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import time
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -62,13 +64,24 @@ def test_no_bare_top_level_names_installed() -> None:
 
 @pytest.mark.skipif(os.environ.get("DSQC_SKIP_WHEEL") == "1", reason="DSQC_SKIP_WHEEL=1")
 def test_wheel_installs_non_editable_and_runs(tmp_path: Path) -> None:
+    # setuptools builds in the source folder (build/lib, *.egg-info) and never empties build/lib, so a
+    # wheel built from the checkout leaves a stale copy there and ships modules deleted since: build
+    # from a clean copy of what the wheel is made of.
+    source = tmp_path / "source"
+    for folder in _package_folders():
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     dist = tmp_path / "dist"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                            "-w", str(dist), str(ROOT)], check=True, timeout=300, capture_output=True,
+                            "-w", str(dist), str(source)], check=True, timeout=300, capture_output=True,
                            text=True)
     # e.g. setuptools' "`project.license` as a TOML table is deprecated" (a SPDX string since 77)
     assert "deprecated" not in built.stdout + built.stderr, built.stderr
     wheel = next(dist.glob("dsqc-*.whl"))
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    assert shipped == {name.replace(".", "/") + ("/__init__.py" if path.name == "__init__.py" else ".py")
+                       for name, path in _dsqc_modules().items()}
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
@@ -86,6 +99,64 @@ def test_wheel_installs_non_editable_and_runs(tmp_path: Path) -> None:
     subprocess.run([str(env_dir / "bin" / "dsqc"), "build", str(model), "--target", "onnx",
                     "--precision", "fp32", "-o", str(out)], check=True, cwd=tmp_path, timeout=300)
     assert (out / "mnist_cnn.fp32.onnx").is_file()
+
+
+def _package_folders() -> list[str]:
+    import tomllib
+
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    return sorted(set(mapping.values()))
+
+
+def _dsqc_modules() -> dict[str, Path]:
+    """Every module of the distribution by its installed name (``dsqc.quant.planner``), from the
+    package-dir mapping in pyproject.toml."""
+    import tomllib
+
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    modules = {}
+    for ns, folder in mapping.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            modules[".".join((ns, *(parts[:-1] if parts[-1] == "__init__" else parts)))] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the dsqc modules it imports, wherever the import stands (module level, under
+    ``TYPE_CHECKING`` or inside a function: an import deferred to dodge a cycle is still a cycle).
+    ``from pkg import name`` counts as importing ``pkg.name`` when that is a module, else ``pkg``;
+    running a package's ``__init__`` on the way to a submodule is not counted."""
+    modules = _dsqc_modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                base = (f"{base}.{node.module}" if node.module else base) if node.level else str(node.module)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_dsqc_modules_import_each_other_without_cycles() -> None:
+    import networkx as nx
+
+    imports = import_graph()
+    # the graph sees imports under TYPE_CHECKING and inside functions, and resolves relative ones
+    assert "dsqc.backends.tflite.lowerer" in imports["dsqc.backends.tflite.rules_conv"]
+    assert "dsqc.models.mnist" in imports["dsqc.calibration.sources"]
+    assert "dsqc.integer.reference" in imports["dsqc.integer.compare"]
+    graph = nx.DiGraph([(a, b) for a, targets in imports.items() for b in targets])
+    cycles = [sorted(scc) for scc in nx.strongly_connected_components(graph) if len(scc) > 1]
+    assert not cycles, f"import cycles: {cycles}"
 
 
 def test_every_code_folder_is_packaged() -> None:
