@@ -84,6 +84,7 @@ class NormalizeOptions:
 class NormalizeResult:
     model: onnx.ModelProto
     pass_seconds: dict[str, float] = field(default_factory=dict)
+    trained: dict[str, QuantSpec] = field(default_factory=dict)  # specs of an already-quantized input
 
 
 def normalize(proto: onnx.ModelProto, options: NormalizeOptions | None = None,
@@ -103,15 +104,16 @@ def normalize(proto: onnx.ModelProto, options: NormalizeOptions | None = None,
     return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
 
 
-def load_for_build(path: Path, options: NormalizeOptions) -> tuple[NormalizeResult, dict[str, QuantSpec]]:
+def load_for_build(path: Path, options: NormalizeOptions) -> NormalizeResult:
     """The normalized FP32 model and, for an already-quantized QDQ model (a QAT export), the specs of
     its Q/DQ (``dsqc.quant.from_qdq``): the model under them is what gets normalized and re-planned."""
     proto = load_model(path)
     if not has_qdq(proto):
-        return normalize(proto, options, label=str(path)), {}
+        return normalize(proto, options, label=str(path))
     qdq = split_qdq(proto, str(path))
     normalized = normalize(qdq.fp32, options, label=str(path))
-    return normalized, check_trained(normalized.model, qdq.specs, str(path))
+    normalized.trained = check_trained(normalized.model, qdq.specs, str(path))
+    return normalized
 
 
 def _fp32_reference(request: BuildRequest, fp32: onnx.ModelProto,
@@ -157,9 +159,9 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized, trained = shared.once("normalize", (), lambda: load_for_build(
+        normalized = shared.once("normalize", (), lambda: load_for_build(
             request.model, NormalizeOptions(request.dump_ir, request.check_each_pass)))
-    fp32 = normalized.model
+    fp32, trained = normalized.model, normalized.trained
     reference = _fp32_reference(request, fp32, trained)
     if trained and request.accuracy_budget:
         raise RecipeError(f"--accuracy-budget: {request.model} is already quantized (its Q/DQ scales "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,8 +125,6 @@ def load_plan(plan_or_bundle: QuantPlan | str | Path) -> QuantPlan:
         return plan_or_bundle
     path = Path(plan_or_bundle)
     if path.is_file() and path.name == REPORT_NAME:
-        import json
-
         return plan_from_dict(json.loads(path.read_text(encoding="utf-8"))["plan"], path)
     return read_build(path).plan
 
