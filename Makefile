@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[torch,tflite,demo,dev,bench]'
+	$(BIN)/pip install -q -e '.[torch,tflite,demo,dev,bench,ray]'
 	touch $(STAMP)
 
 demo: setup

@@ -1,25 +1,40 @@
-"""Backends register by target name; ``dsqc build --target`` looks them up here."""
+"""Backends register by target name; ``dsqc build --target`` looks them up here.
+
+A backend holds all knowledge of its target; the core asks it, never names it:
+
+- ``profile`` / ``profile_for(options)``: what the planner may do (flags in ``TargetProfile``, and
+  ``finish_qdq``, the target's rewrite of the QDQ model).
+- ``lower(job) -> Lowered``: once per build, a pure function of the job (no files): the target's
+  model(s) and in-memory checks. ``verified_model(lowered)``: what ORT verifies against FP32.
+- ``write(lowered, out) -> BackendOutput``: the artifacts into the staging folder, and checks that
+  need them on disk (gcc, engine build).
+- report hooks: ``summary_lines``, ``float_nodes``, ``speed_warnings``, ``verdict_outputs``,
+  ``requantization``;
+  ``check_model`` for ``dsqc check``; ``replay`` for ``dsqc debug``; ``run_artifact`` for the
+  cross-target agreement of a multi-target build.
+"""
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
-
-import numpy as np
-import onnx
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from dsqc.errors import DsqcError, RecipeError
-from dsqc.quant.profile import TargetProfile
-from dsqc.quant.spec import QuantPlan
-from dsqc.verify import run_batches, session
 
 from .options import check_options
 
-Feeds = dict[str, np.ndarray]
+if TYPE_CHECKING:  # kept light: ``dsqc --help`` lists the targets through this module
+    import numpy as np
+    import onnx
+
+    from dsqc.driver.build_types import BuildResult
+    from dsqc.quant.profile import TargetProfile
+    from dsqc.quant.spec import QuantPlan
+
+Feeds = dict[str, "np.ndarray"]
 
 
 @dataclass
@@ -61,33 +76,116 @@ class WrittenBuild:
     runtime_outputs: dict[str, np.ndarray] | None = None  # BackendOutput.runtime_outputs of the build
 
 
+@dataclass
+class Lowered:
+    """A job lowered for one target, not yet written: backends subclass it with their own results.
+
+    ``verified``: the quantized ONNX model the build verifies in ORT when the target rewrites the
+    canonical QDQ model into what it writes (``trt``); ``None``: the canonical ``job.qdq``.
+    ``metrics``/``notes``: the lowering's own checks, carried into the ``BackendOutput``.
+    """
+
+    job: LoweringJob
+    verified: onnx.ModelProto | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What ``dsqc debug`` replays in a build folder of this target: the verified QDQ model's file
+    suffix (``None``: the plan on MODEL), the FP32 model the plan refers to (``None``: MODEL), and a
+    description with ``{qdq}``/``{source}`` placeholders."""
+
+    qdq_suffix: str | None = None
+    source_suffix: str | None = None
+    description: str = "the plan in report.json on MODEL (ORT reference Q/DQ)"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """``dsqc check``: the findings as text; ``failed`` when a rule is broken (exit 1)."""
+
+    text: str
+    failed: bool
+
+
 class Backend(ABC):
-    """A target. ``profile`` constrains the plan; ``emit`` lowers and writes into ``out``."""
+    """A target: its profile constrains the plan; ``lower`` then ``write`` produce its artifacts."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     profile: ClassVar[TargetProfile]
     options: ClassVar[type[Any] | None] = None  # a dataclass: its fields are the target's -B keys
+    replay: ClassVar[Replay] = Replay()
+    has_checker: ClassVar[bool] = False  # ``check_model`` checks any QDQ model (``dsqc check``)
     runtime_name: ClassVar[str] = "no runtime here"  # what runs the written artifact in ``run_artifact``
 
     def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """``-B`` options checked and typed (strings converted); unknown keys are one-line errors."""
-        return check_options(self.name, self.options, raw)
+        """``-B`` options checked and typed (strings converted); unknown keys are one-line errors, and
+        the options dataclass's own checks (``__post_init__``: ranges, formats) run too."""
+        typed = check_options(self.name, self.options, raw)
+        if self.options is not None:
+            self.options(**typed)
+        return typed
+
+    def typed_options(self, raw: dict[str, Any]) -> Any:
+        """``raw`` as an instance of the ``options`` dataclass (defaults for keys not given)."""
+        if self.options is None:
+            check_options(self.name, None, raw)
+            return None
+        return self.options(**check_options(self.name, self.options, raw))
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """The profile the planner uses for these backend options (default: ``profile``)."""
         return self.profile
 
-    def verified_model(self, job: LoweringJob) -> onnx.ModelProto:
-        """The quantized ONNX model the build verifies against FP32 in ORT: the canonical QDQ model,
-        unless the target rewrites it into the artifact it writes (``trt``)."""
-        if job.qdq is None:
-            raise DsqcError("verified_model needs a quantized model")
-        return job.qdq
+    @abstractmethod
+    def lower(self, job: LoweringJob) -> Lowered:
+        """``job`` lowered for this target, in memory: a pure function of the job, run once per build."""
 
     @abstractmethod
+    def write(self, lowered: Lowered, out: Path) -> BackendOutput:
+        """Write the artifacts of ``lowered`` into the staging folder ``out``."""
+
     def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
-        """Write this target's artifacts for ``job`` into the staging folder ``out``."""
+        """Lower and write in one call."""
+        return self.write(self.lower(job), out)
+
+    def verified_model(self, lowered: Lowered) -> onnx.ModelProto:
+        """The quantized ONNX model the build verifies against FP32 in ORT: the canonical QDQ model,
+        unless the target rewrote it into the artifact it writes (``Lowered.verified``)."""
+        if lowered.verified is not None:
+            return lowered.verified
+        if lowered.job.qdq is None:
+            raise DsqcError("verified_model needs a quantized model")
+        return lowered.job.qdq
+
+    def summary_lines(self, result: BuildResult) -> list[str]:
+        """Lines of the terminal summary from this target's own checks (``result.metrics[name]``)."""
+        return []
+
+    def float_nodes(self, result: BuildResult) -> dict[str, str]:
+        """Nodes the artifact computes in float beyond the plan's, with the reason."""
+        return {}
+
+    def speed_warnings(self, result: BuildResult) -> list[str]:
+        """Warnings when the target's own runtime measured the int8 artifact slower than float."""
+        return []
+
+    def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
+        """Output metrics (``sqnr_db``, ``cosine``…) of the target's own runtime run, labelled, that the
+        verdict judges beside ORT's."""
+        return {}
+
+    def requantization(self, result: BuildResult) -> dict[str, dict[str, list[int]]]:
+        """Tensor → the integer ``multiplier`` and right ``shift`` lists that requantize into it, for
+        targets that requantize with integers (``params.csv`` of a multi-target build)."""
+        return {}
+
+    def check_model(self, model: onnx.ModelProto) -> CheckResult:
+        """``dsqc check``: this target's quantization rules on any QDQ model (``has_checker``)."""
+        raise DsqcError(f"target '{self.name}' has no model checker")
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
         """The written artifact run by this target's own runtime on ``feeds``: float outputs by name,
@@ -96,11 +194,15 @@ class Backend(ABC):
         return None
 
 
-
 def ort_outputs(build: WrittenBuild, suffix: str, feeds: list[Feeds]) -> dict[str, np.ndarray]:
     """ONNX Runtime outputs (fused kernels, as deployed) of the build's first artifact named ``*suffix``."""
+    import onnx
+
+    from dsqc.verify import run_batches, session
+
     path = next(build.folder / a for a in build.artifacts if a.name.endswith(suffix))
     return run_batches(session(onnx.load(str(path))), feeds)
+
 
 _REGISTRY: dict[str, type[Backend]] = {}
 _BUILTIN = {"onnx": "dsqc.backends.onnx", "trt": "dsqc.backends.trt",
@@ -124,19 +226,26 @@ def _load_builtins(only: str | None = None) -> None:
 
 
 def available() -> list[str]:
+    """Every registered target, the built-in ones imported."""
     _load_builtins()
     return sorted(_REGISTRY)
+
+
+def names() -> list[str]:
+    """Every target name, without importing the built-in backends (for ``--help``)."""
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
 
 
 def get_backend(name: str) -> Backend:
     if name in _BUILTIN:
         _load_builtins(only=name)
     if name not in _REGISTRY:
-        known = sorted(set(_BUILTIN) | set(_REGISTRY))
-        raise RecipeError(f"unknown target '{name}'; registered targets: {', '.join(known)}")
+        raise RecipeError(f"unknown target '{name}'; registered targets: {', '.join(names())}")
     return _REGISTRY[name]()
 
 
-def registered_factories() -> dict[str, Callable[[], Backend]]:
-    _load_builtins()
-    return dict(_REGISTRY)
+def checkers() -> list[str]:
+    """Targets whose backend checks any QDQ model (``dsqc check --target``)."""
+    return [name for name in available() if _REGISTRY[name].has_checker]
+
+

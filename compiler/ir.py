@@ -154,14 +154,29 @@ def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
                 node.inputs[index] = new
 
 
+def bypass_refusal(graph: gs.Graph, node: gs.Node, kept: gs.Tensor) -> str | None:
+    """Why ``bypass_node(graph, node, kept)`` would refuse, or ``None`` when it would not."""
+    out = node.outputs[0]
+    if not is_graph_output(graph, out):
+        return None
+    if producer(kept) is None:
+        return f"output {out.name} is a graph output and {kept.name} is a graph input or constant"
+    if is_graph_output(graph, kept):
+        return f"both {kept.name} and {out.name} are graph outputs"
+    return None
+
+
 def bypass_node(graph: gs.Graph, node: gs.Node, kept: gs.Tensor) -> str | None:
     """Remove single-output ``node`` so that its readers read ``kept`` (one of its inputs) instead.
 
     When the node's output is a graph output, its producer side is renamed instead: the node that
     writes ``kept`` now writes the graph output, so graph output names stay stable. Returns the reason
-    when that is impossible (``kept`` is a graph input, a constant or itself a graph output), else
-    ``None``. The node is left disconnected; run ``graph.cleanup()`` afterwards.
+    when that is impossible (``kept`` is a graph input, a constant or itself a graph output; see
+    ``bypass_refusal``), else ``None``. The node is left disconnected; run ``graph.cleanup()`` afterwards.
     """
+    reason = bypass_refusal(graph, node, kept)
+    if reason is not None:
+        return reason
     out = node.outputs[0]
     if not is_graph_output(graph, out):
         node.inputs.clear()
@@ -169,10 +184,7 @@ def bypass_node(graph: gs.Graph, node: gs.Node, kept: gs.Tensor) -> str | None:
         replace_uses(out, kept)
         return None
     source = producer(kept)
-    if source is None:
-        return f"output {out.name} is a graph output and {kept.name} is a graph input or constant"
-    if is_graph_output(graph, kept):
-        return f"both {kept.name} and {out.name} are graph outputs"
+    assert source is not None
     index = next(i for i, t in enumerate(source.outputs) if t is kept)
     node.inputs.clear()
     node.outputs.clear()

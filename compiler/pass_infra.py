@@ -1,16 +1,26 @@
-"""Pass infrastructure: ``Pass`` → ``PassResult``, fixed-point groups, a manager with instruments."""
+"""Pass infrastructure: ``Pass`` → ``PassResult``; every pass run goes through the active ``PassContext``.
+
+A pass is called like a function, ``SomePass(...)(model)``, wherever it is: in the normalization
+pipeline, in a booster, in the quantizer, in a backend. The call runs through the ``PassContext``
+that is active at that moment (``with context.active():``; the build driver activates one for the
+whole build), so ``--dump-ir``, ``--check-each-pass`` and the ``-v`` timings see every pass run.
+Composite passes (``FixedPoint``, ``PassManager``) run their members through the same context.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from dsqc.errors import PassError
 from dsqc.ir import Model
@@ -25,9 +35,16 @@ class PassResult:
 
 
 class Pass(ABC):
-    """One graph transformation. Subclasses implement ``call``; the base checks the contract."""
+    """One graph transformation. Subclasses implement ``call``; the context checks the contract.
 
-    name: ClassVar[str] = ""
+    ``cleanup_after``: when the pass changed the graph, the context removes what it left dangling
+    and sorts the graph once (``graph.cleanup().toposort()``), so the pass need not.
+    ``composite``: the pass runs other passes; instruments see those, not the group itself.
+    """
+
+    name: str = ""
+    cleanup_after: ClassVar[bool] = False
+    composite: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -48,24 +65,7 @@ class Pass(ABC):
         return PassError(f"pass {self.name}: {message}")
 
     def __call__(self, model: Model) -> PassResult:
-        self.requires(model)
-        result = self.call(model)
-        if not isinstance(result, PassResult):
-            raise self.fail(f"returned {type(result).__name__}, expected PassResult")
-        self.ensures(result.model)
-        return result
-
-
-@dataclass
-class FixedPoint:
-    """Run ``passes`` in order, again and again, until none of them changes the model."""
-
-    passes: Sequence[Pass]
-    max_iterations: int = 8
-    name: str = "FixedPoint"
-
-
-Step = Pass | FixedPoint
+        return current_context().run(self, model)
 
 
 class Instrument(Protocol):
@@ -74,19 +74,18 @@ class Instrument(Protocol):
 
 @dataclass
 class TimingInstrument:
-    """Accumulates wall time per pass; logged at INFO (``-v``)."""
+    """Accumulates wall time per pass name (the report's ``passes_ms``)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
 
     def after_pass(self, pass_: Pass, result: PassResult, seconds: float) -> None:
         self.seconds[pass_.name] = self.seconds.get(pass_.name, 0.0) + seconds
-        log.info("pass %-28s %7.2f ms  %s", pass_.name, seconds * 1e3,
-                 "modified" if result.modified else "-")
 
 
 @dataclass
 class DumpIRInstrument:
-    """Writes the graph after every pass that changed it: ``DIR/NNN_<pass>.onnx``."""
+    """Writes the graph after every pass run that changed it: ``DIR/NNN_<pass>.onnx``, numbered in
+    run order across everything the context runs."""
 
     folder: Path
     count: int = 0
@@ -111,40 +110,157 @@ class CheckInstrument:
             raise pass_.fail(f"left an invalid graph: {first}") from exc
 
 
-@dataclass
-class PassManager:
-    """Runs steps in order; ``FixedPoint`` groups repeat until nothing changes."""
+@dataclass(frozen=True)
+class PassContext:
+    """What every pass run inherits: the instruments that see it and the level its timing line is
+    logged at (INFO: shown with ``-v``). Activate with ``with context.active():``."""
 
-    steps: Sequence[Step]
-    instruments: Sequence[Instrument] = ()
+    instruments: tuple[Instrument, ...] = ()
+    log_level: int = logging.INFO
 
-    def run(self, model: Model) -> PassResult:
-        modified = False
-        for step in self.steps:
-            if isinstance(step, FixedPoint):
-                model, changed = self._run_fixed_point(step, model)
-            else:
-                model, changed = self._run_one(step, model)
-            modified |= changed
-        return PassResult(model, modified)
+    @classmethod
+    def for_build(cls, dump_ir: Path | None = None, check_each_pass: bool = False) -> PassContext:
+        """Timing always; ``onnx.checker`` after each pass and the graph dump as asked."""
+        instruments: list[Instrument] = [TimingInstrument()]
+        if check_each_pass:
+            instruments.append(CheckInstrument())
+        if dump_ir is not None:
+            instruments.append(DumpIRInstrument(dump_ir))
+        return cls(tuple(instruments))
 
-    def _run_fixed_point(self, group: FixedPoint, model: Model) -> tuple[Model, bool]:
-        any_change = False
-        for _ in range(group.max_iterations):
-            round_change = False
-            for pass_ in group.passes:
-                model, changed = self._run_one(pass_, model)
-                round_change |= changed
-            any_change |= round_change
-            if not round_change:
-                return model, any_change
-        log.warning("%s did not converge in %d rounds", group.name, group.max_iterations)
-        return model, any_change
+    @property
+    def timing(self) -> TimingInstrument | None:
+        return next((i for i in self.instruments if isinstance(i, TimingInstrument)), None)
 
-    def _run_one(self, pass_: Pass, model: Model) -> tuple[Model, bool]:
+    def with_instruments(self, extra: Sequence[Instrument]) -> PassContext:
+        """This context plus ``extra`` (the same instrument objects: dump numbering continues)."""
+        return PassContext((*self.instruments, *extra), self.log_level)
+
+    @contextmanager
+    def active(self) -> Iterator[PassContext]:
+        """Every pass called inside the block (at any depth) runs through this context."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+    def run(self, pass_: Pass, model: Model) -> PassResult:
+        """One pass run: precondition, ``call``, result type, clean-up, postcondition, instruments."""
+        pass_.requires(model)
         start = time.perf_counter()
-        result = pass_(model)
+        result = pass_.call(model)
+        if not isinstance(result, PassResult):
+            raise pass_.fail(f"returned {type(result).__name__}, expected PassResult")
+        if result.modified and pass_.cleanup_after:
+            result.model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
         elapsed = time.perf_counter() - start
+        pass_.ensures(result.model)
+        if pass_.composite:
+            return result
+        log.log(self.log_level, "pass %-28s %7.2f ms  %s", pass_.name, elapsed * 1e3,
+                "modified" if result.modified else "-")
         for instrument in self.instruments:
             instrument.after_pass(pass_, result, elapsed)
-        return result.model, result.modified
+        return result
+
+
+_CURRENT: contextvars.ContextVar[PassContext | None] = contextvars.ContextVar("dsqc_passes", default=None)
+_BARE = PassContext()  # outside any ``active()`` block: no instruments, timing lines still logged
+
+
+def current_context() -> PassContext:
+    """The context pass runs inherit here: the innermost ``active()`` one, else one without instruments."""
+    return _CURRENT.get() or _BARE
+
+
+class FixedPoint(Pass):
+    """Run ``passes`` in order, again and again, until none of them changes the model."""
+
+    composite = True
+
+    def __init__(self, passes: Sequence[Pass], max_iterations: int = 8, name: str = "FixedPoint") -> None:
+        self.passes = list(passes)
+        self.max_iterations = max_iterations
+        self.name = name
+
+    def call(self, model: Model) -> PassResult:
+        any_change = False
+        for _ in range(self.max_iterations):
+            round_change = False
+            for pass_ in self.passes:
+                result = pass_(model)
+                model, round_change = result.model, round_change | result.modified
+            any_change |= round_change
+            if not round_change:
+                return PassResult(model, any_change)
+        log.warning("%s did not converge in %d rounds", self.name, self.max_iterations)
+        return PassResult(model, any_change)
+
+
+Step = Pass
+
+
+class PassManager(Pass):
+    """Runs ``steps`` once, in order, through the active context (plus ``instruments``, if given)."""
+
+    composite = True
+
+    def __init__(self, steps: Sequence[Pass], instruments: Sequence[Instrument] = ()) -> None:
+        self.steps = list(steps)
+        self.instruments = tuple(instruments)
+
+    def call(self, model: Model) -> PassResult:
+        modified = False
+        for step in self.steps:
+            result = step(model)
+            model, modified = result.model, modified | result.modified
+        return PassResult(model, modified)
+
+    def run(self, model: Model) -> PassResult:
+        if not self.instruments:
+            return self(model)
+        with current_context().with_instruments(self.instruments).active():
+            return self(model)
+
+
+class NodeRewritePass(Pass):
+    """A pass that rewrites single nodes: ``op_types`` names the candidates, ``refusal`` says why a
+    candidate is left alone (``None``: rewrite it), ``rewrite`` changes the graph around it.
+
+    The base visits the candidates in graph order (a snapshot taken before the first rewrite; nodes
+    detached by an earlier rewrite are skipped), logs each refusal at DEBUG except those listed in
+    ``quiet_refusals`` (plain pattern misses), and with ``repeat`` rewrites the same node again until
+    it refuses (chains that shrink by one node per rewrite). Rewrites may leave nodes and tensors
+    dangling: the context cleans up and sorts once after the pass changed the graph.
+    """
+
+    op_types: ClassVar[frozenset[str]] = frozenset()
+    quiet_refusals: ClassVar[frozenset[str]] = frozenset()
+    repeat: ClassVar[bool] = False
+    cleanup_after = True
+
+    @abstractmethod
+    def refusal(self, node: gs.Node, model: Model) -> str | None:
+        """Why ``node`` is not rewritten, or ``None`` when it is. Must not change the graph."""
+
+    @abstractmethod
+    def rewrite(self, node: gs.Node, model: Model) -> None:
+        """Rewrite ``node`` (``refusal`` just returned ``None`` for it)."""
+
+    def call(self, model: Model) -> PassResult:
+        rewrites = 0
+        for node in [n for n in model.graph.nodes if n.op in self.op_types]:
+            while node.inputs and node.outputs:
+                reason = self.refusal(node, model)
+                if reason is not None:
+                    if reason not in self.quiet_refusals:
+                        log.debug("%s: skip %s (%s): %s", self.name, node.name, node.op, reason)
+                    break
+                self.rewrite(node, model)
+                rewrites += 1
+                if not self.repeat:
+                    break
+        if rewrites:
+            log.debug("%s: %d rewrites", self.name, rewrites)
+        return PassResult(model, rewrites > 0)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, make_constant, tensor_rank
-from dsqc.pass_infra import Pass, PassResult
+from dsqc.pass_infra import NodeRewritePass
 
 from ._batchnorm import batchnorm_affine, batchnorm_refusal
 from .fuse_conv_bn import fusion_refusal
-
-log = logging.getLogger(__name__)
 
 
 def _unique_name(graph: gs.Graph, hint: str) -> str:
@@ -45,7 +41,7 @@ def conversion_refusal(graph: gs.Graph, bn: gs.Node) -> str | None:
     return None
 
 
-class BatchNormToMulAdd(Pass):
+class BatchNormToMulAdd(NodeRewritePass):
     """Replace inference-mode ``BatchNormalization(x)`` by ``Add(Mul(x, s), t)`` with constants
     ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean * s`` (float64, stored in x's dtype)
     shaped ``[C, 1, ...]`` so they broadcast along axis 1 for x's rank (``[C]`` for rank 2).
@@ -55,22 +51,13 @@ class BatchNormToMulAdd(Pass):
     The Add keeps BN's node name and output tensor, so graph output names are stable.
     """
 
-    def call(self, model: Model) -> PassResult:
-        graph = model.graph
-        modified = False
-        for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
-            reason = conversion_refusal(graph, bn)
-            if reason:
-                log.debug("%s: skip %s: %s", self.name, bn.name, reason)
-                continue
-            self._rewrite(graph, bn)
-            modified = True
-        if modified:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return PassResult(model, modified)
+    op_types = frozenset({"BatchNormalization"})
 
-    @staticmethod
-    def _rewrite(graph: gs.Graph, bn: gs.Node) -> None:
+    def refusal(self, node: gs.Node, model: Model) -> str | None:
+        return conversion_refusal(model.graph, node)
+
+    def rewrite(self, node: gs.Node, model: Model) -> None:
+        graph, bn = model.graph, node
         x, y = bn.inputs[0], bn.outputs[0]
         rank = tensor_rank(x)
         assert rank is not None

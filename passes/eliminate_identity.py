@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TypeAlias
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from dsqc.ir import Model, bypass_node, constant_value, is_used, static_shape, tensor_rank
-from dsqc.pass_infra import Pass, PassResult
-
-log = logging.getLogger(__name__)
+from dsqc.ir import (
+    Model,
+    bypass_node,
+    bypass_refusal,
+    constant_value,
+    is_used,
+    static_shape,
+    tensor_rank,
+)
+from dsqc.pass_infra import NodeRewritePass
 
 NEUTRAL = {"Mul": 1, "Div": 1, "Add": 0, "Sub": 0}
 COMMUTATIVE = ("Mul", "Add")
@@ -124,7 +129,7 @@ def passthrough(graph: gs.Graph, node: gs.Node, opset: int) -> Passthrough:
     return f"{node.op} is not a pass-through op"
 
 
-class EliminateIdentity(Pass):
+class EliminateIdentity(NodeRewritePass):
     """Remove pass-through nodes: Identity; Dropout (only inference: training_mode absent or constant
     false, and its mask unused); Cast to the input's own dtype; Transpose with the identity perm;
     Reshape of a statically shaped input to that same shape; Pad with all-zero pads; ``x * 1``,
@@ -136,19 +141,13 @@ class EliminateIdentity(Pass):
     input is a graph input, a constant, or itself a graph output. Unknown dtypes or shapes refuse.
     """
 
-    def call(self, model: Model) -> PassResult:
-        graph = model.graph
-        removed = 0
-        for node in list(graph.nodes):
-            if node.op not in HANDLED or not node.outputs or not node.inputs:
-                continue
-            kept = passthrough(graph, node, model.opset)
-            reason = kept if isinstance(kept, str) else bypass_node(graph, node, kept)
-            if reason:
-                log.debug("%s: skip %s (%s): %s", self.name, node.name, node.op, reason)
-                continue
-            removed += 1
-        if removed:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-            log.debug("%s: removed %d nodes", self.name, removed)
-        return PassResult(model, removed > 0)
+    op_types = HANDLED
+
+    def refusal(self, node: gs.Node, model: Model) -> str | None:
+        kept = passthrough(model.graph, node, model.opset)
+        return kept if isinstance(kept, str) else bypass_refusal(model.graph, node, kept)
+
+    def rewrite(self, node: gs.Node, model: Model) -> None:
+        kept = passthrough(model.graph, node, model.opset)
+        assert not isinstance(kept, str)
+        bypass_node(model.graph, node, kept)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,11 +9,10 @@ import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, only_consumer, producer, set_constant_input, static_shape
 from dsqc.op_kinds import BIASED_OPS, output_channels
-from dsqc.pass_infra import Pass, PassResult
-
-log = logging.getLogger(__name__)
+from dsqc.pass_infra import NodeRewritePass
 
 PRODUCERS = BIASED_OPS
+NO_MATCH = f"not Add({'/'.join(PRODUCERS)}, constant)"
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def match(graph: gs.Graph, add: gs.Node) -> _Fold | str:
     """Pattern and check: the fold for ``add``, or the reason it is refused."""
     operands = _operands(add)
     if operands is None:
-        return f"not Add({'/'.join(PRODUCERS)}, constant)"
+        return NO_MATCH
     y, node, const = operands
     if not only_consumer(graph, y, add):
         return f"{y.name} has other readers or is a graph output"
@@ -105,7 +103,7 @@ def _rewrite(graph: gs.Graph, fold: _Fold) -> None:
     node.outputs[0] = y
 
 
-class FoldAddIntoBias(Pass):
+class FoldAddIntoBias(NodeRewritePass):
     """Fold ``Add(op(x, W[, b]), c)`` (either operand order) into op's bias, op in Conv,
     ConvTranspose and Gemm, when c is a floating constant whose broadcast varies only along the
     output's channel axis 1: shape [], [1], [C,1,1] or [1,C,1,1] for a rank-4 Conv output, [C] or
@@ -116,17 +114,14 @@ class FoldAddIntoBias(Pass):
     axis — a [C] constant on a rank-4 Conv output adds along the last (width) axis, not channels.
     """
 
-    def call(self, model: Model) -> PassResult:
-        graph = model.graph
-        modified = False
-        for add in [n for n in graph.nodes if n.op == "Add"]:
-            fold = match(graph, add)
-            if isinstance(fold, str):
-                if not fold.startswith("not "):
-                    log.debug("%s: skip %s: %s", self.name, add.name, fold)
-                continue
-            _rewrite(graph, fold)
-            modified = True
-        if modified:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return PassResult(model, modified)
+    op_types = frozenset({"Add"})
+    quiet_refusals = frozenset({NO_MATCH})
+
+    def refusal(self, node: gs.Node, model: Model) -> str | None:
+        fold = match(model.graph, node)
+        return fold if isinstance(fold, str) else None
+
+    def rewrite(self, node: gs.Node, model: Model) -> None:
+        fold = match(model.graph, node)
+        assert not isinstance(fold, str)
+        _rewrite(model.graph, fold)

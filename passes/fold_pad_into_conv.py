@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, only_consumer, producer, tensor_rank
-from dsqc.pass_infra import Pass, PassResult
-
-log = logging.getLogger(__name__)
+from dsqc.pass_infra import NodeRewritePass
 
 
 def _optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
@@ -55,12 +51,15 @@ def _full_pads(pads: np.ndarray, axes: np.ndarray | None, rank: int) -> np.ndarr
     return full
 
 
+NO_PAD = "input is not produced by Pad"
+
+
 def pad_fold_plan(graph: gs.Graph, conv: gs.Node, opset: int) -> tuple[gs.Node, np.ndarray] | str:
     """``(pad, new conv pads)`` when the Pad before ``conv`` folds into it, else the reason."""
     x = conv.inputs[0]
     pad = producer(x)
     if pad is None or pad.op != "Pad":
-        return "input is not produced by Pad"
+        return NO_PAD
     if not only_consumer(graph, x, conv):
         return f"{x.name} has other readers or is a graph output"
     if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
@@ -83,7 +82,7 @@ def pad_fold_plan(graph: gs.Graph, conv: gs.Node, opset: int) -> tuple[gs.Node, 
     return pad, current + np.concatenate([full[2:rank], full[rank + 2:]])
 
 
-class FoldPadIntoConv(Pass):
+class FoldPadIntoConv(NodeRewritePass):
     """Remove ``Pad(x)`` in front of a Conv by adding its amounts to the Conv's ``pads``.
 
     Only a constant-mode Pad with value zero (absent or a constant 0) is folded: the attribute form
@@ -93,21 +92,18 @@ class FoldPadIntoConv(Pass):
     output that another node reads or that is a graph output.
     """
 
-    def call(self, model: Model) -> PassResult:
-        graph = model.graph
-        modified = False
-        for conv in [n for n in graph.nodes if n.op == "Conv"]:
-            found = pad_fold_plan(graph, conv, model.opset)
-            if isinstance(found, str):
-                if found != "input is not produced by Pad":
-                    log.debug("%s: skip %s: %s", self.name, conv.name, found)
-                continue
-            pad, pads = found
-            conv.inputs[0] = pad.inputs[0]
-            conv.attrs["pads"] = [int(p) for p in pads]
-            pad.inputs.clear()
-            pad.outputs.clear()
-            modified = True
-        if modified:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return PassResult(model, modified)
+    op_types = frozenset({"Conv"})
+    quiet_refusals = frozenset({NO_PAD})
+
+    def refusal(self, node: gs.Node, model: Model) -> str | None:
+        found = pad_fold_plan(model.graph, node, model.opset)
+        return found if isinstance(found, str) else None
+
+    def rewrite(self, node: gs.Node, model: Model) -> None:
+        found = pad_fold_plan(model.graph, node, model.opset)
+        assert not isinstance(found, str)
+        pad, pads = found
+        node.inputs[0] = pad.inputs[0]
+        node.attrs["pads"] = [int(p) for p in pads]
+        pad.inputs.clear()
+        pad.outputs.clear()

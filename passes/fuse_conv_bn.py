@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -17,11 +15,9 @@ from dsqc.ir import (
     tensor_rank,
 )
 from dsqc.op_kinds import COMPUTE_OPS, CONV_OPS, output_channels, weight_output_axis
-from dsqc.pass_infra import Pass, PassResult
+from dsqc.pass_infra import NodeRewritePass
 
 from ._batchnorm import batchnorm_affine, batchnorm_refusal
-
-log = logging.getLogger(__name__)
 
 FUSABLE = COMPUTE_OPS
 
@@ -151,7 +147,7 @@ def _rewrite(graph: gs.Graph, bn: gs.Node) -> None:
     node.outputs[0] = y
 
 
-class FuseConvBatchNorm(Pass):
+class FuseConvBatchNorm(NodeRewritePass):
     """Fold ``BatchNormalization(op(x, W, b))`` into ``op`` for op in Conv, ConvTranspose, Gemm and
     MatMul with a constant 2-D weight: ``W' = W * s`` per output channel and ``b' = b * s + t``
     where ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean * s`` (float64, stored in W's dtype).
@@ -167,16 +163,10 @@ class FuseConvBatchNorm(Pass):
     ``MatMul(X, W)`` is not 2-D (BN's channel axis 1 then is not W's output axis: not foldable).
     """
 
-    def call(self, model: Model) -> PassResult:
-        graph = model.graph
-        modified = False
-        for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
-            reason = fusion_refusal(graph, bn)
-            if reason:
-                log.debug("%s: skip %s: %s", self.name, bn.name, reason)
-                continue
-            _rewrite(graph, bn)
-            modified = True
-        if modified:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return PassResult(model, modified)
+    op_types = frozenset({"BatchNormalization"})
+
+    def refusal(self, node: gs.Node, model: Model) -> str | None:
+        return fusion_refusal(model.graph, node)
+
+    def rewrite(self, node: gs.Node, model: Model) -> None:
+        _rewrite(model.graph, node)

@@ -54,6 +54,8 @@ class _Names:
 class InsertQDQ(Pass):
     """Rewrites the FP32 graph into the canonical QDQ model described by ``plan``."""
 
+    cleanup_after = True  # the context cleans up and sorts after a change
+
     def __init__(self, plan: QuantPlan, float_readers_read_float: bool = False) -> None:
         self.plan = plan
         self.float_readers_read_float = float_readers_read_float
@@ -79,7 +81,6 @@ class InsertQDQ(Pass):
             else:
                 keep_float = self._is_int8 if self.float_readers_read_float else None
                 changed |= _quantize_activation(graph, names, tensor, spec, keep_float)
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
         return PassResult(model, changed)
 
     def _is_int8(self, node: gs.Node) -> bool:

@@ -56,6 +56,8 @@ class ShiftActivations(Pass):
     tensors with that suffix or without a range are left alone, so a second run changes nothing.
     """
 
+    cleanup_after = True  # the context cleans up and sorts after a change
+
     def __init__(self, ranges: Mapping[str, tuple[float, float]] | None = None,
                  min_gain: float = 1.01) -> None:
         self.ranges = dict(ranges or {})
@@ -77,8 +79,6 @@ class ShiftActivations(Pass):
             self.shifted[name] = float(shift)
             log.debug("%s: %s shifted by %g (int8 step %.2fx finer)", self.name, name, shift,
                       shift_gain(lo, hi))
-        if self.shifted:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
         return PassResult(model, bool(self.shifted))
 
     def _rewrite(self, graph: gs.Graph, tensor: gs.Tensor, readers: list[gs.Node], shift: np.float32) -> None:

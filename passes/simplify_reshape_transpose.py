@@ -16,13 +16,14 @@ from dsqc.ir import (
     set_constant_input,
     tensor_rank,
 )
-from dsqc.pass_infra import Pass, PassResult
+from dsqc.pass_infra import NodeRewritePass, PassResult
 
 log = logging.getLogger(__name__)
 
 # Ops that only relabel the dims of a row-major buffer: a Reshape after them sees the same
 # elements in the same order, so it may read their input directly.
 RESHAPE_LIKE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+NO_CHAIN = "no chain"
 
 
 def _chain(graph: gs.Graph, node: gs.Node, first_ops: tuple[str, ...]) -> gs.Node | str:
@@ -30,7 +31,7 @@ def _chain(graph: gs.Graph, node: gs.Node, first_ops: tuple[str, ...]) -> gs.Nod
     middle = node.inputs[0]
     first = producer(middle)
     if first is None or first.op not in first_ops:
-        return "no chain"
+        return NO_CHAIN
     if not only_consumer(graph, middle, node):
         return f"{middle.name} has other readers or is a graph output"
     return first
@@ -70,7 +71,7 @@ def _perm(node: gs.Node) -> list[int] | None:
     return None if rank is None else list(reversed(range(rank)))
 
 
-class SimplifyReshapeTranspose(Pass):
+class SimplifyReshapeTranspose(NodeRewritePass):
     """Collapse shape-only chains where the middle tensor has no other reader and is not a graph
     output:
 
@@ -83,54 +84,54 @@ class SimplifyReshapeTranspose(Pass):
       (reverse) needs the input's rank; unknown rank refuses.
     """
 
+    op_types = frozenset({"Reshape", "Transpose"})
+    quiet_refusals = frozenset({NO_CHAIN})
+    repeat = True  # each rewrite removes one op from the chain ending at the node
+
     def call(self, model: Model) -> PassResult:
-        graph = model.graph
-        graph.toposort()
-        changes = 0
-        handlers = {"Reshape": self._reshape, "Transpose": self._transpose}
-        for node in list(graph.nodes):
-            handler = handlers.get(node.op)
-            # Each step removes one op from the chain ending at ``node``: repeat until none is left.
-            while handler is not None and node.inputs and handler(graph, node):
-                changes += 1
-        if changes:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return PassResult(model, changes > 0)
+        model.graph.toposort()  # producers first: a chain is collapsed from its end only once
+        return super().call(model)
 
-    def _skip(self, node: gs.Node, reason: str) -> int:
-        if reason != "no chain":
-            log.debug("%s: skip %s (%s): %s", self.name, node.name, node.op, reason)
-        return 0
-
-    def _reshape(self, graph: gs.Graph, reshape: gs.Node) -> int:
-        first = _chain(graph, reshape, RESHAPE_LIKE)
+    def refusal(self, node: gs.Node, model: Model) -> str | None:
+        first = _chain(model.graph, node, RESHAPE_LIKE if node.op == "Reshape" else ("Transpose",))
         if isinstance(first, str):
-            return self._skip(reshape, first)
+            return first
+        if node.op == "Reshape":
+            target = _reshape_target(node)
+            return target if isinstance(target, str) else None
+        p1, p2 = _perm(first), _perm(node)
+        if p1 is None or p2 is None or len(p1) != len(p2):
+            return "a perm is missing and the rank is unknown"
+        return None
+
+    def rewrite(self, node: gs.Node, model: Model) -> None:
+        first = _chain(model.graph, node, RESHAPE_LIKE if node.op == "Reshape" else ("Transpose",))
+        assert not isinstance(first, str)
+        if node.op == "Reshape":
+            self._reshape(model.graph, node, first)
+        else:
+            self._transpose(model.graph, node, first)
+
+    @staticmethod
+    def _reshape(graph: gs.Graph, reshape: gs.Node, first: gs.Node) -> None:
         target = _reshape_target(reshape)
-        if isinstance(target, str):
-            return self._skip(reshape, target)
+        assert not isinstance(target, str)
         if target is not None:
             set_constant_input(graph, reshape, 1, target, f"{reshape.name}_shape")
         reshape.inputs[0] = first.inputs[0]
         _disconnect(first)
-        return 1
 
-    def _transpose(self, graph: gs.Graph, second: gs.Node) -> int:
-        first = _chain(graph, second, ("Transpose",))
-        if isinstance(first, str):
-            return self._skip(second, first)
+    def _transpose(self, graph: gs.Graph, second: gs.Node, first: gs.Node) -> None:
         p1, p2 = _perm(first), _perm(second)
-        if p1 is None or p2 is None or len(p1) != len(p2):
-            return self._skip(second, "a perm is missing and the rank is unknown")
+        assert p1 is not None and p2 is not None
         composed = [p1[i] for i in p2]
         x = first.inputs[0]
         if composed == list(range(len(composed))):
             reason = bypass_node(graph, second, x)
             if reason is None:
                 _disconnect(first)
-                return 1
+                return
             log.debug("%s: keep identity %s: %s", self.name, second.name, reason)
         second.inputs[0] = x
         second.attrs["perm"] = composed
         _disconnect(first)
-        return 1

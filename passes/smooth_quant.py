@@ -111,6 +111,8 @@ class SmoothQuant(Pass):
     alone, so a second run changes nothing.
     """
 
+    cleanup_after = True  # the context cleans up and sorts after a change
+
     def __init__(self, alpha: float = 0.5, act_absmax: Mapping[str, np.ndarray] | None = None) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {alpha}")
@@ -133,8 +135,6 @@ class SmoothQuant(Pass):
             scale = smoothing_scales(absmax, weights, self.alpha)
             self._rewrite(graph, tensor, readers, scale)
             modified = True
-        if modified:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
         return PassResult(model, modified)
 
     def _rewrite(self, graph: gs.Graph, tensor: gs.Tensor, readers: list[gs.Node], scale: np.ndarray) -> None:

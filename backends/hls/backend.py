@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import onnx
@@ -24,15 +24,17 @@ from dsqc.integer.compare import ORT_LEVELS, Stats, compare_with_ort, per_op_wit
 from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
 
-from ..options import parse_options
-from ..registry import Backend, BackendOutput, Feeds, LoweringJob, WrittenBuild, register
-from .c_writer import INTERFACES, Port, write_firmware
+from ..registry import Backend, BackendOutput, Feeds, Lowered, LoweringJob, Replay, WrittenBuild, register
+from .c_writer import INTERFACES, Firmware, Port, write_firmware
 from .csim import check_object, run_csim, toolchain_available
-from .estimates import estimate
+from .estimates import Estimates, estimate
 from .pow2 import is_pow2_plan, snap_to_pow2
 from .profile import HLS_POW2_PROFILE, HLS_PROFILE
 from .project import DEFAULT_PART, build_tcl, makefile, testbench
 from .readme import readme
+
+if TYPE_CHECKING:
+    from dsqc.driver.build_types import BuildResult
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +51,32 @@ class HlsOptions:
     tb_vectors: int = 16
     csim: bool = True
 
-    @classmethod
-    def parse(cls, options: dict[str, Any]) -> HlsOptions:
-        opts = parse_options("hls", cls, options)
-        if not isinstance(opts.parallelism, int) or not 1 <= opts.parallelism <= 4096:
-            raise RecipeError(f"hls: parallelism must be an integer in 1..4096, got {opts.parallelism!r}")
-        if opts.interface not in INTERFACES:
+    def __post_init__(self) -> None:
+        """Ranges and formats; types are the option parser's (``backends/options.py``)."""
+        if not 1 <= self.parallelism <= 4096:
+            raise RecipeError(f"hls: parallelism must be an integer in 1..4096, got {self.parallelism!r}")
+        if self.interface not in INTERFACES:
             raise RecipeError(f"hls: interface must be one of {', '.join(INTERFACES)}, "
-                              f"got {opts.interface!r}")
-        if not isinstance(opts.clock_mhz, int | float) or not 0 < opts.clock_mhz <= 2000:
-            raise RecipeError(f"hls: clock_mhz must be in (0, 2000], got {opts.clock_mhz!r}")
-        if not isinstance(opts.part, str) or not _PART.fullmatch(opts.part):
-            raise RecipeError(f"hls: part must match {_PART.pattern}, got {opts.part!r}")
-        for flag in ("power_of_two_scales", "csim"):
-            if not isinstance(getattr(opts, flag), bool):
-                raise RecipeError(f"hls: {flag} must be true or false, got {getattr(opts, flag)!r}")
-        if not isinstance(opts.tb_vectors, int) or opts.tb_vectors < 1:
-            raise RecipeError(f"hls: tb_vectors must be a positive integer, got {opts.tb_vectors!r}")
-        return opts
+                              f"got {self.interface!r}")
+        if not 0 < self.clock_mhz <= 2000:
+            raise RecipeError(f"hls: clock_mhz must be in (0, 2000], got {self.clock_mhz!r}")
+        if not _PART.fullmatch(self.part):
+            raise RecipeError(f"hls: part must match {_PART.pattern}, got {self.part!r}")
+        if self.tb_vectors < 1:
+            raise RecipeError(f"hls: tb_vectors must be a positive integer, got {self.tb_vectors!r}")
+
+
+@dataclass
+class HlsLowered(Lowered):
+    """The C project as text, with what ``write`` needs to check and describe it."""
+
+    opts: HlsOptions = field(default_factory=HlsOptions)
+    program: Program | None = None
+    firmware: Firmware | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    estimate: Estimates | None = None
+    vectors: int = 0
+    lsb: dict[str, Stats] = field(default_factory=dict)
 
 
 @register
@@ -75,20 +85,18 @@ class HlsBackend(Backend):
     description = "integer-only C99 project for Vitis/Intel HLS (int8, bit-exact with dsqc's reference)"
     profile: ClassVar[TargetProfile] = HLS_PROFILE
     options = HlsOptions
+    replay = Replay(description="the canonical QDQ model the C was lowered from (report.json's plan on "
+                                "MODEL) in ORT's reference Q/DQ semantics, not the C testbench")
     runtime_name = "gcc-compiled testbench (make csim)"
-
-    def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
-        typed = super().parse_options(raw)
-        HlsOptions.parse(typed)  # ranges, interface and part as well
-        return typed
 
     @classmethod
     def profile_for(cls, options: dict[str, Any]) -> TargetProfile:
         """The profile the planner should use for these ``backend_options``."""
         return HLS_POW2_PROFILE if options.get("power_of_two_scales") else HLS_PROFILE
 
-    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
-        opts = HlsOptions.parse(dict(job.options))
+    def lower(self, job: LoweringJob) -> HlsLowered:
+        """The integer program, its reference run against ORT, and the project's files as text."""
+        opts: HlsOptions = self.typed_options(job.options)
         if job.qdq is None or job.plan is None:
             raise UnsupportedError("hls: the target is integer-only; build with --precision int8")
         notes: list[str] = []
@@ -111,24 +119,37 @@ class HlsBackend(Backend):
                                             {k: v[:count] for k, v in expected.items()})
         files["Makefile"] = makefile(fw)
         files["build.tcl"] = build_tcl(fw, opts.part, float(opts.clock_mhz))
-        root = out / "hls"
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
         est = estimate(program, opts.parallelism, float(opts.clock_mhz))
         metrics: dict[str, Any] = {"top": fw.top, "ops": len(program.ops), "lsb_vs_ort": lsb,
                                    "eval_samples": len(next(iter(q_inputs.values()))),
                                    "estimates": est.to_dict(), "options": opts.__dict__,
                                    "ports": [_port(p) for p in fw.ports],
                                    "requant": _requant_table(program)}
-        checks, codes = self._check(root, fw.top, count, opts, metrics, notes)
-        checks.append(_lsb_line(lsb))
+        return HlsLowered(job, metrics={"hls": metrics}, notes=notes, opts=opts, program=program,
+                          firmware=fw, files=files, estimate=est, vectors=count, lsb=lsb)
+
+    def write(self, lowered: Lowered, out: Path) -> BackendOutput:
+        """The project files, then ``make csim`` and the object checks on them, then the README."""
+        assert isinstance(lowered, HlsLowered)
+        opts, fw, est, program = lowered.opts, lowered.firmware, lowered.estimate, lowered.program
+        assert fw is not None and est is not None and program is not None
+        root = out / "hls"
+        for rel, text in lowered.files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        metrics = dict(lowered.metrics["hls"])
+        notes = list(lowered.notes)
+        checks, codes = self._check(root, fw.top, lowered.vectors, opts, metrics, notes)
+        checks.append(_lsb_line(lowered.lsb))
         (root / "README.md").write_text(readme(fw, program, est, opts.__dict__, checks))
-        artifacts = [Path("hls") / rel for rel in sorted([*files, "README.md"])]
+        artifacts = [Path("hls") / rel for rel in sorted([*lowered.files, "README.md"])]
         log.info("hls: %d layers, %d MACs, csim %s", len(program.ops), est.macs, metrics["csim"]["status"])
         outputs = _dequantize(codes, metrics["ports"]) if codes is not None else None
         return BackendOutput(artifacts=artifacts, metrics={"hls": metrics}, notes=notes,
                              runtime_outputs=outputs)
+
+    def requantization(self, result: BuildResult) -> dict[str, dict[str, list[int]]]:
+        return dict((result.metrics.get(self.name) or {}).get("requant") or {})
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
         """``make csim``: the C compiled by gcc runs the testbench's own vectors (the first
@@ -144,6 +165,21 @@ class HlsBackend(Backend):
             raise DsqcError(f"hls: `make csim` in {build.folder / 'hls'} wrote no outputs: "
                             f"{result.log[-300:]!r}")
         return _dequantize(result.outputs, ports)
+
+    def summary_lines(self, result: BuildResult) -> list[str]:
+        m = result.metrics.get(self.name) or {}
+        c, e = m.get("csim"), m.get("estimates", {})
+        if not c:
+            return []
+        if "vectors" in c:
+            lines = [f"hls csim (gcc, strict C99): {c['status']}, {c['mismatching_values']} mismatching "
+                     f"values over {c['vectors']} vectors; max stack frame {c['max_stack_bytes']} B"]
+        else:
+            lines = [f"hls csim (gcc, strict C99): {c['status']}"]
+        if e:
+            lines.append(f"  estimate: {e.get('cycles', 0):,} cycles ≈ {e.get('latency_us', 0):.0f} µs at "
+                         f"{e.get('clock_mhz', 0):.0f} MHz")
+        return lines
 
     @staticmethod
     def _check(root: Path, top: str, count: int, opts: HlsOptions, metrics: dict[str, Any],

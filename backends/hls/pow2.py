@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 
 from dsqc.ir import Model, constant_value
-from dsqc.pass_infra import PassManager
 from dsqc.passes.insert_qdq import InsertQDQ
 from dsqc.quant.qparams import activation_spec, bias_spec, weight_spec
 from dsqc.quant.spec import QuantPlan
@@ -60,7 +59,7 @@ def snap_to_pow2(fp32: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProt
         from dsqc.errors import UnsupportedError
 
         raise UnsupportedError(f"power_of_two_scales: cannot snap tensor '{missing[0]}' to a power of two")
-    result = PassManager([InsertQDQ(new)]).run(model)
+    result = InsertQDQ(new)(model)  # in the active pass context: --dump-ir and timings see it
     proto = result.model.to_proto()
     proto.ir_version = fp32.ir_version
     return proto, new

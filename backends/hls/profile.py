@@ -28,6 +28,9 @@ HLS_PROFILE = TargetProfile(
     shared_scale_ops=frozenset({"Concat"}),
     int4_weights=False,
     power_of_two_scales=False,
+    integer_only=True,
+    dynamic_refusal="HLS needs static scales (the generated integer C requantizes with constant "
+                    "multipliers and shifts; it computes no ranges at run time)",
 )
 
 HLS_POW2_PROFILE = replace(HLS_PROFILE, power_of_two_scales=True)

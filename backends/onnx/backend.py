@@ -4,24 +4,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dsqc.model_io import save_model
 from dsqc.quant.profile import TargetProfile
 
-from ..options import check_options
-from ..registry import Backend, BackendOutput, Feeds, LoweringJob, WrittenBuild, ort_outputs, register
+from ..registry import (
+    Backend,
+    BackendOutput,
+    Feeds,
+    Lowered,
+    LoweringJob,
+    Replay,
+    WrittenBuild,
+    ort_outputs,
+    register,
+)
+from .dynamic import KERNELS, lower_dynamic
 from .isa import ISAS, WEIGHT_LIMIT, resolve_isa
 from .profile import ONNX_PROFILE, onnx_profile
+
+if TYPE_CHECKING:
+    from dsqc.driver.build_types import BuildResult
 
 
 @dataclass(frozen=True)
 class OnnxOptions:
-    """``-B`` options of this target: ``isa``, the CPU that will run the model (default: this one)."""
+    """``-B`` options of this target: ``isa``, the CPU that will run the model (default: this one);
+    ``dynamic_kernel``, the integer kernels of ``--mode dynamic|auto`` nodes (``dynamic.py``)."""
 
     isa: str | None = field(default=None, metadata={"choices": ISAS})
+    dynamic_kernel: str = field(default="fused", metadata={"choices": KERNELS})
 
 
 @register
@@ -30,28 +45,39 @@ class OnnxBackend(Backend):
     description = "QDQ ONNX for ONNX Runtime (uint8 activations, int8 per-channel weights)"
     profile = ONNX_PROFILE
     options = OnnxOptions
+    replay = Replay(qdq_suffix=".int8.onnx", description="the canonical QDQ model {qdq}, as the build ran it "
+                    "(ORT with its fused int8 kernels)")
     runtime_name = "ONNX Runtime"
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """Weight bits follow ``-B isa=avx2|vnni|arm64`` (default: the build machine's CPU)."""
-        _check_keys(options)
+        self.parse_options(options)
         return onnx_profile(resolve_isa(options.get("isa"))[0])
 
-    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
-        _check_keys(job.options)
-        model = job.qdq if job.qdq is not None else job.fp32
-        suffix = "int8" if job.qdq is not None else "fp32"
-        path = Path(f"{job.name}.{suffix}.onnx")
-        save_model(model, out / path)
-        isa, how = resolve_isa(job.options.get("isa"))
+    def lower(self, job: LoweringJob) -> Lowered:
+        """Static Q/DQ nodes stay as they are (ORT runs the canonical QDQ model); dynamic nodes go onto
+        ORT's integer kernels (``-B dynamic_kernel``): that model is what is written and verified."""
+        opts = self.typed_options(job.options)
+        isa, how = resolve_isa(opts.isa)
+        verified = lower_dynamic(job.qdq, opts.dynamic_kernel) if job.qdq is not None else None
         bits = 8 if WEIGHT_LIMIT[isa] == 127 else 7
-        return BackendOutput(artifacts=[path], metrics={"onnx": {"isa": isa, "isa_source": how,
-                                                                 "weight_bits": bits}})
+        return Lowered(job, verified=verified,
+                       metrics={"onnx": {"isa": isa, "isa_source": how, "weight_bits": bits}})
+
+    def write(self, lowered: Lowered, out: Path) -> BackendOutput:
+        job = lowered.job
+        model = lowered.verified if lowered.verified is not None else job.fp32
+        path = Path(f"{job.name}.{'int8' if job.qdq is not None else 'fp32'}.onnx")
+        save_model(model, out / path)
+        return BackendOutput(artifacts=[path], metrics=lowered.metrics, notes=list(lowered.notes))
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
         """ONNX Runtime on the written model, fused kernels as deployed."""
         return ort_outputs(build, ".onnx", feeds)
 
-
-def _check_keys(options: dict[str, Any]) -> None:
-    check_options("onnx", OnnxOptions, options)
+    def summary_lines(self, result: BuildResult) -> list[str]:
+        m = result.metrics.get(self.name) or {}
+        if not m.get("isa") or result.precision == "fp32":
+            return []
+        return [f"onnx: int8 weights in {m['weight_bits']} bits for isa={m['isa']} ({m['isa_source']}; "
+                "-B isa=avx2|vnni|arm64 names the CPU that will run it)"]

@@ -7,15 +7,26 @@ Sigmoid and Mul (SiLU, squeeze-excite) run as QLinearSigmoid/QLinearMul when the
 nodes: kept float, their Q/DQ made the EfficientNet-like net 1.23× slower than FP32; wrapped, 0.81×.
 
 Embedding tables are int8 per row by default: GatherBlockQuantized dequantizes only the gathered rows
-(``compiler/ort_tables.py``), so MiniLM's 47 MB word table shrinks 4× at no measurable cost in speed.
+(``tables.py``), so MiniLM's 47 MB word table shrinks 4× at no measurable cost in speed.
 """
 
 import dataclasses
 
+import onnx
+
 from dsqc.op_kinds import COMPUTE_OPS
 from dsqc.quant.profile import TargetProfile
+from dsqc.quant.spec import QuantPlan
 
+from .float_islands import finish_float_nodes
 from .isa import WEIGHT_LIMIT
+from .tables import lower_tables
+
+
+def finish_ort_qdq(proto: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """ORT's own QDQ rewrites: FP16 weight storage, the float guard, GatherBlockQuantized tables."""
+    return lower_tables(finish_float_nodes(proto, plan), plan)
+
 
 ONNX_PROFILE = TargetProfile(
     name="onnx",
@@ -31,6 +42,9 @@ ONNX_PROFILE = TargetProfile(
     latency_guard=True,
     float_readers_read_float=True,
     int8_tables=True,
+    table_lookups=True,
+    fp16_weights=True,
+    finish_qdq=finish_ort_qdq,
 )
 
 

@@ -5,7 +5,8 @@ FP32 ONNX model and the QDQ model, and time it against the float32 ``.tflite`` o
 
 Options (``job.options``): ``io`` "float" | "int8" (quantized model inputs/outputs), ``signature``
 (write a SignatureDef, default true), ``input_layout`` "nchw" | "nhwc", ``verify`` and ``latency``
-(default true), ``write_fp32`` (also write the float32 file in an int8 build).
+(default true), ``write_fp32`` (also write the float32 file in an int8 build), ``float_undelegated``
+(run in float the int8 ops XNNPACK does not take: attention's BATCH_MATMUL and SOFTMAX).
 """
 
 from __future__ import annotations
@@ -14,22 +15,26 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from dsqc.calibration.data import fixed_batch, model_inputs
+from dsqc.quant.dynamic import dynamic_nodes
 from dsqc.verify import latency_sample
 
-from ..options import parse_options
-from ..registry import Backend, BackendOutput, Feeds, LoweringJob, WrittenBuild, register
-from . import runtime, verify
+from ..registry import Backend, BackendOutput, Feeds, Lowered, LoweringJob, Replay, WrittenBuild, register
+from . import dynamic, runtime, verify
 from .graph import Graph
 from .lower import LowerOptions, LowerStats, lower
 from .profile import TFLITE_PROFILE
+from .summary import speed_warnings, summary_lines
 from .validate import validate
 from .writer import serialize
+
+if TYPE_CHECKING:
+    from dsqc.driver.build_types import BuildResult
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +51,7 @@ class TfliteOptions:
     verify: bool = True
     latency: bool = True
     write_fp32: bool = False
-
-    @classmethod
-    def parse(cls, raw: dict[str, Any]) -> TfliteOptions:
-        return parse_options("tflite", cls, raw)
+    float_undelegated: bool = False
 
 
 @dataclass
@@ -63,10 +65,20 @@ class Built:
 
 
 def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = None) -> Built:
-    """Lower, serialize and validate one model (QDQ → int8 file, FP32 → float32 file)."""
+    """Lower, serialize and validate one model (QDQ → int8 file, FP32 → float32 file; run-time
+    quantized nodes of a dynamic build → hybrid ops, ``dynamic.py``)."""
     start = time.perf_counter()
-    lowered = LowerOptions(io=io or opts.io, input_layout=opts.input_layout)
+    lowered = LowerOptions(io=io or opts.io, input_layout=opts.input_layout,
+                           float_undelegated=opts.float_undelegated)
+    model, hybrid = dynamic.strip(model)
     graph, stats = lower(model, lowered)
+    if hybrid:
+        left, static = dynamic.hybridize(graph, hybrid)
+        stats.notes.extend(f"tflite: '{name}' stays float: no hybrid kernel for its lowering"
+                           for name in left)
+        stats.notes.extend(f"tflite: '{name}' (dynamic in the plan) runs as a static int8 op: its input and "
+                           "output are int8 tensors of static neighbours" for name in static)
+        stats.float_nodes = [n for n in stats.float_nodes if n not in hybrid or n in left]
     names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     names_out = [o.name for o in model.graph.output]
     blob = serialize(graph, opts.signature, names_in, names_out)
@@ -92,24 +104,33 @@ def _describe(built: Built, path: Path, plan: Any = None) -> dict[str, Any]:
             "float_nodes": floats, "requantized": s.requantize, "notes": s.notes}
 
 
+@dataclass
+class TfliteLowered(Lowered):
+    """The flatbuffers to write, in order (file name, bytes)."""
+
+    files: list[tuple[Path, bytes]] = field(default_factory=list)
+
+
 @register
 class TfliteBackend(Backend):
     name = "tflite"
     description = "int8 .tflite flatbuffer for LiteRT/XNNPACK (ARM NEON), verified in the LiteRT interpreter"
     profile = TFLITE_PROFILE
     options = TfliteOptions
+    replay = Replay(description="the canonical QDQ model the .tflite was lowered from (report.json's plan "
+                                "on MODEL) in ORT's reference Q/DQ semantics, not the LiteRT interpreter")
     runtime_name = "LiteRT interpreter (XNNPACK)"
 
-    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
-        opts = TfliteOptions.parse(job.options)
-        result = BackendOutput()
+    def lower(self, job: LoweringJob) -> TfliteLowered:
+        """The flatbuffers, validated, run in LiteRT against FP32 and the QDQ model, and timed."""
+        opts: TfliteOptions = self.typed_options(job.options)
         fp32 = build_tflite(job.fp32, opts, io="float")
         metrics: dict[str, Any] = {}
+        lowered = TfliteLowered(job, metrics={"tflite": metrics})
         nhwc_in = opts.input_layout == "nhwc"
         if job.qdq is None or opts.write_fp32:
             path = Path(f"{job.name}.fp32.tflite")
-            (out / path).write_bytes(fp32.blob)
-            result.artifacts.append(path)
+            lowered.files.append((path, fp32.blob))
             metrics["fp32"] = _describe(fp32, path)
         if job.qdq is None:
             feeds = job.eval_feeds or verify.random_feeds(job.fp32)
@@ -117,16 +138,20 @@ class TfliteBackend(Backend):
                 check = verify.outputs_vs_onnx(fp32.blob, job.fp32, feeds, nhwc_in)[0]
                 check["inputs"] = "held-out samples" if job.eval_feeds else "random normal (no --calib given)"
                 metrics["fp32"]["verification"] = check
-            return self._finish(result, metrics, [])
+            return lowered
         int8 = build_tflite(job.qdq, opts)
         path = Path(f"{job.name}.int8.tflite")
-        (out / path).write_bytes(int8.blob)
-        result.artifacts.append(path)
+        lowered.files.append((path, int8.blob))
         metrics["int8"] = _describe(int8, path, job.plan)
+        run_time = bool(dynamic_nodes(job.qdq))  # activations quantized at run time: no integer reference
+        if opts.verify and not job.eval_feeds and run_time:  # unverified build: LiteRT must still run it
+            runs = verify.outputs_vs_onnx(int8.blob, job.fp32, verify.random_feeds(job.fp32), nhwc_in)[1]
+            metrics["runs_in_litert"] = {"inputs": "random normal (no held-out data: not a verification)",
+                                         "finite": all(bool(np.isfinite(v).all()) for v in runs.values())}
         if opts.verify and job.eval_feeds:
             check, got = verify.outputs_vs_onnx(int8.blob, job.fp32, job.eval_feeds, nhwc_in)
             check["vs_qdq"] = verify.outputs_vs_qdq(got, job.qdq, job.eval_feeds, int8.output_scales)
-            if not nhwc_in:
+            if not nhwc_in and not run_time:
                 first = latency_sample(job.fp32, job.eval_feeds[0])
                 names = [i.name for i in job.qdq.graph.input]
                 check["tensors"] = verify.tensors_vs_references(int8.graph, job.qdq, first,
@@ -142,7 +167,33 @@ class TfliteBackend(Backend):
         if int8.stats.interior_transposes:
             count = len(int8.stats.interior_transposes)
             notes.append(f"tflite: {count} layout transpose(s) inside the graph")
-        return self._finish(result, metrics, notes + int8.stats.notes)
+        lowered.notes.extend(notes + int8.stats.notes)
+        for note in lowered.notes:
+            log.info("%s", note)
+        return lowered
+
+    def write(self, lowered: Lowered, out: Path) -> BackendOutput:
+        assert isinstance(lowered, TfliteLowered)
+        for path, blob in lowered.files:
+            (out / path).write_bytes(blob)
+        return BackendOutput(artifacts=[path for path, _ in lowered.files], metrics=lowered.metrics,
+                             notes=list(lowered.notes))
+
+    def summary_lines(self, result: BuildResult) -> list[str]:
+        return summary_lines(result.metrics.get(self.name) or {})
+
+    def float_nodes(self, result: BuildResult) -> dict[str, str]:
+        lowered = ((result.metrics.get(self.name) or {}).get("int8") or {}).get("float_nodes") or []
+        return dict.fromkeys(lowered, "tflite lowering: its output has no QuantizeLinear in the QDQ model, "
+                             "so the .tflite computes it in float")
+
+    def speed_warnings(self, result: BuildResult) -> list[str]:
+        return speed_warnings(result.metrics.get(self.name) or {})
+
+    def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
+        """LiteRT's run of the ``.tflite`` on the held-out samples."""
+        litert = (result.metrics.get(self.name) or {}).get("verification") or {}
+        return {f"{name} (LiteRT)": m for name, m in (litert.get("outputs") or {}).items()}
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
         """The ``.tflite`` file in the LiteRT interpreter (XNNPACK), one sample (or fixed batch) a run."""
@@ -154,11 +205,3 @@ class TfliteBackend(Backend):
         nhwc_in = build.options.get("input_layout") == "nhwc"
         got = runtime.run(path.read_bytes(), runtime.samples(feeds, names, batch), nhwc_in=nhwc_in)
         return dict(zip([o.name for o in build.fp32.graph.output], got, strict=True))
-
-    @staticmethod
-    def _finish(result: BackendOutput, metrics: dict[str, Any], notes: list[str]) -> BackendOutput:
-        result.metrics["tflite"] = metrics
-        result.notes.extend(notes)
-        for note in notes:
-            log.info("%s", note)
-        return result

@@ -161,15 +161,28 @@ def spatial_padding(node: gs.Node, in_hw: tuple[int, int], kernel: tuple[int, in
     return "VALID", pads
 
 
+def _padding_is_lowest(lw: Lowerer, idx: int) -> bool:
+    """PAD's fill (the zero point; 0.0 in float) is already the lowest value ``idx`` can hold: an int8
+    tensor whose zero point is -128 (range [0, max]), or a float written by an op with a fused RELU or
+    RELU6. Then max pooling can pad with PAD, which XNNPACK takes, instead of PADV2, which it does not
+    (LiteRT 2.3: PADV2 splits the delegated graph in two; ResNet's stem max pool)."""
+    t = lw.g.tensors[idx]
+    if t.dtype == "int8":
+        return t.quant is not None and t.quant.per_tensor and int(t.quant.zero_point[0]) == -128
+    producer = lw.g.producer(idx)
+    act = getattr(producer.options, "fusedActivationFunction", 0) if producer and producer.options else 0
+    return t.dtype == "float32" and act in (ACTIVATIONS["RELU"], ACTIVATIONS["RELU6"])
+
+
 def pad_nhwc(lw: Lowerer, x_idx: int, pads: list[int], node: gs.Node, fill_lowest: bool = False) -> int:
-    """Explicit PAD (or PADV2 with the lowest value, for max pooling) on an NHWC tensor."""
+    """Explicit PAD (or, for max pooling, PADV2 with the lowest value unless PAD's fill already is)."""
     t = lw.g.tensors[x_idx]
     n, h, w, c = t.shape
     shape = (n, h + pads[0] + pads[2], w + pads[1] + pads[3], c)
     out = lw.g.like(x_idx, f"{t.name}_padded", shape=shape)
     paddings = lw.g.const(f"{t.name}_paddings",
                           np.asarray([[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]], np.int32))
-    if not fill_lowest:
+    if not fill_lowest or _padding_is_lowest(lw, x_idx):
         lw.g.op("PAD", [x_idx, paddings], [out], options("PAD"), node.name)
         return out
     lowest: Any = np.int8(-128) if t.dtype == "int8" else np.float32(np.finfo(np.float32).min)

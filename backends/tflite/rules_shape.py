@@ -48,12 +48,27 @@ def _same_memory_order(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and (shape[1] == 1 or shape[2] * shape[3] == 1)
 
 
+def _flatten_into_fc(lw: Lowerer, node: gs.Node, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                     layout: str) -> bool:
+    """A [N, …] → [N, K] flatten read only by FULLY_CONNECTED-bound nodes (2-D A, constant 2-D B)."""
+    return (len(in_shape) == 4 and len(out_shape) == 2 and out_shape[0] == in_shape[0]
+            and layout in ("plain", "nhwc") and _feeds_fc_only(lw, node.outputs[0]))
+
+
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(lw: Lowerer, node: gs.Node) -> None:
     x, out = node.inputs[0], node.outputs[0]
     in_shape, out_shape = lw.onnx_shape(x), lw.onnx_shape(out)
     value = lw.value(x.name)
     layout, chw = "plain", None
+    if _flatten_into_fc(lw, node, in_shape, out_shape, value.layout):
+        # FULLY_CONNECTED (keepNumDims false) flattens its input itself, as the TFLite converter's files
+        # do: no RESHAPE op (one XNNPACK copy fewer). NHWC with H·W > 1 flattens in HWC order: flat_hwc.
+        nhwc_order = value.layout == "nhwc" and not _same_memory_order(in_shape)
+        chw = (in_shape[1], in_shape[2], in_shape[3]) if nhwc_order else None
+        layout = "flat_hwc" if nhwc_order else "plain"
+        lw.values[out.name] = type(value)(value.tensor, layout, chw, value.edge)
+        return
     if value.layout == "nhwc" and not _same_memory_order(in_shape):
         n, c, h, w = in_shape
         if out_shape == (n, c * h * w) and _feeds_fc_only(lw, out):

@@ -74,6 +74,11 @@ def builtin_code(kind: str) -> int:
 def op_version(op: Op, graph: Graph) -> int:
     """The version the TFLite converter assigns (tensorflow/lite/tools/versioning/op_version.cc)."""
     first = graph.tensors[op.inputs[0]].dtype if op.inputs and op.inputs[0] >= 0 else "float32"
+    from .dynamic import hybrid_version
+
+    hybrid = hybrid_version(op.kind, graph, op.inputs)
+    if hybrid is not None:
+        return hybrid
     int8 = first == "int8"
     opts = op.options
     if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):

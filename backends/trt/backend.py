@@ -9,9 +9,9 @@ present, ``<name>.engine``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -21,15 +21,28 @@ from dsqc.model_io import save_model
 from dsqc.quant.spec import Precision
 from dsqc.verify import run_batches, session
 
-from ..options import parse_options
-from ..registry import Backend, BackendOutput, Feeds, LoweringJob, WrittenBuild, ort_outputs, register
+from ..registry import (
+    Backend,
+    BackendOutput,
+    CheckResult,
+    Feeds,
+    Lowered,
+    LoweringJob,
+    Replay,
+    WrittenBuild,
+    ort_outputs,
+    register,
+)
 from . import engine
 from .calib_cache import DEFAULT_TRT_VERSION, activation_scales, cache_header, format_cache, version_digits
-from .checker import Finding, check_trt
+from .checker import Finding, check_trt, format_findings
 from .fp16 import Fp16Report, to_fp16
 from .lower import float_readers_read_float, fold_int32_dequantize
 from .profile import TRT_PROFILE
 from .scripts import BundleFiles, render_build_py, render_build_sh
+
+if TYPE_CHECKING:
+    from dsqc.driver.build_types import BuildResult
 
 log = logging.getLogger(__name__)
 CACHE_NAME = "calibration.cache"
@@ -44,11 +57,17 @@ class TrtOptions:
     trt_version: str = DEFAULT_TRT_VERSION
     workspace_mib: int | None = None
 
-    @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> TrtOptions:
-        parsed = parse_options("trt", cls, {k: v for k, v in options.items() if v is not None})
-        version_digits(parsed.trt_version)
-        return parsed
+    def __post_init__(self) -> None:
+        version_digits(self.trt_version)
+
+
+@dataclass
+class TrtLowered(Lowered):
+    """The bundle in memory: the model ``*.trt.onnx`` holds and the calibration cache's text."""
+
+    opts: TrtOptions = field(default_factory=TrtOptions)
+    model: onnx.ModelProto | None = None
+    cache: str | None = None
 
 
 @register
@@ -57,10 +76,37 @@ class TrtBackend(Backend):
     description = "TensorRT: strongly typed QDQ ONNX, calibration cache (TensorRT <= 10), engine build script"
     profile = TRT_PROFILE
     options = TrtOptions
+    replay = Replay(qdq_suffix=".trt.onnx", source_suffix=".fp32.onnx",
+                    description="the lowered QDQ model {qdq} in ORT's reference Q/DQ semantics (not a "
+                                "TensorRT engine); FP32 tensors from {source}")
+    has_checker = True
     runtime_name = "ONNX Runtime on *.trt.onnx (TensorRT not installed here)"
 
-    def emit(self, job: LoweringJob, out: Path) -> BackendOutput:
-        opts = TrtOptions.from_dict(job.options)
+    def lower(self, job: LoweringJob) -> TrtLowered:
+        """The QDQ model as TensorRT parses it, its cache, the rules check and the ORT comparison."""
+        opts: TrtOptions = self.typed_options(job.options)
+        metrics: dict[str, Any] = {"trt_version_header": cache_header(opts.trt_version), "fp16": opts.fp16}
+        lowering = _lowered(job, opts)
+        lowered = TrtLowered(job, metrics={"trt": metrics}, opts=opts, model=lowering.model)
+        if job.qdq is not None:
+            lowered.verified = lowering.model
+            metrics["folded_bias_dequantize"] = len(lowering.folded)
+            metrics["float_readers_rewired"] = lowering.rewired
+            lowered.cache = _cache(job, lowering.model_before_fp16, opts, lowered.notes, metrics)
+        if lowering.fp16 is not None:
+            metrics["fp16_conversion"] = lowering.fp16.to_dict()
+            if lowering.fp16.overflowed:
+                lowered.notes.append(f"fp16: {len(lowering.fp16.overflowed)} tensor(s) exceed the FP16 range "
+                                     f"and became ±inf: {', '.join(lowering.fp16.overflowed[:5])}")
+        if job.qdq is not None:
+            _gate_findings(check_trt(lowering.model), lowered.notes, metrics)
+        if job.eval_feeds:
+            metrics["ort"] = _verify(job, lowering.model)
+        return lowered
+
+    def write(self, lowered: Lowered, out: Path) -> BackendOutput:
+        assert isinstance(lowered, TrtLowered) and lowered.model is not None
+        job, opts = lowered.job, lowered.opts
         available, why = engine.tensorrt_status()
         if opts.require_engine and not available:
             raise GateError(f"--require-engine: {why}; build on a machine with TensorRT and a GPU, or drop "
@@ -68,57 +114,39 @@ class TrtBackend(Backend):
         files = BundleFiles(name=job.name, qdq=f"{job.name}.trt.onnx", fp32=f"{job.name}.fp32.onnx",
                             cache=CACHE_NAME if job.qdq is not None else None, engine=f"{job.name}.engine",
                             shapes=_input_shapes(job), fp16=opts.fp16)
-        result = BackendOutput()
-        metrics: dict[str, Any] = {"trt_version_header": cache_header(opts.trt_version), "fp16": opts.fp16}
-        lowered = _lowered(job, opts)
-        model = lowered.model
-        if job.qdq is not None:
-            metrics["folded_bias_dequantize"] = len(lowered.folded)
-            metrics["float_readers_rewired"] = lowered.rewired
-            self._write_cache(job, lowered.model_before_fp16, opts, out, result, metrics)
-        if lowered.fp16 is not None:
-            metrics["fp16_conversion"] = lowered.fp16.to_dict()
-            if lowered.fp16.overflowed:
-                result.notes.append(f"fp16: {len(lowered.fp16.overflowed)} tensor(s) exceed the FP16 range "
-                                    f"and became ±inf: {', '.join(lowered.fp16.overflowed[:5])}")
-        if job.qdq is not None:
-            _gate_findings(check_trt(model), result, metrics)
+        metrics = dict(lowered.metrics["trt"])
+        result = BackendOutput(notes=list(lowered.notes), metrics={"trt": metrics})
+        if lowered.cache is not None:
+            (out / CACHE_NAME).write_text(lowered.cache, encoding="utf-8", newline="\n")
+            result.artifacts.append(Path(CACHE_NAME))
         save_model(job.fp32, out / files.fp32)
-        save_model(model, out / files.qdq)
+        save_model(lowered.model, out / files.qdq)
         result.artifacts += [Path(files.qdq), Path(files.fp32)]
-        if job.eval_feeds:
-            metrics["ort"] = _verify(job, model)
         scripts = {"build_engine.sh": render_build_sh(files), "build_engine.py": render_build_py(files)}
         for script, text in scripts.items():
             (out / script).write_text(text, encoding="utf-8", newline="\n")
             (out / script).chmod(0o755)
             result.artifacts.append(Path(script))
         self._engine(available, why, opts, files, out, result, metrics)
-        result.metrics["trt"] = metrics
         return result
+
+    def summary_lines(self, result: BuildResult) -> list[str]:
+        m = result.metrics.get(self.name) or {}
+        if not m:
+            return []
+        built = m.get("engine", {}).get("built")
+        return [f"trt: calibration cache {m.get('cache_tensors', 0)} tensors "
+                f"({m.get('trt_version_header')}); rules check {len(m.get('check', []))} finding(s)",
+                "  engine: built" if built else f"  engine: not built — {m.get('engine', {}).get('reason')}"]
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
         """``*.trt.onnx`` in ONNX Runtime: the Q/DQ model TensorRT would parse (no TensorRT here)."""
         return ort_outputs(build, ".trt.onnx", feeds)
 
-    def verified_model(self, job: LoweringJob) -> onnx.ModelProto:
-        """The lowered model this target writes (``*.trt.onnx``), not the canonical QDQ model."""
-        return _lowered(job, TrtOptions.from_dict(job.options)).model
-
-    @staticmethod
-    def _write_cache(job: LoweringJob, model: onnx.ModelProto, opts: TrtOptions, out: Path,
-                     result: BackendOutput, metrics: dict[str, Any]) -> None:
-        graph = job.fp32.graph
-        fp32_names = {v.name for v in graph.input} | {o for n in graph.node for o in n.output}
-        scales, notes = activation_scales(model, fp32_names)
-        missing = sorted(set(scales) - fp32_names)
-        if missing:
-            raise UnsupportedError(f"calibration cache: tensor '{missing[0]}' is not in the FP32 model")
-        (out / CACHE_NAME).write_text(format_cache(scales, cache_header(opts.trt_version)),
-                                      encoding="utf-8", newline="\n")
-        result.artifacts.append(Path(CACHE_NAME))
-        result.notes.extend(f"calibration cache: {note}" for note in notes)
-        metrics["cache_tensors"] = len(scales)
+    def check_model(self, model: onnx.ModelProto) -> CheckResult:
+        """TensorRT's Q/DQ rules; a broken rule fails (warnings do not)."""
+        findings = check_trt(model)
+        return CheckResult(format_findings(findings), any(f.severity == "error" for f in findings))
 
     @staticmethod
     def _engine(available: bool, why: str, opts: TrtOptions, files: BundleFiles, out: Path,
@@ -139,7 +167,21 @@ class TrtBackend(Backend):
             result.notes.append(f"TensorRT engine not built: {built.message}")
 
 
-def _gate_findings(findings: list[Finding], result: BackendOutput, metrics: dict[str, Any]) -> None:
+def _cache(job: LoweringJob, model: onnx.ModelProto, opts: TrtOptions, notes: list[str],
+           metrics: dict[str, Any]) -> str:
+    """The calibration cache's text: activation scales under the FP32 model's tensor names."""
+    graph = job.fp32.graph
+    fp32_names = {v.name for v in graph.input} | {o for n in graph.node for o in n.output}
+    scales, cache_notes = activation_scales(model, fp32_names)
+    missing = sorted(set(scales) - fp32_names)
+    if missing:
+        raise UnsupportedError(f"calibration cache: tensor '{missing[0]}' is not in the FP32 model")
+    notes.extend(f"calibration cache: {note}" for note in cache_notes)
+    metrics["cache_tensors"] = len(scales)
+    return format_cache(scales, cache_header(opts.trt_version))
+
+
+def _gate_findings(findings: list[Finding], notes: list[str], metrics: dict[str, Any]) -> None:
     """TensorRT would reject a model with rule errors: stop. Warnings go to the report."""
     metrics["check"] = [{"node": f.node, "rule": f.rule, "severity": f.severity, "message": f.message}
                         for f in findings]
@@ -150,7 +192,7 @@ def _gate_findings(findings: list[Finding], result: BackendOutput, metrics: dict
                                f"node '{first.node}' [{first.rule}] {first.message}")
     warnings = [f for f in findings if f.severity == "warning"]
     if warnings:
-        result.notes.append(f"trt check: {len(warnings)} warning(s), first: node "
+        notes.append(f"trt check: {len(warnings)} warning(s), first: node "
                             f"'{warnings[0].node}' [{warnings[0].rule}] {warnings[0].message}")
 
 

@@ -30,4 +30,6 @@ TRT_PROFILE = TargetProfile(
     int4_weights=True,
     min_opset=13,
     verify_fused=False,
+    dynamic_refusal="TensorRT has no dynamic activation quantization in Q/DQ form (its INT8 activation "
+                    "scales are constants fixed when the engine is built)",
 )

@@ -24,7 +24,6 @@ import onnx_graphsurgeon as gs
 
 from dsqc.calibration.data import SampleSet
 from dsqc.calibration.runner import TensorStats
-from dsqc.float_islands import FP16_WEIGHT_TARGETS
 from dsqc.ir import Model, constant_value
 from dsqc.op_kinds import MATRIX_OPS
 from dsqc.quant.planner import Placement, Range, finalize, place
@@ -36,8 +35,6 @@ from dsqc.quant.weights import is_table_lookup
 
 log = logging.getLogger(__name__)
 
-TABLE_TARGETS = frozenset({"onnx"})  # targets whose lowering takes DequantizeLinear → Gather tables
-INTEGER_ONLY_TARGETS = frozenset({"hls"})  # no float nodes: every choice stays int8 (a profile flag would do)
 
 
 @dataclass(frozen=True)
@@ -163,7 +160,7 @@ def build_space(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, c
     nodes = {n.name: n for n in model.graph.nodes}
     user_fixed = {n.name for n in model.graph.nodes if recipe.options_for(n.name, n.op).precision is not None}
     tables = [n for n in model.graph.nodes if is_table_lookup(n) and n.name not in user_fixed
-              and profile.name in TABLE_TARGETS]
+              and profile.table_lookups]
     int4_nodes = [n for n in model.graph.nodes if n.name not in user_fixed and profile.int4_weights and int4
                   and (n in tables or (n.op in MATRIX_OPS and _const(n, 1) is not None))]
     recipe8 = _with_overrides(recipe, {n.name: "int8" for n in tables})
@@ -249,10 +246,10 @@ def _choice(node: gs.Node, index: int, profile: TargetProfile, plan8: QuantPlan,
     weight = node.inputs[weight_slot].name if _const(node, weight_slot) is not None else None
     bias = node.inputs[2].name if not table and _const(node, 2) is not None else None
     consts = [t.name for t in node.inputs if t.name and _is_float_const(t)]
-    options = [Precision.INT8] if profile.name in INTEGER_ONLY_TARGETS else [Precision.INT8, Precision.FP32]
+    options = [Precision.INT8] if profile.integer_only else [Precision.INT8, Precision.FP32]
     if weight and plan4 is not None and plan4.precision_of(node.name) is Precision.INT4:
         options.append(Precision.INT4)
-    if consts and profile.name in FP16_WEIGHT_TARGETS and profile.name not in INTEGER_ONLY_TARGETS:
+    if consts and profile.fp16_weights and not profile.integer_only:
         options.append(Precision.FP16)
     choice = Choice(node.name, node.op, index, weight, bias, consts, table)
     values = {t.name: constant_value(t) for t in node.inputs if t.name in consts}

@@ -111,6 +111,11 @@ def debug(request: DebugRequest) -> DebugResult:
     """Replay the build in ``request.build_dir`` against ``request.model``; nothing is written here."""
     start = time.perf_counter()
     folder, normalized, source = _models(request)
+    mode = (folder.report.get("metrics", {}).get("dynamic") or {}).get("mode")
+    if mode:  # its nodes quantize activations at run time: there are no calibrated Q/DQ points to replay
+        raise BuildFolderError(f"{folder.path} was built with --mode {mode}: dsqc debug replays the "
+                               "calibrated Q/DQ points of static builds; rebuild with --mode static to "
+                               "debug it")
     held_out = _held_out(request, folder, normalized)
     points = points_of(source, folder.plan)
     profile = get_backend(folder.target).profile

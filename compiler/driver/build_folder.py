@@ -1,6 +1,6 @@
 """A finished ``dsqc build`` folder read back: its report, its plan, and which models ``dsqc debug`` replays.
 
-What each target's folder gives the debugger (ORT runs all of it):
+Each backend states what its folder gives the debugger (``Backend.replay``); ORT runs all of it:
 
 - ``onnx``: ``<name>.int8.onnx``, the canonical QDQ model; its plan refers to the normalized FP32 model.
 - ``trt``: ``<name>.trt.onnx``, the lowered QDQ model the build verified (int32 bias DQs folded, float
@@ -15,26 +15,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsqc.backends.registry import Replay, get_backend
 from dsqc.calibration.sources import CALLABLE_RE
-from dsqc.errors import DsqcError
+from dsqc.errors import DsqcError, RecipeError
 from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
 
 REPORT_NAME = "report.json"
-QDQ_SUFFIXES = {"onnx": ".int8.onnx", "trt": ".trt.onnx"}
-SOURCE_SUFFIXES = {"trt": ".fp32.onnx"}
-DESCRIPTIONS = {
-    "onnx": "the canonical QDQ model {qdq}, as the build ran it (ORT with its fused int8 kernels)",
-    "trt": "the lowered QDQ model {qdq} in ORT's reference Q/DQ semantics (not a TensorRT engine); "
-           "FP32 tensors from {source}",
-    "tflite": "the canonical QDQ model the .tflite was lowered from (report.json's plan on MODEL) in ORT's "
-              "reference Q/DQ semantics, not the LiteRT interpreter",
-    "hls": "the canonical QDQ model the C was lowered from (report.json's plan on MODEL) in ORT's reference "
-           "Q/DQ semantics, not the C testbench",
-}
 _SAMPLES = re.compile(r" \(\d+ samples\).*$")
 
 
@@ -50,6 +40,7 @@ class BuildFolder:
     plan: QuantPlan
     qdq_path: Path | None  # the QDQ model the build verified, when the folder holds one
     source_path: Path | None  # the FP32 model the plan refers to, when the build wrote it
+    replay: Replay = field(default_factory=Replay)
 
     @property
     def verification(self) -> dict[str, Any]:
@@ -61,7 +52,7 @@ class BuildFolder:
 
     def describe(self) -> str:
         """One line: what ``dsqc debug`` runs for this folder."""
-        return DESCRIPTIONS.get(self.target, "the plan in report.json on MODEL (ORT reference Q/DQ)").format(
+        return self.replay.description.format(
             qdq=self.qdq_path.name if self.qdq_path else "-",
             source=self.source_path.name if self.source_path else "MODEL")
 
@@ -100,9 +91,18 @@ def read_build(path: Path) -> BuildFolder:
     if not plan.tensors:
         raise BuildFolderError(f"{report_path}: the plan quantizes no tensor; nothing to debug")
     artifacts = [Path(a) for a in report.get("artifacts", [])]
-    qdq = _artifact(path, artifacts, QDQ_SUFFIXES.get(target))
-    source = _artifact(path, artifacts, SOURCE_SUFFIXES.get(target))
-    return BuildFolder(path, report, target, plan, qdq, source)
+    replay = _replay(target)
+    qdq = _artifact(path, artifacts, replay.qdq_suffix)
+    source = _artifact(path, artifacts, replay.source_suffix)
+    return BuildFolder(path, report, target, plan, qdq, source, replay)
+
+
+def _replay(target: str) -> Replay:
+    """What the target's backend says its folder holds; a target not registered here: the plan on MODEL."""
+    try:
+        return get_backend(target).replay
+    except RecipeError:
+        return Replay()
 
 
 def _artifact(folder: Path, artifacts: list[Path], suffix: str | None) -> Path | None:

@@ -37,6 +37,7 @@ class BuildRequest:
     sensitivity_samples: int = 16  # held-out samples each one-node variant runs on
     strict: bool = False  # a verdict other than "ok" fails the build (exit 2, nothing written)
     model_label: str | None = None  # the model as the user named it (path or module:factory), for hints
+    mode: str | None = None  # static | dynamic | auto (None: the recipe's quantization.mode, else static)
     fp32_reference: Path | None = None  # a QDQ input's FP32 model to verify against (default: Q/DQ stripped)
 
 

@@ -17,7 +17,6 @@ from dsqc.errors import DsqcError
 if TYPE_CHECKING:
     from dsqc.driver.build_types import BuildRequest, BuildResult
 
-TARGETS = ("onnx", "trt", "tflite", "hls")
 log = logging.getLogger("dsqc")
 
 
@@ -69,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_check(sub)
     _add_debug(sub)
+    _add_batch(sub)
     return parser
 
 
@@ -82,10 +82,13 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     _add_verbosity(p, argparse.SUPPRESS)
     p.add_argument("model", help="model.onnx, or module:factory returning (torch module, inputs)")
     p.add_argument("--target", "-t", required=True,
-                   help=f"one of {', '.join(TARGETS)}, or several comma-separated (one calibration, "
+                   help=f"one of {', '.join(_targets())}, or several comma-separated (one calibration, "
                    "OUT/<target>/ each, params.csv and agreement.json across them)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--precision", default="int8", help="int8 (default) or fp32")
+    p.add_argument("--mode", choices=("static", "dynamic", "auto"),
+                   help="activation scales: static (calibrated, default; recipe quantization.mode), dynamic "
+                        "(computed at run time; onnx, tflite; --calib optional) or auto (per node, measured)")
     p.add_argument("--calib", help="calibration data: .npz, folder, module:function, mnist, random")
     p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
@@ -102,9 +105,11 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task-metric", help="module:function(outputs, labels) -> float, higher is better")
     p.add_argument("--no-latency", action="store_true", help="skip the FP32 vs quantized timing")
     p.add_argument("--require-engine", action="store_true",
-                   help="trt: fail (exit 2) when the TensorRT engine cannot be built here")
-    p.add_argument("--fp16", action="store_true", help="trt: run the float parts in FP16")
-    p.add_argument("--trt-version", help="trt: calibration cache header version, e.g. 100300")
+                   help="-B require_engine=true (trt: fail, exit 2, when the TensorRT engine cannot be built "
+                        "here)")
+    p.add_argument("--fp16", action="store_true", help="-B fp16=true (trt: run the float parts in FP16)")
+    p.add_argument("--trt-version", help="-B trt_version=… (trt: calibration cache header version, e.g. "
+                                         "100300)")
     p.add_argument("-B", "--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="target option, repeatable; each target rejects keys it does not know: hls "
                         "parallelism=8, interface=m_axi|axis, power_of_two_scales=true, clock_mhz=250, "
@@ -152,27 +157,34 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-CHECKERS = {"trt": "dsqc.backends.trt.checker"}
+def _targets() -> list[str]:
+    """The registered target names (the backends themselves are imported only when a command runs)."""
+    from dsqc.backends.registry import names
+
+    return names()
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check any QDQ model against a target's quantization rules")
     _add_verbosity(p, argparse.SUPPRESS)
     p.add_argument("model", type=Path)
-    p.add_argument("--target", "-t", required=True, choices=sorted(CHECKERS))
+    p.add_argument("--target", "-t", required=True, metavar="TARGET",
+                   help="a target whose backend checks any QDQ model against its rules")
     p.set_defaults(func=_cmd_check)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """Exit 0 when clean (warnings allowed), 1 when a rule is broken, 2 when the model is unusable."""
-    import importlib
-
+    from dsqc.backends.registry import checkers, get_backend
     from dsqc.model_io import load_model
 
-    checker = importlib.import_module(CHECKERS[args.target])
-    findings = checker.check_trt(load_model(args.model))
-    print(checker.format_findings(findings))
-    return 1 if any(f.severity == "error" for f in findings) else 0
+    backend = get_backend(args.target)
+    if not backend.has_checker:
+        raise DsqcError(f"check --target {args.target}: that target has no rules checker; targets with one: "
+                        f"{', '.join(checkers())}")
+    result = backend.check_model(load_model(args.model))
+    print(result.text)
+    return 1 if result.failed else 0
 
 
 def _resolve_model(spec: str, scratch: Path) -> Path:
@@ -213,7 +225,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
             dump_ir=args.dump_ir, check_each_pass=args.check_each_pass,
             backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
             size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples,
-            strict=args.strict, model_label=args.model, fp32_reference=args.fp32_reference)
+            strict=args.strict, model_label=args.model, mode=args.mode,
+            fp32_reference=args.fp32_reference)
         if "," in args.target:
             return _build_targets(args, request)
         result = build(request)
@@ -267,7 +280,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", required=True, help="calibration data: .npz, folder, module:function, mnist")
     p.add_argument("-o", "--out", required=True, type=Path,
                    help="output folder (sensitivity.json, sensitivity.png)")
-    p.add_argument("--target", "-t", default="onnx", help=f"one of {', '.join(TARGETS)} (default onnx)")
+    p.add_argument("--target", "-t", default="onnx", help=f"one of {', '.join(_targets())} (default onnx)")
     p.add_argument("--metric", default="sqnr", choices=("sqnr", "cosine", "kl", "mse"),
                    help="error measure the ranking uses (default sqnr)")
     p.add_argument("--nodes", metavar="REGEX", help="analyse only nodes whose name matches (re.search)")
@@ -308,20 +321,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
-    """``-B key=value`` as strings (the target's parser types and checks them) plus the trt flags."""
+    """``-B key=value`` as strings plus the flags that are shorthands for ``-B`` keys; the target's
+    parser types and checks them all."""
     options: dict[str, object] = {}
     for item in args.backend_option:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise DsqcError(f"--backend-option {item!r}: expected KEY=VALUE, e.g. parallelism=8")
         options[key.strip()] = raw.strip()
-    trt_flags = {"require_engine": args.require_engine or None, "fp16": args.fp16 or None,
-                 "trt_version": args.trt_version}
-    for key, value in trt_flags.items():
-        if value is not None and "trt" not in args.target.split(","):
-            raise DsqcError(f"--{key.replace('_', '-')} is an option of --target trt, not {args.target}")
-        if value is not None:
-            options[key] = value
+    shorthands = {"require_engine": args.require_engine or None, "fp16": args.fp16 or None,
+                  "trt_version": args.trt_version}  # -B keys; a target without them rejects them by name
+    options.update({key: value for key, value in shorthands.items() if value is not None})
     return options
 
 
@@ -383,6 +393,12 @@ def _cmd_debug(args: argparse.Namespace) -> int:
     print(format_debug(result, args.top))
     print(f"dsqc: {len(result.rows)} quantized tensors in {result.timings['total']:.2f} s; wrote {target}")
     return 0
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    from dsqc.batch.command import add_batch_parser
+
+    add_batch_parser(sub, _add_verbosity)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def build_targets(request: BuildRequest, targets: list[str]) -> MultiResult:
         def one(target: str) -> BuildResult:
             log.info("target %s", target)
             sub = dataclasses.replace(request, target=target, out_dir=staging / target,
-                                      backend_options=options[target])
+                                      backend_options=options[target],  # one --dump-ir folder per target
+                                      dump_ir=request.dump_ir / target if request.dump_ir else None)
             result = build(sub, shared)
             result.out_dir = request.out_dir / target
             return result

@@ -1,7 +1,8 @@
 """The cross-target parameter map: for every quantized tensor, each target's scale, zero point, dtype
-and granularity side by side (one row per tensor and target, sorted by tensor), and for hls the
-power-of-two exponent where the scale is one and the integer multiplier + right shift that
-requantizes into the tensor. Values are exact: float32 scales printed with 9 significant digits.
+and granularity side by side (one row per tensor and target, sorted by tensor), the power-of-two
+exponent where the scale is one and, for targets that requantize with integers
+(``Backend.requantization``: hls), the multiplier + right shift that requantizes into the tensor.
+Values are exact: float32 scales printed with 9 significant digits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from dsqc.backends.registry import get_backend
 from dsqc.driver.build_types import BuildResult
 from dsqc.quant.spec import QuantSpec
 
@@ -26,7 +28,7 @@ def param_rows(results: dict[str, BuildResult]) -> list[dict[str, Any]]:
     for target, result in results.items():
         if result.plan is None:
             continue
-        requant = result.metrics.get("hls", {}).get("requant", {}) if target == "hls" else {}
+        requant = get_backend(target).requantization(result)
         for name, spec in result.plan.tensors.items():
             row = {"tensor": name, "target": target, **describe(spec)}
             if name in requant:

@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -17,6 +18,7 @@ from dsqc.autoprec.mixed_precision import AutoPlan, check_request, choose_precis
 from dsqc.backends.registry import LoweringJob, get_backend
 from dsqc.calibration.data import ImagePreprocess, SampleSet, fixed_batch, load_samples, model_inputs
 from dsqc.driver.build_types import BuildRequest, BuildResult
+from dsqc.driver.dynamic_phase import UNVERIFIED, resolve_mode, run_dynamic
 from dsqc.driver.output import staged_output
 from dsqc.driver.report import float_nodes, speed_warnings, write_report
 from dsqc.driver.shared_stages import SharedStages
@@ -24,15 +26,7 @@ from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
 from dsqc.errors import CalibrationError, GateError, RecipeError
 from dsqc.ir import Model
 from dsqc.model_io import load_model, prepare
-from dsqc.pass_infra import (
-    CheckInstrument,
-    DumpIRInstrument,
-    FixedPoint,
-    Instrument,
-    PassManager,
-    Step,
-    TimingInstrument,
-)
+from dsqc.pass_infra import FixedPoint, PassContext, PassManager, Step, TimingInstrument, current_context
 from dsqc.passes import (
     BatchNormToMulAdd,
     EliminateDeadCode,
@@ -51,7 +45,7 @@ from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Recipe, load_recipe
 from dsqc.quant.rounding import learn_rounding
 from dsqc.quant.spec import QuantSpec
-from dsqc.verify import check_gates, latency_sample, verify
+from dsqc.verify import Verification, check_gates, latency_sample, verify
 
 log = logging.getLogger(__name__)
 
@@ -75,43 +69,30 @@ def normalization_steps() -> list[Step]:
 
 
 @dataclass
-class NormalizeOptions:
-    dump_ir: Path | None = None
-    check_each_pass: bool = False
-
-
-@dataclass
 class NormalizeResult:
     model: onnx.ModelProto
     pass_seconds: dict[str, float] = field(default_factory=dict)
     trained: dict[str, QuantSpec] = field(default_factory=dict)  # specs of an already-quantized input
 
 
-def normalize(proto: onnx.ModelProto, options: NormalizeOptions | None = None,
-              label: str = "model") -> NormalizeResult:
-    """Run the FP32 normalization pipeline and re-validate the result."""
-    options = options or NormalizeOptions()
+def normalize(proto: onnx.ModelProto, label: str = "model") -> NormalizeResult:
+    """Run the FP32 normalization pipeline (in the active pass context) and re-validate the result."""
     timing = TimingInstrument()
-    instruments: list[Instrument] = [timing]
-    if options.check_each_pass:
-        instruments.append(CheckInstrument())
-    if options.dump_ir is not None:
-        instruments.append(DumpIRInstrument(options.dump_ir))
     model = Model.from_proto(proto)
-    result = PassManager(normalization_steps(), instruments).run(model)
+    result = PassManager(normalization_steps(), [timing]).run(model)
     out = result.model.to_proto()
     out.ir_version = proto.ir_version
     return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
 
 
-def load_for_build(path: Path, options: NormalizeOptions) -> NormalizeResult:
+def load_for_build(path: Path) -> NormalizeResult:
     """The normalized FP32 model and, for an already-quantized QDQ model (a QAT export), the specs of
     its Q/DQ (``dsqc.quant.from_qdq``): the model under them is what gets normalized and re-planned."""
     proto = load_model(path)
     if not has_qdq(proto):
-        return normalize(proto, options, label=str(path))
+        return normalize(proto, label=str(path))
     qdq = split_qdq(proto, str(path))
-    normalized = normalize(qdq.fp32, options, label=str(path))
+    normalized = normalize(qdq.fp32, label=str(path))
     normalized.trained = check_trained(normalized.model, qdq.specs, str(path))
     return normalized
 
@@ -134,9 +115,9 @@ def _fp32_reference(request: BuildRequest, fp32: onnx.ModelProto,
     return reference
 
 
-def load_and_normalize(path: Path, options: NormalizeOptions | None = None) -> NormalizeResult:
+def load_and_normalize(path: Path) -> NormalizeResult:
     start = time.perf_counter()
-    result = normalize(load_model(path), options, label=str(path))
+    result = normalize(load_model(path), label=str(path))
     log.info("normalized %s in %.2f s", path, time.perf_counter() - start)
     return result
 
@@ -145,8 +126,13 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
     """Compile ``request.model`` for ``request.target``; artifacts appear atomically in out_dir.
 
     ``shared``: stages already run for another target of the same model and data (multi-target build).
-    """
-    shared = shared or SharedStages()
+    Every pass the build runs (normalization, boosters, Q/DQ insertion, backend rewrites) runs in one
+    pass context: ``--dump-ir``, ``--check-each-pass`` and the ``-v`` timings see them all."""
+    with PassContext.for_build(request.dump_ir, request.check_each_pass).active():
+        return _build(request, shared or SharedStages())
+
+
+def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
     timings: dict[str, float] = {}
     clock = _Clock(timings)
     backend = get_backend(request.target)
@@ -159,8 +145,8 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = shared.once("normalize", (), lambda: load_for_build(
-            request.model, NormalizeOptions(request.dump_ir, request.check_each_pass)))
+        normalized = shared.once("normalize", (), lambda: load_for_build(request.model))
+    passes_so_far = _pass_seconds()  # the normalization's, unless another target of the build ran it
     fp32, trained = normalized.model, normalized.trained
     reference = _fp32_reference(request, fp32, trained)
     if trained and request.accuracy_budget:
@@ -168,11 +154,20 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
                           "are kept); build its FP32 model for a mixed-precision search")
     result = BuildResult(out_dir=request.out_dir, target=request.target,
                          precision=request.precision, timings=timings, options=options)
-    result.metrics["passes_ms"] = {k: round(v * 1e3, 3) for k, v in normalized.pass_seconds.items()}
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=options)
     auto: AutoPlan | None = None
-    if request.precision != "fp32":
+    mode = resolve_mode(request, recipe, backend.profile_for(options))
+    if trained and mode != "static":
+        raise RecipeError(f"--mode {mode}: {request.model} is already quantized with static Q/DQ scales; "
+                          "build its FP32 model for dynamic quantization")
+    verification: Verification | None = None
+    if mode != "static":  # activations quantized at run time (all, or per node): dynamic_phase.py
+        loaded = shared.once("data", (), lambda: load_data(request, fp32, recipe)) if request.calib else None
+        if loaded is not None and loaded[0].synthetic:
+            result.warnings.append(RANDOM_WARNING)
+        verification, lowered = run_dynamic(mode, request, backend, job, recipe, result, clock, loaded)
+    elif request.precision != "fp32":
         calib, held_out = shared.once("data", (), lambda: load_data(request, fp32, recipe))
         if calib.synthetic:
             result.warnings.append(RANDOM_WARNING)
@@ -209,8 +204,10 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
         result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
         job.eval_feeds = list(held_out.batches(request.calib_batch))
         job.eval_labels, job.measure_latency = held_out.labels, request.measure_latency
+        with clock("lower"):  # once: verification and the written artifacts share it
+            lowered = backend.lower(job)
         with clock("verify"):
-            verification = verify(reference, backend.verified_model(job), job.eval_feeds, held_out.labels,
+            verification = verify(reference, backend.verified_model(lowered), job.eval_feeds, held_out.labels,
                                   request.task_metric,
                                   # ORT timing only says something where ORT runs the model as deployed
                                   latency=request.measure_latency and profile.verify_fused,
@@ -222,9 +219,12 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
         result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
                                          "eval_source": held_out.source, "eval_samples": len(held_out),
                                          "method": recipe.method, "synthetic": calib.synthetic}
+    else:
+        with clock("lower"):
+            lowered = backend.lower(job)
     with staged_output(request.out_dir) as staging:
-        with clock("lower+write"):
-            output = backend.emit(job, staging)
+        with clock("write"):
+            output = backend.write(lowered, staging)
         result.artifacts = [*output.artifacts, Path(REPORT_NAME)]
         if auto is not None:
             kept_fp32 = result.metrics.get("latency_guard", {}).get("kept_fp32_ops", [])
@@ -232,26 +232,27 @@ def build(request: BuildRequest, shared: SharedStages | None = None) -> BuildRes
         result.metrics.update(output.metrics)
         result.runtime_outputs = output.runtime_outputs
         result.warnings.extend(output.notes)
-        result.metrics["float_nodes"] = float_nodes(result)
-        result.warnings.extend(speed_warnings(result.metrics))
-        result.verdict = _verdict(result, limits)
+        result.metrics["float_nodes"] = float_nodes(result, backend.float_nodes(result))
+        result.warnings.extend(speed_warnings(result.metrics) + backend.speed_warnings(result))
+        result.verdict = _verdict(result, limits, backend.verdict_outputs(result))
+        result.metrics["passes_ms"] = _pass_milliseconds(normalized.pass_seconds, passes_so_far)
         write_report(staging / REPORT_NAME, result)
-        if "verification" in result.metrics:
+        if "verification" in result.metrics and verification is not None:
             check_gates(verification, request.min_sqnr, request.max_drop)
         if request.strict and not result.verdict.ok:
             raise GateError(f"--strict, nothing written: {advice_hint(result.verdict, request)}")
     return result
 
 
-def _verdict(result: BuildResult, limits: Thresholds) -> Verdict:
+def _verdict(result: BuildResult, limits: Thresholds, runtime: dict[str, dict[str, Any]]) -> Verdict:
     """Judge what verification measured: ORT's run of the quantized model and, where the target runs
-    its own artifact (LiteRT for ``tflite``), that run too."""
+    its own artifact (``runtime``: LiteRT for ``tflite``), that run too."""
+    if (result.metrics.get("dynamic") or {}).get("verified") is False:
+        return Verdict("unverified", (UNVERIFIED,), limits)
     if result.precision == "fp32" or "verification" not in result.metrics:
         return Verdict("ok", ("--precision fp32: nothing was quantized, as asked",), limits)
     ver = result.metrics["verification"]
-    outputs = dict(ver["outputs"])
-    runtime = (result.metrics.get(result.target) or {}).get("verification") or {}
-    outputs.update({f"{name} (LiteRT)": m for name, m in (runtime.get("outputs") or {}).items()})
+    outputs = {**ver["outputs"], **runtime}
     quantized = len(result.plan.tensors) if result.plan is not None else 0
     return judge(outputs, ver.get("task"), quantized, limits)
 
@@ -334,6 +335,21 @@ class _Clock:
     def __exit__(self, *exc: object) -> None:
         self.timings[self._phase] = time.perf_counter() - self._start
         log.info("phase %-16s %.2f s", self._phase, self.timings[self._phase])
+
+
+def _pass_seconds() -> dict[str, float]:
+    timing = current_context().timing
+    return dict(timing.seconds) if timing is not None else {}
+
+
+def _pass_milliseconds(normalization: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Wall time per pass: the normalization (shared between the targets of a multi-target build)
+    plus every pass this build ran after it (``before``: the totals when normalization was done)."""
+    seconds = dict(normalization)
+    for name, total in _pass_seconds().items():
+        if name not in before or total > before[name]:
+            seconds[name] = seconds.get(name, 0.0) + total - before.get(name, 0.0)
+    return {k: round(v * 1e3, 3) for k, v in seconds.items()}
 
 
 def model_name(path: Path) -> str:

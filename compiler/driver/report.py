@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from dsqc import __version__
+from dsqc.backends.registry import get_backend
 from dsqc.driver.build_types import BuildResult
 from dsqc.quant.spec import Precision
 
@@ -46,6 +47,7 @@ def format_result(result: BuildResult) -> str:
     if result.plan is not None:
         hist = ", ".join(f"{k} {v}" for k, v in result.plan.histogram().items())
         lines.append(f"plan: {hist} nodes; {len(result.plan.tensors)} quantized tensors")
+    lines += _mode_lines(result)
     ver = result.metrics.get("verification")
     if ver:
         lines.append(f"verification on {ver['samples']} held-out samples (FP32 vs quantized, ORT):")
@@ -69,45 +71,57 @@ def format_result(result: BuildResult) -> str:
             lines.append(f"  latency (ORT CPU, 1 thread, batch {lat.get('batch', 1)}) {lat['fp32']:.3f} ms → "
                          f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×{cpu})")
     lines += _mixed_precision_lines(result)
-    lines += _target_lines(result)
+    lines += get_backend(result.target).summary_lines(result)
     lines += _float_node_lines(result.metrics.get("float_nodes") or {})
     lines += _verdict_lines(result)
     return "\n".join(lines)
 
 
-def float_nodes(result: BuildResult) -> dict[str, dict[str, str]]:
+def _mode_lines(result: BuildResult) -> list[str]:
+    """``--mode dynamic|auto``: how many nodes quantize their activations at run time; unverified builds."""
+    info = result.metrics.get("dynamic")
+    if not info:
+        return []
+    nodes = info.get("nodes") or {}
+    dynamic = sum(1 for n in nodes.values() if n.get("mode") == "dynamic")
+    if info["mode"] == "auto":
+        lines = [f"mode: auto — {dynamic} node(s) dynamic, {len(nodes) - dynamic} static, chosen per node by "
+                 "measured output SQNR (report.json: metrics.dynamic.nodes)"]
+    else:
+        lines = [f"mode: dynamic — {dynamic} MatMul/Gemm/Conv node(s): int8 per-channel weights, activations "
+                 "quantized at run time"]
+    if info.get("verified") is False:
+        lines.append("verification: none — UNVERIFIED (no --eval-data or --calib): nothing was compared "
+                     "against FP32")
+    return lines
+
+
+def float_nodes(result: BuildResult, lowered: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """Every node that computes in float in the artifact, with its precision and the real reason: the
-    plan's decision (recipe, latency guard, no int8 kernel, …) or, for ``tflite``, the lowering's."""
+    plan's decision (recipe, latency guard, no int8 kernel, …) or the target's lowering's (``lowered``:
+    name → reason, from ``Backend.float_nodes``)."""
     nodes: dict[str, dict[str, str]] = {}
     if result.plan is not None:
         for name, decision in result.plan.nodes.items():
             if decision.precision in (Precision.FP32, Precision.FP16):
                 nodes[name] = {"precision": decision.precision.value, "reason": decision.reason}
-    lowered = ((result.metrics.get("tflite") or {}).get("int8") or {}).get("float_nodes") or []
-    for name in lowered:
-        nodes.setdefault(name, {"precision": "fp32", "reason": "tflite lowering: its output has no "
-                                "QuantizeLinear in the QDQ model, so the .tflite computes it in float"})
+    for name, reason in (lowered or {}).items():
+        nodes.setdefault(name, {"precision": "fp32", "reason": reason})
     return dict(sorted(nodes.items()))
 
 
 def speed_warnings(metrics: dict[str, Any]) -> list[str]:
-    """A warning with the measured ratio when the int8 artifact ran slower than FP32 here."""
-    warnings: list[str] = []
+    """A warning with the measured ratio when the int8 model ran slower than FP32 in ORT here (the
+    target's own runtime warns through ``Backend.speed_warnings``)."""
     lat = (metrics.get("verification") or {}).get("latency_ms")
     if lat:
         ratio = lat.get("cpu_ratio", lat["ratio"])
         if ratio > SLOWER:
-            warnings.append(
-                f"the int8 model ran {ratio:.2f}× SLOWER than FP32 here (ORT CPU, 1 thread, batch "
-                f"{lat.get('batch', 1)}, CPU time; wall {lat['ratio']:.2f}×): Q/DQ around float nodes or "
-                "small int8 kernels cost more than int8 saves on this CPU; see the float nodes, or "
-                "deploy FP32 here")
-    tfl = (metrics.get("tflite") or {}).get("latency_ms")
-    if tfl and tfl["speedup"] < 1 / SLOWER:
-        warnings.append(f"the int8 .tflite ran {1 / max(tfl['speedup'], 1e-9):.2f}× SLOWER than its "
-                        f"float32 twin in LiteRT here (1 thread, XNNPACK): {tfl['int8']:.3f} vs "
-                        f"{tfl['float32']:.3f} ms")
-    return warnings
+            return [f"the int8 model ran {ratio:.2f}× SLOWER than FP32 here (ORT CPU, 1 thread, batch "
+                    f"{lat.get('batch', 1)}, CPU time; wall {lat['ratio']:.2f}×): Q/DQ around float nodes or "
+                    "small int8 kernels cost more than int8 saves on this CPU; see the float nodes, or "
+                    "deploy FP32 here"]
+    return []
 
 
 def _float_node_lines(nodes: dict[str, dict[str, str]], names_shown: int = 6) -> list[str]:
@@ -157,57 +171,4 @@ def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:
         lines.append(f"  … {len(odd) - shown} more non-int8 nodes in report.json")
     lines.append(f"  sensitivity: {mp['sensitivity']['json']}, {mp['sensitivity']['plot']}; "
                  f"plan as a recipe: {mp['plan_recipe']}")
-    return lines
-
-
-def _reference_lines(ref: dict[str, Any] | None) -> list[str]:
-    """The LiteRT-vs-integer-reference line: tensors compared, or why there is no comparison."""
-    if not ref:
-        return []
-    if "skipped" in ref:
-        return [f"  vs dsqc integer reference: not compared ({ref['skipped']})"]
-    if not ref.get("tensors"):
-        return ["  vs dsqc integer reference: no int8 tensor to compare"]
-    return [f"  vs dsqc integer reference: {ref['tensors_exact']}/{ref['tensors']} tensors bit-exact, "
-            f"max {ref['max_lsb']} LSB"]
-
-
-def _target_lines(result: BuildResult) -> list[str]:
-    """A few lines from the backend's own checks (LiteRT run, csim, TensorRT bundle)."""
-    m = result.metrics.get(result.target) or {}
-    lines: list[str] = []
-    if result.target == "onnx" and m.get("isa") and result.precision != "fp32":
-        lines.append(f"onnx: int8 weights in {m['weight_bits']} bits for isa={m['isa']} ({m['isa_source']}; "
-                     "-B isa=avx2|vnni|arm64 names the CPU that will run it)")
-    if result.target == "tflite" and m.get("verification"):
-        v = m["verification"]
-        line = f"tflite (LiteRT interpreter, XNNPACK): min SQNR {v['min_sqnr_db']:.2f} dB"
-        if v.get("top1_agreement") is not None:
-            line += f", top-1 agreement {v['top1_agreement'] * 100:.2f} %"
-        if v.get("task"):
-            line += f", {v['task'].get('metric', 'task')} {v['task'].get('quantized', float('nan')):.4f}"
-        lines.append(line)
-        lines += _reference_lines((v.get("tensors") or {}).get("vs_integer_reference"))
-        lat = m.get("latency_ms")
-        if lat:
-            speed = lat["speedup"]
-            versus = f"{speed:.2f}× faster" if speed >= 1 else f"{1 / max(speed, 1e-9):.2f}× SLOWER"
-            lines.append(f"  latency 1 thread: float32 {lat['float32']:.3f} ms, int8 {lat['int8']:.3f} ms "
-                         f"(int8 {versus})")
-    if result.target == "hls" and m.get("csim"):
-        c, e = m["csim"], m.get("estimates", {})
-        if "vectors" in c:
-            lines.append(f"hls csim (gcc, strict C99): {c['status']}, {c['mismatching_values']} mismatching "
-                         f"values over {c['vectors']} vectors; max stack frame {c['max_stack_bytes']} B")
-        else:
-            lines.append(f"hls csim (gcc, strict C99): {c['status']}")
-        if e:
-            lines.append(f"  estimate: {e.get('cycles', 0):,} cycles ≈ {e.get('latency_us', 0):.0f} µs at "
-                         f"{e.get('clock_mhz', 0):.0f} MHz")
-    if result.target == "trt" and m:
-        engine = m.get("engine", {})
-        lines.append(f"trt: calibration cache {m.get('cache_tensors', 0)} tensors "
-                     f"({m.get('trt_version_header')}); rules check {len(m.get('check', []))} finding(s)")
-        built = engine.get("built")
-        lines.append("  engine: built" if built else f"  engine: not built — {engine.get('reason')}")
     return lines

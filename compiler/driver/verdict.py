@@ -32,7 +32,7 @@ from typing import Any
 
 from dsqc.errors import RecipeError
 
-LEVELS = ("ok", "degraded", "collapsed", "unquantized")
+LEVELS = ("ok", "degraded", "collapsed", "unquantized", "unverified")
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,9 @@ def advice(verdict: Verdict, model: str, calib: str | None, out: str) -> str:
                 "See the float nodes and their reasons above and in report.json; force nodes to int8 with a "
                 "recipe ([op_types.<Op>] precision = \"int8\"), or build with --precision fp32 if that is "
                 "what you want")
+    if verdict.level == "unverified":
+        return (f"the build of {model} is UNVERIFIED: dynamic mode had no held-out data to compare against "
+                f"FP32; rebuild with --eval-data DATA (or --calib DATA, whose last 20 % is held out)")
     shown = verdict.reasons[:3]
     why = "; ".join(shown) + (f"; … {len(verdict.reasons) - 3} more" if len(verdict.reasons) > 3 else "")
     analyze = f"dsqc analyze {model} --calib {calib or 'DATA'} -o {out}-analysis"

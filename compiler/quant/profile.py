@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+
+    from dsqc.quant.spec import QuantPlan
+
+FinishQDQ = Callable[["onnx.ModelProto", "QuantPlan"], "onnx.ModelProto"]
 
 # Ops whose data output equals a data input up to layout: their output reuses the input's spec.
 PASSTHROUGH_OPS = frozenset({
@@ -38,6 +47,16 @@ class TargetProfile:
     ``int8_tables``: Gathers from constant tables (embeddings) are int8 weight-only (per row) by
     default, for runtimes that gather the int8 rows before dequantizing (ORT's GatherBlockQuantized);
     elsewhere a recipe asks for it.
+    ``table_lookups``: the lowering takes ``DequantizeLinear → Gather`` of a constant table, so the
+    mixed-precision search may make embedding tables weight-only int8/int4.
+    ``fp16_weights``: FP16 nodes store their constant inputs as float16 (the search may choose FP16);
+    elsewhere an FP16 node runs in FP32, noted in the plan.
+    ``integer_only``: the runtime has no float nodes, so the search keeps every node int8.
+    ``finish_qdq``: the backend's rewrite of the QDQ model for its runtime, run once after Q/DQ
+    insertion wherever a plan is built (ORT: FP16 weight storage, the float guard, GatherBlockQuantized
+    tables); it may add notes to the plan. ``None``: the QDQ model stays as inserted.
+    ``dynamic_refusal``: why the target cannot run activations quantized at run time (``--mode
+    dynamic|auto`` is refused with it); empty where it can.
     """
 
     name: str
@@ -60,5 +79,10 @@ class TargetProfile:
     latency_guard: bool = False
     float_readers_read_float: bool = False
     int8_tables: bool = False
+    table_lookups: bool = False
+    fp16_weights: bool = False
+    integer_only: bool = False
+    finish_qdq: FinishQDQ | None = None
     float_fallback: str = "fp32"
     min_opset: int = 13
+    dynamic_refusal: str = ""

@@ -10,12 +10,9 @@ import onnx
 
 from dsqc.calibration.data import SampleSet
 from dsqc.calibration.runner import TensorStats, calibrate
-from dsqc.float_islands import finish_float_nodes
 from dsqc.ir import Model, default_opset
 from dsqc.model_io import INT4_OPSET, prepare, upgrade_opset
 from dsqc.op_kinds import CONV_OPS
-from dsqc.ort_tables import lower_tables
-from dsqc.pass_infra import PassManager
 from dsqc.passes.bias_correction import BiasCorrection
 from dsqc.passes.insert_qdq import InsertQDQ
 from dsqc.passes.shift_activations import shift_corrections
@@ -23,7 +20,7 @@ from dsqc.quant.from_qdq import keep_specs
 from dsqc.quant.planner import Placement, Range, finalize, place
 from dsqc.quant.profile import PASSTHROUGH_OPS, TargetProfile
 from dsqc.quant.recipe import Recipe
-from dsqc.quant.spec import QuantPlan, QuantSpec
+from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
 log = logging.getLogger(__name__)
 SHIFT_MARK = "dsqc.shift_bias"  # model metadata: shifted layers' biases refolded with quantized weights
@@ -57,13 +54,22 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     if trained:
         plan = keep_specs(model, placement, plan, trained, profile)
     shifted_weights, shift_means = shift_corrections(model.graph)
-    result = PassManager([InsertQDQ(plan, profile.float_readers_read_float)]).run(model)
+    result = InsertQDQ(plan, profile.float_readers_read_float)(model)  # in the active pass context
     if shift_means:  # the shift's bias fold, redone with the quantized weights
         BiasCorrection(shifted_weights, shift_means, mark=SHIFT_MARK)(result.model)
     proto = result.model.to_proto()
     proto.ir_version = fp32.ir_version
-    proto = lower_tables(finish_float_nodes(proto, plan, profile), plan, profile)
+    proto = finish_for_target(proto, plan, profile)
     return Quantized(prepare(proto, "quantized model"), plan, placement, stats)
+
+
+def finish_for_target(proto: onnx.ModelProto, plan: QuantPlan, profile: TargetProfile) -> onnx.ModelProto:
+    """The target's own rewrites of the QDQ model (``profile.finish_qdq``). FP16 nodes on a target
+    that stores no FP16 weights run in FP32 (noted in the plan)."""
+    fp16 = sum(d.precision is Precision.FP16 for d in plan.nodes.values())
+    if fp16 and not profile.fp16_weights:
+        plan.notes.append(f"{fp16} fp16 node(s) run in fp32: target {profile.name} stores no fp16 weights")
+    return profile.finish_qdq(proto, plan) if profile.finish_qdq is not None else proto
 
 
 def calibrate_missing(fp32: onnx.ModelProto, tensors: list[str], recipe: Recipe, samples: SampleSet,

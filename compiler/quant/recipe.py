@@ -2,6 +2,7 @@
 
 ```toml
 [quantization]                 # defaults (all optional)
+mode = "static"                # static | dynamic | auto (activation scales calibrated, at run time, per node)
 method = "minmax"              # minmax | auto | percentile | entropy | mse (auto: mse on conv inputs)
 percentile = 99.99
 activation_dtype = "uint8"     # uint8 | int8 (a target profile may force one)
@@ -52,7 +53,7 @@ from dsqc.errors import RecipeError
 from dsqc.quant.spec import Precision
 
 METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
-_DEFAULT_KEYS = {"method", "percentile", "activation_dtype", "symmetric", "per_channel",
+_DEFAULT_KEYS = {"mode", "method", "percentile", "activation_dtype", "symmetric", "per_channel",
                  "weight_dtype", "block_size", "weight_limit"}
 _OPTION_KEYS = {"precision", "weight_dtype", "block_size", "per_channel", "weight_limit"}
 _TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration", "boosters", "verdict"}
@@ -79,6 +80,7 @@ class Override:
 
 @dataclass
 class Recipe:
+    mode: str = "static"
     method: str = "minmax"
     percentile: float = 99.99
     activation_dtype: str | None = None
@@ -184,7 +186,8 @@ def parse_recipe(data: dict[str, Any], label: str = "recipe") -> Recipe:
 
 def _check_value(key: str, value: Any, label: str, where: str) -> Any:
     choices: dict[str, tuple[Any, ...]] = {
-        "method": METHODS, "activation_dtype": ("uint8", "int8"), "weight_dtype": ("int8", "int4"),
+        "mode": ("static", "dynamic", "auto"), "method": METHODS, "activation_dtype": ("uint8", "int8"),
+        "weight_dtype": ("int8", "int4"),
         "precision": tuple(p.value for p in Precision)}
     if key in choices and value not in choices[key]:
         raise RecipeError(f"{label}: {where} = {value!r}; choose one of {', '.join(choices[key])}")

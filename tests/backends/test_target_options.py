@@ -12,7 +12,7 @@ import pytest
 from dsqc.backends.registry import available, get_backend
 from dsqc.errors import RecipeError
 
-KNOWN = {"onnx": ["isa"], "trt": ["fp16", "require_engine", "trt_version", "workspace_mib"],
+KNOWN = {"onnx": ["dynamic_kernel", "isa"], "trt": ["fp16", "require_engine", "trt_version", "workspace_mib"],
          "tflite": ["input_layout", "io", "latency", "signature", "verify", "write_fp32"],
          "hls": ["clock_mhz", "csim", "interface", "parallelism", "part", "power_of_two_scales",
                  "tb_vectors"]}
@@ -48,5 +48,6 @@ def test_onnx_build_rejects_an_hls_option_before_any_work(conv_bn_path: Path, tm
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "dsqc: error: onnx: unknown target option 'parallelism' (-B parallelism=…); options of onnx: isa"]
+        "dsqc: error: onnx: unknown target option 'parallelism' (-B parallelism=…); options of onnx: "
+        "dynamic_kernel, isa"]
     assert not out.exists()

@@ -11,9 +11,6 @@ import onnx
 import pytest
 
 from dsqc.driver.pipeline import load_and_normalize
-from dsqc.errors import PassError
-from dsqc.ir import Model
-from dsqc.pass_infra import FixedPoint, Pass, PassManager, PassResult
 from dsqc.verify import session
 
 torch = pytest.importorskip("torch")
@@ -68,28 +65,3 @@ def test_from_torch_and_export_cli(tmp_path: Path) -> None:
     inspect = subprocess.run([sys.executable, "-m", "dsqc", "inspect", str(out)], capture_output=True,
                              text=True, timeout=120)
     assert inspect.returncode == 0 and "Gemm" in inspect.stdout and "float" in inspect.stdout
-
-
-class _CountDown(Pass):
-    """Changes the model ``n`` times, then reports no change."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def call(self, model: Model) -> PassResult:
-        self.n -= 1
-        return PassResult(model, self.n >= 0)
-
-
-class _Broken(Pass):
-    def call(self, model: Model) -> PassResult:
-        return model  # type: ignore[return-value]
-
-
-def test_fixed_point_and_contract() -> None:
-    model = Model.from_proto(onnx.load(DEMO_MODEL_PATH))
-    counter = _CountDown(3)
-    result = PassManager([FixedPoint([counter])]).run(model)
-    assert result.modified and counter.n == -1
-    with pytest.raises(PassError, match="_Broken"):
-        PassManager([_Broken()]).run(model)

@@ -36,7 +36,7 @@ CASES = [
                 "allowed: boosters, calibration, exclude, op_types, override, quantization, verdict"),
     Case("unknown-nested-key", "recipe", _recipe("[quantization]\nbits = 4\n"),
          refuse="dsqc: error: {tmp}/recipe.toml: unknown key 'quantization.bits'; allowed: activation_dtype, "
-                "block_size, method, per_channel, percentile, symmetric, weight_dtype, weight_limit"),
+                "block_size, method, mode, per_channel, percentile, symmetric, weight_dtype, weight_limit"),
     Case("bad-value", "recipe", _recipe("[[override]]\nnodes = 'fc1'\nprecision = 'int3'\n"),
          refuse="dsqc: error: {tmp}/recipe.toml: override[0].precision = 'int3'; choose one of int4, int8, "
                 "fp16, fp32"),

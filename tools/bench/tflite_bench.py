@@ -25,6 +25,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 MODELS = ("mnist", "mobilenetv2_like", "resnet18_like", "efficientnet_like")
+EXTRA_MODELS = ("small_transformer",)  # not in the default run: onnx2tf's 3-D input needs ``-kat``
+VARIANTS = ("dsqc_int8", "dsqc_fp32", "onnx2tf_int8", "onnx2tf_fp32")
 DSQC_OPTS = {"io": "int8", "input_layout": "nhwc"}  # same I/O as onnx2tf's *_full_integer_quant.tflite
 
 
@@ -103,8 +105,11 @@ def convert(name: str, model: Path, cal: np.ndarray, held: np.ndarray, work: Pat
     shape = "input:" + ",".join(map(str, (1, *cal.shape[1:])))  # static batch 1 (-b 1 breaks on zoo CNNs)
     src = d / "onnx2tf_input.onnx"  # onnx2tf rewrites its input file in place (onnxsim): give it a copy
     shutil.copyfile(model, src)
+    mean, std = ("[" * cal.ndim + v + "]" * cal.ndim for v in ("0.0", "1.0"))
     cmd = [str(onnx2tf), "-i", str(src), "-o", str(out), "-oiqt", "-ois", shape,
-           "-cind", "input", str(d / "calib_nhwc.npy"), "[[[[0.0]]]]", "[[[[1.0]]]]"]
+           "-cind", "input", str(d / "calib_nhwc.npy"), mean, std]
+    if cal.ndim != 4:  # a [batch, seq, d] input would be taken as NCW and transposed: keep it as it is
+        cmd += ["-kat", "input"]
     # onnx2tf fetches 20 sample images from GitHub for its own ONNX-vs-TF check of 3-channel inputs (not for
     # calibration, which uses -cind); offline, a seeded stand-in in its working directory is read instead.
     stand_in = d / "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -185,7 +190,12 @@ def evaluate(res: dict[str, Any], model: Path, held: np.ndarray, labels: np.ndar
         if not f:
             continue
         res[key]["size_kb"] = round(os.path.getsize(f) / 1024, 1)
-        got = run_tflite(f, held)
+        try:
+            got = run_tflite(f, held)
+        except RuntimeError as exc:  # e.g. onnx2tf's Flex (Select TF) ops: LiteRT's builtins cannot run it
+            res[key]["run_error"] = str(exc).splitlines()[0][:200]
+            res[key]["file"] = ""
+            continue
         res[key]["sqnr_db"] = round(sqnr(ref, got), 2)
         if labels is not None:
             res[key]["acc"] = float(np.mean(got.argmax(1) == labels))
@@ -253,7 +263,8 @@ def render(results: dict[str, Any], mach: dict[str, Any], args: argparse.Namespa
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.bench.tflite_bench",
                                 description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {', '.join(MODELS)}")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma list from {', '.join(MODELS + EXTRA_MODELS)}")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--eval-samples", type=int, default=64, help="held-out inputs for SQNR (zoo models)")
     p.add_argument("--runs", type=int, default=40)
@@ -261,7 +272,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--onnx2tf-venv", type=Path, default=Path("/work/venv-onnx2tf"))
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "tflite_bench")
     p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--collect", type=Path,
+                   help="also copy the .tflite files here as <model>.<variant>.tflite (litert_time's layout)")
     return p.parse_args(argv)
+
+
+def collect(results: dict[str, Any], folder: Path) -> None:
+    """Copy every variant's file to ``folder/<model>.<variant>.tflite`` for timing on another host."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, r in results.items():
+        for key in VARIANTS:
+            if r[key].get("file"):
+                shutil.copyfile(r[key]["file"], folder / f"{name}.{key}.tflite")
 
 
 def main(argv: list[str]) -> int:
@@ -280,7 +302,7 @@ def main(argv: list[str]) -> int:
         model, cal, held, labels = prepare(name, args.work, args.calib_samples, args.eval_samples)
         r = convert(name, model, cal, held, args.work, onnx2tf)
         evaluate(r, model, held, labels)
-        files = {k: r[k].get("file", "") for k in ("dsqc_int8", "onnx2tf_int8", "dsqc_fp32", "onnx2tf_fp32")}
+        files = {k: r[k].get("file", "") for k in VARIANTS}
         r["latency_ms"] = latencies(files, args.warmup, args.runs)
         say(f"{name}: {json.dumps({k: r[k].get('sqnr_db') for k in files})} {r['latency_ms']}")
         results[name] = r
@@ -289,6 +311,8 @@ def main(argv: list[str]) -> int:
     (args.out / "tflite.json").write_text(json.dumps({"machine": mach, "results": results}, indent=1) + "\n")
     (args.out / "TFLITE.md").write_text(render(results, mach, args))
     say(f"wrote {args.out / 'TFLITE.md'}")
+    if args.collect:
+        collect(results, args.collect)
     return 0
 
 

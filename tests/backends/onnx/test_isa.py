@@ -37,7 +37,8 @@ def test_profile_and_bad_values() -> None:
     assert resolve_isa(None)[1] == "detected on the build machine"
     with pytest.raises(RecipeError, match="onnx: -B isa='sse2'; choose one of avx2, vnni, arm64"):
         backend.profile_for({"isa": "sse2"})
-    unknown = r"onnx: unknown target option 'parallelism' \(-B parallelism=…\); options of onnx: isa"
+    unknown = (r"onnx: unknown target option 'parallelism' \(-B parallelism=…\); options of onnx: "
+               r"dynamic_kernel, isa")
     with pytest.raises(RecipeError, match=unknown):
         backend.profile_for({"parallelism": 8})
 

@@ -166,3 +166,20 @@ def test_no_ort_latency_for_a_model_trt_runs(work: Path) -> None:
                                 method="minmax", measure_latency=True))
     assert result.metrics["verification"]["latency_ms"] is None
     assert "latency" not in format_result(result)
+
+
+def test_the_build_lowers_once(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verification and the written ``*.trt.onnx`` share one lowering (issue 14, item 6)."""
+    import dsqc.backends.trt.backend as trt_backend
+
+    calls: list[str] = []
+    real = trt_backend._lowered
+
+    def counting(job: Any, opts: Any) -> Any:
+        calls.append(job.name)
+        return real(job, opts)
+
+    monkeypatch.setattr(trt_backend, "_lowered", counting)
+    result = _build(work, "residual_cnn", "trt", workspace_mib=64)
+    assert calls == ["residual_cnn"]
+    assert result.metrics["verification"]["min_sqnr_db"] > 30.0

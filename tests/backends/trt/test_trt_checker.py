@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -140,3 +142,21 @@ def test_ort_quantizer_output_is_flagged() -> None:
         findings = check_trt(onnx.load(str(dst)))
     assert {"zero-point"} <= {f.rule for f in findings if f.severity == "error"}
     assert all(f.node for f in findings)
+
+
+def test_dsqc_check_runs_the_backends_checker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``dsqc check --target T`` asks T's backend (``check_model``); a target without one is one line."""
+    from dsqc.driver.cli import main
+
+    clean, broken = tmp_path / "clean.onnx", tmp_path / "broken.onnx"
+    for model, path in ((qdq_conv(), clean), (qdq_conv(zero_point=5), broken)):
+        for _ in range(4):  # the loader wants the output's rank
+            model.graph.output[0].type.tensor_type.shape.dim.add()
+        onnx.save(model, path)
+    assert main(["check", "--target", "trt", str(clean)]) == 0
+    assert capsys.readouterr().out.startswith("clean")
+    assert main(["check", "--target", "trt", str(broken)]) == 1
+    assert "zero-point" in capsys.readouterr().out
+    assert main(["check", "--target", "onnx", str(clean)]) == 2
+    assert capsys.readouterr().err.strip() == ("dsqc: error: check --target onnx: that target has no rules "
+                                               "checker; targets with one: trt")

@@ -1,6 +1,6 @@
 """Float nodes inside a QDQ model on ONNX Runtime: FP16 weight storage, and keeping them float.
 
-FP16 nodes (``onnx`` target): ORT's CPU kernels compute in float32, so an FP16 node keeps float32
+FP16 nodes: ORT's CPU kernels compute in float32, so an FP16 node keeps float32
 activations and reads its constant inputs (weights, bias) through ``Cast(float16 → float32)``: the file
 stores half the bytes, the arithmetic stays float32, and the only error is each weight's rounding to
 FP16 (relative 2^-11). ORT folds the Cast when the session starts.
@@ -24,13 +24,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.ir import proto_index
 from dsqc.op_kinds import data_channel_axis, input_channels
-from dsqc.quant.profile import TargetProfile
 from dsqc.quant.spec import Precision, QuantPlan
 
 log = logging.getLogger(__name__)
 
-FP16_WEIGHT_TARGETS = frozenset({"onnx"})
-FLOAT_GUARD_TARGETS = frozenset({"onnx"})
 _GUARDED_OPS = ("Conv", "ConvTranspose", "Gemm")
 _QUANTIZED = (Precision.INT8, Precision.INT4)
 _FP16_MAX = float(np.finfo(np.float16).max)
@@ -40,26 +37,19 @@ def fp16_nodes(plan: QuantPlan) -> set[str]:
     return {name for name, d in plan.nodes.items() if d.precision is Precision.FP16}
 
 
-def finish_float_nodes(proto: onnx.ModelProto, plan: QuantPlan, profile: TargetProfile) -> onnx.ModelProto:
-    """FP16 weight storage and the ORT float guard for ``profile``'s target (notes go to ``plan``)."""
-    proto = store_fp16_weights(proto, plan, profile)
-    if profile.name in FLOAT_GUARD_TARGETS:
-        proto = guard_float_readers(proto, plan)
-    return proto
+def finish_float_nodes(proto: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """FP16 weight storage and the ORT float guard (notes go to ``plan``)."""
+    return guard_float_readers(store_fp16_weights(proto, plan), plan)
 
 
-def store_fp16_weights(proto: onnx.ModelProto, plan: QuantPlan, profile: TargetProfile) -> onnx.ModelProto:
+def store_fp16_weights(proto: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """Copy of ``proto`` whose FP16 nodes read float16 initializers through a Cast (notes in ``plan``).
 
-    On targets without FP16 weights the nodes run in FP32 (noted). A weight that would overflow FP16
-    stays float32; an initializer shared with other nodes keeps its float32 copy for them.
+    A weight that would overflow FP16 stays float32; an initializer shared with other nodes keeps its
+    float32 copy for them.
     """
     wanted = fp16_nodes(plan)
     if not wanted:
-        return proto
-    if profile.name not in FP16_WEIGHT_TARGETS:
-        plan.notes.append(f"{len(wanted)} fp16 node(s) run in fp32: target {profile.name} stores no fp16 "
-                          "weights")
         return proto
     model = onnx.ModelProto()
     model.CopyFrom(proto)

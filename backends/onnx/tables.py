@@ -16,19 +16,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.ir import proto_index
-from dsqc.quant.profile import TargetProfile
 from dsqc.quant.spec import QuantPlan
 
 log = logging.getLogger(__name__)
 
-GATHER_BLOCK_TARGETS = frozenset({"onnx"})
 _MS_DOMAIN = "com.microsoft"
 
 
-def lower_tables(proto: onnx.ModelProto, plan: QuantPlan, profile: TargetProfile) -> onnx.ModelProto:
-    """Copy of ``proto`` with every quantized-table lookup as GatherBlockQuantized (``onnx`` target)."""
-    if profile.name not in GATHER_BLOCK_TARGETS:
-        return proto
+def lower_tables(proto: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """Copy of ``proto`` with every quantized-table lookup as GatherBlockQuantized."""
     graph = proto.graph
     producers, uses, inits = proto_index(graph)
     found = []

@@ -1,0 +1,1 @@
+"""``dsqc batch``: many models × targets × recipes × calibration sets, one isolated build process each."""

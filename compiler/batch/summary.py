@@ -1,0 +1,69 @@
+"""The few numbers of a finished bundle the fleet page shows, read from its ``report.json`` (and
+``manifest.json`` where the bundle has one). Reads files only: no dsqc build code is imported."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MODEL_SUFFIXES = (".onnx", ".tflite", ".c", ".h")
+
+
+def summarize_bundle(folder: Path) -> dict[str, Any]:
+    """verdict, worst SQNR/cosine, top-1 agreement, task metric, sizes and the target's own check."""
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"error": "report.json unreadable"}
+    metrics = report.get("metrics") or {}
+    ver = metrics.get("verification") or {}
+    outputs = ver.get("outputs") or {}
+    sqnr = [v for o in outputs.values() if (v := _num(o.get("sqnr_db"))) is not None]
+    cosine = [v for o in outputs.values() if (v := _num(o.get("cosine"))) is not None]
+    size = ver.get("size_bytes") or {}
+    verdict = report.get("verdict") or {}
+    summary: dict[str, Any] = {
+        "verdict": verdict.get("level"),
+        "verdict_reasons": verdict.get("reasons") or [],
+        "min_sqnr_db": min(sqnr) if sqnr else None,
+        "min_cosine": min(cosine) if cosine else None,
+        "top1_agreement": ver.get("top1_agreement"),
+        "task": ver.get("task"),
+        "size_fp32_bytes": size.get("fp32"),
+        "size_bytes": size.get("quantized"),
+        "failed": report.get("failed"),
+        "target_check": _target_check(report.get("target"), metrics.get(report.get("target")) or {}),
+        "report": "report.html" if (folder / "report.html").is_file() else "report.json",
+        "has_manifest": (folder / "manifest.json").is_file(),
+    }
+    return summary
+
+
+def model_artifact_hashes(artifacts: dict[str, str]) -> dict[str, str]:
+    """The model files among a bundle's hashes (.onnx/.tflite/.c/.h): what must be identical across runs."""
+    return {path: digest for path, digest in artifacts.items() if path.endswith(MODEL_SUFFIXES)}
+
+
+def _target_check(target: Any, m: dict[str, Any]) -> str | None:
+    """One phrase from the backend's own check: LiteRT's SQNR, the HLS testbench, the TensorRT rules."""
+    if target == "tflite" and m.get("verification"):
+        value = _num(m["verification"].get("min_sqnr_db"))
+        return f"LiteRT min SQNR {value:.2f} dB" if value is not None else "LiteRT ran"
+    if target == "hls" and m.get("csim"):
+        c = m["csim"]
+        return f"csim {c.get('status')}" + (f", {c['mismatching_values']} mismatches"
+                                            if "mismatching_values" in c else "")
+    if target == "trt" and m:
+        return f"rules check {len(m.get('check', []))} finding(s)"
+    return None
+
+
+def _num(value: Any) -> float | None:
+    """report.json writes non-finite floats as strings ("inf")."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if not math.isnan(number) else None
