@@ -39,6 +39,7 @@ class BuildRequest:
     model_label: str | None = None  # the model as the user named it (path or module:factory), for hints
     command_line: list[str] | None = None  # argv as typed (the bundle's manifest records it)
     mode: str | None = None  # static | dynamic | auto (None: the recipe's quantization.mode, else static)
+    fp32_reference: Path | None = None  # a QDQ input's FP32 model to verify against (default: Q/DQ stripped)
 
 
 def rebuild_command(request: BuildRequest, recipe: Path) -> str:

@@ -100,6 +100,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", type=Path, help="TOML recipe (overrides, exclusions, precisions)")
     p.add_argument("--eval-data", help="held-out data for verification (default: a split of --calib)")
     p.add_argument("--eval-samples", type=int, default=64, help="held-out samples (default 64)")
+    p.add_argument("--fp32-reference", type=Path, metavar="MODEL",
+                   help="a QDQ (QAT) input: verify against this FP32 model (default: the QDQ model "
+                        "without Q/DQ)")
     p.add_argument("--min-sqnr", type=float, help="fail when an output's SQNR (dB) is below this")
     p.add_argument("--max-drop", type=float, help="fail when the task metric drops by more than this")
     p.add_argument("--task-metric", help="module:function(outputs, labels) -> float, higher is better")
@@ -225,7 +228,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
             dump_ir=args.dump_ir, check_each_pass=args.check_each_pass,
             backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
             size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples,
-            strict=args.strict, model_label=args.model, mode=args.mode, command_line=args.argv)
+            strict=args.strict, model_label=args.model, mode=args.mode, command_line=args.argv,
+            fp32_reference=args.fp32_reference)
         if "," in args.target:
             return _build_targets(args, request)
         result = build(request)

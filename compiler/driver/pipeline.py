@@ -39,11 +39,13 @@ from dsqc.passes import (
     SimplifyReshapeTranspose,
 )
 from dsqc.quant.boosters import BoosterOptions, apply_boosters, correct_biases
+from dsqc.quant.from_qdq import check_trained, has_qdq, split_qdq, trained_stats
 from dsqc.quant.latency_guard import guard_latency
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Recipe, load_recipe
 from dsqc.quant.rounding import learn_rounding
+from dsqc.quant.spec import QuantSpec
 from dsqc.verify import Verification, check_gates, latency_sample, verify
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ def normalization_steps() -> list[Step]:
 class NormalizeResult:
     model: onnx.ModelProto
     pass_seconds: dict[str, float] = field(default_factory=dict)
+    trained: dict[str, QuantSpec] = field(default_factory=dict)  # specs of an already-quantized input
 
 
 def normalize(proto: onnx.ModelProto, label: str = "model") -> NormalizeResult:
@@ -81,6 +84,36 @@ def normalize(proto: onnx.ModelProto, label: str = "model") -> NormalizeResult:
     out = result.model.to_proto()
     out.ir_version = proto.ir_version
     return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
+
+
+def load_for_build(path: Path) -> NormalizeResult:
+    """The normalized FP32 model and, for an already-quantized QDQ model (a QAT export), the specs of
+    its Q/DQ (``dsqc.quant.from_qdq``): the model under them is what gets normalized and re-planned."""
+    proto = load_model(path)
+    if not has_qdq(proto):
+        return normalize(proto, label=str(path))
+    qdq = split_qdq(proto, str(path))
+    normalized = normalize(qdq.fp32, label=str(path))
+    normalized.trained = check_trained(normalized.model, qdq.specs, str(path))
+    return normalized
+
+
+def _fp32_reference(request: BuildRequest, fp32: onnx.ModelProto,
+                    trained: dict[str, QuantSpec]) -> onnx.ModelProto:
+    """What verification compares against: the model itself, or ``--fp32-reference`` for a QDQ input."""
+    if request.fp32_reference is None:
+        return fp32
+    if not trained:
+        raise RecipeError(f"--fp32-reference {request.fp32_reference}: only for an already-quantized "
+                          f"QDQ model; {request.model} is a float model and is its own reference")
+    reference = load_and_normalize(request.fp32_reference).model
+    for kind, ours, theirs in (("inputs", model_inputs(fp32), model_inputs(reference)),
+                               ("outputs", fp32.graph.output, reference.graph.output)):
+        mine, other = [t.name for t in ours], [t.name for t in theirs]
+        if mine != other:
+            raise RecipeError(f"--fp32-reference {request.fp32_reference}: its {kind} {other} differ "
+                              f"from {request.model}'s {mine}")
+    return reference
 
 
 def load_and_normalize(path: Path) -> NormalizeResult:
@@ -114,9 +147,13 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = shared.once("normalize", (), lambda: load_and_normalize(request.model))
+        normalized = shared.once("normalize", (), lambda: load_for_build(request.model))
     passes_so_far = _pass_seconds()  # the normalization's, unless another target of the build ran it
-    fp32 = normalized.model
+    fp32, trained = normalized.model, normalized.trained
+    reference = _fp32_reference(request, fp32, trained)
+    if trained and request.accuracy_budget:
+        raise RecipeError(f"--accuracy-budget: {request.model} is already quantized (its Q/DQ scales "
+                          "are kept); build its FP32 model for a mixed-precision search")
     result = BuildResult(out_dir=request.out_dir, target=request.target,
                          precision=request.precision, timings=timings, options=options)
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
@@ -124,6 +161,9 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
     auto: AutoPlan | None = None
     calib = held_out = None
     mode = resolve_mode(request, recipe, backend.profile_for(options))
+    if trained and mode != "static":
+        raise RecipeError(f"--mode {mode}: {request.model} is already quantized with static Q/DQ scales; "
+                          "build its FP32 model for dynamic quantization")
     verification: Verification | None = None
     if mode != "static":  # activations quantized at run time (all, or per node): dynamic_phase.py
         loaded = shared.once("data", (), lambda: load_data(request, fp32, recipe)) if request.calib else None
@@ -137,6 +177,8 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
         profile = backend.profile_for(options)
         symmetric = profile.symmetric_activations if recipe.symmetric is None else recipe.symmetric
         boosters = BoosterOptions.from_dict(recipe.boosters, recipe.source).resolved(symmetric)
+        if trained:  # already quantized (QAT): weights and scales are final, nothing to rewrite or re-round
+            boosters = BoosterOptions(bias_correction=False, shift=False)
         result.metrics["boosters"] = dataclasses.asdict(boosters)
         with clock("boosters"):  # CLE / SmoothQuant / shift: the same function, easier to quantize
             source = shared.boosted(fp32, boosters,
@@ -149,9 +191,9 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
             else:
                 with shared.calibration(source, recipe) as known:
                     quantized = quantize_model(source, profile, recipe, calib, request.calib_batch,
-                                               known=dict(known))
+                                               known={**known, **trained_stats(trained)}, trained=trained)
                     known.update(quantized.stats)
-        if profile.latency_guard and request.measure_latency and not request.accuracy_budget:
+        if profile.latency_guard and request.measure_latency and not request.accuracy_budget and not trained:
             with clock("latency guard"):
                 quantized = _guard(source, quantized, profile, recipe, calib, held_out, request, result)
         if boosters.rounding is not None:  # AdaRound / GPTQ: the plan's grid, better integers
@@ -168,7 +210,7 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
         with clock("lower"):  # once: verification and the written artifacts share it
             lowered = backend.lower(job)
         with clock("verify"):
-            verification = verify(fp32, backend.verified_model(lowered), job.eval_feeds, held_out.labels,
+            verification = verify(reference, backend.verified_model(lowered), job.eval_feeds, held_out.labels,
                                   request.task_metric,
                                   # ORT timing only says something where ORT runs the model as deployed
                                   latency=request.measure_latency and profile.verify_fused,

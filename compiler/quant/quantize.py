@@ -16,10 +16,11 @@ from dsqc.op_kinds import CONV_OPS
 from dsqc.passes.bias_correction import BiasCorrection
 from dsqc.passes.insert_qdq import InsertQDQ
 from dsqc.passes.shift_activations import shift_corrections
+from dsqc.quant.from_qdq import keep_specs
 from dsqc.quant.planner import Placement, Range, finalize, place
 from dsqc.quant.profile import PASSTHROUGH_OPS, TargetProfile
 from dsqc.quant.recipe import Recipe
-from dsqc.quant.spec import Precision, QuantPlan
+from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
 log = logging.getLogger(__name__)
 SHIFT_MARK = "dsqc.shift_bias"  # model metadata: shifted layers' biases refolded with quantized weights
@@ -35,10 +36,12 @@ class Quantized:
 
 def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, samples: SampleSet,
                    batch_size: int = 8, precision: str = "int8",
-                   known: dict[str, TensorStats] | None = None) -> Quantized:
+                   known: dict[str, TensorStats] | None = None,
+                   trained: Mapping[str, QuantSpec] | None = None) -> Quantized:
     """FP32 model + calibration samples → the canonical QDQ model and its plan.
 
     ``known``: statistics from an earlier calibration of the same data; only missing tensors run.
+    ``trained``: specs read from an already-quantized model (QAT); they replace the planned ones.
     """
     if _wants_int4(recipe) and default_opset(fp32) < INT4_OPSET:
         fp32 = upgrade_opset(fp32, INT4_OPSET)
@@ -48,6 +51,8 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     stats = calibrate_missing(fp32, placement.activations, recipe, samples, batch_size, known or {})
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
     plan = finalize(model, placement, ranges, profile, recipe)
+    if trained:
+        plan = keep_specs(model, placement, plan, trained, profile)
     shifted_weights, shift_means = shift_corrections(model.graph)
     result = InsertQDQ(plan, profile.float_readers_read_float)(model)  # in the active pass context
     if shift_means:  # the shift's bias fold, redone with the quantized weights

@@ -46,6 +46,7 @@ def test_compiler_and_passes_never_import_a_backend() -> None:
                               if n.startswith(targets) or n.split(".")[0] in HEAVY]
     allowed = {"compiler/torch_export.py: torch",  # both import torch inside the functions that use it
                "passes/adaround.py: torch", "passes/adaround.py: torch.nn.functional"}
+    offenders = [o for o in offenders if not o.startswith("compiler/qat/")]  # dsqc.qat is the torch API
     assert set(offenders) <= allowed, offenders
 
 
