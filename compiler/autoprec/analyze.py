@@ -13,9 +13,10 @@ from dsqc.autoprec.sensitivity import Sensitivity, analyze_space
 from dsqc.autoprec.sensitivity_report import JSON_NAME, PLOT_NAME, write_json, write_plot
 from dsqc.autoprec.switch_model import SwitchModel
 from dsqc.backends.registry import get_backend
+from dsqc.driver.build_data import RANDOM_WARNING, load_data, model_name
 from dsqc.driver.build_types import BuildRequest
 from dsqc.driver.output import staged_output
-from dsqc.driver.pipeline import RANDOM_WARNING, load_and_normalize, load_data, model_name
+from dsqc.driver.pipeline import load_and_normalize
 from dsqc.quant.recipe import load_recipe
 
 log = logging.getLogger(__name__)

@@ -35,9 +35,10 @@ from dsqc.autoprec.switch_model import SwitchModel, workers
 from dsqc.backends.registry import get_backend
 from dsqc.calibration.data import SampleSet, load_samples, model_inputs
 from dsqc.debug.points import QuantPoint, points_of, replay_artifact, replay_space
+from dsqc.driver.build_data import load_data
 from dsqc.driver.build_folder import BuildFolder, BuildFolderError, read_build
 from dsqc.driver.build_types import BuildRequest
-from dsqc.driver.pipeline import load_and_normalize, load_data
+from dsqc.driver.pipeline import load_and_normalize
 from dsqc.driver.progress import Progress
 from dsqc.errors import CalibrationError, DsqcError
 from dsqc.model_io import load_model

@@ -265,8 +265,8 @@ def _build_targets(args: argparse.Namespace, request: BuildRequest) -> int:
 
 def _print_build(result: BuildResult, request: BuildRequest) -> None:
     """Warnings, the summary, and — when the verdict is not ok — a loud last line saying what to try."""
-    from dsqc.driver.pipeline import advice_hint
     from dsqc.driver.report import format_result
+    from dsqc.driver.stages import advice_hint
 
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
