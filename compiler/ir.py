@@ -137,6 +137,16 @@ def op_histogram(nodes: Iterable[gs.Node]) -> dict[str, int]:
     return dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def unique_name(hint: str, taken: set[str]) -> str:
+    """``hint``, or ``hint_1``, ``hint_2``, … whichever is not in ``taken``; the name is added to it."""
+    name, index = hint, 0
+    while name in taken:
+        index += 1
+        name = f"{hint}_{index}"
+    taken.add(name)
+    return name
+
+
 def clone_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
     return copy.deepcopy(proto)
 

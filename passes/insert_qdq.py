@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dsqc.ir import Model, is_graph_output
+from dsqc.ir import Model, is_graph_output, unique_name
 from dsqc.op_kinds import QDQ_OPS
 from dsqc.pass_infra import Pass, PassResult
 from dsqc.quant.qparams import quantize
@@ -36,19 +36,10 @@ class _Names:
         self.nodes = {node.name for node in graph.nodes}
 
     def tensor(self, hint: str) -> str:
-        return self._take(self.tensors, hint)
+        return unique_name(hint, self.tensors)
 
     def node(self, hint: str) -> str:
-        return self._take(self.nodes, hint)
-
-    @staticmethod
-    def _take(taken: set[str], hint: str) -> str:
-        name, index = hint, 0
-        while name in taken:
-            index += 1
-            name = f"{hint}_{index}"
-        taken.add(name)
-        return name
+        return unique_name(hint, self.nodes)
 
 
 class InsertQDQ(Pass):

@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from dsqc.calibration.runner import TensorStats
 from dsqc.errors import DsqcError, UnsupportedError
-from dsqc.ir import Model, constant_value
+from dsqc.ir import Model, constant_value, unique_name
 from dsqc.model_io import prepare
 from dsqc.quant.planner import Placement
 from dsqc.quant.profile import TargetProfile
@@ -102,8 +102,8 @@ def split_qdq(proto: onnx.ModelProto, label: str = "model") -> QdqModel:
         spec = _spec(q_node, inits, label, meta.get(x, {}))
         target = node.output[0] if node.output[0] in outputs else x
         if _folded_relu(producers.get(x), spec) and x not in relus:  # the producer writes x_pre_relu now
-            relus[x] = onnx.helper.make_node("Relu", [_unique(f"{x}_pre_relu", taken)], [target],
-                                             name=_unique(f"{x}_Relu", taken))
+            relus[x] = onnx.helper.make_node("Relu", [unique_name(f"{x}_pre_relu", taken)], [target],
+                                             name=unique_name(f"{x}_Relu", taken))
         if target != x:
             rename[x] = target
         specs[target] = spec
@@ -123,15 +123,6 @@ def _folded_relu(producer: onnx.NodeProto | None, spec: QuantSpec) -> bool:
     """A Q that clamps at exactly zero after an op whose Relu dsqc/ORT fold into the Q."""
     return (producer is not None and producer.op_type in _FOLDS_RELU and spec.axis is None
             and int(spec.zero_point) == DTYPE_RANGES[spec.dtype][0])
-
-
-def _unique(hint: str, taken: set[str]) -> str:
-    name, index = hint, 0
-    while name in taken:
-        index += 1
-        name = f"{hint}_{index}"
-    taken.add(name)
-    return name
 
 
 def _float_name(source: str, dq_out: str, inits: Mapping[str, object], made: Mapping[str, object]) -> str:
