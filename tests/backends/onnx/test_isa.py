@@ -57,3 +57,16 @@ def test_build_stores_weights_in_the_isa_range(tmp_path: Path, capsys: pytest.Ca
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["onnx"] == {"isa": isa, "isa_source": "-B isa", "weight_bits": bits}
     assert f"int8 weights in {bits} bits for isa={isa} (-B isa" in capsys.readouterr().out
+
+
+def test_written_onnx_carries_no_shape_annotations(tmp_path: Path) -> None:
+    """value_info lets ORT fuse SkipLayerNormalization, a slow kernel here (backend.without_value_info)."""
+    from dsqc.driver.build_types import BuildRequest
+    from dsqc.driver.pipeline import build
+
+    mnist = Path(__file__).parents[3] / "models" / "mnist_cnn.onnx"
+    result = build(BuildRequest(model=mnist, target="onnx", out_dir=tmp_path / "o", calib="mnist",
+                                calib_samples=16, eval_samples=8, measure_latency=False))
+    written = onnx.load(str(tmp_path / "o" / result.artifacts[0]))
+    assert written.graph.node and not written.graph.value_info
+    assert result.metrics["verification"]["min_sqnr_db"] > 25
