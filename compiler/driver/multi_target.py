@@ -2,10 +2,11 @@
 target profile into ``OUT/<target>/``, then the cross-target parameter map (``params.csv``) and the
 agreement of every artifact on the same held-out inputs (``agreement.json``, ``targets.json``).
 
-Each target's folder is exactly what a single-target build of it writes (a test holds the two
-byte-identical); the whole ``OUT`` appears atomically or not at all. With ``--no-latency`` the targets
-build concurrently (threads: ORT, LiteRT and gcc release the GIL; the shared stages run once under a
-lock); with timing on they build one after another, so each target's latency is measured undisturbed.
+Each target's artifacts are exactly what a single-target build of it writes (a test holds them
+byte-identical; the bundle files that name the command differ); the whole ``OUT`` appears atomically
+or not at all. With ``--no-latency`` the targets build concurrently (threads: ORT, LiteRT and gcc
+release the GIL; the shared stages run once under a lock); with timing on they build one after
+another, so each target's latency is measured undisturbed.
 """
 
 from __future__ import annotations
