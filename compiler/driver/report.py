@@ -53,6 +53,11 @@ def format_result(result: BuildResult) -> str:
     if result.plan is not None:
         hist = ", ".join(f"{k} {v}" for k, v in result.plan.histogram().items())
         lines.append(f"plan: {hist} nodes; {len(result.plan.tensors)} quantized tensors")
+    chosen = result.metrics.get("range_method")
+    if chosen:
+        scores = ", ".join(f"{m} {v:.2f} dB" for m, v in chosen["candidates_sqnr_db"].items())
+        lines.append(f"range method: {chosen['chosen']} (output SQNR on {chosen['samples']} calibration "
+                     f"samples, ranges from the other {chosen['fit_samples']}: {scores})")
     lines += _mode_lines(result)
     ver = result.metrics.get("verification")
     if ver:

@@ -34,6 +34,7 @@ from dsqc.quant.from_qdq import trained_stats
 from dsqc.quant.latency_guard import guard_latency
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
+from dsqc.quant.range_select import SELECT, select_method
 from dsqc.quant.recipe import Recipe
 from dsqc.quant.rounding import learn_rounding
 from dsqc.quant.spec import QuantSpec
@@ -139,6 +140,15 @@ class BuildRun:
         """The plan and its QDQ model: searched under ``--accuracy-budget``, else the recipe's, with
         calibration statistics shared with the other targets of the build."""
         request = self.request
+        if self.recipe.method == SELECT:  # min/max or percentile, whichever moves the output less
+            if self.trained:  # QAT specs are kept: no range is calibrated
+                self.recipe = dataclasses.replace(self.recipe, method="minmax")
+            else:
+                self.recipe, selection = select_method(
+                    source, self.recipe, calib, request.calib_batch,
+                    lambda recipe, samples: quantize_model(source, profile, recipe, samples,
+                                                           request.calib_batch))
+                self.result.metrics["range_method"] = selection.to_dict()
         if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
             self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request)
             self.recipe = self.auto.recipe

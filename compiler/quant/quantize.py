@@ -88,9 +88,9 @@ def calibrate_missing(fp32: onnx.ModelProto, tensors: list[str], recipe: Recipe,
 
 
 def tensor_methods(fp32: onnx.ModelProto, tensors: list[str], method: str) -> dict[str, str]:
-    """The range method of each tensor. Graph inputs hold the data's own distribution, often
-    multi-modal (MNIST's background spike): KL clipping cuts the signal off there (input range 2.83 →
-    0.67, 38 → 3 dB), so ``entropy`` and ``auto`` keep their min/max.
+    """The range method of each tensor (``select`` here: min/max). Graph inputs hold the data's own
+    distribution, often multi-modal (MNIST's background spike): KL clipping cuts the signal off there
+    (input range 2.83 → 0.67, 38 → 3 dB), so ``entropy`` and ``auto`` keep their min/max.
 
     ``auto`` (opt-in; the default is min/max): MSE-optimal clipping for the inputs of convolutions
     (through layout ops and Relu/Clip), whose long post-ReLU tails cost more resolution than clipping
@@ -100,6 +100,8 @@ def tensor_methods(fp32: onnx.ModelProto, tensors: list[str], method: str) -> di
     (NudeNet YOLOv8n: box agreement 0.49 vs 0.84 with min/max), hence not the default.
     """
     inputs = {i.name for i in fp32.graph.input}
+    if method == "select":  # resolved by the build (``range_select``); elsewhere (analyze, --mode auto)
+        method = "minmax"
     if method not in ("entropy", "auto"):
         return dict.fromkeys(tensors, method)
     near_conv = _conv_inputs(fp32.graph) if method == "auto" else set()

@@ -3,7 +3,8 @@
 ```toml
 [quantization]                 # defaults (all optional)
 mode = "static"                # static | dynamic | auto (activation scales calibrated, at run time, per node)
-method = "minmax"              # minmax | auto | percentile | entropy | mse (auto: mse on conv inputs)
+method = "select"              # select | minmax | auto | percentile | entropy | mse (select: min/max or
+                               # percentile by output SQNR on calibration samples; auto: mse on conv inputs)
 percentile = 99.99
 activation_dtype = "uint8"     # uint8 | int8 (a target profile may force one)
 symmetric = false              # symmetric activations
@@ -51,7 +52,7 @@ import tomllib
 
 from dsqc.errors import RecipeError
 from dsqc.quant.spec import Precision
-from dsqc.range_methods import METHODS
+from dsqc.range_methods import DEFAULT_METHOD, METHODS
 
 _DEFAULT_KEYS = {"mode", "method", "percentile", "activation_dtype", "symmetric", "per_channel",
                  "weight_dtype", "block_size", "weight_limit"}
@@ -81,7 +82,7 @@ class Override:
 @dataclass
 class Recipe:
     mode: str = "static"
-    method: str = "minmax"
+    method: str = DEFAULT_METHOD
     percentile: float = 99.99
     activation_dtype: str | None = None
     symmetric: bool | None = None
