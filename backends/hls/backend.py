@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,7 +25,18 @@ from dsqc.integer.compare import ORT_LEVELS, Stats, compare_with_ort, per_op_wit
 from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
 
-from ..registry import Backend, BackendOutput, Feeds, Lowered, LoweringJob, Replay, WrittenBuild, register
+from ..registry import (
+    ArtifactCheck,
+    Backend,
+    BackendOutput,
+    Feeds,
+    Lowered,
+    LoweringJob,
+    Replay,
+    SelfCheck,
+    WrittenBuild,
+    register,
+)
 from .c_writer import INTERFACES, Firmware, Port, write_firmware
 from .csim import check_object, run_csim, toolchain_available
 from .estimates import Estimates, estimate
@@ -88,6 +100,8 @@ class HlsBackend(Backend):
     replay = Replay(description="the canonical QDQ model the C was lowered from (report.json's plan on "
                                 "MODEL) in ORT's reference Q/DQ semantics, not the C testbench")
     runtime_name = "gcc-compiled testbench (make csim)"
+    self_checking = SelfCheck("hls/tb/testbench.c", "make csim (gcc)", "the testbench compares the C against "
+                              "dsqc's integer reference vectors bit for bit")
 
     @classmethod
     def profile_for(cls, options: dict[str, Any]) -> TargetProfile:
@@ -165,6 +179,17 @@ class HlsBackend(Backend):
             raise DsqcError(f"hls: `make csim` in {build.folder / 'hls'} wrote no outputs: "
                             f"{result.log[-300:]!r}")
         return _dequantize(result.outputs, ports)
+
+    def self_check(self, build: WrittenBuild) -> ArtifactCheck:
+        """``make csim`` on a copy of ``hls/``: the testbench compares the C with dsqc's integer reference
+        vectors; passes only when it ran, exited 0 and reported 0 mismatching values (bit-exact)."""
+        if not all(shutil.which(tool) for tool in ("gcc", "make")):
+            return ArtifactCheck(True, "not re-run: gcc/make not found here", "make csim")
+        result = run_csim(build.folder / "hls")
+        if not result.passed:
+            return ArtifactCheck(False, f"make csim failed ({result.mismatches} mismatching values): "
+                                        f"{result.log.strip()[-200:]!r}", "make csim")
+        return ArtifactCheck(True, f"{result.vectors} vectors, 0 mismatching values (bit-exact)", "make csim")
 
     def summary_lines(self, result: BuildResult) -> list[str]:
         m = result.metrics.get(self.name) or {}

@@ -49,6 +49,7 @@ class OnnxBackend(Backend):
     replay = Replay(qdq_suffix=".int8.onnx", description="the canonical QDQ model {qdq}, as the build ran it "
                     "(ORT with its fused int8 kernels)")
     runtime_name = "ONNX Runtime"
+    artifact_suffixes = (".int8.onnx", ".fp32.onnx")
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """Weight bits follow ``-B isa=avx2|vnni|arm64`` (default: the build machine's CPU)."""
@@ -76,7 +77,7 @@ class OnnxBackend(Backend):
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
         """ONNX Runtime on the written model, fused kernels as deployed."""
-        return ort_outputs(build, ".onnx", feeds)
+        return ort_outputs(self, build, feeds)
 
     def summary_lines(self, result: BuildResult) -> list[str]:
         m = result.metrics.get(self.name) or {}

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.quant.dynamic import dynamic_nodes
 from dsqc.verify import latency_sample
 
@@ -120,6 +119,7 @@ class TfliteBackend(Backend):
     replay = Replay(description="the canonical QDQ model the .tflite was lowered from (report.json's plan "
                                 "on MODEL) in ORT's reference Q/DQ semantics, not the LiteRT interpreter")
     runtime_name = "LiteRT interpreter (XNNPACK)"
+    artifact_suffixes = (".int8.tflite", ".fp32.tflite")
 
     def lower(self, job: LoweringJob) -> TfliteLowered:
         """The flatbuffers, validated, run in LiteRT against FP32 and the QDQ model, and timed."""
@@ -196,12 +196,23 @@ class TfliteBackend(Backend):
         return {f"{name} (LiteRT)": m for name, m in (litert.get("outputs") or {}).items()}
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
-        """The ``.tflite`` file in the LiteRT interpreter (XNNPACK), one sample (or fixed batch) a run."""
-        if not runtime.available():
+        """The ``.tflite`` file in the LiteRT interpreter (XNNPACK), one sample (or the batch the file
+        fixes) a run. Inputs in NHWC when ``-B input_layout=nhwc`` says so or, read back from a bundle,
+        when the file's input shape is the NHWC form of the fed one."""
+        path = self.runtime_artifact(build.artifacts)
+        if not runtime.available() or path is None:
             return None
-        path = next(build.folder / a for a in build.artifacts if a.suffix == ".tflite")
-        names = [i.name for i in build.fp32.graph.input if i.name in feeds[0]]
-        batch = fixed_batch(model_inputs(build.fp32)) or 1
-        nhwc_in = build.options.get("input_layout") == "nhwc"
-        got = runtime.run(path.read_bytes(), runtime.samples(feeds, names, batch), nhwc_in=nhwc_in)
-        return dict(zip([o.name for o in build.fp32.graph.output], got, strict=True))
+        blob = (build.folder / path).read_bytes()
+        names = [n for n in build.inputs if n in feeds[0]]
+        details = runtime.interpreter(blob).get_input_details()
+        shapes = [tuple(int(d) for d in detail["shape"]) for detail in details]
+        layout = build.options.get("input_layout")
+        nhwc_in = layout == "nhwc" if layout else _fed_nhwc(shapes[0], feeds[0][names[0]])
+        batch = shapes[0][0] if shapes[0] and shapes[0][0] > 0 else 1
+        got = runtime.run(blob, runtime.samples(feeds, names, batch), nhwc_in=nhwc_in)
+        return dict(zip(build.outputs, got, strict=True))
+
+
+def _fed_nhwc(shape: tuple[int, ...], fed: np.ndarray) -> bool:
+    """The file takes NHWC where the fed (ONNX, NCHW) input is 4-D and does not fit as it is."""
+    return fed.ndim == 4 and fed.shape[1:] != shape[1:] and fed.transpose(0, 2, 3, 1).shape[1:] == shape[1:]

@@ -81,6 +81,7 @@ class TrtBackend(Backend):
                                 "TensorRT engine); FP32 tensors from {source}")
     has_checker = True
     runtime_name = "ONNX Runtime on *.trt.onnx (TensorRT not installed here)"
+    artifact_suffixes = (".trt.onnx",)
 
     def lower(self, job: LoweringJob) -> TrtLowered:
         """The QDQ model as TensorRT parses it, its cache, the rules check and the ORT comparison."""
@@ -141,7 +142,7 @@ class TrtBackend(Backend):
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
         """``*.trt.onnx`` in ONNX Runtime: the Q/DQ model TensorRT would parse (no TensorRT here)."""
-        return ort_outputs(build, ".trt.onnx", feeds)
+        return ort_outputs(self, build, feeds)
 
     def check_model(self, model: onnx.ModelProto) -> CheckResult:
         """TensorRT's Q/DQ rules; a broken rule fails (warnings do not)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsqc.backends.registry import WrittenBuild, get_backend
+from dsqc.backends.registry import WrittenBuild, get_backend, io_names
 from dsqc.driver.agreement import Agreement, agree
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.bundle import write_index_html
@@ -109,8 +109,9 @@ def build_targets(request: BuildRequest, targets: list[str]) -> MultiResult:
         normalized, data = shared.get("normalize"), shared.get("data")
         if data is not None and request.precision != "fp32":
             held_out = data[1]
-            builds = {t: WrittenBuild(staging / t, r.artifacts, r.options, r.metrics, r.plan,
-                                      normalized.model, r.runtime_outputs) for t, r in results.items()}
+            io = io_names(normalized.model)
+            builds = {t: WrittenBuild(staging / t, r.artifacts, r.options, r.metrics, r.plan, *io,
+                                      r.runtime_outputs) for t, r in results.items()}
             agreement = agree(normalized.model, builds, list(held_out.batches(request.calib_batch)))
             (staging / AGREEMENT_NAME).write_text(json.dumps(agreement.to_dict(), indent=2) + "\n")
         result = MultiResult(request.out_dir, results, agreement, time.perf_counter() - start, shared.hits)

@@ -61,7 +61,7 @@ def verify_bundle(folder: Path) -> BundleCheck:
             check.problems.append(f"{rel}: not in the manifest (added after the build)")
     section = (manifest.get("metrics") or {}).get("check_vectors")
     if section and not check.problems:  # re-run only what the hashes vouch for
-        check.agreement = rerun(folder, check.target, section)
+        check.agreement = rerun(folder, manifest, section)
     return check
 
 
