@@ -9,7 +9,8 @@ A backend holds all knowledge of its target; the core asks it, never names it:
 - ``write(lowered, out) -> BackendOutput``: the artifacts into the staging folder, and checks that
   need them on disk (gcc, engine build).
 - report hooks: ``summary_lines``, ``float_nodes``, ``speed_warnings``, ``verdict_outputs``,
-  ``requantization``;
+  ``requantization``; and from a finished bundle's ``report.json``, ``report_view`` (report.html's
+  target rows, the fleet index's phrase) and ``howto`` ("how to run it");
   ``check_model`` for ``dsqc check``; ``replay`` for ``dsqc debug``;
 - runtime hooks, which need only what a bundle folder holds (``WrittenBuild``): ``artifact_suffixes`` /
   ``runtime_artifact`` (the file the target's runtime runs), ``run_artifact`` (the bundle's check
@@ -20,6 +21,7 @@ A backend holds all knowledge of its target; the core asks it, never names it:
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +129,41 @@ class Replay:
 
 
 @dataclass(frozen=True)
+class Block:
+    """A piece of the report's "how to run it": ``kind`` "text" (a paragraph), "note" (a muted one) or
+    "code" (preformatted); in text and notes, `backquoted` words are shown as code. Plain text: the
+    report escapes it."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One of the target's own checks in the report: what was checked, "pass"/"warn"/"fail", the numbers."""
+
+    check: str
+    level: str
+    measured: str
+
+
+@dataclass
+class ReportView:
+    """What report.html and the fleet index show of one target, read from its ``report.json`` body alone:
+    how the build's ORT verification ran (``verified_by``), the target runtime's own per-output metrics
+    (``runtime_outputs``, under ``runtime``), its checks, measured rows (what, value), one phrase for
+    the fleet index, and whether the parameter map shows each scale's fixed-point form."""
+
+    verified_by: str = "ONNX Runtime (reference Q/DQ)"
+    runtime: str = ""
+    runtime_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: list[CheckRow] = field(default_factory=list)
+    measured: list[tuple[str, str]] = field(default_factory=list)
+    fleet_check: str | None = None
+    fixed_point: bool = False
+
+
+@dataclass(frozen=True)
 class CheckResult:
     """``dsqc check``: the findings as text; ``failed`` when a rule is broken (exit 1)."""
 
@@ -209,6 +246,17 @@ class Backend(ABC):
         targets that requantize with integers (``params.csv`` of a multi-target build)."""
         return {}
 
+    def report_view(self, report: dict[str, Any]) -> ReportView:
+        """The target's rows of report.html and its fleet-index phrase, from a ``report.json`` body."""
+        return ReportView()
+
+    def howto(self, report: dict[str, Any]) -> list[Block]:
+        """The report's "how to run it" for a ``report.json`` body, with the bundle's own file names."""
+        own = [a for a in report.get("artifacts", []) if not str(a).startswith("check/")
+               and str(a) not in ("report.json", "report.html", "manifest.json")]
+        return [Block("text", f"{self.description}. The target's files: "
+                      + (", ".join(f"`{a}`" for a in own) or "none") + ".")]
+
     def check_model(self, model: onnx.ModelProto) -> CheckResult:
         """``dsqc check``: this target's quantization rules on any QDQ model (``has_checker``)."""
         raise DsqcError(f"target '{self.name}' has no model checker")
@@ -231,6 +279,15 @@ class Backend(ABC):
     def self_check(self, build: WrittenBuild) -> ArtifactCheck:
         """Run the artifact's own check (``self_checking``) again on the files in ``build.folder``."""
         raise DsqcError(f"target '{self.name}' has no self-checking artifact")
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A report number as text: 4 significant digits, ∞, "–" for none (report.json writes inf as "inf")."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    return "∞" if math.isinf(float(value)) else f"{float(value):.{digits}g}"
 
 
 def io_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:

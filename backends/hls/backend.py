@@ -29,12 +29,16 @@ from ..registry import (
     ArtifactCheck,
     Backend,
     BackendOutput,
+    Block,
+    CheckRow,
     Feeds,
     Lowered,
     LoweringJob,
     Replay,
+    ReportView,
     SelfCheck,
     WrittenBuild,
+    number,
     register,
 )
 from .c_writer import INTERFACES, Firmware, Port, write_firmware
@@ -190,6 +194,44 @@ class HlsBackend(Backend):
             return ArtifactCheck(False, f"make csim failed ({result.mismatches} mismatching values): "
                                         f"{result.log.strip()[-200:]!r}", "make csim")
         return ArtifactCheck(True, f"{result.vectors} vectors, 0 mismatching values (bit-exact)", "make csim")
+
+    def report_view(self, report: dict[str, Any]) -> ReportView:
+        """``make csim`` against the integer reference, that reference against ORT, the estimate; the
+        parameter map shows each scale's fixed-point form."""
+        m = (report.get("metrics") or {}).get(self.name) or {}
+        view = ReportView(fixed_point=True)
+        csim = m.get("csim") or {}
+        if "vectors" in csim:
+            view.checks.append(CheckRow("make csim (gcc, strict C99) vs integer reference",
+                                        "pass" if csim["status"] == "bit-exact" else "fail",
+                                        f"{csim['status']}: {csim['mismatching_values']} mismatching values "
+                                        f"over {csim['vectors']} vectors"))
+        if csim:
+            view.fleet_check = f"csim {csim.get('status')}" + (
+                f", {csim['mismatching_values']} mismatches" if "mismatching_values" in csim else "")
+        for level, stats in (m.get("lsb_vs_ort") or {}).items():
+            if "exact" in stats:
+                measured = f"{stats['exact']}/{stats['values']} exact, max {stats['max_lsb']} LSB"
+                view.checks.append(CheckRow(f"integer reference vs ORT ({level})",
+                                            "pass" if stats["max_lsb"] <= 1 else "warn", measured))
+        est = m.get("estimates") or {}
+        if est:
+            view.measured.append(("HLS estimate", f"{est.get('cycles', 0):,} cycles ≈ "
+                                  f"{number(est.get('latency_us'))} µs at {number(est.get('clock_mhz'))} "
+                                  f"MHz; {est.get('macs', 0):,} MACs"))
+        return view
+
+    def howto(self, report: dict[str, Any]) -> list[Block]:
+        hls = (report.get("metrics") or {}).get(self.name) or {}
+        options = hls.get("options") or {}
+        shell = ("cd hls\nmake csim                # gcc C simulation: the testbench checks every vector "
+                 "bit for bit\n"
+                 "vitis_hls -f build.tcl   # Vitis HLS: csim, csynth, cosim, export IP "
+                 f"(part {options.get('part', '?')}, {options.get('clock_mhz', '?')} MHz)\n")
+        return [Block("text", f"C99 project in `hls/`, top function `{hls.get('top', 'top')}`, interface "
+                      f"`{options.get('interface', '?')}`:"), Block("code", shell),
+                Block("note", "Intel HLS: compile `hls/firmware/*.c` with i++ and the same testbench; "
+                      "`hls/README.md` describes the interface and the estimates.")]
 
     def summary_lines(self, result: BuildResult) -> list[str]:
         m = result.metrics.get(self.name) or {}
