@@ -9,14 +9,19 @@ A backend holds all knowledge of its target; the core asks it, never names it:
 - ``write(lowered, out) -> BackendOutput``: the artifacts into the staging folder, and checks that
   need them on disk (gcc, engine build).
 - report hooks: ``summary_lines``, ``float_nodes``, ``speed_warnings``, ``verdict_outputs``,
-  ``requantization``;
-  ``check_model`` for ``dsqc check``; ``replay`` for ``dsqc debug``; ``run_artifact`` for the
-  cross-target agreement of a multi-target build.
+  ``requantization``; and from a finished bundle's ``report.json``, ``report_view`` (report.html's
+  target rows, the fleet index's phrase) and ``howto`` ("how to run it");
+  ``check_model`` for ``dsqc check``; ``replay`` for ``dsqc debug``;
+- runtime hooks, which need only what a bundle folder holds (``WrittenBuild``): ``artifact_suffixes`` /
+  ``runtime_artifact`` (the file the target's runtime runs), ``run_artifact`` (the bundle's check
+  vectors, ``dsqc verify`` and the cross-target agreement), and for an artifact that carries its own
+  check vectors ``self_checking`` + ``self_check`` (the hls testbench under ``make csim``).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,15 +70,36 @@ class BackendOutput:
 
 @dataclass
 class WrittenBuild:
-    """A target's finished build folder, as its runtime needs it to run the artifact again."""
+    """A target's finished build folder, as its runtime needs it to run the artifact again: only what a
+    bundle folder holds (``dsqc verify`` rebuilds it from the manifest; no FP32 model)."""
 
     folder: Path
-    artifacts: list[Path]
-    options: dict[str, Any]
+    artifacts: list[Path]  # relative to ``folder``
+    options: dict[str, Any]  # the target's -B options ({} when read back from a bundle)
     metrics: dict[str, Any]
-    plan: QuantPlan | None
-    fp32: onnx.ModelProto  # the normalized FP32 model: input and output names and order
+    plan: QuantPlan | None  # None when read back from a bundle
+    inputs: list[str]  # the model's input names, in order
+    outputs: list[str]  # the model's output names, in order
     runtime_outputs: dict[str, np.ndarray] | None = None  # BackendOutput.runtime_outputs of the build
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """An artifact that carries its own check vectors (the hls testbench): the bundle's manifest records
+    this in place of ``check/`` vectors, and ``Backend.self_check`` re-runs it."""
+
+    artifact: str  # relative to the bundle folder
+    runtime: str
+    how: str
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """The outcome of ``Backend.self_check``: passed or not, one line saying what ran and what it found."""
+
+    ok: bool
+    detail: str
+    runtime: str
 
 
 @dataclass
@@ -103,6 +129,41 @@ class Replay:
 
 
 @dataclass(frozen=True)
+class Block:
+    """A piece of the report's "how to run it": ``kind`` "text" (a paragraph), "note" (a muted one) or
+    "code" (preformatted); in text and notes, `backquoted` words are shown as code. Plain text: the
+    report escapes it."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One of the target's own checks in the report: what was checked, "pass"/"warn"/"fail", the numbers."""
+
+    check: str
+    level: str
+    measured: str
+
+
+@dataclass
+class ReportView:
+    """What report.html and the fleet index show of one target, read from its ``report.json`` body alone:
+    how the build's ORT verification ran (``verified_by``), the target runtime's own per-output metrics
+    (``runtime_outputs``, under ``runtime``), its checks, measured rows (what, value), one phrase for
+    the fleet index, and whether the parameter map shows each scale's fixed-point form."""
+
+    verified_by: str = "ONNX Runtime (reference Q/DQ)"
+    runtime: str = ""
+    runtime_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: list[CheckRow] = field(default_factory=list)
+    measured: list[tuple[str, str]] = field(default_factory=list)
+    fleet_check: str | None = None
+    fixed_point: bool = False
+
+
+@dataclass(frozen=True)
 class CheckResult:
     """``dsqc check``: the findings as text; ``failed`` when a rule is broken (exit 1)."""
 
@@ -120,6 +181,8 @@ class Backend(ABC):
     replay: ClassVar[Replay] = Replay()
     has_checker: ClassVar[bool] = False  # ``check_model`` checks any QDQ model (``dsqc check``)
     runtime_name: ClassVar[str] = "no runtime here"  # what runs the written artifact in ``run_artifact``
+    artifact_suffixes: ClassVar[tuple[str, ...]] = ()  # the files ``run_artifact`` runs, preferred first
+    self_checking: ClassVar[SelfCheck | None] = None  # the artifact checks itself (``self_check``)
 
     def parse_options(self, raw: dict[str, Any]) -> dict[str, Any]:
         """``-B`` options checked and typed (strings converted); unknown keys are one-line errors, and
@@ -183,9 +246,29 @@ class Backend(ABC):
         targets that requantize with integers (``params.csv`` of a multi-target build)."""
         return {}
 
+    def report_view(self, report: dict[str, Any]) -> ReportView:
+        """The target's rows of report.html and its fleet-index phrase, from a ``report.json`` body."""
+        return ReportView()
+
+    def howto(self, report: dict[str, Any]) -> list[Block]:
+        """The report's "how to run it" for a ``report.json`` body, with the bundle's own file names."""
+        own = [a for a in report.get("artifacts", []) if not str(a).startswith("check/")
+               and str(a) not in ("report.json", "report.html", "manifest.json")]
+        return [Block("text", f"{self.description}. The target's files: "
+                      + (", ".join(f"`{a}`" for a in own) or "none") + ".")]
+
     def check_model(self, model: onnx.ModelProto) -> CheckResult:
         """``dsqc check``: this target's quantization rules on any QDQ model (``has_checker``)."""
         raise DsqcError(f"target '{self.name}' has no model checker")
+
+    def runtime_artifact(self, artifacts: list[Path]) -> Path | None:
+        """The artifact ``run_artifact`` runs: the first with the first of ``artifact_suffixes`` that
+        any has (``None``: nothing this target's runtime runs)."""
+        for suffix in self.artifact_suffixes:
+            for path in artifacts:
+                if path.name.endswith(suffix):
+                    return path
+        return None
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
         """The written artifact run by this target's own runtime on ``feeds``: float outputs by name,
@@ -193,15 +276,52 @@ class Backend(ABC):
         ``None`` where that runtime is not available here."""
         return None
 
+    def self_check(self, build: WrittenBuild) -> ArtifactCheck:
+        """Run the artifact's own check (``self_checking``) again on the files in ``build.folder``."""
+        raise DsqcError(f"target '{self.name}' has no self-checking artifact")
 
-def ort_outputs(build: WrittenBuild, suffix: str, feeds: list[Feeds]) -> dict[str, np.ndarray]:
-    """ONNX Runtime outputs (fused kernels, as deployed) of the build's first artifact named ``*suffix``."""
+
+def number(value: Any, digits: int = 4) -> str:
+    """A report number as text: 4 significant digits, ∞, "–" for none (report.json writes inf as "inf")."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    return "∞" if math.isinf(float(value)) else f"{float(value):.{digits}g}"
+
+
+def io_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """A model's input names (weights left out) and output names, in order: ``WrittenBuild``'s."""
+    weights = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in weights], [o.name for o in model.graph.output]
+
+
+def ort_run(model: onnx.ModelProto | Path, feeds: list[Feeds]) -> dict[str, np.ndarray]:
+    """ONNX Runtime (CPU, one thread, default optimizations: fused int8 kernels, as deployed) on
+    ``feeds``, in the model's own batch size: a model that fixes its batch gets the samples in runs of
+    that size (a remainder that fills no run is dropped)."""
+    import numpy as np
     import onnx
 
     from dsqc.verify import run_batches, session
 
-    path = next(build.folder / a for a in build.artifacts if a.name.endswith(suffix))
-    return run_batches(session(onnx.load(str(path))), feeds)
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    sess = session(proto, threads=1)
+    fixed = sess.get_inputs()[0].shape[0]
+    if isinstance(fixed, int) and fixed > 0 and any(len(next(iter(f.values()))) != fixed for f in feeds):
+        whole = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+        total = len(next(iter(whole.values())))
+        starts = range(0, total - total % fixed, fixed)
+        feeds = [{k: v[i:i + fixed] for k, v in whole.items()} for i in starts]
+    return run_batches(sess, feeds)
+
+
+def ort_outputs(backend: Backend, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
+    """ONNX Runtime outputs of the build's ``backend.runtime_artifact``."""
+    path = backend.runtime_artifact(build.artifacts)
+    if path is None:
+        raise DsqcError(f"{build.folder}: no {' or '.join(backend.artifact_suffixes)} file to run")
+    return ort_run(build.folder / path, feeds)
 
 
 _REGISTRY: dict[str, type[Backend]] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,7 +25,22 @@ from dsqc.integer.compare import ORT_LEVELS, Stats, compare_with_ort, per_op_wit
 from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
 
-from ..registry import Backend, BackendOutput, Feeds, Lowered, LoweringJob, Replay, WrittenBuild, register
+from ..registry import (
+    ArtifactCheck,
+    Backend,
+    BackendOutput,
+    Block,
+    CheckRow,
+    Feeds,
+    Lowered,
+    LoweringJob,
+    Replay,
+    ReportView,
+    SelfCheck,
+    WrittenBuild,
+    number,
+    register,
+)
 from .c_writer import INTERFACES, Firmware, Port, write_firmware
 from .csim import check_object, run_csim, toolchain_available
 from .estimates import Estimates, estimate
@@ -88,6 +104,8 @@ class HlsBackend(Backend):
     replay = Replay(description="the canonical QDQ model the C was lowered from (report.json's plan on "
                                 "MODEL) in ORT's reference Q/DQ semantics, not the C testbench")
     runtime_name = "gcc-compiled testbench (make csim)"
+    self_checking = SelfCheck("hls/tb/testbench.c", "make csim (gcc)", "the testbench compares the C against "
+                              "dsqc's integer reference vectors bit for bit")
 
     @classmethod
     def profile_for(cls, options: dict[str, Any]) -> TargetProfile:
@@ -165,6 +183,55 @@ class HlsBackend(Backend):
             raise DsqcError(f"hls: `make csim` in {build.folder / 'hls'} wrote no outputs: "
                             f"{result.log[-300:]!r}")
         return _dequantize(result.outputs, ports)
+
+    def self_check(self, build: WrittenBuild) -> ArtifactCheck:
+        """``make csim`` on a copy of ``hls/``: the testbench compares the C with dsqc's integer reference
+        vectors; passes only when it ran, exited 0 and reported 0 mismatching values (bit-exact)."""
+        if not all(shutil.which(tool) for tool in ("gcc", "make")):
+            return ArtifactCheck(True, "not re-run: gcc/make not found here", "make csim")
+        result = run_csim(build.folder / "hls")
+        if not result.passed:
+            return ArtifactCheck(False, f"make csim failed ({result.mismatches} mismatching values): "
+                                        f"{result.log.strip()[-200:]!r}", "make csim")
+        return ArtifactCheck(True, f"{result.vectors} vectors, 0 mismatching values (bit-exact)", "make csim")
+
+    def report_view(self, report: dict[str, Any]) -> ReportView:
+        """``make csim`` against the integer reference, that reference against ORT, the estimate; the
+        parameter map shows each scale's fixed-point form."""
+        m = (report.get("metrics") or {}).get(self.name) or {}
+        view = ReportView(fixed_point=True)
+        csim = m.get("csim") or {}
+        if "vectors" in csim:
+            view.checks.append(CheckRow("make csim (gcc, strict C99) vs integer reference",
+                                        "pass" if csim["status"] == "bit-exact" else "fail",
+                                        f"{csim['status']}: {csim['mismatching_values']} mismatching values "
+                                        f"over {csim['vectors']} vectors"))
+        if csim:
+            view.fleet_check = f"csim {csim.get('status')}" + (
+                f", {csim['mismatching_values']} mismatches" if "mismatching_values" in csim else "")
+        for level, stats in (m.get("lsb_vs_ort") or {}).items():
+            if "exact" in stats:
+                measured = f"{stats['exact']}/{stats['values']} exact, max {stats['max_lsb']} LSB"
+                view.checks.append(CheckRow(f"integer reference vs ORT ({level})",
+                                            "pass" if stats["max_lsb"] <= 1 else "warn", measured))
+        est = m.get("estimates") or {}
+        if est:
+            view.measured.append(("HLS estimate", f"{est.get('cycles', 0):,} cycles ≈ "
+                                  f"{number(est.get('latency_us'))} µs at {number(est.get('clock_mhz'))} "
+                                  f"MHz; {est.get('macs', 0):,} MACs"))
+        return view
+
+    def howto(self, report: dict[str, Any]) -> list[Block]:
+        hls = (report.get("metrics") or {}).get(self.name) or {}
+        options = hls.get("options") or {}
+        shell = ("cd hls\nmake csim                # gcc C simulation: the testbench checks every vector "
+                 "bit for bit\n"
+                 "vitis_hls -f build.tcl   # Vitis HLS: csim, csynth, cosim, export IP "
+                 f"(part {options.get('part', '?')}, {options.get('clock_mhz', '?')} MHz)\n")
+        return [Block("text", f"C99 project in `hls/`, top function `{hls.get('top', 'top')}`, interface "
+                      f"`{options.get('interface', '?')}`:"), Block("code", shell),
+                Block("note", "Intel HLS: compile `hls/firmware/*.c` with i++ and the same testbench; "
+                      "`hls/README.md` describes the interface and the estimates.")]
 
     def summary_lines(self, result: BuildResult) -> list[str]:
         m = result.metrics.get(self.name) or {}

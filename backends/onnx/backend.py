@@ -15,10 +15,12 @@ from dsqc.quant.profile import TargetProfile
 from ..registry import (
     Backend,
     BackendOutput,
+    Block,
     Feeds,
     Lowered,
     LoweringJob,
     Replay,
+    ReportView,
     WrittenBuild,
     ort_outputs,
     register,
@@ -49,6 +51,7 @@ class OnnxBackend(Backend):
     replay = Replay(qdq_suffix=".int8.onnx", description="the canonical QDQ model {qdq}, as the build ran it "
                     "(ORT with its fused int8 kernels)")
     runtime_name = "ONNX Runtime"
+    artifact_suffixes = (".int8.onnx", ".fp32.onnx")
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """Weight bits follow ``-B isa=avx2|vnni|arm64`` (default: the build machine's CPU)."""
@@ -76,7 +79,25 @@ class OnnxBackend(Backend):
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
         """ONNX Runtime on the written model, fused kernels as deployed."""
-        return ort_outputs(build, ".onnx", feeds)
+        return ort_outputs(self, build, feeds)
+
+    def report_view(self, report: dict[str, Any]) -> ReportView:
+        return ReportView(verified_by="ONNX Runtime (fused int8 kernels)")
+
+    def howto(self, report: dict[str, Any]) -> list[Block]:
+        found = self.runtime_artifact([Path(str(a)) for a in report.get("artifacts", [])])
+        model = found.as_posix() if found else "model.onnx"
+        isa = ((report.get("metrics") or {}).get("onnx") or {}).get("isa")
+        code = (f"import numpy as np, onnxruntime as ort\n"
+                f"session = ort.InferenceSession({model!r}, providers=['CPUExecutionProvider'])\n"
+                "name = session.get_inputs()[0].name\n"
+                "x = np.load('check/input_0.npy')            # the bundle's own held-out inputs\n"
+                "print(session.run(None, {name: x})[0])\n")
+        blocks = [Block("text", "ONNX Runtime (any execution provider that runs Q/DQ models):"),
+                  Block("code", code)]
+        if isa:
+            blocks.append(Block("note", f"Weights were sized for CPUs of kind `{isa}` (`-B isa=`)."))
+        return blocks
 
     def summary_lines(self, result: BuildResult) -> list[str]:
         m = result.metrics.get(self.name) or {}

@@ -20,11 +20,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.quant.dynamic import dynamic_nodes
 from dsqc.verify import latency_sample
 
-from ..registry import Backend, BackendOutput, Feeds, Lowered, LoweringJob, Replay, WrittenBuild, register
+from ..registry import (
+    Backend,
+    BackendOutput,
+    Block,
+    CheckRow,
+    Feeds,
+    Lowered,
+    LoweringJob,
+    Replay,
+    ReportView,
+    WrittenBuild,
+    number,
+    register,
+)
 from . import dynamic, runtime, verify
 from .graph import Graph
 from .lower import LowerOptions, LowerStats, lower
@@ -120,6 +132,7 @@ class TfliteBackend(Backend):
     replay = Replay(description="the canonical QDQ model the .tflite was lowered from (report.json's plan "
                                 "on MODEL) in ORT's reference Q/DQ semantics, not the LiteRT interpreter")
     runtime_name = "LiteRT interpreter (XNNPACK)"
+    artifact_suffixes = (".int8.tflite", ".fp32.tflite")
 
     def lower(self, job: LoweringJob) -> TfliteLowered:
         """The flatbuffers, validated, run in LiteRT against FP32 and the QDQ model, and timed."""
@@ -195,13 +208,68 @@ class TfliteBackend(Backend):
         litert = (result.metrics.get(self.name) or {}).get("verification") or {}
         return {f"{name} (LiteRT)": m for name, m in (litert.get("outputs") or {}).items()}
 
+    def report_view(self, report: dict[str, Any]) -> ReportView:
+        """LiteRT's own run of the held-out samples, its tensors against dsqc's integer reference, the
+        file's size and LiteRT latency."""
+        m = (report.get("metrics") or {}).get(self.name) or {}
+        ver = m.get("verification") or {}
+        view = ReportView(runtime="LiteRT interpreter", runtime_outputs=dict(ver.get("outputs") or {}))
+        ref = (ver.get("tensors") or {}).get("vs_integer_reference") or {}
+        if ref.get("tensors"):
+            ok = ref["tensors_exact"] == ref["tensors"]
+            view.checks.append(CheckRow("LiteRT vs dsqc integer reference", "pass" if ok else "warn",
+                                        f"{ref['tensors_exact']}/{ref['tensors']} tensors bit-exact, "
+                                        f"max {ref['max_lsb']} LSB"))
+        if (m.get("int8") or {}).get("bytes"):
+            view.measured.append((".tflite bytes", f"{m['int8']['bytes']:,}"))
+        if m.get("latency_ms"):
+            t = m["latency_ms"]
+            view.measured.append(("latency, LiteRT XNNPACK 1 thread",
+                                  f"float32 {number(t['float32'])} ms, int8 {number(t['int8'])} ms"))
+        if ver:
+            try:
+                value = float(ver.get("min_sqnr_db", "nan"))  # report.json writes inf as "inf"
+            except (TypeError, ValueError):
+                value = float("nan")
+            view.fleet_check = "LiteRT ran" if value != value else f"LiteRT min SQNR {value:.2f} dB"
+        return view
+
+    def howto(self, report: dict[str, Any]) -> list[Block]:
+        found = self.runtime_artifact([Path(str(a)) for a in report.get("artifacts", [])])
+        model = found.as_posix() if found else "model.tflite"
+        code = ("import numpy as np\nfrom ai_edge_litert.interpreter import Interpreter\n"
+                f"it = Interpreter(model_path={model!r}, num_threads=1)   # XNNPACK by default\n"
+                "it.allocate_tensors()\n"
+                "inp, out = it.get_input_details()[0], it.get_output_details()[0]\n"
+                "x = np.load('check/input_0.npy')[:1]    # one held-out sample from this bundle\n"
+                "it.set_tensor(inp['index'], x.astype(inp['dtype']))\n"
+                "it.invoke()\nprint(it.get_tensor(out['index']))\n")
+        android = ("// Android (Kotlin), LiteRT's org.tensorflow.lite.Interpreter\n"
+                   "// (loadModelFile: your app's memory-mapped asset loader)\n"
+                   f"val interpreter = Interpreter(loadModelFile(\"{model}\"),\n"
+                   "                              Interpreter.Options().setNumThreads(4))\n"
+                   "interpreter.run(input, output)\n")
+        return [Block("text", "Python (LiteRT):"), Block("code", code), Block("text", "On the device:"),
+                Block("code", android)]
+
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
-        """The ``.tflite`` file in the LiteRT interpreter (XNNPACK), one sample (or fixed batch) a run."""
-        if not runtime.available():
+        """The ``.tflite`` file in the LiteRT interpreter (XNNPACK), one sample (or the batch the file
+        fixes) a run. Inputs in NHWC when ``-B input_layout=nhwc`` says so or, read back from a bundle,
+        when the file's input shape is the NHWC form of the fed one."""
+        path = self.runtime_artifact(build.artifacts)
+        if not runtime.available() or path is None:
             return None
-        path = next(build.folder / a for a in build.artifacts if a.suffix == ".tflite")
-        names = [i.name for i in build.fp32.graph.input if i.name in feeds[0]]
-        batch = fixed_batch(model_inputs(build.fp32)) or 1
-        nhwc_in = build.options.get("input_layout") == "nhwc"
-        got = runtime.run(path.read_bytes(), runtime.samples(feeds, names, batch), nhwc_in=nhwc_in)
-        return dict(zip([o.name for o in build.fp32.graph.output], got, strict=True))
+        blob = (build.folder / path).read_bytes()
+        names = [n for n in build.inputs if n in feeds[0]]
+        details = runtime.interpreter(blob).get_input_details()
+        shapes = [tuple(int(d) for d in detail["shape"]) for detail in details]
+        layout = build.options.get("input_layout")
+        nhwc_in = layout == "nhwc" if layout else _fed_nhwc(shapes[0], feeds[0][names[0]])
+        batch = shapes[0][0] if shapes[0] and shapes[0][0] > 0 else 1
+        got = runtime.run(blob, runtime.samples(feeds, names, batch), nhwc_in=nhwc_in)
+        return dict(zip(build.outputs, got, strict=True))
+
+
+def _fed_nhwc(shape: tuple[int, ...], fed: np.ndarray) -> bool:
+    """The file takes NHWC where the fed (ONNX, NCHW) input is 4-D and does not fit as it is."""
+    return fed.ndim == 4 and fed.shape[1:] != shape[1:] and fed.transpose(0, 2, 3, 1).shape[1:] == shape[1:]

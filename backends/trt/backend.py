@@ -9,6 +9,7 @@ present, ``<name>.engine``.
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +25,14 @@ from dsqc.verify import run_batches, session
 from ..registry import (
     Backend,
     BackendOutput,
+    Block,
     CheckResult,
+    CheckRow,
     Feeds,
     Lowered,
     LoweringJob,
     Replay,
+    ReportView,
     WrittenBuild,
     ort_outputs,
     register,
@@ -81,6 +85,7 @@ class TrtBackend(Backend):
                                 "TensorRT engine); FP32 tensors from {source}")
     has_checker = True
     runtime_name = "ONNX Runtime on *.trt.onnx (TensorRT not installed here)"
+    artifact_suffixes = (".trt.onnx",)
 
     def lower(self, job: LoweringJob) -> TrtLowered:
         """The QDQ model as TensorRT parses it, its cache, the rules check and the ORT comparison."""
@@ -141,7 +146,32 @@ class TrtBackend(Backend):
 
     def run_artifact(self, build: WrittenBuild, feeds: list[Feeds]) -> dict[str, np.ndarray]:
         """``*.trt.onnx`` in ONNX Runtime: the Q/DQ model TensorRT would parse (no TensorRT here)."""
-        return ort_outputs(build, ".trt.onnx", feeds)
+        return ort_outputs(self, build, feeds)
+
+    def report_view(self, report: dict[str, Any]) -> ReportView:
+        """The TensorRT rules check and whether an engine was built here."""
+        m = (report.get("metrics") or {}).get(self.name) or {}
+        view = ReportView(fleet_check=f"rules check {len(m.get('check', []))} finding(s)" if m else None)
+        if "check" in m:
+            errors = [f for f in m["check"] if f.get("severity") == "error"]
+            engine = m.get("engine") or {}
+            view.checks = [CheckRow("TensorRT Q/DQ rules", "fail" if errors else "pass",
+                                    f"{len(m['check'])} finding(s), {len(errors)} error(s)"),
+                           CheckRow("engine built here", "pass" if engine.get("built") else "warn",
+                                    str(engine.get("reason") or ""))]
+        return view
+
+    def howto(self, report: dict[str, Any]) -> list[Block]:
+        found = self.runtime_artifact([Path(str(a)) for a in report.get("artifacts", [])])
+        qdq = found.as_posix() if found else "model.trt.onnx"
+        engine = qdq.removesuffix(".trt.onnx") + ".engine"
+        shell = (f"trtexec --onnx={shlex.quote(qdq)} --stronglyTyped --saveEngine={shlex.quote(engine)}\n"
+                 "# or, with this bundle's script (explicit INT8, TensorRT 10.x/11.x):\n./build_engine.sh\n"
+                 f"trtexec --loadEngine={shlex.quote(engine)}          # time it")
+        return [Block("text", "On a machine with TensorRT (the Q/DQ model is the INT8 path; no calibrator "
+                      "needed):"), Block("code", shell),
+                Block("note", "`build_engine.sh calib` builds implicit INT8 from the FP32 model and "
+                      "`calibration.cache` (TensorRT ≤ 10 only).")]
 
     def check_model(self, model: onnx.ModelProto) -> CheckResult:
         """TensorRT's Q/DQ rules; a broken rule fails (warnings do not)."""

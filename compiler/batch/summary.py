@@ -1,5 +1,6 @@
 """The few numbers of a finished bundle the fleet page shows, read from its ``report.json`` (and
-``manifest.json`` where the bundle has one). Reads files only: no dsqc build code is imported."""
+``manifest.json`` where the bundle has one). Reads files only; the target's own check is phrased by its
+backend (``Backend.report_view``, imported when a bundle is summarized)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def summarize_bundle(folder: Path) -> dict[str, Any]:
         "size_fp32_bytes": size.get("fp32"),
         "size_bytes": size.get("quantized"),
         "failed": report.get("failed"),
-        "target_check": _target_check(report.get("target"), metrics.get(report.get("target")) or {}),
+        "target_check": _target_check(report),
         "report": "report.html" if (folder / "report.html").is_file() else "report.json",
         "has_manifest": (folder / "manifest.json").is_file(),
     }
@@ -46,18 +47,16 @@ def model_artifact_hashes(artifacts: dict[str, str]) -> dict[str, str]:
     return {path: digest for path, digest in artifacts.items() if path.endswith(MODEL_SUFFIXES)}
 
 
-def _target_check(target: Any, m: dict[str, Any]) -> str | None:
-    """One phrase from the backend's own check: LiteRT's SQNR, the HLS testbench, the TensorRT rules."""
-    if target == "tflite" and m.get("verification"):
-        value = _num(m["verification"].get("min_sqnr_db"))
-        return f"LiteRT min SQNR {value:.2f} dB" if value is not None else "LiteRT ran"
-    if target == "hls" and m.get("csim"):
-        c = m["csim"]
-        return f"csim {c.get('status')}" + (f", {c['mismatching_values']} mismatches"
-                                            if "mismatching_values" in c else "")
-    if target == "trt" and m:
-        return f"rules check {len(m.get('check', []))} finding(s)"
-    return None
+def _target_check(report: dict[str, Any]) -> str | None:
+    """One phrase from the backend's own check (``ReportView.fleet_check``): LiteRT's SQNR, the HLS
+    testbench, the TensorRT rules; None for a target not installed here."""
+    from dsqc.backends.registry import get_backend
+    from dsqc.errors import DsqcError
+
+    try:
+        return get_backend(str(report.get("target"))).report_view(report).fleet_check
+    except DsqcError:
+        return None
 
 
 def _num(value: Any) -> float | None:

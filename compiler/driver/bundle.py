@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from dsqc.backends.registry import WrittenBuild, io_names, ort_run
 from dsqc.calibration.data import SampleSet
 from dsqc.driver import check_vectors
 from dsqc.driver.build_types import BuildRequest, BuildResult
@@ -45,9 +46,9 @@ def record(staging: Path, request: BuildRequest, result: BuildResult, fp32: onnx
         ranked = [row["node"] for row in (mp.get("sensitivity") or {}).get("top", []) if "node" in row]
         result.metrics["histograms"] = activation_histograms(source, result.plan, calib, request.calib_batch,
                                                              ranked or None)
-    names = [str(a) for a in result.artifacts]
-    section = check_vectors.record(staging, result.target, names, eval_feeds,
-                               lambda feeds: _run_fp32(fp32, feeds))
+    written = WrittenBuild(staging, list(result.artifacts), result.options, result.metrics, result.plan,
+                           *io_names(fp32))
+    section = check_vectors.record(written, result.target, eval_feeds, lambda feeds: _run_fp32(fp32, feeds))
     if section is not None:
         result.metrics["check_vectors"] = section
         recorded = (*section.get("inputs", []), *section.get("outputs", []))
@@ -84,7 +85,8 @@ def seal(staging: Path, request: BuildRequest, result: BuildResult, calibration:
 
 def _run_fp32(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     wanted = {i.name for i in model.graph.input}
-    return check_vectors.run_ort(model.SerializeToString(), {k: v for k, v in feeds.items() if k in wanted})
+    outputs = ort_run(model, [{k: v for k, v in feeds.items() if k in wanted}])
+    return {n: np.asarray(v, np.float32) for n, v in outputs.items()}
 
 
 def write_index_html(folder: Path, targets: list[str], agreement: dict[str, Any] | None) -> None:

@@ -24,6 +24,8 @@ MANIFEST_NAME = "manifest.json"
 BUILD_INFO_NAME = "build_info.json"
 BUNDLE_FORMAT = "dsqc-bundle/1"
 TARGETS_INDEX = "targets.json"  # a multi-target build: one bundle per target below it
+TOP_MANIFEST = "top_manifest.json"  # a multi-target build: hashes of its top-level files
+TOP_FORMAT = "dsqc-multi/1"
 UNHASHED = (MANIFEST_NAME, BUILD_INFO_NAME)  # every other file of a bundle is listed with its hash
 VOLATILE_METRICS = ("passes_ms", "lower_write_s", "seconds")  # wall times: build_info.json, not hashed
 _RUNTIMES = {"onnx": "onnx", "onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert",
@@ -163,6 +165,20 @@ def write_manifest(folder: Path, manifest: dict[str, Any], timings: dict[str, fl
     info = {"built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "manifest_sha256": manifest["manifest_sha256"],
             "timings_s": {k: round(v, 4) for k, v in timings.items()}, "volatile_metrics": volatile}
+    (folder / BUILD_INFO_NAME).write_text(canonical(info), encoding="utf-8")
+
+
+def write_top_manifest(folder: Path, targets: list[str], names: list[str], seconds: dict[str, float]) -> None:
+    """A multi-target folder's ``top_manifest.json`` (the top-level files ``names`` with their hashes;
+    deterministic) and its ``build_info.json`` (the time and each target's wall seconds; no hash covers
+    it). Call after every top-level file is written."""
+    body: dict[str, Any] = {"format": TOP_FORMAT, "targets": targets,
+                            "files": {name: file_entry(folder / name) for name in sorted(names)}}
+    body["manifest_sha256"] = body_sha256(body)
+    (folder / TOP_MANIFEST).write_text(canonical(body), encoding="utf-8")
+    info = {"built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "manifest_sha256": body["manifest_sha256"],
+            "seconds": {k: round(v, 3) for k, v in seconds.items()}}
     (folder / BUILD_INFO_NAME).write_text(canonical(info), encoding="utf-8")
 
 

@@ -1,6 +1,9 @@
 """``dsqc build MODEL --target trt,tflite,hls,onnx``: normalize and calibrate once, plan and lower per
 target profile into ``OUT/<target>/``, then the cross-target parameter map (``params.csv``) and the
-agreement of every artifact on the same held-out inputs (``agreement.json``, ``targets.json``).
+agreement of every artifact on the same held-out inputs (``agreement.json``, ``targets.json``), and
+``top_manifest.json`` over those top-level files (``dsqc verify OUT`` checks it and every target's
+bundle). Wall seconds go to the top-level ``build_info.json``, which no hash covers: with ``--no-latency``
+two builds are byte-identical but for the ``build_info.json`` files.
 
 Each target's artifacts are exactly what a single-target build of it writes (a test holds them
 byte-identical; the bundle files that name the command differ); the whole ``OUT`` appears atomically
@@ -20,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsqc.backends.registry import WrittenBuild, get_backend
+from dsqc.backends.registry import WrittenBuild, get_backend, io_names
 from dsqc.driver.agreement import Agreement, agree
 from dsqc.driver.build_types import BuildRequest, BuildResult
-from dsqc.driver.bundle import write_index_html
+from dsqc.driver.bundle import HTML_NAME, write_index_html
 from dsqc.driver.bundle_output import staged_bundle
+from dsqc.driver.manifest import write_top_manifest
 from dsqc.driver.param_map import param_rows, write_params_csv
 from dsqc.driver.pipeline import build
 from dsqc.driver.shared_stages import SharedStages
@@ -109,25 +113,31 @@ def build_targets(request: BuildRequest, targets: list[str]) -> MultiResult:
         normalized, data = shared.get("normalize"), shared.get("data")
         if data is not None and request.precision != "fp32":
             held_out = data[1]
-            builds = {t: WrittenBuild(staging / t, r.artifacts, r.options, r.metrics, r.plan,
-                                      normalized.model, r.runtime_outputs) for t, r in results.items()}
+            io = io_names(normalized.model)
+            builds = {t: WrittenBuild(staging / t, r.artifacts, r.options, r.metrics, r.plan, *io,
+                                      r.runtime_outputs) for t, r in results.items()}
             agreement = agree(normalized.model, builds, list(held_out.batches(request.calib_batch)))
             (staging / AGREEMENT_NAME).write_text(json.dumps(agreement.to_dict(), indent=2) + "\n")
         result = MultiResult(request.out_dir, results, agreement, time.perf_counter() - start, shared.hits)
         (staging / INDEX_NAME).write_text(json.dumps(_index(result), indent=2) + "\n")
         write_index_html(staging, targets, agreement.to_dict() if agreement else None)
+        seconds = {t: sum(r.timings.values()) for t, r in results.items()} | {"total": result.seconds}
+        write_top_manifest(staging, targets, [PARAMS_NAME, *([AGREEMENT_NAME] if agreement else []),
+                                              INDEX_NAME, HTML_NAME], seconds)
     return result
 
 
 def _index(result: MultiResult) -> dict[str, Any]:
-    """``targets.json``: each target's folder, verdict, verification and time, and what was shared."""
+    """``targets.json``: each target's folder, verdict and verification, and what was shared (sorted:
+    concurrent targets hit the shared stages in any order); deterministic, the times are in
+    ``build_info.json``."""
     def entry(target: str, r: BuildResult) -> dict[str, Any]:
         verification = r.metrics.get("verification", {})
         return {"folder": target, "report": f"{target}/report.json",
                 "verdict": r.verdict.to_dict() if r.verdict else None,
                 "min_sqnr_db": verification.get("min_sqnr_db"), "artifacts": [str(a) for a in r.artifacts],
-                "seconds": round(sum(r.timings.values()), 3), "failed": r.failed}
+                "failed": r.failed}
 
     return {"targets": {t: entry(t, r) for t, r in result.results.items()},
-            "shared_stages_reused": result.reused,
+            "shared_stages_reused": sorted(result.reused),
             "files": [PARAMS_NAME, *([AGREEMENT_NAME] if result.agreement else [])]}

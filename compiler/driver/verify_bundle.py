@@ -1,15 +1,21 @@
 """``dsqc verify BUNDLE``: every file against the manifest's hash, the manifest against its own hash, and the
-artifact re-run in its runtime on the bundle's recorded inputs (``check/``) where that runtime is here."""
+artifact re-run in its runtime on the bundle's recorded inputs (``check/``) where that runtime is here. A
+multi-target folder: its top-level files against ``top_manifest.json``, then every target's bundle."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsqc.driver.check_vectors import Agreement, rerun
 from dsqc.driver.manifest import (
+    BUILD_INFO_NAME,
     MANIFEST_NAME,
+    TOP_FORMAT,
+    TOP_MANIFEST,
     UNHASHED,
+    NotABundleError,
     body_sha256,
     read_manifest,
     sha256_file,
@@ -27,6 +33,7 @@ class BundleCheck:
     problems: list[str] = field(default_factory=list)  # one line each, naming the file
     notes: list[str] = field(default_factory=list)
     agreement: Agreement | None = None
+    top_level: bool = False  # the top of a multi-target folder (no artifact of its own)
 
     @property
     def ok(self) -> bool:
@@ -36,7 +43,44 @@ class BundleCheck:
 def verify_folder(folder: Path) -> list[BundleCheck]:
     """A bundle, or every target bundle of a multi-target build folder (``targets.json``)."""
     subs = [] if (folder / MANIFEST_NAME).is_file() else target_folders(folder)
-    return [verify_bundle(sub) for sub in subs] if subs else [verify_bundle(folder)]
+    if not subs:
+        return [verify_bundle(folder)]
+    top = [verify_top(folder, subs)] if (folder / TOP_MANIFEST).is_file() else []
+    return top + [verify_bundle(sub) for sub in subs]
+
+
+def verify_top(folder: Path, subs: list[Path]) -> BundleCheck:
+    """The top-level files of a multi-target folder against ``top_manifest.json``; the target folders
+    are left to their own manifests."""
+    path = folder / TOP_MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotABundleError(f"{path}: unreadable ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != TOP_FORMAT or \
+            not isinstance(manifest.get("files"), dict):
+        raise NotABundleError(f"{path}: not a {TOP_FORMAT} manifest (no 'format'/'files')")
+    check = BundleCheck(folder, ",".join(map(str, manifest.get("targets") or [])), top_level=True)
+    if manifest.get("manifest_sha256") != body_sha256(manifest):
+        check.problems.append(f"{TOP_MANIFEST}: its content does not match its manifest_sha256 (edited)")
+    _check_files(folder, manifest["files"], check)
+    inside = {sub.relative_to(folder).parts[0] for sub in subs}
+    for item in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = item.relative_to(folder).as_posix()
+        if item.relative_to(folder).parts[0] not in inside and rel not in manifest["files"] and \
+                rel not in (TOP_MANIFEST, BUILD_INFO_NAME):
+            check.problems.append(f"{rel}: not in the manifest (added after the build)")
+    return check
+
+
+def _check_files(folder: Path, listed: dict[str, dict[str, str]], check: BundleCheck) -> None:
+    for rel, entry in sorted(listed.items()):
+        path = folder / rel
+        check.files_checked += 1
+        if not path.is_file():
+            check.problems.append(f"{rel}: missing")
+        elif sha256_file(path) != entry.get("sha256"):
+            check.problems.append(f"{rel}: sha256 mismatch (changed since the build)")
 
 
 def verify_bundle(folder: Path) -> BundleCheck:
@@ -46,13 +90,7 @@ def verify_bundle(folder: Path) -> BundleCheck:
     if manifest.get("manifest_sha256") != body_sha256(manifest):
         check.problems.append("manifest.json: its content does not match its manifest_sha256 (edited)")
     listed = manifest["files"]
-    for rel, entry in sorted(listed.items()):
-        path = folder / rel
-        check.files_checked += 1
-        if not path.is_file():
-            check.problems.append(f"{rel}: missing")
-        elif sha256_file(path) != entry.get("sha256"):
-            check.problems.append(f"{rel}: sha256 mismatch (changed since the build)")
+    _check_files(folder, listed, check)
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if rel in DERIVED:
@@ -61,11 +99,18 @@ def verify_bundle(folder: Path) -> BundleCheck:
             check.problems.append(f"{rel}: not in the manifest (added after the build)")
     section = (manifest.get("metrics") or {}).get("check_vectors")
     if section and not check.problems:  # re-run only what the hashes vouch for
-        check.agreement = rerun(folder, check.target, section)
+        check.agreement = rerun(folder, manifest, section)
     return check
 
 
 def format_check(check: BundleCheck) -> str:
+    if check.top_level:
+        lines = [f"dsqc verify {check.folder}: top level of targets {check.target}, "
+                 f"{check.files_checked} files"]
+        lines += [f"  MISMATCH {problem}" for problem in check.problems]
+        lines.append("  hashes: all top-level files match top_manifest.json" if check.ok else
+                     "dsqc: top level FAILED verification")
+        return "\n".join(lines)
     lines = [f"dsqc verify {check.folder}: target {check.target}, {check.files_checked} files"]
     lines += [f"  MISMATCH {problem}" for problem in check.problems]
     lines += [f"  note: {note}" for note in check.notes]

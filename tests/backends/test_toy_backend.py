@@ -1,7 +1,8 @@
 """A target added in one file: a toy backend registered here builds end to end through ``dsqc build``
 with no edit elsewhere — it is listed in ``--target``'s help, its ``-B`` options are parsed by the one
 option parser, its profile drives the plan, its QDQ hook runs, it lowers once and its summary prints
-(issue 14, items 1 and 6)."""
+(issue 14, items 1 and 6); report.html shows its own check and measured rows and a "how to run it" (the
+default one, naming its files), and the fleet index its one-phrase check."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ import onnx
 import pytest
 
 import dsqc.backends.registry as registry
-from dsqc.backends.registry import Backend, BackendOutput, Lowered, LoweringJob, register
+from dsqc.backends.registry import (
+    Backend,
+    BackendOutput,
+    CheckRow,
+    Lowered,
+    LoweringJob,
+    ReportView,
+    register,
+)
+from dsqc.batch.summary import summarize_bundle
 from dsqc.driver.build_types import BuildResult
 from dsqc.driver.cli import main
 from dsqc.quant.profile import TargetProfile
@@ -68,6 +78,12 @@ class ToyBackend(Backend):
         m = result.metrics["toy"]
         return [f"toy: {m['qdq_nodes']} Q/DQ nodes, greeting {m['greeting']}"]
 
+    def report_view(self, report: dict) -> ReportView:
+        m = report["metrics"]["toy"]
+        return ReportView(checks=[CheckRow("toy Q/DQ listing", "pass", f"{m['qdq_nodes']} nodes listed")],
+                          measured=[("toy greeting", m["greeting"])],
+                          fleet_check=f"toy listed {m['qdq_nodes']}")
+
 
 @pytest.fixture
 def toy(monkeypatch: pytest.MonkeyPatch) -> type[ToyBackend]:
@@ -103,6 +119,16 @@ def test_toy_target_builds_end_to_end(toy: type[ToyBackend], conv_bn_path: Path,
     assert f"toy: {report['metrics']['toy']['qdq_nodes']} Q/DQ nodes, greeting HI" in captured.out
     assert any(note.startswith("toy: ") and note.endswith(" DQ nodes") for note in report["plan"]["notes"])
     assert len(written) == report["metrics"]["toy"]["qdq_nodes"] > 0
+    count = report["metrics"]["toy"]["qdq_nodes"]
+    html = (out / "report.html").read_text()
+    checks = html.split("<h3>Target checks</h3>", 1)[1].split("</table>", 1)[0]
+    assert "<td>toy Q/DQ listing</td>" in checks and f"<td>{count} nodes listed</td>" in checks
+    latency = html.split('id="latency"', 1)[1].split("</section>", 1)[0]
+    assert "<td>toy greeting</td><td>HI</td>" in latency
+    run = html.split('id="run"', 1)[1].split("</section>", 1)[0]
+    assert "a text file listing the quantized model&#x27;s Q/DQ nodes" in run
+    assert "<code>conv_bn.toy.txt</code>" in run and "No instructions" not in run
+    assert summarize_bundle(out)["target_check"] == f"toy listed {count}"
 
 
 def test_toy_target_rejects_an_unknown_option(toy: type[ToyBackend], conv_bn_path: Path, conv_bn_npz: Path,

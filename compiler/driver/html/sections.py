@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from dsqc.backends.registry import ReportView, get_backend
 from dsqc.driver.html.charts import histogram_svg, precision_bar_svg
+from dsqc.errors import DsqcError
 
 PARAM_ROWS = 400  # parameter map rows shown per table; the full plan is in manifest.json
 
@@ -43,6 +45,14 @@ def td(text: Any, kind: str = "") -> str:
     if kind == "raw":
         return f"<td>{text}</td>"
     return f'<td class="{kind}">{esc(text)}</td>' if kind else f"<td>{esc(text)}</td>"
+
+
+def view(report: dict[str, Any]) -> ReportView:
+    """The target's own rows (``Backend.report_view``); none for a target not installed here."""
+    try:
+        return get_backend(str(report.get("target"))).report_view(report)
+    except DsqcError:
+        return ReportView()
 
 
 def _gate(target: str, gate: str, level: str, measured: str) -> list[str]:
@@ -102,13 +112,13 @@ def accuracy(reports: list[dict[str, Any]]) -> str:
     for r in reports:
         metrics = r.get("metrics") or {}
         ver = metrics.get("verification") or {}
-        runtime = ((metrics.get(str(r.get("target"))) or {}).get("verification") or {}).get("outputs") or {}
+        own = view(r)
         for name, m in (ver.get("outputs") or {}).items():
-            rows.append([td(r.get("target")), td(name, "name"), td(_ort_label(str(r.get("target")))),
+            rows.append([td(r.get("target")), td(name, "name"), td(own.verified_by),
                          td(num(m.get("sqnr_db")), "num"), td(num(m.get("cosine"), 6), "num"),
                          td(num(m.get("mse")), "num")])
-        for name, m in runtime.items():
-            rows.append([td(r.get("target")), td(name, "name"), td("LiteRT interpreter"),
+        for name, m in own.runtime_outputs.items():
+            rows.append([td(r.get("target")), td(name, "name"), td(own.runtime),
                          td(num(m.get("sqnr_db")), "num"), td(num(m.get("cosine"), 6), "num"),
                          td(num(m.get("mse")), "num")])
     if not rows:
@@ -130,40 +140,11 @@ def accuracy(reports: list[dict[str, Any]]) -> str:
     return body + ("<p>" + "<br>".join(extra) + "</p>" if extra else "") + checks
 
 
-def _ort_label(target: str) -> str:
-    """How verification ran the QDQ model: as deployed (onnx) or in ORT's reference Q/DQ semantics."""
-    return "ONNX Runtime (fused int8 kernels)" if target == "onnx" else "ONNX Runtime (reference Q/DQ)"
-
-
 def target_checks(reports: list[dict[str, Any]]) -> str:
-    """The backends' own checks of their artifact: LiteRT vs the integer reference, csim, TensorRT rules."""
-    rows: list[list[str]] = []
-    for r in reports:
-        target, m = str(r.get("target")), (r.get("metrics") or {}).get(str(r.get("target"))) or {}
-        ref = (((m.get("verification") or {}).get("tensors") or {}).get("vs_integer_reference")) or {}
-        if ref.get("tensors"):
-            ok = ref["tensors_exact"] == ref["tensors"]
-            rows.append(_gate(target, "LiteRT vs dsqc integer reference", "pass" if ok else "warn",
-                              f"{ref['tensors_exact']}/{ref['tensors']} tensors bit-exact, "
-                              f"max {ref['max_lsb']} LSB"))
-        csim = m.get("csim") or {}
-        if "vectors" in csim:
-            rows.append(_gate(target, "make csim (gcc, strict C99) vs integer reference",
-                              "pass" if csim["status"] == "bit-exact" else "fail",
-                              f"{csim['status']}: {csim['mismatching_values']} mismatching values over "
-                              f"{csim['vectors']} vectors"))
-        for level, stats in (m.get("lsb_vs_ort") or {}).items():
-            if "exact" in stats:
-                level_ok = "pass" if stats["max_lsb"] <= 1 else "warn"
-                rows.append(_gate(target, f"integer reference vs ORT ({level})", level_ok,
-                                  f"{stats['exact']}/{stats['values']} exact, max {stats['max_lsb']} LSB"))
-        if target == "trt" and "check" in m:
-            errors = [f for f in m["check"] if f.get("severity") == "error"]
-            rows.append(_gate(target, "TensorRT Q/DQ rules", "fail" if errors else "pass",
-                              f"{len(m['check'])} finding(s), {len(errors)} error(s)"))
-            engine = m.get("engine") or {}
-            rows.append(_gate(target, "engine built here", "pass" if engine.get("built") else "warn",
-                              str(engine.get("reason") or "")))
+    """The backends' own checks of their artifact (``ReportView.checks``: LiteRT vs the integer reference,
+    csim, TensorRT rules…)."""
+    rows = [_gate(str(r.get("target")), c.check, c.level, c.measured)
+            for r in reports for c in view(r).checks]
     return "<h3>Target checks</h3>" + table(["target", "check", "result", "measured"], rows) if rows else ""
 
 
@@ -270,31 +251,21 @@ def latency_size(reports: list[dict[str, Any]]) -> str:
             rows.append([td(target), td("latency, ORT CPU 1 thread"),
                          td(f"FP32 {num(lat['fp32'])} ms → {num(lat['quantized'])} ms "
                             f"({num(lat['ratio'], 3)}×)")])
-        tfl = (metrics.get("tflite") or {})
-        if (tfl.get("int8") or {}).get("bytes"):
-            rows.append([td(target), td(".tflite bytes"), td(f"{tfl['int8']['bytes']:,}")])
-        if tfl.get("latency_ms"):
-            t = tfl["latency_ms"]
-            rows.append([td(target), td("latency, LiteRT XNNPACK 1 thread"),
-                         td(f"float32 {num(t['float32'])} ms, int8 {num(t['int8'])} ms")])
-        est = (metrics.get("hls") or {}).get("estimates") or {}
-        if est:
-            rows.append([td(target), td("HLS estimate"),
-                         td(f"{est.get('cycles', 0):,} cycles ≈ {num(est.get('latency_us'))} µs at "
-                            f"{num(est.get('clock_mhz'))} MHz; {est.get('macs', 0):,} MACs")])
+        rows += [[td(target), td(what), td(value)] for what, value in view(r).measured]
     note = ("<p class='muted'>Timed on the build machine (other jobs share its cores: treat as indicative); "
             "a build with --no-latency shows no timing.</p>")
     return (table(["target", "what", "value"], rows) if rows else "<p>Nothing measured.</p>") + note
 
 
 def parameter_map(reports: list[dict[str, Any]]) -> str:
-    """Tensor → dtype, granularity, scale, zero point (and the hls fixed-point form), per target."""
+    """Tensor → dtype, granularity, scale, zero point (and the fixed-point form where the backend's
+    ``ReportView.fixed_point`` asks for it), per target."""
     out = []
     for r in reports:
         tensors = (r.get("plan") or {}).get("tensors") or {}
         if not tensors:
             continue
-        hls = r.get("target") == "hls"
+        fixed = view(r).fixed_point
         rows = []
         for name in sorted(tensors)[:PARAM_ROWS]:
             s = tensors[name]
@@ -307,11 +278,11 @@ def parameter_map(reports: list[dict[str, Any]]) -> str:
             low, high = int(zero.min()), int(zero.max())
             zero_text = str(low) if low == high else f"{low} … {high}"
             row = [td(name, "name"), td(s["dtype"]), td(gran), td(scale_text, "num"), td(zero_text, "num")]
-            if hls:
+            if fixed:
                 row.append(td(fixed_point(scale)))
             rows.append(row)
         head = ["tensor", "dtype", "granularity", "scale", "zero point"]
-        head += ["fixed-point form"] if hls else []
+        head += ["fixed-point form"] if fixed else []
         more = (f"<p class='muted'>{len(tensors) - PARAM_ROWS} more tensors in manifest.json's plan.</p>"
                 if len(tensors) > PARAM_ROWS else "")
         opened = " open" if len(tensors) <= 40 else ""
