@@ -168,3 +168,20 @@ def test_masked_metrics_count_only_real_tokens() -> None:
     got[~keep] = 1e3  # garbage where the mask is 0
     m = masked_metrics(ref, got, keep)
     assert m["sqnr_db"] > 35 and m["cosine"] > 0.999 and m["max_abs_diff"] < 0.1
+
+
+def test_debug_measures_masked_outputs_as_the_build_verified(case: dict[str, Path],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    ver = _build(case, "debugged")
+    outputs = ver["outputs"]
+    assert isinstance(outputs, dict)
+    folder = case["root"] / "debugged"
+    capsys.readouterr()
+    assert main(["debug", str(case["model"]), str(folder), "--eval-data", str(case["eval"])]) == 0
+    out = capsys.readouterr().out
+    body = json.loads((folder / "debug.json").read_text())
+    assert body["data"]["padding_mask"] == {"input": "attention_mask", "outputs": ["hidden"]}
+    assert abs(body["outputs"]["hidden"]["accumulated_sqnr_db"] - outputs["hidden"]["sqnr_db"]) < 0.1
+    assert "hidden: over real tokens only (attention_mask = 1)" in out
+    proj = next(p for p in body["points"] if p["tensor"] == "w")  # the MatMul's weight alone
+    assert proj["local_output_sqnr_db_by_output"]["hidden"] > 30  # real tokens: no sine garbage
