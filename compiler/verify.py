@@ -6,7 +6,7 @@ import importlib
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import onnxruntime as ort
 from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.calibration.ort_session import BatchRunner, first_line
 from dsqc.errors import DsqcError, GateError
-from dsqc.metrics import output_metrics, top1_agreement
+from dsqc.metrics import cosine, output_metrics, top1_agreement
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
@@ -67,6 +67,7 @@ class Verification:
     task: dict[str, Any] | None = None
     size_bytes: dict[str, int] | None = None
     latency_ms: dict[str, float] | None = None
+    padding_mask: dict[str, Any] | None = None  # PaddingMask.to_dict() + the outputs' unmasked numbers
 
     @property
     def min_sqnr(self) -> float:
@@ -75,19 +76,29 @@ class Verification:
     def to_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "outputs": self.outputs, "min_sqnr_db": self.min_sqnr,
                 "top1_agreement": self.top1_agreement, "task": self.task,
-                "size_bytes": self.size_bytes, "latency_ms": self.latency_ms}
+                "size_bytes": self.size_bytes, "latency_ms": self.latency_ms,
+                "padding_mask": self.padding_mask}
 
 
 def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
            labels: np.ndarray | None = None, task_metric: str | None = None,
-           latency: bool = True, fused: bool = True) -> Verification:
-    """Compare outputs (SQNR, cosine, MSE, KL), top-1, an optional task metric, size and speed."""
+           latency: bool = True, fused: bool = True, mask_padding: bool = True) -> Verification:
+    """Compare outputs (SQNR, cosine, MSE, KL), top-1, an optional task metric, size and speed.
+
+    With ``mask_padding``, outputs laid out like an ``attention_mask`` input are measured over its real
+    tokens only (``padding_mask``); their all-position SQNR and cosine stay in ``padding_mask``."""
     ref = run_batches(session(fp32), batches)
     got = run_batches(session(quant, optimize=fused), batches)
+    mask = padding_mask(fp32, batches, ref) if mask_padding else None
     per_output = {name: output_metrics(ref[name], got[name]) for name in ref}
     first = next(iter(ref))
     classifier = ref[first].ndim == 2 and ref[first].shape[1] > 1
     result = Verification(per_output, samples=int(ref[first].shape[0]) if ref[first].ndim else 1)
+    if mask is not None:
+        unmasked = {n: {"sqnr_db": per_output[n]["sqnr_db"], "cosine": per_output[n]["cosine"]}
+                    for n in mask.outputs}
+        per_output.update({n: masked_metrics(ref[n], got[n], mask.keep) for n in mask.outputs})
+        result.padding_mask = {**mask.to_dict(), "unmasked": unmasked}
     if classifier:
         result.top1_agreement = top1_agreement(ref[first], got[first])
     if labels is not None or task_metric:
@@ -207,3 +218,106 @@ def _load_metric(spec: str) -> Callable[[dict[str, np.ndarray], np.ndarray | Non
         return metric
     except (ImportError, AttributeError, ValueError) as exc:
         raise DsqcError(f"--task-metric {spec}: cannot import ({exc}); expected module:function") from exc
+
+
+# -- padding: [batch, seq] outputs measured over real tokens only -------------------------------------
+
+_MASK_NAME = "mask"  # attention_mask, input_mask, attn_mask, …; "*pad*" names often mean 1 = padding
+_PREFERRED_MASK = "attention_mask"
+
+
+@dataclass(frozen=True)
+class PaddingMask:
+    """A [batch, seq] 0/1 integer graph input (1 = real token) and the outputs laid out [batch, seq, …]
+    under it, whose padded positions are left out of their metrics."""
+
+    input: str
+    keep: np.ndarray  # bool [N, S] over every verified sample
+    outputs: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "outputs": list(self.outputs), "positions": int(self.keep.size),
+                "padding": int(self.keep.size - np.count_nonzero(self.keep))}
+
+
+def padding_mask(proto: onnx.ModelProto, batches: Sequence[Feeds], outputs: Mapping[str, np.ndarray],
+                 input_name: str | None = None) -> PaddingMask | None:
+    """The padding mask of ``proto`` on ``batches`` and the ``outputs`` (FP32 values, samples
+    concatenated in batch order) it applies to; None when the model has none.
+
+    Found structurally: an integer (or bool) graph input named like ``*mask*`` (not ``*pad*``, whose
+    polarity is usually 1 = padding), rank 2, holding only 0 and 1 (``attention_mask`` wins over others;
+    several other candidates are ambiguous and mask nothing); an output qualifies when it depends on that
+    input in the graph and its first two runtime dims equal the mask's, with no static declared dim
+    saying otherwise. ``input_name`` (a recorded build's choice) skips the search among names."""
+    masks = _mask_candidates(proto, batches, input_name)
+    if not masks:
+        return None
+    name = input_name if input_name in masks else _PREFERRED_MASK if _PREFERRED_MASK in masks else None
+    if name is None and len(masks) > 1:
+        log.info("padding: several mask-like inputs (%s); none is used to mask outputs", ", ".join(masks))
+        return None
+    name = name or next(iter(masks))
+    keep = masks[name]
+    reached = _downstream(proto.graph, name)
+    declared = {o.name: _static_dims(o) for o in proto.graph.output}
+    mask_dims = next(_static_dims(i) for i in proto.graph.input if i.name == name)
+    chosen = tuple(o for o, value in outputs.items()
+                   if o in reached and value.ndim >= 2 and value.shape[:2] == keep.shape
+                   and not _contradicts(declared.get(o, ())[:2], mask_dims))
+    return PaddingMask(name, keep, chosen) if chosen else None
+
+
+def masked_metrics(ref: np.ndarray, got: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+    """``output_metrics`` over the positions ``keep`` marks ([N, S] of an [N, S, …] output), except cosine:
+    per sample (as unmasked) over its real tokens, padded positions zeroed on both sides."""
+    metrics = output_metrics(ref[keep], got[keep])
+    where = keep.reshape(keep.shape + (1,) * (ref.ndim - 2))
+    metrics["cosine"] = cosine(np.where(where, ref, 0.0), np.where(where, got, 0.0))
+    return metrics
+
+
+def _mask_candidates(proto: onnx.ModelProto, batches: Sequence[Feeds],
+                     only: str | None) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    for spec in model_inputs(proto):
+        lower = spec.name.lower()
+        named = spec.name == only if only else _MASK_NAME in lower and "pad" not in lower
+        integer = np.issubdtype(spec.dtype, np.integer) or spec.dtype == np.bool_
+        if not named or not integer or len(spec.shape) not in (0, 2) or not batches:
+            continue
+        if any(spec.name not in b for b in batches):
+            continue
+        values = np.concatenate([np.asarray(b[spec.name]) for b in batches])
+        if values.ndim == 2 and values.size and np.isin(values, (0, 1)).all() and values.any():
+            found[spec.name] = values.astype(bool)
+    return found
+
+
+def _downstream(graph: onnx.GraphProto, name: str) -> set[str]:
+    """Every tensor computed from ``name`` (a node reading it, directly or inside a subgraph, taints all
+    its outputs); nodes are in topological order, as ONNX requires."""
+    reached = {name}
+    for node in graph.node:
+        if reached.intersection(_reads(node)):
+            reached.update(o for o in node.output if o)
+    return reached
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in sub.node:
+                names |= _reads(inner)
+    return names
+
+
+def _contradicts(dims: tuple[int | None, ...], mask_dims: tuple[int | None, ...]) -> bool:
+    """A static declared dim of the output that differs from the mask's static dim there."""
+    return any(a is not None and b is not None and a != b for a, b in zip(dims, mask_dims, strict=False))
+
+
+def _static_dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...]:
+    dims = value.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)

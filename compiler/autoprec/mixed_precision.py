@@ -199,7 +199,7 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
         quantized = quantize_model(fp32, profile, planned, calib, request.calib_batch, known=space.stats)
         _explain(quantized.plan, found)
         ver = verify(fp32, quantized.model, batches, held_out.labels, request.task_metric, latency=False,
-                     fused=profile.verify_fused)
+                     fused=profile.verify_fused, mask_padding=recipe.mask_padding)
         achieved = _achieved(budget, ver)
         rounds.append(Round(found, planned, quantized, ver, achieved, weight_bytes(quantized.model), text,
                             margin))

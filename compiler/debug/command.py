@@ -7,6 +7,13 @@ target's folder lets ORT run):
   worst output), and the tensor's own SQNR then (its rounding and clipping alone);
 - **accumulated**: the tensor's SQNR in the fully quantized model vs FP32 (everything upstream plus its
   own rounding; a constant has no upstream, so it equals the local one).
+- **weight + bias**: a layer's weight and int32 bias quantized together (local only), ranked with the
+  rest; the weight and the bias alone are kept as its parts. Bias correction fits the bias to the
+  weight's rounding, so alone the weight overstates the error that enters there and the bias shows
+  the opposite one; together they are what the build ships.
+
+Outputs the build verified over real tokens only (``verification.padding_mask`` in report.json) are
+measured the same way here.
 
 Cost for N points, S held-out samples, L ≤ S of them for the local runs. Sessions: the switch model
 of the sensitivity analysis (one per segment, at most 8 for any N), one exposing every quantized tensor,
@@ -30,11 +37,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dsqc.autoprec.sensitivity import Measured, measure
-from dsqc.autoprec.switch_model import SwitchModel, workers
+from dsqc.autoprec.switch_model import BoundSamples, SwitchModel, workers
 from dsqc.backends.registry import get_backend
 from dsqc.calibration.data import SampleSet, load_samples, model_inputs
-from dsqc.debug.points import QuantPoint, points_of, replay_artifact, replay_space
+from dsqc.debug.points import JOINT, QuantPoint, joint_points, points_of, replay_artifact, replay_space
 from dsqc.driver.build_data import load_data
 from dsqc.driver.build_folder import BuildFolder, BuildFolderError, read_build
 from dsqc.driver.build_types import BuildRequest
@@ -45,7 +51,7 @@ from dsqc.model_io import load_model
 from dsqc.op_kinds import QDQ_OPS
 from dsqc.quant.recipe import Recipe
 from dsqc.quant.spec import QuantPlan
-from dsqc.verify import run_batches, session
+from dsqc.verify import PaddingMask, padding_mask, run_batches, session
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
@@ -68,9 +74,9 @@ class DebugRequest:
 class PointResult:
     point: QuantPoint
     local_outputs: dict[str, float]  # output → SQNR dB with only this point quantized
-    local_tensor: float
-    accumulated: float
-    rank: int = 0
+    local_tensor: float | None  # None for a joint point (two tensors)
+    accumulated: float | None
+    rank: int = 0  # a part shares its joint point's rank
 
     @property
     def local_worst(self) -> float:
@@ -82,6 +88,7 @@ class PointResult:
                 "per_channel": p.spec.axis is not None, "position": p.position,
                 "producer": p.producer, "producer_op": p.producer_op, "folded": p.folded,
                 "consumers": [{"node": n, "op": op} for n, op in p.consumers],
+                "parts": [q.tensor for q in p.parts], "part_of": p.part_of,
                 "local_output_sqnr_db": self.local_worst,
                 "local_output_sqnr_db_by_output": self.local_outputs,
                 "local_tensor_sqnr_db": self.local_tensor, "accumulated_tensor_sqnr_db": self.accumulated}
@@ -97,13 +104,20 @@ class DebugResult:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def tensors(self) -> int:
+        """Quantized tensors (rows but the joint weight + bias ones)."""
+        return sum(1 for r in self.rows if not r.point.parts)
+
     def ranked(self, kinds: tuple[str, ...]) -> list[PointResult]:
         return sorted((r for r in self.rows if r.point.kind in kinds), key=lambda r: r.rank)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": str(self.model), "build": str(self.folder.path), "target": self.folder.target,
                 "debugged": self.folder.describe(), "data": self.data, "outputs": self.outputs,
-                "ranking": "by local output SQNR (only that point quantized), lowest first",
+                "ranking": "by local output SQNR (only that point quantized), lowest first; a layer's "
+                           "weight and bias are ranked together (kind 'weight+bias', what the build ships), "
+                           "each alone is listed as a part of it with its rank",
                 "points": [r.to_dict() for r in self.rows], "notes": self.notes,
                 "timings_s": {k: round(v, 3) for k, v in self.timings.items()}}
 
@@ -118,11 +132,13 @@ def debug(request: DebugRequest) -> DebugResult:
                                "calibrated Q/DQ points of static builds; rebuild with --mode static to "
                                "debug it")
     held_out = _held_out(request, folder, normalized)
+    recorded_mask = (folder.verification.get("padding_mask") or {}).get("input")
     points = points_of(source, folder.plan)
     profile = get_backend(folder.target).profile
     switch = SwitchModel(replay_space(source, profile, folder.plan))
     artifact = load_model(folder.qdq_path) if folder.qdq_path else None
     notes = replay_artifact(switch, artifact, folder.plan, points) if artifact is not None else []
+    points = joint_points(points)
     if artifact is None and folder.report.get("metrics", {}).get("boosters", {}).get("bias_correction"):
         notes.append(f"bias correction changed biases of the {folder.target} artifact after planning; this "
                      "folder holds no QDQ model with them, so the replay uses the planned biases "
@@ -134,27 +150,31 @@ def debug(request: DebugRequest) -> DebugResult:
     tensors, off, on = _accumulate(switch, points, batches, folder.plan, shown)
     reference = run_batches(session(normalized), batches)  # the FP32 side exactly as the build verified
     _check_same_function(reference, off, folder)
+    # as the build verified: outputs under its attention mask over real tokens only
+    mask = padding_mask(normalized, batches, reference, recorded_mask) if recorded_mask else None
+    keep = _keep(mask)
     deployed = run_batches(session(artifact, optimize=profile.verify_fused), batches) if artifact else on
-    outputs = _output_table(reference, deployed, off, on, folder)
+    outputs = _output_table(reference, deployed, off, on, folder, keep)
     if artifact is not None:  # how exactly the replay mirrors the QDQ model (both reference Q/DQ)
         plain = run_batches(session(artifact, optimize=False), batches) if profile.verify_fused else deployed
         for name, metrics in outputs.items():
-            metrics["replay_vs_qdq_sqnr_db"] = _sqnr(plain[name], on[name])
+            metrics["replay_vs_qdq_sqnr_db"] = _sqnr(plain[name], on[name], keep.get(name))
     timings["accumulated"] = time.perf_counter() - mark
     mark = time.perf_counter()
     local_set = held_out.take(min(request.local_samples, len(held_out)))
-    local = _local(switch, points, folder.plan, local_set, request.batch_size, shown)
+    local_keep = {name: k[:len(local_set)] for name, k in keep.items()}  # take() keeps the first samples
+    local = _local(switch, points, folder.plan, local_set, request.batch_size, local_keep, shown)
     timings["local"] = time.perf_counter() - mark
     rows: list[PointResult] = []
     for p in points:
         own = _local_tensor(switch, p, folder.plan, tensors)
-        rows.append(PointResult(p, {o: m["sqnr_db"] for o, m in local[p.tensor].outputs.items()}, own,
+        rows.append(PointResult(p, local[p.tensor], own,
                                 tensors[p.tensor][1] if p.kind == "activation" else own))
-    for rank, row in enumerate(sorted(rows, key=lambda r: (r.local_worst, r.point.position)), 1):
-        row.rank = rank
+    _rank(rows)
     timings["total"] = time.perf_counter() - start
     data = {"held_out": held_out.source, "samples": len(held_out), "local_samples": len(local_set),
-            "sessions_at_most": len(switch.starts) + 4, "local_runs": len(points)}
+            "sessions_at_most": len(switch.starts) + 4, "local_runs": len(points),
+            "padding_mask": None if mask is None else {"input": mask.input, "outputs": list(mask.outputs)}}
     return DebugResult(folder, request.model, rows, outputs, data, notes, timings)
 
 
@@ -242,7 +262,14 @@ def _db(signal: float, noise: float) -> float:
     return math.inf if noise <= 0 else 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
-def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+def _keep(mask: PaddingMask | None) -> dict[str, np.ndarray]:
+    """Output → the [N, S] positions it is measured on (outputs not under the mask: everywhere)."""
+    return {} if mask is None else {name: mask.keep for name in mask.outputs}
+
+
+def _sqnr(ref: np.ndarray, got: np.ndarray, keep: np.ndarray | None = None) -> float:
+    if keep is not None:
+        ref, got = ref[keep], got[keep]
     err = ref.astype(np.float64) - got.astype(np.float64)
     return _db(float(np.sum(ref.astype(np.float64) ** 2)), float(np.sum(err * err)))
 
@@ -260,26 +287,32 @@ def _check_same_function(reference: dict[str, np.ndarray], source: dict[str, np.
 
 def _output_table(reference: dict[str, np.ndarray], deployed: dict[str, np.ndarray],
                   off: dict[str, np.ndarray], on: dict[str, np.ndarray],
-                  folder: BuildFolder) -> dict[str, dict[str, float]]:
+                  folder: BuildFolder, keep: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     built = folder.verification.get("outputs", {})
     table: dict[str, dict[str, float]] = {}
     for name, ref in reference.items():
-        table[name] = {"accumulated_sqnr_db": _sqnr(ref, deployed[name]),
-                       "reference_qdq_sqnr_db": _sqnr(off[name], on[name])}
+        table[name] = {"accumulated_sqnr_db": _sqnr(ref, deployed[name], keep.get(name)),
+                       "reference_qdq_sqnr_db": _sqnr(off[name], on[name], keep.get(name))}
         if name in built:
             table[name]["build_verification_sqnr_db"] = float(built[name]["sqnr_db"])
     return table
 
 
 def _local(switch: SwitchModel, points: list[QuantPoint], plan: QuantPlan, samples: SampleSet,
-           batch_size: int, shown: bool) -> dict[str, Measured]:
-    """Each point alone, as the sensitivity analysis runs its variants: one segmented switch model."""
+           batch_size: int, keep: dict[str, np.ndarray], shown: bool) -> dict[str, dict[str, float]]:
+    """Each point alone (output → SQNR dB, over ``keep``'s positions where given), as the sensitivity
+    analysis runs its variants: one segmented switch model."""
     plans = {p.tensor: p.only(plan) for p in points}
     firsts = {t: switch.feeds_for(single)[1] for t, single in plans.items()}
     switch.plan_segments(firsts.values(), min(8, max(1, len(plans) // 6)))
     bound = switch.bind(list(samples.batches(batch_size)))
     bar = Progress("debug: one point at a time", len(plans), shown)
-    results: dict[str, Measured] = {}
+    results: dict[str, dict[str, float]] = {}
+
+    def measure(bound: BoundSamples, single: QuantPlan) -> dict[str, float]:
+        got = bound.run(single)
+        return {o: _sqnr(ref, got[o], keep.get(o)) for o, ref in bound.reference.items()}
+
     with ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="dsqc-debug") as pool:
         futures = {pool.submit(measure, bound, plans[t]): t for t in sorted(plans, key=firsts.__getitem__)}
         for done, future in enumerate(as_completed(futures), 1):
@@ -289,8 +322,22 @@ def _local(switch: SwitchModel, points: list[QuantPoint], plan: QuantPlan, sampl
     return results
 
 
+def _rank(rows: list[PointResult]) -> None:
+    """Rank every row but the parts of a joint point by local error; a part takes its joint's rank."""
+    ranked = sorted((r for r in rows if r.point.part_of is None),
+                    key=lambda r: (r.local_worst, r.point.position))
+    for rank, row in enumerate(ranked, 1):
+        row.rank = rank
+    joint_rank = {r.point.tensor: r.rank for r in ranked if r.point.kind == JOINT}
+    for row in rows:
+        if row.point.part_of is not None:
+            row.rank = joint_rank[row.point.part_of]
+
+
 def _local_tensor(switch: SwitchModel, point: QuantPoint, plan: QuantPlan,
-                  tensors: dict[str, tuple[float, float]]) -> float:
+                  tensors: dict[str, tuple[float, float]]) -> float | None:
+    if point.kind == JOINT:
+        return None
     if point.kind == "activation":
         return tensors[point.tensor][0]
     feeds = switch.feeds_for(point.only(plan))[0]

@@ -44,6 +44,8 @@ class QuantPoint:
     producer_op: str | None = None
     folded: str | None = None  # a Relu/Clip the output Q clamps instead (the producer is its input's)
     consumers: list[tuple[str, str]] = field(default_factory=list)  # (node, op)
+    parts: tuple[QuantPoint, ...] = ()  # a joint point (kind JOINT): its weight and its bias
+    part_of: str | None = None  # a weight or bias that is a part of the joint point of that name
 
     @property
     def node_label(self) -> str:
@@ -57,9 +59,33 @@ class QuantPoint:
         return f"{name} ({op}){more}"
 
     def only(self, plan: QuantPlan) -> QuantPlan:
-        """``plan`` with this point alone quantized (every other tensor float, FP16 nodes FP32)."""
+        """``plan`` with this point alone quantized (every other tensor float, FP16 nodes FP32); a joint
+        point quantizes its parts together."""
         nodes = {n: d for n, d in plan.nodes.items() if d.precision in INTEGER}
-        return QuantPlan({self.tensor: self.spec}, nodes, dict(plan.folded_activations))
+        tensors = {p.tensor: p.spec for p in self.parts} if self.parts else {self.tensor: self.spec}
+        return QuantPlan(tensors, nodes, dict(plan.folded_activations))
+
+
+JOINT = "weight+bias"
+_KIND_ORDER = {"activation": 0, JOINT: 1, "weight": 2, "bias": 3}
+
+
+def joint_points(points: list[QuantPoint]) -> list[QuantPoint]:
+    """Per layer, its weight and its int32 bias quantized together: what the build ships, where bias
+    correction has fitted the bias to the weight's rounding (the bias alone then shows an error that
+    cancels the weight's). The weight and the bias are marked ``part_of`` the joint point, which is
+    named ``weight + bias`` and sorted with ``points`` in graph order."""
+    weights = {tuple(p.consumers): p for p in points if p.kind == "weight"}
+    joints: list[QuantPoint] = []
+    for bias in (p for p in points if p.kind == "bias"):
+        weight = weights.get(tuple(bias.consumers))
+        if weight is None:
+            continue
+        joint = QuantPoint(f"{weight.tensor} + {bias.tensor}", JOINT, weight.spec, weight.position,
+                           consumers=list(weight.consumers), parts=(weight, bias))
+        weight.part_of = bias.part_of = joint.tensor
+        joints.append(joint)
+    return sorted([*points, *joints], key=lambda p: (p.position, _KIND_ORDER[p.kind], p.tensor))
 
 
 def points_of(source: onnx.ModelProto, plan: QuantPlan) -> list[QuantPoint]:
@@ -189,7 +215,8 @@ def replay_artifact(switch: SwitchModel, artifact: onnx.ModelProto, plan: QuantP
     if adjusted:
         notes.append(f"{len(adjusted)} constant(s) stored other than MODEL's rounded to nearest ("
                      f"{', '.join(sorted(set(adjusted))[:3])}): bias correction, the shift's bias refold or "
-                     "learned rounding; replayed as stored, so such a bias alone shows the error it corrects")
+                     "learned rounding; replayed as stored, so such a bias alone shows the error it corrects "
+                     "(its layer's weight + bias row is what the build ships)")
     return notes
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from dsqc.debug.command import DebugResult, PointResult
+from dsqc.debug.points import JOINT
 from dsqc.errors import OutputError
 
 JSON_NAME = "debug.json"
-_KINDS = {"activations": ("activation",), "weights and biases": ("weight", "bias")}
+_KINDS = {"activations": ("activation",), "weights and biases": (JOINT, "weight", "bias")}
 
 
 def format_debug(result: DebugResult, top: int = 15) -> str:
@@ -23,6 +24,10 @@ def format_debug(result: DebugResult, top: int = 15) -> str:
              f"  runs {result.folder.describe()}",
              f"  held-out data: {d['held_out']}; local error on the first {d['local_samples']}",
              "outputs, fully quantized vs FP32 (SQNR dB):"]
+    if d.get("padding_mask"):
+        mask = d["padding_mask"]
+        lines.append(f"  {', '.join(mask['outputs'])}: over real tokens only ({mask['input']} = 1), as the "
+                     "build verified")
     for name, o in result.outputs.items():
         built = o.get("build_verification_sqnr_db")
         built_text = f"; the build verified {_db(built)}" if built is not None else ""
@@ -42,20 +47,32 @@ def format_debug(result: DebugResult, top: int = 15) -> str:
 
 
 def _table(title: str, rows: list[PointResult], top: int) -> list[str]:
-    shown = rows[:top]
+    """Ranked rows, worst first; a joint weight+bias row is followed by its parts (each alone, indented,
+    no rank of their own)."""
+    ranked = [r for r in rows if r.point.part_of is None]
+    parts: dict[str, list[PointResult]] = {}
+    for r in rows:
+        if r.point.part_of is not None:
+            parts.setdefault(r.point.part_of, []).append(r)
+    shown = [row for r in ranked[:top] for row in (r, *parts.get(r.point.tensor, []))]
     node_head = "producer (op)" if shown[0].point.kind == "activation" else "consumer (op)"
-    tw = min(max([len(r.point.tensor) for r in shown] + [len("tensor")]), 40)
+    names = [f"  ↳ {r.point.kind} alone" if r.point.part_of else r.point.tensor for r in shown]
+    tw = min(max([len(n) for n in names] + [len("tensor")]), 40)
     nw = min(max([len(r.point.node_label) for r in shown] + [len(node_head)]), 44)
-    lines = [f"{title}: {len(rows)} quantized, worst local error first",
+    joints = sum(1 for r in ranked if r.point.kind == JOINT)
+    layers = f" ({joints} layer{'s' if joints > 1 else ''}: weight + bias together, each alone below it)" \
+        if joints else ""
+    lines = [f"{title}: {len(rows) - joints} quantized{layers}, worst local error first",
              f"  {'rank':>4s}  {'tensor':{tw}s}  {node_head:{nw}s}  {'dtype':5s} {'local out':>9s} "
              f"{'local tensor':>12s} {'accumulated':>11s}"]
-    for r in shown:
-        tensor, node = _cut(r.point.tensor, tw), _cut(r.point.node_label, nw)
-        lines.append(f"  {r.rank:4d}  {tensor:{tw}s}  {node:{nw}s}  {r.point.spec.dtype:5s} "
+    for r, name in zip(shown, names, strict=True):
+        tensor, node = _cut(name, tw), _cut(r.point.node_label, nw)
+        rank = "" if r.point.part_of else str(r.rank)
+        lines.append(f"  {rank:>4s}  {tensor:{tw}s}  {node:{nw}s}  {r.point.spec.dtype:5s} "
                      f"{_db(r.local_worst):>9s} {_db(r.local_tensor):>12s} "
                      f"{_db(r.accumulated):>11s}")
-    if len(rows) > top:
-        lines.append(f"  … {len(rows) - top} more in {JSON_NAME}")
+    if len(ranked) > top:
+        lines.append(f"  … {len(ranked) - top} more in {JSON_NAME}")
     return lines
 
 

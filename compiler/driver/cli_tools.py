@@ -173,7 +173,7 @@ def _cmd_debug(args: argparse.Namespace) -> int:
     target = args.json or args.build / JSON_NAME
     write_json(result, target)
     print(format_debug(result, args.top))
-    print(f"dsqc: {len(result.rows)} quantized tensors in {result.timings['total']:.2f} s; wrote {target}")
+    print(f"dsqc: {result.tensors} quantized tensors in {result.timings['total']:.2f} s; wrote {target}")
     return 0
 
 

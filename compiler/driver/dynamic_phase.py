@@ -159,7 +159,7 @@ def run_dynamic(mode: str, request: BuildRequest, backend: Backend, job: Lowerin
     with clock("verify"):
         verification = verify(fp32, backend.verified_model(lowered), job.eval_feeds, held.labels,
                               request.task_metric, latency=request.measure_latency and profile.verify_fused,
-                              fused=profile.verify_fused)
+                              fused=profile.verify_fused, mask_padding=recipe.mask_padding)
     result.metrics["verification"] = verification.to_dict()
     info["eval_source"], info["eval_samples"] = held.source, len(held)
     return verification, lowered

@@ -66,6 +66,7 @@ def format_result(result: BuildResult) -> str:
         for name, m in ver["outputs"].items():
             lines.append(f"  {name[:24]:24s} {m['sqnr_db']:8.2f} {m['cosine']:9.5f} {m['mse']:10.3g} "
                          f"{m['kl']:10.3g}")
+        lines += _padding_lines(ver.get("padding_mask"))
         if ver.get("top1_agreement") is not None:
             lines.append(f"  top-1 agreement {ver['top1_agreement'] * 100:.2f} %")
         if ver.get("task"):
@@ -86,6 +87,17 @@ def format_result(result: BuildResult) -> str:
     lines += _float_node_lines(result.metrics.get("float_nodes") or {})
     lines += _verdict_lines(result)
     return "\n".join(lines)
+
+
+def _padding_lines(mask: dict[str, Any] | None) -> list[str]:
+    """One line: which outputs were measured over real tokens only, and their all-position SQNR."""
+    if not mask:
+        return []
+    unmasked = ", ".join(f"{n} {m['sqnr_db']:.2f} dB" for n, m in mask["unmasked"].items())
+    real = mask["positions"] - mask["padding"]
+    return [f"  padding left out: {', '.join(mask['outputs'])} measured on the {real} of {mask['positions']} "
+            f"[batch, seq] positions where {mask['input']} = 1 (all positions: {unmasked}; recipe "
+            "[verification] mask_padding = false counts them)"]
 
 
 def _mode_lines(result: BuildResult) -> list[str]:

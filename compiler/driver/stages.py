@@ -116,7 +116,7 @@ class BuildRun:
                                        held_out.labels, request.task_metric,
                                        # ORT timing only says something where ORT runs it as deployed
                                        latency=request.measure_latency and profile.verify_fused,
-                                       fused=profile.verify_fused)
+                                       fused=profile.verify_fused, mask_padding=self.recipe.mask_padding)
         result.metrics["verification"] = self.verification.to_dict()
         if self.auto is not None:
             result.metrics["mixed_precision"] = self.auto.finish(self.verification, quantized,

@@ -34,6 +34,9 @@ gptq = true                    # GPTQ on Gemm/MatMul weights; gptq_act_order = f
 [verdict]                      # limits of the build's verdict (compiler/driver/verdict.py)
 degraded_sqnr_db = 15
 
+[verification]                 # how the build's verification measures (compiler/verify.py)
+mask_padding = true            # [batch, seq] outputs over attention_mask = 1 positions only
+
 [calibration.image]            # preprocessing for image-folder calibration data
 size = 256
 crop = 224
@@ -57,7 +60,9 @@ from dsqc.range_methods import DEFAULT_METHOD, METHODS
 _DEFAULT_KEYS = {"mode", "method", "percentile", "activation_dtype", "symmetric", "per_channel",
                  "weight_dtype", "block_size", "weight_limit"}
 _OPTION_KEYS = {"precision", "weight_dtype", "block_size", "per_channel", "weight_limit"}
-_TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration", "boosters", "verdict"}
+_TOP_KEYS = {"quantization", "op_types", "override", "exclude", "calibration", "boosters", "verdict",
+             "verification"}
+_VERIFICATION_KEYS = {"mask_padding"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class Recipe:
     calibration: dict[str, Any] = field(default_factory=dict)
     boosters: dict[str, Any] = field(default_factory=dict)
     verdict: dict[str, Any] = field(default_factory=dict)  # checked by verdict.Thresholds.from_table
+    verification: dict[str, Any] = field(default_factory=dict)  # keys checked here (_VERIFICATION_KEYS)
     fallback_ops: frozenset[str] = frozenset()
     source: str = "defaults"
 
@@ -126,6 +132,11 @@ class Recipe:
             merged["precision"] = "fp32"
         precision = merged.pop("precision", None)
         return NodeOptions(precision=Precision(precision) if precision else None, **merged)
+
+    @property
+    def mask_padding(self) -> bool:
+        """``[verification] mask_padding`` (default true): padded tokens left out of verification."""
+        return bool(self.verification.get("mask_padding", True))
 
     def unmatched(self) -> list[str]:
         """Regexes that matched no node: almost always a typo, reported as a warning."""
@@ -182,6 +193,10 @@ def parse_recipe(data: dict[str, Any], label: str = "recipe") -> Recipe:
     recipe.calibration = _table(data.get("calibration", {}), label, "calibration")
     recipe.boosters = _table(data.get("boosters", {}), label, "boosters")
     recipe.verdict = _table(data.get("verdict", {}), label, "verdict")
+    recipe.verification = _table(data.get("verification", {}), label, "verification")
+    _unknown(recipe.verification, _VERIFICATION_KEYS, label, "verification.")
+    for key, value in recipe.verification.items():
+        _check_value(key, value, label, f"verification.{key}")
     return recipe
 
 
@@ -192,7 +207,7 @@ def _check_value(key: str, value: Any, label: str, where: str) -> Any:
         "precision": tuple(p.value for p in Precision)}
     if key in choices and value not in choices[key]:
         raise RecipeError(f"{label}: {where} = {value!r}; choose one of {', '.join(choices[key])}")
-    if key in ("symmetric", "per_channel") and not isinstance(value, bool):
+    if key in ("symmetric", "per_channel", "mask_padding") and not isinstance(value, bool):
         raise RecipeError(f"{label}: {where} must be true or false")
     if key == "block_size" and (not isinstance(value, int) or value < 0 or value % 2):
         raise RecipeError(f"{label}: {where} must be an even integer ≥ 0 (0 = per channel)")

@@ -33,7 +33,8 @@ CASES = [
          refuse="dsqc: error: {tmp}/recipe.toml: the recipe is not UTF-8 text (byte 25); save it as UTF-8"),
     Case("unknown-top-key", "recipe", _recipe("[quantisation]\nmethod = 'minmax'\n"),
          refuse="dsqc: error: {tmp}/recipe.toml: unknown key 'quantisation' (did you mean 'quantization'?); "
-                "allowed: boosters, calibration, exclude, op_types, override, quantization, verdict"),
+                "allowed: boosters, calibration, exclude, op_types, override, quantization, verdict, "
+                "verification"),
     Case("unknown-nested-key", "recipe", _recipe("[quantization]\nbits = 4\n"),
          refuse="dsqc: error: {tmp}/recipe.toml: unknown key 'quantization.bits'; allowed: activation_dtype, "
                 "block_size, method, mode, per_channel, percentile, symmetric, weight_dtype, weight_limit"),

@@ -104,7 +104,12 @@ def test_planted_outlier_ranks_first_and_every_plan_tensor_is_listed(
     rows = out.split("activations:")[1].splitlines()[2]
     assert OUTLIER_TENSOR in rows and "conv1 (Conv + relu1)" in rows
     report = json.loads((built["onnx"] / "report.json").read_text())
-    assert sorted(p["tensor"] for p in body["points"]) == sorted(report["plan"]["tensors"])
+    singles = [p for p in body["points"] if p["kind"] != "weight+bias"]
+    assert sorted(p["tensor"] for p in singles) == sorted(report["plan"]["tensors"])
+    joints = {p["tensor"]: p for p in body["points"] if p["kind"] == "weight+bias"}
+    assert set(joints) == {"w1 + b1", "w2 + b2", "fc_w + fc_b"}  # one per layer, every part marked
+    assert {p["tensor"]: p["part_of"] for p in singles if p["part_of"]} == {
+        t: j for j, joint in joints.items() for t in joint["parts"]}
     positions = [p["position"] for p in body["points"]]
     assert positions == sorted(positions)  # graph order
     weights = [p for p in body["points"] if p["kind"] == "weight"]
