@@ -57,8 +57,13 @@ class BuildFolder:
             source=self.source_path.name if self.source_path else "MODEL")
 
     def data_defaults(self) -> tuple[str | None, str | None]:
-        """``(calib, eval_data)`` as the build used them, where report.json names them re-loadably:
-        the built-in sets, ``module:function``, or a file/folder name that exists from here."""
+        """``(calib, eval_data)`` as the build used them, where the folder names them re-loadably: the
+        built-in sets, ``module:function``, or a file/folder that exists from here. manifest.json keeps
+        the specs as given (paths included), report.json only their descriptions (file names)."""
+        given = _manifest_calibration(self.path)
+        calib, eval_data = given.get("source"), given.get("eval_source")
+        if isinstance(calib, str) and _reloadable(calib):
+            return calib, eval_data if isinstance(eval_data, str) and _reloadable(eval_data) else None
         calib = _base(self.calibration.get("source"))
         held_out = _base(self.calibration.get("eval_source"))
         calib = calib if calib and _reloadable(calib) else None
@@ -130,6 +135,16 @@ def plan_from_dict(body: Any, where: Path) -> QuantPlan:
         raise BuildFolderError(f"{where}: malformed plan ({type(exc).__name__}: {exc}); rebuild the folder") \
             from None
     return QuantPlan(tensors, nodes, folded, list(body.get("notes", [])))
+
+
+def _manifest_calibration(folder: Path) -> dict[str, Any]:
+    """The bundle manifest's calibration provenance ({} where the folder has none or it is unreadable)."""
+    try:
+        body = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    calibration = body.get("calibration") if isinstance(body, dict) else None
+    return calibration if isinstance(calibration, dict) else {}
 
 
 def _base(source: Any) -> str | None:

@@ -153,7 +153,9 @@ def _float_node_lines(nodes: dict[str, dict[str, str]], names_shown: int = 6) ->
         return []
     by_reason: dict[str, list[str]] = {}
     for name, entry in nodes.items():
-        by_reason.setdefault(f"{entry['precision']}: {entry['reason']}", []).append(name or "<unnamed>")
+        reason, label = entry["reason"], f"{entry['precision']}: "
+        by_reason.setdefault(reason if reason.startswith(label) else label + reason, []).append(
+            name or "<unnamed>")
     lines = [f"float nodes: {len(nodes)}"]
     for reason, names in by_reason.items():
         more = f", … {len(names) - names_shown} more in report.json" if len(names) > names_shown else ""

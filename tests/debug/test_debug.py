@@ -145,16 +145,20 @@ def test_final_output_matches_the_build_verification(built: dict[str, Path], tar
 
 def test_recorded_data_is_reused_from_the_build_folder_report(built: dict[str, Path],
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """report.json records 'calib.npz' by name: found from the folder it was built in, refused elsewhere."""
-    here = Path.cwd()
+    """manifest.json keeps the calibration data as given (here an absolute path): found from any folder;
+    once the file is gone, refused in one line that says to give --calib."""
+    here, data = Path.cwd(), built["data"]
+    moved = data.with_suffix(".moved")
     try:
-        os.chdir(built["root"])
-        code, out, err = _debug(capsys, "cnn.onnx", "out_onnx", "--json", "recorded.json")
+        os.chdir(built["onnx"])
+        code, out, err = _debug(capsys, "../cnn.onnx", ".", "--json", "../recorded.json")
         assert code == 0, err
         assert "calib.npz" in out
-        os.chdir(built["onnx"])
+        data.rename(moved)
         code, _, err = _debug(capsys, "../cnn.onnx", ".", "--json", "../elsewhere.json")
     finally:
+        if moved.exists():
+            moved.rename(data)
         os.chdir(here)
     assert code == 2 and err.count("\n") == 1 and "--calib" in err and "cannot be re-loaded" in err
     assert not (built["root"] / "elsewhere.json").exists()
