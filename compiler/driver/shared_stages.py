@@ -30,7 +30,7 @@ class SharedStages:
     """Memoized stages, keyed by what each depends on, so a different input is never reused."""
 
     _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
-    _stats: dict[tuple[int, str, float], dict[str, TensorStats]] = field(default_factory=dict)
+    _stats: dict[tuple[int, str, float, str], dict[str, TensorStats]] = field(default_factory=dict)
     hits: list[str] = field(default_factory=list)  # stages reused, in order (for the report and tests)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _locks: dict[tuple[Any, ...], threading.Lock] = field(default_factory=dict)
@@ -60,10 +60,12 @@ class SharedStages:
                          compute)
 
     @contextlib.contextmanager
-    def calibration(self, source: onnx.ModelProto, recipe: Recipe) -> Iterator[dict[str, TensorStats]]:
+    def calibration(self, source: onnx.ModelProto, recipe: Recipe,
+                    subset: str = "") -> Iterator[dict[str, TensorStats]]:
         """The statistics gathered so far on ``source`` with ``recipe``'s range method, held (one
-        target at a time) while the caller calibrates what is missing and adds it to the dict."""
-        key = _stats_key(source, recipe)
+        target at a time) while the caller calibrates what is missing and adds it to the dict.
+        ``subset`` names a part of the calibration samples (``range_select``'s fitting part)."""
+        key = (*_stats_key(source, recipe), subset)
         with self._guard:
             lock = self._locks.setdefault(("calibration", *key), threading.Lock())
         with lock:

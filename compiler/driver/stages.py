@@ -146,8 +146,7 @@ class BuildRun:
             else:
                 self.recipe, selection = select_method(
                     source, self.recipe, calib, request.calib_batch,
-                    lambda recipe, samples: quantize_model(source, profile, recipe, samples,
-                                                           request.calib_batch))
+                    lambda recipe, samples: self._candidate(source, profile, recipe, samples))
                 self.result.metrics["range_method"] = selection.to_dict()
         if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
             self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request)
@@ -156,6 +155,15 @@ class BuildRun:
         with self.shared.calibration(source, self.recipe) as known:
             quantized = quantize_model(source, profile, self.recipe, calib, request.calib_batch,
                                        known={**known, **trained_stats(self.trained)}, trained=self.trained)
+            known.update(quantized.stats)
+        return quantized
+
+    def _candidate(self, source: onnx.ModelProto, profile: TargetProfile, recipe: Recipe,
+                   samples: SampleSet) -> Quantized:
+        """One ``range_select`` candidate, its statistics shared with the build's other targets."""
+        with self.shared.calibration(source, recipe, subset=samples.source) as known:
+            quantized = quantize_model(source, profile, recipe, samples, self.request.calib_batch,
+                                       known=dict(known))
             known.update(quantized.stats)
         return quantized
 
