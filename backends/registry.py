@@ -54,6 +54,7 @@ class LoweringJob:
     options: dict[str, Any] = field(default_factory=dict)
     eval_labels: np.ndarray | None = None
     measure_latency: bool = True
+    mask_padding: bool = True  # recipe [verification]: [batch, seq] outputs over real tokens only
 
 
 @dataclass

@@ -162,7 +162,8 @@ class TfliteBackend(Backend):
             metrics["runs_in_litert"] = {"inputs": "random normal (no held-out data: not a verification)",
                                          "finite": all(bool(np.isfinite(v).all()) for v in runs.values())}
         if opts.verify and job.eval_feeds:
-            check, got = verify.outputs_vs_onnx(int8.blob, job.fp32, job.eval_feeds, nhwc_in)
+            check, got = verify.outputs_vs_onnx(int8.blob, job.fp32, job.eval_feeds, nhwc_in,
+                                                  mask_padding=job.mask_padding)
             check["vs_qdq"] = verify.outputs_vs_qdq(got, job.qdq, job.eval_feeds, int8.output_scales)
             if not nhwc_in and not run_time:
                 first = latency_sample(job.fp32, job.eval_feeds[0])

@@ -16,7 +16,7 @@ import onnx
 
 from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.metrics import output_metrics, sqnr_db, top1_agreement
-from dsqc.verify import run_batches, session
+from dsqc.verify import masked_metrics, padding_mask, run_batches, session
 
 from . import runtime
 from .graph import Graph
@@ -45,19 +45,26 @@ def random_feeds(model: onnx.ModelProto, batches: int = 2, batch: int = 4) -> li
     return out
 
 
-def outputs_vs_onnx(blob: bytes, reference: onnx.ModelProto, batches: list[Feeds],
-                    nhwc_in: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Run ``blob`` on every held-out sample and compare each output with ``reference`` in ORT."""
+def outputs_vs_onnx(blob: bytes, reference: onnx.ModelProto, batches: list[Feeds], nhwc_in: bool = False,
+                    mask_padding: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run ``blob`` on every held-out sample and compare each output with ``reference`` in ORT; with
+    ``mask_padding``, [batch, seq] outputs over real tokens only, as the build's ORT verification."""
     names = [i.name for i in reference.graph.input
              if i.name not in {init.name for init in reference.graph.initializer}]
     ref = run_batches(session(reference), batches)
     batch = fixed_batch(model_inputs(reference)) or 1
     got_list = runtime.run(blob, runtime.samples(batches, names, batch), nhwc_in=nhwc_in)
     got = dict(zip(ref, got_list, strict=True))
-    per_output = {name: output_metrics(ref[name], got[name].reshape(ref[name].shape)) for name in ref}
+    got = {name: got[name].reshape(ref[name].shape) for name in ref}
+    per_output = {name: output_metrics(ref[name], got[name]) for name in ref}
+    mask = padding_mask(reference, batches, ref) if mask_padding else None
+    if mask is not None:
+        per_output.update({n: masked_metrics(ref[n], got[n], mask.keep) for n in mask.outputs})
     first = next(iter(ref))
     result: dict[str, Any] = {"samples": int(ref[first].shape[0]), "outputs": per_output,
                               "min_sqnr_db": min(m["sqnr_db"] for m in per_output.values())}
+    if mask is not None:
+        result["padding_mask"] = mask.to_dict()
     if ref[first].ndim == 2 and ref[first].shape[1] > 1:
         result["top1_agreement"] = top1_agreement(ref[first], got[first])
     return result, got

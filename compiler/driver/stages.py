@@ -110,6 +110,7 @@ class BuildRun:
         result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
         job.eval_feeds = list(held_out.batches(request.calib_batch))
         job.eval_labels, job.measure_latency = held_out.labels, request.measure_latency
+        job.mask_padding = self.recipe.mask_padding
         lowered = self.lower()
         with clock("verify"):
             self.verification = verify(self.reference, self.backend.verified_model(lowered), job.eval_feeds,

@@ -18,7 +18,8 @@ from dsqc.verify import masked_metrics, padding_mask
 SEQ, DIM = 12, 16
 
 
-def padded_encoder(mask_name: str = "attention_mask", mask_type: int = TensorProto.INT64) -> onnx.ModelProto:
+def padded_encoder(mask_name: str = "attention_mask", mask_type: int = TensorProto.INT64,
+                   wave: str = "Sin") -> onnx.ModelProto:
     """x[N, S, D] → MatMul (int8 in the build) → y; ``hidden`` = y on real tokens and y + 10·sin(100·y)
     on padded ones, like a real encoder's garbage there: the sine turns y's rounding error (~0.01) into
     noise as large as itself, so padded positions differ wildly between FP32 and int8 while the real
@@ -38,7 +39,7 @@ def padded_encoder(mask_name: str = "attention_mask", mask_type: int = TensorPro
         helper.make_node("Sub", ["one", "m"], ["pad2d"], name="pad"),
         helper.make_node("Unsqueeze", ["pad2d", "last"], ["pad3d"], name="unsqueeze"),
         helper.make_node("Mul", ["y", "k"], ["ky"], name="scale"),
-        helper.make_node("Sin", ["ky"], ["wave"], name="sin"),
+        helper.make_node(wave, ["ky"], ["wave"], name=wave.lower()),
         helper.make_node("Mul", ["wave", "amplitude"], ["e"], name="amplify"),
         helper.make_node("Mul", ["e", "pad3d"], ["garbage"], name="garbage"),
         helper.make_node("Add", ["y", "garbage"], ["hidden"], name="add"),
@@ -185,3 +186,23 @@ def test_debug_measures_masked_outputs_as_the_build_verified(case: dict[str, Pat
     assert "hidden: over real tokens only (attention_mask = 1)" in out
     proj = next(p for p in body["points"] if p["tensor"] == "w")  # the MatMul's weight alone
     assert proj["local_output_sqnr_db_by_output"]["hidden"] > 30  # real tokens: no sine garbage
+
+
+def test_tflite_runtime_numbers_leave_padding_out_too(case: dict[str, Path]) -> None:
+    """LiteRT's own run of the .tflite (which also feeds the verdict) masks as ORT's verification does."""
+    folder, model = case["root"] / "tfl", case["root"] / "enc_tanh.onnx"
+    onnx.save(padded_encoder(wave="Tanh"), model)  # LiteRT has no SIN kernel
+    assert main(["build", str(model), "--target", "tflite", "--calib", str(case["calib"]),
+                 "--eval-data", str(case["eval"]), "--no-latency", "-o", str(folder)]) == 0
+    metrics = json.loads((folder / "report.json").read_text())["metrics"]
+    litert = metrics["tflite"]["verification"]
+    assert litert["padding_mask"]["outputs"] == ["hidden"]
+    assert json.loads((folder / "report.json").read_text())["verdict"]["level"] == "ok"
+    off = case["root"] / "tfl_off"
+    assert main(["build", str(model), "--target", "tflite", "--calib", str(case["calib"]), "--eval-data",
+                 str(case["eval"]), "--no-latency", "--recipe", str(case["root"] / "off.toml"),
+                 "-o", str(off)]) == 0
+    unmasked = json.loads((off / "report.json").read_text())["metrics"]["tflite"]["verification"]
+    assert "padding_mask" not in unmasked
+    real, every = litert["outputs"]["hidden"]["sqnr_db"], unmasked["outputs"]["hidden"]["sqnr_db"]
+    assert real > 25 and real > every + 6, (real, every)
