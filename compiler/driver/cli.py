@@ -82,8 +82,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--calib-batch", type=int, default=8, help="calibration batch size (default 8)")
     p.add_argument("--method", choices=METHODS,
-                   help="range calibration (default: recipe, else select: minmax or percentile, whichever "
-                        "moves the output less on calibration samples; auto: mse on conv inputs)")
+                   help="range calibration (default: recipe, else minmax; select: minmax or percentile, "
+                        "whichever moves the output less on unseen calibration samples; auto: mse on conv "
+                        "inputs)")
     p.add_argument("--recipe", type=Path, help="TOML recipe (overrides, exclusions, precisions)")
     p.add_argument("--eval-data", help="held-out data for verification (default: a split of --calib)")
     p.add_argument("--eval-samples", type=int, default=64, help="held-out samples (default 64)")

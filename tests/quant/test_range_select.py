@@ -1,4 +1,4 @@
-"""The default range method ``select``: min/max vs percentile, cross-fitted on calibration samples."""
+"""The range method ``select`` (opt-in): min/max vs percentile, cross-fitted on calibration samples."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def _data(path: Path, spikes: bool, n: int = 64) -> Path:
 def _build(tmp_path: Path, data: Path, name: str) -> dict:
     out = tmp_path / name
     proc = subprocess.run([sys.executable, "-m", "dsqc", "build", str(_relu_matmul(tmp_path / "m.onnx")),
-                           "--target", "onnx", "--calib", str(data), "--no-latency", "-o", str(out)],
+                           "--target", "onnx", "--calib", str(data), "--method", "select", "--no-latency",
+                           "-o", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "range method: " in proc.stdout
