@@ -89,16 +89,11 @@ def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
     tokens only (``padding_mask``); their all-position SQNR and cosine stay in ``padding_mask``."""
     ref = run_batches(session(fp32), batches)
     got = run_batches(session(quant, optimize=fused), batches)
-    mask = padding_mask(fp32, batches, ref) if mask_padding else None
-    per_output = {name: output_metrics(ref[name], got[name]) for name in ref}
+    per_output, padding = compare_outputs(fp32, batches, ref, got, mask_padding)
     first = next(iter(ref))
     classifier = ref[first].ndim == 2 and ref[first].shape[1] > 1
     result = Verification(per_output, samples=int(ref[first].shape[0]) if ref[first].ndim else 1)
-    if mask is not None:
-        unmasked = {n: {"sqnr_db": per_output[n]["sqnr_db"], "cosine": per_output[n]["cosine"]}
-                    for n in mask.outputs}
-        per_output.update({n: masked_metrics(ref[n], got[n], mask.keep) for n in mask.outputs})
-        result.padding_mask = {**mask.to_dict(), "unmasked": unmasked}
+    result.padding_mask = padding
     if classifier:
         result.top1_agreement = top1_agreement(ref[first], got[first])
     if labels is not None or task_metric:
@@ -266,6 +261,22 @@ def padding_mask(proto: onnx.ModelProto, batches: Sequence[Feeds], outputs: Mapp
                    if o in reached and value.ndim >= 2 and value.shape[:2] == keep.shape
                    and not _contradicts(declared.get(o, ())[:2], mask_dims))
     return PaddingMask(name, keep, chosen) if chosen else None
+
+
+def compare_outputs(proto: onnx.ModelProto, batches: Sequence[Feeds], ref: Mapping[str, np.ndarray],
+                    got: Mapping[str, np.ndarray], mask_padding: bool = True,
+                    ) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    """``output_metrics`` per output of ``proto`` (FP32 ``ref`` vs ``got``, same shapes). With
+    ``mask_padding``, outputs under a padding mask (``padding_mask``) over real tokens only; the mask and
+    those outputs' all-position SQNR and cosine are returned beside (None where nothing was masked)."""
+    per_output = {name: output_metrics(ref[name], got[name]) for name in ref}
+    mask = padding_mask(proto, batches, ref) if mask_padding else None
+    if mask is None:
+        return per_output, None
+    unmasked = {n: {"sqnr_db": per_output[n]["sqnr_db"], "cosine": per_output[n]["cosine"]}
+                for n in mask.outputs}
+    per_output.update({n: masked_metrics(ref[n], got[n], mask.keep) for n in mask.outputs})
+    return per_output, {**mask.to_dict(), "unmasked": unmasked}
 
 
 def masked_metrics(ref: np.ndarray, got: np.ndarray, keep: np.ndarray) -> dict[str, float]:

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 
 from dsqc.calibration.data import fixed_batch, model_inputs
-from dsqc.metrics import output_metrics, sqnr_db, top1_agreement
-from dsqc.verify import masked_metrics, padding_mask, run_batches, session
+from dsqc.metrics import sqnr_db, top1_agreement
+from dsqc.verify import compare_outputs, run_batches, session
 
 from . import runtime
 from .graph import Graph
@@ -56,15 +56,12 @@ def outputs_vs_onnx(blob: bytes, reference: onnx.ModelProto, batches: list[Feeds
     got_list = runtime.run(blob, runtime.samples(batches, names, batch), nhwc_in=nhwc_in)
     got = dict(zip(ref, got_list, strict=True))
     got = {name: got[name].reshape(ref[name].shape) for name in ref}
-    per_output = {name: output_metrics(ref[name], got[name]) for name in ref}
-    mask = padding_mask(reference, batches, ref) if mask_padding else None
-    if mask is not None:
-        per_output.update({n: masked_metrics(ref[n], got[n], mask.keep) for n in mask.outputs})
+    per_output, padding = compare_outputs(reference, batches, ref, got, mask_padding)
     first = next(iter(ref))
     result: dict[str, Any] = {"samples": int(ref[first].shape[0]), "outputs": per_output,
                               "min_sqnr_db": min(m["sqnr_db"] for m in per_output.values())}
-    if mask is not None:
-        result["padding_mask"] = mask.to_dict()
+    if padding is not None:
+        result["padding_mask"] = padding
     if ref[first].ndim == 2 and ref[first].shape[1] > 1:
         result["top1_agreement"] = top1_agreement(ref[first], got[first])
     return result, got

@@ -147,24 +147,22 @@ class BuildRun:
             else:
                 self.recipe, selection = select_method(
                     source, self.recipe, calib, request.calib_batch,
-                    lambda recipe, samples: self._candidate(source, profile, recipe, samples))
+                    lambda recipe, samples: self._quantize(source, profile, recipe, samples,
+                                                           subset=samples.source))
                 self.result.metrics["range_method"] = selection.to_dict()
         if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
             self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request)
             self.recipe = self.auto.recipe
             return self.auto.quantized
-        with self.shared.calibration(source, self.recipe) as known:
-            quantized = quantize_model(source, profile, self.recipe, calib, request.calib_batch,
-                                       known={**known, **trained_stats(self.trained)}, trained=self.trained)
-            known.update(quantized.stats)
-        return quantized
+        return self._quantize(source, profile, self.recipe, calib)
 
-    def _candidate(self, source: onnx.ModelProto, profile: TargetProfile, recipe: Recipe,
-                   samples: SampleSet) -> Quantized:
-        """One ``range_select`` candidate, its statistics shared with the build's other targets."""
-        with self.shared.calibration(source, recipe, subset=samples.source) as known:
+    def _quantize(self, source: onnx.ModelProto, profile: TargetProfile, recipe: Recipe,
+                  samples: SampleSet, subset: str = "") -> Quantized:
+        """The plan of ``recipe`` on ``samples`` (``subset`` names a part of the calibration set, as
+        ``range_select``'s candidates use), statistics shared with the build's other targets."""
+        with self.shared.calibration(source, recipe, subset) as known:
             quantized = quantize_model(source, profile, recipe, samples, self.request.calib_batch,
-                                       known=dict(known))
+                                       known={**known, **trained_stats(self.trained)}, trained=self.trained)
             known.update(quantized.stats)
         return quantized
 
