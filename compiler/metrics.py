@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 
@@ -47,3 +49,75 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+SCALE_GAP_DB = 20.0  # channels whose RMS differ by more than this form separate groups
+MIN_GROUP_SHARE = 0.05  # a group smaller than this share of the channels is not judged on its own
+
+
+def scale_groups(ref: np.ndarray, axis: int = 1) -> list[np.ndarray]:
+    """Channel indices along ``axis`` of ``ref``, split where the sorted per-channel RMS jumps by more
+    than :data:`SCALE_GAP_DB`; ``[]`` when the output is one scale (the usual case).
+
+    A detector's ``[N, 4 + classes, anchors]`` output holds box pixels (RMS ~100) beside class
+    probabilities (RMS ~0.01): one SQNR over both measures the boxes only, and a build whose class scores
+    carry more noise than signal still reads 30 dB. Channels that are all zero and groups holding less
+    than :data:`MIN_GROUP_SHARE` of the channels (one odd logit of a thousand) are left out."""
+    if ref.ndim < 2 or ref.shape[axis] < 2:
+        return []
+    moved = np.moveaxis(ref.astype(np.float64), axis, 0).reshape(ref.shape[axis], -1)
+    rms = np.sqrt(np.mean(moved * moved, axis=1))
+    live = np.flatnonzero(rms > 0)
+    if live.size < 2:
+        return []
+    order = live[np.argsort(rms[live])]
+    jumps = 20.0 * np.log10(rms[order[1:]] / rms[order[:-1]])
+    cuts = np.flatnonzero(jumps > SCALE_GAP_DB) + 1
+    if cuts.size == 0:
+        return []
+    smallest = max(1, int(np.ceil(MIN_GROUP_SHARE * ref.shape[axis])))
+    groups = sorted((np.sort(g) for g in np.split(order, cuts) if g.size >= smallest), key=lambda g: g[0])
+    return groups if len(groups) > 1 else []
+
+
+def group_metrics(ref: np.ndarray, test: np.ndarray, axis: int = 1) -> list[dict[str, object]]:
+    """SQNR and cosine of each :func:`scale_groups` group of channels (``channels`` as ``"0-3"``)."""
+    rows: list[dict[str, object]] = []
+    for idx in scale_groups(ref, axis):
+        a, b = np.take(ref, idx, axis=axis), np.take(test, idx, axis=axis)
+        rows.append({"channels": channel_ranges(idx), "count": int(idx.size),
+                     "rms": float(np.sqrt(np.mean(a.astype(np.float64) ** 2))),
+                     "sqnr_db": float(sqnr_db(a, b)), "cosine": cosine(a, b)})
+    return rows
+
+
+def channel_ranges(idx: np.ndarray) -> str:
+    """Sorted indices as ranges: ``[0, 1, 2, 3, 7]`` → ``"0-3, 7"``."""
+    parts: list[str] = []
+    start = prev = int(idx[0])
+    for i in [int(v) for v in idx[1:]] + [-2]:
+        if i != prev + 1:
+            parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = i
+        prev = i
+    return ", ".join(parts)
+
+
+Part = tuple[str, "np.ndarray | None"]  # (output name, channel indices along axis 1 or None: all of it)
+
+
+def judged_parts(reference: Mapping[str, np.ndarray]) -> dict[str, Part]:
+    """Every output, and each scale group of its channels (:func:`scale_groups`) as
+    ``"name[channels a-b]"``: the parts a budget or a verdict holds to its limits one by one."""
+    parts: dict[str, Part] = {}
+    for name, ref in reference.items():
+        parts[name] = (name, None)
+        for idx in scale_groups(ref):
+            parts[f"{name}[channels {channel_ranges(idx)}]"] = (name, idx)
+    return parts
+
+
+def take_parts(values: Mapping[str, np.ndarray], parts: Mapping[str, Part]) -> dict[str, np.ndarray]:
+    """``values`` (outputs by name) cut into ``parts``."""
+    return {label: values[name] if idx is None else np.take(values[name], idx, axis=1)
+            for label, (name, idx) in parts.items()}

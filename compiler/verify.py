@@ -17,7 +17,7 @@ import onnxruntime as ort
 from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.calibration.ort_session import BatchRunner, first_line
 from dsqc.errors import DsqcError, GateError
-from dsqc.metrics import cosine, output_metrics, top1_agreement
+from dsqc.metrics import cosine, group_metrics, output_metrics, top1_agreement
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
@@ -61,7 +61,7 @@ def run_batches(sess: ort.InferenceSession, batches: Iterable[Feeds]) -> dict[st
 
 @dataclass
 class Verification:
-    outputs: dict[str, dict[str, float]]
+    outputs: dict[str, dict[str, Any]]
     samples: int
     top1_agreement: float | None = None
     task: dict[str, Any] | None = None
@@ -71,7 +71,7 @@ class Verification:
 
     @property
     def min_sqnr(self) -> float:
-        return min(m["sqnr_db"] for m in self.outputs.values())
+        return worst_sqnr(self.outputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "outputs": self.outputs, "min_sqnr_db": self.min_sqnr,
@@ -265,18 +265,29 @@ def padding_mask(proto: onnx.ModelProto, batches: Sequence[Feeds], outputs: Mapp
 
 def compare_outputs(proto: onnx.ModelProto, batches: Sequence[Feeds], ref: Mapping[str, np.ndarray],
                     got: Mapping[str, np.ndarray], mask_padding: bool = True,
-                    ) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """``output_metrics`` per output of ``proto`` (FP32 ``ref`` vs ``got``, same shapes). With
     ``mask_padding``, outputs under a padding mask (``padding_mask``) over real tokens only; the mask and
-    those outputs' all-position SQNR and cosine are returned beside (None where nothing was masked)."""
-    per_output = {name: output_metrics(ref[name], got[name]) for name in ref}
+    those outputs' all-position SQNR and cosine are returned beside (None where nothing was masked).
+    An output whose channels (axis 1) come in scales far apart also gets ``groups``: each scale's own
+    SQNR and cosine (``metrics.group_metrics``), so class scores beside box pixels are judged too."""
+    per_output: dict[str, dict[str, Any]] = {name: output_metrics(ref[name], got[name]) for name in ref}
     mask = padding_mask(proto, batches, ref) if mask_padding else None
+    for name in ref:
+        if (mask is None or name not in mask.outputs) and (groups := group_metrics(ref[name], got[name])):
+            per_output[name]["groups"] = groups
     if mask is None:
         return per_output, None
     unmasked = {n: {"sqnr_db": per_output[n]["sqnr_db"], "cosine": per_output[n]["cosine"]}
                 for n in mask.outputs}
     per_output.update({n: masked_metrics(ref[n], got[n], mask.keep) for n in mask.outputs})
     return per_output, {**mask.to_dict(), "unmasked": unmasked}
+
+
+def worst_sqnr(per_output: Mapping[str, Mapping[str, Any]]) -> float:
+    """The worst SQNR of any output or of any scale group of an output's channels."""
+    return min(min([float(m["sqnr_db"])] + [float(g["sqnr_db"]) for g in m.get("groups", ())])
+               for m in per_output.values())
 
 
 def masked_metrics(ref: np.ndarray, got: np.ndarray, keep: np.ndarray) -> dict[str, float]:

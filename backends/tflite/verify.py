@@ -16,7 +16,7 @@ import onnx
 
 from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.metrics import sqnr_db, top1_agreement
-from dsqc.verify import compare_outputs, run_batches, session
+from dsqc.verify import compare_outputs, run_batches, session, worst_sqnr
 
 from . import runtime
 from .graph import Graph
@@ -59,7 +59,7 @@ def outputs_vs_onnx(blob: bytes, reference: onnx.ModelProto, batches: list[Feeds
     per_output, padding = compare_outputs(reference, batches, ref, got, mask_padding)
     first = next(iter(ref))
     result: dict[str, Any] = {"samples": int(ref[first].shape[0]), "outputs": per_output,
-                              "min_sqnr_db": min(m["sqnr_db"] for m in per_output.values())}
+                              "min_sqnr_db": worst_sqnr(per_output)}
     if padding is not None:
         result["padding_mask"] = padding
     if ref[first].ndim == 2 and ref[first].shape[1] > 1:

@@ -26,7 +26,7 @@ from dsqc.autoprec.switch_model import SwitchModel
 from dsqc.calibration.data import SampleSet
 from dsqc.driver.build_types import BuildRequest, rebuild_command
 from dsqc.errors import RecipeError
-from dsqc.metrics import cosine, sqnr_db
+from dsqc.metrics import cosine, judged_parts, sqnr_db, take_parts
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Recipe
@@ -219,18 +219,20 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
 def _evaluator(switch: SwitchModel, held_out: SampleSet, budget: Budget, metric_spec: str | None) -> Any:
     bound = switch.bind(list(held_out.batches(32)), segmented=False)
     metric = task_metric(metric_spec) if budget.kind == "drop" else None
-    reference = bound.reference
-    fp32_task = metric(reference, held_out.labels) if metric else 0.0
+    fp32_task = metric(bound.reference, held_out.labels) if metric else 0.0
+    parts = judged_parts(bound.reference)  # each output and each scale group of its channels
+    reference = take_parts(bound.reference, parts)
 
     def evaluate(plan: QuantPlan) -> tuple[float, dict[str, float]]:
-        got = bound.run(plan)
+        outputs = bound.run(plan)
+        got = take_parts(outputs, parts)
         noise = {o: _noise(reference[o], got[o]) for o in reference}
         if budget.kind == "sqnr":
             return min(sqnr_db(reference[o], got[o]) for o in reference), noise
         if budget.kind == "cosine":
             return min(cosine(reference[o], got[o]) for o in reference), noise
         assert metric is not None
-        return fp32_task - metric(got, held_out.labels), noise
+        return fp32_task - metric(outputs, held_out.labels), noise
 
     return evaluate
 
@@ -244,7 +246,7 @@ def _achieved(budget: Budget, ver: Verification) -> float:
     if budget.kind == "sqnr":
         return ver.min_sqnr
     if budget.kind == "cosine":
-        return min(m["cosine"] for m in ver.outputs.values())
+        return min(p["cosine"] for m in ver.outputs.values() for p in [m, *m.get("groups", ())])
     if ver.task is None:
         raise RecipeError("--accuracy-budget drop:… needs labels or --task-metric")
     return float(ver.task["drop"])

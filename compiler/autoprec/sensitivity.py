@@ -25,7 +25,7 @@ from dsqc.autoprec.switch_model import BoundSamples, SwitchModel, workers
 from dsqc.calibration.data import SampleSet
 from dsqc.driver.progress import Progress
 from dsqc.errors import RecipeError
-from dsqc.metrics import output_metrics
+from dsqc.metrics import Part, judged_parts, output_metrics, take_parts
 from dsqc.quant.qparams import dequantize, quantize
 from dsqc.quant.spec import Precision, QuantPlan
 
@@ -52,10 +52,11 @@ class Measured:
         return {"outputs": self.outputs, "noise": self.noise}
 
 
-def measure(bound: BoundSamples, plan: QuantPlan) -> Measured:
-    got = bound.run(plan)
+def measure(bound: BoundSamples, plan: QuantPlan, parts: Mapping[str, Part]) -> Measured:
+    """``plan``'s error on every judged part (each output and scale group of its channels)."""
+    got = take_parts(bound.run(plan), parts)
     outputs, noise = {}, {}
-    for name, ref in bound.reference.items():
+    for name, ref in take_parts(bound.reference, parts).items():
         metrics = output_metrics(ref, got[name])
         outputs[name] = {k: metrics[k] for k in ("sqnr_db", "cosine", "mse", "kl")}
         signal = float(np.sum(ref.astype(np.float64) ** 2))
@@ -136,12 +137,13 @@ def analyze_space(space: PlanSpace, switch: SwitchModel, samples: SampleSet, met
     firsts = {id(plan): switch.feeds_for(plan)[1] for _, _, plan in jobs}
     switch.plan_segments(firsts.values(), min(segments, max(1, len(jobs) // 6)))
     bound = switch.bind(list(samples.batches(batch_size)))
-    outputs = list(bound.reference)
+    parts = judged_parts(bound.reference)
+    outputs = list(parts)
     results = {c.name: _node(c) for c in chosen}
     bar = Progress("sensitivity", len(jobs), sys.stderr.isatty() if progress is None else progress)
     ordered = sorted(jobs, key=lambda j: firsts[id(j[2])])
     with ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="dsqc-sensitivity") as pool:
-        futures = {pool.submit(measure, bound, plan): (choice, kind) for choice, kind, plan in ordered}
+        futures = {pool.submit(measure, bound, plan, parts): (choice, kind) for choice, kind, plan in ordered}
         for done, future in enumerate(as_completed(futures), 1):
             choice, kind = futures[future]
             results[choice.name].variants[kind] = future.result()

@@ -21,8 +21,9 @@ def summarize_bundle(folder: Path) -> dict[str, Any]:
     metrics = report.get("metrics") or {}
     ver = metrics.get("verification") or {}
     outputs = ver.get("outputs") or {}
-    sqnr = [v for o in outputs.values() if (v := _num(o.get("sqnr_db"))) is not None]
-    cosine = [v for o in outputs.values() if (v := _num(o.get("cosine"))) is not None]
+    parts = [p for o in outputs.values() for p in [o, *(o.get("groups") or [])]]
+    sqnr = [v for o in parts if (v := _num(o.get("sqnr_db"))) is not None]
+    cosine = [v for o in parts if (v := _num(o.get("cosine"))) is not None]
     size = ver.get("size_bytes") or {}
     verdict = report.get("verdict") or {}
     summary: dict[str, Any] = {

@@ -66,6 +66,7 @@ def format_result(result: BuildResult) -> str:
         for name, m in ver["outputs"].items():
             lines.append(f"  {name[:24]:24s} {m['sqnr_db']:8.2f} {m['cosine']:9.5f} {m['mse']:10.3g} "
                          f"{m['kl']:10.3g}")
+            lines += _group_lines(m.get("groups") or [])
         lines += _padding_lines(ver.get("padding_mask"))
         if ver.get("top1_agreement") is not None:
             lines.append(f"  top-1 agreement {ver['top1_agreement'] * 100:.2f} %")
@@ -87,6 +88,12 @@ def format_result(result: BuildResult) -> str:
     lines += _float_node_lines(result.metrics.get("float_nodes") or {})
     lines += _verdict_lines(result)
     return "\n".join(lines)
+
+
+def _group_lines(groups: list[dict[str, Any]]) -> list[str]:
+    """An output whose channels come in scales far apart: each scale group's own SQNR and cosine."""
+    return [f"    channels {g['channels']:16s} {g['sqnr_db']:8.2f} {g['cosine']:9.5f}  (RMS {g['rms']:.3g}, "
+            f"{g['count']} channels; judged on its own)" for g in groups]
 
 
 def _padding_lines(mask: dict[str, Any] | None) -> list[str]:

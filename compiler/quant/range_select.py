@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from dsqc.calibration.data import SampleSet
-from dsqc.metrics import sqnr_db
+from dsqc.metrics import judged_parts, sqnr_db, take_parts
 from dsqc.quant.quantize import Quantized
 from dsqc.quant.recipe import Recipe
 from dsqc.verify import run_batches, session
@@ -69,11 +69,13 @@ def select_method(fp32: onnx.ModelProto, recipe: Recipe, calib: SampleSet, batch
     # one sample (or one fixed batch): nothing to cross-fit, both measured where they were fitted
     fit, measure = calib.split(n) if n else (calib, calib)
     batches = list(measure.batches(batch_size))
-    reference = run_batches(session(fp32), batches)
+    outputs = run_batches(session(fp32), batches)
+    parts = judged_parts(outputs)  # each output and each scale group of its channels
+    reference = take_parts(outputs, parts)
     selection = Selection(chosen=CANDIDATES[0], fit_samples=len(fit), samples=len(measure))
     for method in CANDIDATES:
         quantized = quantize(dataclasses.replace(recipe, method=method), fit)
-        got = run_batches(session(quantized.model, optimize=False), batches)
+        got = take_parts(run_batches(session(quantized.model, optimize=False), batches), parts)
         selection.sqnr_db[method] = min(sqnr_db(reference[name], got[name]) for name in reference)
         log.info("range method %s: worst output SQNR %.2f dB on %d calibration samples it did not fit",
                  method, selection.sqnr_db[method], len(measure))

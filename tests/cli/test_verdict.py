@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dsqc.driver.cli import main
 from dsqc.driver.verdict import Thresholds, judge
 from dsqc.errors import RecipeError
+from dsqc.metrics import channel_ranges, scale_groups
 from dsqc.quant.recipe import parse_recipe
 from tests.conftest import conv_bn_model
 
@@ -139,3 +140,77 @@ def test_ok_build_has_a_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out, err = capsys.readouterr()
     assert "verdict: ok" in out and "dsqc: warning" not in err
     assert json.loads((tmp_path / "out" / "report.json").read_text())["verdict"]["level"] == "ok"
+
+
+def test_scale_groups_split_only_far_apart_channels() -> None:
+    rng = np.random.default_rng(0)
+    boxes, scores = rng.normal(0, 100, (8, 4, 50)), rng.uniform(0, 0.01, (8, 18, 50))
+    groups = scale_groups(np.concatenate([boxes, scores], axis=1))
+    assert [g.tolist() for g in groups] == [list(range(4)), list(range(4, 22))]
+    assert scale_groups(rng.normal(size=(16, 1000))) == []  # logits: one scale
+    odd = rng.normal(size=(16, 1000))
+    odd[:, 7] *= 1e-3
+    odd[:, 9] = 0.0
+    assert scale_groups(odd) == []  # one odd logit of a thousand, one dead one: not judged alone
+    assert channel_ranges(np.array([0, 1, 2, 3, 7, 9, 10])) == "0-3, 7, 9-10"
+
+
+def test_judge_holds_each_channel_group_to_the_limits() -> None:
+    outputs = {"y": {**_out(40.0, 0.9999), "groups": [
+        {"channels": "0-3", "count": 4, "rms": 141.0, **_out(40.0, 0.9999)},
+        {"channels": "4-21", "count": 18, "rms": 0.006, **_out(-3.06, 0.755)}]}}
+    verdict = judge(outputs, None, 10)
+    assert verdict.level == "collapsed"
+    assert verdict.reasons[0] == "output 'y' channels 4-21 (RMS 0.006) SQNR -3.06 dB < 6 dB"
+
+
+def detector_like_model(path: Path) -> Path:
+    """A YOLO-style output: box pixels (4 channels, ×100) concatenated with class probabilities, the
+    sigmoid of logits that pass an outlier-range tensor (+1000, as ``collapsing_model``) on the way."""
+    eye = np.eye(4, dtype=np.float32)[:, :, None, None]
+    inits = [numpy_helper.from_array(eye * 100, "w_box"), numpy_helper.from_array(eye, "w"),
+             numpy_helper.from_array(np.full(4, 1000.0, np.float32), "up"),
+             numpy_helper.from_array(np.full(4, -1006.0, np.float32), "down")]
+    nodes = [helper.make_node("Conv", ["x", "w_box"], ["box"], name="box_head"),
+             helper.make_node("Conv", ["x", "w", "up"], ["h"], name="shift_up"),
+             helper.make_node("Conv", ["h", "w", "down"], ["logit"], name="class_head"),
+             helper.make_node("Sigmoid", ["logit"], ["score"], name="score"),
+             helper.make_node("Concat", ["box", "score"], ["y"], name="concat", axis=1)]
+    graph = helper.make_graph(nodes, "detector", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                               ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_detector_whose_scores_collapse_is_not_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One SQNR over the whole output measures the box pixels alone; each scale is judged on its own."""
+    model = detector_like_model(tmp_path / "det.onnx")
+    calib = _npz(tmp_path / "calib.npz", "x", (4, 8, 8))
+    assert _build(model, calib, tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    y = report["metrics"]["verification"]["outputs"]["y"]
+    assert y["sqnr_db"] > 30  # the whole output: box pixels
+    groups = {g["channels"]: g for g in y["groups"]}
+    assert set(groups) == {"0-3", "4-7"} and groups["4-7"]["sqnr_db"] < 6 < groups["0-3"]["sqnr_db"]
+    assert report["metrics"]["verification"]["min_sqnr_db"] == groups["4-7"]["sqnr_db"]
+    assert report["verdict"]["level"] == "collapsed"
+    assert "channels 4-7" in report["verdict"]["reasons"][0]
+    assert "    channels 4-7" in out and "judged on its own" in out
+
+
+def test_accuracy_budget_holds_each_channel_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The advice of a collapsed verdict works: the budget measures the score channels too and keeps
+    the two nodes that carry the outlier range out of int8."""
+    model = detector_like_model(tmp_path / "det.onnx")
+    calib = _npz(tmp_path / "calib.npz", "x", (4, 8, 8))
+    assert _build(model, calib, tmp_path / "out", "--accuracy-budget", "sqnr:15") == 0
+    assert "verdict: ok" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    mp = report["metrics"]["mixed_precision"]["accuracy"]
+    assert mp["met"] and mp["plain_int8_reference_semantics"] < 6
+    assert report["plan"]["nodes"]["box_head"]["precision"] == "int8"
+    assert {report["plan"]["nodes"][n]["precision"] for n in ("shift_up", "class_head")} <= {"fp16", "fp32"}

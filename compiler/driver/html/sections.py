@@ -75,6 +75,11 @@ def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
             level = "pass" if sqnr >= floor else "fail"
             rows.append(_gate(target, f"SQNR of output '{name}' ≥ {floor:g} dB", level,
                               f"{num(sqnr)} dB, cosine {num(m.get('cosine'), 5)}"))
+            for g in m.get("groups") or []:
+                part, what = _float(g.get("sqnr_db")), f"output '{name}' channels {g.get('channels')}"
+                measured = f"{num(part)} dB, cosine {num(g.get('cosine'), 5)}, RMS {num(g.get('rms'))}"
+                rows.append(_gate(target, f"SQNR of {what} ≥ {floor:g} dB",
+                                  "pass" if part >= floor else "fail", measured))
         given = metrics.get("gates") or {}
         if given.get("min_sqnr") is not None:
             rows.append(_gate(target, f"--min-sqnr {given['min_sqnr']:g}", "pass",
@@ -117,6 +122,9 @@ def accuracy(reports: list[dict[str, Any]]) -> str:
             rows.append([td(r.get("target")), td(name, "name"), td(own.verified_by),
                          td(num(m.get("sqnr_db")), "num"), td(num(m.get("cosine"), 6), "num"),
                          td(num(m.get("mse")), "num")])
+            rows += [[td(r.get("target")), td(f"{name} channels {g.get('channels')}", "name"),
+                      td(own.verified_by), td(num(g.get("sqnr_db")), "num"),
+                      td(num(g.get("cosine"), 6), "num"), td("")] for g in m.get("groups") or []]
         for name, m in own.runtime_outputs.items():
             rows.append([td(r.get("target")), td(name, "name"), td(own.runtime),
                          td(num(m.get("sqnr_db")), "num"), td(num(m.get("cosine"), 6), "num"),
