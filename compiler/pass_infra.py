@@ -136,6 +136,12 @@ class PassContext:
         """This context plus ``extra`` (the same instrument objects: dump numbering continues)."""
         return PassContext((*self.instruments, *extra), self.log_level)
 
+    def trial(self) -> PassContext:
+        """This context without its graph dump: for trial plans a build measures and throws away
+        (``range_select``'s candidates), so ``--dump-ir`` shows the passes of the build's own plan."""
+        return PassContext(tuple(i for i in self.instruments if not isinstance(i, DumpIRInstrument)),
+                           self.log_level)
+
     @contextmanager
     def active(self) -> Iterator[PassContext]:
         """Every pass called inside the block (at any depth) runs through this context."""

@@ -145,10 +145,11 @@ class BuildRun:
             if self.trained:  # QAT specs are kept: no range is calibrated
                 self.recipe = dataclasses.replace(self.recipe, method="minmax")
             else:
-                self.recipe, selection = select_method(
-                    source, self.recipe, calib, request.calib_batch,
-                    lambda recipe, samples: self._quantize(source, profile, recipe, samples,
-                                                           subset=samples.source))
+                with current_context().trial().active():  # candidates stay out of --dump-ir
+                    self.recipe, selection = select_method(
+                        source, self.recipe, calib, request.calib_batch,
+                        lambda recipe, samples: self._quantize(source, profile, recipe, samples,
+                                                               subset=samples.source))
                 self.result.metrics["range_method"] = selection.to_dict()
         if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
             self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request)

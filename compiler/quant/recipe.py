@@ -3,7 +3,7 @@
 ```toml
 [quantization]                 # defaults (all optional)
 mode = "static"                # static | dynamic | auto (activation scales calibrated, at run time, per node)
-method = "minmax"              # minmax | select | auto | percentile | entropy | mse (select: min/max or
+method = "select"              # select | minmax | auto | percentile | entropy | mse (select: min/max or
                                # percentile by output SQNR on calibration samples; auto: mse on conv inputs)
 percentile = 99.99
 activation_dtype = "uint8"     # uint8 | int8 (a target profile may force one)

@@ -55,7 +55,7 @@ def _conv_then_conv() -> helper.ModelProto:
     return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits))
 
 
-def test_defaults_are_minmax_and_bias_correction() -> None:
-    assert Recipe().method == "minmax"
+def test_defaults_are_select_and_bias_correction() -> None:
+    assert Recipe().method == "select"
     assert BoosterOptions().bias_correction and BoosterOptions.from_dict({}).bias_correction
     assert not BoosterOptions.from_dict({"bias_correction": False}).bias_correction
