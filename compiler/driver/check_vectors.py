@@ -131,9 +131,23 @@ def rerun(folder: Path, manifest: dict[str, Any], section: dict[str, Any]) -> Ag
         span = float(np.max(want) - np.min(want)) if want.size else 0.0
         row = {"max_abs_diff": diff, "tolerance": span / 100}
         if "fp32_file" in entry:
-            row["sqnr_db_vs_fp32"] = float(sqnr_db(np.load(folder / entry["fp32_file"]), have))
+            fp32 = np.load(folder / entry["fp32_file"])
+            keep = _real_tokens(manifest, entry["name"], inputs, fp32.shape)
+            ref, mine = (fp32, have) if keep is None else (fp32[keep], have[keep])
+            row["sqnr_db_vs_fp32"] = float(sqnr_db(ref, mine))
         rows[entry["name"]] = row
         if diff > row["tolerance"]:
             ok, worst = False, f"output {entry['name']!r} differs by {diff:.4g} (> {row['tolerance']:.4g})"
     detail = worst or ("bit-exact" if all(r["max_abs_diff"] == 0 for r in rows.values()) else "within 1 LSB")
     return Agreement(artifact, section["runtime"], ok, detail, rows)
+
+
+def _real_tokens(manifest: dict[str, Any], output: str, inputs: dict[str, np.ndarray],
+                 shape: tuple[int, ...]) -> np.ndarray | None:
+    """The build's padding mask ([batch, seq], True = real token) where its verification measured
+    ``output`` over real tokens only; None where it measured every position."""
+    mask = ((manifest.get("metrics") or {}).get("verification") or {}).get("padding_mask") or {}
+    keep = inputs.get(str(mask.get("input")))
+    if output not in (mask.get("outputs") or []) or keep is None or tuple(keep.shape) != tuple(shape[:2]):
+        return None
+    return keep.astype(bool)

@@ -106,6 +106,20 @@ def test_masked_build_measures_real_tokens_and_says_so(case: dict[str, Path],
     assert "mask_padding = false" in line
 
 
+def test_dsqc_verify_measures_the_recorded_vectors_over_real_tokens(
+        case: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """``dsqc verify``'s informational SQNR vs FP32 of the bundle's check vectors leaves padding out
+    as the build's verification did (``hidden``), and keeps every position of the unmasked ``plain``."""
+    ver = _build(case, "verified")
+    capsys.readouterr()
+    assert main(["verify", str(case["root"] / "verified")]) == 0
+    lines = {t.split(":")[0].strip(): t for t in capsys.readouterr().out.splitlines() if "SQNR vs FP32" in t}
+    sqnr = {name: float(line.split("SQNR vs FP32 ")[1].split(" dB")[0]) for name, line in lines.items()}
+    outputs = ver["outputs"]
+    assert isinstance(outputs, dict)
+    assert sqnr["hidden"] > 30 and abs(sqnr["hidden"] - sqnr["plain"]) < 6, sqnr
+
+
 def test_recipe_turns_masking_off(case: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     on = _build(case, "on")
     capsys.readouterr()
