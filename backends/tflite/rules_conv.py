@@ -51,8 +51,8 @@ def conv(lw: Lowerer, node: gs.Node) -> None:
         raise unsupported(node, f"{len(x_shape) - 2}-D convolution; TFLite CONV_2D is 2-D only")
     group, cin, cout = int(node.attrs.get("group", 1)), x_shape[1], w_shape[0]
     depthwise = group > 1 and group == cin and w_shape[1] == 1
-    if group > 1 and not depthwise:
-        raise unsupported(node, f"grouped convolution (group {group}) that is not depthwise")
+    # other groups: CONV_2D with filter [cout, kh, kw, cin / group]; TFLite reads the group count from the
+    # input's channels over the filter's (LiteRT >= 2.9 kernels and XNNPACK run it)
     k = (w_shape[2], w_shape[3])
     s = tuple(ints(node, "strides", [1, 1]))
     d = tuple(ints(node, "dilations", [1, 1]))

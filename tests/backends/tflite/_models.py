@@ -119,3 +119,26 @@ def embedding(seed: int = 0) -> onnx.ModelProto:
     ]
     ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6])
     return _model(nodes, [ids], {"y": [1, 8]}, inits)
+
+
+def grouped_cnn(seed: int = 0) -> onnx.ModelProto:
+    """x[N,8,8,8] → Conv 3x3 group 2 → Relu → Conv 1x1 group 4 (8 → 16) → Relu → GlobalAveragePool →
+    Flatten → Gemm: grouped convolutions that are not depthwise (RegNet, ResNeXt, ShuffleNet-style)."""
+    rng = np.random.default_rng(seed)
+
+    def w(name: str, shape: tuple[int, ...], scale: float = 0.3) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name)
+
+    inits = [w("wg", (8, 4, 3, 3)), w("bg", (8,), 0.1), w("wp", (16, 2, 1, 1)), w("bp", (16,), 0.1),
+             w("fc", (5, 16), 0.2), w("fcb", (5,), 0.1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "wg", "bg"], ["g"], name="grouped", pads=[1, 1, 1, 1], group=2),
+        helper.make_node("Relu", ["g"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "wp", "bp"], ["p"], name="pointwise_grouped", group=4),
+        helper.make_node("Relu", ["p"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"], name="fc", transB=1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])
+    return _model(nodes, [x], {"logits": ["N", 5]}, inits)
