@@ -258,6 +258,9 @@ class HlsBackend(Backend):
                 notes.append("hls: gcc/make/nm not found; the C was not compiled or simulated")
             return [], None
         result = run_csim(root)
+        if not result.passed and not result.vectors:
+            raise DsqcError(f"hls: the generated C did not compile or run under `make csim` (a dsqc bug: "
+                            f"please report it with the model); log tail: {result.log[-300:]!r}")
         obj = check_object(root, f"firmware/{top}.c")
         metrics["csim"] = {"status": "bit-exact" if result.passed else "FAILED", "vectors": result.vectors,
                            "mismatching_values": result.mismatches,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dsqc.errors import DsqcError
+
 log = logging.getLogger(__name__)
 
 _SUMMARY = re.compile(r"dsqc csim: (\d+) vectors, (\d+) mismatching values")
@@ -78,7 +80,10 @@ def check_object(project: Path, source: str, timeout: float = 300.0) -> ObjectCh
         obj = Path(tmp) / "firmware_O0.o"
         cmd = ["gcc", *STRICT_CFLAGS.split(), "-O0", "-fstack-usage", f"-I{project / 'firmware'}",
                "-c", str(project / source), "-o", str(obj)]
-        subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+        built = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if built.returncode:
+            raise DsqcError(f"hls: gcc could not compile {source} at -O0 (a dsqc bug: please report it with "
+                            f"the model): {(built.stderr.strip().splitlines() or ['no output'])[0]}")
         nm = subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True, check=True)
         su = obj.with_suffix(".su").read_text()
     undefined = sorted(line.split()[-1] for line in nm.stdout.splitlines() if line.strip())

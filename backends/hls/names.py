@@ -23,6 +23,21 @@ RESERVED = frozenset([
     "printf", "fprintf", "fopen", "fclose", "puts", "putchar", "remove", "rename", "stdin", "stdout",
     "stderr", "FILE", "NULL", "EOF",
 ])
+# GCC knows these library functions as builtins even where no header declares them: a top function
+# called ``ceil`` or ``abs`` fails -Werror=builtin-declaration-mismatch (a model file named ceil.onnx did)
+BUILTINS = frozenset([
+    "acos", "asin", "atan", "atan2", "cbrt", "ceil", "copysign", "cos", "cosh", "erf", "erfc", "exp",
+    "exp2", "expm1", "fabs", "fdim", "floor", "fma", "fmax", "fmin", "fmod", "frexp", "hypot", "ilogb",
+    "ldexp", "lgamma", "llrint", "llround", "log", "log10", "log1p", "log2", "logb", "lrint", "lround",
+    "modf", "nan", "nearbyint", "nextafter", "pow", "remainder", "remquo", "rint", "round", "scalbn",
+    "sin", "sinh", "sqrt", "tan", "tanh", "tgamma", "trunc", "abs", "labs", "llabs", "div", "ldiv", "exit",
+    "abort", "malloc", "calloc", "realloc", "free", "alloca", "memcpy", "memmove", "memset", "memcmp",
+    "memchr", "strlen", "strcpy", "strncpy", "strcat", "strncat", "strcmp", "strncmp", "strchr", "strrchr",
+    "strstr", "strspn", "strcspn", "strpbrk", "strdup", "strndup", "sprintf", "snprintf", "vprintf",
+    "vsprintf", "vsnprintf", "scanf", "sscanf", "fscanf", "fputs", "fputc", "fwrite", "fread", "isalnum",
+    "isalpha", "isdigit", "islower", "isupper", "isspace", "isxdigit", "isprint", "tolower", "toupper",
+    "ffs", "clz", "ctz", "popcount",
+])
 _RESERVED_PREFIXES = ("dsqc", "layer", "tb_", "got_", "t_", "in_", "out_", "int", "uint")
 
 _NOT_IDENT = re.compile(r"[^A-Za-z0-9]+")
@@ -42,7 +57,7 @@ def identifier(name: str, max_len: int = 32, fallback: str = "x") -> str:
 
 
 def is_reserved(name: str) -> bool:
-    return name in RESERVED or name.startswith(_RESERVED_PREFIXES) or name.endswith("_t")
+    return name in RESERVED or name in BUILTINS or name.startswith(_RESERVED_PREFIXES) or name.endswith("_t")
 
 
 def comment_text(text: str, max_len: int = 80) -> str:

@@ -152,13 +152,14 @@ def lower_pool(ctx: Lowering, node: gs.Node) -> Op:
     if node.op == "GlobalAveragePool":
         kernel, strides, pads = (x.shape[2], x.shape[3]), (1, 1), (0, 0, 0, 0)
     else:
-        if node.attrs.get("ceil_mode", 0) or node.attrs.get("storage_order", 0):
-            raise _fail(node, "ceil_mode / storage_order are not supported")
+        ceil = bool(node.attrs.get("ceil_mode", 0))
+        if node.attrs.get("storage_order", 0) or (ceil and node.op != "MaxPool"):
+            raise _fail(node, "storage_order, and ceil_mode on an AveragePool, are not supported")
         if any(int(d) != 1 for d in node.attrs.get("dilations", [1, 1])):
             raise _fail(node, "dilated pooling is not supported")
         kernel = _pair(node.attrs.get("kernel_shape"), 1, node, "kernels")
         strides = _pair(node.attrs.get("strides"), 1, node, "strides")
-        pads = _pads(node)
+        pads = _ceil_pads(x.shape[2:], kernel, strides, _pads(node)) if ceil else _pads(node)
     mode = "max" if node.op == "MaxPool" else "avg"
     if mode == "avg" and any(pads) and not node.attrs.get("count_include_pad", 0):
         raise _fail(node, "padded AveragePool needs count_include_pad=1 (one divisor per layer)")
@@ -169,6 +170,21 @@ def lower_pool(ctx: Lowering, node: gs.Node) -> Op:
     requant = _requant(node, np.array([x.scale / (out.scale * window)]), out)
     return PoolOp(node.name, node.op, [x.name], out.name, mode=mode, kernel=kernel, strides=strides,
                   pads=pads, in_zp=x.zero_point, requant=requant)
+
+
+def _ceil_pads(hw: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
+               pads: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Max pooling in ``ceil_mode`` as floor-mode pooling over end pads grown to take the last,
+    partial window (padding holds the lowest value); as ONNX, a window that would start in the end
+    padding is dropped."""
+    grown = list(pads)
+    for i in range(2):
+        span = hw[i] + pads[i] + pads[i + 2] - kernel[i]
+        out = -(-span // strides[i]) + 1
+        if (out - 1) * strides[i] >= hw[i] + pads[i]:
+            out -= 1
+        grown[i + 2] += max(0, (out - 1) * strides[i] - span)
+    return grown[0], grown[1], grown[2], grown[3]
 
 
 def lower_reshape(ctx: Lowering, node: gs.Node) -> Op:

@@ -108,7 +108,8 @@ class AddOp(Op):
 
 @dataclass(eq=False)
 class PoolOp(Op):
-    """Max or average pooling (GlobalAveragePool: the kernel is the whole plane). No ceil mode."""
+    """Max or average pooling (GlobalAveragePool: the kernel is the whole plane); a ceil-mode max pool
+    arrives with its end pads grown to take the partial window."""
 
     mode: str = "max"
     kernel: tuple[int, int] = (1, 1)

@@ -91,10 +91,24 @@ def test_identifier_and_comment_sanitizers() -> None:
     assert not set(text) & set('*/?\\"\n#<>();')
 
 
-@pytest.mark.parametrize(("model", "top"), [("x", "net_x"), ("int8_t", "net_int8_t"), ("9lives", "n_9lives")])
+@pytest.mark.parametrize(("model", "top"), [("x", "net_x"), ("int8_t", "net_int8_t"), ("9lives", "n_9lives"),
+                                            ("ceil", "net_ceil")])
 def test_top_name_never_clashes(tmp_path: Path, model: str, top: str) -> None:
     from _integer_models import case
 
     result = emit(case("resnet"), tmp_path, name=model, tb_vectors=2)
     assert result.metrics["hls"]["top"] == top
     assert result.metrics["hls"]["csim"]["status"] == "bit-exact"
+
+
+def test_c_that_does_not_compile_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were a generated name ever to clash again (a top function called ``ceil`` once did), the build
+    says so in one line instead of a CalledProcessError traceback."""
+    from _integer_models import case
+
+    import dsqc.backends.hls.c_writer as c_writer
+    from dsqc.errors import DsqcError
+
+    monkeypatch.setattr(c_writer, "is_reserved", lambda name: False)
+    with pytest.raises(DsqcError, match=r"^hls: the generated C did not compile or run under `make csim`"):
+        emit(case("resnet"), tmp_path, name="ceil", tb_vectors=2)

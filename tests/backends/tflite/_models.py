@@ -142,3 +142,29 @@ def grouped_cnn(seed: int = 0) -> onnx.ModelProto:
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])
     return _model(nodes, [x], {"logits": ["N", 5]}, inits)
+
+
+def ceil_pool_cnn(seed: int = 0) -> onnx.ModelProto:
+    """x[N,4,8,8] → Conv 3x3 → MaxPool 3/2 ceil_mode (8 → 4, floor would give 3) → Conv 1x1 → Relu →
+    MaxPool 3/2 pad 1 ceil_mode (4 → 3, floor 2) → Flatten → Gemm: GoogLeNet-style ceil-mode pooling, on
+    a signed tensor (the pad must hold the lowest value) and on a ReLU output."""
+    rng = np.random.default_rng(seed)
+
+    def w(name: str, shape: tuple[int, ...], scale: float = 0.3) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name)
+
+    inits = [w("w1", (6, 4, 3, 3)), w("b1", (6,), 0.1), w("w2", (6, 6, 1, 1)), w("b2", (6,), 0.1),
+             w("fc", (5, 6 * 3 * 3), 0.2), w("fcb", (5,), 0.1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c1"], ["p1"], name="pool_signed", kernel_shape=[3, 3], strides=[2, 2],
+                         ceil_mode=1),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("MaxPool", ["r2"], ["p2"], name="pool_relu", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1], ceil_mode=1),
+        helper.make_node("Flatten", ["p2"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"], name="fc", transB=1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
+    return _model(nodes, [x], {"logits": ["N", 5]}, inits)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _models import cnn, grouped_cnn
+from _models import ceil_pool_cnn, cnn, grouped_cnn
 from _qdq import ort_run, parse, run_tflite_isolated
 
 from dsqc.backends.registry import available, get_backend
@@ -109,5 +109,23 @@ def test_grouped_convolution_is_conv_2d_bit_exact(tmp_path: Path) -> None:
     exact = check["tensors"]["vs_integer_reference"]
     assert exact["tensors"] > 0 and exact["tensors_exact"] == exact["tensors"], exact
     assert check["min_sqnr_db"] > 25
+    fp32 = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "fp32", precision="fp32"))
+    assert fp32.metrics["tflite"]["fp32"]["verification"]["outputs"]["logits"]["max_abs_diff"] <= 1e-4
+
+
+def test_ceil_mode_max_pool_pads_the_end(tmp_path: Path) -> None:
+    """``ceil_mode`` max pooling is VALID pooling over an input padded at the end with the lowest value:
+    FP32 within 1e-4 of ORT, int8 bit-exact with the integer reference, LiteRT within 1 LSB of ORT's QDQ."""
+    path = tmp_path / "ceil.onnx"
+    onnx.save(ceil_pool_cnn(), path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((32, 4, 8, 8)).astype(np.float32))
+    result = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "int8",
+                                calib=str(tmp_path / "calib.npz"), measure_latency=False))
+    check = result.metrics["tflite"]["verification"]
+    assert check["tensors"]["vs_ort_qdq"]["max_lsb"] <= 1
+    assert abs(check["min_sqnr_db"] - result.metrics["verification"]["min_sqnr_db"]) < 0.5
+    exact = check["tensors"]["vs_integer_reference"]
+    assert exact["tensors"] > 0 and exact["tensors_exact"] == exact["tensors"], exact
     fp32 = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "fp32", precision="fp32"))
     assert fp32.metrics["tflite"]["fp32"]["verification"]["outputs"]["logits"]["max_abs_diff"] <= 1e-4
