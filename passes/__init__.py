@@ -12,6 +12,7 @@ from .fold_constants import FoldConstants
 from .fold_pad_into_conv import FoldPadIntoConv
 from .fuse_conv_bn import FuseConvBatchNorm
 from .gptq import GPTQ
+from .reduce_mean_to_global_pool import ReduceMeanToGlobalPool
 from .shift_activations import ShiftActivations
 from .simplify_reshape_transpose import SimplifyReshapeTranspose
 from .smooth_quant import SmoothQuant
@@ -28,6 +29,7 @@ __all__ = [
     "FoldConstants",
     "FoldPadIntoConv",
     "FuseConvBatchNorm",
+    "ReduceMeanToGlobalPool",
     "ShiftActivations",
     "SimplifyReshapeTranspose",
     "SmoothQuant",

@@ -34,6 +34,7 @@ from dsqc.passes import (
     FoldConstants,
     FoldPadIntoConv,
     FuseConvBatchNorm,
+    ReduceMeanToGlobalPool,
     SimplifyReshapeTranspose,
 )
 from dsqc.quant.from_qdq import check_trained, has_qdq, split_qdq
@@ -55,6 +56,7 @@ def normalization_steps() -> list[Step]:
             FuseConvBatchNorm(),
             FoldAddIntoBias(),
             BatchNormToMulAdd(),
+            ReduceMeanToGlobalPool(),
             FoldConstants(),
         ], name="cleanup"),
         EliminateDeadCode(),
