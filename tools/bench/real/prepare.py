@@ -90,12 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1: faster on a busy machine)")
     parser.add_argument("--n-calib", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=128)
+    parser.add_argument("--coverage", action="store_true",
+                        help="instead: the coverage sweep's torchvision graphs (tools/bench/coverage.py) "
+                             "into <cache>/coverage (30 BatchNorm batches, 64 calibration / 32 held-out)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[prepare %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     import torch
 
     torch.set_num_threads(args.threads)
     folder = args.out or real_dir()
+    if args.coverage:
+        from tools.bench.real import vision
+
+        for arch in vision.COVERAGE:
+            start = time.perf_counter()
+            vision.prepare_torchvision(arch, folder / "coverage", 64, 32, 30, name=arch)
+            log.info("%s prepared in %.0f s", arch, time.perf_counter() - start)
+        return 0
     pydeps = fetch_wheels(folder)
     sys.path.insert(0, str(pydeps))
     from tools.bench.real import detector, speech, vision

@@ -19,6 +19,16 @@ from tools.bench.real.store import save_case
 log = logging.getLogger(__name__)
 
 TORCHVISION = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNet-B0"}
+# more architectures for the coverage sweep (tools/bench/coverage.py): what each brings that the three
+# above lack
+COVERAGE = {
+    "shufflenet_v2_x1_0": "ShuffleNetV2 (channel shuffle: Reshape/Transpose, Split)",
+    "squeezenet1_1": "SqueezeNet 1.1 (Concat of 1x1/3x3 expands, ceil-mode max pools)",
+    "regnet_y_400mf": "RegNetY-400MF (grouped 3x3 convolutions, squeeze-excitation)",
+    "convnext_tiny": "ConvNeXt-T (LayerNorm, GELU, Linear inside a CNN, 7x7 depthwise)",
+    "mnasnet0_5": "MNASNet 0.5 (x.mean([2, 3]) head)",
+    "googlenet": "GoogLeNet (Inception concat, ceil-mode max pools)",
+}
 SIZE = 224
 OPSET = 17
 
@@ -72,7 +82,8 @@ def image_sets(n_calib: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.nda
 
 
 def prepare_torchvision(
-    arch: str, folder: Path, n_calib: int, n_eval: int, bn_batches: int, bn_batch_size: int = 8
+    arch: str, folder: Path, n_calib: int, n_eval: int, bn_batches: int, bn_batch_size: int = 8,
+    name: str | None = None,
 ) -> Path:
     """``torchvision.models.<arch>`` (random init, seed 0), BatchNorm statistics from real photos, ONNX."""
     import torch
@@ -89,13 +100,14 @@ def prepare_torchvision(
         path = export(model, Path(tmp) / "model.onnx")
         norm = (photos.IMAGENET_MEAN, photos.IMAGENET_STD)
         return save_case(
-            f"{arch}_tv",
+            name or f"{arch}_tv",
             path,
             {"input": photos.to_nchw(calib, *norm)},
             {"input": photos.to_nchw(held, *norm)},
             {
                 "kind": "classifier",
-                "source": f"torchvision {torchvision.__version__} {TORCHVISION[arch]} graph, "
+                "source": f"torchvision {torchvision.__version__} {TORCHVISION.get(arch) or COVERAGE[arch]} "
+                "graph, "
                 "random init (seed 0), "
                 f"BatchNorm running statistics from {bn_batches}x{bn_batch_size} "
                 "random-resized crops/flips of "
