@@ -67,9 +67,14 @@ def collapsing_model(path: Path) -> Path:
              numpy_helper.from_array(np.full(4, -1000.0, np.float32), "down")]
     nodes = [helper.make_node("Conv", ["x", "w", "up"], ["h"], name="shift_up"),
              helper.make_node("Conv", ["h", "w", "down"], ["y"], name="shift_down")]
-    graph = helper.make_graph(nodes, "collapse", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                               ["N", 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    return _save(path, nodes, inits, 4)
+
+
+def _save(path: Path, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], out_channels: int) -> Path:
+    """x[N, 4, 8, 8] → ``nodes`` → y[N, out_channels, 8, 8], saved at ``path``."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_channels, 8, 8])
+    graph = helper.make_graph(nodes, path.stem, [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -176,13 +181,7 @@ def detector_like_model(path: Path) -> Path:
              helper.make_node("Conv", ["h", "w", "down"], ["logit"], name="class_head"),
              helper.make_node("Sigmoid", ["logit"], ["score"], name="score"),
              helper.make_node("Concat", ["box", "score"], ["y"], name="concat", axis=1)]
-    graph = helper.make_graph(nodes, "detector", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                               ["N", 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _save(path, nodes, inits, 8)
 
 
 def test_detector_whose_scores_collapse_is_not_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -92,40 +92,40 @@ def test_mnist_int8_accuracy_within_0_3_points(tmp_path: Path) -> None:
     assert result.metrics["tflite"]["verification"]["tensors"]["vs_ort_qdq"]["max_lsb"] <= 1
 
 
+def _int8_and_fp32(model: onnx.ModelProto, name: str, shape: tuple[int, ...], tmp_path: Path) -> dict:
+    """Build ``model`` for tflite in int8 (32 seeded normal calibration samples) and in fp32: the int8
+    build's LiteRT verification; the fp32 file must match ORT within 1e-4."""
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, path)
+    calib = np.random.default_rng(0).standard_normal((32, *shape)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=calib)
+    result = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "int8",
+                                calib=str(tmp_path / "calib.npz"), measure_latency=False))
+    fp32 = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "fp32", precision="fp32"))
+    assert fp32.metrics["tflite"]["fp32"]["verification"]["outputs"]["logits"]["max_abs_diff"] <= 1e-4
+    check: dict = result.metrics["tflite"]["verification"]
+    check["ort_min_sqnr_db"] = result.metrics["verification"]["min_sqnr_db"]
+    return check
+
+
 def test_grouped_convolution_is_conv_2d_bit_exact(tmp_path: Path) -> None:
     """A grouped Conv that is not depthwise lowers to CONV_2D with filter [cout, kh, kw, cin / group]
     (LiteRT reads the group count from the channels): FP32 within 1e-4 of ORT, int8 bit-exact with dsqc's
     integer reference (which runs groups itself)."""
-    path = tmp_path / "grouped.onnx"
-    onnx.save(grouped_cnn(), path)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((32, 8, 8, 8)).astype(np.float32))
-    result = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "int8",
-                                calib=str(tmp_path / "calib.npz"), measure_latency=False))
+    check = _int8_and_fp32(grouped_cnn(), "grouped", (8, 8, 8), tmp_path)
     ops = parse((tmp_path / "int8" / "grouped.int8.tflite").read_bytes())["ops"]
     convs = [op for op in ops if op[0] == "CONV_2D"]
     assert len(convs) == 2 and not any(op[0] == "DEPTHWISE_CONV_2D" for op in ops)
-    check = result.metrics["tflite"]["verification"]
     exact = check["tensors"]["vs_integer_reference"]
     assert exact["tensors"] > 0 and exact["tensors_exact"] == exact["tensors"], exact
     assert check["min_sqnr_db"] > 25
-    fp32 = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "fp32", precision="fp32"))
-    assert fp32.metrics["tflite"]["fp32"]["verification"]["outputs"]["logits"]["max_abs_diff"] <= 1e-4
 
 
 def test_ceil_mode_max_pool_pads_the_end(tmp_path: Path) -> None:
     """``ceil_mode`` max pooling is VALID pooling over an input padded at the end with the lowest value:
     FP32 within 1e-4 of ORT, int8 bit-exact with the integer reference, LiteRT within 1 LSB of ORT's QDQ."""
-    path = tmp_path / "ceil.onnx"
-    onnx.save(ceil_pool_cnn(), path)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((32, 4, 8, 8)).astype(np.float32))
-    result = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "int8",
-                                calib=str(tmp_path / "calib.npz"), measure_latency=False))
-    check = result.metrics["tflite"]["verification"]
+    check = _int8_and_fp32(ceil_pool_cnn(), "ceil", (4, 8, 8), tmp_path)
     assert check["tensors"]["vs_ort_qdq"]["max_lsb"] <= 1
-    assert abs(check["min_sqnr_db"] - result.metrics["verification"]["min_sqnr_db"]) < 0.5
+    assert abs(check["min_sqnr_db"] - check["ort_min_sqnr_db"]) < 0.5
     exact = check["tensors"]["vs_integer_reference"]
     assert exact["tensors"] > 0 and exact["tensors_exact"] == exact["tensors"], exact
-    fp32 = build(BuildRequest(model=path, target="tflite", out_dir=tmp_path / "fp32", precision="fp32"))
-    assert fp32.metrics["tflite"]["fp32"]["verification"]["outputs"]["logits"]["max_abs_diff"] <= 1e-4
