@@ -10,7 +10,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dsqc.integer import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Program, Requant
+from dsqc.integer import (
+    AddOp,
+    ConcatOp,
+    ConvOp,
+    DenseOp,
+    ElementwiseOp,
+    LookupOp,
+    MulOp,
+    Op,
+    PoolOp,
+    Program,
+    Requant,
+)
 
 from .names import comment_text
 
@@ -59,7 +71,8 @@ class Emitter:
         self.arrays: list[CArray] = []
         self.helpers: set[str] = set()
         body = {ConvOp: self._conv, DenseOp: self._dense, PoolOp: self._pool, AddOp: self._add,
-                ElementwiseOp: self._elementwise, ConcatOp: self._concat}[type(op)](op)
+                ElementwiseOp: self._elementwise, ConcatOp: self._concat, LookupOp: self._lookup,
+                MulOp: self._mul}[type(op)](op)
         out = self.program.tensors[op.output]
         head = [f"/* {comment_text(op.onnx_op)} node {comment_text(op.node)}: "
                 f"-> {'x'.join(map(str, out.shape))} int8 (scale {out.scale:.6g}, zero point "
@@ -224,6 +237,35 @@ class Emitter:
             *self._pragmas(),
             f"        y[i] = {expr};",
             "    }", "}",
+        ]
+
+    def _lookup(self, op: Op) -> list[str]:
+        assert isinstance(op, LookupOp)
+        size = self._size(op.output)
+        table = self._array("table", "int8_t", op.table)
+        return [
+            f"static void {self.fn}(const int8_t x[{size}], int8_t y[{size}])", "{", "    int i;",
+            f"    for (i = 0; i < {size}; i++) {{",
+            *self._pragmas(),
+            f"        y[i] = {table}[x[i] + 128];",
+            "    }", "}",
+        ]
+
+    def _mul(self, op: Op) -> list[str]:
+        assert isinstance(op, MulOp) and op.requant is not None
+        size, (za, zb) = self._size(op.output), op.in_zps
+        channels = self.program.tensors[op.output].shape[1]
+        inner = size // channels
+        b_size, b_index = (channels, "c") if op.per_channel_b else (size, f"c * {inner} + i")
+        value = f"(int32_t){minus_zp(f'a[c * {inner} + i]', za)} * {minus_zp(f'b[{b_index}]', zb)}"
+        return [
+            f"static void {self.fn}(const int8_t a[{size}], const int8_t b[{b_size}], int8_t y[{size}])",
+            "{", "    int c, i;",
+            f"    for (c = 0; c < {channels}; c++) {{",
+            f"        for (i = 0; i < {inner}; i++) {{",
+            *self._pragmas(),
+            f"            y[c * {inner} + i] = {self._requant(op.requant, value)};",
+            "        }", "    }", "}",
         ]
 
     def _concat(self, op: Op) -> list[str]:

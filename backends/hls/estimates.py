@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dsqc.integer import ConvOp, DenseOp, Op, PoolOp, Program
+from dsqc.integer import ConvOp, DenseOp, LookupOp, Op, PoolOp, Program
 
 
 @dataclass
@@ -50,7 +50,9 @@ class Estimates:
 
 
 def weight_bytes(op: Op) -> int:
-    """Constant bytes of one layer: int8 weights, int32 biases and multipliers, int8 shifts."""
+    """Constant bytes of one layer: int8 weights, int32 biases and multipliers, int8 shifts, tables."""
+    if isinstance(op, LookupOp):
+        return int(op.table.size)
     if not isinstance(op, ConvOp | DenseOp):
         return 0
     assert op.requant is not None

@@ -12,6 +12,7 @@ from dsqc.quant.profile import TargetProfile
 
 HLS_COMPUTE_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "Add", "Concat", "AveragePool", "GlobalAveragePool", "Relu", "Clip",
+    "Mul", "Sigmoid", "Tanh",  # squeeze-excitation gates and SiLU: a 256-entry table and an int8 product
 })
 
 HLS_PROFILE = TargetProfile(

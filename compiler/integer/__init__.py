@@ -9,6 +9,8 @@ from dsqc.integer.ops import (
     DenseOp,
     ElementwiseOp,
     IOBinding,
+    LookupOp,
+    MulOp,
     Op,
     PoolOp,
     Program,
@@ -19,7 +21,7 @@ from dsqc.integer.program import lower
 from dsqc.integer.reference import dequantize_outputs, quantize_inputs, run
 
 __all__ = [
-    "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "Multiplier",
-    "Op", "PoolOp", "Program", "Requant", "TensorInfo", "dequantize_outputs", "lower", "quantize_inputs",
-    "quantize_multiplier", "requantize", "run",
+    "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "LookupOp",
+    "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant", "TensorInfo", "dequantize_outputs", "lower",
+    "quantize_inputs", "quantize_multiplier", "requantize", "run",
 ]

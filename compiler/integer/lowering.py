@@ -10,7 +10,19 @@ import onnx_graphsurgeon as gs
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
 from dsqc.integer.fixedpoint import common_multipliers, quantize_multiplier
-from dsqc.integer.ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Requant, TensorInfo
+from dsqc.integer.ops import (
+    AddOp,
+    ConcatOp,
+    ConvOp,
+    DenseOp,
+    ElementwiseOp,
+    LookupOp,
+    MulOp,
+    Op,
+    PoolOp,
+    Requant,
+    TensorInfo,
+)
 from dsqc.op_kinds import weight_output_axis
 
 _ACC_LIMIT = 2**31 - 1
@@ -114,6 +126,43 @@ def lower_add(ctx: Lowering, node: gs.Node) -> Op:
     requant = Requant(np.ones(1, np.int64), np.array([n], np.int64), out.zero_point, out.qmin, out.qmax)
     return AddOp(node.name, node.op, [a.name, b.name], out.name, in_zps=(a.zero_point, b.zero_point),
                  in_mults=(ma, mb), requant=requant)
+
+
+def lower_mul(ctx: Lowering, node: gs.Node) -> Op:
+    """Two int8 tensors of one shape, or a [1, C, 1, …] gate times a [1, C, …] map (either order)."""
+    a, b = ctx.act(node, 0), ctx.act(node, 1)
+    if _gate_of(a, b):
+        a, b = b, a
+    if a.shape != b.shape and not _gate_of(b, a):
+        raise _fail(node, f"broadcasting {a.shape} * {b.shape} is not supported (equal shapes, or "
+                          "[1, C, 1, …] times [1, C, …])")
+    out = ctx.output(node, a.shape)
+    requant = _requant(node, np.array([a.scale * b.scale / out.scale]), out)
+    return MulOp(node.name, node.op, [a.name, b.name], out.name, in_zps=(a.zero_point, b.zero_point),
+                 per_channel_b=a.shape != b.shape, requant=requant)
+
+
+def _gate_of(gate: TensorInfo, x: TensorInfo) -> bool:
+    """``gate`` is one value per channel of ``x`` (and ``x`` is more than that)."""
+    return (len(gate.shape) == len(x.shape) > 2 and gate.shape[:2] == x.shape[:2]
+            and all(d == 1 for d in gate.shape[2:]) and gate.shape != x.shape)
+
+
+_TABLES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "Sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)), "Tanh": np.tanh}
+
+
+def lower_lookup(ctx: Lowering, node: gs.Node) -> Op:
+    """The op on each of the 256 int8 codes, in float32 as ORT runs DQ → op → Q, then quantized."""
+    x = ctx.act(node, 0)
+    out = ctx.output(node, x.shape)
+    codes = np.arange(-128, 128, dtype=np.float32)
+    real = (codes - np.float32(x.zero_point)) * np.float32(x.scale)
+    with np.errstate(over="ignore"):
+        value = _TABLES[node.op](real.astype(np.float32)).astype(np.float32)
+    q = np.rint(value / np.float32(out.scale)) + out.zero_point
+    return LookupOp(node.name, node.op, [x.name], out.name,
+                    table=np.clip(q, out.qmin, out.qmax).astype(np.int8))
 
 
 def lower_clamp(ctx: Lowering, node: gs.Node) -> Op:
@@ -239,5 +288,5 @@ LOWERINGS: dict[str, Callable[[Lowering, gs.Node], Op]] = {
     "Conv": lower_conv, "Gemm": lower_dense, "MatMul": lower_dense, "Add": lower_add,
     "Relu": lower_clamp, "Clip": lower_clamp, "MaxPool": lower_pool, "AveragePool": lower_pool,
     "GlobalAveragePool": lower_pool, "Flatten": lower_reshape, "Reshape": lower_reshape,
-    "Concat": lower_concat,
+    "Concat": lower_concat, "Mul": lower_mul, "Sigmoid": lower_lookup, "Tanh": lower_lookup,
 }

@@ -128,6 +128,24 @@ class ElementwiseOp(Op):
 
 
 @dataclass(eq=False)
+class LookupOp(Op):
+    """Sigmoid / Tanh: ``out = table[x + 128]``, the function of each of the 256 input codes quantized
+    by QuantizeLinear's rule, so it equals DQ → op → Q in float code for code."""
+
+    table: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int8))
+
+
+@dataclass(eq=False)
+class MulOp(Op):
+    """``out = Requant((a − za)·(b − zb))``, ``M = s_a·s_b / s_out``; ``b`` is ``a``'s shape or one value
+    per channel ([1, C, 1, …]: squeeze-excitation's gate), broadcast over the rest."""
+
+    in_zps: tuple[int, int] = (0, 0)
+    per_channel_b: bool = False
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
 class ConcatOp(Op):
     """Concatenation on ``axis``; each input is requantized to the output's scale (a copy when equal)."""
 

@@ -13,7 +13,19 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from dsqc.integer.fixedpoint import requantize
-from dsqc.integer.ops import AddOp, ConcatOp, ConvOp, DenseOp, ElementwiseOp, Op, PoolOp, Program, Requant
+from dsqc.integer.ops import (
+    AddOp,
+    ConcatOp,
+    ConvOp,
+    DenseOp,
+    ElementwiseOp,
+    LookupOp,
+    MulOp,
+    Op,
+    PoolOp,
+    Program,
+    Requant,
+)
 
 Env = Mapping[str, np.ndarray]
 _NEG = np.int64(-(2**40))
@@ -136,6 +148,17 @@ def _elementwise(op: Op, env: Env) -> np.ndarray:
     return _apply(op.requant, x - op.in_zp)
 
 
+def _lookup(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, LookupOp)
+    return op.table.astype(np.int64)[env[op.inputs[0]] + 128]
+
+
+def _mul(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, MulOp) and op.requant is not None
+    a, b = env[op.inputs[0]] - op.in_zps[0], env[op.inputs[1]] - op.in_zps[1]
+    return _apply(op.requant, a * b)  # a [1, C, 1, …] gate broadcasts over the map
+
+
 def _concat(op: Op, env: Env) -> np.ndarray:
     assert isinstance(op, ConcatOp)
     parts = [_apply(rq, env[name] - zp) for name, zp, rq in zip(op.inputs, op.in_zps, op.requants,
@@ -145,5 +168,5 @@ def _concat(op: Op, env: Env) -> np.ndarray:
 
 _EXEC: dict[type, Callable[[Op, Env], np.ndarray]] = {
     ConvOp: _conv, DenseOp: _dense, AddOp: _add, PoolOp: _pool, ElementwiseOp: _elementwise,
-    ConcatOp: _concat,
+    ConcatOp: _concat, LookupOp: _lookup, MulOp: _mul,
 }

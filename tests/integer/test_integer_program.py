@@ -39,21 +39,21 @@ def test_reference_is_deterministic_and_batched() -> None:
     assert whole.dtype == np.int8 and np.array_equal(whole, parts)
 
 
-def _sigmoid_model() -> onnx.ModelProto:
+def _softplus_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
-             helper.make_node("Sigmoid", ["c"], ["out"], name='x"; system("rm -rf /"); //')]
+             helper.make_node("Softplus", ["c"], ["out"], name='x"; system("rm -rf /"); //')]
     return make_model(nodes, {"input": ["N", 3, 8, 8]}, {"out": ["N", 4, 6, 6]}, inits)
 
 
 def test_unsupported_node_is_named_on_one_line() -> None:
-    fp32 = fuse_bn(_sigmoid_model())
+    fp32 = fuse_bn(_softplus_model())
     qdq, _ = quantize(fp32, HLS_PROFILE, random_feeds(fp32, 8))
     with pytest.raises(UnsupportedError) as err:
         lower(qdq)
     message = str(err.value)
-    assert "\n" not in message and "Sigmoid" in message and 'x"; system(' in message
+    assert "\n" not in message and "Softplus" in message and 'x"; system(' in message
 
 
 def test_float_graph_output_is_unsupported() -> None:
