@@ -218,6 +218,12 @@ class TfliteBackend(Backend):
         ref = (ver.get("tensors") or {}).get("vs_integer_reference") or {}
         if ref.get("tensors"):
             ok = ref["tensors_exact"] == ref["tensors"]
+            alone = ref.get("per_op") or {}
+            if alone.get("ops"):
+                view.checks.append(CheckRow("LiteRT vs dsqc integer reference, each op fed LiteRT's inputs",
+                                            "pass" if alone["max_lsb"] <= 1 else "warn",
+                                            f"{alone['ops_exact']}/{alone['ops']} ops bit-exact, "
+                                            f"max {alone['max_lsb']} LSB"))
             view.checks.append(CheckRow("LiteRT vs dsqc integer reference", "pass" if ok else "warn",
                                         f"{ref['tensors_exact']}/{ref['tensors']} tensors bit-exact, "
                                         f"max {ref['max_lsb']} LSB"))

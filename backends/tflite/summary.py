@@ -44,5 +44,9 @@ def _reference_lines(ref: dict[str, Any] | None) -> list[str]:
         return [f"  vs dsqc integer reference: not compared ({ref['skipped']})"]
     if not ref.get("tensors"):
         return ["  vs dsqc integer reference: no int8 tensor to compare"]
+    alone = ref.get("per_op") or {}
+    each = (f"; each op fed LiteRT's own inputs: {alone['ops_exact']}/{alone['ops']} bit-exact, max "
+            f"{alone['max_lsb']} LSB" + (f" ({alone['worst_op']})" if alone["max_lsb"] else "")
+            if alone.get("ops") else "")
     return [f"  vs dsqc integer reference: {ref['tensors_exact']}/{ref['tensors']} tensors bit-exact, "
-            f"max {ref['max_lsb']} LSB"]
+            f"max {ref['max_lsb']} LSB{each}"]

@@ -118,6 +118,8 @@ def test_grouped_convolution_is_conv_2d_bit_exact(tmp_path: Path) -> None:
     assert len(convs) == 2 and not any(op[0] == "DEPTHWISE_CONV_2D" for op in ops)
     exact = check["tensors"]["vs_integer_reference"]
     assert exact["tensors"] > 0 and exact["tensors_exact"] == exact["tensors"], exact
+    alone = exact["per_op"]  # each op fed LiteRT's own inputs
+    assert alone["ops"] >= 3 and alone["ops_exact"] == alone["ops"] and alone["max_lsb"] == 0, alone
     assert check["min_sqnr_db"] > 25
 
 
