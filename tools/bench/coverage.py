@@ -56,7 +56,10 @@ def _runtime_check(target: str, metrics: dict[str, Any]) -> str:
     if target == "tflite":
         ver = part.get("verification") or {}
         exact = (ver.get("tensors") or {}).get("vs_integer_reference") or {}
-        same = (f", {exact['tensors_exact']}/{exact['tensors']} tensors bit-exact vs the integer reference"
+        alone = exact.get("per_op") or {}
+        same = (f", vs the integer reference {exact['tensors_exact']}/{exact['tensors']} tensors bit-exact"
+                + (f" end to end, {alone['ops_exact']}/{alone['ops']} ops alone (max {alone['max_lsb']} LSB)"
+                   if alone.get("ops") else "")
                 if exact.get("tensors") else "")
         return f"LiteRT {ver.get('min_sqnr_db', float('nan')):.2f} dB{same}" if ver else ""
     if target == "hls":
