@@ -47,6 +47,8 @@ def _reference_lines(ref: dict[str, Any] | None) -> list[str]:
     alone = ref.get("per_op") or {}
     each = (f"; each op fed LiteRT's own inputs: {alone['ops_exact']}/{alone['ops']} bit-exact, max "
             f"{alone['max_lsb']} LSB" + (f" ({alone['worst_op']})" if alone["max_lsb"] else "")
+            + (f", {alone['not_compared']} ops not compared (an input LiteRT does not expose)"
+               if alone.get("not_compared") else "")
             if alone.get("ops") else "")
     return [f"  vs dsqc integer reference: {ref['tensors_exact']}/{ref['tensors']} tensors bit-exact, "
             f"max {ref['max_lsb']} LSB{each}"]
