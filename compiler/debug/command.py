@@ -47,6 +47,7 @@ from dsqc.driver.build_types import BuildRequest
 from dsqc.driver.pipeline import load_and_normalize
 from dsqc.driver.progress import Progress
 from dsqc.errors import CalibrationError, DsqcError
+from dsqc.metrics import Part, judged_parts
 from dsqc.model_io import load_model
 from dsqc.op_kinds import QDQ_OPS
 from dsqc.quant.recipe import Recipe
@@ -115,7 +116,8 @@ class DebugResult:
     def to_dict(self) -> dict[str, Any]:
         return {"model": str(self.model), "build": str(self.folder.path), "target": self.folder.target,
                 "debugged": self.folder.describe(), "data": self.data, "outputs": self.outputs,
-                "ranking": "by local output SQNR (only that point quantized), lowest first; a layer's "
+                "ranking": "by local output SQNR (only that point quantized; the worst output or scale group "
+                           "of an output's channels), lowest first; a layer's "
                            "weight and bias are ranked together (kind 'weight+bias', what the build ships), "
                            "each alone is listed as a part of it with its rank",
                 "points": [r.to_dict() for r in self.rows], "notes": self.notes,
@@ -157,8 +159,9 @@ def debug(request: DebugRequest) -> DebugResult:
     outputs = _output_table(reference, deployed, off, on, folder, keep)
     if artifact is not None:  # how exactly the replay mirrors the QDQ model (both reference Q/DQ)
         plain = run_batches(session(artifact, optimize=False), batches) if profile.verify_fused else deployed
-        for name, metrics in outputs.items():
-            metrics["replay_vs_qdq_sqnr_db"] = _sqnr(plain[name], on[name], keep.get(name))
+        replay = _part_sqnr(_parts(reference, keep), plain, on, keep)
+        for label, metrics in outputs.items():
+            metrics["replay_vs_qdq_sqnr_db"] = replay[label]
     timings["accumulated"] = time.perf_counter() - mark
     mark = time.perf_counter()
     local_set = held_out.take(min(request.local_samples, len(held_out)))
@@ -267,6 +270,20 @@ def _keep(mask: PaddingMask | None) -> dict[str, np.ndarray]:
     return {} if mask is None else {name: mask.keep for name in mask.outputs}
 
 
+def _parts(reference: dict[str, np.ndarray], keep: dict[str, np.ndarray]) -> dict[str, Part]:
+    """What the build's verdict judges: each output, and each scale group of an unmasked output's
+    channels (``metrics.judged_parts``: a detector's class scores apart from its box pixels)."""
+    return {label: (name, idx) for label, (name, idx) in judged_parts(reference).items()
+            if idx is None or name not in keep}
+
+
+def _part_sqnr(parts: dict[str, Part], ref: dict[str, np.ndarray], got: dict[str, np.ndarray],
+               keep: dict[str, np.ndarray]) -> dict[str, float]:
+    return {label: _sqnr(ref[name], got[name], keep.get(name)) if idx is None else
+            _sqnr(np.take(ref[name], idx, axis=1), np.take(got[name], idx, axis=1))
+            for label, (name, idx) in parts.items()}
+
+
 def _sqnr(ref: np.ndarray, got: np.ndarray, keep: np.ndarray | None = None) -> float:
     if keep is not None:
         ref, got = ref[keep], got[keep]
@@ -289,12 +306,17 @@ def _output_table(reference: dict[str, np.ndarray], deployed: dict[str, np.ndarr
                   off: dict[str, np.ndarray], on: dict[str, np.ndarray],
                   folder: BuildFolder, keep: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     built = folder.verification.get("outputs", {})
+    parts = _parts(reference, keep)
+    accumulated, replayed = _part_sqnr(parts, reference, deployed, keep), _part_sqnr(parts, off, on, keep)
     table: dict[str, dict[str, float]] = {}
-    for name, ref in reference.items():
-        table[name] = {"accumulated_sqnr_db": _sqnr(ref, deployed[name], keep.get(name)),
-                       "reference_qdq_sqnr_db": _sqnr(off[name], on[name], keep.get(name))}
-        if name in built:
-            table[name]["build_verification_sqnr_db"] = float(built[name]["sqnr_db"])
+    for label, (name, idx) in parts.items():
+        table[label] = {"accumulated_sqnr_db": accumulated[label], "reference_qdq_sqnr_db": replayed[label]}
+        verified = built.get(name) or {}
+        if idx is not None:
+            channels = label.split("[channels ", 1)[1].rstrip("]")
+            verified = next((g for g in verified.get("groups", ()) if g.get("channels") == channels), {})
+        if "sqnr_db" in verified:
+            table[label]["build_verification_sqnr_db"] = float(verified["sqnr_db"])
     return table
 
 
@@ -309,9 +331,10 @@ def _local(switch: SwitchModel, points: list[QuantPoint], plan: QuantPlan, sampl
     bar = Progress("debug: one point at a time", len(plans), shown)
     results: dict[str, dict[str, float]] = {}
 
+    parts = _parts(bound.reference, keep)
+
     def measure(bound: BoundSamples, single: QuantPlan) -> dict[str, float]:
-        got = bound.run(single)
-        return {o: _sqnr(ref, got[o], keep.get(o)) for o, ref in bound.reference.items()}
+        return _part_sqnr(parts, bound.reference, bound.run(single), keep)
 
     with ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="dsqc-debug") as pool:
         futures = {pool.submit(measure, bound, plans[t]): t for t in sorted(plans, key=firsts.__getitem__)}

@@ -40,8 +40,8 @@ def format_debug(result: DebugResult, top: int = 15) -> str:
         if rows:
             lines += ["", *_table(title, rows, top)]
     lines.append("")
-    lines.append("local = only this point quantized, everything else float (worst output / the tensor "
-                 "itself); accumulated = the tensor in the fully quantized model")
+    lines.append("local = only this point quantized, everything else float (worst output or channel scale "
+                 "group / the tensor itself); accumulated = the tensor in the fully quantized model")
     lines += [f"note: {n}" for n in result.notes[:5]]
     return "\n".join(lines)
 

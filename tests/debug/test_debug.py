@@ -204,3 +204,27 @@ def test_refuses_a_model_that_is_not_the_built_one(built: dict[str, Path], tmp_p
     _refused(capsys, [str(path), folder, "--calib", data], f"'{OUTLIER_TENSOR}'", "MODEL is not the model")
     _refused(capsys, [str(tmp_path / "absent.onnx"), folder, "--calib", data], "absent.onnx")
     _refused(capsys, [str(built["onnx"] / "cnn.int8.onnx"), folder, "--calib", data], "already quantized")
+
+
+def test_debug_judges_a_detectors_score_channels_apart(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """As the verdict does: the YOLO-like output's score channels are their own row, and the local
+    error that ranks the points is the worst part's — the outlier tensor the scores pass through comes
+    first, though the whole output (box pixels) hardly notices it."""
+    from tests.cli.test_verdict import detector_like_model
+
+    model = detector_like_model(tmp_path / "det.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(40, 4, 8, 8)).astype(np.float32))
+    assert main(["build", str(model), "--target", "onnx", "--calib", str(data), "--no-latency",
+                 "-o", str(tmp_path / "out")]) == 0
+    code, out, err = _debug(capsys, str(model), str(tmp_path / "out"), "--calib", str(data))
+    assert code == 0, err
+    body = json.loads((tmp_path / "out" / "debug.json").read_text())
+    assert set(body["outputs"]) == {"y", "y[channels 0-3]", "y[channels 4-7]"}
+    scores = body["outputs"]["y[channels 4-7]"]
+    assert scores["accumulated_sqnr_db"] < 6 < body["outputs"]["y"]["accumulated_sqnr_db"]
+    assert scores["build_verification_sqnr_db"] == pytest.approx(scores["accumulated_sqnr_db"], abs=0.01)
+    first = min(body["points"], key=lambda p: p["rank"])
+    assert first["tensor"] == "h" and first["local_output_sqnr_db"] < 6
+    assert "y[channels 4-7]:" in out
