@@ -230,24 +230,20 @@ class Emitter:
         assert isinstance(op, ElementwiseOp) and op.requant is not None
         size, rq = self._size(op.output), op.requant
         plain = rq.identity and rq.zero_point == op.in_zp and (rq.qmin, rq.qmax) == (-128, 127)
-        expr = "x[i]" if plain else self._requant(rq, minus_zp("x[i]", op.in_zp))
+        return self._unary(size, "x[i]" if plain else self._requant(rq, minus_zp("x[i]", op.in_zp)))
+
+    def _lookup(self, op: Op) -> list[str]:
+        assert isinstance(op, LookupOp)
+        size = self._size(op.output)
+        return self._unary(size, f"{self._array('table', 'int8_t', op.table)}[x[i] + 128]")
+
+    def _unary(self, size: int, expr: str) -> list[str]:
+        """``y[i] = expr`` (of ``x[i]``) over one tensor."""
         return [
             f"static void {self.fn}(const int8_t x[{size}], int8_t y[{size}])", "{", "    int i;",
             f"    for (i = 0; i < {size}; i++) {{",
             *self._pragmas(),
             f"        y[i] = {expr};",
-            "    }", "}",
-        ]
-
-    def _lookup(self, op: Op) -> list[str]:
-        assert isinstance(op, LookupOp)
-        size = self._size(op.output)
-        table = self._array("table", "int8_t", op.table)
-        return [
-            f"static void {self.fn}(const int8_t x[{size}], int8_t y[{size}])", "{", "    int i;",
-            f"    for (i = 0; i < {size}; i++) {{",
-            *self._pragmas(),
-            f"        y[i] = {table}[x[i] + 128];",
             "    }", "}",
         ]
 
