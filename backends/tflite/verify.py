@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 
 from dsqc.calibration.data import fixed_batch, model_inputs
+from dsqc.errors import DsqcError
+from dsqc.integer import Program
 from dsqc.metrics import sqnr_db, top1_agreement
 from dsqc.verify import compare_outputs, run_batches, session, worst_sqnr
 
@@ -104,24 +106,43 @@ def tensors_vs_references(graph: Graph, qdq: onnx.ModelProto, sample: Feeds,
             tfl[name] = tfl[name].transpose(0, 3, 1, 2)
     order = list(q_nodes)
     result = {"vs_ort_qdq": _lsb(tfl, _ort_tensors(qdq, names, sample), order)}
-    reference = _reference_tensors(qdq, q_nodes, sample)
-    if isinstance(reference, str):
-        result["vs_integer_reference"] = {"skipped": reference}
+    program = _integer_program(qdq)
+    if isinstance(program, str):
+        result["vs_integer_reference"] = {"skipped": program}
+        return result
+    try:
+        reference = _reference_tensors(program, q_nodes, sample)
+    except (DsqcError, ValueError, KeyError) as exc:
+        log.info("integer reference unavailable for this model: %s", exc)
+        result["vs_integer_reference"] = {"skipped": str(exc)}
         return result
     result["vs_integer_reference"] = _lsb(tfl, reference, order)
-    result["vs_integer_reference"]["per_op"] = _per_op(qdq, q_nodes, tfl)
+    result["vs_integer_reference"]["per_op"] = _per_op(program, q_nodes, tfl)
     return result
 
 
-def _per_op(qdq: onnx.ModelProto, q_nodes: dict[str, str], tfl: dict[str, np.ndarray]) -> dict[str, Any]:
+def _integer_program(qdq: onnx.ModelProto) -> Program | str:
+    """dsqc's integer program of the QDQ model, or why there is none."""
+    from dsqc.integer.program import lower as lower_program
+
+    try:
+        return lower_program(qdq)
+    except DsqcError as exc:
+        log.info("integer reference unavailable for this model: %s", exc)
+        return str(exc)
+
+
+def _program_tensors(program: Program, q_nodes: dict[str, str]) -> dict[str, str]:
+    """QuantizeLinear output → the program tensor it is (keyed by the Q's input where that is one)."""
+    return {q_out: src if src in program.tensors else q_out for q_out, src in q_nodes.items()}
+
+
+def _per_op(program: Program, q_nodes: dict[str, str], tfl: dict[str, np.ndarray]) -> dict[str, Any]:
     """Each integer-program op fed LiteRT's own int8 inputs, against LiteRT's output of that op: a
     kernel's rounding shows here as it is, where end to end one tie 1 LSB off grows through a deep net."""
-    from dsqc.integer.program import lower as lower_program
     from dsqc.integer.reference import execute
 
-    program = lower_program(qdq)
-    by_tensor = {src if src in program.tensors else q_out: q_out for q_out, src in q_nodes.items()}
-    env = {t: tfl[q].astype(np.int64) for t, q in by_tensor.items() if q in tfl}
+    env = {t: tfl[q].astype(np.int64) for q, t in _program_tensors(program, q_nodes).items() if q in tfl}
     ops = exact = worst = skipped = 0
     worst_op = ""
     for op in program.ops:
@@ -146,21 +167,12 @@ def _ort_tensors(qdq: onnx.ModelProto, names: list[str], sample: Feeds) -> dict[
     return dict(zip(names, session(model, optimize=False).run(names, sample), strict=True))
 
 
-def _reference_tensors(qdq: onnx.ModelProto, q_nodes: dict[str, str],
-                       sample: Feeds) -> dict[str, np.ndarray] | str:
-    """Every tensor of dsqc's integer program keyed by Q output name, or why there is none."""
-    from dsqc.errors import DsqcError
-    from dsqc.integer.program import lower as lower_program
+def _reference_tensors(program: Program, q_nodes: dict[str, str], sample: Feeds) -> dict[str, np.ndarray]:
+    """Every tensor of dsqc's integer program keyed by Q output name."""
     from dsqc.integer.reference import quantize_inputs, run
 
-    try:
-        program = lower_program(qdq)
-        values = run(program, quantize_inputs(program, sample), keep_all=True)
-    except (DsqcError, ValueError, KeyError) as exc:
-        log.info("integer reference unavailable for this model: %s", exc)
-        return str(exc)
-    return {q_out: values[src if src in program.tensors else q_out] for q_out, src in q_nodes.items()
-            if (src if src in program.tensors else q_out) in values}
+    values = run(program, quantize_inputs(program, sample), keep_all=True)
+    return {q: values[t] for q, t in _program_tensors(program, q_nodes).items() if t in values}
 
 
 def _lsb(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], order: list[str]) -> dict[str, Any]:
