@@ -100,3 +100,18 @@ def data_channel_axis(node: Node) -> int:
     if op == "Gemm" and int(attr(node, "transA", 0)):
         return 0
     return 1
+
+
+def ceil_mode_pads(hw: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                   pads: Sequence[int]) -> tuple[int, int, int, int]:
+    """Pooling with ``ceil_mode=1`` as floor-mode pooling: ``pads`` ([top, left, bottom, right]) with the
+    end pads grown to take ONNX's last, partial window (a window that would start in the end padding
+    is dropped, as ONNX does). Exact for max pooling when the padding holds the lowest value."""
+    grown = [int(p) for p in pads]
+    for i in range(2):
+        span = hw[i] + pads[i] + pads[i + 2] - kernel[i]
+        out = -(-span // strides[i]) + 1
+        if (out - 1) * strides[i] >= hw[i] + pads[i]:
+            out -= 1
+        grown[i + 2] += max(0, (out - 1) * strides[i] - span)
+    return grown[0], grown[1], grown[2], grown[3]

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dsqc.op_kinds import ceil_mode_pads
+
 from .rulebook import rule
 from .rules_common import (
     const_ints,
@@ -131,7 +133,7 @@ def pool(lw: Lowerer, node: gs.Node) -> None:
         if padding == "SAME" and pads is None:
             (top, bottom), (left, right) = (same_pads(hw[i], k[i], s[i], 1) for i in range(2))
             pads = [top, left, bottom, right]
-        padding, pads = "VALID", _ceil_pads(lw, node, hw, k, s, pads)  # type: ignore[arg-type]
+        padding, pads = "VALID", list(ceil_mode_pads(hw, k, s, pads or [0, 0, 0, 0]))
     if node.op == "AveragePool" and padding == "SAME" and node.attrs.get("count_include_pad", 0):
         padding, pads = "VALID", ints(node, "pads", [0, 0, 0, 0])
     if pads and not is_max and not node.attrs.get("count_include_pad", 0):
@@ -148,19 +150,6 @@ def pool(lw: Lowerer, node: gs.Node) -> None:
                    filterWidth=k[1])
     op = lw.g.op(kind, [x_idx], [out], opts, node.name)
     fuse_activation(lw, node, op)
-
-
-def _ceil_pads(lw: Lowerer, node: gs.Node, in_hw: tuple[int, int], k: tuple[int, int], s: tuple[int, int],
-               pads: list[int] | None) -> list[int]:
-    """Explicit pads for ``ceil_mode`` max pooling: the end pads grow until VALID pooling gives ONNX's
-    output size; the extra rows and columns hold the lowest value, which no maximum takes, so the last
-    window is exactly the clipped one ONNX takes (GoogLeNet's and Inception's stems)."""
-    pads = list(pads or [0, 0, 0, 0])
-    want = lw.onnx_shape(node.outputs[0])[2:]
-    for i in range(2):
-        covered = in_hw[i] + pads[i] + pads[i + 2]
-        pads[i + 2] += max(0, (int(want[i]) - 1) * s[i] + k[i] - covered)
-    return pads
 
 
 @rule("GlobalAveragePool", "GlobalMaxPool")

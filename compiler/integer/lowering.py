@@ -23,7 +23,7 @@ from dsqc.integer.ops import (
     Requant,
     TensorInfo,
 )
-from dsqc.op_kinds import weight_output_axis
+from dsqc.op_kinds import ceil_mode_pads, weight_output_axis
 
 _ACC_LIMIT = 2**31 - 1
 
@@ -208,7 +208,7 @@ def lower_pool(ctx: Lowering, node: gs.Node) -> Op:
             raise _fail(node, "dilated pooling is not supported")
         kernel = _pair(node.attrs.get("kernel_shape"), 1, node, "kernels")
         strides = _pair(node.attrs.get("strides"), 1, node, "strides")
-        pads = _ceil_pads(x.shape[2:], kernel, strides, _pads(node)) if ceil else _pads(node)
+        pads = ceil_mode_pads(x.shape[2:], kernel, strides, _pads(node)) if ceil else _pads(node)
     mode = "max" if node.op == "MaxPool" else "avg"
     if mode == "avg" and any(pads) and not node.attrs.get("count_include_pad", 0):
         raise _fail(node, "padded AveragePool needs count_include_pad=1 (one divisor per layer)")
@@ -219,21 +219,6 @@ def lower_pool(ctx: Lowering, node: gs.Node) -> Op:
     requant = _requant(node, np.array([x.scale / (out.scale * window)]), out)
     return PoolOp(node.name, node.op, [x.name], out.name, mode=mode, kernel=kernel, strides=strides,
                   pads=pads, in_zp=x.zero_point, requant=requant)
-
-
-def _ceil_pads(hw: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
-               pads: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """Max pooling in ``ceil_mode`` as floor-mode pooling over end pads grown to take the last,
-    partial window (padding holds the lowest value); as ONNX, a window that would start in the end
-    padding is dropped."""
-    grown = list(pads)
-    for i in range(2):
-        span = hw[i] + pads[i] + pads[i + 2] - kernel[i]
-        out = -(-span // strides[i]) + 1
-        if (out - 1) * strides[i] >= hw[i] + pads[i]:
-            out -= 1
-        grown[i + 2] += max(0, (out - 1) * strides[i] - span)
-    return grown[0], grown[1], grown[2], grown[3]
 
 
 def lower_reshape(ctx: Lowering, node: gs.Node) -> Op:
