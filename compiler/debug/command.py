@@ -47,7 +47,7 @@ from dsqc.driver.build_types import BuildRequest
 from dsqc.driver.pipeline import load_and_normalize
 from dsqc.driver.progress import Progress
 from dsqc.errors import CalibrationError, DsqcError
-from dsqc.metrics import Part, judged_parts
+from dsqc.metrics import Part, channel_ranges, judged_parts
 from dsqc.model_io import load_model
 from dsqc.op_kinds import QDQ_OPS
 from dsqc.quant.recipe import Recipe
@@ -156,17 +156,18 @@ def debug(request: DebugRequest) -> DebugResult:
     mask = padding_mask(normalized, batches, reference, recorded_mask) if recorded_mask else None
     keep = _keep(mask)
     deployed = run_batches(session(artifact, optimize=profile.verify_fused), batches) if artifact else on
-    outputs = _output_table(reference, deployed, off, on, folder, keep)
+    parts = _parts(reference, keep)  # what the verdict judged, from the whole held-out set
+    outputs = _output_table(parts, reference, deployed, off, on, folder, keep)
     if artifact is not None:  # how exactly the replay mirrors the QDQ model (both reference Q/DQ)
         plain = run_batches(session(artifact, optimize=False), batches) if profile.verify_fused else deployed
-        replay = _part_sqnr(_parts(reference, keep), plain, on, keep)
+        replay = _part_sqnr(parts, plain, on, keep)
         for label, metrics in outputs.items():
             metrics["replay_vs_qdq_sqnr_db"] = replay[label]
     timings["accumulated"] = time.perf_counter() - mark
     mark = time.perf_counter()
     local_set = held_out.take(min(request.local_samples, len(held_out)))
     local_keep = {name: k[:len(local_set)] for name, k in keep.items()}  # take() keeps the first samples
-    local = _local(switch, points, folder.plan, local_set, request.batch_size, local_keep, shown)
+    local = _local(switch, points, folder.plan, local_set, request.batch_size, parts, local_keep, shown)
     timings["local"] = time.perf_counter() - mark
     rows: list[PointResult] = []
     for p in points:
@@ -302,18 +303,17 @@ def _check_same_function(reference: dict[str, np.ndarray], source: dict[str, np.
                                    "the model this folder was built from")
 
 
-def _output_table(reference: dict[str, np.ndarray], deployed: dict[str, np.ndarray],
+def _output_table(parts: dict[str, Part], reference: dict[str, np.ndarray], deployed: dict[str, np.ndarray],
                   off: dict[str, np.ndarray], on: dict[str, np.ndarray],
                   folder: BuildFolder, keep: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     built = folder.verification.get("outputs", {})
-    parts = _parts(reference, keep)
     accumulated, replayed = _part_sqnr(parts, reference, deployed, keep), _part_sqnr(parts, off, on, keep)
     table: dict[str, dict[str, float]] = {}
     for label, (name, idx) in parts.items():
         table[label] = {"accumulated_sqnr_db": accumulated[label], "reference_qdq_sqnr_db": replayed[label]}
         verified = built.get(name) or {}
         if idx is not None:
-            channels = label.split("[channels ", 1)[1].rstrip("]")
+            channels = channel_ranges(idx)
             verified = next((g for g in verified.get("groups", ()) if g.get("channels") == channels), {})
         if "sqnr_db" in verified:
             table[label]["build_verification_sqnr_db"] = float(verified["sqnr_db"])
@@ -321,7 +321,8 @@ def _output_table(reference: dict[str, np.ndarray], deployed: dict[str, np.ndarr
 
 
 def _local(switch: SwitchModel, points: list[QuantPoint], plan: QuantPlan, samples: SampleSet,
-           batch_size: int, keep: dict[str, np.ndarray], shown: bool) -> dict[str, dict[str, float]]:
+           batch_size: int, parts: dict[str, Part], keep: dict[str, np.ndarray],
+           shown: bool) -> dict[str, dict[str, float]]:
     """Each point alone (output → SQNR dB, over ``keep``'s positions where given), as the sensitivity
     analysis runs its variants: one segmented switch model."""
     plans = {p.tensor: p.only(plan) for p in points}
@@ -330,8 +331,6 @@ def _local(switch: SwitchModel, points: list[QuantPoint], plan: QuantPlan, sampl
     bound = switch.bind(list(samples.batches(batch_size)))
     bar = Progress("debug: one point at a time", len(plans), shown)
     results: dict[str, dict[str, float]] = {}
-
-    parts = _parts(bound.reference, keep)
 
     def measure(bound: BoundSamples, single: QuantPlan) -> dict[str, float]:
         return _part_sqnr(parts, bound.reference, bound.run(single), keep)
