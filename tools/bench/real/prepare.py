@@ -41,6 +41,9 @@ CASES = (
     "resnet18_tv",
     "mobilenet_v2_tv",
     "efficientnet_b0_tv",
+    "resnet18_kd",
+    "mobilenet_v2_kd",
+    "efficientnet_b0_kd",
 )
 
 
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         "--bn-batches", type=int, default=200, help="train-mode batches for BatchNorm statistics"
     )
     parser.add_argument("--bn-batch-size", type=int, default=8)
+    parser.add_argument("--distill-steps", type=int, default=400,
+                        help="the *_kd cases: steps of distillation from EfficientNet-Lite0")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1: faster on a busy machine)")
     parser.add_argument("--n-calib", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=128)
@@ -120,13 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "silero_vad":
             speech.prepare_silero(folder, pydeps)
         else:
+            arch, kind = name.rsplit("_", 1)
             vision.prepare_torchvision(
-                name.removesuffix("_tv"),
+                arch,
                 folder,
                 args.n_calib,
                 args.n_eval,
                 args.bn_batches,
                 args.bn_batch_size,
+                distill_steps=args.distill_steps if kind == "kd" else 0,
+                pydeps=pydeps,
             )
         log.info("%s prepared in %.0f s", name, time.perf_counter() - start)
     return 0

