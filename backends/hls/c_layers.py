@@ -22,6 +22,8 @@ from dsqc.integer import (
     PoolOp,
     Program,
     Requant,
+    SliceOp,
+    TransposeOp,
 )
 
 from .names import comment_text
@@ -72,7 +74,7 @@ class Emitter:
         self.helpers: set[str] = set()
         body = {ConvOp: self._conv, DenseOp: self._dense, PoolOp: self._pool, AddOp: self._add,
                 ElementwiseOp: self._elementwise, ConcatOp: self._concat, LookupOp: self._lookup,
-                MulOp: self._mul}[type(op)](op)
+                MulOp: self._mul, TransposeOp: self._transpose, SliceOp: self._slice}[type(op)](op)
         out = self.program.tensors[op.output]
         head = [f"/* {comment_text(op.onnx_op)} node {comment_text(op.node)}: "
                 f"-> {'x'.join(map(str, out.shape))} int8 (scale {out.scale:.6g}, zero point "
@@ -247,6 +249,36 @@ class Emitter:
             "    }", "}",
         ]
 
+    def _transpose(self, op: Op) -> list[str]:
+        assert isinstance(op, TransposeOp) and op.requant is not None
+        strides = _strides(self.program.tensors[op.inputs[0]].shape)
+        return self._gather(op, op.requant, op.in_zp, [(strides[p], 0, 1) for p in op.perm])
+
+    def _slice(self, op: Op) -> list[str]:
+        assert isinstance(op, SliceOp) and op.requant is not None
+        strides = _strides(self.program.tensors[op.inputs[0]].shape)
+        return self._gather(op, op.requant, op.in_zp, list(zip(strides, op.starts, op.steps, strict=True)))
+
+    def _gather(self, op: Op, rq: Requant, zp: int, axes: list[tuple[int, int, int]]) -> list[str]:
+        """Nested loops over the output (batch axis left out): output index ``i`` on axis ``a`` reads the
+        input at ``Σ (first + i·step)·stride`` with ``axes[a] = (stride, first, step)``."""
+        shape = self.program.tensors[op.output].shape[1:]
+        size_in, size_out = self._size(op.inputs[0]), self._size(op.output)
+        idx = [f"i{a}" for a in range(len(shape))]
+        offset = sum(stride * first for stride, first, _ in axes[1:])
+        terms = [(i, stride * step) for i, (stride, _, step) in zip(idx, axes[1:], strict=True)]
+        source = affine(terms, offset)
+        plain = rq.identity and rq.zero_point == zp and (rq.qmin, rq.qmax) == (-128, 127)
+        value = f"x[{source}]" if plain else self._requant(rq, minus_zp(f"x[{source}]", zp))
+        target = affine(list(zip(idx, _strides(shape), strict=True)), 0)
+        lines = [f"static void {self.fn}(const int8_t x[{size_in}], int8_t y[{size_out}])", "{",
+                 f"    int {', '.join(idx)};"]
+        for depth, (i, n) in enumerate(zip(idx, shape, strict=True)):
+            lines.append(f"{'    ' * (depth + 1)}for ({i} = 0; {i} < {n}; {i}++) {{")
+        lines += [*self._pragmas(), f"{'    ' * (len(shape) + 1)}y[{target}] = {value};"]
+        lines += ["    " * (depth + 1) + "}" for depth in reversed(range(len(shape)))]
+        return [*lines, "}"]
+
     def _mul(self, op: Op) -> list[str]:
         assert isinstance(op, MulOp) and op.requant is not None
         size, (za, zb) = self._size(op.output), op.in_zps
@@ -282,6 +314,11 @@ class Emitter:
                       "        }", "    }"]
             offset += inner
         return [*lines, "}"]
+
+
+def _strides(shape: tuple[int, ...]) -> list[int]:
+    """Row-major element strides of ``shape``."""
+    return [int(np.prod(shape[a + 1:], dtype=np.int64)) for a in range(len(shape))]
 
 
 _CLAMP = """\

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from dsqc.errors import UnsupportedError
 from dsqc.ir import constant_value, default_opset
 from dsqc.op_kinds import QDQ_OPS
+from dsqc.static_shapes import fold_shapes, static_shapes
 
 from .graph import NUMPY_DTYPES, Graph, QParams
 from .schema import options
@@ -25,7 +26,6 @@ from .schema import options
 log = logging.getLogger(__name__)
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
-_SHAPE_OPS = {"Shape", "Size", "ConstantOfShape", "Range", "Expand", "Cast"}
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Target:
 class Lowerer:
     def __init__(self, model: onnx.ModelProto, opts: LowerOptions | None = None) -> None:
         self.opts = opts or LowerOptions()
-        self.onnx = _fold_shapes(gs.import_onnx(_static_shapes(model, self.opts.batch)))
+        self.onnx = fold_shapes(gs.import_onnx(static_shapes(model, self.opts.batch)))
         self.opset = default_opset(model)
         self.quantized = any(n.op_type in QDQ_OPS for n in model.graph.node)
         self.g = Graph()
@@ -294,58 +294,3 @@ def _qparams(node: gs.Node, axis: int = 0) -> QParams:
 
 def _permute(shape: tuple[int, ...], perm: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[p] for p in perm)
-
-
-def _static_shapes(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """Fix symbolic input dims to ``batch`` and re-run shape inference."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model)
-    for value in proto.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                dim.dim_value = batch
-    for value in proto.graph.output:
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                dim.ClearField("dim_param")
-    del proto.graph.value_info[:]
-    try:
-        return onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, ValueError) as exc:
-        raise UnsupportedError(f"shape inference with batch {batch} failed: {str(exc).splitlines()[0]}") \
-            from exc
-
-
-def _fold_shapes(graph: gs.Graph, rounds: int = 12) -> gs.Graph:
-    """Fold what the now-static shapes decide (Shape → Gather → Concat → Reshape chains, Range,
-    ConstantOfShape, Expand of constants, the detector's anchor grid) into constants, re-inferring
-    shapes between rounds. DequantizeLinear of stored weights stays (weights stay int8); a Q→DQ pair
-    on a tensor made constant here becomes the float constant the QDQ model computes."""
-    if not any(n.op in _SHAPE_OPS for n in graph.nodes):
-        return graph
-    for _ in range(rounds):
-        if not _fold_quantized_constants(graph) and not any(n.op in _SHAPE_OPS for n in graph.nodes):
-            break
-        graph.fold_constants(fold_shapes=True, error_ok=True)
-        graph.cleanup(remove_unused_graph_inputs=False)
-        proto = gs.export_onnx(graph)
-        del proto.graph.value_info[:]
-        graph = gs.import_onnx(onnx.shape_inference.infer_shapes(proto, data_prop=True))
-    return graph
-
-
-def _fold_quantized_constants(graph: gs.Graph) -> bool:
-    folded = False
-    for q in [n for n in graph.nodes if n.op == "QuantizeLinear" and isinstance(n.inputs[0], gs.Constant)]:
-        quant = _qparams(q)
-        if not quant.per_tensor:
-            continue
-        ints = np.clip(np.rint(q.inputs[0].values.astype(np.float32) / quant.scale[0]) + quant.zero_point[0],
-                       -128, 127)
-        for dq in [r for r in q.outputs[0].outputs if r.op == "DequantizeLinear"]:
-            out = dq.outputs[0]
-            dq.outputs.clear()
-            out.to_constant(((ints - quant.zero_point[0]) * quant.scale[0]).astype(np.float32))
-            folded = True
-    graph.cleanup(remove_unused_graph_inputs=False)
-    return folded

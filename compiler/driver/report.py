@@ -133,7 +133,7 @@ def float_nodes(result: BuildResult, lowered: dict[str, str] | None = None) -> d
     nodes: dict[str, dict[str, str]] = {}
     if result.plan is not None:
         for name, decision in result.plan.nodes.items():
-            if decision.precision in (Precision.FP32, Precision.FP16):
+            if decision.precision in (Precision.FP32, Precision.FP16) and not decision.integer_only:
                 nodes[name] = {"precision": decision.precision.value, "reason": decision.reason}
     for name, reason in (lowered or {}).items():
         nodes.setdefault(name, {"precision": "fp32", "reason": reason})

@@ -15,13 +15,17 @@ from dsqc.integer.ops import (
     PoolOp,
     Program,
     Requant,
+    SliceOp,
     TensorInfo,
+    TransposeOp,
 )
 from dsqc.integer.program import lower
 from dsqc.integer.reference import dequantize_outputs, quantize_inputs, run
 
 __all__ = [
     "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "LookupOp",
-    "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant", "TensorInfo", "dequantize_outputs", "lower",
+    "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant", "SliceOp", "TensorInfo",
+    "TransposeOp", "dequantize_outputs",
+    "lower",
     "quantize_inputs", "quantize_multiplier", "requantize", "run",
 ]

@@ -21,7 +21,9 @@ from dsqc.integer.ops import (
     Op,
     PoolOp,
     Requant,
+    SliceOp,
     TensorInfo,
+    TransposeOp,
 )
 from dsqc.op_kinds import ceil_mode_pads, weight_output_axis
 
@@ -244,6 +246,38 @@ def lower_reshape(ctx: Lowering, node: gs.Node) -> Op:
     return ElementwiseOp(node.name, node.op, [x.name], out.name, in_zp=x.zero_point, requant=requant)
 
 
+def lower_transpose(ctx: Lowering, node: gs.Node) -> Op:
+    x = ctx.act(node, 0)
+    perm = tuple(int(p) for p in node.attrs.get("perm", range(len(x.shape))[::-1]))
+    if sorted(perm) != list(range(len(x.shape))) or perm[0] != 0:
+        raise _fail(node, f"perm {list(perm)} moves the batch axis of a {len(x.shape)}-D tensor")
+    out = ctx.output(node, tuple(x.shape[p] for p in perm))
+    requant = _requant(node, np.array([x.scale / out.scale]), out)
+    return TransposeOp(node.name, node.op, [x.name], out.name, perm=perm, in_zp=x.zero_point, requant=requant)
+
+
+def lower_slice(ctx: Lowering, node: gs.Node) -> Op:
+    x = ctx.act(node, 0)
+    rank = len(x.shape)
+    bounds = [ctx.constant(node, i).astype(np.int64).reshape(-1) for i in (1, 2)]
+    given = [len(node.inputs) > i and bool(node.inputs[i].name) for i in (3, 4)]
+    axes = ctx.constant(node, 3).astype(np.int64).reshape(-1) if given[0] else np.arange(bounds[0].size)
+    steps = ctx.constant(node, 4).astype(np.int64).reshape(-1) if given[1] else np.ones_like(axes)
+    starts, strides, sizes = [0] * rank, [1] * rank, list(x.shape)
+    for begin, end, axis, step in zip(*bounds, axes, steps, strict=True):
+        a = int(axis) % rank
+        if step < 1:
+            raise _fail(node, f"step {int(step)} on axis {a}: only forward slices are supported")
+        first, stop, stride = slice(int(begin), int(end), int(step)).indices(x.shape[a])
+        starts[a], strides[a], sizes[a] = first, stride, len(range(first, stop, stride))
+    if sizes[0] != x.shape[0] or 0 in sizes:
+        raise _fail(node, f"slice of {x.shape} to {tuple(sizes)} cuts the batch axis or is empty")
+    out = ctx.output(node, tuple(sizes))
+    requant = _requant(node, np.array([x.scale / out.scale]), out)
+    return SliceOp(node.name, node.op, [x.name], out.name, starts=tuple(starts), steps=tuple(strides),
+                   sizes=tuple(sizes), in_zp=x.zero_point, requant=requant)
+
+
 def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
     parts = [ctx.act(node, i) for i in range(len(node.inputs))]
     rank = len(parts[0].shape)
@@ -274,4 +308,5 @@ LOWERINGS: dict[str, Callable[[Lowering, gs.Node], Op]] = {
     "Relu": lower_clamp, "Clip": lower_clamp, "MaxPool": lower_pool, "AveragePool": lower_pool,
     "GlobalAveragePool": lower_pool, "Flatten": lower_reshape, "Reshape": lower_reshape,
     "Concat": lower_concat, "Mul": lower_mul, "Sigmoid": lower_lookup, "Tanh": lower_lookup,
+    "Transpose": lower_transpose, "Slice": lower_slice,
 }

@@ -154,6 +154,27 @@ class ConcatOp(Op):
     requants: tuple[Requant, ...] = ()
 
 
+@dataclass(eq=False)
+class TransposeOp(Op):
+    """Axis permutation (``perm[0] == 0``: the batch stays first), requantized element by element."""
+
+    perm: tuple[int, ...] = ()
+    in_zp: int = 0
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
+class SliceOp(Op):
+    """A strided window: output index ``i < sizes[a]`` on axis ``a`` reads input ``starts[a] + i·steps[a]``
+    (steps ≥ 1; the batch axis whole), requantized element by element."""
+
+    starts: tuple[int, ...] = ()
+    steps: tuple[int, ...] = ()
+    sizes: tuple[int, ...] = ()
+    in_zp: int = 0
+    requant: Requant | None = None
+
+
 @dataclass
 class IOBinding:
     """A graph input or output: the float ONNX tensor and the int8 program tensor behind it."""

@@ -17,11 +17,14 @@ from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
 from dsqc.integer.lowering import LOWERINGS, lower_requantize
 from dsqc.integer.ops import Program
+from dsqc.static_shapes import fold_shapes, has_shape_ops, static_shapes
 
 
 def lower(model: onnx.ModelProto, name: str = "model") -> Program:
-    """The integer program of a QDQ model (batch 1, NCHW)."""
-    graph = gs.import_onnx(model)
+    """The integer program of a QDQ model (batch 1, NCHW; shapes computed at run time are folded for
+    batch 1 first)."""
+    graph = fold_shapes(gs.import_onnx(static_shapes(model, 1))) if has_shape_ops(model) \
+        else gs.import_onnx(model)
     graph.toposort()
     return run(Lowering(graph, name))
 

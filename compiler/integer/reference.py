@@ -25,6 +25,8 @@ from dsqc.integer.ops import (
     PoolOp,
     Program,
     Requant,
+    SliceOp,
+    TransposeOp,
 )
 
 Env = Mapping[str, np.ndarray]
@@ -166,7 +168,20 @@ def _concat(op: Op, env: Env) -> np.ndarray:
     return np.concatenate(parts, axis=op.axis)
 
 
+def _transpose(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, TransposeOp) and op.requant is not None
+    return _apply(op.requant, np.transpose(env[op.inputs[0]], op.perm) - op.in_zp)
+
+
+def _slice(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, SliceOp) and op.requant is not None
+    window = (slice(None), *(slice(b, b + (n - 1) * s + 1, s) for b, n, s in
+                             zip(op.starts[1:], op.sizes[1:], op.steps[1:], strict=True)))
+    x = env[op.inputs[0]]
+    return _apply(op.requant, x[window] - op.in_zp)
+
+
 _EXEC: dict[type, Callable[[Op, Env], np.ndarray]] = {
     ConvOp: _conv, DenseOp: _dense, AddOp: _add, PoolOp: _pool, ElementwiseOp: _elementwise,
-    ConcatOp: _concat, LookupOp: _lookup, MulOp: _mul,
+    ConcatOp: _concat, LookupOp: _lookup, MulOp: _mul, TransposeOp: _transpose, SliceOp: _slice,
 }

@@ -192,6 +192,9 @@ def _fuses_into_add(node: gs.Node, tensor: gs.Tensor, profile: TargetProfile, pl
 def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision: str) -> NodeDecision:
     if precision == "fp32":
         return NodeDecision(Precision.FP32, "--precision fp32")
+    if node.outputs and not any(_is_float(t) for t in node.outputs):
+        return NodeDecision(Precision.FP32, "integer output (shape arithmetic, indices): nothing to quantize",
+                            integer_only=True)
     wanted = opts.precision
     in_profile = node.op in profile.compute_ops or node.op in profile.support_ops
     if wanted is Precision.FP32:

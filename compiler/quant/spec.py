@@ -101,10 +101,12 @@ class QuantSpec:
 
 @dataclass(frozen=True)
 class NodeDecision:
-    """Precision chosen for one node and why (traceable to the ONNX node name)."""
+    """Precision chosen for one node and why (traceable to the ONNX node name). ``integer_only``: the node
+    computes no float value (shape arithmetic, indices), so no precision applies to it."""
 
     precision: Precision
     reason: str
+    integer_only: bool = False
 
 
 @dataclass
@@ -123,7 +125,8 @@ class QuantPlan:
     def histogram(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for decision in self.nodes.values():
-            counts[decision.precision.value] = counts.get(decision.precision.value, 0) + 1
+            key = "integer" if decision.integer_only else decision.precision.value
+            counts[key] = counts.get(key, 0) + 1
         return dict(sorted(counts.items()))
 
     def to_dict(self) -> dict[str, object]:

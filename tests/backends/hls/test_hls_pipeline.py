@@ -80,3 +80,52 @@ def test_squeeze_excitation_and_silu_are_bit_exact(tmp_path: Path) -> None:
     assert source.count("_table[x[i] + 128]") == 3  # two sigmoids and the tanh
     assert "const int8_t b[8]" in source  # the gate: one value per channel
     assert result.verdict is not None and result.verdict.level == "ok"
+
+
+def shuffle_unit_model(path: Path) -> Path:
+    """ShuffleNetV2's unit exported from torch with a dynamic batch: ``x.chunk(2, dim=1)`` and the
+    channel shuffle (view → transpose → view) compute their Slice bounds and Reshape shapes from
+    ``Shape`` at run time."""
+    torch = pytest.importorskip("torch")
+    from dsqc.torch_export import from_torch
+
+    class ShuffleUnit(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.branch = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU(),
+                                              torch.nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                                              torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU())
+            self.head = torch.nn.Conv2d(8, 5, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.stem(x))
+            keep, work = y.chunk(2, dim=1)
+            y = torch.cat((keep, self.branch(work)), dim=1)
+            n, c, h, w = y.shape
+            y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+            return self.head(y)
+
+    onnx.save(from_torch(ShuffleUnit(), torch.zeros(1, 3, 8, 8)), path)
+    return path
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("gcc", "make", "nm")), reason="gcc/make/nm missing")
+def test_channel_split_and_shuffle_are_bit_exact(tmp_path: Path) -> None:
+    """The Shape arithmetic folds for batch 1; the split becomes two channel slices and the shuffle a
+    5-D transpose between reshapes, all copies at the shared scale: gcc's csim is bit-exact and the
+    program is bit-exact with ORT end to end."""
+    model = shuffle_unit_model(tmp_path / "shuffle.onnx")
+    ops = {n.op_type for n in onnx.load(model).graph.node}
+    assert {"Shape", "Slice", "Transpose", "Reshape"} <= ops
+    calib = np.random.default_rng(1).normal(size=(48, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=calib)
+    result = build(BuildRequest(model=model, target="hls", out_dir=tmp_path / "out",
+                                calib=str(tmp_path / "calib.npz"), measure_latency=False,
+                                backend_options={"tb_vectors": 8}))
+    hls = result.metrics["hls"]
+    assert hls["csim"]["status"] == "bit-exact" and hls["csim"]["vectors"] == 8
+    source = (tmp_path / "out" / "hls" / "firmware" / "shuffle.c").read_text()
+    assert source.count("/* Slice node") == 2 and source.count("/* Transpose node") == 1
+    assert hls["lsb_vs_ort"]["float_requant"]["max_lsb"] == 0  # ORT runs the QDQ model: same integers
