@@ -131,7 +131,8 @@ class QuantPlan:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "nodes": {name: {"precision": d.precision.value, "reason": d.reason}
+            "nodes": {name: {"precision": d.precision.value, "reason": d.reason} | (
+                          {"integer_only": True} if d.integer_only else {})
                       for name, d in sorted(self.nodes.items())},
             "tensors": {name: spec.to_dict() for name, spec in sorted(self.tensors.items())},
             "folded_activations": dict(sorted(self.folded_activations.items())),

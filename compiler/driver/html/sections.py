@@ -172,7 +172,7 @@ def precision_side_by_side(reports: list[dict[str, Any]]) -> str:
         row = [td(name, "name")]
         for decisions in per.values():
             d = decisions.get(name) or {}
-            precision = str(d.get("precision", "–"))
+            precision = "integer" if d.get("integer_only") else str(d.get("precision", "–"))
             why = f"<span class='muted'>{esc(d.get('reason', ''))}</span>"
             row.append(td(f"{badge(precision, f'p-{precision}')} {why}", "raw"))
         rows.append(row)
@@ -193,7 +193,7 @@ def precision_map(reports: list[dict[str, Any]]) -> str:
         rows = []
         for name in sorted(set(nodes) | set(floats)):
             d = floats.get(name) or nodes.get(name) or {}
-            precision = str(d.get("precision", "?"))
+            precision = "integer" if d.get("integer_only") else str(d.get("precision", "?"))
             counts[precision] = counts.get(precision, 0) + 1
             rows.append([td(name, "name"), td(badge(precision, f"p-{precision}"), "raw"),
                          td(d.get("reason", ""))])

@@ -31,6 +31,7 @@ pre { background: var(--panel); border: 1px solid var(--line); padding: 10px; ov
            background: var(--panel); margin: 8px 0; }
 .p-int4 { background: var(--int4); } .p-int8 { background: var(--int8); }
 .p-fp16 { background: var(--fp16); } .p-fp32 { background: var(--fp32); }
+.p-integer { background: var(--mute); }
 .muted { color: var(--mute); font-size: 12px; }
 .grid { display: flex; flex-wrap: wrap; gap: 14px; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; background: #fff;
