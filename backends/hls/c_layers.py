@@ -188,7 +188,7 @@ class Emitter:
         update = ("if (v > best) {\n                            best = v;\n                        }"
                   if is_max else f"sum += {minus_zp('v', op.in_zp)};")
         rq = op.requant
-        plain = is_max and rq.identity and rq.zero_point == op.in_zp and (rq.qmin, rq.qmax) == (-128, 127)
+        plain = is_max and _is_copy(rq, op.in_zp)
         value = minus_zp("best", op.in_zp) if is_max else "sum"
         result = "(int8_t)best" if plain else self._requant(rq, value)
         load = [f"const int32_t v = x[(c * {h} + iy) * {w} + ix];", update]
@@ -231,8 +231,8 @@ class Emitter:
     def _elementwise(self, op: Op) -> list[str]:
         assert isinstance(op, ElementwiseOp) and op.requant is not None
         size, rq = self._size(op.output), op.requant
-        plain = rq.identity and rq.zero_point == op.in_zp and (rq.qmin, rq.qmax) == (-128, 127)
-        return self._unary(size, "x[i]" if plain else self._requant(rq, minus_zp("x[i]", op.in_zp)))
+        copy = _is_copy(rq, op.in_zp)
+        return self._unary(size, "x[i]" if copy else self._requant(rq, minus_zp("x[i]", op.in_zp)))
 
     def _lookup(self, op: Op) -> list[str]:
         assert isinstance(op, LookupOp)
@@ -268,8 +268,7 @@ class Emitter:
         offset = sum(stride * first for stride, first, _ in axes[1:])
         terms = [(i, stride * step) for i, (stride, _, step) in zip(idx, axes[1:], strict=True)]
         source = affine(terms, offset)
-        plain = rq.identity and rq.zero_point == zp and (rq.qmin, rq.qmax) == (-128, 127)
-        value = f"x[{source}]" if plain else self._requant(rq, minus_zp(f"x[{source}]", zp))
+        value = f"x[{source}]" if _is_copy(rq, zp) else self._requant(rq, minus_zp(f"x[{source}]", zp))
         target = affine(list(zip(idx, _strides(shape), strict=True)), 0)
         lines = [f"static void {self.fn}(const int8_t x[{size_in}], int8_t y[{size_out}])", "{",
                  f"    int {', '.join(idx)};"]
@@ -314,6 +313,11 @@ class Emitter:
                       "        }", "    }"]
             offset += inner
         return [*lines, "}"]
+
+
+def _is_copy(rq: Requant, in_zp: int) -> bool:
+    """``rq`` leaves every int8 value of an input with zero point ``in_zp`` as it is."""
+    return rq.identity and rq.zero_point == in_zp and (rq.qmin, rq.qmax) == (-128, 127)
 
 
 def _strides(shape: tuple[int, ...]) -> list[int]:
