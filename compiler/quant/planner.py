@@ -70,6 +70,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
         placement.decisions[node.name] = _decide(node, opts, profile, precision)
     _split_fixed_concats(graph, profile, placement)
     _float_additive_masks(graph, placement)
+    _float_channel_gates(graph, profile, placement)
     _settle_support_ops(graph, profile, placement)
     for node in graph.nodes:
         if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded \
@@ -130,6 +131,58 @@ def _float_additive_masks(graph: gs.Graph, placement: Placement) -> None:
             if reader.op == "Softmax" and placement.options[reader.name].precision is None:
                 placement.decisions[reader.name] = NodeDecision(
                     Precision.FP32, "Softmax of masked scores (float min): no int8 scale holds its input")
+
+
+_GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
+
+
+def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
+    """Squeeze-excitation: the per-image channel vector between a global pool and the Mul that scales
+    the feature map by it (pool → Conv → SiLU → Conv → Sigmoid → Mul) stays float. It holds one value
+    per channel per image, so a calibration set of a few photos samples its range a few times only: on
+    unseen photos the excitation Conv outputs left their calibrated range by 2-3× (EfficientNet-B0,
+    tools/bench/REAL_KD.md) and one clipped gate value rescales a whole channel. Its ops cost next to
+    nothing (1×1 spatial). The pool and the gated Mul stay int8."""
+    if profile.integer_only:
+        return
+    for pool in graph.nodes:
+        if pool.op not in _GLOBAL_POOLS or not _is_vector(pool.outputs[0]):
+            continue
+        chain = _gate_chain(pool.outputs[0])
+        for node in chain:
+            if placement.options[node.name].precision is None and \
+                    placement.decisions[node.name].precision is Precision.INT8:
+                placement.decisions[node.name] = NodeDecision(
+                    Precision.FP32, f"squeeze-excitation gate after {pool.name}: one value per channel per "
+                                    "image, its range is not sampled well by calibration; float costs nothing")
+
+
+def _gate_chain(pooled: gs.Tensor) -> list[gs.Node]:
+    """The nodes that compute a channel gate from ``pooled`` (every intermediate tensor 1×1 spatial),
+    if the gate ends in a Mul with a full-size feature map; else []."""
+    chain: list[gs.Node] = []
+    frontier, seen, gated = [pooled], {pooled.name}, False
+    while frontier:
+        tensor = frontier.pop()
+        for reader in tensor.outputs:
+            out = reader.outputs[0] if reader.outputs else None
+            if reader.op == "Mul" and out is not None and not _is_vector(out):
+                gated = gated or tensor is not pooled
+                continue
+            if out is None or not _is_vector(out) or reader.op in ("Flatten", "Reshape", "Squeeze", "Gemm"):
+                return []  # the pooled vector also feeds a classifier head or leaves the 1×1 shape
+            if reader.name not in {n.name for n in chain}:
+                chain.append(reader)
+            if out.name not in seen:
+                seen.add(out.name)
+                frontier.append(out)
+    return chain if gated else []
+
+
+def _is_vector(tensor: gs.Tensor) -> bool:
+    """A 4-D (N, C, 1, 1) tensor: one value per channel per sample."""
+    shape = tensor.shape
+    return shape is not None and len(shape) == 4 and all(d == 1 for d in shape[2:])
 
 
 def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
