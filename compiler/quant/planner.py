@@ -153,8 +153,8 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
             if placement.options[node.name].precision is None and \
                     placement.decisions[node.name].precision is Precision.INT8:
                 placement.decisions[node.name] = NodeDecision(
-                    Precision.FP32, f"squeeze-excitation gate after {pool.name}: one value per channel per "
-                                    "image, its range is not sampled well by calibration; float costs nothing")
+                    Precision.FP32, f"squeeze-excitation gate after {pool.name}: one value per channel "
+                                    "per image, a range calibration samples poorly; float costs nothing")
 
 
 def _gate_chain(pooled: gs.Tensor) -> list[gs.Node]:
