@@ -141,7 +141,7 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
     the feature map by it (pool → Conv → SiLU → Conv → Sigmoid → Mul) stays float. It holds one value
     per channel per image, so a calibration set of a few photos samples its range a few times only: on
     unseen photos the excitation Conv outputs left their calibrated range by 2-3× (EfficientNet-B0,
-    tools/bench/REAL_KD.md) and one clipped gate value rescales a whole channel. Its ops cost next to
+    tools/bench/REAL.md) and one clipped gate value rescales a whole channel. Its ops cost next to
     nothing (1×1 spatial). The pool and the gated Mul stay int8."""
     if profile.integer_only:
         return
