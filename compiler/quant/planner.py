@@ -142,7 +142,8 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
     per channel per image, so a calibration set of a few photos samples its range a few times only: on
     unseen photos the excitation Conv outputs left their calibrated range by 2-3× (EfficientNet-B0,
     tools/bench/REAL.md) and one clipped gate value rescales a whole channel. Its ops cost next to
-    nothing (1×1 spatial). The pool and the gated Mul stay int8."""
+    nothing (1×1 spatial). The gated Mul stays int8; the pool then feeds only float, and
+    ``_settle_support_ops`` decides it like any support op."""
     if profile.integer_only:
         return
     for pool in graph.nodes:
@@ -160,7 +161,7 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
 def _gate_chain(pooled: gs.Tensor) -> list[gs.Node]:
     """The nodes that compute a channel gate from ``pooled`` (every intermediate tensor 1×1 spatial),
     if the gate ends in a Mul with a full-size feature map; else []."""
-    chain: list[gs.Node] = []
+    chain: dict[str, gs.Node] = {}  # by name, in the order found (a SiLU's Mul is reached twice)
     frontier, seen, gated = [pooled], {pooled.name}, False
     while frontier:
         tensor = frontier.pop()
@@ -171,12 +172,11 @@ def _gate_chain(pooled: gs.Tensor) -> list[gs.Node]:
                 continue
             if out is None or not _is_vector(out) or reader.op in ("Flatten", "Reshape", "Squeeze", "Gemm"):
                 return []  # the pooled vector also feeds a classifier head or leaves the 1×1 shape
-            if reader.name not in {n.name for n in chain}:
-                chain.append(reader)
+            chain.setdefault(reader.name, reader)
             if out.name not in seen:
                 seen.add(out.name)
                 frontier.append(out)
-    return chain if gated else []
+    return list(chain.values()) if gated else []
 
 
 def _is_vector(tensor: gs.Tensor) -> bool:
