@@ -74,7 +74,7 @@ def guard_latency(fp32: onnx.ModelProto, quantized: Quantized, sample: Feeds, co
         plan, before = best[3].plan, quantized.plan.nodes
         for name in plan.nodes:  # only nodes the guard demoted: a recipe exclusion keeps its own reason
             demoted = plan.nodes[name].precision is Precision.FP32 and name in before \
-                and before[name].precision is not Precision.FP32
+                and before[name].precision in (Precision.INT8, Precision.INT4)
             if demoted and best[3].placement.op_types.get(name) == best[2]:
                 plan.nodes[name] = why
     return result

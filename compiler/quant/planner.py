@@ -142,8 +142,9 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
     per channel per image, so a calibration set of a few photos samples its range a few times only: on
     unseen photos the excitation Conv outputs left their calibrated range by 2-3× (EfficientNet-B0,
     tools/bench/REAL.md) and one clipped gate value rescales a whole channel. Its ops cost next to
-    nothing (1×1 spatial). The gated Mul stays int8; the pool then feeds only float, and
-    ``_settle_support_ops`` decides it like any support op."""
+    nothing (1×1 spatial), but its Convs hold ~10 % of EfficientNet-B0's weights: where the target
+    stores FP16 weights they are FP16 (half the bytes, float32 arithmetic). The gated Mul stays int8;
+    the pool then feeds only float, and ``_settle_support_ops`` decides it like any support op."""
     if profile.integer_only:
         return
     for pool in graph.nodes:
@@ -153,9 +154,17 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
         for node in chain:
             if placement.options[node.name].precision is None and \
                     placement.decisions[node.name].precision is Precision.INT8:
+                fp16 = profile.fp16_weights and any(_is_float_constant(t) for t in node.inputs)
+                why = (f"squeeze-excitation gate after {pool.name}: one value per channel per image, a "
+                       "range calibration samples poorly; float costs nothing")
                 placement.decisions[node.name] = NodeDecision(
-                    Precision.FP32, f"squeeze-excitation gate after {pool.name}: one value per channel "
-                                    "per image, a range calibration samples poorly; float costs nothing")
+                    Precision.FP16 if fp16 else Precision.FP32,
+                    why + (" (weights stored FP16)" if fp16 else ""))
+
+
+def _is_float_constant(tensor: gs.Tensor) -> bool:
+    value = constant_value(tensor)
+    return value is not None and np.dtype(value.dtype) in FLOAT_TYPES
 
 
 def _gate_chain(pooled: gs.Tensor) -> list[gs.Node]:

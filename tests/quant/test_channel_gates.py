@@ -1,5 +1,6 @@
 """Squeeze-excitation gates stay float: the per-image channel vector between a global pool and the Mul
-that scales the feature map by it (EfficientNet, MobileNetV3). The gated Mul and a classifier head on a
+that scales the feature map by it (EfficientNet, MobileNetV3), its Convs' weights stored FP16 where the
+target stores FP16 weights. The gated Mul and a classifier head on a
 pooled vector stay int8 (the squeeze pool then feeds only float, so it runs float too), and an
 integer-only target (hls) keeps the gate int8."""
 
@@ -54,9 +55,13 @@ def test_gate_is_float_scaling_and_head_stay_int8(tmp_path: Path) -> None:
                                 calib=str(tmp_path / "calib.npz"), measure_latency=False))
     assert result.plan is not None
     nodes = result.plan.nodes
-    for name in GATE:
-        assert nodes[name].precision is Precision.FP32, name
+    for name in GATE:  # the Convs store FP16 weights (onnx stores them), the rest is plain float
+        want = Precision.FP16 if name.startswith("fc") else Precision.FP32
+        assert nodes[name].precision is want, name
     assert "squeeze-excitation gate after squeeze" in nodes["fc1"].reason
+    assert "weights stored FP16" in nodes["fc2"].reason
+    stored = {t.name: t.data_type for t in onnx.load(tmp_path / "out" / "se.int8.onnx").graph.initializer}
+    assert stored.get("w1_fp16") == TensorProto.FLOAT16 and "w1" not in stored
     assert "feeds no int8 node" in nodes["squeeze"].reason
     for name in ("conv", "excite", "pool", "head"):
         assert nodes[name].precision is Precision.INT8, name
@@ -72,4 +77,6 @@ def test_recipe_and_integer_only_targets_keep_the_gate_int8(tmp_path: Path) -> N
     asked = parse_recipe({"override": [{"nodes": "fc1", "precision": "int8"}]})
     kept = place(Model.from_proto(proto), ONNX_PROFILE, asked)
     assert kept.decisions["fc1"].precision is Precision.INT8
-    assert kept.decisions["fc2"].precision is Precision.FP32
+    assert kept.decisions["fc2"].precision is Precision.FP16
+    trt_like = dataclasses.replace(ONNX_PROFILE, fp16_weights=False)
+    assert place(Model.from_proto(proto), trt_like, Recipe()).decisions["fc2"].precision is Precision.FP32
