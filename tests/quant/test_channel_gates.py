@@ -1,8 +1,7 @@
 """Squeeze-excitation gates stay float: the per-image channel vector between a global pool and the Mul
 that scales the feature map by it (EfficientNet, MobileNetV3), its Convs' weights stored FP16 where the
-target stores FP16 weights. The gated Mul and a classifier head on a
-pooled vector stay int8 (the squeeze pool then feeds only float, so it runs float too), and an
-integer-only target (hls) keeps the gate int8."""
+target stores FP16 weights. The gated Mul, the squeeze pool (its output on the map's scale) and a
+classifier head on a pooled vector stay int8, and an integer-only target (hls) keeps the gate int8."""
 
 from __future__ import annotations
 
@@ -62,9 +61,10 @@ def test_gate_is_float_scaling_and_head_stay_int8(tmp_path: Path) -> None:
     assert "weights stored FP16" in nodes["fc2"].reason
     stored = {t.name: t.data_type for t in onnx.load(tmp_path / "out" / "se.int8.onnx").graph.initializer}
     assert stored.get("w1_fp16") == TensorProto.FLOAT16 and "w1" not in stored
-    assert "feeds no int8 node" in nodes["squeeze"].reason
-    for name in ("conv", "excite", "pool", "head"):
+    for name in ("conv", "squeeze", "excite", "pool", "head"):
         assert nodes[name].precision is Precision.INT8, name
+    tensors = result.plan.tensors  # the squeeze pool's output shares the map's scale: it cannot clip
+    assert tensors["p"].same_as(tensors["c"])
 
 
 def test_recipe_and_integer_only_targets_keep_the_gate_int8(tmp_path: Path) -> None:
