@@ -52,8 +52,9 @@ def export(module: Any, path: Path, size: int = SIZE) -> Path:
     return path
 
 
-def fit_batchnorm(module: Any, batches: int, batch_size: int, seed: int) -> None:
-    """Replace BatchNorm running statistics by those of real photo crops passed in train mode
+def fit_batchnorm(module: Any, batches: int, batch_size: int, seed: int,
+                  names: tuple[str, ...] = photos.CALIB_PHOTOS) -> None:
+    """Replace BatchNorm running statistics by those of crops of the photos ``names`` passed in train mode
     (cumulative average over ``batches`` batches; weights untouched, no gradients)."""
     import torch
 
@@ -63,7 +64,6 @@ def fit_batchnorm(module: Any, batches: int, batch_size: int, seed: int) -> None
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average
     module.train()
-    names = photos.CALIB_PHOTOS
     with torch.no_grad():
         for b in range(batches):
             crops = photos.random_crops(names, batch_size, SIZE, rng, scale=(0.08, 1.0))
@@ -95,8 +95,8 @@ def load_efficientnet_lite0(pydeps: Path | None) -> Any:
 
 def distill(student: Any, teacher: Any, steps: int, size: int = 160, batch: int = 16, seed: int = 30) -> None:
     """Train ``student`` (ImageNet-normalised input) for ``steps`` AdamW steps to reproduce ``teacher``'s
-    logits (input in [-1, 1]; MSE) on random-resized crops of :data:`photos.CALIB_PHOTOS`, half of them
-    blended with a second crop (the held-out photos stay unseen).
+    logits (input in [-1, 1]; MSE) on random-resized crops of :data:`photos.TRAINING_PHOTOS`, half of them
+    blended with a second crop (its crops are not the calibration or held-out crops).
 
     A randomly initialised BatchNorm network is chaotic (input noise grows layer by layer: the
     random-init MobileNetV2 graph turns the input's 8-bit rounding alone into 17 dB at its logits), so
@@ -110,8 +110,8 @@ def distill(student: Any, teacher: Any, steps: int, size: int = 160, batch: int 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     student.train()
     for step in range(steps):
-        first = photos.random_crops(photos.CALIB_PHOTOS, batch, size, rng, scale=(0.05, 1.0))
-        second = photos.random_crops(photos.CALIB_PHOTOS, batch, size, rng, scale=(0.05, 1.0))
+        first = photos.random_crops(photos.TRAINING_PHOTOS, batch, size, rng, scale=(0.05, 1.0))
+        second = photos.random_crops(photos.TRAINING_PHOTOS, batch, size, rng, scale=(0.05, 1.0))
         shape = (batch, 1, 1, 1)
         keep = np.where(rng.uniform(size=shape) < 0.5, 1.0, rng.uniform(0.5, 1.0, shape))
         crops = (keep * first + (1.0 - keep) * second).astype(np.float32)
@@ -145,12 +145,14 @@ def prepare_torchvision(
     log.info(
         "%s: BatchNorm statistics from %d batches of %d real photo crops", arch, bn_batches, bn_batch_size
     )
-    fit_batchnorm(model, bn_batches, bn_batch_size, seed=10)
+    # a trained network's statistics are its training photos'; a random-init graph's, the calibration's
+    fit_batchnorm(model, bn_batches, bn_batch_size, seed=10,
+                  names=photos.TRAINING_PHOTOS if distill_steps else photos.CALIB_PHOTOS)
     calib, held = image_sets(n_calib, n_eval, seed=20)
     weights = (
         f"random init (seed 0), distilled for {distill_steps} steps (AdamW, 160x160, batch 16) to the "
-        "logits of EfficientNet-Lite0 (real ImageNet weights) on crops and blends of the calibration photos"
-        if distill_steps else "random init (seed 0)"
+        "logits of EfficientNet-Lite0 (real ImageNet weights) on crops and blends of all photos "
+        "(BatchNorm statistics too)" if distill_steps else "random init (seed 0)"
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = export(model, Path(tmp) / "model.onnx")
