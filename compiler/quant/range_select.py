@@ -3,8 +3,9 @@
 
 Neither method wins everywhere on real weights (tools/bench/REAL.md, held-out SQNR dB, min/max →
 percentile): SiLU/ReLU6 CNNs with rare huge activations gain from clipping (NudeNet YOLOv8n 24.0 →
-28.8, Silero VAD 20.6 → 29.6, EfficientNet-Lite0 18.6 → 20.9), while transformers, whose rare large
-values carry the signal, lose (MiniLM 16.6 → 10.9), and so does a ReLU ResNet-18 graph (23.7 → 21.6).
+28.8, Silero VAD 20.6 → 29.6, EfficientNet-Lite0 18.7 → 20.8), while transformers, whose rare large
+values carry the signal, lose (MiniLM 16.6 → 10.9), and so do ReLU ResNet-18 graphs (random init
+23.2 → 20.8, distilled 26.1 → 16.8).
 
 Each output and each scale group of an output's channels (``metrics.judged_parts``) is scored, the worst
 counts. Scored over whole outputs, select picked min/max on every real-weight case (NudeNet's box pixels
