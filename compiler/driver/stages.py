@@ -18,6 +18,7 @@ import onnx
 
 from dsqc.autoprec.mixed_precision import AutoPlan, choose_precisions
 from dsqc.backends.registry import Backend, Lowered, LoweringJob
+from dsqc.calibration.coverage import coverage_warning, range_coverage
 from dsqc.calibration.data import SampleSet
 from dsqc.driver import bundle
 from dsqc.driver.build_data import RANDOM_WARNING, load_data
@@ -119,6 +120,11 @@ class BuildRun:
                                        latency=request.measure_latency and profile.verify_fused,
                                        fused=profile.verify_fused, mask_padding=self.recipe.mask_padding)
         result.metrics["verification"] = self.verification.to_dict()
+        with clock("range coverage"):
+            coverage = range_coverage(source, quantized.plan, held_out, request.calib_batch, quantized.stats)
+        result.metrics["range_coverage"] = coverage
+        if (line := coverage_warning(coverage)) is not None:
+            result.warnings.append(line)
         if self.auto is not None:
             result.metrics["mixed_precision"] = self.auto.finish(self.verification, quantized,
                                                                  len(fp32.graph.node))
