@@ -153,15 +153,8 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
     for pool in graph.nodes:
         if pool.op not in _GLOBAL_POOLS or not _is_vector(pool.outputs[0]):
             continue
-        chain = _gate_chain(pool.outputs[0])
-        if chain and placement.options[pool.name].precision is None and \
-                placement.decisions[pool.name].precision is Precision.INT8:
-            placement.squeeze_pools.add(pool.name)
-            placement.tie(pool.inputs[0].name, pool.outputs[0].name)
-            placement.decisions[pool.name] = NodeDecision(
-                Precision.INT8, "squeeze pool of a float excitation gate: reads the int8 map; its output "
-                                "shares the map's scale (a mean never leaves the map's range)")
-        for node in chain:
+        floated = False
+        for node in _gate_chain(pool.outputs[0]):
             if placement.options[node.name].precision is None and \
                     placement.decisions[node.name].precision is Precision.INT8:
                 fp16 = profile.fp16_weights and any(_is_float_constant(t) for t in node.inputs)
@@ -170,6 +163,14 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
                 placement.decisions[node.name] = NodeDecision(
                     Precision.FP16 if fp16 else Precision.FP32,
                     why + (" (weights stored FP16)" if fp16 else ""))
+                floated = True
+        if floated and placement.options[pool.name].precision is None and \
+                placement.decisions[pool.name].precision is Precision.INT8:
+            placement.squeeze_pools.add(pool.name)
+            placement.tie(pool.inputs[0].name, pool.outputs[0].name)
+            placement.decisions[pool.name] = NodeDecision(
+                Precision.INT8, "squeeze pool of a float excitation gate: reads the int8 map; its output "
+                                "shares the map's scale (a mean never leaves the map's range)")
 
 
 def _is_float_constant(tensor: gs.Tensor) -> bool:

@@ -77,6 +77,10 @@ def test_recipe_and_integer_only_targets_keep_the_gate_int8(tmp_path: Path) -> N
     asked = parse_recipe({"override": [{"nodes": "fc1", "precision": "int8"}]})
     kept = place(Model.from_proto(proto), ONNX_PROFILE, asked)
     assert kept.decisions["fc1"].precision is Precision.INT8
+    whole = parse_recipe({"override": [{"nodes": "|".join(GATE), "precision": "int8"}]})
+    int8_gate = place(Model.from_proto(proto), ONNX_PROFILE, whole)  # the pool keeps its own range
+    assert "squeeze" not in int8_gate.squeeze_pools
+    assert int8_gate.group_of("p") != int8_gate.group_of("c")
     assert kept.decisions["fc2"].precision is Precision.FP16
     trt_like = dataclasses.replace(ONNX_PROFILE, fp16_weights=False)
     assert place(Model.from_proto(proto), trt_like, Recipe()).decisions["fc2"].precision is Precision.FP32
