@@ -31,7 +31,7 @@ from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import calibrate_missing
 from dsqc.quant.recipe import Override, Recipe
 from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
-from dsqc.quant.weights import is_table_lookup
+from dsqc.quant.weights import is_float_constant, is_table_lookup
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _make_space(fp32: onnx.ModelProto, model: Model, nodes: dict[str, gs.Node], 
     node_consts: dict[str, list[str]] = {}
     values: dict[str, np.ndarray] = {}
     for index, node in enumerate(model.graph.nodes):
-        node_consts[node.name] = [t.name for t in node.inputs if t.name and _is_float_const(t)]
+        node_consts[node.name] = [t.name for t in node.inputs if t.name and is_float_constant(t)]
         values.update({t.name: v for t in node.inputs if t.name in node_consts[node.name]
                        and (v := constant_value(t)) is not None})
         precision = plan8.precision_of(node.name)
@@ -234,18 +234,13 @@ def _make_space(fp32: onnx.ModelProto, model: Model, nodes: dict[str, gs.Node], 
                      folded_outputs, total, base, values)
 
 
-def _is_float_const(tensor: gs.Tensor) -> bool:
-    value = constant_value(tensor)
-    return value is not None and value.dtype.kind == "f"
-
-
 def _choice(node: gs.Node, index: int, profile: TargetProfile, plan8: QuantPlan,
             plan4: QuantPlan | None) -> Choice:
     table = is_table_lookup(node)
     weight_slot = 0 if table else 1
     weight = node.inputs[weight_slot].name if _const(node, weight_slot) is not None else None
     bias = node.inputs[2].name if not table and _const(node, 2) is not None else None
-    consts = [t.name for t in node.inputs if t.name and _is_float_const(t)]
+    consts = [t.name for t in node.inputs if t.name and is_float_constant(t)]
     options = [Precision.INT8] if profile.integer_only else [Precision.INT8, Precision.FP32]
     if weight and plan4 is not None and plan4.precision_of(node.name) is Precision.INT4:
         options.append(Precision.INT4)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import onnx
@@ -33,23 +32,6 @@ SAMPLES = 64
 SHOWN = 5
 
 
-@dataclass(frozen=True)
-class Overshoot:
-    """A tensor whose held-out values left the calibration's range ``[lo, hi]``: ``ratio`` = the span that
-    holds them and ``[lo, hi]`` ÷ the span of ``[lo, hi]``."""
-
-    tensor: str
-    ratio: float
-    held_min: float
-    held_max: float
-    lo: float
-    hi: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tensor": self.tensor, "ratio": round(self.ratio, 3),
-                "held_out": [self.held_min, self.held_max], "calibration": [self.lo, self.hi]}
-
-
 def range_coverage(model: onnx.ModelProto, plan: QuantPlan, held_out: SampleSet, batch_size: int,
                    calibrated: Mapping[str, TensorStats]) -> dict[str, Any]:
     """``{"tensors", "samples", "past_range": [...] worst first}``: every per-tensor quantized activation
@@ -65,7 +47,7 @@ def range_coverage(model: onnx.ModelProto, plan: QuantPlan, held_out: SampleSet,
     except CalibrationError as exc:  # a report without coverage rather than a failed build
         log.warning("range coverage skipped: %s", exc)
         return {"tensors": 0, "samples": 0, "past_range": []}
-    past = []
+    past: list[dict[str, Any]] = []  # {"tensor", "ratio": span holding both ÷ calibration span, ...}
     for name, s in stats.items():
         seen = calibrated.get(name)
         lo, hi = (seen.min, seen.max) if seen is not None else specs[name].representable_range()
@@ -73,10 +55,10 @@ def range_coverage(model: onnx.ModelProto, plan: QuantPlan, held_out: SampleSet,
             continue  # a constant on the calibration data: no span to compare with
         ratio = (max(s.max, hi) - min(s.min, lo)) / (hi - lo)  # how much wider a range they need
         if ratio >= WARN_RATIO:
-            past.append(Overshoot(name, ratio, s.min, s.max, lo, hi))
-    past.sort(key=lambda o: (-o.ratio, o.tensor))
-    return {"tensors": len(stats), "samples": min(SAMPLES, len(held_out)),
-            "past_range": [o.to_dict() for o in past]}
+            past.append({"tensor": name, "ratio": round(ratio, 3), "held_out": [s.min, s.max],
+                         "calibration": [lo, hi]})
+    past.sort(key=lambda o: (-o["ratio"], o["tensor"]))
+    return {"tensors": len(stats), "samples": min(SAMPLES, len(held_out)), "past_range": past}
 
 
 def coverage_warning(coverage: dict[str, Any]) -> str | None:

@@ -20,7 +20,7 @@ from dsqc.quant.profile import TargetProfile
 from dsqc.quant.qparams import activation_spec
 from dsqc.quant.recipe import NodeOptions, Recipe
 from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
-from dsqc.quant.weights import FLOAT_TYPES, const_weight, is_table_lookup, plan_constants
+from dsqc.quant.weights import FLOAT_TYPES, const_weight, is_float_constant, is_table_lookup, plan_constants
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
         for node in _gate_chain(pool.outputs[0]):
             if placement.options[node.name].precision is None and \
                     placement.decisions[node.name].precision is Precision.INT8:
-                fp16 = profile.fp16_weights and any(_is_float_constant(t) for t in node.inputs)
+                fp16 = profile.fp16_weights and any(is_float_constant(t) for t in node.inputs)
                 why = (f"squeeze-excitation gate after {pool.name}: one value per channel per image, a "
                        "range calibration samples poorly; float costs nothing")
                 placement.decisions[node.name] = NodeDecision(
@@ -171,11 +171,6 @@ def _float_channel_gates(graph: gs.Graph, profile: TargetProfile, placement: Pla
             placement.decisions[pool.name] = NodeDecision(
                 Precision.INT8, "squeeze pool of a float excitation gate: reads the int8 map; its output "
                                 "shares the map's scale (a mean never leaves the map's range)")
-
-
-def _is_float_constant(tensor: gs.Tensor) -> bool:
-    value = constant_value(tensor)
-    return value is not None and np.dtype(value.dtype) in FLOAT_TYPES
 
 
 def _gate_chain(pooled: gs.Tensor) -> list[gs.Node]:

@@ -19,6 +19,12 @@ def const_weight(node: gs.Node) -> bool:
     return len(node.inputs) > 1 and constant_value(node.inputs[1]) is not None
 
 
+def is_float_constant(tensor: gs.Tensor) -> bool:
+    """A constant input holding floats (weights, biases, constant operands)."""
+    value = constant_value(tensor)
+    return value is not None and value.dtype.kind == "f"
+
+
 def is_table_lookup(node: gs.Node) -> bool:
     """Gather (axis 0) from a constant 2-D float table, e.g. an embedding: quantizable weight-only."""
     if node.op != "Gather" or int(node.attrs.get("axis", 0)) != 0 or not node.inputs:
