@@ -128,7 +128,8 @@ class AutoPlan:
 
     def finish(self, verification: Verification, quantized: Quantized, graph_nodes: int) -> dict[str, Any]:
         """Judge the budgets on the build's own verification and model; the report section."""
-        self.achieved, self.size = float(_achieved(self.budget, verification)), weight_bytes(quantized.model)
+        self.achieved = float(achieved_on(self.budget, verification))
+        self.size = weight_bytes(quantized.model)
         acc_ok, size_ok = (bool(ok) for ok in self.met())
         plan = quantized.plan
         _explain(plan, self.best.search)  # again: a later replan (latency guard) resets reasons
@@ -200,7 +201,7 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
         _explain(quantized.plan, found)
         ver = verify(fp32, quantized.model, batches, held_out.labels, request.task_metric, latency=False,
                      fused=profile.verify_fused, mask_padding=recipe.mask_padding)
-        achieved = _achieved(budget, ver)
+        achieved = achieved_on(budget, ver)
         rounds.append(Round(found, planned, quantized, ver, achieved, weight_bytes(quantized.model), text,
                             margin))
         log.info("mixed precision round %d: %s achieved %.4g, %.3f× FP32 bytes", len(rounds), budget,
@@ -242,7 +243,8 @@ def _noise(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.sum((r - got) ** 2) / max(float(np.sum(r * r)), 1e-30))
 
 
-def _achieved(budget: Budget, ver: Verification) -> float:
+def achieved_on(budget: Budget, ver: Verification) -> float:
+    """What ``ver`` (a build's verification) measured in the budget's unit."""
     if budget.kind == "sqnr":
         return ver.min_sqnr
     if budget.kind == "cosine":

@@ -40,6 +40,7 @@ class BuildRequest:
     command_line: list[str] | None = None  # argv as typed (the bundle's manifest records it)
     mode: str | None = None  # static | dynamic | auto (None: the recipe's quantization.mode, else static)
     fp32_reference: Path | None = None  # a QDQ input's FP32 model to verify against (default: Q/DQ stripped)
+    repair: bool = True  # a degraded/collapsed int8 build searches a mixed-precision plan (driver/repair.py)
 
 
 def rebuild_command(request: BuildRequest, recipe: Path) -> str:

@@ -114,6 +114,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="automatic mixed precision (int4/int8/fp16/fp32 per node) meeting sqnr:DB (worst "
                         "output SQNR floor), cosine:FLOOR, or drop:MAX (task metric; needs labels or "
                         "--task-metric); writes plan.recipe.toml")
+    p.add_argument("--no-repair", action="store_true",
+                   help="keep plain int8 when the verdict is degraded or collapsed (default: search a "
+                        "mixed-precision plan for the verdict's ok line and keep the better build)")
     p.add_argument("--size-budget", type=float, metavar="FRACTION",
                    help="with --accuracy-budget: weight bytes at most this fraction of FP32 (e.g. 0.2); "
                         "allows int4 weight-only MatMul/Gemm and embedding tables")
@@ -142,7 +145,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
             size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples,
             strict=args.strict, model_label=args.model, mode=args.mode, command_line=args.argv,
-            fp32_reference=args.fp32_reference)
+            fp32_reference=args.fp32_reference, repair=not args.no_repair)
         if "," in args.target:
             return _build_targets(args, request)
         result = build(request)

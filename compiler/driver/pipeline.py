@@ -1,6 +1,9 @@
 """The one place that states the compiler's order:
 
-load ─► normalize ─► calibrate ─► plan ─► insert Q/DQ ─► verify ─► lower(target) ─► write ─► report
+load ─► normalize ─► calibrate ─► plan ─► insert Q/DQ ─► verify ─► lower(target) ─► [repair] ─► write
+
+[repair]: a static int8 build its own verdict finds degraded or collapsed is rebuilt under the
+mixed-precision budget it missed, and the better of the two is written (``repair.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dsqc.driver.build_data import model_name
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.bundle_output import check_bundle_target
 from dsqc.driver.dynamic_phase import resolve_mode
+from dsqc.driver.repair import repaired, wants_repair
 from dsqc.driver.shared_stages import SharedStages
 from dsqc.driver.stages import PRECISIONS, BuildRun, Clock, pass_seconds
 from dsqc.driver.verdict import Thresholds
@@ -134,6 +138,8 @@ def _build(request: BuildRequest, shared: SharedStages) -> BuildResult:
         lowered = run.quantize_dynamic()
     elif request.precision != "fp32":
         lowered = run.quantize_static()  # boosters, calibrate+plan, rounding, bias correction, lower, verify
+        if wants_repair(run):  # int8 below the verdict's ok line: the better of it and a mixed plan
+            run, lowered = repaired(run, lowered, lambda again: _start(again, shared))
     else:
         lowered = run.lower()
     run.write(lowered)  # artifacts, report, verdict, gates, manifest: replaces the output folder whole

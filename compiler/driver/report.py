@@ -84,6 +84,7 @@ def format_result(result: BuildResult) -> str:
             lines.append(f"  latency (ORT CPU, 1 thread, batch {lat.get('batch', 1)}) {lat['fp32']:.3f} ms → "
                          f"{lat['quantized']:.3f} ms ({lat['ratio']:.2f}×{cpu})")
     lines += _mixed_precision_lines(result)
+    lines += _repair_lines(result.metrics)
     lines += get_backend(result.target).summary_lines(result)
     lines += _float_node_lines(result.metrics.get("float_nodes") or {})
     lines += _verdict_lines(result)
@@ -178,6 +179,27 @@ def _verdict_lines(result: BuildResult) -> list[str]:
     if result.precision != "fp32":
         lines.append(f"  limits: {verdict.thresholds.describe()} (recipe [verdict] overrides)")
     return lines
+
+
+def _repair_lines(metrics: dict[str, Any]) -> list[str]:
+    """What the int8 build missed, what the mixed-precision repair reached, at what cost (``repair.py``)."""
+    rep = metrics.get("repair")
+    if not rep:
+        return []
+    unit = " dB" if rep["budget"].startswith("sqnr") else ""
+    int8, mixed = rep["int8"], rep["mixed"]
+
+    def cost(side: dict[str, Any]) -> str:
+        ratio = side.get("latency_ratio")
+        return f"{ratio:.2f}× FP32 latency" if ratio is not None else "latency not measured"
+
+    head = (f"repair: plain int8 measured {int8['achieved']:.4g}{unit}, under the verdict's ok line "
+            f"{rep['budget']}; a mixed-precision plan ({rep['nodes_above_int8']} nodes above int8) measured "
+            f"{mixed['achieved']:.4g}{unit}")
+    if rep["kept"] == "mixed":
+        return [f"{head} and is the artifact ({cost(mixed)}; plain int8 {cost(int8)}); --no-repair keeps "
+                "plain int8"]
+    return [f"{head}: plain int8 kept (see the warning)"]
 
 
 def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:

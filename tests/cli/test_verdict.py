@@ -95,7 +95,7 @@ def test_collapsed_build_says_so_and_strict_writes_nothing(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     model = collapsing_model(tmp_path / "collapse.onnx")
     calib = _npz(tmp_path / "calib.npz", "x", (4, 8, 8))
-    assert _build(model, calib, tmp_path / "out") == 0
+    assert _build(model, calib, tmp_path / "out", "--no-repair") == 0
     out, err = capsys.readouterr()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verdict"]["level"] == "collapsed"
@@ -105,7 +105,7 @@ def test_collapsed_build_says_so_and_strict_writes_nothing(tmp_path: Path,
     assert last.startswith("dsqc: warning: verdict COLLAPSED: output 'y' SQNR"), last
     assert f"dsqc analyze {model} --calib {calib}" in last and "--accuracy-budget sqnr:15" in last
 
-    assert _build(model, calib, tmp_path / "strict", "--strict") == 2
+    assert _build(model, calib, tmp_path / "strict", "--strict", "--no-repair") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dsqc: error: --strict, nothing written: verdict COLLAPSED")
     assert not (tmp_path / "strict").exists()
@@ -188,7 +188,7 @@ def test_detector_whose_scores_collapse_is_not_ok(tmp_path: Path, capsys: pytest
     """One SQNR over the whole output measures the box pixels alone; each scale is judged on its own."""
     model = detector_like_model(tmp_path / "det.onnx")
     calib = _npz(tmp_path / "calib.npz", "x", (4, 8, 8))
-    assert _build(model, calib, tmp_path / "out") == 0
+    assert _build(model, calib, tmp_path / "out", "--no-repair") == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     y = report["metrics"]["verification"]["outputs"]["y"]

@@ -217,7 +217,7 @@ def test_debug_judges_a_detectors_score_channels_apart(tmp_path: Path,
     data = tmp_path / "calib.npz"
     np.savez(data, x=np.random.default_rng(0).normal(size=(40, 4, 8, 8)).astype(np.float32))
     assert main(["build", str(model), "--target", "onnx", "--calib", str(data), "--no-latency",
-                 "-o", str(tmp_path / "out")]) == 0
+                 "--no-repair", "-o", str(tmp_path / "out")]) == 0
     code, out, err = _debug(capsys, str(model), str(tmp_path / "out"), "--calib", str(data))
     assert code == 0, err
     body = json.loads((tmp_path / "out" / "debug.json").read_text())

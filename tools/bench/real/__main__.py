@@ -42,10 +42,10 @@ def bench_case(
     name, kind = meta["name"], meta["kind"]
     work.mkdir(parents=True, exist_ok=True)
     n_calib = min(meta["n_calib"], CALIB_LIMIT.get(kind, meta["n_calib"]))
-    fp32, calib, held = folder / meta["model"], folder / meta["calib"], folder / meta["eval"]
+    fp32, calib = folder / meta["model"], folder / meta["calib"]
     results: dict[str, dict[str, Any]] = {}
     for job in todo:
-        res = quantize.run(job, fp32, calib, held, n_calib, work, reuse_ort=reuse_ort)
+        res = quantize.run(job, fp32, calib, n_calib, work, reuse_ort=reuse_ort)
         results[job.label] = res
         state = f"{res['wall_s']:.0f} s" if res["ok"] else f"FAILED {res['error']}"
         log.info("%s: %s %s", name, job.label, state)

@@ -1,0 +1,101 @@
+"""A static int8 build whose own verdict is degraded or collapsed searches a mixed-precision plan for the
+verdict's ok line and writes the better build (``dsqc.driver.repair``); ``--no-repair`` keeps int8."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from dsqc.driver.cli import main
+from dsqc.driver.repair import repair_budget
+from dsqc.driver.verdict import Thresholds
+from dsqc.verify import Verification
+from tests.cli.test_verdict import collapsing_model, detector_like_model
+
+
+def _calib(path: Path) -> Path:
+    np.savez(path, x=np.random.default_rng(0).normal(size=(40, 4, 8, 8)).astype(np.float32))
+    return path
+
+
+def _build(model: Path, calib: Path, out: Path, *extra: str) -> int:
+    return main(["build", str(model), "--target", "onnx", "--calib", str(calib), "--no-latency",
+                 "-o", str(out), *extra])
+
+
+def _ver(sqnr: float, cos: float, drop: float | None = None, groups: tuple = ()) -> Verification:
+    task = None if drop is None else {"fp32": 0.9, "quantized": 0.9 - drop, "drop": drop}
+    return Verification({"y": {"sqnr_db": sqnr, "cosine": cos, "groups": list(groups)}}, 8, task=task)
+
+
+def test_the_budget_is_the_first_ok_line_the_build_missed() -> None:
+    limits = Thresholds()
+    assert repair_budget(_ver(40.0, 0.9999), 10, limits) is None
+    assert repair_budget(_ver(40.0, 0.9999, drop=0.005), 10, limits) is None
+    assert repair_budget(_ver(12.0, 0.97), 10, limits) == "sqnr:15"
+    assert repair_budget(_ver(3.0, 0.5), 10, limits) == "sqnr:15"  # collapsed: the same ok line
+    assert repair_budget(_ver(40.0, 0.97), 10, limits) == "cosine:0.98"
+    assert repair_budget(_ver(40.0, 0.9999, drop=0.03), 10, limits) == "drop:0.01"
+    group = {"channels": "4-7", "rms": 0.1, "sqnr_db": 4.0, "cosine": 0.99}
+    assert repair_budget(_ver(40.0, 0.9999, groups=(group,)), 10, limits) == "sqnr:15"
+    assert repair_budget(_ver(12.0, 0.97), 0, limits) is None  # unquantized: nothing to repair
+    assert repair_budget(_ver(25.0, 0.999), 10, Thresholds(degraded_sqnr_db=30.0)) == "sqnr:30"
+
+
+def test_a_collapsed_detector_is_repaired_by_default(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The YOLO-like output whose score channels collapse in plain int8 (the verdict test's model) comes
+    out ok: the two nodes carrying the outlier range leave int8, the box head stays int8, exit 0."""
+    model, calib = detector_like_model(tmp_path / "det.onnx"), _calib(tmp_path / "calib.npz")
+    assert _build(model, calib, tmp_path / "out", "--strict") == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    repair = report["metrics"]["repair"]
+    assert repair["budget"] == "sqnr:15" and repair["kept"] == "mixed"
+    assert repair["int8"]["achieved"] < 6 and not repair["int8"]["met"]
+    assert repair["mixed"]["met"] and repair["mixed"]["achieved"] >= 15
+    assert report["metrics"]["verification"]["min_sqnr_db"] == pytest.approx(repair["mixed"]["achieved"])
+    assert report["verdict"]["level"] == "ok" and report["failed"] is None
+    assert report["plan"]["nodes"]["box_head"]["precision"] == "int8"
+    assert {report["plan"]["nodes"][n]["precision"] for n in ("shift_up", "class_head")} <= {"fp16", "fp32"}
+    assert "repair: plain int8 measured" in out and "is the artifact" in out and "--no-repair" in out
+    assert (tmp_path / "out" / "plan.recipe.toml").exists()
+
+
+def test_no_repair_keeps_plain_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, calib = detector_like_model(tmp_path / "det.onnx"), _calib(tmp_path / "calib.npz")
+    assert _build(model, calib, tmp_path / "int8", "--no-repair") == 0
+    plain = json.loads((tmp_path / "int8" / "report.json").read_text())
+    assert plain["verdict"]["level"] == "collapsed" and "repair" not in plain["metrics"]
+    chosen = plain["plan"]["nodes"]
+    assert {chosen[n]["precision"] for n in ("box_head", "shift_up", "class_head")} == {"int8"}
+
+
+def test_a_repair_that_leaves_nothing_int8_keeps_int8(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The two-Conv outlier model only meets the ok line in float: an FP32 "repair" is no int8 build, so
+    the collapsed int8 build is written, its verdict and a warning say so."""
+    model, calib = collapsing_model(tmp_path / "collapse.onnx"), _calib(tmp_path / "calib.npz")
+    assert _build(model, calib, tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["metrics"]["repair"]["kept"] == "int8" and report["verdict"]["level"] == "collapsed"
+    assert {d["precision"] for d in report["plan"]["nodes"].values()} == {"int8"}
+    assert "with no tensor left in int8 (an FP32 model): plain int8 kept" in err
+
+
+def test_an_ok_build_runs_no_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import conv_bn_model
+
+    model = tmp_path / "conv_bn.onnx"
+    onnx.save(conv_bn_model(), model)
+    data = tmp_path / "calib.npz"
+    np.savez(data, input=np.random.default_rng(0).normal(size=(40, 3, 16, 16)).astype(np.float32))
+    assert _build(model, data, tmp_path / "out") == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"]["level"] == "ok"
+    assert "repair" not in report["metrics"] and "mixed_precision" not in report["metrics"]
