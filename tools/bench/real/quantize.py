@@ -48,16 +48,25 @@ def jobs(
     return out + [Job("ort", m, rr) for m in ort_methods for rr in reduce_range]
 
 
-def first_samples(calib: Path, n: int, folder: Path) -> Path:
-    """The first ``n`` samples of ``calib``: what ORT calibrates on, and all dsqc gets. dsqc holds out
-    the last fifth of it to verify (and to repair a degraded build) as its default does; it never sees
-    the held-out set the table measures on."""
+VERIFY_SAMPLES = 16
+
+
+def dsqc_data(calib: Path, n: int, folder: Path) -> list[str]:
+    """dsqc's data arguments: the first ``n`` samples of ``calib`` (what ORT calibrates on) and, where the
+    file holds ``VERIFY_SAMPLES`` more, those as ``--eval-data`` (dsqc verifies, selects a range method
+    and repairs a degraded build on them); otherwise dsqc holds out the last fifth of the ``n`` as its
+    default does. Either way it never sees the held-out set the table measures on."""
     import numpy as np
 
-    out = folder / f"calib_first{n}.npz"
+    first, rest = folder / f"calib_first{n}.npz", folder / f"calib_after{n}.npz"
     with np.load(calib) as data:
-        np.savez(out, **{k: data[k][:n] for k in data.files})
-    return out
+        arrays = {k: data[k] for k in data.files}
+    np.savez(first, **{k: v[:n] for k, v in arrays.items()})
+    args = ["--calib", str(first), "--calib-samples", str(n)]
+    if min(len(v) for v in arrays.values()) >= n + VERIFY_SAMPLES:
+        np.savez(rest, **{k: v[n : n + VERIFY_SAMPLES] for k, v in arrays.items()})
+        args += ["--eval-data", str(rest), "--eval-samples", str(VERIFY_SAMPLES)]
+    return args
 
 
 def run(
@@ -81,10 +90,7 @@ def run(
             str(fp32),
             "--target",
             "onnx",
-            "--calib",
-            str(first_samples(calib, n_calib, folder)),
-            "--calib-samples",
-            str(n_calib),
+            *dsqc_data(calib, n_calib, folder),
             "-o",
             str(build_dir),
         ]
