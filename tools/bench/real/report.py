@@ -80,17 +80,17 @@ def markdown(results: dict[str, Any], title: str) -> str:
         "",
         "Output SQNR vs FP32 on held-out inputs (dB); task metric vs FP32 (or labels); INT8/FP32 latency "
         "in ORT (batch 1, one thread, interleaved rounds, median of per-round ratios); file size ratio. "
-        "dsqc: `dsqc build --target onnx` defaults; dsqc best: best of "
-        "`--method minmax|percentile|entropy|mse`"
-        " by SQNR; ORT best: best by SQNR of `quantize_static` (QDQ, per-channel, U8 activations / S8 "
-        "weights) over MinMax/Entropy/Percentile x reduce_range off/on. Every quantizer calibrates on the "
-        "same first N samples of the calibration file; dsqc verifies (and repairs a degraded build) on the "
-        "next 16 samples of that file where it has them, else on the last fifth of the N, its default; no "
-        "quantizer sees the held-out set measured here. FP32 rows: the input noise floor, SQNR of FP32 fed inputs moved by ±½ step of an "
-        "8-bit grid (what quantizing the inputs alone costs; a model this sensitive cannot rank quantizers "
-        "above it). The ORT best row gives the range its configurations span: where it is under ~1 dB "
-        "(the random-weight MobileNetV2 and EfficientNet-B0 graphs) the quantizers land within the "
-        "resolution of the measurement and no row can rank them by 1 dB. "
+        "dsqc: `dsqc build --target onnx` defaults; dsqc best: best of `--method "
+        "minmax|percentile|entropy|mse` by SQNR; ORT best: best by SQNR of `quantize_static` (QDQ, per-"
+        "channel, U8 activations / S8 weights) over MinMax/Entropy/Percentile x reduce_range off/on. "
+        "Every quantizer calibrates on the same first N samples of the calibration file; dsqc verifies "
+        "(and repairs a degraded build) on the next 16 samples of that file where it has them, else on "
+        "the last fifth of the N, its default; no quantizer sees the held-out set measured here. FP32 "
+        "rows: the input noise floor, SQNR of FP32 fed inputs moved by ±½ step of an 8-bit grid (what "
+        "quantizing the inputs alone costs; a model this sensitive cannot rank quantizers above it). The "
+        "ORT best row gives the range its configurations span: where it is under ~1 dB (the random-weight"
+        " MobileNetV2 and EfficientNet-B0 graphs) the quantizers land within the resolution of the "
+        "measurement and no row can rank them by 1 dB. "
         "Prepared by `python -m tools.bench.real.prepare`; cases in `.cache/real/*.json`.",
         "",
         "| model | quantizer | config | SQNR dB | task metric | latency x | size x |",
