@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
+from dsqc.autoprec.precision_search import Budget
 from dsqc.driver.cli import main
-from dsqc.driver.repair import repair_budget
+from dsqc.driver.repair import refuse_reason, repair_budget
 from dsqc.driver.verdict import Thresholds
 from dsqc.verify import Verification
 from tests.cli.test_verdict import collapsing_model, detector_like_model
@@ -44,6 +45,17 @@ def test_the_budget_is_the_first_ok_line_the_build_missed() -> None:
     assert repair_budget(_ver(40.0, 0.9999, groups=(group,)), 10, limits) == "sqnr:15"
     assert repair_budget(_ver(12.0, 0.97), 0, limits) is None  # unquantized: nothing to repair
     assert repair_budget(_ver(25.0, 0.999), 10, Thresholds(degraded_sqnr_db=30.0)) == "sqnr:30"
+
+
+def test_a_plan_is_kept_only_if_it_quantizes_improves_and_beats_fp32_speed() -> None:
+    sqnr = Budget("sqnr", 15.0)
+    assert refuse_reason(sqnr, 7.9, 16.0, 120, 0.7) is None
+    assert refuse_reason(sqnr, 7.9, 12.0, 120, None) is None  # better, though short of the line
+    assert refuse_reason(sqnr, 7.9, 16.0, 0, 0.9) == "with no tensor left in int8 (an FP32 model)"
+    assert refuse_reason(sqnr, 7.9, 7.5, 120, 0.7) == "no better than plain int8's 7.9 dB"
+    assert "1.40× FP32's latency, slower than FP32" in (refuse_reason(sqnr, 7.9, 14.8, 120, 1.4) or "")
+    drop = Budget("drop", 0.01)
+    assert refuse_reason(drop, 0.05, 0.02, 10, None) is None and refuse_reason(drop, 0.05, 0.06, 10, None)
 
 
 def test_a_collapsed_detector_is_repaired_by_default(tmp_path: Path,

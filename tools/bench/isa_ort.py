@@ -107,25 +107,24 @@ def _outputs(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
-def time_all(rounds: int, runs: int) -> dict[str, Any]:
-    """Median ms per run of every variant at 1 and 4 threads, the variants interleaved round by round."""
+def time_all(rounds: int, runs: int, work: Path = WORK) -> dict[str, Any]:
+    """Median ms per run of every variant (``<work>/<model>/<variant>.onnx`` beside ``fp32.onnx`` and
+    ``sample.npz``) at 1 and 4 threads, the variants interleaved round by round."""
     import onnxruntime as ort
 
     result: dict[str, Any] = {"cpu": _cpu(), "onnxruntime": ort.__version__, "models": {}}
-    for name in MODELS:
-        folder = WORK / name
-        if not (folder / "fp32.onnx").exists():
-            continue
+    for folder in sorted(p for p in work.iterdir() if (p / "fp32.onnx").exists()):
+        variants = ["fp32", *sorted(p.stem for p in folder.glob("*.onnx") if p.stem != "fp32")]
         sample = dict(np.load(folder / "sample.npz"))
-        result["models"][name] = {}
+        result["models"][folder.name] = {}
         for threads in (1, 4):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
             sessions = {
                 v: ort.InferenceSession(str(folder / f"{v}.onnx"), opts, providers=["CPUExecutionProvider"])
-                for v in VARIANTS
+                for v in variants
             }
-            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            times: dict[str, list[float]] = {v: [] for v in variants}
             for _ in range(rounds):
                 for v, sess in sessions.items():
                     for _ in range(3):
@@ -134,7 +133,7 @@ def time_all(rounds: int, runs: int) -> dict[str, Any]:
                     for _ in range(runs):
                         sess.run(None, sample)
                     times[v].append((time.perf_counter() - start) / runs * 1e3)
-            result["models"][name][str(threads)] = {v: statistics.median(t) for v, t in times.items()}
+            result["models"][folder.name][str(threads)] = {v: statistics.median(t) for v, t in times.items()}
     return result
 
 
@@ -183,13 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--rounds", type=int, default=7)
     t.add_argument("--runs", type=int, default=30)
+    t.add_argument("--work", type=Path, default=WORK, help="model folders (default .cache/isa)")
     r = sub.add_parser("report")
     r.add_argument("timed", type=Path)
     args = parser.parse_args(argv)
     if args.step == "prepare":
         print(json.dumps(prepare(args.models.split(",")), indent=1))
     elif args.step == "time":
-        args.out.write_text(json.dumps(time_all(args.rounds, args.runs), indent=1))
+        args.out.write_text(json.dumps(time_all(args.rounds, args.runs, args.work), indent=1))
     else:
         text = report(json.loads(args.timed.read_text()))
         (REPO / "tools" / "bench" / "ISA.md").write_text(text)
