@@ -76,6 +76,9 @@ def test_a_collapsed_detector_is_repaired_by_default(tmp_path: Path,
     assert {report["plan"]["nodes"][n]["precision"] for n in ("shift_up", "class_head")} <= {"fp16", "fp32"}
     assert "repair: plain int8 measured" in out and "is the artifact" in out and "--no-repair" in out
     assert (tmp_path / "out" / "plan.recipe.toml").exists()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "ok line sqnr:15" in html and "mixed plan kept" in html
+    assert "--accuracy-budget sqnr:15" not in html  # no budget was given
 
 
 def test_no_repair_keeps_plain_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -90,6 +90,14 @@ def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
         if given.get("strict"):
             rows.append(_gate(target, "--strict (verdict must be ok)", "pass", "verdict ok"))
         mp = metrics.get("mixed_precision") or {}
+        if rep := metrics.get("repair"):  # the verdict's own repair, not a budget the user gave
+            mp = {}
+            kept = rep["kept"] == "mixed"
+            rows.append(_gate(target, f"repair to the verdict's ok line {rep['budget']}",
+                              "pass" if kept else "degraded",
+                              f"plain int8 {num(rep['int8']['achieved'])}, mixed plan "
+                              f"{num(rep['mixed']['achieved'])} with {rep['nodes_above_int8']} nodes above "
+                              f"int8: {'mixed plan' if kept else 'plain int8'} kept"))
         for key in ("accuracy", "size") if mp else ():
             part = mp[key]
             budget = part.get("budget", part.get("budget_fraction"))
