@@ -85,7 +85,8 @@ def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, L
 def refuse_reason(budget: Budget, before: float, after: float, tensors: int,
                   latency_ratio: float | None) -> str | None:
     """Why the mixed-precision plan is not kept, or ``None`` to keep it: it must still quantize, improve
-    on plain int8 and, where the build timed it, run faster than FP32 (what int8 is for). On the
+    on plain int8 and, where the build timed it in ORT (the ``onnx`` target; ``tflite`` times LiteRT only
+    after the choice, ``trt`` builds no engine to time), run faster than FP32 (what int8 is for). On the
     random-init EfficientNet-B0 graph the ok line took 43 of 158 nodes off int8 and 1.40× FP32's time
     on the VNNI host (plain int8 0.99×): a model slower than FP32 is no int8 build."""
     if tensors == 0:
