@@ -237,6 +237,11 @@ class Backend(ABC):
         """Warnings when the target's own runtime measured the int8 artifact slower than float."""
         return []
 
+    def latency_ratio(self, lowered: Lowered) -> float | None:
+        """The int8 artifact's time over its float twin's, where lowering timed both in the target's own
+        runtime (``None``: not timed there; ``onnx`` is timed in ORT by verification instead)."""
+        return None
+
     def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
         """Output metrics (``sqnr_db``, ``cosine``…) of the target's own runtime run, labelled, that the
         verdict judges beside ORT's."""

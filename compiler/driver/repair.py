@@ -71,11 +71,11 @@ def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, L
     assert second.verification is not None
     before, after = achieved_on(budget, run.verification), achieved_on(budget, second.verification)
     tensors = len(second.result.plan.tensors) if second.result.plan is not None else 0
-    ratio = (second.verification.latency_ms or {}).get("ratio")
-    refusal = refuse_reason(budget, before, after, tensors, ratio)
+    refusal = refuse_reason(budget, before, after, tensors, _latency_ratio(second, second_lowered))
     kept, kept_lowered = (run, lowered) if refusal else (second, second_lowered)
     kept.result.failed = None  # a missed repair is judged by the verdict, not an error: no budget was asked
-    kept.result.metrics["repair"] = _section(budget, before, after, refusal is None, run, second)
+    kept.result.metrics["repair"] = _section(budget, (before, after), refusal is None, (run, lowered),
+                                             (second, second_lowered))
     if refusal:
         kept.result.warnings.append(f"repair: the mixed-precision plan for {budget} measured "
                                     f"{_value(budget, after)} {refusal}: plain int8 kept")
@@ -85,8 +85,8 @@ def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, L
 def refuse_reason(budget: Budget, before: float, after: float, tensors: int,
                   latency_ratio: float | None) -> str | None:
     """Why the mixed-precision plan is not kept, or ``None`` to keep it: it must still quantize, improve
-    on plain int8 and, where the build timed it in ORT (the ``onnx`` target; ``tflite`` times LiteRT only
-    after the choice, ``trt`` builds no engine to time), run faster than FP32 (what int8 is for). On the
+    on plain int8 and, where the build timed it (ORT for ``onnx``, LiteRT against the float32 ``.tflite``
+    for ``tflite``; ``trt`` builds no engine to time), run faster than FP32 (what int8 is for). On the
     random-init EfficientNet-B0 graph the ok line took 43 of 158 nodes off int8 and 1.40× FP32's time
     on the VNNI host (plain int8 0.99×): a model slower than FP32 is no int8 build."""
     if tensors == 0:
@@ -103,17 +103,23 @@ def _value(budget: Budget, value: float) -> str:
     return f"{value:.4g} dB" if budget.kind == "sqnr" else f"{value:.4g}"
 
 
-def _section(budget: Budget, before: float, after: float, kept: bool, int8: BuildRun,
-             mixed: BuildRun) -> dict[str, Any]:
+def _latency_ratio(run: BuildRun, lowered: Lowered) -> float | None:
+    """The build's int8/FP32 time: ORT's where verification timed it, else the target runtime's."""
+    assert run.verification is not None
+    ratio = (run.verification.latency_ms or {}).get("ratio")
+    return float(ratio) if ratio is not None else run.backend.latency_ratio(lowered)
+
+
+def _section(budget: Budget, measured: tuple[float, float], kept: bool, int8: tuple[BuildRun, Lowered],
+             mixed: tuple[BuildRun, Lowered]) -> dict[str, Any]:
     """Both builds side by side: the budget metric, size and latency on the same held-out data."""
-    def measured(run: BuildRun, value: float) -> dict[str, Any]:
+    def side(built: tuple[BuildRun, Lowered], value: float) -> dict[str, Any]:
+        run, lowered = built
         assert run.verification is not None
-        ver = run.verification
         return {"achieved": value, "met": budget.met(value),
-                "quantized_bytes": (ver.size_bytes or {}).get("quantized"),
-                "latency_ratio": (ver.latency_ms or {}).get("ratio")}
+                "quantized_bytes": (run.verification.size_bytes or {}).get("quantized"),
+                "latency_ratio": _latency_ratio(run, lowered)}
 
-    above = (mixed.result.metrics.get("mixed_precision") or {}).get("above_int8")
+    above = (mixed[0].result.metrics.get("mixed_precision") or {}).get("above_int8")
     return {"budget": str(budget), "kept": "mixed" if kept else "int8", "nodes_above_int8": above,
-            "int8": measured(int8, before), "mixed": measured(mixed, after)}
-
+            "int8": side(int8, measured[0]), "mixed": side(mixed, measured[1])}

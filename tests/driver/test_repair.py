@@ -114,3 +114,17 @@ def test_an_ok_build_runs_no_search(tmp_path: Path, capsys: pytest.CaptureFixtur
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verdict"]["level"] == "ok"
     assert "repair" not in report["metrics"] and "mixed_precision" not in report["metrics"]
+
+
+def test_tflite_refusal_times_litert() -> None:
+    """``tflite`` has no ORT timing; its lowering times the int8 file against its float32 twin in LiteRT,
+    and that ratio is what the slower-than-FP32 refusal reads."""
+    from typing import Any, cast
+
+    from dsqc.backends.registry import Lowered, get_backend
+
+    job = cast(Any, None)
+    timed = Lowered(job, metrics={"tflite": {"latency_ms": {"int8": 6.0, "float32": 12.0}}})
+    assert get_backend("tflite").latency_ratio(timed) == 0.5
+    assert get_backend("tflite").latency_ratio(Lowered(job)) is None  # --no-latency
+    assert get_backend("onnx").latency_ratio(timed) is None  # timed by verification in ORT
