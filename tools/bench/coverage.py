@@ -77,7 +77,9 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str, tree: 
         held-out crops of other photos), `dsqc build --target T` at default settings. SQNR: the worst
         output (or channel scale group) of the QDQ model in ORT vs FP32 on the held-out crops. These
         graphs carry random weights: read the verdicts as what the build says, not as model
-        quality.""".split())
+        quality. A build whose plain int8 verdict is degraded or collapsed repairs itself (README
+        "Repair") on these same held-out crops, so a repaired row's SQNR is measured on the data its
+        search saw; `--no-repair` gives plain int8.""".split())
     lines = ["# Coverage: outside architectures on every target", "", about, "",
              "| model | what it brings | target | build | verdict | SQNR dB | top-1 agr | target's own check "
              "| s |",
