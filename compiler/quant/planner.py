@@ -72,6 +72,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
     _split_fixed_concats(graph, profile, placement)
     _float_additive_masks(graph, placement)
     _float_channel_gates(graph, profile, placement)
+    _activations_follow_float_producers(graph, profile, placement)
     _settle_support_ops(graph, profile, placement)
     for node in graph.nodes:
         if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded \
@@ -198,6 +199,30 @@ def _is_vector(tensor: gs.Tensor) -> bool:
     """A 4-D (N, C, 1, 1) tensor: one value per channel per sample."""
     shape = tensor.shape
     return shape is not None and len(shape) == 4 and all(d == 1 for d in shape[2:])
+
+
+def _activations_follow_float_producers(graph: gs.Graph, profile: TargetProfile,
+                                        placement: Placement) -> None:
+    """A Relu / Clip(0, hi) that int8 folds into its producer's output Q follows a float producer into
+    float. Left an int8 kernel of its own (``tflite``, where Relu is a compute op) it would quantize the
+    producer's pre-activation output — negatives included, a coarser step — where int8 quantizes after
+    the clamp: ShuffleNetV2's stem Conv in fp32 cost 0.6 dB on ``tflite`` that way, not gained it."""
+    if not profile.fold_activations or profile.symmetric_activations:
+        return
+    for node in graph.nodes:
+        decision = placement.decisions[node.name]
+        lone_output = len(node.outputs) == 1 and len(node.outputs[0].outputs) == 1
+        if decision.precision is Precision.INT8 or decision.integer_only or not lone_output \
+                or node.op not in profile.compute_ops:
+            continue
+        act = node.outputs[0].outputs[0]
+        if act.op not in _FOLDABLE or placement.options[act.name].precision is not None:
+            continue
+        if act.op == "Clip" and (_clip_bounds(act) or (None, None))[0] != 0.0:
+            continue
+        if placement.decisions[act.name].precision is Precision.INT8:
+            why = f"{act.op} follows {node.name} into float (int8 would fold it into its output Q)"
+            placement.decisions[act.name] = NodeDecision(Precision.FP32, why)
 
 
 def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
