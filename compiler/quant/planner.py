@@ -207,18 +207,14 @@ def _activations_follow_float_producers(graph: gs.Graph, profile: TargetProfile,
     float. Left an int8 kernel of its own (``tflite``, where Relu is a compute op) it would quantize the
     producer's pre-activation output — negatives included, a coarser step — where int8 quantizes after
     the clamp: ShuffleNetV2's stem Conv in fp32 cost 0.6 dB on ``tflite`` that way, not gained it."""
-    if not profile.fold_activations or profile.symmetric_activations:
-        return
     for node in graph.nodes:
         decision = placement.decisions[node.name]
-        lone_output = len(node.outputs) == 1 and len(node.outputs[0].outputs) == 1
-        if decision.precision is Precision.INT8 or decision.integer_only or not lone_output \
+        if decision.precision is Precision.INT8 or decision.integer_only or len(node.outputs) != 1 \
                 or node.op not in profile.compute_ops:
             continue
-        act = node.outputs[0].outputs[0]
-        if act.op not in _FOLDABLE or placement.options[act.name].precision is not None:
-            continue
-        if act.op == "Clip" and (_clip_bounds(act) or (None, None))[0] != 0.0:
+        folds = _foldable_activation(graph, node, profile)
+        act = folds[0] if folds is not None else None
+        if act is None or placement.options[act.name].precision is not None:
             continue
         if placement.decisions[act.name].precision is Precision.INT8:
             why = f"{act.op} follows {node.name} into float (int8 would fold it into its output Q)"
@@ -344,24 +340,32 @@ def _wants_output_q(graph: gs.Graph, node: gs.Node, profile: TargetProfile, plac
 def _fold_activation(graph: gs.Graph, node: gs.Node, profile: TargetProfile,
                      placement: Placement) -> gs.Tensor | None:
     """Relu / Clip(0, hi) after a compute op becomes the clamp of its output Q (exact: 0 ↦ zp)."""
+    folds = _foldable_activation(graph, node, profile)
+    if folds is None:
+        return None
+    act, lo, hi = folds
+    if placement.decisions[act.name].precision is Precision.FP32 and placement.options[act.name].precision:
+        return None
+    placement.folded[act.name] = node.name
+    placement.decisions[act.name] = NodeDecision(Precision.INT8, f"folded into the output Q of {node.name}")
+    placement.clamps[act.outputs[0].name] = (lo, hi)
+    return act.outputs[0]
+
+
+def _foldable_activation(graph: gs.Graph, node: gs.Node,
+                         profile: TargetProfile) -> tuple[gs.Node, float, float] | None:
+    """The Relu / Clip(0, hi) that the profile folds into ``node``'s output Q, with its clamp bounds:
+    the output's only reader, the output no graph output."""
     out = node.outputs[0]
     if not profile.fold_activations or profile.symmetric_activations or len(out.outputs) != 1:
         return None
     act = out.outputs[0]
     if act.op not in _FOLDABLE or is_graph_output(graph, out):
         return None
-    if placement.decisions[act.name].precision is Precision.FP32 and placement.options[act.name].precision:
-        return None
-    lo, hi = 0.0, float("inf")
-    if act.op == "Clip":
-        bounds = _clip_bounds(act)
-        if bounds is None or bounds[0] != 0.0:
-            return None
-        lo, hi = bounds
-    placement.folded[act.name] = node.name
-    placement.decisions[act.name] = NodeDecision(Precision.INT8, f"folded into the output Q of {node.name}")
-    placement.clamps[act.outputs[0].name] = (lo, hi)
-    return act.outputs[0]
+    if act.op != "Clip":
+        return act, 0.0, float("inf")
+    bounds = _clip_bounds(act)
+    return (act, *bounds) if bounds is not None and bounds[0] == 0.0 else None
 
 
 def _clip_bounds(node: gs.Node) -> tuple[float, float] | None:
