@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.calibration.ort_session import BatchRunner, first_line
+from dsqc.detection import box_agreement_metric
 from dsqc.errors import DsqcError, GateError
 from dsqc.metrics import cosine, group_metrics, output_metrics, top1_agreement
 
@@ -97,11 +98,7 @@ def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
     if classifier:
         result.top1_agreement = top1_agreement(ref[first], got[first])
     if labels is not None or task_metric:
-        metric = _load_metric(task_metric) if task_metric else _accuracy
-        if labels is not None or task_metric:
-            fp, q = metric(ref, labels), metric(got, labels)
-            result.task = {"fp32": fp, "quantized": q, "drop": fp - q,
-                           "metric": task_metric or "top1_accuracy"}
+        result.task = load_task_metric(task_metric).judge(ref, got, labels)
     result.size_bytes = {"fp32": fp32.ByteSize(), "quantized": quant.ByteSize()}
     if latency and batches:
         sample = latency_sample(fp32, batches[0])
@@ -190,12 +187,38 @@ def check_gates(result: Verification, min_sqnr: float | None, max_drop: float | 
                             f"more than --max-drop {max_drop}")
 
 
-TaskMetric = Callable[[dict[str, np.ndarray], np.ndarray | None], float]
+@dataclass(frozen=True)
+class TaskMetric:
+    """How a task metric is evaluated. A plain metric runs ``fn(outputs, labels)`` on FP32's outputs and
+    on the quantized ones alike; an ``agreement`` metric runs ``fn(outputs, reference=fp32_outputs)`` on
+    the quantized outputs only (FP32 agrees with itself: 1.0). Higher is better; drop = FP32 − quantized."""
+
+    name: str
+    fn: Callable[..., float]
+    agreement: bool = False
+
+    def fp32(self, ref: dict[str, np.ndarray], labels: np.ndarray | None) -> float:
+        return 1.0 if self.agreement else float(self.fn(ref, labels))
+
+    def judge(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], labels: np.ndarray | None,
+              fp32: float | None = None) -> dict[str, Any]:
+        """The ``task`` section of ``got`` against FP32's ``ref`` (``fp32``: its value, known already)."""
+        fp = self.fp32(ref, labels) if fp32 is None else fp32
+        q = float(self.fn(got, reference=ref)) if self.agreement else float(self.fn(got, labels))
+        return {"fp32": fp, "quantized": q, "drop": fp - q, "metric": self.name}
 
 
-def task_metric(spec: str | None) -> TaskMetric:
-    """``--task-metric module:function``, or top-1 accuracy against labels when none is given."""
-    return _load_metric(spec) if spec else _accuracy
+def load_task_metric(spec: str | None) -> TaskMetric:
+    """``--task-metric``: a built-in name (``BUILTIN_METRICS``) or ``module:function(outputs, labels)``;
+    top-1 accuracy against labels when none is given."""
+    if not spec:
+        return TaskMetric("top1_accuracy", _accuracy)
+    if ":" not in spec:
+        if spec not in BUILTIN_METRICS:
+            raise DsqcError(f"--task-metric {spec}: no such built-in metric (built-ins: "
+                            f"{', '.join(BUILTIN_METRICS)}); or module:function")
+        return BUILTIN_METRICS[spec]
+    return TaskMetric(spec, _load_metric(spec))
 
 
 def _accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> float:
@@ -203,6 +226,9 @@ def _accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> floa
     if labels is None or logits.ndim != 2:
         raise DsqcError("top-1 accuracy needs 2-D logits and labels")
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+BUILTIN_METRICS = {"box-agreement": TaskMetric("box-agreement", box_agreement_metric, agreement=True)}
 
 
 def _load_metric(spec: str) -> Callable[[dict[str, np.ndarray], np.ndarray | None], float]:

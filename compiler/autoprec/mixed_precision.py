@@ -31,7 +31,7 @@ from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Recipe
 from dsqc.quant.spec import NodeDecision, Precision, QuantPlan
-from dsqc.verify import Verification, task_metric, verify
+from dsqc.verify import Verification, load_task_metric, verify
 
 log = logging.getLogger(__name__)
 ROUNDS = 3
@@ -137,9 +137,11 @@ class AutoPlan:
         above = sum(1 for d in chosen.values() if d.precision in (Precision.FP16, Precision.FP32))
         top = [{"node": n.name, "op": n.op, "score_db": n.score("sqnr")} for n in self.sensitivity.nodes[:5]]
         fp32_bytes = self.space.fp32_bytes
+        metric = (verification.task or {}).get("metric") if self.budget.kind == "drop" else None
         return {
             "met": acc_ok and size_ok,
             "accuracy": {"budget": str(self.budget), "achieved": self.achieved, "met": acc_ok,
+                         "metric": metric,  # the task metric a drop budget is judged on
                          "plain_int8_reference_semantics": float(self.int8_reference)},
             "size": {"budget_fraction": self.size_budget, "bytes": self.size, "fp32_bytes": fp32_bytes,
                      "fraction": self.size / fp32_bytes, "met": size_ok},
@@ -182,7 +184,7 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
     fraction = check_size_budget(request.size_budget)
     if budget.kind == "drop" and held_out.labels is None and not request.task_metric:
         raise RecipeError("--accuracy-budget drop:… needs labels (e.g. --calib mnist, npz 'labels') or "
-                          "--task-metric")
+                          "--task-metric (e.g. box-agreement for a YOLO detector)")
     space = build_space(fp32, profile, recipe, calib, request.calib_batch, int4=fraction is not None)
     switch = SwitchModel(space)
     sens = analyze_space(space, switch, held_out.take(request.sensitivity_samples), "sqnr", fp16=True)
@@ -219,8 +221,8 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
 
 def _evaluator(switch: SwitchModel, held_out: SampleSet, budget: Budget, metric_spec: str | None) -> Any:
     bound = switch.bind(list(held_out.batches(32)), segmented=False)
-    metric = task_metric(metric_spec) if budget.kind == "drop" else None
-    fp32_task = metric(bound.reference, held_out.labels) if metric else 0.0
+    metric = load_task_metric(metric_spec) if budget.kind == "drop" else None
+    fp32_task = metric.fp32(bound.reference, held_out.labels) if metric else 0.0
     parts = judged_parts(bound.reference)  # each output and each scale group of its channels
     reference = take_parts(bound.reference, parts)
 
@@ -233,7 +235,7 @@ def _evaluator(switch: SwitchModel, held_out: SampleSet, budget: Budget, metric_
         if budget.kind == "cosine":
             return min(cosine(reference[o], got[o]) for o in reference), noise
         assert metric is not None
-        return fp32_task - metric(outputs, held_out.labels), noise
+        return float(metric.judge(bound.reference, outputs, held_out.labels, fp32_task)["drop"]), noise
 
     return evaluate
 

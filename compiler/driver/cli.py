@@ -93,7 +93,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                         "without Q/DQ)")
     p.add_argument("--min-sqnr", type=float, help="fail when an output's SQNR (dB) is below this")
     p.add_argument("--max-drop", type=float, help="fail when the task metric drops by more than this")
-    p.add_argument("--task-metric", help="module:function(outputs, labels) -> float, higher is better")
+    p.add_argument("--task-metric", help="module:function(outputs, labels) -> float, higher is better; or "
+                                         "box-agreement (built in: a YOLOv8 detector's boxes vs FP32's, no "
+                                         "labels)")
     p.add_argument("--no-latency", action="store_true", help="skip the FP32 vs quantized timing")
     p.add_argument("--require-engine", action="store_true",
                    help="-B require_engine=true (trt: fail, exit 2, when the TensorRT engine cannot be built "
@@ -113,7 +115,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accuracy-budget", metavar="KIND:VALUE",
                    help="automatic mixed precision (int4/int8/fp16/fp32 per node) meeting sqnr:DB (worst "
                         "output SQNR floor), cosine:FLOOR, or drop:MAX (task metric; needs labels or "
-                        "--task-metric); writes plan.recipe.toml")
+                        "--task-metric, e.g. box-agreement); writes plan.recipe.toml")
     p.add_argument("--no-repair", action="store_true",
                    help="keep plain int8 when the verdict is degraded or collapsed (default: search a "
                         "mixed-precision plan for the verdict's ok line and keep the better build)")

@@ -44,6 +44,7 @@ from dsqc.passes import (
 from dsqc.quant.from_qdq import check_trained, has_qdq, split_qdq
 from dsqc.quant.recipe import load_recipe
 from dsqc.quant.spec import QuantSpec
+from dsqc.verify import load_task_metric
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def _start(request: BuildRequest, shared: SharedStages) -> BuildRun:
     if request.precision not in PRECISIONS:
         raise RecipeError(f"--precision {request.precision!r}: choose one of {', '.join(PRECISIONS)}")
     check_request(request)
+    if request.task_metric:
+        load_task_metric(request.task_metric)  # an unknown built-in or a module that does not import
     check_bundle_target(request.out_dir)  # a non-empty folder no build made: refused before any work
     recipe = load_recipe(request.recipe)
     limits = Thresholds.from_table(recipe.verdict, recipe.source)

@@ -212,9 +212,11 @@ def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:
     size_text = f"{size['fraction']:.3f}× FP32 weight bytes ({size['bytes'] / 1e6:.2f} MB)"
     if size["budget_fraction"] is not None:
         size_text += f", budget {size['budget_fraction']:g}× {'met' if size['met'] else 'MISSED'}"
+    on = f" ({acc['metric']})" if acc.get("metric") else ""
     lines = [f"mixed precision {'met the budgets' if mp['met'] else 'MISSED A BUDGET'}: accuracy "
-             f"{acc['budget']} → {acc['achieved']:.4g}{unit} {'met' if acc['met'] else 'MISSED'} (plain int8 "
-             f"{acc['plain_int8_reference_semantics']:.4g}{unit}, reference Q/DQ); size {size_text}",
+             f"{acc['budget']}{on} → {acc['achieved']:.4g}{unit} {'met' if acc['met'] else 'MISSED'} "
+             f"(plain int8 {acc['plain_int8_reference_semantics']:.4g}{unit}, reference Q/DQ); "
+             f"size {size_text}",
              f"  precisions: {', '.join(f'{k} {v}' for k, v in mp['histogram'].items())} of "
              f"{mp['quantizable_nodes']} quantizable nodes ({mp['above_int8']} above int8; "
              f"{mp['graph_nodes']} graph nodes)"]

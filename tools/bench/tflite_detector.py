@@ -7,7 +7,8 @@ an unused int8 box of the same class overlaps it with IoU ≥ 0.5 (greedy one-to
     python -m tools.bench.tflite_detector out/nudenet_320n.int8.tflite \\
         /work/realmodels/nudenet_320n.onnx /work/realmodels/nudenet_320n.eval.npz
 
-The decode, NMS and matching are the real-weight benchmark's (``tools/bench/real/metrics.py``).
+The decode, NMS and matching are ``dsqc.detection``'s (those of the real-weight benchmark and of
+``--task-metric box-agreement``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from dsqc import detection
 from dsqc.backends.tflite import runtime
-from tools.bench.real import metrics
 
 
 def agreement(fp32: np.ndarray, int8: np.ndarray, conf: float) -> dict[str, float]:
-    ref = [metrics.yolo_boxes(r, score_threshold=conf) for r in fp32]
-    got = [metrics.yolo_boxes(g, score_threshold=conf) for g in int8]
-    n_ref, n_got = sum(len(r[1]) for r in ref), sum(len(g[1]) for g in got)
-    hits = round(metrics.box_agreement(ref, got) * n_ref)
-    return {"fp32_boxes": n_ref, "int8_boxes": n_got, "matched": hits, "recall_vs_fp32": hits / max(n_ref, 1),
-            "precision_vs_fp32": hits / max(n_got, 1), "map50_vs_fp32": metrics.map50(ref, got)}
+    ref = [detection.yolo_boxes(r, score_threshold=conf) for r in fp32]
+    got = [detection.yolo_boxes(g, score_threshold=conf) for g in int8]
+    counts = detection.box_counts(ref, got)
+    return {"fp32_boxes": counts.reference, "int8_boxes": counts.found, "matched": counts.matched,
+            "recall_vs_fp32": counts.matched / max(counts.reference, 1),
+            "precision_vs_fp32": counts.matched / max(counts.found, 1),
+            "map50_vs_fp32": detection.map50(ref, got)}
 
 
 def main() -> None:

@@ -102,7 +102,8 @@ def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
             part = mp[key]
             budget = part.get("budget", part.get("budget_fraction"))
             achieved = num(part.get("achieved", part.get("fraction")))
-            rows.append(_gate(target, f"--{key}-budget {budget}", "pass" if part["met"] else "fail",
+            on = f" ({part['metric']})" if part.get("metric") else ""
+            rows.append(_gate(target, f"--{key}-budget {budget}{on}", "pass" if part["met"] else "fail",
                               f"achieved {achieved}"))
         if r.get("failed"):
             rows.append(_gate(target, "build", "fail", str(r["failed"])))
