@@ -95,7 +95,7 @@ class BuildRun:
                                     lambda: apply_boosters(fp32, calib, boosters, request.calib_batch))
         job.fp32 = source  # the FP32 model the QDQ model (and a trt cache) refers to; same function
         with clock("calibrate+plan"):
-            quantized = self._plan(source, profile, calib, held_out)
+            quantized = self._plan(source, profile, boosters, calib, held_out)
         if profile.latency_guard and request.measure_latency and not request.accuracy_budget \
                 and not self.trained:
             with clock("latency guard"):
@@ -142,8 +142,8 @@ class BuildRun:
         self.result.metrics["boosters"] = dataclasses.asdict(boosters)
         return boosters
 
-    def _plan(self, source: onnx.ModelProto, profile: TargetProfile, calib: SampleSet,
-              held_out: SampleSet) -> Quantized:
+    def _plan(self, source: onnx.ModelProto, profile: TargetProfile, boosters: BoosterOptions,
+              calib: SampleSet, held_out: SampleSet) -> Quantized:
         """The plan and its QDQ model: searched under ``--accuracy-budget``, else the recipe's, with
         calibration statistics shared with the other targets of the build."""
         request = self.request
@@ -151,11 +151,17 @@ class BuildRun:
             if self.trained:  # QAT specs are kept: no range is calibrated
                 self.recipe = dataclasses.replace(self.recipe, method="minmax")
             else:
+                def candidate(recipe: Recipe, samples: SampleSet) -> onnx.ModelProto:
+                    """One range method's model as the build makes it: planned, then bias-corrected
+                    (learned rounding, being slow, is left to the chosen method)."""
+                    model = self._quantize(source, profile, recipe, samples, subset=samples.source).model
+                    if boosters.bias_correction:
+                        model = correct_biases(source, model, samples, request.calib_batch)
+                    return model
+
                 with current_context().trial().active():  # candidates stay out of --dump-ir
-                    self.recipe, selection = select_method(
-                        source, self.recipe, calib, request.calib_batch,
-                        lambda recipe, samples: self._quantize(source, profile, recipe, samples,
-                                                               subset=samples.source))
+                    self.recipe, selection = select_method(source, self.recipe, calib, request.calib_batch,
+                                                           candidate, fused=profile.verify_fused)
                 self.result.metrics["range_method"] = selection.to_dict()
         if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
             self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request)

@@ -35,7 +35,6 @@ import onnx
 
 from dsqc.calibration.data import SampleSet
 from dsqc.metrics import judged_parts, sqnr_db, take_parts
-from dsqc.quant.quantize import Quantized
 from dsqc.quant.recipe import Recipe
 from dsqc.verify import run_batches, session
 
@@ -65,10 +64,12 @@ class Selection:
 
 
 def select_method(fp32: onnx.ModelProto, recipe: Recipe, calib: SampleSet, batch_size: int,
-                  quantize: Callable[[Recipe, SampleSet], Quantized]) -> tuple[Recipe, Selection]:
+                  quantize: Callable[[Recipe, SampleSet], onnx.ModelProto],
+                  fused: bool = True) -> tuple[Recipe, Selection]:
     """The recipe with the better candidate method: percentile only where it wins by
     ``CLIPPING_MARGIN_DB``, else min/max (the older default, robust to inputs the calibration lacked).
-    ``quantize(recipe, samples)`` plans one candidate from ``samples`` alone (no shared statistics)."""
+    ``quantize(recipe, samples)`` is one candidate's QDQ model from ``samples`` alone, as the build makes
+    it (bias correction included); ``fused`` runs it as verification does (``TargetProfile.verify_fused``)."""
     n = min(MEASURE_SAMPLES, len(calib) // 2)
     n -= n % (calib.fixed_batch or 1)  # whole batches where the model pins its batch size
     # one sample (or one fixed batch): nothing to cross-fit, both measured where they were fitted
@@ -79,8 +80,8 @@ def select_method(fp32: onnx.ModelProto, recipe: Recipe, calib: SampleSet, batch
     reference = take_parts(outputs, parts)
     selection = Selection(chosen=CANDIDATES[0], fit_samples=len(fit), samples=len(measure))
     for method in CANDIDATES:
-        quantized = quantize(dataclasses.replace(recipe, method=method), fit)
-        got = take_parts(run_batches(session(quantized.model, optimize=False), batches), parts)
+        model = quantize(dataclasses.replace(recipe, method=method), fit)
+        got = take_parts(run_batches(session(model, optimize=fused), batches), parts)
         selection.sqnr_db[method] = min(sqnr_db(reference[name], got[name]) for name in reference)
         log.info("range method %s: worst output SQNR %.2f dB on %d calibration samples it did not fit",
                  method, selection.sqnr_db[method], len(measure))
