@@ -10,6 +10,7 @@ found is kept either way; the caller writes it (``plan.recipe.toml``) and says w
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,13 @@ def _histogram(decisions: Any) -> dict[str, int]:
 
 
 def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, calib: SampleSet,
-                      held_out: SampleSet, request: BuildRequest) -> AutoPlan:
-    """Analyse, search and verify until the budgets are met (or ``ROUNDS`` tries); keep the best plan."""
+                      held_out: SampleSet, request: BuildRequest,
+                      finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None) -> AutoPlan:
+    """Analyse, search and verify until the budgets are met (or ``ROUNDS`` tries); keep the best plan.
+
+    ``finish`` is what the build does to a plan's QDQ model after planning (bias correction): each round
+    verifies the model the build will write, not the bare plan (NudeNet on ``tflite``, ``drop:0.05``: the
+    bare plan matched 21 of 22 FP32 boxes, bias-corrected 20 of 22)."""
     assert request.accuracy_budget is not None
     budget = parse_accuracy_budget(request.accuracy_budget)
     fraction = check_size_budget(request.size_budget)
@@ -201,7 +207,8 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
         planned = parse_plan_recipe(text, RECIPE_NAME)
         quantized = quantize_model(fp32, profile, planned, calib, request.calib_batch, known=space.stats)
         _explain(quantized.plan, found)
-        ver = verify(fp32, quantized.model, batches, held_out.labels, request.task_metric, latency=False,
+        built = finish(quantized.model) if finish else quantized.model
+        ver = verify(fp32, built, batches, held_out.labels, request.task_metric, latency=False,
                      fused=profile.verify_fused, mask_padding=recipe.mask_padding)
         achieved = achieved_on(budget, ver)
         rounds.append(Round(found, planned, quantized, ver, achieved, weight_bytes(quantized.model), text,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,19 +153,17 @@ class BuildRun:
                 self.recipe = dataclasses.replace(self.recipe, method="minmax")
             else:
                 def candidate(recipe: Recipe, samples: SampleSet) -> onnx.ModelProto:
-                    """One range method's model as the build makes it: planned, then bias-corrected
-                    (learned rounding, being slow, is left to the chosen method)."""
+                    """One range method's model as the build makes it: planned, then bias-corrected."""
                     model = self._quantize(source, profile, recipe, samples, subset=samples.source).model
-                    if boosters.bias_correction:
-                        model = correct_biases(source, model, samples, request.calib_batch)
-                    return model
+                    return _finisher(source, boosters, samples, request.calib_batch)(model)
 
                 with current_context().trial().active():  # candidates stay out of --dump-ir
                     self.recipe, selection = select_method(source, self.recipe, calib, request.calib_batch,
                                                            candidate, fused=profile.verify_fused)
                 self.result.metrics["range_method"] = selection.to_dict()
         if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
-            self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request)
+            self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request,
+                                          _finisher(source, boosters, calib, request.calib_batch))
             self.recipe = self.auto.recipe
             return self.auto.quantized
         return self._quantize(source, profile, self.recipe, calib)
@@ -230,6 +229,16 @@ def _verdict(result: BuildResult, limits: Thresholds, runtime: dict[str, dict[st
 
 def advice_hint(verdict: Verdict, request: BuildRequest) -> str:
     return advice(verdict, request.model_label or str(request.model), request.calib, str(request.out_dir))
+
+
+def _finisher(source: onnx.ModelProto, boosters: BoosterOptions, samples: SampleSet,
+              batch_size: int) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+    """What the build does to a plan's QDQ model after planning, for the decisions that measure plans
+    (range select, mixed-precision rounds): bias correction. Learned rounding, minutes per plan, is
+    left out (it comes after them, on the chosen plan only)."""
+    if not boosters.bias_correction:
+        return lambda model: model
+    return lambda model: correct_biases(source, model, samples, batch_size)
 
 
 def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, recipe: Recipe,

@@ -237,3 +237,20 @@ def test_nodes_the_users_recipe_fixes_stay_fixed(cnn: tuple[Path, Path], tmp_pat
     assert result.plan.nodes["conv1"].precision.value == "fp32"
     written = (out / "plan.recipe.toml").read_text()
     assert 'method = "minmax"' in written and 'nodes = ["conv1"]' in written
+
+
+def test_rounds_verify_the_bias_corrected_model_the_build_writes(cnn: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    """With bias correction on (the default), a round's measurement is the written model's: the plan the
+    search kept verifies in the build exactly as it did in its round."""
+    model, data = cnn
+    out = tmp_path / "out"
+    build(BuildRequest(model=model, target="onnx", out_dir=out, calib=str(data), measure_latency=False,
+                       accuracy_budget="sqnr:48", backend_options=AVX2))
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    assert metrics["boosters"]["bias_correction"]
+    mp = metrics["mixed_precision"]
+    final = metrics["verification"]["min_sqnr_db"]
+    assert mp["accuracy"]["achieved"] == pytest.approx(final)
+    assert any(r["achieved"] == pytest.approx(final, abs=1e-6) for r in mp["search"]["rounds"]), \
+        (final, mp["search"]["rounds"])
