@@ -29,8 +29,7 @@ def agreement(fp32: np.ndarray, int8: np.ndarray, conf: float) -> dict[str, floa
     got = [detection.yolo_boxes(g, score_threshold=conf) for g in int8]
     counts = detection.box_counts(ref, got)
     return {"fp32_boxes": counts.reference, "int8_boxes": counts.found, "matched": counts.matched,
-            "recall_vs_fp32": counts.matched / max(counts.reference, 1),
-            "precision_vs_fp32": counts.matched / max(counts.found, 1),
+            "recall_vs_fp32": counts.recall, "precision_vs_fp32": counts.precision,
             "map50_vs_fp32": detection.map50(ref, got)}
 
 
