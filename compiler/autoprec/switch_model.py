@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper
@@ -91,6 +92,7 @@ class SwitchModel:
         self._lock = threading.Lock()
         self._dq_readers: frozenset[tuple[str, str | None]] | None = None
         self._stored: dict[str, np.ndarray] = {}
+        self._int8_biases: dict[str, np.ndarray] = {}
 
     def replay(self, dq_readers: Iterable[tuple[str, str | None]], stored: Mapping[str, np.ndarray]) -> None:
         """Mirror a built QDQ model instead of the profile's rules: exactly the ``(tensor, reader)``
@@ -99,6 +101,33 @@ class SwitchModel:
         round-to-nearest (they differ after bias correction or learned rounding)."""
         self._dq_readers = frozenset(dq_readers)
         self._stored = dict(stored)
+
+    def correct_int8_biases(self, corrected: onnx.ModelProto) -> int:
+        """Int8 nodes' biases as ``corrected`` stores them: the all-INT8 plan's QDQ model after bias
+        correction, which the build applies to every plan. A node's correction, ``ΔW · E[x]`` with the
+        FP32 input mean, does not depend on the other nodes' precisions, so one corrected model serves
+        every plan. Returns how many biases were taken."""
+        graph = corrected.graph
+        nodes = {n.name: n for n in graph.node}
+        producers = {out: n for n in graph.node for out in n.output}
+        inits = {t.name: t for t in graph.initializer}
+        fp32_inputs = {n.name: list(n.input) for n in self.space.fp32.graph.node}
+        for const in self.consts:
+            choice = self.space.choices.get(const.node)
+            spec = self.space.plan8.tensors.get(const.tensor)
+            node = nodes.get(const.node)
+            if choice is None or const.tensor != choice.bias or spec is None or node is None:
+                continue
+            slot = fp32_inputs[const.node].index(const.tensor)
+            dq = producers.get(node.input[slot]) if slot < len(node.input) else None
+            if dq is None or dq.op_type != "DequantizeLinear" or not {dq.input[0], dq.input[1]} <= set(inits):
+                continue
+            scale = onnx.numpy_helper.to_array(inits[dq.input[1]])
+            if scale.size != spec.scale.size or not np.allclose(scale.ravel(), spec.scale.ravel()):
+                continue  # planned otherwise than the space's INT8 plan
+            stored = onnx.numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64)
+            self._int8_biases[const.feed] = dequantize(stored, spec).astype(const.value.dtype)
+        return len(self._int8_biases)
 
     def _add_const_inputs(self, graph: gs.Graph) -> None:
         nodes = {n.name: n for n in graph.nodes}
@@ -186,6 +215,8 @@ class SwitchModel:
         if precision in (Precision.INT8, Precision.INT4) and spec is not None:
             if const.feed in self._stored:
                 return self._stored[const.feed]
+            if precision is Precision.INT8 and const.feed in self._int8_biases:
+                return self._int8_biases[const.feed]
             return self._cached(const, spec.dtype, lambda: _fake_quant(const.value, spec))
         if precision is Precision.FP16:
             return self._cached(const, "fp16", lambda: const.value.astype(np.float16).astype(np.float32))

@@ -241,8 +241,8 @@ def test_nodes_the_users_recipe_fixes_stay_fixed(cnn: tuple[Path, Path], tmp_pat
 
 def test_rounds_verify_the_bias_corrected_model_the_build_writes(cnn: tuple[Path, Path],
                                                                  tmp_path: Path) -> None:
-    """With bias correction on (the default), a round's measurement is the written model's: the plan the
-    search kept verifies in the build exactly as it did in its round."""
+    """With bias correction on (the default), a round's measurement is the written model's (the plan the
+    search kept verifies in the build exactly as it did in its round), and so is the search's prediction."""
     model, data = cnn
     out = tmp_path / "out"
     build(BuildRequest(model=model, target="onnx", out_dir=out, calib=str(data), measure_latency=False,
@@ -254,3 +254,10 @@ def test_rounds_verify_the_bias_corrected_model_the_build_writes(cnn: tuple[Path
     assert mp["accuracy"]["achieved"] == pytest.approx(final)
     assert any(r["achieved"] == pytest.approx(final, abs=1e-6) for r in mp["search"]["rounds"]), \
         (final, mp["search"]["rounds"])
+    # the search evaluates plans bias-corrected too: its plain INT8 is what a plain build verifies
+    plain = build(BuildRequest(model=model, target="onnx", out_dir=tmp_path / "int8", calib=str(data),
+                               measure_latency=False, backend_options=AVX2))
+    assert mp["accuracy"]["plain_int8_reference_semantics"] == pytest.approx(
+        plain.metrics["verification"]["min_sqnr_db"], abs=0.5)
+    for r in mp["search"]["rounds"]:
+        assert r["predicted_or_measured_reference"] == pytest.approx(r["achieved"], abs=0.05), r
