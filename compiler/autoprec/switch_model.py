@@ -119,14 +119,10 @@ class SwitchModel:
             if choice is None or const.tensor != choice.bias or spec is None or node is None:
                 continue
             slot = fp32_inputs[const.node].index(const.tensor)
-            dq = producers.get(node.input[slot]) if slot < len(node.input) else None
-            if dq is None or dq.op_type != "DequantizeLinear" or not {dq.input[0], dq.input[1]} <= set(inits):
-                continue
-            scale = onnx.numpy_helper.to_array(inits[dq.input[1]])
-            if scale.size != spec.scale.size or not np.allclose(scale.ravel(), spec.scale.ravel()):
-                continue  # planned otherwise than the space's INT8 plan
-            stored = onnx.numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64)
-            self._int8_biases[const.feed] = dequantize(stored, spec).astype(const.value.dtype)
+            found = stored_integers(node.input[slot], producers, inits) if slot < len(node.input) else None
+            if found is None or not same_scale(found[1], spec):
+                continue  # not a stored constant, or planned otherwise than the space's INT8 plan
+            self._int8_biases[const.feed] = dequantize(found[0], spec).astype(const.value.dtype)
         return len(self._int8_biases)
 
     def _add_const_inputs(self, graph: gs.Graph) -> None:
@@ -323,6 +319,21 @@ class BoundSamples:
 
 def workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def stored_integers(name: str, producers: Mapping[str, onnx.NodeProto], inits: Mapping[str, onnx.TensorProto]
+                    ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The integers and scale behind ``name`` when a DequantizeLinear of a stored constant makes it."""
+    dq = producers.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+        return None
+    scale = onnx.numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
+    return onnx.numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64), scale
+
+
+def same_scale(scale: np.ndarray | None, spec: QuantSpec) -> bool:
+    return scale is not None and scale.size == spec.scale.size and bool(np.allclose(scale.ravel(),
+                                                                                     spec.scale.ravel()))
 
 
 def _fake_quant(value: np.ndarray, spec: QuantSpec) -> np.ndarray:

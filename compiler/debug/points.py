@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from dsqc.autoprec.plan_space import PlanSpace, Setting, setting_for
-from dsqc.autoprec.switch_model import SwitchModel
+from dsqc.autoprec.switch_model import SwitchModel, same_scale, stored_integers
 from dsqc.driver.build_folder import BuildFolderError
 from dsqc.metrics import sqnr_db
 from dsqc.quant.profile import TargetProfile
@@ -224,15 +224,13 @@ def _stored(names: list[str], producers: Mapping[str, onnx.NodeProto],
             inits: Mapping[str, onnx.TensorProto], spec: QuantSpec) -> np.ndarray | None:
     """The float value a reader sees: ``DQ(stored integers)`` or a folded float initializer."""
     for name in names:
-        dq = producers.get(name)
-        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
-            q = numpy_helper.to_array(inits[dq.input[0]])
-            scale = numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
-            if scale is None or scale.size != spec.scale.size or not np.allclose(scale.ravel(),
-                                                                               spec.scale.ravel()):
-                raise BuildFolderError(f"the QDQ model's scale of '{dq.input[0]}' differs from report.json's "
-                                       "plan: the folder's files do not belong together; rebuild it")
-            return dequantize(np.asarray(q).astype(np.int64), spec)
+        found = stored_integers(name, producers, inits)
+        if found is not None:
+            if not same_scale(found[1], spec):
+                raise BuildFolderError(f"the QDQ model's scale of '{producers[name].input[0]}' differs from "
+                                       "report.json's plan: the folder's files do not belong together; "
+                                       "rebuild it")
+            return dequantize(found[0], spec)
         if name in inits and inits[name].data_type in _FLOAT_TYPES:
             return numpy_helper.to_array(inits[name]).astype(np.float32)
     return None
