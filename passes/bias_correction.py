@@ -106,6 +106,7 @@ metadata records the correction under ``mark``; a model that has it is not corre
         self.input_means = dict(input_means)
         self.mark = mark
         self.corrected: dict[str, float] = {}
+        self.bias_shifts: dict[str, np.ndarray] = {}  # node → ΔW · E[x] added to its own int32 bias
 
     def call(self, model: Model) -> PassResult:
         if self.mark in model.metadata:
@@ -148,7 +149,15 @@ metadata records the correction under ``mark``; a model that has it is not corre
         reason = _add_to_bias(target, slot, shift)
         if reason is None:
             self.corrected[node.name] = float(np.max(np.abs(shift)))
+            if target is node and producer(node.inputs[slot]) is not None:
+                self.bias_shifts[node.name] = shift
         return reason
+
+
+def corrected_integers(old: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """The int32 bias on ``scale``'s grid holding ``old + shift`` (``old``: the dequantized bias)."""
+    values = np.round((old.reshape(-1) + shift) / np.broadcast_to(scale, shift.shape))
+    return np.clip(values, *_INT32).astype(np.int32)
 
 
 def _add_to_bias(node: gs.Node, slot: int, shift: np.ndarray) -> str | None:
@@ -160,8 +169,7 @@ def _add_to_bias(node: gs.Node, slot: int, shift: np.ndarray) -> str | None:
         if not isinstance(stored, gs.Constant) or scale is None or old is None or len(stored.outputs) != 1 \
                 or len(tensor.outputs) != 1 or old.size != shift.size:
             return "int32 bias is shared or not a constant DequantizeLinear"
-        values = np.round((old.reshape(-1) + shift) / np.broadcast_to(scale, shift.shape))
-        stored.values = np.clip(values, *_INT32).astype(np.int32).reshape(stored.shape)
+        stored.values = corrected_integers(old, scale, shift).reshape(stored.shape)
         return None
     if not isinstance(tensor, gs.Constant) or len(tensor.outputs) != 1:
         return "bias is not a constant read by this node alone"

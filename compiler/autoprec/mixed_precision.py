@@ -10,7 +10,6 @@ found is kept either way; the caller writes it (``plan.recipe.toml``) and says w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from dsqc.calibration.data import SampleSet
 from dsqc.driver.build_types import BuildRequest, rebuild_command
 from dsqc.errors import RecipeError
 from dsqc.metrics import cosine, judged_parts, sqnr_db, take_parts
+from dsqc.quant.boosters import BiasCorrector
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
 from dsqc.quant.recipe import Recipe
@@ -101,6 +101,7 @@ class AutoPlan:
     header: list[str]
     achieved: float
     size: int
+    quantized_tensors: int = -1  # of the verified build; ``finish`` sets it
 
     @property
     def recipe(self) -> Recipe:
@@ -116,6 +117,11 @@ class AutoPlan:
 
     def failure(self) -> str | None:
         acc_ok, size_ok = self.met()
+        if acc_ok and size_ok and self.quantized_tensors == 0:
+            return (f"mixed precision met {self.budget} only by keeping every node float: nothing is "
+                    f"quantized and the artifact is the FP32 model; the plan is written ({RECIPE_NAME}, "
+                    "report.json): relax the budget, verify on more samples (--eval-data), or build with "
+                    "--precision fp32")
         if acc_ok and size_ok:
             return None
         missed = []
@@ -131,6 +137,7 @@ class AutoPlan:
         """Judge the budgets on the build's own verification and model; the report section."""
         self.achieved = float(achieved_on(self.budget, verification))
         self.size = weight_bytes(quantized.model)
+        self.quantized_tensors = len(quantized.plan.tensors)
         acc_ok, size_ok = (bool(ok) for ok in self.met())
         plan = quantized.plan
         _explain(plan, self.best.search)  # again: a later replan (latency guard) resets reasons
@@ -179,13 +186,13 @@ def _histogram(decisions: Any) -> dict[str, int]:
 
 def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, calib: SampleSet,
                       held_out: SampleSet, request: BuildRequest,
-                      finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None) -> AutoPlan:
+                      correct: BiasCorrector | None = None) -> AutoPlan:
     """Analyse, search and verify until the budgets are met (or ``ROUNDS`` tries); keep the best plan.
 
-    ``finish`` is what the build does to a plan's QDQ model after planning (bias correction): the switch
-    model evaluates plans with the int8 biases it stores, and each round verifies the model the build will
-    write, not the bare plan (NudeNet on ``tflite``, ``drop:0.05``: the bare plan matched 21 of 22 FP32
-    boxes, bias-corrected 20 of 22)."""
+    ``correct``: the bias correction the build applies after planning. The switch model evaluates each
+    plan with its biases corrected the same way, and each round verifies the model the build will write,
+    not the bare plan (NudeNet on ``tflite``, ``drop:0.05``: the bare plan matched 21 of 22 FP32 boxes,
+    bias-corrected 20 of 22). Plans are measured as the build plans them (``PlanSpace.planned``)."""
     assert request.accuracy_budget is not None
     budget = parse_accuracy_budget(request.accuracy_budget)
     fraction = check_size_budget(request.size_budget)
@@ -194,10 +201,11 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
                           "--task-metric (e.g. box-agreement for a YOLO detector)")
     space = build_space(fp32, profile, recipe, calib, request.calib_batch, int4=fraction is not None)
     switch = SwitchModel(space)
-    if finish is not None:  # plans are evaluated bias-corrected, as built
+    if correct is not None:  # plans are evaluated bias-corrected, as built
         plain = quantize_model(fp32, profile, recipe, calib, request.calib_batch, known=space.stats)
-        log.info("mixed precision: %d int8 biases as bias correction stores them",
-                 switch.correct_int8_biases(finish(plain.model)))
+        correct(plain.model)
+        log.info("mixed precision: %d int8 biases bias-corrected as built",
+                 switch.correct_int8_biases(correct.bias_shifts))
     sens = analyze_space(space, switch, held_out.take(request.sensitivity_samples), "sqnr", fp16=True)
     evaluate = _evaluator(switch, held_out, budget, request.task_metric)
     int8_reference = evaluate(space.plan8)[0]
@@ -212,7 +220,7 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
         planned = parse_plan_recipe(text, RECIPE_NAME)
         quantized = quantize_model(fp32, profile, planned, calib, request.calib_batch, known=space.stats)
         _explain(quantized.plan, found)
-        built = finish(quantized.model) if finish else quantized.model
+        built = correct(quantized.model) if correct else quantized.model
         ver = verify(fp32, built, batches, held_out.labels, request.task_metric, latency=False,
                      fused=profile.verify_fused, mask_padding=recipe.mask_padding)
         achieved = achieved_on(budget, ver)

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from dsqc.autoprec.plan_recipe import parse_plan_recipe, plan_recipe_text
 from dsqc.calibration.data import SampleSet
 from dsqc.calibration.runner import TensorStats
 from dsqc.ir import Model, constant_value
@@ -100,6 +101,7 @@ class PlanSpace:
     values: dict[str, np.ndarray] = field(default_factory=dict)  # float constant → its value
     stats: dict[str, TensorStats] = field(default_factory=dict)
     calibration_seconds: float = 0.0
+    model: Model | None = None  # ``fp32`` as graphsurgeon reads it, for ``planned``
 
     def consts_of(self, node: str) -> dict[str, np.ndarray]:
         return {name: self.values[name] for name in self.node_consts.get(node, [])}
@@ -136,6 +138,21 @@ class PlanSpace:
             if plan.precision_of(node) is Precision.INT8 and data not in plan.tensors:
                 plan.nodes[node] = NodeDecision(Precision.FP32, "layout op between float tensors")
         return plan
+
+    def planned(self, assignment: Mapping[str, Precision]) -> QuantPlan:
+        """The plan the build makes of ``assignment``: its plan recipe placed and finalized as
+        ``quantize_model`` does, with this space's calibration. Unlike ``restrict`` it sees the float
+        neighbours: a scale-sharing group (Concat, Split, Add on ``tflite``) takes the range of its int8
+        members only, and a layout op between float nodes stays float. A plan measured by the search must
+        be this one; ``restrict`` serves the per-node analysis (weights or activations alone)."""
+        recipe = parse_plan_recipe(plan_recipe_text(self.recipe, assignment, {}), "the searched plan")
+        if self.model is None:
+            self.model = Model.from_proto(self.fp32)
+        placement = place(self.model, self.profile, recipe)
+        missing = [t for t in placement.activations if t not in self.stats]
+        if missing:  # the space calibrated every tensor an int8 node reads or writes; never expected
+            raise KeyError(f"plan space: no calibration for {missing[:3]}")
+        return finalize(self.model, placement, _ranges(self.stats), self.profile, recipe)
 
     def _weights(self, name: str, setting: Setting, plan: QuantPlan) -> None:
         choice = self.choices.get(name)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsqc.autoprec.plan_space import PlanSpace, setting_for
+from dsqc.autoprec.plan_space import PlanSpace
 from dsqc.autoprec.sensitivity import Sensitivity, noise_to_sqnr
 from dsqc.quant.spec import Precision, QuantPlan
 
@@ -140,9 +140,7 @@ class _State:
         self.measured_at = 0
 
     def measure(self, assignment: Mapping[str, Precision]) -> float:
-        plan = self.space.restrict({n: setting_for(p, bool(self.space.choices[n].consts))
-                                    for n, p in assignment.items()})
-        achieved, noise = self.evaluate(plan)
+        achieved, noise = self.evaluate(self.space.planned(assignment))
         self.anchor, self.anchor_noise, self.anchor_value = dict(assignment), noise, achieved
         self.evaluations += 1
         return achieved

@@ -3,9 +3,12 @@
 Built once from the FP32 model: every float constant a choice reads becomes a graph input (fed the
 FP32 value, or its quantize→dequantize image under the plan's spec, or its FP16 rounding), and every
 activation tensor of the INT8 plan passes through ``Where(on, DQ(Q(x)), x)`` with a boolean input
-``on``. With ``on`` false the tensor is bit-identical to FP32; with ``on`` true it is exactly what the
-QDQ model of that plan computes with ONNX Runtime's reference Q/DQ semantics (a folded Relu is kept:
-Q of a Relu output with zero point at 0 equals Q of its input). Fused int8 kernels can differ by ±1 LSB;
+``on``; the Q/DQ scale and zero point are inputs too, fed the plan's own spec (a scale-sharing group
+with float members spans fewer ranges than in the INT8 plan). With ``on`` false the tensor is
+bit-identical to FP32; with ``on`` true it is exactly what the QDQ model of that plan computes with ONNX
+Runtime's reference Q/DQ semantics (a folded Relu is kept: Q of a Relu output with zero point at 0
+equals Q of its input), given the plan as the build makes it (``PlanSpace.planned``) and, for int8
+biases, the build's bias correction (``correct_int8_biases``). Fused int8 kernels can differ by ±1 LSB;
 the final plan is verified with them.
 
 Sessions are single-threaded: variants (or batches) run concurrently, one per core. A variant that
@@ -32,6 +35,7 @@ from onnx import helper
 
 from dsqc.autoprec.plan_space import PlanSpace
 from dsqc.ir import Model, is_graph_output
+from dsqc.passes.bias_correction import corrected_integers
 from dsqc.quant.qparams import dequantize, quantize
 from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
@@ -47,6 +51,17 @@ class _Const:
     node: str
     tensor: str
     value: np.ndarray
+    position: int = 0
+
+
+@dataclass
+class _Point:
+    """The Q/DQ pair of one activation tensor: its scale and zero point are fed per plan."""
+
+    tensor: str
+    scale: str
+    zero_point: str
+    default: QuantSpec  # the INT8 plan's spec, fed while the plan leaves the tensor float
     position: int = 0
 
 
@@ -71,6 +86,7 @@ class SwitchModel:
         graph = model.graph
         self.consts: list[_Const] = []
         self.switches: list[_Switch] = []
+        self.points: list[_Point] = []
         self.float_readers_read_float = bool(getattr(space.profile, "float_readers_read_float", False))
         self._add_const_inputs(graph)
         tensors = graph.tensors()
@@ -84,6 +100,8 @@ class SwitchModel:
             const.position = order[const.node]
         for switch in self.switches:
             switch.position = order[f"{switch.tensor}@Q"]
+        for point in self.points:
+            point.position = order[f"{point.tensor}@Q"]
         self.outputs = [o.name for o in proto.graph.output]
         self.starts: list[int] = [0]
         self._sessions: dict[int, Any] = {}
@@ -92,7 +110,8 @@ class SwitchModel:
         self._lock = threading.Lock()
         self._dq_readers: frozenset[tuple[str, str | None]] | None = None
         self._stored: dict[str, np.ndarray] = {}
-        self._int8_biases: dict[str, np.ndarray] = {}
+        self._bias_shifts: dict[str, np.ndarray] = {}
+        self._warned = False
 
     def replay(self, dq_readers: Iterable[tuple[str, str | None]], stored: Mapping[str, np.ndarray]) -> None:
         """Mirror a built QDQ model instead of the profile's rules: exactly the ``(tensor, reader)``
@@ -102,28 +121,18 @@ class SwitchModel:
         self._dq_readers = frozenset(dq_readers)
         self._stored = dict(stored)
 
-    def correct_int8_biases(self, corrected: onnx.ModelProto) -> int:
-        """Int8 nodes' biases as ``corrected`` stores them: the all-INT8 plan's QDQ model after bias
-        correction, which the build applies to every plan. A node's correction, ``ΔW · E[x]`` with the
-        FP32 input mean, does not depend on the other nodes' precisions, so one corrected model serves
-        every plan. Returns how many biases were taken."""
-        graph = corrected.graph
-        nodes = {n.name: n for n in graph.node}
-        producers = {out: n for n in graph.node for out in n.output}
-        inits = {t.name: t for t in graph.initializer}
-        fp32_inputs = {n.name: list(n.input) for n in self.space.fp32.graph.node}
+    def correct_int8_biases(self, shifts: Mapping[str, np.ndarray]) -> int:
+        """Evaluate int8 nodes with biases corrected as the build corrects them: ``shifts`` (node →
+        ``ΔW · E[x]``, ``BiasCorrector.bias_shifts`` of the all-INT8 plan's QDQ model) added to the bias
+        quantized on each plan's own grid. A node's shift uses the FP32 input mean and its own weights'
+        grid, so it does not depend on the other nodes; its bias scale does (the input's scale), and is
+        taken from the plan. Returns how many biases are corrected."""
+        self._bias_shifts = {}
         for const in self.consts:
             choice = self.space.choices.get(const.node)
-            spec = self.space.plan8.tensors.get(const.tensor)
-            node = nodes.get(const.node)
-            if choice is None or const.tensor != choice.bias or spec is None or node is None:
-                continue
-            slot = fp32_inputs[const.node].index(const.tensor)
-            found = stored_integers(node.input[slot], producers, inits) if slot < len(node.input) else None
-            if found is None or not same_scale(found[1], spec):
-                continue  # not a stored constant, or planned otherwise than the space's INT8 plan
-            self._int8_biases[const.feed] = dequantize(found[0], spec).astype(const.value.dtype)
-        return len(self._int8_biases)
+            if choice is not None and const.tensor == choice.bias and const.node in shifts:
+                self._bias_shifts[const.feed] = np.asarray(shifts[const.node], np.float64)
+        return len(self._bias_shifts)
 
     def _add_const_inputs(self, graph: gs.Graph) -> None:
         nodes = {n.name: n for n in graph.nodes}
@@ -157,8 +166,10 @@ class SwitchModel:
         if is_graph_output(graph, tensor) and tensor.inputs:
             source = gs.Variable(f"{name}@float", tensor.dtype, tensor.shape)
             tensor.inputs[0].outputs[tensor.inputs[0].outputs.index(tensor)] = source
-        scale = gs.Constant(f"{name}@scale", spec.scale.astype(np.float32))
-        zero = gs.Constant(f"{name}@zero_point", spec.zero_point.astype(_QDTYPE[spec.dtype]))
+        scale = gs.Variable(f"{name}@scale", np.float32, list(spec.scale.shape))
+        zero = gs.Variable(f"{name}@zero_point", _QDTYPE[spec.dtype], list(spec.zero_point.shape))
+        graph.inputs += [scale, zero]
+        self.points.append(_Point(name, scale.name, zero.name, spec))
         q = gs.Variable(f"{name}@q", _QDTYPE[spec.dtype], tensor.shape)
         dq = gs.Variable(f"{name}@dq", np.float32, tensor.shape)
         graph.nodes += [gs.Node("QuantizeLinear", f"{name}@Q", inputs=[source, scale, zero], outputs=[q]),
@@ -187,6 +198,19 @@ class SwitchModel:
             feeds[const.feed] = value
             if value is not const.value:
                 first = min(first, const.position)
+        unswitched = plan.tensors.keys() - self.space.owners.keys() - self.space.values.keys()
+        if unswitched and not self._warned:
+            self._warned = True
+            log.warning("switch model: the plan quantizes %d tensor(s) the INT8 plan does not (%s); they are "
+                        "evaluated float, the built plan is verified as built", len(unswitched),
+                        min(unswitched))
+        for point in self.points:
+            spec, default = plan.tensors.get(point.tensor, point.default), point.default
+            if spec.dtype != default.dtype or spec.scale.shape != default.scale.shape:
+                raise ValueError(f"switch model: {point.tensor} is planned {spec.dtype} {spec.scale.shape}, "
+                                 f"the INT8 plan's switch takes {default.dtype} {default.scale.shape}")
+            feeds[point.scale] = spec.scale.astype(np.float32)
+            feeds[point.zero_point] = spec.zero_point.astype(_QDTYPE[spec.dtype])
         for switch in self.switches:
             on = switch.tensor in plan.tensors and self._reads_dq(switch, plan)
             feeds[switch.feed] = _ON if on else _OFF
@@ -211,8 +235,10 @@ class SwitchModel:
         if precision in (Precision.INT8, Precision.INT4) and spec is not None:
             if const.feed in self._stored:
                 return self._stored[const.feed]
-            if precision is Precision.INT8 and const.feed in self._int8_biases:
-                return self._int8_biases[const.feed]
+            if precision is Precision.INT8 and const.feed in self._bias_shifts:
+                shift = self._bias_shifts[const.feed]
+                return self._cached(const, f"corrected {spec.scale.astype(np.float32).tobytes().hex()}",
+                                    lambda: _corrected_bias(const.value, spec, shift))
             return self._cached(const, spec.dtype, lambda: _fake_quant(const.value, spec))
         if precision is Precision.FP16:
             return self._cached(const, "fp16", lambda: const.value.astype(np.float16).astype(np.float32))
@@ -338,6 +364,14 @@ def same_scale(scale: np.ndarray | None, spec: QuantSpec) -> bool:
 
 def _fake_quant(value: np.ndarray, spec: QuantSpec) -> np.ndarray:
     return dequantize(quantize(value, spec), spec)
+
+
+def _corrected_bias(value: np.ndarray, spec: QuantSpec, shift: np.ndarray) -> np.ndarray:
+    """The bias ``BiasCorrection`` stores for ``value`` quantized with ``spec``, dequantized."""
+    stored = quantize(value, spec)
+    scale = spec.scale.astype(np.float32).astype(np.float64)
+    old = (stored - spec.zero_point.astype(np.int64)).astype(np.float64) * scale
+    return dequantize(corrected_integers(old, scale, shift).reshape(stored.shape), spec)
 
 
 def _only(sess: Any, feeds: Mapping[str, np.ndarray]) -> Feeds:

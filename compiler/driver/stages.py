@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from dsqc.driver.shared_stages import SharedStages
 from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
 from dsqc.errors import GateError
 from dsqc.pass_infra import current_context
-from dsqc.quant.boosters import BoosterOptions, apply_boosters, correct_biases
+from dsqc.quant.boosters import BiasCorrector, BoosterOptions, apply_boosters
 from dsqc.quant.from_qdq import trained_stats
 from dsqc.quant.latency_guard import guard_latency
 from dsqc.quant.profile import TargetProfile
@@ -69,6 +68,7 @@ class BuildRun:
     held_out: SampleSet | None = None
     auto: AutoPlan | None = None
     verification: Verification | None = field(default=None)
+    correctors: dict[tuple[int, str, int], BiasCorrector] = field(default_factory=dict)
 
     def quantize_dynamic(self) -> Lowered:
         """Activations quantized at run time, all or per node (``dynamic_phase``); lowered once."""
@@ -105,9 +105,9 @@ class BuildRun:
             with clock("learned rounding"):
                 quantized.model = learn_rounding(source, quantized.model, quantized.plan, calib,
                                                  boosters.rounding, request.calib_batch)
-        if boosters.bias_correction:
+        if (correct := self._corrector(source, boosters, calib)) is not None:
             with clock("bias correction"):
-                quantized.model = correct_biases(source, quantized.model, calib, request.calib_batch)
+                quantized.model = correct(quantized.model)
         result.warnings.extend(f"recipe regex '{r}' matched no node" for r in self.recipe.unmatched())
         result.plan, job.qdq, job.plan = quantized.plan, quantized.model, quantized.plan
         job.eval_feeds = list(held_out.batches(request.calib_batch))
@@ -155,7 +155,8 @@ class BuildRun:
                 def candidate(recipe: Recipe, samples: SampleSet) -> onnx.ModelProto:
                     """One range method's model as the build makes it: planned, then bias-corrected."""
                     model = self._quantize(source, profile, recipe, samples, subset=samples.source).model
-                    return _finisher(source, boosters, samples, request.calib_batch)(model)
+                    correct = self._corrector(source, boosters, samples)
+                    return correct(model) if correct else model
 
                 with current_context().trial().active():  # candidates stay out of --dump-ir
                     self.recipe, selection = select_method(source, self.recipe, calib, request.calib_batch,
@@ -163,10 +164,23 @@ class BuildRun:
                 self.result.metrics["range_method"] = selection.to_dict()
         if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
             self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request,
-                                          _finisher(source, boosters, calib, request.calib_batch))
+                                          self._corrector(source, boosters, calib))
             self.recipe = self.auto.recipe
             return self.auto.quantized
         return self._quantize(source, profile, self.recipe, calib)
+
+    def _corrector(self, source: onnx.ModelProto, boosters: BoosterOptions,
+                   samples: SampleSet) -> BiasCorrector | None:
+        """The build's bias correction on ``samples`` (None: off), one per sample set, so that its FP32
+        input means are streamed once for range select's candidates, the search's rounds and the build.
+        Learned rounding is not applied to the plans these decisions measure (minutes per plan): it comes
+        after them, on the chosen plan only."""
+        if not boosters.bias_correction:
+            return None
+        key = (id(source), samples.source, len(samples))
+        if key not in self.correctors:
+            self.correctors[key] = BiasCorrector(source, samples, self.request.calib_batch)
+        return self.correctors[key]
 
     def _quantize(self, source: onnx.ModelProto, profile: TargetProfile, recipe: Recipe,
                   samples: SampleSet, subset: str = "") -> Quantized:
@@ -229,16 +243,6 @@ def _verdict(result: BuildResult, limits: Thresholds, runtime: dict[str, dict[st
 
 def advice_hint(verdict: Verdict, request: BuildRequest) -> str:
     return advice(verdict, request.model_label or str(request.model), request.calib, str(request.out_dir))
-
-
-def _finisher(source: onnx.ModelProto, boosters: BoosterOptions, samples: SampleSet,
-              batch_size: int) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
-    """What the build does to a plan's QDQ model after planning, for the decisions that measure plans
-    (range select, mixed-precision rounds): bias correction. Learned rounding, minutes per plan, is
-    left out (it comes after them, on the chosen plan only)."""
-    if not boosters.bias_correction:
-        return lambda model: model
-    return lambda model: correct_biases(source, model, samples, batch_size)
 
 
 def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, recipe: Recipe,

@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx
 
 from dsqc.calibration.channel_stats import channel_stats
@@ -132,30 +133,47 @@ def apply_boosters(fp32: onnx.ModelProto, samples: SampleSet, options: BoosterOp
     return prepare(out, "boosted model")
 
 
+class BiasCorrector:
+    """Bias correction of QDQ models against one FP32 model and sample set: ``ΔW · E[x]`` with the
+    per-channel input means streamed over the samples through the FP32 model. The means depend on
+    neither plan nor precision, so they are streamed once (for the tensors a call first needs) and serve
+    every QDQ model corrected after: range select's candidates, each mixed-precision round, the build.
+    ``bias_shifts`` holds the last call's ``ΔW · E[x]`` per node whose int32 bias it corrected."""
+
+    def __init__(self, fp32: onnx.ModelProto, samples: SampleSet, batch_size: int = 8) -> None:
+        self.fp32, self.samples, self.batch_size = fp32, samples, batch_size
+        self.reference = Model.from_proto(fp32)
+        weights = {n.name: constant_value(n.inputs[1]) for n in self.reference.graph.nodes
+                   if n.op in COMPUTE and len(n.inputs) > 1}
+        self.float_weights = {k: v for k, v in weights.items() if v is not None}
+        self._means: dict[tuple[str, int], np.ndarray] = {}
+        self.bias_shifts: dict[str, np.ndarray] = {}
+
+    def __call__(self, qdq: onnx.ModelProto) -> onnx.ModelProto:
+        model = Model.from_proto(qdq)
+        produced = self.reference.graph.tensors()
+        wanted: dict[str, tuple[str, int]] = {}
+        learned = set(model.metadata.get(ROUNDED_MARK, "").splitlines())  # AdaRound/GPTQ fitted the mean too
+        for node in model.graph.nodes:
+            if node.name in self.float_weights and node.name not in learned:
+                # a shifted input's own bias fix is in place (quantize.py): correct for E[x], not E[x - m]
+                tensor = unshifted(self.reference.graph, float_input(node).name)
+                if tensor in produced and constant_value(produced[tensor]) is None:
+                    wanted[node.name] = (tensor, data_channel_axis(node))
+        missing = {tensor: axis for tensor, axis in wanted.values() if (tensor, axis) not in self._means}
+        if missing:
+            stats = channel_stats(self.fp32, missing, self.samples, self.batch_size)
+            self._means.update({(t, a): stats[t].mean for t, a in missing.items()})
+        bc = BiasCorrection(self.float_weights, {node: self._means[key] for node, key in wanted.items()})
+        bc(model)
+        self.bias_shifts = dict(bc.bias_shifts)
+        log.info("boosters: bias correction on %d of %d layers", len(bc.corrected), len(wanted))
+        out = model.to_proto()
+        out.ir_version = qdq.ir_version
+        return prepare(out, "bias-corrected model")
+
+
 def correct_biases(fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: SampleSet,
                    batch_size: int = 8) -> onnx.ModelProto:
-    """Bias correction of ``qdq`` against ``fp32`` (the model it was quantized from): ``ΔW · E[x]``
-    with the per-channel input means streamed over ``samples`` through ``fp32``."""
-    reference = Model.from_proto(fp32)
-    weights = {n.name: constant_value(n.inputs[1]) for n in reference.graph.nodes
-               if n.op in COMPUTE and len(n.inputs) > 1}
-    float_weights = {k: v for k, v in weights.items() if v is not None}
-    model = Model.from_proto(qdq)
-    produced = reference.graph.tensors()
-    wanted: dict[str, tuple[str, int]] = {}
-    learned = set(model.metadata.get(ROUNDED_MARK, "").splitlines())  # AdaRound/GPTQ fitted the mean too
-    for node in model.graph.nodes:
-        if node.name in float_weights and node.name not in learned:
-            # a shifted input's own bias fix is in place (quantize.py): correct for E[x], not E[x - m]
-            tensor = unshifted(reference.graph, float_input(node).name)
-            if tensor in produced and constant_value(produced[tensor]) is None:
-                wanted[node.name] = (tensor, data_channel_axis(node))
-    axes = {tensor: axis for tensor, axis in wanted.values()}
-    stats = channel_stats(fp32, axes, samples, batch_size)
-    means = {node: stats[tensor].mean for node, (tensor, _) in wanted.items()}
-    bc = BiasCorrection(float_weights, means)
-    bc(model)
-    log.info("boosters: bias correction on %d of %d layers", len(bc.corrected), len(wanted))
-    out = model.to_proto()
-    out.ir_version = qdq.ir_version
-    return prepare(out, "bias-corrected model")
+    """Bias correction of ``qdq`` against ``fp32`` (the model it was quantized from), once."""
+    return BiasCorrector(fp32, samples, batch_size)(qdq)

@@ -118,6 +118,23 @@ def test_missed_budget_keeps_the_best_plan_and_exits_2(cnn: tuple[Path, Path], t
     assert mp["size"]["fraction"] <= 0.3
 
 
+def test_budget_met_only_in_float_exits_2(cnn: tuple[Path, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """No int8 plan reaches 200 dB: the search ends with every node float, which "meets" the budget
+    while quantizing nothing. That is not what an int8 build was asked for: exit 2, plan still written."""
+    model, data = cnn
+    out = tmp_path / "all_float"
+    code = main(["build", str(model), "-t", "onnx", "-o", str(out), "--calib", str(data), "--no-latency",
+                 "--accuracy-budget", "sqnr:200"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "only by keeping every node float" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["mixed_precision"]["accuracy"]["met"] and report["failed"]
+    assert not report["plan"]["tensors"]
+    assert (out / "plan.recipe.toml").is_file()
+
+
 def test_size_budget_uses_int4_weights_and_embedding_tables(tmp_path: Path) -> None:
     model, data = save_embedding(tmp_path)
     out = tmp_path / "small"
