@@ -44,7 +44,7 @@ def test_demo_tail_is_what_the_demo_prints(tmp_path: Path, monkeypatch: pytest.M
     """``make demo``'s command, with the latency guard deciding as it does on this project's machine
     (int8 Conv slower than FP32) and its CPU (VNNI): the README's block is the output, timings aside."""
     def guard_clock(protos: list[onnx.ModelProto], feeds: object) -> list[Timing]:
-        times = [1.02 if _int8_conv(p) else 0.95 for p in protos[1:]]
+        times = [1.05 if _int8_conv(p) else 0.92 for p in protos[1:]]  # the README's run
         return [Timing(1.0, 1.0)] + [Timing(t, t) for t in times]
 
     monkeypatch.setattr(dsqc.quant.latency_guard, "compare_latency", guard_clock)

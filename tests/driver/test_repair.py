@@ -54,6 +54,12 @@ def test_a_plan_is_kept_only_if_it_quantizes_improves_and_beats_fp32_speed() -> 
     assert refuse_reason(sqnr, 7.9, 16.0, 0, 0.9) == "with no tensor left in int8 (an FP32 model)"
     assert refuse_reason(sqnr, 7.9, 7.5, 120, 0.7) == "no better than plain int8's 7.9 dB"
     assert "1.40× FP32's latency, slower than FP32" in (refuse_reason(sqnr, 7.9, 14.8, 120, 1.4) or "")
+    refused = refuse_reason(sqnr, 7.9, 14.8, 120, 1.4, 0.99) or ""
+    assert "slower than FP32 and than plain int8's 0.99×" in refused
+    # where plain int8 runs no faster than FP32 either, a mixed plan as fast as it is kept
+    assert refuse_reason(sqnr, 7.9, 16.0, 120, 1.09, 1.10) is None
+    assert refuse_reason(sqnr, 7.9, 16.0, 120, 1.12, 1.10) is None  # within 5 % of plain int8
+    assert "and than plain int8's 1.10×" in (refuse_reason(sqnr, 7.9, 16.0, 120, 1.3, 1.10) or "")
     drop = Budget("drop", 0.01)
     assert refuse_reason(drop, 0.05, 0.02, 10, None) is None and refuse_reason(drop, 0.05, 0.06, 10, None)
 
