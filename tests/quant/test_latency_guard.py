@@ -56,30 +56,29 @@ def test_guard_leaves_a_fast_plan_alone(monkeypatch: pytest.MonkeyPatch) -> None
     assert result.quantized is base and result.kept_fp32_ops == []
 
 
+def _conv_gemm_guard(monkeypatch: pytest.MonkeyPatch,
+                     timings: dict[str, float]) -> tuple[types.SimpleNamespace, guard_module.GuardResult]:
+    """The guard on an all-int8 Conv + Gemm plan whose one-op-float candidates take ``timings``."""
+    _fake_clock(monkeypatch, {"fp32": 1.0, **timings})
+    base = _quantized("all", {"conv": "Conv", "fc": "Gemm"})
+
+    def replan(ops: frozenset[str]) -> types.SimpleNamespace:
+        (op,) = ops
+        return _quantized(f"no-{op}", {"fc": "Gemm"} if op == "Conv" else {"conv": "Conv"})
+
+    result = guard_module.guard_latency("fp32", base, {}, frozenset({"Conv", "Gemm"}),  # type: ignore[arg-type]
+                                        replan)
+    return base, result
+
+
 def test_guard_trades_no_int8_node_for_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     """All-int8 at 1.14× FP32 and keeping Conv float 6 % faster (EfficientNet-B0 on a busy 2-core AVX2
     CPU, where int8 and FP32 convs run alike): noise, not a slow kernel; the int8 plan stays."""
-    _fake_clock(monkeypatch, {"fp32": 1.0, "all": 1.14, "no-Conv": 1.07, "no-Gemm": 1.12})
-    base = _quantized("all", {"conv": "Conv", "fc": "Gemm"})
-
-    def replan(ops: frozenset[str]) -> types.SimpleNamespace:
-        (op,) = ops
-        return _quantized(f"no-{op}", {"fc": "Gemm"} if op == "Conv" else {"conv": "Conv"})
-
-    result = guard_module.guard_latency("fp32", base, {}, frozenset({"Conv", "Gemm"}),  # type: ignore[arg-type]
-                                        replan)
+    base, result = _conv_gemm_guard(monkeypatch, {"all": 1.14, "no-Conv": 1.07, "no-Gemm": 1.12})
     assert result.quantized is base and result.kept_fp32_ops == []
-    assert result.trials["Conv fp32"] == pytest.approx(1.07 / 1.0)
+    assert result.trials["Conv fp32"] == pytest.approx(1.07)
 
 
 def test_guard_takes_the_fastest_when_nothing_beats_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_clock(monkeypatch, {"fp32": 1.0, "all": 1.3, "no-Conv": 1.05, "no-Gemm": 1.25})
-    base = _quantized("all", {"conv": "Conv", "fc": "Gemm"})
-
-    def replan(ops: frozenset[str]) -> types.SimpleNamespace:
-        (op,) = ops
-        return _quantized(f"no-{op}", {"fc": "Gemm"} if op == "Conv" else {"conv": "Conv"})
-
-    result = guard_module.guard_latency("fp32", base, {}, frozenset({"Conv", "Gemm"}),  # type: ignore[arg-type]
-                                        replan)
+    _, result = _conv_gemm_guard(monkeypatch, {"all": 1.3, "no-Conv": 1.05, "no-Gemm": 1.25})
     assert result.quantized.model == "no-Conv" and result.kept_fp32_ops == ["Conv"]
