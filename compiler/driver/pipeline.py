@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from dsqc.autoprec.mixed_precision import check_request
+from dsqc.autoprec.mixed_precision import check_request, parse_accuracy_budget
 from dsqc.backends.registry import LoweringJob, get_backend
 from dsqc.calibration.data import model_inputs
 from dsqc.driver.build_data import model_name
@@ -161,6 +161,9 @@ def _start(request: BuildRequest, shared: SharedStages) -> BuildRun:
     check_bundle_target(request.out_dir)  # a non-empty folder no build made: refused before any work
     recipe = load_recipe(request.recipe)
     limits = Thresholds.from_table(recipe.verdict, recipe.source)
+    if request.accuracy_budget:  # the user's own ok line
+        budget = parse_accuracy_budget(request.accuracy_budget)
+        limits = limits.with_budget(budget.kind, budget.value, recipe.verdict.keys())
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):

@@ -20,6 +20,7 @@ Default thresholds, against the project's own benchmark (tools/bench/RESULTS.md,
 - **unquantized** — an int8 build whose plan quantized no tensor: the artifact is the FP32 model and
   its "perfect" SQNR (inf) is no success.
 
+An explicit ``--accuracy-budget`` is the degraded limit of its kind (``Thresholds.with_budget``).
 Override any limit in the recipe::
 
     [verdict]
@@ -30,8 +31,8 @@ Override any limit in the recipe::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from dsqc.errors import RecipeError
@@ -67,6 +68,17 @@ class Thresholds:
         if limits.collapsed_drop < limits.degraded_drop:
             raise RecipeError(f"{label}: verdict.collapsed_drop must not be below verdict.degraded_drop")
         return limits
+
+    def with_budget(self, kind: str, value: float, recipe_keys: Collection[str]) -> Thresholds:
+        """An explicit ``--accuracy-budget`` (``sqnr``/``cosine``/``drop``) is the user's own ok line: it
+        replaces the degraded limit of its kind, unless the recipe's ``[verdict]`` sets that limit. A
+        detector built to ``drop:0.05`` box agreement that meets it is not degraded by the default 0.01."""
+        field = {"sqnr": "sqnr_db", "cosine": "cosine", "drop": "drop"}[kind]
+        if f"degraded_{field}" in recipe_keys:
+            return self
+        collapsed = getattr(self, f"collapsed_{field}")
+        collapsed = max(collapsed, value) if kind == "drop" else min(collapsed, value)
+        return replace(self, **{f"degraded_{field}": value, f"collapsed_{field}": collapsed})
 
     def describe(self) -> str:
         return (f"degraded below {self.degraded_sqnr_db:g} dB SQNR or {self.degraded_cosine:g} cosine or "

@@ -45,6 +45,20 @@ def test_nothing_quantized_is_never_success() -> None:
     assert "quantized 0 tensors" in verdict.reasons[0]
 
 
+def test_an_explicit_budget_is_the_ok_line_of_its_kind() -> None:
+    """``--accuracy-budget drop:0.05`` met is not ``degraded`` by the default 0.01 drop; a recipe's own
+    ``[verdict]`` limit still wins; the collapsed limit moves with a budget past it."""
+    task = {"fp32": 1.0, "quantized": 0.96, "drop": 0.04, "metric": "box-agreement"}
+    assert judge({"y": _out(40.0, 0.9999)}, task, 1, Thresholds()).level == "degraded"
+    limits = Thresholds().with_budget("drop", 0.05, ())
+    assert judge({"y": _out(40.0, 0.9999)}, task, 1, limits).level == "ok"
+    assert Thresholds().with_budget("drop", 0.05, {"degraded_drop"}) == Thresholds()
+    assert Thresholds().with_budget("drop", 0.2, ()).collapsed_drop == 0.2
+    sqnr = Thresholds().with_budget("sqnr", 30.0, ())
+    assert judge({"y": _out(25.0, 0.999)}, None, 1, sqnr).level == "degraded"
+    assert Thresholds().with_budget("sqnr", 4.0, ()).collapsed_sqnr_db == 4.0
+
+
 def test_thresholds_from_recipe_table() -> None:
     recipe = parse_recipe({"verdict": {"degraded_sqnr_db": 30, "collapsed_cosine": 0.5}}, "r.toml")
     limits = Thresholds.from_table(recipe.verdict, "r.toml")

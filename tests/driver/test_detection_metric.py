@@ -166,7 +166,10 @@ def test_drop_budget_is_judged_on_box_agreement(tmp_path: Path, capsys: pytest.C
     assert accuracy["achieved"] == pytest.approx(task["drop"]) and task["drop"] <= 0.05
     assert task["metric"] == "box-agreement" and task["quantized"] >= 0.95
     assert report["plan"]["nodes"]["box_head"]["precision"] == "int8"
-    assert "accuracy drop:0.05 (box-agreement) →" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "accuracy drop:0.05 (box-agreement) →" in out
+    assert "a task drop above 0.05" in out, "the budget is the verdict's drop limit"
+    assert report["verdict"]["level"] == "ok", report["verdict"]
 
 
 def test_bad_metric_names_and_outputs_fail_in_one_line(tmp_path: Path,
