@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper
@@ -345,21 +344,6 @@ class BoundSamples:
 
 def workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
-
-
-def stored_integers(name: str, producers: Mapping[str, onnx.NodeProto], inits: Mapping[str, onnx.TensorProto]
-                    ) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """The integers and scale behind ``name`` when a DequantizeLinear of a stored constant makes it."""
-    dq = producers.get(name)
-    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-        return None
-    scale = onnx.numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
-    return onnx.numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64), scale
-
-
-def same_scale(scale: np.ndarray | None, spec: QuantSpec) -> bool:
-    return scale is not None and scale.size == spec.scale.size and bool(np.allclose(scale.ravel(),
-                                                                                     spec.scale.ravel()))
 
 
 def _fake_quant(value: np.ndarray, spec: QuantSpec) -> np.ndarray:

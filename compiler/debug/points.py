@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from dsqc.autoprec.plan_space import PlanSpace, Setting, setting_for
-from dsqc.autoprec.switch_model import SwitchModel, same_scale, stored_integers
+from dsqc.autoprec.switch_model import SwitchModel
 from dsqc.driver.build_folder import BuildFolderError
 from dsqc.metrics import sqnr_db
 from dsqc.quant.profile import TargetProfile
@@ -224,9 +224,9 @@ def _stored(names: list[str], producers: Mapping[str, onnx.NodeProto],
             inits: Mapping[str, onnx.TensorProto], spec: QuantSpec) -> np.ndarray | None:
     """The float value a reader sees: ``DQ(stored integers)`` or a folded float initializer."""
     for name in names:
-        found = stored_integers(name, producers, inits)
+        found = _stored_integers(name, producers, inits)
         if found is not None:
-            if not same_scale(found[1], spec):
+            if not _same_scale(found[1], spec):
                 raise BuildFolderError(f"the QDQ model's scale of '{producers[name].input[0]}' differs from "
                                        "report.json's plan: the folder's files do not belong together; "
                                        "rebuild it")
@@ -234,3 +234,18 @@ def _stored(names: list[str], producers: Mapping[str, onnx.NodeProto],
         if name in inits and inits[name].data_type in _FLOAT_TYPES:
             return numpy_helper.to_array(inits[name]).astype(np.float32)
     return None
+
+
+def _stored_integers(name: str, producers: Mapping[str, onnx.NodeProto], inits: Mapping[str, onnx.TensorProto]
+                     ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The integers and scale behind ``name`` when a DequantizeLinear of a stored constant makes it."""
+    dq = producers.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+        return None
+    scale = numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
+    return numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64), scale
+
+
+def _same_scale(scale: np.ndarray | None, spec: QuantSpec) -> bool:
+    return scale is not None and scale.size == spec.scale.size and \
+        bool(np.allclose(scale.ravel(), spec.scale.ravel()))

@@ -16,7 +16,8 @@ on every real-weight case (NudeNet's box pixels hide its class scores); scored p
 scores measure 1.3 dB with min/max and 5.7 dB with percentile on the unseen calibration samples, so it
 takes percentile (held out: class scores -3.1 → 9.2 dB, mAP@0.5 vs FP32 0.41 → 0.72). Its two trial
 calibrations cost about half a build, more with bias correction (``--no-latency``, 2 cores: ResNet-18
-graph 7.4 → 10.9 s, NudeNet 7.0 → 11.4 s; EfficientNet-B0 graph 31 → 43 s with both bias-corrected).
+graph 7.4 → 10.9 s, NudeNet 7.0 → 11.4 s; EfficientNet-B0 graph 31 → 43 s with both bias-corrected,
+measured before the two candidates shared one ``BiasCorrector``'s FP32 input means).
 
 The choice is cross-fitted on calibration data only (never the held-out samples verification reports
 on): both candidates calibrate on all but the last ``MEASURE_SAMPLES`` calibration samples and are
