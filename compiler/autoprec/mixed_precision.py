@@ -22,7 +22,7 @@ from dsqc.autoprec.plan_space import PlanSpace, build_space, weight_bytes
 from dsqc.autoprec.precision_search import Budget, Search, search
 from dsqc.autoprec.sensitivity import Sensitivity, analyze_space
 from dsqc.autoprec.sensitivity_report import JSON_NAME, PLOT_NAME, write_json, write_plot
-from dsqc.autoprec.switch_model import SwitchModel
+from dsqc.autoprec.switch_model import SwitchModel, even_batches
 from dsqc.calibration.data import SampleSet
 from dsqc.driver.build_types import BuildRequest, rebuild_command
 from dsqc.errors import RecipeError
@@ -240,7 +240,7 @@ def choose_precisions(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Rec
 
 
 def _evaluator(switch: SwitchModel, held_out: SampleSet, budget: Budget, metric_spec: str | None) -> Any:
-    bound = switch.bind(list(held_out.batches(32)), segmented=False)
+    bound = switch.bind(even_batches(held_out), segmented=False)
     metric = load_task_metric(metric_spec) if budget.kind == "drop" else None
     fp32_task = metric.fp32(bound.reference, held_out.labels) if metric else 0.0
     parts = judged_parts(bound.reference)  # each output and each scale group of its channels

@@ -232,15 +232,10 @@ def _accumulate(switch: SwitchModel, points: list[QuantPoint], batches: list[Fee
     """One session exposing every quantized activation, run with all switches off and all on.
 
     Returns tensor → (local SQNR, accumulated SQNR) and the model outputs of both runs."""
-    q_input = {n.name: n.input[0] for n in switch.proto.graph.node if n.op_type == "QuantizeLinear"}
-    pairs = {p.tensor: (q_input[f"{p.tensor}@Q"], f"{p.tensor}@dq") for p in points if p.kind == "activation"}
-    inputs = {i.name for i in switch.proto.graph.input}
+    proto, pairs = switch.exposing(p.tensor for p in points if p.kind == "activation")
+    inputs = {i.name for i in proto.graph.input}
     exposed = (n for pair in pairs.values() for n in pair if n not in inputs)
     names = list(dict.fromkeys([*switch.outputs, *exposed]))
-    proto = onnx.ModelProto()
-    proto.CopyFrom(switch.proto)
-    known = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
     sess = session(proto, optimize=False)
     off_feeds, on_feeds = switch.feeds_for(QuantPlan())[0], switch.feeds_for(plan)[0]
     sums = {t: np.zeros(3) for t in pairs}

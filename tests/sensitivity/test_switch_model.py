@@ -96,3 +96,16 @@ def test_restrict_alone_misses_what_float_neighbours_change() -> None:
     restricted, planned = both({"silu0", "cat"})
     assert restricted.precision_of("split") is Precision.INT8
     assert planned.precision_of("split") is Precision.FP32
+
+
+@pytest.mark.parametrize(("samples", "cores", "sizes"), [
+    (96, 2, [24] * 4), (64, 2, [32, 32]), (16, 2, [8, 8]), (16, 4, [4] * 4), (3, 4, [1, 1, 1]),
+    (100, 4, [25] * 4), (130, 4, [17] * 7 + [11]), (1, 2, [1])])
+def test_held_out_samples_split_into_batches_every_core_can_take(
+        samples: int, cores: int, sizes: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsqc.autoprec import switch_model
+    monkeypatch.setattr(switch_model, "workers", lambda: cores)
+    data = SampleSet({"x": np.arange(samples, dtype=np.float32).reshape(samples, 1)}, "test")
+    batches = switch_model.even_batches(data)
+    assert [len(b["x"]) for b in batches] == sizes
+    assert np.concatenate([b["x"] for b in batches]).ravel().tolist() == list(range(samples))
