@@ -134,3 +134,37 @@ def test_tflite_refusal_times_litert() -> None:
     assert get_backend("tflite").latency_ratio(timed) == 0.5
     assert get_backend("tflite").latency_ratio(Lowered(job)) is None  # --no-latency
     assert get_backend("onnx").latency_ratio(timed) is None  # timed by verification in ORT
+
+
+def test_repair_times_both_builds_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each build's verification timed it apart: plain int8 0.89× FP32, the mixed plan 1.01× (the
+    EfficientNet-B0 student on a busy CPU), which alone would refuse the plan. Timed again in the same
+    rounds the two run alike, and the repair keeps the plan; the report gives the paired ratios."""
+    import dsqc.driver.repair
+    import dsqc.quant.latency_guard
+    import dsqc.verify
+    from dsqc.verify import Timing
+
+    apart = iter([0.89, 1.01])
+    paired: list[int] = []
+
+    def verification_clock(protos: list[onnx.ModelProto], feeds: object) -> list[Timing]:
+        ratio = next(apart)
+        return [Timing(1.0, 1.0), Timing(ratio, ratio)]
+
+    def side_by_side(protos: list[onnx.ModelProto], feeds: object) -> list[Timing]:
+        paired.append(len(protos))
+        return [Timing(1.0, 1.0), Timing(0.90, 0.90), Timing(0.92, 0.92)]
+
+    monkeypatch.setattr(dsqc.quant.latency_guard, "compare_latency",
+                        lambda protos, feeds: [Timing(1.0, 1.0)] + [Timing(0.9, 0.9)] * (len(protos) - 1))
+    monkeypatch.setattr(dsqc.verify, "compare_latency", verification_clock)
+    monkeypatch.setattr(dsqc.driver.repair, "compare_latency", side_by_side)
+    model, calib = detector_like_model(tmp_path / "det.onnx"), _calib(tmp_path / "calib.npz")
+    assert main(["build", str(model), "--target", "onnx", "--calib", str(calib),
+                 "-o", str(tmp_path / "out")]) == 0
+    repair = json.loads((tmp_path / "out" / "report.json").read_text())["metrics"]["repair"]
+    assert paired == [3] and repair["kept"] == "mixed"
+    assert repair["int8"]["latency_ratio"] == pytest.approx(0.90)
+    assert repair["mixed"]["latency_ratio"] == pytest.approx(0.92)
+    assert refuse_reason(Budget("sqnr", 15.0), 5.0, 16.0, 10, 1.01, 0.89) is not None  # apart: refused
