@@ -83,6 +83,17 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name ``node`` reads: its inputs and the inputs of the nodes of its subgraphs (an
+    ``If``'s branches, a ``Loop`` body), which include what they take from the enclosing graph."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in sub.node:
+                names |= node_reads(inner)
+    return names
+
+
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     """The node writing ``tensor``, or ``None`` for graph inputs and constants."""
     return tensor.inputs[0] if tensor.inputs else None

@@ -18,6 +18,7 @@ from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.calibration.ort_session import BatchRunner, first_line
 from dsqc.detection import box_agreement_metric
 from dsqc.errors import DsqcError, GateError
+from dsqc.ir import node_reads
 from dsqc.metrics import cosine, group_metrics, output_metrics, top1_agreement
 
 log = logging.getLogger(__name__)
@@ -347,18 +348,9 @@ def _downstream(graph: onnx.GraphProto, name: str) -> set[str]:
     its outputs); nodes are in topological order, as ONNX requires."""
     reached = {name}
     for node in graph.node:
-        if reached.intersection(_reads(node)):
+        if reached.intersection(node_reads(node)):
             reached.update(o for o in node.output if o)
     return reached
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    names = {i for i in node.input if i}
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-            for inner in sub.node:
-                names |= _reads(inner)
-    return names
 
 
 def _contradicts(dims: tuple[int | None, ...], mask_dims: tuple[int | None, ...]) -> bool:

@@ -36,7 +36,7 @@ from onnx import helper
 
 from dsqc.autoprec.plan_space import PlanSpace
 from dsqc.calibration.data import SampleSet
-from dsqc.ir import Model, is_graph_output
+from dsqc.ir import Model, is_graph_output, node_reads
 from dsqc.passes.bias_correction import corrected_integers
 from dsqc.quant.qparams import dequantize, quantize
 from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
@@ -298,14 +298,14 @@ class SwitchModel:
         nodes = self.proto.graph.node
         produced_before = {o for n in nodes[:start] for o in n.output}
         feeds = {i.name for i in self.proto.graph.input}
-        read = [i for n in nodes[start:] for i in _reads(n)]
+        read = {i for n in nodes[start:] for i in node_reads(n)}
         return sorted({i for i in read if i in produced_before and i not in feeds})
 
     def _suffix(self, start: int) -> onnx.ModelProto:
         src = self.proto.graph
         nodes = list(src.node[start:])
         produced = {o for n in nodes for o in n.output}
-        read = {i for n in nodes for i in _reads(n)}
+        read = {i for n in nodes for i in node_reads(n)}
         inits = [t for t in src.initializer if t.name in read]
         init_names = {t.name for t in inits}
         inputs = [vi for vi in src.input if vi.name in read]
@@ -393,18 +393,6 @@ def _corrected_bias(value: np.ndarray, spec: QuantSpec, shift: np.ndarray) -> np
     scale = spec.scale.astype(np.float32).astype(np.float64)
     old = (stored - spec.zero_point.astype(np.int64)).astype(np.float64) * scale
     return dequantize(corrected_integers(old, scale, shift).reshape(stored.shape), spec)
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The tensors ``node`` reads: its inputs and what its subgraphs (an ``If``'s branches) take from
-    the enclosing graph."""
-    names = [i for i in node.input if i]
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            inner = attr.g
-            made = {o for n in inner.node for o in n.output} | {t.name for t in inner.initializer}
-            names += [i for n in inner.node for i in _reads(n) if i not in made]
-    return names
 
 
 def _only(sess: Any, feeds: Mapping[str, np.ndarray]) -> Feeds:
