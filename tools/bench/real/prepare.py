@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bn-batch-size", type=int, default=8)
     parser.add_argument("--distill-steps", type=int, default=400,
                         help="the *_kd cases: steps of distillation from EfficientNet-Lite0")
+    parser.add_argument("--settle-steps", type=int, default=200,
+                        help="the *_kd cases: steps of distillation in eval mode after the BatchNorm "
+                             "statistics (the exported graph's mode; 0: none, before session 16)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1: faster on a busy machine)")
     parser.add_argument("--n-calib", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=512,
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.bn_batches,
                 args.bn_batch_size,
                 distill_steps=args.distill_steps if kind == "kd" else 0,
+                settle_steps=args.settle_steps if kind == "kd" else 0,
                 pydeps=pydeps,
             )
         log.info("%s prepared in %.0f s", name, time.perf_counter() - start)
