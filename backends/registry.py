@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -240,6 +241,11 @@ class Backend(ABC):
     def latency_ratio(self, lowered: Lowered) -> float | None:
         """The int8 artifact's time over its float twin's, where lowering timed both in the target's own
         runtime (``None``: not timed there; ``onnx`` is timed in ORT by verification instead)."""
+        return None
+
+    def latency_ratios_side_by_side(self, lowereds: Sequence[Lowered]) -> list[float] | None:
+        """Each lowered build's int8 time over the same float twin's, all timed in one interleaved run of the
+        target's own runtime, so that builds timed apart do not differ by noise (``None``: not timed)."""
         return None
 
     def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:

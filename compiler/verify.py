@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import statistics
@@ -141,32 +142,41 @@ class Timing:
 
 
 def compare_latency(protos: Sequence[onnx.ModelProto], feeds: Feeds, rounds: int = 6, runs: int = 8,
-                    warmup: int = 3, budget_s: float = 6.0, round_s: float = 0.02) -> list[Timing]:
-    """Time ``protos`` side by side: every round runs each model ``runs`` times (more for fast models,
-    so that a round lasts ``round_s``: a 0.06 ms MNIST run needs hundreds of samples for a stable
-    median), in alternating order.
-
-    Sessions run with one intra-op thread, so ORT computes on the calling thread and its CPU time
-    (``time.thread_time``) does not count time lost to other processes; interleaving spreads any
-    remaining drift (frequency, cache) evenly. At least two rounds run, more while within ``budget_s``.
-    """
+                    budget_s: float = 6.0) -> list[Timing]:
+    """Time ``protos`` side by side in ORT (:func:`interleaved_timings`). Sessions run with one intra-op
+    thread, so ORT computes on the calling thread and its CPU time does not count time lost to other
+    processes."""
     sessions = [session(p, threads=1) for p in protos]
-    for sess in sessions:
+    return interleaved_timings([functools.partial(s.run, None, feeds) for s in sessions], rounds, runs,
+                               budget_s=budget_s)
+
+
+def interleaved_timings(runners: Sequence[Callable[[], object]], rounds: int = 6, runs: int = 8,
+                        warmup: int = 3, budget_s: float = 6.0, round_s: float = 0.02) -> list[Timing]:
+    """Time single-threaded inference calls side by side: every round calls each runner ``runs`` times
+    (more for fast models, so that a round lasts ``round_s``: a 0.06 ms MNIST run needs hundreds of
+    samples for a stable median), in alternating order.
+
+    The calling thread's CPU time (``time.thread_time``) does not count time lost to other processes;
+    interleaving spreads any remaining drift (frequency, cache) evenly. At least two rounds run, more
+    while within ``budget_s``.
+    """
+    for run in runners:
         for _ in range(warmup):
-            sess.run(None, feeds)
+            run()
     start = time.perf_counter()
-    sessions[0].run(None, feeds)
+    runners[0]()
     once = max(time.perf_counter() - start, 1e-6)
     runs = max(runs, min(1000, int(round_s / once)))
-    wall: list[list[float]] = [[] for _ in sessions]
-    cpu: list[list[float]] = [[] for _ in sessions]
+    wall: list[list[float]] = [[] for _ in runners]
+    cpu: list[list[float]] = [[] for _ in runners]
     deadline = time.perf_counter() + budget_s
     for r in range(rounds):
-        order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
+        order = range(len(runners)) if r % 2 == 0 else reversed(range(len(runners)))
         for i in order:
             for _ in range(runs):
                 w0, c0 = time.perf_counter(), time.thread_time()
-                sessions[i].run(None, feeds)
+                runners[i]()
                 cpu[i].append((time.thread_time() - c0) * 1e3)
                 wall[i].append((time.perf_counter() - w0) * 1e3)
         if r >= 1 and time.perf_counter() > deadline:

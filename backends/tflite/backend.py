@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,11 +117,22 @@ def _describe(built: Built, path: Path, plan: Any = None) -> dict[str, Any]:
             "float_nodes": floats, "requantized": s.requantize, "notes": s.notes}
 
 
+@dataclass(frozen=True)
+class TimedFiles:
+    """What LiteRT timed: the int8 file against the float32 file of the same graph, on one sample."""
+
+    int8: bytes
+    float32: bytes
+    sample: list[np.ndarray]
+    nhwc_in: bool
+
+
 @dataclass
 class TfliteLowered(Lowered):
-    """The flatbuffers to write, in order (file name, bytes)."""
+    """The flatbuffers to write, in order (file name, bytes), and what was timed (``None``: not timed)."""
 
     files: list[tuple[Path, bytes]] = field(default_factory=list)
+    timed: TimedFiles | None = None
 
 
 @register
@@ -176,6 +188,7 @@ class TfliteBackend(Backend):
             first = latency_sample(job.fp32, job.eval_feeds[0])
             sample = [first[n] for n in names]
             metrics["latency_ms"] = verify.latency(int8.blob, fp32.blob, sample, nhwc_in)
+            lowered.timed = TimedFiles(int8.blob, fp32.blob, sample, nhwc_in)
         notes = [f"tflite: {len(int8.stats.float_nodes)} node(s) run in float: "
                  f"{', '.join(int8.stats.float_nodes[:5])}"] if int8.stats.float_nodes else []
         if int8.stats.interior_transposes:
@@ -200,6 +213,17 @@ class TfliteBackend(Backend):
         """LiteRT's int8 ``.tflite`` time over its float32 twin's (1 thread, XNNPACK), when timed."""
         timed = (lowered.metrics.get(self.name) or {}).get("latency_ms")
         return float(timed["int8"]) / max(float(timed["float32"]), 1e-9) if timed else None
+
+    def latency_ratios_side_by_side(self, lowereds: Sequence[Lowered]) -> list[float] | None:
+        """Each build's int8 ``.tflite`` CPU time over the first build's float32 file, all timed in one
+        interleaved LiteRT run (1 thread, XNNPACK)."""
+        timed = [lw.timed for lw in lowereds if isinstance(lw, TfliteLowered) and lw.timed is not None]
+        if not timed or len(timed) != len(lowereds):
+            return None
+        first = timed[0]
+        cpu = [t.cpu_ms for t in runtime.compare_latency([first.float32, *(t.int8 for t in timed)],
+                                                          first.sample, first.nhwc_in)]
+        return [ms / max(cpu[0], 1e-9) for ms in cpu[1:]]
 
     def float_nodes(self, result: BuildResult) -> dict[str, str]:
         lowered = ((result.metrics.get(self.name) or {}).get("int8") or {}).get("float_nodes") or []

@@ -15,10 +15,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from dsqc.verify import Timing, interleaved_timings
 
 Feeds = dict[str, np.ndarray]
 log = logging.getLogger(__name__)
@@ -135,3 +137,15 @@ def latency_ms(blob: bytes, sample: list[np.ndarray], nhwc_in: bool = False, war
         cpu.append((time.thread_time() - start_cpu) * 1e3)
         wall.append((time.perf_counter() - start) * 1e3)
     return float(statistics.median(wall)), float(statistics.median(cpu))
+
+
+def compare_latency(blobs: Sequence[bytes], sample: list[np.ndarray], nhwc_in: bool = False) -> list[Timing]:
+    """Time ``blobs`` side by side, one thread each (XNNPACK runs on the caller): interleaved rounds of
+    every interpreter, built and fed outside the timing (``dsqc.verify.interleaved_timings``)."""
+    runners = []
+    for blob in blobs:
+        it = interpreter(blob)
+        for detail, x in zip(it.get_input_details(), sample, strict=True):
+            it.set_tensor(detail["index"], _to_input(detail, x, nhwc_in))
+        runners.append(it.invoke)
+    return interleaved_timings(runners)

@@ -111,15 +111,18 @@ def _value(budget: Budget, value: float) -> str:
 
 def _latency_ratios(int8: tuple[BuildRun, Lowered],
                     mixed: tuple[BuildRun, Lowered]) -> tuple[float | None, float | None]:
-    """Plain int8's and the mixed plan's time over FP32's. Where verification timed both in ORT (``onnx``)
-    the three models are timed again side by side (``compare_latency``: interleaved rounds, CPU time), as
-    builds timed apart moved by ±10 % on a busy 2-core CPU (EfficientNet-B0 student: the mixed plan read
-    1.01× FP32 against plain int8's 0.89× and was refused by that noise); elsewhere each build's own ratio
-    (``tflite``: LiteRT against the float32 ``.tflite``)."""
+    """Plain int8's and the mixed plan's time over FP32's, the three timed again side by side (interleaved
+    rounds, CPU time), as builds timed apart moved by ±10 % on a busy 2-core CPU (EfficientNet-B0 student:
+    the mixed plan read 1.01× FP32 against plain int8's 0.89× and was refused by that noise): in ORT where
+    verification timed both there (``onnx``), else in the target's runtime (``tflite``: LiteRT, both int8
+    files against the float32 ``.tflite``); each build's own ratio where neither timed them."""
     (run, lowered), (second, second_lowered) = int8, mixed
     assert run.verification is not None and second.verification is not None
     timed = run.verification.latency_ms is not None and second.verification.latency_ms is not None
     if not timed or not run.job.eval_feeds:
+        paired = run.backend.latency_ratios_side_by_side([lowered, second_lowered])
+        if paired is not None:
+            return paired[0], paired[1]
         return _latency_ratio(run, lowered), _latency_ratio(second, second_lowered)
     sample = latency_sample(run.reference, run.job.eval_feeds[0])
     models = [run.reference, run.backend.verified_model(lowered),

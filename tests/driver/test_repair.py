@@ -168,3 +168,39 @@ def test_repair_times_both_builds_side_by_side(tmp_path: Path, monkeypatch: pyte
     assert repair["int8"]["latency_ratio"] == pytest.approx(0.90)
     assert repair["mixed"]["latency_ratio"] == pytest.approx(0.92)
     assert refuse_reason(Budget("sqnr", 15.0), 5.0, 16.0, 10, 1.01, 0.89) is not None  # apart: refused
+
+
+def test_tflite_repair_times_both_files_side_by_side_in_litert(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tflite``: each lowering timed its int8 file against the float32 file apart (0.89×, then 1.01×,
+    which alone would refuse the plan); repair times the float32 file and both int8 files again in one
+    interleaved LiteRT run and judges those ratios."""
+    import dsqc.backends.tflite.backend as tflite_backend
+    import dsqc.backends.tflite.runtime as tflite_runtime
+    import dsqc.quant.latency_guard
+    from dsqc.verify import Timing
+
+    apart = iter([0.89, 1.01])
+    paired: list[int] = []
+
+    def lowering_clock(int8: bytes, fp32: bytes, sample: object, nhwc_in: bool = False) -> dict[str, float]:
+        ratio = next(apart)
+        return {"int8": ratio, "float32": 1.0, "speedup": 1 / ratio, "int8_cpu": ratio, "float32_cpu": 1.0,
+                "speedup_cpu": 1 / ratio, "threads": 1, "runs": 40}
+
+    def side_by_side(blobs: list[bytes], sample: object, nhwc_in: bool = False) -> list[Timing]:
+        paired.append(len(blobs))
+        assert blobs[1] != blobs[2]  # plain int8's file, then the mixed plan's
+        return [Timing(1.0, 1.0), Timing(0.90, 0.90), Timing(0.92, 0.92)]
+
+    monkeypatch.setattr(dsqc.quant.latency_guard, "compare_latency",
+                        lambda protos, feeds: [Timing(1.0, 1.0)] + [Timing(0.9, 0.9)] * (len(protos) - 1))
+    monkeypatch.setattr(tflite_backend.verify, "latency", lowering_clock)
+    monkeypatch.setattr(tflite_runtime, "compare_latency", side_by_side)
+    model, calib = detector_like_model(tmp_path / "det.onnx"), _calib(tmp_path / "calib.npz")
+    assert main(["build", str(model), "--target", "tflite", "--calib", str(calib),
+                 "-o", str(tmp_path / "out")]) == 0
+    repair = json.loads((tmp_path / "out" / "report.json").read_text())["metrics"]["repair"]
+    assert paired == [3] and repair["kept"] == "mixed"
+    assert repair["int8"]["latency_ratio"] == pytest.approx(0.90)
+    assert repair["mixed"]["latency_ratio"] == pytest.approx(0.92)
