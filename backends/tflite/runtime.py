@@ -96,6 +96,14 @@ def samples(batches: list[Feeds], names: list[str], batch: int = 1) -> list[list
     return out
 
 
+def fed(blob: bytes, sample: list[np.ndarray], nhwc_in: bool = False, threads: int = 1) -> Any:
+    """An allocated interpreter (:func:`interpreter`) with ``sample`` set as its inputs, ready to invoke."""
+    it = interpreter(blob, threads)
+    for detail, x in zip(it.get_input_details(), sample, strict=True):
+        it.set_tensor(detail["index"], _to_input(detail, x, nhwc_in))
+    return it
+
+
 def run(blob: bytes, inputs: list[list[np.ndarray]], nhwc_in: bool = False,
         nhwc_out: bool = False) -> list[np.ndarray]:
     """Run every sample; float results per output, concatenated along the batch axis."""
@@ -113,9 +121,7 @@ def run(blob: bytes, inputs: list[list[np.ndarray]], nhwc_in: bool = False,
 
 def named_outputs(blob: bytes, sample: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Raw output values by tensor name after one run (default delegates: XNNPACK)."""
-    it = interpreter(blob)
-    for detail, x in zip(it.get_input_details(), sample, strict=True):
-        it.set_tensor(detail["index"], _to_input(detail, x, False))
+    it = fed(blob, sample)
     it.invoke()
     return {d["name"]: np.array(it.get_tensor(d["index"])) for d in it.get_output_details()}
 
@@ -125,9 +131,7 @@ def latency_ms(blob: bytes, sample: list[np.ndarray], nhwc_in: bool = False, war
     """Median batch-1 latency: (wall ms, CPU ms of the calling thread). The interpreter is created
     and allocated outside the timing. With one thread XNNPACK runs on the caller, so the CPU time is
     the robust number on a shared machine; the wall time is what a user sees."""
-    it = interpreter(blob, threads)
-    for detail, x in zip(it.get_input_details(), sample, strict=True):
-        it.set_tensor(detail["index"], _to_input(detail, x, nhwc_in))
+    it = fed(blob, sample, nhwc_in, threads)
     for _ in range(warmup):
         it.invoke()
     wall, cpu = [], []
@@ -142,10 +146,4 @@ def latency_ms(blob: bytes, sample: list[np.ndarray], nhwc_in: bool = False, war
 def compare_latency(blobs: Sequence[bytes], sample: list[np.ndarray], nhwc_in: bool = False) -> list[Timing]:
     """Time ``blobs`` side by side, one thread each (XNNPACK runs on the caller): interleaved rounds of
     every interpreter, built and fed outside the timing (``dsqc.verify.interleaved_timings``)."""
-    runners = []
-    for blob in blobs:
-        it = interpreter(blob)
-        for detail, x in zip(it.get_input_details(), sample, strict=True):
-            it.set_tensor(detail["index"], _to_input(detail, x, nhwc_in))
-        runners.append(it.invoke)
-    return interleaved_timings(runners)
+    return interleaved_timings([fed(blob, sample, nhwc_in).invoke for blob in blobs])
