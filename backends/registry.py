@@ -6,6 +6,8 @@ A backend holds all knowledge of its target; the core asks it, never names it:
   ``finish_qdq``, the target's rewrite of the QDQ model).
 - ``lower(job) -> Lowered``: once per build, a pure function of the job (no files): the target's
   model(s) and in-memory checks. ``verified_model(lowered)``: what ORT verifies against FP32.
+  ``runtime_outputs(qdq, options, feeds)``: a plan's QDQ model run in the target's own runtime, where
+  that is not ORT (a mixed-precision search meets its budget there too).
 - ``write(lowered, out) -> BackendOutput``: the artifacts into the staging folder, and checks that
   need them on disk (gcc, engine build).
 - report hooks: ``summary_lines``, ``float_nodes``, ``speed_warnings``, ``verdict_outputs``,
@@ -246,6 +248,14 @@ class Backend(ABC):
     def latency_ratios_side_by_side(self, lowereds: Sequence[Lowered]) -> list[float] | None:
         """Each lowered build's int8 time over the same float twin's, all timed in one interleaved run of the
         target's own runtime, so that builds timed apart do not differ by noise (``None``: not timed)."""
+        return None
+
+    def runtime_outputs(self, qdq: onnx.ModelProto, options: dict[str, Any],
+                        feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
+        """``qdq`` lowered as this target lowers it and run on ``feeds`` by the target's own runtime, where
+        that runtime is not ORT's reference Q/DQ semantics (``tflite``: LiteRT): float outputs by name, so
+        a mixed-precision search can meet its budget there too. ``None``: ORT's run is the target's (or its
+        runtime is not installed here)."""
         return None
 
     def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:

@@ -92,15 +92,7 @@ def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
     tokens only (``padding_mask``); their all-position SQNR and cosine stay in ``padding_mask``."""
     ref = run_batches(session(fp32), batches)
     got = run_batches(session(quant, optimize=fused), batches)
-    per_output, padding = compare_outputs(fp32, batches, ref, got, mask_padding)
-    first = next(iter(ref))
-    classifier = ref[first].ndim == 2 and ref[first].shape[1] > 1
-    result = Verification(per_output, samples=int(ref[first].shape[0]) if ref[first].ndim else 1)
-    result.padding_mask = padding
-    if classifier:
-        result.top1_agreement = top1_agreement(ref[first], got[first])
-    if labels is not None or task_metric:
-        result.task = load_task_metric(task_metric).judge(ref, got, labels)
+    result = compare_runs(fp32, batches, ref, got, labels, task_metric, mask_padding)
     result.size_bytes = {"fp32": fp32.ByteSize(), "quantized": quant.ByteSize()}
     if latency and batches:
         sample = latency_sample(fp32, batches[0])
@@ -109,6 +101,23 @@ def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
                              "fp32": base.wall_ms, "quantized": mine.wall_ms,
                              "ratio": mine.wall_ms / max(base.wall_ms, 1e-9),
                              "cpu_ratio": mine.cpu_ms / max(base.cpu_ms, 1e-9)}
+    return result
+
+
+def compare_runs(fp32: onnx.ModelProto, batches: list[Feeds], ref: Mapping[str, np.ndarray],
+                 got: Mapping[str, np.ndarray], labels: np.ndarray | None = None,
+                 task_metric: str | None = None, mask_padding: bool = True) -> Verification:
+    """What ``verify`` measures of outputs ``got`` (ORT's run of the quantized model, or a target
+    runtime's) against FP32's ``ref`` on ``batches``: no size, no latency."""
+    got = {name: np.asarray(got[name]).reshape(ref[name].shape) for name in ref}
+    per_output, padding = compare_outputs(fp32, batches, ref, got, mask_padding)
+    first = next(iter(ref))
+    result = Verification(per_output, samples=int(ref[first].shape[0]) if ref[first].ndim else 1)
+    result.padding_mask = padding
+    if ref[first].ndim == 2 and ref[first].shape[1] > 1:  # a classifier
+        result.top1_agreement = top1_agreement(ref[first], got[first])
+    if labels is not None or task_metric:
+        result.task = load_task_metric(task_metric).judge(dict(ref), got, labels)
     return result
 
 

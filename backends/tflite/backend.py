@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.quant.dynamic import dynamic_nodes
 from dsqc.verify import latency_sample
 
@@ -232,6 +233,20 @@ class TfliteBackend(Backend):
 
     def speed_warnings(self, result: BuildResult) -> list[str]:
         return speed_warnings(result.metrics.get(self.name) or {})
+
+    def runtime_outputs(self, qdq: onnx.ModelProto, options: dict[str, Any],
+                        feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
+        """``qdq`` lowered to an int8 ``.tflite`` and run by LiteRT (XNNPACK), a sample (or the batch the
+        model fixes) a run."""
+        if not runtime.available():
+            return None
+        opts: TfliteOptions = self.typed_options(options)
+        built = build_tflite(qdq, opts)
+        names = [i.name for i in qdq.graph.input if i.name in feeds[0]]
+        batch = fixed_batch(model_inputs(qdq)) or 1
+        got = runtime.run(built.blob, runtime.samples(feeds, names, batch),
+                          nhwc_in=opts.input_layout == "nhwc")
+        return dict(zip([o.name for o in qdq.graph.output], got, strict=True))
 
     def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
         """LiteRT's run of the ``.tflite`` on the held-out samples."""

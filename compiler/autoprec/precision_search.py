@@ -46,6 +46,10 @@ class Budget:
         """How far ``achieved`` misses (≥ 0 when missed, in the budget's unit)."""
         return achieved - self.value if self.kind == "drop" else self.value - achieved
 
+    def worse(self, *achieved: float) -> float:
+        """The value of ``achieved`` furthest from meeting the budget."""
+        return max(achieved, key=self.gap)
+
     def __str__(self) -> str:
         return f"{self.kind}:{self.value:g}"
 

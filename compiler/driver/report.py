@@ -213,8 +213,11 @@ def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:
     if size["budget_fraction"] is not None:
         size_text += f", budget {size['budget_fraction']:g}× {'met' if size['met'] else 'MISSED'}"
     on = f" ({acc['metric']})" if acc.get("metric") else ""
+    where = "" if acc.get("in_runtime") is None else (
+        f" (the worse of ORT's reference {acc['reference_semantics']:.4g}{unit} and the target runtime's "
+        f"{acc['in_runtime']:.4g}{unit})")
     lines = [f"mixed precision {'met the budgets' if mp['met'] else 'MISSED A BUDGET'}: accuracy "
-             f"{acc['budget']}{on} → {acc['achieved']:.4g}{unit} {'met' if acc['met'] else 'MISSED'} "
+             f"{acc['budget']}{on} → {acc['achieved']:.4g}{unit}{where} {'met' if acc['met'] else 'MISSED'} "
              f"(plain int8 {acc['plain_int8_reference_semantics']:.4g}{unit}, reference Q/DQ); "
              f"size {size_text}",
              f"  precisions: {', '.join(f'{k} {v}' for k, v in mp['histogram'].items())} of "

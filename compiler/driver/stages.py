@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
-from dsqc.autoprec.mixed_precision import AutoPlan, choose_precisions
+from dsqc.autoprec.mixed_precision import AutoPlan, achieved_in_runtime, choose_precisions
+from dsqc.autoprec.precision_search import Budget
 from dsqc.backends.registry import Backend, Lowered, LoweringJob
 from dsqc.calibration.coverage import coverage_warning, range_coverage
 from dsqc.calibration.data import SampleSet
@@ -39,7 +41,7 @@ from dsqc.quant.range_select import SELECT, select_method
 from dsqc.quant.recipe import Recipe
 from dsqc.quant.rounding import learn_rounding
 from dsqc.quant.spec import QuantSpec
-from dsqc.verify import Verification, check_gates, latency_sample, verify
+from dsqc.verify import Feeds, Verification, check_gates, latency_sample, verify
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("int8", "fp32")
@@ -127,8 +129,10 @@ class BuildRun:
         if (line := coverage_warning(coverage)) is not None:
             result.warnings.append(line)
         if self.auto is not None:
+            with clock("verify"):
+                in_runtime = self.achieved_in_runtime(self.auto.budget)
             result.metrics["mixed_precision"] = self.auto.finish(self.verification, quantized,
-                                                                 len(fp32.graph.node))
+                                                                 len(fp32.graph.node), in_runtime)
             result.failed = self.auto.failure()
         result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
                                          "eval_source": held_out.source, "eval_samples": len(held_out),
@@ -164,10 +168,22 @@ class BuildRun:
                 self.result.metrics["range_method"] = selection.to_dict()
         if request.accuracy_budget:  # sensitivity → search → verified plan, written as a recipe
             self.auto = choose_precisions(source, profile, self.recipe, calib, held_out, request,
-                                          self._corrector(source, boosters, calib))
+                                          self._corrector(source, boosters, calib), self._runtime_run)
             self.recipe = self.auto.recipe
             return self.auto.quantized
         return self._quantize(source, profile, self.recipe, calib)
+
+    def _runtime_run(self, model: onnx.ModelProto, feeds: list[Feeds]) -> dict[str, np.ndarray] | None:
+        """``model`` run by the target's own runtime, where that is not ORT (``Backend.runtime_outputs``)."""
+        return self.backend.runtime_outputs(model, self.job.options, feeds)
+
+    def achieved_in_runtime(self, budget: Budget) -> float | None:
+        """What the built QDQ model achieves in ``budget``'s unit in the target's own runtime, on the
+        held-out samples verification used (``None``: the target's runtime is ORT's reference)."""
+        assert self.held_out is not None and self.job.qdq is not None
+        return achieved_in_runtime(self._runtime_run, budget, self.reference, self.job.qdq,
+                                   self.job.eval_feeds, self.held_out.labels, self.request.task_metric,
+                                   self.recipe.mask_padding)
 
     def _corrector(self, source: onnx.ModelProto, boosters: BoosterOptions,
                    samples: SampleSet) -> BiasCorrector | None:
