@@ -258,9 +258,9 @@ class Backend(ABC):
         runtime is not installed here)."""
         return None
 
-    def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
+    def verdict_outputs(self, metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Output metrics (``sqnr_db``, ``cosine``…) of the target's own runtime run, labelled, that the
-        verdict judges beside ORT's."""
+        verdict judges beside ORT's; ``metrics``: the build's (``Lowered.metrics`` or the result's)."""
         return {}
 
     def requantization(self, result: BuildResult) -> dict[str, dict[str, list[int]]]:

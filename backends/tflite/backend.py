@@ -248,9 +248,9 @@ class TfliteBackend(Backend):
                           nhwc_in=opts.input_layout == "nhwc")
         return dict(zip([o.name for o in qdq.graph.output], got, strict=True))
 
-    def verdict_outputs(self, result: BuildResult) -> dict[str, dict[str, Any]]:
+    def verdict_outputs(self, metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """LiteRT's run of the ``.tflite`` on the held-out samples."""
-        litert = (result.metrics.get(self.name) or {}).get("verification") or {}
+        litert = (metrics.get(self.name) or {}).get("verification") or {}
         return {f"{name} (LiteRT)": m for name, m in (litert.get("outputs") or {}).items()}
 
     def report_view(self, report: dict[str, Any]) -> ReportView:

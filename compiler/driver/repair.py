@@ -33,15 +33,18 @@ Start = Callable[[BuildRequest], BuildRun]
 NOISE = 1.05  # two builds' latency ratios within 5 % are the same speed
 
 
-def repair_budget(verification: Verification, quantized_tensors: int, limits: Thresholds) -> str | None:
+def repair_budget(verification: Verification, quantized_tensors: int, limits: Thresholds,
+                  runtime: dict[str, dict[str, Any]] | None = None) -> str | None:
     """The ``--accuracy-budget`` that would lift a degraded or collapsed build to ``ok``, or ``None``.
 
     The first limit missed, in the order SQNR, cosine, task drop; the search holds each output and each
-    scale group of an output's channels to it, as the verdict does."""
-    verdict = judge(verification.outputs, verification.task, quantized_tensors, limits)
+    scale group of an output's channels to it, as the verdict does. ``runtime``: the target runtime's own
+    output metrics (``Backend.verdict_outputs``), judged beside ORT's as the verdict judges them."""
+    outputs = {**verification.outputs, **(runtime or {})}
+    verdict = judge(outputs, verification.task, quantized_tensors, limits)
     if verdict.level not in ("degraded", "collapsed"):
         return None
-    parts = [p for m in verification.outputs.values() for p in [m, *m.get("groups", ())]]
+    parts = [p for m in outputs.values() for p in [m, *m.get("groups", ())]]
     if any(float(p["sqnr_db"]) < limits.degraded_sqnr_db for p in parts):
         return f"sqnr:{limits.degraded_sqnr_db:g}"
     if any(float(p["cosine"]) < limits.degraded_cosine for p in parts):
@@ -61,7 +64,8 @@ def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, L
     """``run`` unchanged when its verdict is ok; else the better of it and its mixed-precision rebuild
     (``start`` begins that build), with the ``repair`` report section on the one kept."""
     assert run.verification is not None and run.result.plan is not None
-    budget_text = repair_budget(run.verification, len(run.result.plan.tensors), run.limits)
+    budget_text = repair_budget(run.verification, len(run.result.plan.tensors), run.limits,
+                                run.backend.verdict_outputs(lowered.metrics))
     if budget_text is None:
         return run, lowered
     budget = parse_accuracy_budget(budget_text)

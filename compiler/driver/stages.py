@@ -229,7 +229,7 @@ class BuildRun:
             result.warnings.extend(output.notes)
             result.metrics["float_nodes"] = float_nodes(result, backend.float_nodes(result))
             result.warnings.extend(speed_warnings(result.metrics) + backend.speed_warnings(result))
-            result.verdict = _verdict(result, self.limits, backend.verdict_outputs(result))
+            result.verdict = _verdict(result, self.limits, backend.verdict_outputs(result.metrics))
             result.metrics["passes_ms"] = _pass_milliseconds(self.pass_seconds, self.passes_before)
             with self.clock("bundle"):  # activation histograms, agreement vectors
                 bundle.record(staging, request, result, self.fp32, self.job.fp32, self.calib,

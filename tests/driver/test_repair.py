@@ -47,6 +47,13 @@ def test_the_budget_is_the_first_ok_line_the_build_missed() -> None:
     assert repair_budget(_ver(25.0, 0.999), 10, Thresholds(degraded_sqnr_db=30.0)) == "sqnr:30"
 
 
+def test_the_target_runtimes_own_outputs_count_as_the_verdict_counts_them() -> None:
+    """A ``tflite`` build ok in ORT's reference but under the line in LiteRT is degraded, and repaired."""
+    litert = {"logits (LiteRT)": {"sqnr_db": 14.4, "cosine": 0.9999}}
+    assert repair_budget(_ver(15.1, 0.9999), 10, Thresholds()) is None
+    assert repair_budget(_ver(15.1, 0.9999), 10, Thresholds(), litert) == "sqnr:15"
+
+
 def test_a_plan_is_kept_only_if_it_quantizes_improves_and_beats_fp32_speed() -> None:
     sqnr = Budget("sqnr", 15.0)
     assert refuse_reason(sqnr, 7.9, 16.0, 120, 0.7) is None
