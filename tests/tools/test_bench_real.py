@@ -147,3 +147,37 @@ def test_full_real_weight_benchmark(tmp_path: Path) -> None:
     for name, case in cases.items():
         assert case["dsqc"] == "dsqc", f"{name}: dsqc failed: {case['jobs']['dsqc']}"
         assert case["rows"]["dsqc"]["sqnr_db"] > 10, name
+
+
+def test_by_photo_splits_each_row_by_the_photo_of_each_crop(tmp_path: Path) -> None:
+    """Crop i of a photo-crop case is held-out photo i % 8; each photo's SQNR is its own crops' alone."""
+    import onnx
+
+    from tools.bench.real import by_photo, photos
+
+    rng = np.random.default_rng(0)
+    fp32 = tiny_model(tmp_path / "tiny.onnx")
+    shifted = onnx.load(fp32)  # a "quantized" model whose error is a constant output shift
+    bias = next(t for t in shifted.graph.initializer if t.name == "fc_b")
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 0.05, "fc_b"))
+    onnx.save(shifted, tmp_path / "shifted.onnx")
+    scale = (1 + np.arange(32) % 8)[:, None, None, None]  # each photo's crops their own size
+    held = (rng.normal(0, 1, (32, 3, 8, 8)) * scale).astype(np.float32)
+    inputs = f"held-out from {', '.join(photos.HELD_OUT_PHOTOS)}"
+    save_case("tiny", fp32, {"input": held[:8]}, {"input": held}, {"kind": "classifier", "inputs": inputs},
+              tmp_path / "cases")
+    meta = load_meta(tmp_path / "cases")["tiny"]
+    case = {"dsqc": "dsqc", "ort_best": "ort", "jobs": {"dsqc": {"model": str(fp32)},
+                                                        "ort": {"model": str(tmp_path / "shifted.onnx")}}}
+    split = by_photo.split_case(meta, tmp_path / "cases", case)
+    assert split is not None and split["photos"] == 8 and split["photos_ahead_by_1db"] == 8
+    from tools.bench.real import evaluate
+
+    ref = evaluate.outputs(fp32, {"input": held})
+    got = evaluate.outputs(tmp_path / "shifted.onnx", {"input": held})
+    for k, name in enumerate(photos.HELD_OUT_PHOTOS):
+        row = split["rows"][name]
+        assert row["dsqc"]["sqnr_db"] == float("inf")
+        assert row["ort_best"]["sqnr_db"] == pytest.approx(metrics.sqnr_db(ref[k::8], got[k::8]))
+    assert split["rows"]["all"]["ort_best"]["sqnr_db"] == pytest.approx(metrics.sqnr_db(ref, got))
+    assert by_photo.photo_of_each_crop({**meta, "inputs": "noise"}) is None  # not a photo-crop case
