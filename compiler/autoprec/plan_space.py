@@ -102,6 +102,8 @@ class PlanSpace:
     stats: dict[str, TensorStats] = field(default_factory=dict)
     calibration_seconds: float = 0.0
     model: Model | None = None  # ``fp32`` as graphsurgeon reads it, for ``planned``
+    calib: SampleSet | None = None  # what ``stats`` came from: ``planned`` calibrates a tensor it lacks
+    batch_size: int = 8
 
     def consts_of(self, node: str) -> dict[str, np.ndarray]:
         return {name: self.values[name] for name in self.node_consts.get(node, [])}
@@ -150,8 +152,14 @@ class PlanSpace:
             self.model = Model.from_proto(self.fp32)
         placement = place(self.model, self.profile, recipe)
         missing = [t for t in placement.activations if t not in self.stats]
-        if missing:  # the space calibrated every tensor an int8 node reads or writes; never expected
-            raise KeyError(f"plan space: no calibration for {missing[:3]}")
+        if missing:  # a float neighbour can expose a tensor the INT8 plan folds away: RegNetY's residual
+            # Add output on ``tflite``, taken float, before the Relu the INT8 plan had fused into it
+            if self.calib is None:
+                raise KeyError(f"plan space: no calibration for {missing[:3]}")
+            log.info("plan space: calibrating %d tensor(s) the INT8 plan does not quantize (%s)",
+                     len(missing), missing[0])
+            self.stats |= calibrate_missing(self.fp32, missing, self.recipe, self.calib, self.batch_size,
+                                            self.stats)
         return finalize(self.model, placement, _ranges(self.stats), self.profile, recipe)
 
     def _weights(self, name: str, setting: Setting, plan: QuantPlan) -> None:
@@ -196,6 +204,7 @@ def build_space(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, c
         plan4 = finalize(model, placement4, _ranges(stats), profile, recipe4)
     space = _make_space(fp32, model, nodes, profile, recipe, plan8, plan4, placement8, user_fixed)
     space.stats, space.calibration_seconds = stats, seconds
+    space.calib, space.batch_size = calib, batch_size
     log.info("plan space: %d choices, %d fixed nodes, %d activation tensors", len(space.choices),
              len(space.fixed), len(space.owners))
     return space
