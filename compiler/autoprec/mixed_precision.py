@@ -5,8 +5,8 @@ measured on the whole held-out set (``precision_search``), then the chosen plan 
 way — from its recipe, reusing the calibration — and verified with the target's own kernels: ORT's
 reference Q/DQ semantics and, where the target runs its own runtime (``tflite``: LiteRT), that runtime
 too, the worse of the two counting. If that verification misses a budget the search reruns with a margin
-(up to ``ROUNDS`` times). The best plan
-found is kept either way; the caller writes it (``plan.recipe.toml``) and says whether it met the budgets.
+(up to ``ROUNDS`` times). The best plan found is kept either way; the caller writes it
+(``plan.recipe.toml``) and says whether it met the budgets.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from dsqc.verify import Feeds, Verification, compare_runs, load_task_metric, run
 
 log = logging.getLogger(__name__)
 ROUNDS = 3
+_STEP = {"sqnr": 0.25, "cosine": 2e-4, "drop": 1e-3}  # extra margin per missed round, besides the gap
 
 
 class RuntimeRun(Protocol):
@@ -58,7 +59,6 @@ def achieved_in_runtime(run: RuntimeRun | None, budget: Budget, fp32: onnx.Model
         return None
     ref = run_batches(session(fp32), batches)
     return achieved_on(budget, compare_runs(fp32, batches, ref, got, labels, task_metric, mask_padding))
-_STEP = {"sqnr": 0.25, "cosine": 2e-4, "drop": 1e-3}  # extra margin per missed round, besides the gap
 
 
 def parse_accuracy_budget(text: str) -> Budget:

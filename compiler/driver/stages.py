@@ -129,7 +129,7 @@ class BuildRun:
         if (line := coverage_warning(coverage)) is not None:
             result.warnings.append(line)
         if self.auto is not None:
-            with clock("verify"):
+            with clock("verify in runtime"):  # the budget in the target's own runtime (tflite: LiteRT)
                 in_runtime = self.achieved_in_runtime(self.auto.budget)
             result.metrics["mixed_precision"] = self.auto.finish(self.verification, quantized,
                                                                  len(fp32.graph.node), in_runtime)
