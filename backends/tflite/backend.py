@@ -115,7 +115,8 @@ def _describe(built: Built, path: Path, plan: Any = None) -> dict[str, Any]:
               for name in s.float_nodes}
     return {"file": str(path), "bytes": len(built.blob), "ops": built.ops, "lower_write_s": built.seconds,
             "edge_transposes": s.edge_transposes, "interior_transposes": s.interior_transposes,
-            "float_nodes": floats, "requantized": s.requantize, "notes": s.notes}
+            "float_nodes": floats, "requantized": s.requantize, "notes": s.notes,
+            "undelegated_int8": s.undelegated}
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class LowerStats:
     float_reasons: dict[str, str] = field(default_factory=dict)
     requantize: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    undelegated: list[str] = field(default_factory=list)  # int8 ops XNNPACK leaves to builtin kernels
 
 
 @dataclass

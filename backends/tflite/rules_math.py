@@ -119,6 +119,8 @@ def elementwise(lw: Lowerer, node: gs.Node, kind: str, opts: Any = None, fixed: 
     too_wide = target is not None and kind in ("ADD", "SUB") and _rescale_overflows(lw, acts, target.quant)
     if too_wide:  # an additive attention mask quantized at scale ~1e36: int8 ADD aborts in LiteRT
         target = None
+    if target is not None and kind in XNNPACK_NO_INT8:
+        lw.stats.undelegated.append(node.name)
     ins = operands(lw, inputs, target is not None, layout, rank)
     out = lw.output(node, target, layout, result=result)
     if undelegated:
@@ -223,6 +225,8 @@ def matmul(lw: Lowerer, node: gs.Node) -> None:
     undelegated = target is not None and lw.opts.float_undelegated
     if undelegated:
         target = None
+    elif target is not None:
+        lw.stats.undelegated.append(node.name)
     ins = [lw.int8_in(t.name, "plain") if target else lw.float_in(t.name, "plain") for t in (a, b)]
     out = lw.output(node, target)
     if undelegated:

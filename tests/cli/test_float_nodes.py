@@ -113,3 +113,7 @@ def test_speed_warnings_from_metrics() -> None:
     assert get_backend("tflite").speed_warnings(result) == [
         "the int8 .tflite ran 2.00× SLOWER than its float32 twin in LiteRT here (1 thread, XNNPACK): "
         "2.000 vs 1.000 ms"]
+    slow_tflite["tflite"]["int8"] = {"undelegated_int8": ["attn/MatMul", "attn/Softmax"]}
+    hint = get_backend("tflite").speed_warnings(result)[0]
+    assert hint.endswith("; 2 int8 op(s) XNNPACK does not take (BATCH_MATMUL of two activations, SOFTMAX) "
+                         "split its graph: -B float_undelegated=true runs them in float")

@@ -55,8 +55,12 @@ def test_float_undelegated_attention(tmp_path: Path) -> None:
     fp32 = normalize(onnx.load(path))
     feeds = samples(fp32, 4, batch=2)
     qdq, _ = qdq_model(fp32, feeds)
-    blob_int8, _ = _write(qdq)
+    blob_int8, stats_int8 = _write(qdq)
     blob, stats = _write(qdq, float_undelegated=True)
+    # int8, each BATCH_MATMUL / SOFTMAX is named for the speed warning's hint; float, none is
+    undelegated = stats_int8.undelegated  # type: ignore[attr-defined]
+    assert {n.split("/")[-1].split("_")[0] for n in undelegated} >= {"MatMul", "Softmax"}, undelegated
+    assert stats.undelegated == []  # type: ignore[attr-defined]
     info, info_int8 = parse(blob), parse(blob_int8)
 
     def input_types(parsed: dict, kind: str) -> set[int]:
