@@ -33,4 +33,5 @@ TFLITE_PROFILE = TargetProfile(
                         "Tanh": (1.0 / 128.0, 0)},
     int4_weights=False,
     residual_add_skip_only=False,
+    fused_matmul_bias=True,
 )

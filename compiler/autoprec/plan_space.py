@@ -104,6 +104,7 @@ class PlanSpace:
     model: Model | None = None  # ``fp32`` as graphsurgeon reads it, for ``planned``
     calib: SampleSet | None = None  # what ``stats`` came from: ``planned`` calibrates a tensor it lacks
     batch_size: int = 8
+    fused_biases: dict[str, str] = field(default_factory=dict)  # bias Add → the MatMul it runs with
 
     def consts_of(self, node: str) -> dict[str, np.ndarray]:
         return {name: self.values[name] for name in self.node_consts.get(node, [])}
@@ -131,6 +132,9 @@ class PlanSpace:
         for tensor, owners in self.owners.items():
             if owners & active:
                 plan.tensors[tensor] = self.plan8.tensors[tensor]
+        for add, matmul in self.fused_biases.items():
+            if plan.precision_of(matmul) is not Precision.INT8:
+                plan.nodes[add] = NodeDecision(Precision.FP32, f"bias of {matmul}, which does not run int8")
         for act, producer in self.plan8.folded_activations.items():
             if plan.precision_of(producer) is Precision.INT8 and self.folded_outputs[act] in plan.tensors:
                 plan.folded_activations[act] = producer
@@ -232,7 +236,7 @@ def _make_space(fp32: onnx.ModelProto, model: Model, nodes: dict[str, gs.Node], 
                 user_fixed: set[str]) -> PlanSpace:
     passthrough = {n: node.inputs[0].name for n, node in nodes.items()
                    if node.op in profile.passthrough_ops and not is_table_lookup(node) and node.inputs}
-    followers = set(plan8.folded_activations) | set(passthrough)
+    followers = set(plan8.folded_activations) | set(passthrough) | set(placement.fused_biases)
     choices: dict[str, Choice] = {}
     fixed: dict[str, Setting] = {}
     node_consts: dict[str, list[str]] = {}
@@ -257,7 +261,7 @@ def _make_space(fp32: onnx.ModelProto, model: Model, nodes: dict[str, gs.Node], 
     folded_outputs = {a: nodes[a].outputs[0].name for a in plan8.folded_activations}
     return PlanSpace(fp32, profile, recipe, plan8, plan4, choices, fixed, owners, node_consts,
                      {n: t for n, t in passthrough.items() if n not in plan8.folded_activations},
-                     folded_outputs, total, base, values)
+                     folded_outputs, total, base, values, fused_biases=dict(placement.fused_biases))
 
 
 def _choice(node: gs.Node, index: int, profile: TargetProfile, plan8: QuantPlan,
@@ -335,6 +339,7 @@ def _owners(model: Model, placement: Placement, plan8: QuantPlan, deciders: set[
         owners = groups.setdefault(placement.group_of(name), set())
         for producer in tensor.inputs:
             owner = plan8.folded_activations.get(producer.name, producer.name)
+            owner = placement.fused_biases.get(owner, owner)  # a bias Add's Q is its MatMul's output Q
             if owner in deciders and nodes[owner].op not in optional:  # its fused kernel needs the Q
                 owners.add(owner)
         owners.update(r.name for r in tensor.outputs if r.name in deciders)

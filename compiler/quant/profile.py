@@ -44,6 +44,8 @@ class TargetProfile:
     the DQ (TensorRT's residual-Add skip input).
     ``residual_add_skip_only``: a residual Add quantizes only its skip input; the branch coming
     from a compute op fuses into it (TensorRT's Conv+Add kernel).
+    ``fused_matmul_bias``: ``MatMul(x, W) → Add(·, b)`` with a constant [N] bias is one kernel (TFLite
+    FULLY_CONNECTED): the Add runs with its MatMul and the output Q goes after the Add, not between.
     ``int8_tables``: Gathers from constant tables (embeddings) are int8 weight-only (per row) by
     default, for runtimes that gather the int8 rows before dequantizing (ORT's GatherBlockQuantized);
     elsewhere a recipe asks for it.
@@ -74,6 +76,7 @@ class TargetProfile:
     int4_weights: bool = True
     power_of_two_scales: bool = False
     residual_add_skip_only: bool = False
+    fused_matmul_bias: bool = False
     weight_limit: int | None = None
     verify_fused: bool = True
     latency_guard: bool = False

@@ -94,7 +94,9 @@ def test_prepare_puts_fake_quant_on_exactly_the_plan_tensors(planned: dict) -> N
     # and the module computes what ONNX Runtime computes on that QDQ model
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()  # reference Q/DQ semantics: fused u8s8 kernels saturate without VNNI
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": planned["x"][:32]})[0]
     with torch.no_grad():
         expected = prepared(torch.from_numpy(planned["x"][:32])).numpy()

@@ -73,7 +73,11 @@ def qdq_model(fp32: onnx.ModelProto, feeds: list[Feeds], profile: TargetProfile 
 
 
 def ort_run(proto: onnx.ModelProto, feeds: Feeds) -> list[np.ndarray]:
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    """ONNX Runtime's reference Q/DQ semantics (graph optimizations off): its fused u8s8 kernels saturate
+    with full 8-bit weights on CPUs without VNNI (AVX2), which TFLite's kernels do not."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return [np.asarray(v) for v in sess.run(None, feeds)]
 
 
