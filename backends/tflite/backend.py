@@ -6,7 +6,8 @@ FP32 ONNX model and the QDQ model, and time it against the float32 ``.tflite`` o
 Options (``job.options``): ``io`` "float" | "int8" (quantized model inputs/outputs), ``signature``
 (write a SignatureDef, default true), ``input_layout`` "nchw" | "nhwc", ``verify`` and ``latency``
 (default true), ``write_fp32`` (also write the float32 file in an int8 build), ``float_undelegated``
-(run in float the int8 ops XNNPACK does not take: attention's BATCH_MATMUL and SOFTMAX).
+(default true: the planner keeps in float the int8 ops XNNPACK does not take, attention's BATCH_MATMUL of
+two activations and SOFTMAX; false plans them int8, for runtimes that run every op in int8).
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ from ..registry import (
 from . import dynamic, runtime, verify
 from .graph import Graph
 from .lower import LowerOptions, LowerStats, lower
-from .profile import TFLITE_PROFILE
+from .profile import tflite_profile
 from .summary import speed_warnings, summary_lines
 from .validate import validate
 from .writer import serialize
 
 if TYPE_CHECKING:
     from dsqc.driver.build_types import BuildResult
+    from dsqc.quant.profile import TargetProfile
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class TfliteOptions:
     verify: bool = True
     latency: bool = True
     write_fp32: bool = False
-    float_undelegated: bool = False
+    float_undelegated: bool = True
 
 
 @dataclass
@@ -82,8 +84,7 @@ def build_tflite(model: onnx.ModelProto, opts: TfliteOptions, io: str | None = N
     """Lower, serialize and validate one model (QDQ → int8 file, FP32 → float32 file; run-time
     quantized nodes of a dynamic build → hybrid ops, ``dynamic.py``)."""
     start = time.perf_counter()
-    lowered = LowerOptions(io=io or opts.io, input_layout=opts.input_layout,
-                           float_undelegated=opts.float_undelegated)
+    lowered = LowerOptions(io=io or opts.io, input_layout=opts.input_layout)
     model, hybrid = dynamic.strip(model)
     graph, stats = lower(model, lowered)
     if hybrid:
@@ -141,12 +142,16 @@ class TfliteLowered(Lowered):
 class TfliteBackend(Backend):
     name = "tflite"
     description = "int8 .tflite flatbuffer for LiteRT/XNNPACK (ARM NEON), verified in the LiteRT interpreter"
-    profile = TFLITE_PROFILE
+    profile = tflite_profile(TfliteOptions().float_undelegated)  # the default options' profile
     options = TfliteOptions
     replay = Replay(description="the canonical QDQ model the .tflite was lowered from (report.json's plan "
                                 "on MODEL) in ORT's reference Q/DQ semantics, not the LiteRT interpreter")
     runtime_name = "LiteRT interpreter (XNNPACK)"
     artifact_suffixes = (".int8.tflite", ".fp32.tflite")
+
+    def profile_for(self, options: dict[str, Any]) -> TargetProfile:
+        """``-B float_undelegated`` (default true) plans XNNPACK's missing int8 kernels float."""
+        return tflite_profile(self.typed_options(options).float_undelegated)
 
     def lower(self, job: LoweringJob) -> TfliteLowered:
         """The flatbuffers, validated, run in LiteRT against FP32 and the QDQ model, and timed."""

@@ -34,7 +34,6 @@ class LowerOptions:
     batch: int = 1
     input_layout: str = "nchw"     # "nhwc": 4-D inputs are taken NHWC (no edge transpose)
     output_layout: str = "nchw"
-    float_undelegated: bool = False  # int8 ops XNNPACK cannot take (rules_math.XNNPACK_NO_INT8) run in float
 
 
 @dataclass

@@ -5,7 +5,24 @@ input's scale and zero point; SOFTMAX/LOGISTIC output (1/256, −128) and TANH (
 weights are int8 in [-127, 127] with zero point 0, biases int32 with scale s_in·s_w.
 """
 
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from dsqc.ir import constant_value
 from dsqc.quant.profile import PASSTHROUGH_OPS, TargetProfile
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+# int8 kernels LiteRT has but its XNNPACK delegate does not take (LiteRT 2.3): each splits the delegated
+# graph, which costs more than the float op between DEQUANTIZE and QUANTIZE. Small transformer on the Xeon
+# (VNNI): int8 1.96x faster with them float; MiniLM: 1.21x slower than float32 -> 1.25x faster.
+XNNPACK_NO_INT8 = {
+    "BATCH_MATMUL": "BATCH_MATMUL of two activations: XNNPACK has no int8 kernel (float_undelegated)",
+    "SOFTMAX": "SOFTMAX: XNNPACK has no int8 kernel (float_undelegated)",
+}
 
 TFLITE_PROFILE = TargetProfile(
     name="tflite",
@@ -35,3 +52,19 @@ TFLITE_PROFILE = TargetProfile(
     residual_add_skip_only=False,
     fused_matmul_bias=True,
 )
+
+
+def xnnpack_float_kernel(node: gs.Node) -> str:
+    """Why ``node`` runs float under XNNPACK ('' where its int8 kernel is delegated)."""
+    if node.op == "Softmax":
+        return XNNPACK_NO_INT8["SOFTMAX"]
+    if node.op == "MatMul" and all(constant_value(t) is None for t in node.inputs):
+        return XNNPACK_NO_INT8["BATCH_MATMUL"]
+    return ""
+
+
+def tflite_profile(float_undelegated: bool) -> TargetProfile:
+    """The profile for ``-B float_undelegated``: XNNPACK's missing int8 kernels planned float, or int8 (for
+    runtimes that run every op in int8: accelerators, int8-only delegates)."""
+    return dataclasses.replace(TFLITE_PROFILE, float_kernel=xnnpack_float_kernel) if float_undelegated \
+        else TFLITE_PROFILE

@@ -11,6 +11,7 @@ from dsqc.op_kinds import weight_output_axis
 
 from .graph import QParams
 from .patterns import Match, find_bias_add
+from .profile import XNNPACK_NO_INT8
 from .rulebook import rule
 from .rules_common import (
     activation_name,
@@ -93,14 +94,6 @@ def _rescale_overflows(lw: Lowerer, acts: list[str], out: QParams) -> bool:
     return max(scales) / min(scales) > _MAX_RESCALE
 
 
-# int8 ops LiteRT's XNNPACK delegate leaves to the builtin kernels (LiteRT 2.3): each splits the delegated
-# graph, which costs more than the float op between DEQUANTIZE and QUANTIZE (small transformer, Xeon VNNI).
-XNNPACK_NO_INT8 = {
-    "BATCH_MATMUL": "BATCH_MATMUL of two activations: XNNPACK has no int8 kernel (float_undelegated)",
-    "SOFTMAX": "SOFTMAX: XNNPACK has no int8 kernel (float_undelegated)",
-}
-
-
 def elementwise(lw: Lowerer, node: gs.Node, kind: str, opts: Any = None, fixed: QParams | None = None,
                 inputs: list[gs.Tensor] | None = None, result: gs.Tensor | None = None,
                 layout: str | None = None) -> None:
@@ -113,18 +106,13 @@ def elementwise(lw: Lowerer, node: gs.Node, kind: str, opts: Any = None, fixed: 
     rank = len(lw.onnx_shape(result))
     layout = layout or common_layout(lw, acts, rank)
     target = lw.target(node, acts, result) if kind not in _FLOAT_ONLY else None
-    undelegated = target is not None and kind in XNNPACK_NO_INT8 and lw.opts.float_undelegated
-    if undelegated:
-        target = None
     too_wide = target is not None and kind in ("ADD", "SUB") and _rescale_overflows(lw, acts, target.quant)
     if too_wide:  # an additive attention mask quantized at scale ~1e36: int8 ADD aborts in LiteRT
         target = None
-    if target is not None and kind in XNNPACK_NO_INT8:
+    if target is not None and kind in XNNPACK_NO_INT8:  # planned int8 (-B float_undelegated=false)
         lw.stats.undelegated.append(node.name)
     ins = operands(lw, inputs, target is not None, layout, rank)
     out = lw.output(node, target, layout, result=result)
-    if undelegated:
-        lw.stats.float_reasons[node.name] = XNNPACK_NO_INT8[kind]
     if too_wide:
         lw.stats.float_reasons[node.name] = (f"{kind}: its int8 scales differ over {_MAX_RESCALE:g}x (an "
                                              "additive mask?); TFLite's int8 kernel cannot rescale them")
@@ -222,15 +210,10 @@ def matmul(lw: Lowerer, node: gs.Node) -> None:
     if lw.is_const(a) or lw.is_const(b):
         raise unsupported(node, "constant operand of rank > 2 (or on the left) in MatMul")
     target = lw.target(node, [a.name, b.name])
-    undelegated = target is not None and lw.opts.float_undelegated
-    if undelegated:
-        target = None
-    elif target is not None:
+    if target is not None:  # planned int8 (-B float_undelegated=false)
         lw.stats.undelegated.append(node.name)
     ins = [lw.int8_in(t.name, "plain") if target else lw.float_in(t.name, "plain") for t in (a, b)]
     out = lw.output(node, target)
-    if undelegated:
-        lw.stats.float_reasons[node.name] = XNNPACK_NO_INT8["BATCH_MATMUL"]
     lw.g.op("BATCH_MATMUL", ins, [out], options("BATCH_MATMUL", adjX=False, adjY=False), node.name)
 
 

@@ -37,7 +37,7 @@ def speed_warnings(m: dict[str, Any]) -> list[str]:
     undelegated = (m.get("int8") or {}).get("undelegated_int8") or []
     if undelegated:  # MiniLM: 1.21× slower than float32 with them int8, 1.25× faster with them float
         line += (f"; {len(undelegated)} int8 op(s) XNNPACK does not take (BATCH_MATMUL of two activations, "
-                 "SOFTMAX) split its graph: -B float_undelegated=true runs them in float")
+                 "SOFTMAX) split its graph: -B float_undelegated=true (the default) plans them float")
     return [line]
 
 

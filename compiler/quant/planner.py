@@ -345,6 +345,9 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
         return NodeDecision(Precision.INT8, "int4 asked but only constant MatMul/Gemm weights take int4")
     if wanted is Precision.INT8:
         return NodeDecision(Precision.INT8, "recipe asks for int8")
+    refusal = profile.float_kernel(node) if in_profile and profile.float_kernel is not None else ""
+    if refusal:
+        return NodeDecision(Precision.FP32, refusal)
     if in_profile:
         return NodeDecision(Precision.INT8, f"{node.op} has a fused int8 kernel on {profile.name}")
     return NodeDecision(Precision.FP32, f"{node.op}: no int8 kernel worth the Q/DQ on {profile.name}")

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import onnx
+    import onnx_graphsurgeon as gs
 
     from dsqc.quant.spec import QuantPlan
 
 FinishQDQ = Callable[["onnx.ModelProto", "QuantPlan"], "onnx.ModelProto"]
+FloatKernel = Callable[["gs.Node"], str]
 
 # Ops whose data output equals a data input up to layout: their output reuses the input's spec.
 PASSTHROUGH_OPS = frozenset({
@@ -54,6 +56,9 @@ class TargetProfile:
     ``fp16_weights``: FP16 nodes store their constant inputs as float16 (the search may choose FP16);
     elsewhere an FP16 node runs in FP32, noted in the plan.
     ``integer_only``: the runtime has no float nodes, so the search keeps every node int8.
+    ``float_kernel``: why a node of a compute op runs float on this target ('' where it runs int8): an
+    int8 kernel the runtime has but runs slower than float (TFLite attention under XNNPACK). A recipe's
+    explicit precision wins.
     ``finish_qdq``: the backend's rewrite of the QDQ model for its runtime, run once after Q/DQ
     insertion wherever a plan is built (ORT: FP16 weight storage, the float guard, GatherBlockQuantized
     tables); it may add notes to the plan. ``None``: the QDQ model stays as inserted.
@@ -86,6 +91,7 @@ class TargetProfile:
     fp16_weights: bool = False
     integer_only: bool = False
     finish_qdq: FinishQDQ | None = None
+    float_kernel: FloatKernel | None = None
     float_fallback: str = "fp32"
     min_opset: int = 13
     dynamic_refusal: str = ""

@@ -116,4 +116,4 @@ def test_speed_warnings_from_metrics() -> None:
     slow_tflite["tflite"]["int8"] = {"undelegated_int8": ["attn/MatMul", "attn/Softmax"]}
     hint = get_backend("tflite").speed_warnings(result)[0]
     assert hint.endswith("; 2 int8 op(s) XNNPACK does not take (BATCH_MATMUL of two activations, SOFTMAX) "
-                         "split its graph: -B float_undelegated=true runs them in float")
+                         "split its graph: -B float_undelegated=true (the default) plans them float")

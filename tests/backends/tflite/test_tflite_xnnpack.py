@@ -13,7 +13,9 @@ import pytest
 from _models import cnn, samples
 from _qdq import normalize, ort_run, parse, qdq_model, run_tflite_isolated
 
+from dsqc.backends.registry import get_backend
 from dsqc.backends.tflite.lower import LowerOptions, lower
+from dsqc.backends.tflite.profile import tflite_profile
 from dsqc.backends.tflite.validate import validate
 from dsqc.backends.tflite.writer import serialize
 
@@ -46,6 +48,9 @@ def test_flatten_before_fc_is_no_op(quantized: bool) -> None:
 
 
 def test_float_undelegated_attention(tmp_path: Path) -> None:
+    """The default profile plans attention's BATCH_MATMUL / SOFTMAX float (XNNPACK has no int8 kernel for
+    them), so the QDQ model and the file agree; ``float_undelegated=false`` plans them int8, each named for
+    the speed warning's hint."""
     pytest.importorskip("torch")
     from dsqc.models.export import export_onnx
     from dsqc.models.zoo import tiny_transformer
@@ -54,10 +59,11 @@ def test_float_undelegated_attention(tmp_path: Path) -> None:
     path = export_onnx(module, example, tmp_path / "t.onnx", input_names=["x"], output_names=["y"])
     fp32 = normalize(onnx.load(path))
     feeds = samples(fp32, 4, batch=2)
-    qdq, _ = qdq_model(fp32, feeds)
-    blob_int8, stats_int8 = _write(qdq)
-    blob, stats = _write(qdq, float_undelegated=True)
-    # int8, each BATCH_MATMUL / SOFTMAX is named for the speed warning's hint; float, none is
+    qdq_int8, _ = qdq_model(fp32, feeds, tflite_profile(False))
+    qdq, plan = qdq_model(fp32, feeds, tflite_profile(True))
+    assert get_backend("tflite").profile.float_kernel is not None  # the default
+    blob_int8, stats_int8 = _write(qdq_int8)
+    blob, stats = _write(qdq)
     undelegated = stats_int8.undelegated  # type: ignore[attr-defined]
     assert {n.split("/")[-1].split("_")[0] for n in undelegated} >= {"MatMul", "Softmax"}, undelegated
     assert stats.undelegated == []  # type: ignore[attr-defined]
@@ -68,14 +74,16 @@ def test_float_undelegated_attention(tmp_path: Path) -> None:
 
     for kind in ("BATCH_MATMUL", "SOFTMAX"):
         assert input_types(info, kind) == {FLOAT32} and FLOAT32 not in input_types(info_int8, kind)
-    reasons = stats.float_reasons  # type: ignore[attr-defined]
-    assert any("XNNPACK" in r and "SOFTMAX" in r for r in reasons.values())
-    assert any("XNNPACK" in r and "BATCH_MATMUL" in r for r in reasons.values())
+    reasons = [d.reason for d in plan.nodes.values()]
+    assert any("XNNPACK" in r and "SOFTMAX" in r for r in reasons)
+    assert any("XNNPACK" in r and "BATCH_MATMUL" in r for r in reasons)
     x = feeds[0]["x"][:1]
     ref = ort_run(fp32, {"x": x})[0]
     sqnr = [10 * np.log10(np.sum(ref ** 2) / np.sum((run_tflite_isolated(b, [[x]])[0][0] - ref) ** 2))
             for b in (blob_int8, blob)]
     assert sqnr[1] > 20 and sqnr[1] >= sqnr[0] - 0.5  # float attention loses nothing
+    in_ort = 10 * np.log10(np.sum(ref ** 2) / np.sum((ort_run(qdq, {"x": x})[0] - ref) ** 2))
+    assert abs(in_ort - sqnr[1]) < 1.0  # the QDQ model describes the file
 
 
 def _pool_model(relu: bool) -> onnx.ModelProto:
