@@ -42,14 +42,7 @@ def repair_budget(verification: Verification, quantized_tensors: int, limits: Th
     output metrics (``Backend.verdict_outputs``), judged beside ORT's as the verdict judges them."""
     outputs = {**verification.outputs, **(runtime or {})}
     verdict = judge(outputs, verification.task, quantized_tensors, limits)
-    if verdict.level not in ("degraded", "collapsed"):
-        return None
-    parts = [p for m in outputs.values() for p in [m, *m.get("groups", ())]]
-    if any(float(p["sqnr_db"]) < limits.degraded_sqnr_db for p in parts):
-        return f"sqnr:{limits.degraded_sqnr_db:g}"
-    if any(float(p["cosine"]) < limits.degraded_cosine for p in parts):
-        return f"cosine:{limits.degraded_cosine:g}"
-    return f"drop:{limits.degraded_drop:g}" if verification.task is not None else None
+    return verdict.budget() if verdict.level in ("degraded", "collapsed") else None
 
 
 def wants_repair(run: BuildRun) -> bool:

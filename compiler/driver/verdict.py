@@ -91,10 +91,18 @@ class Verdict:
     level: str
     reasons: tuple[str, ...]
     thresholds: Thresholds
+    missed: frozenset[str] = frozenset()  # the limits crossed: "sqnr", "cosine", "drop"
 
     @property
     def ok(self) -> bool:
         return self.level == "ok"
+
+    def budget(self) -> str | None:
+        """The ``--accuracy-budget`` holding the first limit missed (SQNR, cosine, task drop) at its
+        degraded line: what a search must reach for this verdict to be ok; ``None`` when none was missed."""
+        t = self.thresholds
+        lines = {"sqnr": t.degraded_sqnr_db, "cosine": t.degraded_cosine, "drop": t.degraded_drop}
+        return next((f"{kind}:{value:g}" for kind, value in lines.items() if kind in self.missed), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"level": self.level, "reasons": list(self.reasons), "thresholds": asdict(self.thresholds)}
@@ -112,6 +120,7 @@ def judge(outputs: Mapping[str, Mapping[str, Any]], task: Mapping[str, Any] | No
                        limits)
     collapsed: list[str] = []
     degraded: list[str] = []
+    missed: set[str] = set()
     for name, m in outputs.items():
         parts = [(f"output '{name}'", m)] + [
             (f"output '{name}' channels {g['channels']} (RMS {float(g['rms']):.3g})", g)
@@ -120,24 +129,29 @@ def judge(outputs: Mapping[str, Mapping[str, Any]], task: Mapping[str, Any] | No
             sqnr, cos = float(part["sqnr_db"]), float(part["cosine"])
             if math.isnan(sqnr) or math.isnan(cos):
                 collapsed.append(f"{label} is NaN")
+                missed.add("sqnr")
                 continue
             for value, low, high, what in ((sqnr, limits.collapsed_sqnr_db, limits.degraded_sqnr_db, "SQNR"),
                                            (cos, limits.collapsed_cosine, limits.degraded_cosine, "cosine")):
                 unit = " dB" if what == "SQNR" else ""
+                if value < high:
+                    missed.add(what.lower())
                 if value < low:
                     collapsed.append(f"{label} {what} {value:.4g}{unit} < {low:g}{unit}")
                 elif value < high:
                     degraded.append(f"{label} {what} {value:.4g}{unit} < {high:g}{unit}")
     if task is not None:
         drop, metric = float(task["drop"]), task.get("metric", "task metric")
+        if drop > limits.degraded_drop:
+            missed.add("drop")
         if drop > limits.collapsed_drop:
             collapsed.append(f"{metric} dropped {drop:.4g} > {limits.collapsed_drop:g}")
         elif drop > limits.degraded_drop:
             degraded.append(f"{metric} dropped {drop:.4g} > {limits.degraded_drop:g}")
     if collapsed:
-        return Verdict("collapsed", tuple(collapsed + degraded), limits)
+        return Verdict("collapsed", tuple(collapsed + degraded), limits, frozenset(missed))
     if degraded:
-        return Verdict("degraded", tuple(degraded), limits)
+        return Verdict("degraded", tuple(degraded), limits, frozenset(missed))
     return Verdict("ok", (), limits)
 
 
@@ -154,6 +168,7 @@ def advice(verdict: Verdict, model: str, calib: str | None, out: str) -> str:
     shown = verdict.reasons[:3]
     why = "; ".join(shown) + (f"; … {len(verdict.reasons) - 3} more" if len(verdict.reasons) > 3 else "")
     analyze = f"dsqc analyze {model} --calib {calib or 'DATA'} -o {out}-analysis"
+    budget = verdict.budget() or f"sqnr:{verdict.thresholds.degraded_sqnr_db:g}"
     return (f"verdict {verdict.level.upper()}: {why}. Try: `{analyze}` to rank the sensitive nodes, then a "
-            f"recipe keeping them in fp32 ([exclude] nodes = [...]), or --accuracy-budget "
-            f"sqnr:{verdict.thresholds.degraded_sqnr_db:g} for an automatic mixed-precision plan")
+            f"recipe keeping them in fp32 ([exclude] nodes = [...]), or --accuracy-budget {budget} for an "
+            "automatic mixed-precision plan")

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.driver.cli import main
-from dsqc.driver.verdict import Thresholds, judge
+from dsqc.driver.verdict import Thresholds, advice, judge
 from dsqc.errors import RecipeError
 from dsqc.metrics import channel_ranges, scale_groups
 from dsqc.quant.recipe import parse_recipe
@@ -37,6 +37,19 @@ def test_judge_levels_and_reasons() -> None:
     assert judge({"y": _out(30.0, 0.999)}, task, 10).level == "collapsed"
     assert judge({"y": _out(30.0, 0.999)}, {**task, "drop": 0.02}, 10).level == "degraded"
     assert judge({"y": _out(math.nan, math.nan)}, None, 10).level == "collapsed"
+
+
+def test_the_advice_names_the_budget_of_the_limit_missed() -> None:
+    """NudeNet's repaired build met sqnr:15 but its class-score channels missed the cosine line; the
+    advice used to repeat ``--accuracy-budget sqnr:15``, which that build had already met."""
+    group = {"channels": "4-21", "rms": 0.0058, "sqnr_db": 16.6, "cosine": 0.932}
+    verdict = judge({"output0": {**_out(37.8, 0.9999), "groups": [group]}}, None, 10)
+    assert verdict.level == "degraded" and verdict.missed == {"cosine"} and verdict.budget() == "cosine:0.98"
+    assert "--accuracy-budget cosine:0.98 for an automatic" in advice(verdict, "m.onnx", "d.npz", "out")
+    assert judge({"y": _out(12.0, 0.95)}, None, 10).budget() == "sqnr:15"  # SQNR first, as repair takes it
+    task = {"fp32": 0.97, "quantized": 0.95, "drop": 0.02, "metric": "top1_accuracy"}
+    assert judge({"y": _out(30.0, 0.999)}, task, 10).budget() == "drop:0.01"
+    assert judge({"y": _out(40.0, 0.9999)}, None, 10).budget() is None
 
 
 def test_nothing_quantized_is_never_success() -> None:
