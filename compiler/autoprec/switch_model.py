@@ -204,7 +204,7 @@ class SwitchModel:
             feeds[const.feed] = value
             if value is not const.value:
                 first = min(first, const.position)
-        unswitched = plan.tensors.keys() - self.space.owners.keys() - self.space.values.keys()
+        unswitched = plan.tensors.keys() - self.space.owners.keys() - {c.tensor for c in self.consts}
         if unswitched and not self._warned:
             self._warned = True
             log.warning("switch model: the plan quantizes %d tensor(s) the INT8 plan does not (%s); they are "
