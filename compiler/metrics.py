@@ -17,13 +17,17 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
-def cosine(ref: np.ndarray, test: np.ndarray) -> float:
-    """Mean cosine similarity between matching rows (last axis flattened per sample)."""
+def cosine(ref: np.ndarray, test: np.ndarray, energy_weighted: bool = False) -> float:
+    """Mean cosine similarity between matching rows (all but axis 0 flattened per sample); an all-zero
+    reference row counts as agreement. ``energy_weighted``: each row weighs its reference's sum of squares
+    (for :func:`group_metrics`)."""
     a = ref.reshape(ref.shape[0], -1).astype(np.float64) if ref.ndim > 1 else ref[None].astype(np.float64)
     b = test.reshape(a.shape).astype(np.float64)
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    energy = np.sum(a * a, axis=1)
+    denom = np.sqrt(energy) * np.linalg.norm(b, axis=1)
     cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.maximum(denom, 1e-30), 1.0)
-    return float(np.mean(cos))
+    total = float(np.sum(energy))
+    return float(np.sum(energy * cos) / total) if energy_weighted and total > 0 else float(np.mean(cos))
 
 
 def mse(ref: np.ndarray, test: np.ndarray) -> float:
@@ -81,13 +85,19 @@ def scale_groups(ref: np.ndarray, axis: int = 1) -> list[np.ndarray]:
 
 
 def group_metrics(ref: np.ndarray, test: np.ndarray, axis: int = 1) -> list[dict[str, object]]:
-    """SQNR and cosine of each :func:`scale_groups` group of channels (``channels`` as ``"0-3"``)."""
+    """SQNR and cosine of each :func:`scale_groups` group of channels (``channels`` as ``"0-3"``).
+
+    A group's cosine weighs each sample by its energy in the group: a group of small-scale channels is a
+    detector's class scores, and on a photo with no object (max score 0.001) their direction is noise.
+    NudeNet's repaired tflite build read 0.94 as a plain mean of per-photo cosines (photos without objects
+    0.2-0.9) and was called degraded, where the energy-weighted cosine is 0.996, the group's SQNR 19 dB and
+    44 of 45 FP32 boxes are found."""
     rows: list[dict[str, object]] = []
     for idx in scale_groups(ref, axis):
         a, b = np.take(ref, idx, axis=axis), np.take(test, idx, axis=axis)
         rows.append({"channels": channel_ranges(idx), "count": int(idx.size),
                      "rms": float(np.sqrt(np.mean(a.astype(np.float64) ** 2))),
-                     "sqnr_db": float(sqnr_db(a, b)), "cosine": cosine(a, b)})
+                     "sqnr_db": float(sqnr_db(a, b)), "cosine": cosine(a, b, energy_weighted=True)})
     return rows
 
 

@@ -287,7 +287,9 @@ def _evaluator(switch: SwitchModel, held_out: SampleSet, budget: Budget, metric_
         if budget.kind == "sqnr":
             return min(sqnr_db(reference[o], got[o]) for o in reference), noise
         if budget.kind == "cosine":
-            return min(cosine(reference[o], got[o]) for o in reference), noise
+            # a channel group's cosine is energy-weighted, as the verdict reads it (metrics.group_metrics)
+            return min(cosine(reference[o], got[o], energy_weighted=parts[o][1] is not None)
+                       for o in reference), noise
         assert metric is not None
         return float(metric.judge(bound.reference, outputs, held_out.labels, fp32_task)["drop"]), noise
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dsqc.driver.cli import main
 from dsqc.driver.verdict import Thresholds, advice, judge
 from dsqc.errors import RecipeError
-from dsqc.metrics import channel_ranges, scale_groups
+from dsqc.metrics import channel_ranges, cosine, group_metrics, scale_groups
 from dsqc.quant.recipe import parse_recipe
 from tests.conftest import conv_bn_model
 
@@ -185,6 +185,22 @@ def test_scale_groups_split_only_far_apart_channels() -> None:
     odd[:, 9] = 0.0
     assert scale_groups(odd) == []  # one odd logit of a thousand, one dead one: not judged alone
     assert channel_ranges(np.array([0, 1, 2, 3, 7, 9, 10])) == "0-3, 7, 9-10"
+
+
+def test_a_channel_groups_cosine_weighs_each_sample_by_its_energy() -> None:
+    """NudeNet: on photos with no object the class scores are ~0.001 and int8 noise turns their direction
+    around; the photos whose scores matter agree. The group's cosine counts samples by their energy in it
+    (as its pooled SQNR does); a whole output's cosine stays the plain mean over samples."""
+    rng = np.random.default_rng(0)
+    boxes = rng.normal(0, 100, (8, 4, 50))
+    scores = np.concatenate([rng.uniform(0.2, 0.9, (4, 18, 50)), rng.uniform(0, 0.002, (4, 18, 50))])
+    ref = np.concatenate([boxes, scores], axis=1)
+    got = ref + rng.uniform(-0.004, 0.004, ref.shape)  # one int8 step of a [0, 1] score is 0.004
+    group = group_metrics(ref, got)[1]
+    assert group["channels"] == "4-21" and group["cosine"] > 0.999 and group["sqnr_db"] > 40
+    assert cosine(ref[:, 4:], got[:, 4:]) < 0.9  # the plain mean: four photos of noise
+    assert cosine(ref[:, 4:], got[:, 4:], energy_weighted=True) == group["cosine"]
+    assert judge({"y": {**_out(60.0, 0.9999), "groups": group_metrics(ref, got)}}, None, 10).level == "ok"
 
 
 def test_judge_holds_each_channel_group_to_the_limits() -> None:
