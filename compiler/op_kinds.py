@@ -91,6 +91,18 @@ def input_channels(node: Node, weight_shape: Sequence[int]) -> int:
     return channels * int(attr(node, "group", 1)) if op_type(node) == "Conv" else channels
 
 
+def is_matmul_bias(weight_shape: Sequence[int], bias_shape: Sequence[int]) -> bool:
+    """Whether a constant of ``bias_shape`` added to ``MatMul(x, W)`` (``W`` 2-D) is its per-column bias:
+    one value per output column, ``[N]`` or ``[1, …, N]``. The planner (``fused_matmul_bias``) and the
+    tflite lowering (FULLY_CONNECTED with its bias) must agree on this, so both ask here."""
+    if len(weight_shape) != 2 or not bias_shape:
+        return False
+    size = 1
+    for d in bias_shape:
+        size *= int(d)
+    return size == int(weight_shape[1]) == int(bias_shape[-1])
+
+
 def data_channel_axis(node: Node) -> int:
     """Axis of the data input (input 0) that the weight reduces over: Conv/ConvTranspose 1 (NCHW),
     Gemm 1 (0 with transA), MatMul the last."""

@@ -13,6 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import constant_value
+from dsqc.op_kinds import is_matmul_bias
 
 
 @dataclass
@@ -111,6 +112,6 @@ def find_bias_add(graph: gs.Graph, matmul: gs.Node, weight: np.ndarray) -> Match
     if len(others) != 1:
         return None
     bias = np.asarray(constant_value(others[0]))
-    if bias.size != weight.shape[-1] or bias.reshape(-1).shape[0] != bias.shape[-1]:
+    if not is_matmul_bias(weight.shape, bias.shape):
         return None
     return Match(add, matmul.inputs[0].name, [*inner], bias.reshape(-1).astype(np.float32))

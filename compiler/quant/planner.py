@@ -15,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.ir import Model, constant_value, is_graph_output
-from dsqc.op_kinds import BIAS_INPUT, MATRIX_OPS, WEIGHT_INPUT
+from dsqc.op_kinds import BIAS_INPUT, MATRIX_OPS, WEIGHT_INPUT, is_matmul_bias
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.qparams import activation_spec
 from dsqc.quant.recipe import NodeOptions, Recipe
@@ -248,14 +248,13 @@ def _bias_add(graph: gs.Graph, matmul: gs.Node) -> gs.Node | None:
     """The Add that adds a constant [N] bias to ``MatMul(x, W[K, N])``'s output, its only reader."""
     weight = constant_value(matmul.inputs[1]) if len(matmul.inputs) == 2 else None
     out = matmul.outputs[0]
-    if weight is None or weight.ndim != 2 or len(out.outputs) != 1 or is_graph_output(graph, out):
+    if weight is None or len(out.outputs) != 1 or is_graph_output(graph, out):
         return None
     add = out.outputs[0]
     consts = [constant_value(t) for t in add.inputs if t is not out]
     if add.op != "Add" or len(add.inputs) != 2 or len(consts) != 1 or consts[0] is None:
         return None
-    bias = np.asarray(consts[0])
-    return add if bias.size == weight.shape[1] and bias.shape[-1] == bias.size else None
+    return add if is_matmul_bias(weight.shape, np.shape(consts[0])) else None
 
 
 def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:

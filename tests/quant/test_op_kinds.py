@@ -15,6 +15,7 @@ from dsqc.op_kinds import (
     COMPUTE_OPS,
     data_channel_axis,
     input_channels,
+    is_matmul_bias,
     output_channels,
     weight_output_axis,
     weight_reduction_axis,
@@ -89,3 +90,12 @@ def test_compute_ops_have_weight_axes_and_others_do_not() -> None:
         weight_output_axis(helper.make_node(op, ["x", "w"], ["y"]))
     with pytest.raises(ValueError, match="Relu has no weight"):
         weight_output_axis(helper.make_node("Relu", ["x"], ["y"]))
+
+
+def test_a_matmul_bias_is_one_value_per_output_column() -> None:
+    """The planner and the tflite lowering ask the same question of a MatMul's constant Add."""
+    assert is_matmul_bias((16, 32), (32,)) and is_matmul_bias((16, 32), (1, 1, 32))
+    assert not is_matmul_bias((16, 32), (16,))  # per input row: not a bias
+    assert not is_matmul_bias((16, 32), (8, 32))  # per token: changes more than the columns
+    assert not is_matmul_bias((16, 32), ())  # a scalar
+    assert not is_matmul_bias((2, 16, 32), (32,))  # a batched weight: no FULLY_CONNECTED
