@@ -1,7 +1,8 @@
 """ONNX Runtime CPU: uint8 asymmetric activations, int8 symmetric per-channel weights (x86 fast path).
 
 Weight bits follow the CPU that will run the model (``isa.py``): 8 bits with int32 dot products
-(VNNI, AMX, ARM), 7 bits ([-64, 64]) on AVX2 without VNNI, whose u8s8 kernels saturate in int16.
+(VNNI, AMX, ARM); on AVX2 without VNNI, whose u8s8 kernels add pairs of products in a saturating int16,
+7 bits ([-64, 64]) widened per output channel where calibration inputs show it pays (``weight_limits.py``).
 
 Sigmoid and Mul (SiLU, squeeze-excite) run as QLinearSigmoid/QLinearMul when they sit between int8
 nodes: kept float, their Q/DQ made the EfficientNet-like net 1.23× slower than FP32; wrapped, 0.81×.
@@ -21,6 +22,7 @@ from dsqc.quant.spec import QuantPlan
 from .float_islands import finish_float_nodes
 from .isa import WEIGHT_LIMIT
 from .tables import lower_tables
+from .weight_limits import fit_weight_limits
 
 
 def finish_ort_qdq(proto: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -49,5 +51,7 @@ ONNX_PROFILE = TargetProfile(
 
 
 def onnx_profile(isa: str) -> TargetProfile:
-    """The onnx profile for a CPU class (``avx2``, ``vnni``, ``arm64``)."""
-    return dataclasses.replace(ONNX_PROFILE, weight_limit=WEIGHT_LIMIT[isa])
+    """The onnx profile for a CPU class (``avx2``, ``vnni``, ``arm64``); on ``avx2`` each output channel's
+    weights are then widened as far as ORT's int16 pair sums allow (``weight_limits.py``)."""
+    fit = fit_weight_limits if isa == "avx2" else None
+    return dataclasses.replace(ONNX_PROFILE, weight_limit=WEIGHT_LIMIT[isa], fit_weight_limits=fit)

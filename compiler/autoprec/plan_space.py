@@ -27,9 +27,9 @@ from dsqc.calibration.data import SampleSet
 from dsqc.calibration.runner import TensorStats
 from dsqc.ir import Model, constant_value
 from dsqc.op_kinds import MATRIX_OPS
-from dsqc.quant.planner import Placement, Range, finalize, place
+from dsqc.quant.planner import Placement, Range, place
 from dsqc.quant.profile import TargetProfile
-from dsqc.quant.quantize import calibrate_missing
+from dsqc.quant.quantize import calibrate_missing, finalize_plan
 from dsqc.quant.recipe import Override, Recipe
 from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
 from dsqc.quant.weights import is_float_constant, is_table_lookup
@@ -164,7 +164,8 @@ class PlanSpace:
                      len(missing), missing[0])
             self.stats |= calibrate_missing(self.fp32, missing, self.recipe, self.calib, self.batch_size,
                                             self.stats)
-        return finalize(self.model, placement, _ranges(self.stats), self.profile, recipe)
+        return finalize_plan(self.fp32, self.model, placement, _ranges(self.stats), self.profile, recipe,
+                             self.calib)
 
     def _weights(self, name: str, setting: Setting, plan: QuantPlan) -> None:
         choice = self.choices.get(name)
@@ -197,7 +198,7 @@ def build_space(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, c
     start = time.perf_counter()
     stats = calibrate_missing(fp32, placement8.activations, recipe, calib, batch_size, {})
     seconds = time.perf_counter() - start
-    plan8 = finalize(model, placement8, _ranges(stats), profile, recipe8)
+    plan8 = finalize_plan(fp32, model, placement8, _ranges(stats), profile, recipe8, calib)
     plan4 = None
     if int4_nodes:
         recipe4 = _with_overrides(recipe, {n.name: "int4" for n in int4_nodes})
@@ -205,7 +206,7 @@ def build_space(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe, c
         start = time.perf_counter()
         stats |= calibrate_missing(fp32, placement4.activations, recipe, calib, batch_size, stats)
         seconds += time.perf_counter() - start
-        plan4 = finalize(model, placement4, _ranges(stats), profile, recipe4)
+        plan4 = finalize_plan(fp32, model, placement4, _ranges(stats), profile, recipe4, calib)
     space = _make_space(fp32, model, nodes, profile, recipe, plan8, plan4, placement8, user_fixed)
     space.stats, space.calibration_seconds = stats, seconds
     space.calib, space.batch_size = calib, batch_size

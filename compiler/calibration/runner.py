@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -235,3 +235,19 @@ def calibrate(
     log.info("calibrated %d tensors on %d samples in %.2f s (%s)", len(stats), len(samples),
              time.perf_counter() - start, method)
     return stats
+
+
+def stream_tensors(proto: onnx.ModelProto, names: list[str], samples: SampleSet,
+                   batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of the named tensors of ``proto`` on ``samples`` (graph inputs are taken from the feeds)."""
+    feed_names = _feed_names(proto, samples)
+    run = sorted({n for n in names if n not in feed_names})
+    session = output_session(proto, run, _known_types(proto)) if run else None
+    bs, samples, _ = _batch_plan(proto, samples, batch_size)
+    for batch in samples.batches(bs):
+        feeds = {k: batch[k] for k in feed_names}
+        try:
+            outs = session.run(run, feeds) if session is not None else []
+        except Exception as exc:
+            raise CalibrationError(f"{samples.source}: ONNX Runtime failed: {first_line(exc)}") from None
+        yield dict(zip(run, outs, strict=True)) | {k: feeds[k] for k in feed_names if k in names}

@@ -7,13 +7,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
     import onnx
     import onnx_graphsurgeon as gs
 
+    from dsqc.calibration.data import SampleSet
+    from dsqc.ir import Model
+    from dsqc.quant.recipe import NodeOptions
     from dsqc.quant.spec import QuantPlan
 
 FinishQDQ = Callable[["onnx.ModelProto", "QuantPlan"], "onnx.ModelProto"]
 FloatKernel = Callable[["gs.Node"], str]
+FitWeightLimits = Callable[
+    ["onnx.ModelProto", "Model", "QuantPlan", "Mapping[str, NodeOptions]", "SampleSet"],
+    "dict[str, np.ndarray]"]
 
 # Ops whose data output equals a data input up to layout: their output reuses the input's spec.
 PASSTHROUGH_OPS = frozenset({
@@ -36,6 +45,9 @@ class TargetProfile:
     ``fixed_output_specs``: op → (scale, zero point) the runtime imposes (TFLite Softmax).
     ``weight_limit``: int8 weights in [-limit, limit] (64 = 7 bits: x86 u8s8 kernels without VNNI
     add pairs of u8·s8 products in saturating int16, so full 8-bit weights overflow).
+    ``fit_weight_limits``: ``(fp32, model, plan, node options, calibration samples)`` → node
+    → int8 weight limit per output channel, fitted to the target's kernel on calibration inputs where
+    ``weight_limit`` is only the safe bound (ORT on AVX2: as wide as its int16 pair sums allow).
     ``verify_fused``: verify with ORT's fused int8 kernels (the deployment runtime for ``onnx``); other
     targets are verified with ORT's reference Q/DQ semantics (float requantization), since ORT's x86
     u8s8 kernels saturate with full 8-bit weights where the target's kernels do not.
@@ -83,6 +95,7 @@ class TargetProfile:
     residual_add_skip_only: bool = False
     fused_matmul_bias: bool = False
     weight_limit: int | None = None
+    fit_weight_limits: FitWeightLimits | None = None
     verify_fused: bool = True
     latency_guard: bool = False
     float_readers_read_float: bool = False

@@ -30,12 +30,14 @@ def activation_spec(lo: float, hi: float, dtype: str, symmetric: bool,
 
 def weight_spec(weight: np.ndarray, axis: int | None, dtype: str = "int8",
                 block_size: int | None = None, power_of_two: bool = False,
-                limit: int | None = None) -> QuantSpec:
+                limit: int | np.ndarray | None = None) -> QuantSpec:
     """Symmetric narrow-range spec: per tensor, per channel on ``axis``, or blockwise along ``axis``.
 
-    ``limit`` caps the integer range to [-limit, limit] (e.g. 64: 7-bit weights).
+    ``limit`` caps the integer range to [-limit, limit] (e.g. 64: 7-bit weights); per channel, an array
+    along ``axis`` (the spec's ``limit`` is then the widest).
     """
-    qmax = min(DTYPE_RANGES[dtype][1], limit or DTYPE_RANGES[dtype][1])
+    top = DTYPE_RANGES[dtype][1]
+    qmax = np.minimum(top, limit if limit is not None else top)
     w = np.abs(weight.astype(np.float64))
     amax: np.ndarray
     if axis is None:
@@ -49,8 +51,9 @@ def weight_spec(weight: np.ndarray, axis: int | None, dtype: str = "int8",
     if power_of_two:
         scale = np.exp2(np.ceil(np.log2(scale))).astype(np.float32)
     zero = np.zeros(scale.shape, dtype=np.int64)
+    widest = None if limit is None else int(np.max(limit))
     return QuantSpec(dtype, scale, zero, axis=None if axis is None else axis % weight.ndim,
-                     block_size=block_size or None, narrow=True, limit=limit)
+                     block_size=block_size or None, narrow=True, limit=widest)
 
 
 BIAS_LIMIT = float(2**30)  # |quantized bias| bound: half the int32 range, the rest for Σ x·w

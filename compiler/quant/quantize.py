@@ -50,7 +50,7 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     log.info("placement: %d activation tensors to calibrate", len(placement.activations))
     stats = calibrate_missing(fp32, placement.activations, recipe, samples, batch_size, known or {})
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
-    plan = finalize(model, placement, ranges, profile, recipe)
+    plan = finalize_plan(fp32, model, placement, ranges, profile, recipe, None if trained else samples)
     if trained:
         plan = keep_specs(model, placement, plan, trained, profile)
     shifted_weights, shift_means = shift_corrections(model.graph)
@@ -61,6 +61,18 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     proto.ir_version = fp32.ir_version
     proto = finish_for_target(proto, plan, profile)
     return Quantized(prepare(proto, "quantized model"), plan, placement, stats)
+
+
+def finalize_plan(fp32: onnx.ModelProto, model: Model, placement: Placement, ranges: Mapping[str, Range],
+                  profile: TargetProfile, recipe: Recipe, samples: SampleSet | None) -> QuantPlan:
+    """``finalize``, then the int8 weight limits the target fits to its kernel on ``samples``
+    (``profile.fit_weight_limits``; none without samples). Every plan a build measures or writes is made
+    here, so the search measures the weights the build writes."""
+    plan = finalize(model, placement, ranges, profile, recipe)
+    if profile.fit_weight_limits is None or samples is None or not len(samples):
+        return plan
+    limits = profile.fit_weight_limits(fp32, model, plan, placement.options, samples)
+    return finalize(model, placement, ranges, profile, recipe, limits) if limits else plan
 
 
 def finish_for_target(proto: onnx.ModelProto, plan: QuantPlan, profile: TargetProfile) -> onnx.ModelProto:

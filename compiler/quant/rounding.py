@@ -16,7 +16,6 @@ bias fold ``m · Σ W_q`` is redone with the new integers afterwards.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +23,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from dsqc.calibration.data import SampleSet
-from dsqc.calibration.ort_session import first_line, output_session
-from dsqc.calibration.runner import _batch_plan, _feed_names, _known_types
-from dsqc.errors import CalibrationError
+from dsqc.calibration.runner import stream_tensors
 from dsqc.ir import Model, constant_value, producer
 from dsqc.model_io import prepare
 from dsqc.op_kinds import MATRIX_OPS
@@ -128,22 +125,6 @@ def _waves(graph: gs.Graph, layers: set[str]) -> list[list[str]]:
     return [waves[d] for d in sorted(waves)]
 
 
-def _stream(proto: onnx.ModelProto, names: list[str], samples: SampleSet,
-            batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of the named tensors (graph inputs are taken from the feeds)."""
-    feed_names = _feed_names(proto, samples)
-    run = sorted({n for n in names if n not in feed_names})
-    session = output_session(proto, run, _known_types(proto)) if run else None
-    bs, samples, _ = _batch_plan(proto, samples, batch_size)
-    for batch in samples.batches(bs):
-        feeds = {k: batch[k] for k in feed_names}
-        try:
-            outs = session.run(run, feeds) if session is not None else []
-        except Exception as exc:
-            raise CalibrationError(f"{samples.source}: ONNX Runtime failed: {first_line(exc)}") from None
-        yield dict(zip(run, outs, strict=True)) | {k: feeds[k] for k in feed_names if k in names}
-
-
 def _rows(node: gs.Node, x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, x.shape[-1]) if node.op in MATRIX_OPS else x
 
@@ -156,8 +137,8 @@ def _adaround_inputs(fp32: onnx.ModelProto, qdq: onnx.ModelProto, nodes: dict[st
     kept: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in nodes}
     budget = KEEP_BYTES // max(1, len(nodes))
     rng = np.random.default_rng(0)
-    pairs = zip(_stream(fp32, list(fp_names.values()), samples, batch_size),
-                _stream(qdq, list(q_names.values()), samples, batch_size), strict=True)
+    pairs = zip(stream_tensors(fp32, list(fp_names.values()), samples, batch_size),
+                stream_tensors(qdq, list(q_names.values()), samples, batch_size), strict=True)
     for fp_batch, q_batch in pairs:
         for name, (_, node) in nodes.items():
             x_fp, x_q = _rows(node, fp_batch[fp_names[name]]), _rows(node, q_batch[q_names[name]])
@@ -179,7 +160,7 @@ def _hessians(qdq: onnx.ModelProto, nodes: dict[str, gs.Node], shifts: dict[str,
     names = {n: node.inputs[0].name for n, node in nodes.items()}
     sums: dict[str, np.ndarray] = {}
     counts = dict.fromkeys(nodes, 0)
-    for batch in _stream(qdq, list(names.values()), samples, batch_size):
+    for batch in stream_tensors(qdq, list(names.values()), samples, batch_size):
         for name, node in nodes.items():
             x = _rows(node, batch[names[name]]).astype(np.float64) + shifts.get(name, 0.0)
             x = x[np.all(np.isfinite(x), axis=1)]

@@ -33,8 +33,10 @@ def is_table_lookup(node: gs.Node) -> bool:
     return table is not None and table.ndim == 2 and np.dtype(table.dtype) in FLOAT_TYPES
 
 
-def plan_constants(node: gs.Node, plan: QuantPlan, opts: NodeOptions, profile: TargetProfile) -> None:
-    """Weight, table and int32 bias specs of one node, from its precision in ``plan``."""
+def plan_constants(node: gs.Node, plan: QuantPlan, opts: NodeOptions, profile: TargetProfile,
+                   channel_limits: np.ndarray | None = None) -> None:
+    """Weight, table and int32 bias specs of one node, from its precision in ``plan``; ``channel_limits``:
+    the int8 weight limit of each output channel, fitted to the target's kernel (``fit_weight_limits``)."""
     precision = plan.precision_of(node.name)
     if is_table_lookup(node) and precision in (Precision.INT8, Precision.INT4):
         _plan_table(node, plan, opts, precision)
@@ -52,7 +54,8 @@ def plan_constants(node: gs.Node, plan: QuantPlan, opts: NodeOptions, profile: T
         plan.tensors[w_tensor.name] = weight_spec(weight, k_axis if block else axis, "int4", block)
         return
     per_channel = opts.per_channel and profile.per_channel_weights and weight.ndim >= 2
-    limit = opts.weight_limit or profile.weight_limit
+    limit = channel_limits if channel_limits is not None and per_channel else \
+        opts.weight_limit or profile.weight_limit
     w_spec = weight_spec(weight, axis if per_channel else None, "int8",
                          power_of_two=profile.power_of_two_scales, limit=limit)
     plan.tensors[w_tensor.name] = w_spec

@@ -27,7 +27,14 @@ from dsqc.quant.recipe import Recipe
 from dsqc.quant.spec import Precision
 from tests.sensitivity._models import OUTLIER_NODE, late_input_mlp, outlier_cnn, save_cnn
 
-AVX2 = {"isa": "avx2"}  # 7-bit weights, which the planted outlier is sized for, on any build machine
+AVX2 = {"isa": "avx2"}  # the same weight grid on any build machine
+
+
+def _seven_bits(folder: Path) -> Path:
+    """7-bit weights, which the planted outlier is sized for (avx2 would widen them where it can)."""
+    path = folder / "w7.toml"
+    path.write_text("[quantization]\nweight_limit = 64\n")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_planted_outlier_layer_ranks_first(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
     result = analyze(AnalyzeRequest(model=model, out_dir=tmp_path / "out", calib=str(data), samples=8,
-                                     progress=False, backend_options=AVX2))
+                                     progress=False, backend_options=AVX2, recipe=_seven_bits(tmp_path)))
     ranked = result.sensitivity.nodes
     assert ranked[0].name == OUTLIER_NODE
     top = ranked[0]

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from dsqc.backends.onnx.avx2_pairs import CANDIDATES
 from dsqc.backends.onnx.isa import host_isa, resolve_isa
 from dsqc.backends.registry import get_backend
 from dsqc.driver.cli import main
@@ -43,9 +44,11 @@ def test_profile_and_bad_values() -> None:
         backend.profile_for({"parallelism": 8})
 
 
-@pytest.mark.parametrize(("isa", "limit", "bits"), [("avx2", 64, 7), ("vnni", 127, 8)])
+@pytest.mark.parametrize(("isa", "bits"), [("avx2", 7), ("vnni", 8)])
 def test_build_stores_weights_in_the_isa_range(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                               isa: str, limit: int, bits: int) -> None:
+                                               isa: str, bits: int) -> None:
+    """vnni: every channel 8-bit. avx2: 7-bit, each channel widened (``weight_limits``) only to a limit
+    of ``avx2_pairs.CANDIDATES``; the report counts the layers widened."""
     model, data = save_cnn(tmp_path)
     out = tmp_path / isa
     assert main(["build", str(model), "-t", "onnx", "--calib", str(data), "-o", str(out), "--no-latency",
@@ -53,10 +56,35 @@ def test_build_stores_weights_in_the_isa_range(tmp_path: Path, capsys: pytest.Ca
     qdq = onnx.load(str(out / "outlier_cnn.int8.onnx"))
     weights = [numpy_helper.to_array(t) for t in qdq.graph.initializer if t.data_type == onnx.TensorProto.INT8
                and t.dims and len(t.dims) == 4]
-    assert weights and max(int(np.abs(w).max()) for w in weights) == limit
+    per_channel = np.concatenate([np.abs(w.astype(np.int64)).reshape(len(w), -1).max(axis=1)
+                                  for w in weights])
     report = json.loads((out / "report.json").read_text())
-    assert report["metrics"]["onnx"] == {"isa": isa, "isa_source": "-B isa", "weight_bits": bits}
-    assert f"int8 weights in {bits} bits for isa={isa} (-B isa" in capsys.readouterr().out
+    metrics = report["metrics"]["onnx"]
+    assert {k: metrics[k] for k in ("isa", "isa_source", "weight_bits")} == \
+        {"isa": isa, "isa_source": "-B isa", "weight_bits": bits}
+    if isa == "vnni":
+        assert set(per_channel.tolist()) == {127} and "widened_layers" not in metrics
+        assert "int8 weights in 8 bits for isa=vnni (-B isa" in capsys.readouterr().out
+        return
+    assert set(per_channel.tolist()) <= set(CANDIDATES), "a channel's largest weight is its limit"
+    assert per_channel.min() == 64 or per_channel.max() == 127
+    wide, layers = metrics["widened_layers"]
+    assert layers == len(weights) + 1 and 0 < wide <= layers, "three Convs and the classifier Gemm"
+    assert f"int8 weights in 7 bits, wider (up to 8) in {wide} of {layers} layers" in capsys.readouterr().out
+
+
+def test_a_recipe_weight_limit_is_not_widened(tmp_path: Path) -> None:
+    model, data = save_cnn(tmp_path)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[quantization]\nweight_limit = 64\n")
+    out = tmp_path / "o"
+    assert main(["build", str(model), "-t", "onnx", "--calib", str(data), "-o", str(out), "--no-latency",
+                 "-B", "isa=avx2", "--recipe", str(recipe)]) == 0
+    qdq = onnx.load(str(out / "outlier_cnn.int8.onnx"))
+    weights = [numpy_helper.to_array(t) for t in qdq.graph.initializer if t.data_type == onnx.TensorProto.INT8
+               and t.dims and len(t.dims) == 4]
+    assert max(int(np.abs(w).max()) for w in weights) == 64
+    assert json.loads((out / "report.json").read_text())["metrics"]["onnx"]["widened_layers"][0] == 0
 
 
 def test_written_onnx_carries_no_shape_annotations(tmp_path: Path) -> None:
