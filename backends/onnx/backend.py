@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from dsqc.model_io import save_model
 from dsqc.quant.profile import TargetProfile
+from dsqc.quant.spec import QuantPlan
 
 from ..registry import (
     Backend,
@@ -69,8 +71,7 @@ class OnnxBackend(Backend):
         bits = 8 if WEIGHT_LIMIT[isa] == 127 else 7
         metrics: dict[str, Any] = {"isa": isa, "isa_source": how, "weight_bits": bits}
         if isa == "avx2" and job.plan is not None:
-            limits = [s.limit for s in job.plan.tensors.values() if s.dtype == "int8" and s.limit is not None]
-            metrics["widened_layers"] = [sum(limit > WEIGHT_LIMIT[isa] for limit in limits), len(limits)]
+            metrics["weight_channels"] = channel_bits(job.fp32, job.plan)
         return Lowered(job, verified=verified, metrics={"onnx": metrics})
 
     def write(self, lowered: Lowered, out: Path) -> BackendOutput:
@@ -106,12 +107,29 @@ class OnnxBackend(Backend):
         m = result.metrics.get(self.name) or {}
         if not m.get("isa") or result.precision == "fp32":
             return []
-        widened = ""
-        if m.get("widened_layers"):
-            wide, layers = m["widened_layers"]
-            widened = f", wider (up to 8) in {wide} of {layers} layers where ORT's int16 pair sums allow"
-        return [f"onnx: int8 weights in {m['weight_bits']} bits{widened} for isa={m['isa']} "
-                f"({m['isa_source']}; -B isa=avx2|vnni|arm64 names the CPU that will run it)"]
+        bits = f"in {m['weight_bits']} bits"
+        if (channels := m.get("weight_channels")) and channels["total"]:
+            bits = (f"per channel from 7 to 8 bits, as far as ORT's int16 pair sums cannot saturate "
+                    f"({channels['8']} of {channels['total']} channels in 8 bits, {channels['7']} in 7)")
+        return [f"onnx: int8 weights {bits} for isa={m['isa']} ({m['isa_source']}; "
+                "-B isa=avx2|vnni|arm64 names the CPU that will run it)"]
+
+
+def channel_bits(fp32: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
+    """How many int8 weight channels of ``plan`` use the full 8 bits (limit 127), how many the safe 7
+    (64), and how many in all: a channel's limit is its largest |w| over its scale."""
+    weights = {t.name: t for t in fp32.graph.initializer}
+    counts = {"8": 0, "7": 0, "total": 0}
+    for name, spec in plan.tensors.items():
+        if spec.dtype != "int8" or spec.limit is None or spec.axis is None or name not in weights:
+            continue
+        w = np.abs(numpy_helper.to_array(weights[name]).astype(np.float64))
+        amax = np.moveaxis(w, spec.axis, 0).reshape(w.shape[spec.axis], -1).max(axis=1)
+        limit = np.round(amax / spec.scale.astype(np.float64))
+        counts["8"] += int(np.sum(limit >= 127))
+        counts["7"] += int(np.sum(limit == 64))
+        counts["total"] += int(limit.size)
+    return counts
 
 
 def without_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
