@@ -20,7 +20,7 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
 def cosine(ref: np.ndarray, test: np.ndarray, energy_weighted: bool = False) -> float:
     """Mean cosine similarity between matching rows (all but axis 0 flattened per sample); an all-zero
     reference row counts as agreement. ``energy_weighted``: each row weighs its reference's sum of squares
-    (for :func:`group_metrics`)."""
+    (for :func:`group_cosine`)."""
     a = ref.reshape(ref.shape[0], -1).astype(np.float64) if ref.ndim > 1 else ref[None].astype(np.float64)
     b = test.reshape(a.shape).astype(np.float64)
     energy = np.sum(a * a, axis=1)
@@ -87,18 +87,23 @@ def scale_groups(ref: np.ndarray, axis: int = 1) -> list[np.ndarray]:
 def group_metrics(ref: np.ndarray, test: np.ndarray, axis: int = 1) -> list[dict[str, object]]:
     """SQNR and cosine of each :func:`scale_groups` group of channels (``channels`` as ``"0-3"``).
 
-    A group's cosine weighs each sample by its energy in the group: a group of small-scale channels is a
-    detector's class scores, and on a photo with no object (max score 0.001) their direction is noise.
-    NudeNet's repaired tflite build read 0.94 as a plain mean of per-photo cosines (photos without objects
-    0.2-0.9) and was called degraded, where the energy-weighted cosine is 0.996, the group's SQNR 19 dB and
-    44 of 45 FP32 boxes are found."""
+    A group's cosine is :func:`group_cosine`."""
     rows: list[dict[str, object]] = []
     for idx in scale_groups(ref, axis):
         a, b = np.take(ref, idx, axis=axis), np.take(test, idx, axis=axis)
         rows.append({"channels": channel_ranges(idx), "count": int(idx.size),
                      "rms": float(np.sqrt(np.mean(a.astype(np.float64) ** 2))),
-                     "sqnr_db": float(sqnr_db(a, b)), "cosine": cosine(a, b, energy_weighted=True)})
+                     "sqnr_db": float(sqnr_db(a, b)), "cosine": group_cosine(a, b)})
     return rows
+
+
+def group_cosine(ref: np.ndarray, test: np.ndarray) -> float:
+    """A channel group's cosine weighs each sample by its energy in the group: a group of small-scale
+    channels is a detector's class scores, and on a photo with no object (max score 0.001) their direction
+    is noise. NudeNet's repaired tflite build read 0.94 as a plain mean of per-photo cosines (photos without
+    objects 0.2-0.9) and was called degraded, where the energy-weighted cosine is 0.996, the group's SQNR
+    19 dB and 44 of 45 FP32 boxes are found."""
+    return cosine(ref, test, energy_weighted=True)
 
 
 def channel_ranges(idx: np.ndarray) -> str:
@@ -125,6 +130,12 @@ def judged_parts(reference: Mapping[str, np.ndarray]) -> dict[str, Part]:
         for idx in scale_groups(ref):
             parts[f"{name}[channels {channel_ranges(idx)}]"] = (name, idx)
     return parts
+
+
+def part_cosine(ref: np.ndarray, test: np.ndarray, part: Part) -> float:
+    """The cosine the verdict and a cosine budget read for ``part``: the plain per-sample mean for a whole
+    output, :func:`group_cosine` for a scale group of its channels."""
+    return cosine(ref, test) if part[1] is None else group_cosine(ref, test)
 
 
 def take_parts(values: Mapping[str, np.ndarray], parts: Mapping[str, Part]) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ from dsqc.autoprec.switch_model import SwitchModel, even_batches
 from dsqc.calibration.data import SampleSet
 from dsqc.driver.build_types import BuildRequest, rebuild_command
 from dsqc.errors import RecipeError
-from dsqc.metrics import cosine, judged_parts, sqnr_db, take_parts
+from dsqc.metrics import judged_parts, part_cosine, sqnr_db, take_parts
 from dsqc.quant.boosters import BiasCorrector
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.quantize import Quantized, quantize_model
@@ -287,9 +287,7 @@ def _evaluator(switch: SwitchModel, held_out: SampleSet, budget: Budget, metric_
         if budget.kind == "sqnr":
             return min(sqnr_db(reference[o], got[o]) for o in reference), noise
         if budget.kind == "cosine":
-            # a channel group's cosine is energy-weighted, as the verdict reads it (metrics.group_metrics)
-            return min(cosine(reference[o], got[o], energy_weighted=parts[o][1] is not None)
-                       for o in reference), noise
+            return min(part_cosine(reference[o], got[o], parts[o]) for o in reference), noise
         assert metric is not None
         return float(metric.judge(bound.reference, outputs, held_out.labels, fp32_task)["drop"]), noise
 
