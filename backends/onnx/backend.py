@@ -91,7 +91,8 @@ class OnnxBackend(Backend):
     def howto(self, report: dict[str, Any]) -> list[Block]:
         found = self.runtime_artifact([Path(str(a)) for a in report.get("artifacts", [])])
         model = found.as_posix() if found else "model.onnx"
-        isa = ((report.get("metrics") or {}).get("onnx") or {}).get("isa")
+        metrics = (report.get("metrics") or {}).get("onnx") or {}
+        isa, channels = metrics.get("isa"), metrics.get("weight_channels")
         code = (f"import numpy as np, onnxruntime as ort\n"
                 f"session = ort.InferenceSession({model!r}, providers=['CPUExecutionProvider'])\n"
                 "name = session.get_inputs()[0].name\n"
@@ -101,6 +102,12 @@ class OnnxBackend(Backend):
                   Block("code", code)]
         if isa:
             blocks.append(Block("note", f"Weights were sized for CPUs of kind `{isa}` (`-B isa=`)."))
+        if channels and channels.get("total"):
+            text = (f"{channels['8']} of {channels['total']} weight channels use 8 bits and {channels['7']} "
+                    "use 7: each is as wide as ORT's int16 pair sums on AVX2 without VNNI cannot saturate "
+                    "for the calibrated inputs. For a CPU with VNNI, AMX or ARM dot products, build with "
+                    "`-B isa=vnni` or `-B isa=arm64`: 8 bits everywhere.")
+            blocks.append(Block("note", text))
         return blocks
 
     def summary_lines(self, result: BuildResult) -> list[str]:

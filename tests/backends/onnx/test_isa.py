@@ -76,6 +76,8 @@ def test_build_stores_weights_in_the_isa_range(tmp_path: Path, capsys: pytest.Ca
     assert (f"int8 weights per channel from 7 to 8 bits, as far as ORT's int16 pair sums cannot saturate "
             f"({channels['8']} of {channels['total']} channels in 8 bits, {channels['7']} in 7) for isa=avx2"
             ) in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert f"{channels['8']} of {channels['total']} weight channels use 8 bits" in html and "isa=vnni" in html
 
 
 def test_a_recipe_weight_limit_is_not_widened(tmp_path: Path) -> None:
