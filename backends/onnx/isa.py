@@ -3,7 +3,8 @@
 ORT's x86 u8s8 GEMM/conv kernels on AVX2 without VNNI multiply-add pairs of u8·s8 products into a
 saturating int16 (``vpmaddubsw``): 255·127·2 overflows, 255·64·2 does not, so weights there start at 7
 bits ([-64, 64]; measured on the MNIST CNN on an AVX2 CPU: 18.7 dB with 8-bit weights against 38 dB
-emulated) and are widened per output channel where calibration inputs show it pays (``weight_limits.py``).
+emulated) and are widened per output channel as far as the calibrated input ranges cannot saturate
+the pair sums (``weight_limits.py``).
 VNNI (``vpdpbusd``), AMX and ARM's dot-product instructions accumulate in int32 and take full 8-bit
 weights; on this project's VNNI machine 7-bit weights cost MiniLM 8.1 vs 15.7 dB and the torchvision
 MobileNetV2 graph 32.8 vs 38.1 dB.

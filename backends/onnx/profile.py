@@ -2,7 +2,8 @@
 
 Weight bits follow the CPU that will run the model (``isa.py``): 8 bits with int32 dot products
 (VNNI, AMX, ARM); on AVX2 without VNNI, whose u8s8 kernels add pairs of products in a saturating int16,
-7 bits ([-64, 64]) widened per output channel where calibration inputs show it pays (``weight_limits.py``).
+7 bits ([-64, 64]), widened per output channel as far as the calibrated input ranges cannot saturate
+those sums (``weight_limits.py``).
 
 Sigmoid and Mul (SiLU, squeeze-excite) run as QLinearSigmoid/QLinearMul when they sit between int8
 nodes: kept float, their Q/DQ made the EfficientNet-like net 1.23× slower than FP32; wrapped, 0.81×.

@@ -52,7 +52,7 @@ def fit_weight_limits(fp32: onnx.ModelProto, model: Model, plan: QuantPlan,
         spec = plan.tensors[node.inputs[0].name]
         key = (node.name, float(spec.scale), int(spec.zero_point))  # a plan's input grid decides the limits
         if key not in fitted:
-            fitted[key] = _fit(node, _codes(spec, ranges, node))
+            fitted[key] = _fit(node, spec, ranges)
         limits[node.name] = fitted[key]
     return {name: found for name, found in limits.items() if found.max() > SAFE_LIMIT}
 
@@ -113,27 +113,20 @@ def _seen(fp32: onnx.ModelProto, wanted: set[tuple[str, int]],
     return known, entry[2]
 
 
-def _codes(spec: QuantSpec, ranges: Mapping[tuple[str, int], Ranges], node: gs.Node) -> Ranges | None:
-    """The layer's input ranges on its planned uint8 grid, stretched by ``HEADROOM`` around the zero
-    point (which padding reads); ``None`` for a depthwise conv, which needs none."""
-    if _depthwise(node):
-        return None
-    lo, hi = ranges[node.inputs[0].name, _axis(node)]
-    scale, zero = float(spec.scale), int(spec.zero_point)
-    low = np.clip(np.round(np.minimum(lo, 0.0) * HEADROOM / scale) + zero, 0, 255)
-    high = np.clip(np.round(np.maximum(hi, 0.0) * HEADROOM / scale) + zero, 0, 255)
-    return low, high
-
-
-def _fit(node: gs.Node, ranges: Ranges | None) -> np.ndarray:
-    """Per-output-channel limits of one layer (a depthwise conv needs no input ranges)."""
+def _fit(node: gs.Node, spec: QuantSpec, ranges: Mapping[tuple[str, int], Ranges]) -> np.ndarray:
+    """Per-output-channel limits of one layer whose input is planned on ``spec``'s uint8 grid; its input
+    ranges are stretched by ``HEADROOM`` around the zero point (which padding reads). A depthwise conv
+    takes 8 bits."""
     weight = constant_value(node.inputs[1])
     assert weight is not None
     if _depthwise(node):
         return np.full(weight.shape[0], FULL_LIMIT, np.int64)
-    assert ranges is not None
+    lo, hi = ranges[node.inputs[0].name, _axis(node)]
+    scale, zero = float(spec.scale), int(spec.zero_point)
+    codes = (np.clip(np.round(np.minimum(lo, 0.0) * HEADROOM / scale) + zero, 0, 255),
+             np.clip(np.round(np.maximum(hi, 0.0) * HEADROOM / scale) + zero, 0, 255))
     if node.op == "Conv":
         group = int(node.attrs.get("group", 1))
-        return safe_limits(conv_index_ranges(*ranges, weight.shape, group), conv_weight_rows(weight, group))
+        return safe_limits(conv_index_ranges(*codes, weight.shape, group), conv_weight_rows(weight, group))
     rows = weight.T if node.op == "MatMul" or not node.attrs.get("transB", 0) else weight
-    return safe_limits([ranges], [rows])
+    return safe_limits([codes], [rows])

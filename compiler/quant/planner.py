@@ -450,10 +450,8 @@ def _propagate_passthrough(graph: gs.Graph, profile: TargetProfile, placement: P
 
 
 def finalize(model: Model, placement: Placement, ranges: Mapping[str, Range],
-             profile: TargetProfile, recipe: Recipe,
-             channel_limits: Mapping[str, np.ndarray] | None = None) -> QuantPlan:
-    """Turn calibrated ranges and weights into specs; every decision keeps its reason.
-    ``channel_limits``: node → int8 weight limit per output channel (``profile.fit_weight_limits``)."""
+             profile: TargetProfile, recipe: Recipe) -> QuantPlan:
+    """Turn calibrated ranges and weights into specs; every decision keeps its reason."""
     plan = QuantPlan(nodes=dict(placement.decisions), folded_activations=dict(placement.folded),
                      notes=list(placement.notes))
     dtype = recipe.activation_dtype or profile.activation_dtype
@@ -474,8 +472,7 @@ def finalize(model: Model, placement: Placement, ranges: Mapping[str, Range],
         plan.tensors[name] = activation_spec(lo, hi, dtype, symmetric, profile.power_of_two_scales)
     _apply_fixed_outputs(model, plan, placement, profile, dtype)
     for node in model.graph.nodes:
-        plan_constants(node, plan, placement.options[node.name], profile,
-                       (channel_limits or {}).get(node.name))
+        plan_constants(node, plan, placement.options[node.name], profile)
     return plan
 
 

@@ -21,6 +21,7 @@ from dsqc.quant.planner import Placement, Range, finalize, place
 from dsqc.quant.profile import PASSTHROUGH_OPS, TargetProfile
 from dsqc.quant.recipe import Recipe
 from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
+from dsqc.quant.weights import plan_constants
 
 log = logging.getLogger(__name__)
 SHIFT_MARK = "dsqc.shift_bias"  # model metadata: shifted layers' biases refolded with quantized weights
@@ -72,7 +73,10 @@ def finalize_plan(fp32: onnx.ModelProto, model: Model, placement: Placement, ran
     if profile.fit_weight_limits is None or samples is None or not len(samples):
         return plan
     limits = profile.fit_weight_limits(fp32, model, plan, placement.options, samples)
-    return finalize(model, placement, ranges, profile, recipe, limits) if limits else plan
+    for node in model.graph.nodes:  # only the widened layers' weight and bias specs change
+        if node.name in limits:
+            plan_constants(node, plan, placement.options[node.name], profile, limits[node.name])
+    return plan
 
 
 def finish_for_target(proto: onnx.ModelProto, plan: QuantPlan, profile: TargetProfile) -> onnx.ModelProto:
