@@ -19,13 +19,14 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
 def cosine(ref: np.ndarray, test: np.ndarray, energy_weighted: bool = False) -> float:
     """Mean cosine similarity between matching rows (all but axis 0 flattened per sample); an all-zero
-    reference row counts as agreement. ``energy_weighted``: each row weighs its reference's sum of squares
-    (for :func:`group_cosine`)."""
+    reference row counts as agreement, an all-zero test row under a non-zero reference as none (0).
+    ``energy_weighted``: each row weighs its reference's sum of squares (for :func:`group_cosine`)."""
     a = ref.reshape(ref.shape[0], -1).astype(np.float64) if ref.ndim > 1 else ref[None].astype(np.float64)
     b = test.reshape(a.shape).astype(np.float64)
     energy = np.sum(a * a, axis=1)
     denom = np.sqrt(energy) * np.linalg.norm(b, axis=1)
-    cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.maximum(denom, 1e-30), 1.0)
+    none = np.where(energy > 0, 0.0, 1.0)  # a zero row: agreement only where the reference is zero too
+    cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.maximum(denom, 1e-30), none)
     total = float(np.sum(energy))
     return float(np.sum(energy * cos) / total) if energy_weighted and total > 0 else float(np.mean(cos))
 

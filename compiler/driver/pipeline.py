@@ -2,8 +2,9 @@
 
 load ─► normalize ─► calibrate ─► plan ─► insert Q/DQ ─► verify ─► lower(target) ─► [repair] ─► write
 
-[repair]: a static int8 build its own verdict finds degraded or collapsed is rebuilt under the
-mixed-precision budget it missed, and the better of the two is written (``repair.py``).
+[repair]: a static int8 build its own verdict finds degraded or collapsed is rebuilt with activations
+quantized at run time (transformers, MLPs) and/or under the mixed-precision budget it missed, and the
+best build is written (``repair.py``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Repair: a static int8 build whose own verdict is not ``ok`` gets a mixed-precision plan.
+"""Repair: a static int8 build whose own verdict is not ``ok`` gets a dynamic build or a mixed-precision plan.
 
 dsqc judges every build on its held-out data (``verdict``). Where plain int8 comes out ``degraded`` or
-``collapsed``, the build runs the search of ``--accuracy-budget`` with the limit the verdict missed
-(its ``degraded_*`` line: ``sqnr:15`` by default) on the same held-out data, and keeps the mixed plan
-unless ``refuse_reason`` finds it no better, no longer int8, or slower than FP32. A kept plan that still
-misses the line is judged as usual (no exit 2: nobody asked for a budget). ``--no-repair`` keeps plain
-int8.
+``collapsed``, a transformer or MLP is first built with activations quantized at run time (``--mode
+dynamic``, ``dynamic_fits``); unless that build meets the ok line at plain int8's speed, the build runs
+the search of ``--accuracy-budget`` with the limit the verdict missed (its ``degraded_*`` line:
+``sqnr:15`` by default) on the same held-out data. Each alternative must pass ``refuse_reason`` (still
+quantized, better than plain int8, not slower than FP32); of those, the fastest that meets the line is
+kept, else the most accurate. A kept build that still misses the line is judged as usual (no exit 2:
+nobody asked for a budget). ``--no-repair`` keeps plain int8.
 
 Measured (tools/bench/REAL.md, REAL_NOTES.md): the torchvision MobileNetV2 graph (random init) builds
 degraded in plain int8 (12.8 dB on its verification samples); repaired, 6 of 64 nodes leave int8 and 512
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dsqc.autoprec.mixed_precision import achieved_on, parse_accuracy_budget
@@ -26,6 +29,9 @@ from dsqc.backends.registry import Lowered
 from dsqc.driver.build_types import BuildRequest
 from dsqc.driver.stages import BuildRun
 from dsqc.driver.verdict import Thresholds, judge
+from dsqc.quant.boosters import BoosterOptions
+from dsqc.quant.dynamic import candidates
+from dsqc.quant.spec import Precision
 from dsqc.verify import Verification, compare_latency, latency_sample
 
 log = logging.getLogger(__name__)
@@ -53,36 +59,126 @@ def wants_repair(run: BuildRun) -> bool:
             and not run.backend.profile_for(run.job.options).integer_only)
 
 
+def dynamic_fits(run: BuildRun) -> bool:
+    """Whether repair also builds the model with activations quantized at run time (``--mode dynamic``):
+    the target runs dynamic kernels, every weighted layer is a MatMul/Gemm (a transformer or an MLP; a
+    dynamic Conv has no fused kernel in ORT), and the recipe asks nothing dynamic mode would drop (int4
+    weights, fp16 or int4 nodes, learned rounding)."""
+    if run.backend.profile_for(run.job.options).dynamic_refusal or run.trained:
+        return False
+    boosters = BoosterOptions.from_dict(run.recipe.boosters, run.recipe.source)
+    if boosters.rounding is not None or run.recipe.weight_dtype != "int8":
+        return False
+    found = candidates(run.fp32)
+    asked = {run.recipe.options_for(c.node, c.op).precision for c in found}
+    return bool(found) and all(c.op != "Conv" for c in found) and asked <= {None, Precision.INT8,
+                                                                            Precision.FP32}
+
+
 def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, Lowered]:
-    """``run`` unchanged when its verdict is ok; else the better of it and its mixed-precision rebuild
-    (``start`` begins that build), with the ``repair`` report section on the one kept."""
+    """``run`` unchanged when its verdict is ok; else the best of it, its dynamic build (``dynamic_fits``)
+    and its mixed-precision rebuild (``start`` begins each), with the ``repair`` report section on the
+    one kept.
+
+    A dynamic build that meets the ok line and runs as fast as plain int8 (within ``NOISE``) is kept
+    without a search: a mixed plan is plain int8 with layers moved above int8, so it can be more accurate
+    but not faster. MiniLM on ``tflite`` (tools/bench/TFLITE_REAL.md): plain static int8 9.1 dB; the
+    mixed plan 15.9 dB (7 MatMuls fp32), 0.52× FP32's LiteRT time; dynamic 17.4 dB in ORT's reference
+    and 25.8 dB in LiteRT, 0.35×. Otherwise the search runs, and of the builds ``refuse_reason`` lets
+    through, the fastest that meets the line is kept, else the most accurate."""
     assert run.verification is not None and run.result.plan is not None
     budget_text = repair_budget(run.verification, len(run.result.plan.tensors), run.limits,
                                 run.backend.verdict_outputs(lowered.metrics))
     if budget_text is None:
         return run, lowered
     budget = parse_accuracy_budget(budget_text)
+    before = achieved_on(budget, run.verification)
+    if (plain_in_runtime := run.achieved_in_runtime(budget)) is not None:  # tflite: LiteRT's run too
+        before = budget.worse(before, plain_in_runtime)
+    builds = [Candidate("int8", run, lowered, before, _tensors(run))]
+    if dynamic_fits(run):
+        log.info("the int8 build misses the verdict's ok line %s: trying activations quantized at run "
+                 "time", budget_text)
+        dynamic = start(dataclasses.replace(run.request, mode="dynamic"))
+        dynamic_lowered = dynamic.quantize_dynamic()
+        builds.append(Candidate("dynamic", dynamic, dynamic_lowered,
+                                _achieved(budget, dynamic, dynamic_lowered), _tensors(dynamic)))
+        _time(builds)
+        plain, dyn = builds
+        fast = plain.ratio is None or dyn.ratio is None or dyn.ratio <= plain.ratio * NOISE
+        if budget.met(dyn.achieved) and fast and _refusal(budget, plain, dyn) is None:
+            return _keep(budget, builds, dyn)
     log.info("the int8 build misses the verdict's ok line: searching a mixed-precision plan for %s",
              budget_text)
     second = start(dataclasses.replace(run.request, accuracy_budget=budget_text))
     second_lowered = second.quantize_static()
-    assert second.verification is not None
-    before = achieved_on(budget, run.verification)
-    if (plain_in_runtime := run.achieved_in_runtime(budget)) is not None:  # tflite: LiteRT's run too
-        before = budget.worse(before, plain_in_runtime)
     assert second.auto is not None
-    after = second.auto.achieved  # the worse of ORT's and the target runtime's, as finish judged it
-    tensors = len(second.result.plan.tensors) if second.result.plan is not None else 0
-    int8_ratio, mixed_ratio = _latency_ratios((run, lowered), (second, second_lowered))
-    refusal = refuse_reason(budget, before, after, tensors, mixed_ratio, int8_ratio)
-    kept, kept_lowered = (run, lowered) if refusal else (second, second_lowered)
-    kept.result.failed = None  # a missed repair is judged by the verdict, not an error: no budget was asked
-    kept.result.metrics["repair"] = _section(budget, (before, after), refusal is None, (run, int8_ratio),
-                                             (second, mixed_ratio))
-    if refusal:
-        kept.result.warnings.append(f"repair: the mixed-precision plan for {budget} measured "
-                                    f"{_value(budget, after)} {refusal}: plain int8 kept")
-    return kept, kept_lowered
+    # the worse of ORT's and the target runtime's, as finish judged it
+    builds.append(Candidate("mixed", second, second_lowered, second.auto.achieved, _tensors(second)))
+    _time(builds)
+    kept, refusals = pick(budget, builds)
+    outcome = "plain int8 kept" if kept is builds[0] else f"the {_NAMES[kept.kind]} kept"
+    for b in builds[1:]:
+        if (why := refusals[b.kind]) is not None:
+            kept.run.result.warnings.append(f"repair: the {_NAMES[b.kind]} for {budget} measured "
+                                            f"{_value(budget, b.achieved)} {why}: {outcome}")
+    return _keep(budget, builds, kept)
+
+
+def pick(budget: Budget, builds: list[Candidate]) -> tuple[Candidate, dict[str, str | None]]:
+    """The build to keep of plain int8 (first) and its alternatives, and why each alternative was
+    refused (``None``: not refused): of those ``refuse_reason`` lets through, the fastest that meets the
+    line (time unmeasured counts as fast), else the most accurate; plain int8 when none is left."""
+    plain = builds[0]
+    refusals = {b.kind: _refusal(budget, plain, b) for b in builds[1:]}
+
+    def rank(b: Candidate) -> tuple[int, float, float]:
+        met = budget.met(b.achieved)
+        return (0 if met else 1, (b.ratio or 0.0) if met else 0.0, budget.gap(b.achieved))
+
+    kept = min((b for b in builds[1:] if refusals[b.kind] is None), key=rank, default=plain)
+    return kept, refusals
+
+
+@dataclass
+class Candidate:
+    """One build repair compares: plain int8, dynamic or mixed; ``achieved`` in the budget's unit (the
+    worse of ORT's reference and the target runtime's), ``ratio`` its time over FP32's."""
+
+    kind: str
+    run: BuildRun
+    lowered: Lowered
+    achieved: float
+    tensors: int  # tensors its plan quantizes
+    ratio: float | None = None
+
+
+_NAMES = {"int8": "plain int8 build", "dynamic": "dynamic build (activations quantized at run time)",
+          "mixed": "mixed-precision plan"}
+
+
+def _tensors(run: BuildRun) -> int:
+    return len(run.result.plan.tensors) if run.result.plan is not None else 0
+
+
+def _achieved(budget: Budget, run: BuildRun, lowered: Lowered) -> float:
+    """What a build's verification and its target runtime's own run measured, the worse of the two."""
+    assert run.verification is not None
+    runtime = run.backend.verdict_outputs(lowered.metrics)
+    both = dataclasses.replace(run.verification, outputs={**run.verification.outputs, **runtime})
+    return achieved_on(budget, both)
+
+
+def _refusal(budget: Budget, plain: Candidate, other: Candidate) -> str | None:
+    return refuse_reason(budget, plain.achieved, other.achieved, other.tensors, other.ratio, plain.ratio)
+
+
+def _keep(budget: Budget, builds: list[Candidate], kept: Candidate) -> tuple[BuildRun, Lowered]:
+    """``kept``'s run with the report's ``repair`` section; a missed repair is judged by the verdict, not
+    an error (no budget was asked)."""
+    kept.run.result.failed = None
+    kept.run.result.metrics["repair"] = _section(budget, builds, kept)
+    return kept.run, kept.lowered
 
 
 def refuse_reason(budget: Budget, before: float, after: float, tensors: int,
@@ -110,26 +206,24 @@ def _value(budget: Budget, value: float) -> str:
     return f"{value:.4g} dB" if budget.kind == "sqnr" else f"{value:.4g}"
 
 
-def _latency_ratios(int8: tuple[BuildRun, Lowered],
-                    mixed: tuple[BuildRun, Lowered]) -> tuple[float | None, float | None]:
-    """Plain int8's and the mixed plan's time over FP32's, the three timed again side by side (interleaved
-    rounds, CPU time), as builds timed apart moved by ±10 % on a busy 2-core CPU (EfficientNet-B0 student:
-    the mixed plan read 1.01× FP32 against plain int8's 0.89× and was refused by that noise): in ORT where
-    verification timed both there (``onnx``), else in the target's runtime (``tflite``: LiteRT, both int8
-    files against the float32 ``.tflite``); each build's own ratio where neither timed them."""
-    (run, lowered), (second, second_lowered) = int8, mixed
-    assert run.verification is not None and second.verification is not None
-    timed = run.verification.latency_ms is not None and second.verification.latency_ms is not None
-    if not timed or not run.job.eval_feeds:
-        paired = run.backend.latency_ratios_side_by_side([lowered, second_lowered])
-        if paired is not None:
-            return paired[0], paired[1]
-        return _latency_ratio(run, lowered), _latency_ratio(second, second_lowered)
-    sample = latency_sample(run.reference, run.job.eval_feeds[0])
-    models = [run.reference, run.backend.verified_model(lowered),
-              second.backend.verified_model(second_lowered)]
-    base, plain, mixed_ms = (t.cpu_ms for t in compare_latency(models, sample))
-    return plain / max(base, 1e-9), mixed_ms / max(base, 1e-9)
+def _time(builds: list[Candidate]) -> None:
+    """Each build's time over FP32's, all timed again side by side (interleaved rounds, CPU time), as
+    builds timed apart moved by ±10 % on a busy 2-core CPU (EfficientNet-B0 student: the mixed plan read
+    1.01× FP32 against plain int8's 0.89× and was refused by that noise): in ORT where verification timed
+    them there (``onnx``), else in the target's runtime (``tflite``: LiteRT, the int8 files against the
+    float32 ``.tflite``); each build's own ratio where neither timed them."""
+    first = builds[0].run
+    timed = all(b.run.verification is not None and b.run.verification.latency_ms is not None for b in builds)
+    if not timed or not first.job.eval_feeds:
+        paired = first.backend.latency_ratios_side_by_side([b.lowered for b in builds])
+        ratios = paired if paired is not None else [_latency_ratio(b.run, b.lowered) for b in builds]
+    else:
+        sample = latency_sample(first.reference, first.job.eval_feeds[0])
+        models = [first.reference, *(b.run.backend.verified_model(b.lowered) for b in builds)]
+        base, *ms = (t.cpu_ms for t in compare_latency(models, sample))
+        ratios = [m / max(base, 1e-9) for m in ms]
+    for b, ratio in zip(builds, ratios, strict=True):
+        b.ratio = ratio
 
 
 def _latency_ratio(run: BuildRun, lowered: Lowered) -> float | None:
@@ -139,16 +233,15 @@ def _latency_ratio(run: BuildRun, lowered: Lowered) -> float | None:
     return float(ratio) if ratio is not None else run.backend.latency_ratio(lowered)
 
 
-def _section(budget: Budget, measured: tuple[float, float], kept: bool, int8: tuple[BuildRun, float | None],
-             mixed: tuple[BuildRun, float | None]) -> dict[str, Any]:
-    """Both builds side by side: the budget metric, size and latency ratio (the one the decision read)."""
-    def side(built: tuple[BuildRun, float | None], value: float) -> dict[str, Any]:
-        run, ratio = built
-        assert run.verification is not None
-        return {"achieved": value, "met": budget.met(value),
-                "quantized_bytes": (run.verification.size_bytes or {}).get("quantized"),
-                "latency_ratio": ratio}
+def _section(budget: Budget, builds: list[Candidate], kept: Candidate) -> dict[str, Any]:
+    """The builds side by side: the budget metric, size and latency ratio (the one the decision read)."""
+    def side(b: Candidate) -> dict[str, Any]:
+        assert b.run.verification is not None
+        return {"achieved": b.achieved, "met": budget.met(b.achieved),
+                "quantized_bytes": (b.run.verification.size_bytes or {}).get("quantized"),
+                "latency_ratio": b.ratio}
 
-    above = (mixed[0].result.metrics.get("mixed_precision") or {}).get("above_int8")
-    return {"budget": str(budget), "kept": "mixed" if kept else "int8", "nodes_above_int8": above,
-            "int8": side(int8, measured[0]), "mixed": side(mixed, measured[1])}
+    mixed = next((b for b in builds if b.kind == "mixed"), None)
+    above = (mixed.run.result.metrics.get("mixed_precision") or {}).get("above_int8") if mixed else None
+    return {"budget": str(budget), "kept": kept.kind, "nodes_above_int8": above,
+            **{b.kind: side(b) for b in builds}}

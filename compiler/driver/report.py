@@ -182,24 +182,27 @@ def _verdict_lines(result: BuildResult) -> list[str]:
 
 
 def _repair_lines(metrics: dict[str, Any]) -> list[str]:
-    """What the int8 build missed, what the mixed-precision repair reached, at what cost (``repair.py``)."""
+    """What the int8 build missed, what the dynamic build or mixed-precision plan reached, at what cost
+    (``repair.py``)."""
     rep = metrics.get("repair")
     if not rep:
         return []
     unit = " dB" if rep["budget"].startswith("sqnr") else ""
-    int8, mixed = rep["int8"], rep["mixed"]
 
     def cost(side: dict[str, Any]) -> str:
         ratio = side.get("latency_ratio")
         return f"{ratio:.2f}× FP32 latency" if ratio is not None else "latency not measured"
 
-    head = (f"repair: plain int8 measured {int8['achieved']:.4g}{unit}, under the verdict's ok line "
-            f"{rep['budget']}; a mixed-precision plan ({rep['nodes_above_int8']} nodes above int8) measured "
-            f"{mixed['achieved']:.4g}{unit}")
-    if rep["kept"] == "mixed":
-        return [f"{head} and is the artifact ({cost(mixed)}; plain int8 {cost(int8)}); --no-repair keeps "
-                "plain int8"]
-    return [f"{head}: plain int8 kept (see the warning)"]
+    names = {"dynamic": "the dynamic build (activations quantized at run time)",
+             "mixed": f"a mixed-precision plan ({rep['nodes_above_int8']} nodes above int8)"}
+    tried = [f"{names[k]} measured {rep[k]['achieved']:.4g}{unit}" for k in ("dynamic", "mixed") if k in rep]
+    head = (f"repair: plain int8 measured {rep['int8']['achieved']:.4g}{unit}, under the verdict's ok line "
+            f"{rep['budget']}; {'; '.join(tried)}")
+    kept = rep["kept"]
+    if kept == "int8":
+        return [f"{head}: plain int8 kept (see the warning)"]
+    return [f"{head}; {'the dynamic build' if kept == 'dynamic' else 'the mixed plan'} is the artifact "
+            f"({cost(rep[kept])}; plain int8 {cost(rep['int8'])}); --no-repair keeps plain int8"]
 
 
 def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:

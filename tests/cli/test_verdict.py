@@ -256,3 +256,12 @@ def test_accuracy_budget_holds_each_channel_group(tmp_path: Path, capsys: pytest
     assert mp["met"] and mp["plain_int8_reference_semantics"] < 6
     assert report["plan"]["nodes"]["box_head"]["precision"] == "int8"
     assert {report["plan"]["nodes"][n]["precision"] for n in ("shift_up", "class_head")} <= {"fp16", "fp32"}
+
+
+def test_a_quantized_sample_that_rounds_to_zero_has_no_cosine_agreement() -> None:
+    """A quiet sample whose int8 output is all zeros agrees with nothing (before: cosine 1, as 0/0 was
+    read as agreement); an all-zero reference row still counts as agreement."""
+    ref = np.array([[1.0, 2.0], [0.001, -0.002], [0.0, 0.0]])
+    got = np.array([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+    assert cosine(ref, got) == pytest.approx(2 / 3)
+    assert cosine(ref[2:], np.array([[0.5, 0.5]])) == 1.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import helper, numpy_helper
 
 from dsqc.autoprec.precision_search import Budget
 from dsqc.driver.cli import main
@@ -210,3 +211,94 @@ def test_tflite_repair_times_both_files_side_by_side_in_litert(tmp_path: Path,
     monkeypatch.setattr(tflite_backend.verify, "latency", lowering_clock)
     monkeypatch.setattr(tflite_runtime, "compare_latency", side_by_side)
     assert paired == [] and _repair_keeps_the_paired_plan(tmp_path, "tflite") and paired == [3]
+
+
+def _loudness_mlp(path: Path) -> tuple[Path, Path]:
+    """An MLP (MatMul → Relu → MatMul, no Conv) fed samples whose loudness spans three decades: one static
+    input range rounds the quiet samples to zero (their cosine collapses), a scale taken from each
+    request at run time holds them all."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(32, 8)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "mlp",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    loud = 10.0 ** rng.uniform(-3, 0, size=(48, 1))
+    data = path.with_suffix(".npz")
+    np.savez(data, x=(rng.normal(size=(48, 16)) * loud).astype(np.float32))
+    return path, data
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_an_mlp_is_repaired_by_its_dynamic_build(tmp_path: Path, target: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Static int8 collapses on the quiet samples; the dynamic build meets the ok line, so it is the
+    artifact and no mixed-precision search runs (one cannot be faster than plain int8)."""
+    model, data = _loudness_mlp(tmp_path / "mlp.onnx")
+    args = ["build", str(model), "--target", target, "--calib", str(data), "--no-latency"]
+    assert main([*args, "-o", str(tmp_path / "int8"), "--no-repair"]) == 0
+    plain = json.loads((tmp_path / "int8" / "report.json").read_text())
+    assert plain["verdict"]["level"] == "collapsed"
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    repair = report["metrics"]["repair"]
+    assert repair["budget"] == "cosine:0.98" and repair["kept"] == "dynamic" and "mixed" not in repair
+    assert not repair["int8"]["met"] and repair["dynamic"]["met"]
+    assert report["metrics"]["dynamic"]["mode"] == "dynamic" and report["verdict"]["level"] == "ok"
+    assert {n: d["precision"] for n, d in report["plan"]["nodes"].items() if n.startswith("fc")} == \
+        {"fc1": "int8", "fc2": "int8"}
+    assert "the dynamic build is the artifact" in out and "--no-repair keeps plain int8" in out
+    assert "dynamic build" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_conv_models_and_recipes_dynamic_mode_would_betray_get_no_dynamic_build(tmp_path: Path) -> None:
+    """A Conv has no fused dynamic kernel in ORT, trt has no dynamic mode, and int4 weights or learned
+    rounding in the recipe would be dropped by it: repair then searches a mixed plan only."""
+    from dsqc.driver.build_types import BuildRequest
+    from dsqc.driver.pipeline import _start
+    from dsqc.driver.repair import dynamic_fits
+    from dsqc.driver.shared_stages import SharedStages
+
+    mlp, data = _loudness_mlp(tmp_path / "mlp.onnx")
+    det = detector_like_model(tmp_path / "det.onnx")
+
+    def fits(model: Path, target: str = "onnx", recipe: str = "") -> bool:
+        path = None
+        if recipe:
+            path = tmp_path / "r.toml"
+            path.write_text(recipe)
+        request = BuildRequest(model=model, target=target, out_dir=tmp_path / "o", calib=str(data),
+                               recipe=path)
+        return dynamic_fits(_start(request, SharedStages()))
+
+    assert fits(mlp) and fits(mlp, "tflite") and not fits(mlp, "trt") and not fits(det)
+    assert not fits(mlp, recipe="[quantization]\nweight_dtype = \"int4\"\nblock_size = 0\n")
+    assert not fits(mlp, recipe="[boosters]\nadaround = true\n")
+    assert not fits(mlp, recipe="[[override]]\nnodes = \"fc1\"\nprecision = \"fp16\"\n")
+    assert fits(mlp, recipe="[[override]]\nnodes = \"fc1\"\nprecision = \"fp32\"\n")
+
+
+def test_repair_keeps_the_fastest_build_that_meets_the_line_else_the_most_accurate() -> None:
+    from typing import Any, cast
+
+    from dsqc.driver.repair import Candidate, pick
+
+    sqnr = Budget("sqnr", 15.0)
+    none = cast(Any, None)
+
+    def build(kind: str, achieved: float, ratio: float | None, tensors: int = 10) -> Candidate:
+        return Candidate(kind, none, none, achieved, tensors, ratio)
+
+    plain = build("int8", 9.0, 0.36)
+    assert pick(sqnr, [plain, build("dynamic", 17.4, 0.35), build("mixed", 15.9, 0.52)])[0].kind == "dynamic"
+    assert pick(sqnr, [plain, build("dynamic", 17.4, 0.60), build("mixed", 15.9, 0.52)])[0].kind == "mixed"
+    assert pick(sqnr, [plain, build("dynamic", 14.0, 0.35), build("mixed", 15.9, 0.52)])[0].kind == "mixed"
+    assert pick(sqnr, [plain, build("dynamic", 14.0, 0.35), build("mixed", 12.0, 0.52)])[0].kind == "dynamic"
+    kept, why = pick(sqnr, [plain, build("dynamic", 8.0, 0.35), build("mixed", 16.0, 1.4)])
+    assert kept is plain and "no better than" in (why["dynamic"] or "") and "slower" in (why["mixed"] or "")
+    assert pick(sqnr, [plain, build("dynamic", 16.0, None), build("mixed", 17.0, None)])[0].kind == "mixed"

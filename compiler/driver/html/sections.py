@@ -92,12 +92,15 @@ def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
         mp = metrics.get("mixed_precision") or {}
         if rep := metrics.get("repair"):  # the verdict's own repair, not a budget the user gave
             mp = {}
-            kept = rep["kept"] == "mixed"
+            names = {"int8": "plain int8", "dynamic": "dynamic build", "mixed": "mixed plan"}
+            tried = [f"dynamic build {num(rep['dynamic']['achieved'])}"] if "dynamic" in rep else []
+            if "mixed" in rep:
+                tried.append(f"mixed plan {num(rep['mixed']['achieved'])} with {rep['nodes_above_int8']} "
+                             "nodes above int8")
             rows.append(_gate(target, f"repair to the verdict's ok line {rep['budget']}",
-                              "pass" if kept else "degraded",
-                              f"plain int8 {num(rep['int8']['achieved'])}, mixed plan "
-                              f"{num(rep['mixed']['achieved'])} with {rep['nodes_above_int8']} nodes above "
-                              f"int8: {'mixed plan' if kept else 'plain int8'} kept"))
+                              "degraded" if rep["kept"] == "int8" else "pass",
+                              f"plain int8 {num(rep['int8']['achieved'])}, {', '.join(tried)}: "
+                              f"{names[rep['kept']]} kept"))
         for key in ("accuracy", "size") if mp else ():
             part = mp[key]
             budget = part.get("budget", part.get("budget_fraction"))
