@@ -150,8 +150,10 @@ class TfliteBackend(Backend):
     artifact_suffixes = (".int8.tflite", ".fp32.tflite")
 
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
-        """``-B float_undelegated`` (default true) plans XNNPACK's missing int8 kernels float."""
-        return tflite_profile(self.typed_options(options).float_undelegated)
+        """``-B float_undelegated`` (default true) plans XNNPACK's missing int8 kernels float; ``-B
+        io=int8`` or ``float_undelegated=false`` refuse dynamic mode."""
+        opts: TfliteOptions = self.typed_options(options)
+        return tflite_profile(opts.float_undelegated, opts.io)
 
     def lower(self, job: LoweringJob) -> TfliteLowered:
         """The flatbuffers, validated, run in LiteRT against FP32 and the QDQ model, and timed."""

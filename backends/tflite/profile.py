@@ -63,8 +63,16 @@ def xnnpack_float_kernel(node: gs.Node) -> str:
     return ""
 
 
-def tflite_profile(float_undelegated: bool) -> TargetProfile:
+def tflite_profile(float_undelegated: bool, io: str = "float") -> TargetProfile:
     """The profile for ``-B float_undelegated``: XNNPACK's missing int8 kernels planned float, or int8 (for
-    runtimes that run every op in int8: accelerators, int8-only delegates)."""
-    return dataclasses.replace(TFLITE_PROFILE, float_kernel=xnnpack_float_kernel) if float_undelegated \
+    runtimes that run every op in int8: accelerators, int8-only delegates). LiteRT's hybrid kernels
+    (``--mode dynamic``, and repair's dynamic build) compute in float between float tensors, so they are
+    refused where the options ask for an all-int8 file or int8 model inputs and outputs."""
+    profile = dataclasses.replace(TFLITE_PROFILE, float_kernel=xnnpack_float_kernel) if float_undelegated \
         else TFLITE_PROFILE
+    asked = "-B float_undelegated=false (every op in int8)" if not float_undelegated else \
+        "-B io=int8 (int8 model inputs and outputs)" if io == "int8" else ""
+    if not asked:
+        return profile
+    why = f"{asked} asks for what LiteRT's hybrid kernels are not: they take and give float tensors"
+    return dataclasses.replace(profile, dynamic_refusal=why)

@@ -267,16 +267,18 @@ def test_conv_models_and_recipes_dynamic_mode_would_betray_get_no_dynamic_build(
     mlp, data = _loudness_mlp(tmp_path / "mlp.onnx")
     det = detector_like_model(tmp_path / "det.onnx")
 
-    def fits(model: Path, target: str = "onnx", recipe: str = "") -> bool:
+    def fits(model: Path, target: str = "onnx", recipe: str = "", **options: str) -> bool:
         path = None
         if recipe:
             path = tmp_path / "r.toml"
             path.write_text(recipe)
         request = BuildRequest(model=model, target=target, out_dir=tmp_path / "o", calib=str(data),
-                               recipe=path)
+                               recipe=path, backend_options=options)
         return dynamic_fits(_start(request, SharedStages()))
 
     assert fits(mlp) and fits(mlp, "tflite") and not fits(mlp, "trt") and not fits(det)
+    # an all-int8 file (accelerators) or int8 I/O: LiteRT's hybrid kernels are float between float tensors
+    assert not fits(mlp, "tflite", float_undelegated="false") and not fits(mlp, "tflite", io="int8")
     assert not fits(mlp, recipe="[quantization]\nweight_dtype = \"int4\"\nblock_size = 0\n")
     assert not fits(mlp, recipe="[boosters]\nadaround = true\n")
     assert not fits(mlp, recipe="[[override]]\nnodes = \"fc1\"\nprecision = \"fp16\"\n")

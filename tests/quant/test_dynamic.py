@@ -162,6 +162,19 @@ def test_trt_and_hls_refuse_dynamic(net: Path, tmp_path: Path, target: str, why:
         assert not out.exists()
 
 
+@pytest.mark.parametrize(("option", "why"), [("io=int8", "-B io=int8"),
+                                             ("float_undelegated=false", "-B float_undelegated=false")])
+def test_tflite_refuses_dynamic_where_the_options_ask_for_int8_tensors(
+        net: Path, tmp_path: Path, option: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """LiteRT's hybrid kernels take and give float tensors: int8 I/O or an all-int8 file cannot have them
+    (before, ``-B io=int8`` was silently dropped and the file had float I/O)."""
+    out = tmp_path / "out"
+    args = ["build", str(net), "--target", "tflite", "--mode", "dynamic", "-B", option, "-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0] and "hybrid kernels" in err[0] and not out.exists()
+
+
 def test_recipe_mode_key() -> None:
     assert parse_recipe({"quantization": {"mode": "dynamic"}}).mode == "dynamic"
     assert parse_recipe({}).mode == "static"
