@@ -69,10 +69,11 @@ def dynamic_fits(run: BuildRun) -> bool:
     boosters = BoosterOptions.from_dict(run.recipe.boosters, run.recipe.source)
     if boosters.rounding is not None or run.recipe.weight_dtype != "int8":
         return False
+    if any(n.op_type in ("Conv", "ConvTranspose") for n in run.fp32.graph.node):  # 1-D ones too
+        return False
     found = candidates(run.fp32)
     asked = {run.recipe.options_for(c.node, c.op).precision for c in found}
-    return bool(found) and all(c.op != "Conv" for c in found) and asked <= {None, Precision.INT8,
-                                                                            Precision.FP32}
+    return bool(found) and asked <= {None, Precision.INT8, Precision.FP32}
 
 
 def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, Lowered]:

@@ -277,6 +277,18 @@ def test_conv_models_and_recipes_dynamic_mode_would_betray_get_no_dynamic_build(
         return dynamic_fits(_start(request, SharedStages()))
 
     assert fits(mlp) and fits(mlp, "tflite") and not fits(mlp, "trt") and not fits(det)
+    rng = np.random.default_rng(2)  # a 1-D Conv (not a dynamic candidate) before a MatMul: Silero VAD's shape
+    conv1d = helper.make_graph(
+        [helper.make_node("Conv", ["x", "k"], ["c"], name="conv1d"),
+         helper.make_node("Reshape", ["c", "flat"], ["f"], name="flatten"),
+         helper.make_node("MatMul", ["f", "w"], ["y"], name="fc")], "conv1d",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(rng.normal(size=(4, 1, 3)).astype(np.float32), "k"),
+         numpy_helper.from_array(np.array([1, 56], np.int64), "flat"),
+         numpy_helper.from_array(rng.normal(size=(56, 8)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(conv1d, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "c1.onnx")
+    assert not fits(tmp_path / "c1.onnx")  # decided from the graph before any data is read
     # an all-int8 file (accelerators) or int8 I/O: LiteRT's hybrid kernels are float between float tensors
     assert not fits(mlp, "tflite", float_undelegated="false") and not fits(mlp, "tflite", io="int8")
     assert not fits(mlp, recipe="[quantization]\nweight_dtype = \"int4\"\nblock_size = 0\n")
