@@ -171,7 +171,9 @@ def _achieved(budget: Budget, run: BuildRun, lowered: Lowered) -> float:
 
 
 def _refusal(budget: Budget, plain: Candidate, other: Candidate) -> str | None:
-    return refuse_reason(budget, plain.achieved, other.achieved, other.tensors, other.ratio, plain.ratio)
+    anyway = "--mode dynamic" if other.kind == "dynamic" else ""
+    return refuse_reason(budget, plain.achieved, other.achieved, other.tensors, other.ratio, plain.ratio,
+                         anyway)
 
 
 def _keep(budget: Budget, builds: list[Candidate], kept: Candidate) -> tuple[BuildRun, Lowered]:
@@ -182,9 +184,11 @@ def _keep(budget: Budget, builds: list[Candidate], kept: Candidate) -> tuple[Bui
     return kept.run, kept.lowered
 
 
-def refuse_reason(budget: Budget, before: float, after: float, tensors: int,
-                  latency_ratio: float | None, int8_ratio: float | None = None) -> str | None:
-    """Why the mixed-precision plan is not kept, or ``None`` to keep it: it must still quantize, improve
+def refuse_reason(budget: Budget, before: float, after: float, tensors: int, latency_ratio: float | None,
+                  int8_ratio: float | None = None, anyway: str = "") -> str | None:
+    """Why an alternative to plain int8 (the mixed-precision plan, the dynamic build) is not kept, or
+    ``None`` to keep it; ``anyway``: the flag that builds it all the same (default: the budget's search).
+    It must still quantize, improve
     on plain int8 and, where the build timed it (ORT for ``onnx``, LiteRT against the float32 ``.tflite``
     for ``tflite``; ``trt`` builds no engine to time), not run slower than FP32 (what int8 is for) unless
     plain int8 does too, within ``NOISE`` of it. On the random-init EfficientNet-B0 graph the ok line took
@@ -198,8 +202,8 @@ def refuse_reason(budget: Budget, before: float, after: float, tensors: int,
     limit = max(1.0, (int8_ratio or 0.0) * NOISE)
     if latency_ratio is not None and latency_ratio > limit:
         than = f" and than plain int8's {int8_ratio:.2f}×" if int8_ratio is not None else ""
-        return (f"at {latency_ratio:.2f}× FP32's latency, slower than FP32{than} (--accuracy-budget "
-                f"{budget} builds it anyway)")
+        return (f"at {latency_ratio:.2f}× FP32's latency, slower than FP32{than} "
+                f"({anyway or f'--accuracy-budget {budget}'} builds it anyway)")
     return None
 
 

@@ -315,4 +315,7 @@ def test_repair_keeps_the_fastest_build_that_meets_the_line_else_the_most_accura
     assert pick(sqnr, [plain, build("dynamic", 14.0, 0.35), build("mixed", 12.0, 0.52)])[0].kind == "dynamic"
     kept, why = pick(sqnr, [plain, build("dynamic", 8.0, 0.35), build("mixed", 16.0, 1.4)])
     assert kept is plain and "no better than" in (why["dynamic"] or "") and "slower" in (why["mixed"] or "")
+    why = pick(sqnr, [plain, build("dynamic", 17.0, 1.3), build("mixed", 16.0, 1.4)])[1]
+    assert "(--mode dynamic builds it anyway)" in (why["dynamic"] or "")
+    assert "(--accuracy-budget sqnr:15 builds it anyway)" in (why["mixed"] or "")
     assert pick(sqnr, [plain, build("dynamic", 16.0, None), build("mixed", 17.0, None)])[0].kind == "mixed"
