@@ -128,11 +128,14 @@ def debug(request: DebugRequest) -> DebugResult:
     """Replay the build in ``request.build_dir`` against ``request.model``; nothing is written here."""
     start = time.perf_counter()
     folder, normalized, source = _models(request)
-    mode = (folder.report.get("metrics", {}).get("dynamic") or {}).get("mode")
+    metrics = folder.report.get("metrics", {})
+    mode = (metrics.get("dynamic") or {}).get("mode")
     if mode:  # its nodes quantize activations at run time: there are no calibrated Q/DQ points to replay
-        raise BuildFolderError(f"{folder.path} was built with --mode {mode}: dsqc debug replays the "
-                               "calibrated Q/DQ points of static builds; rebuild with --mode static to "
-                               "debug it")
+        how = ("its static int8 build missed the verdict's ok line and repair kept the dynamic build; "
+               "rebuild with --no-repair") if (metrics.get("repair") or {}).get("kept") == "dynamic" else \
+            f"it was built with --mode {mode}; rebuild with --mode static"
+        raise BuildFolderError(f"{folder.path} quantizes activations at run time: dsqc debug replays the "
+                               f"calibrated Q/DQ points of static builds ({how} to debug the static plan)")
     held_out = _held_out(request, folder, normalized)
     recorded_mask = (folder.verification.get("padding_mask") or {}).get("input")
     points = points_of(source, folder.plan)

@@ -239,4 +239,4 @@ def test_debug_refuses_a_dynamic_build(net: Path, tmp_path: Path, capsys: pytest
     capsys.readouterr()
     assert main(["debug", str(net), str(out), "--eval-data", str(data)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "built with --mode dynamic" in err[0]
+    assert len(err) == 1 and "it was built with --mode dynamic; rebuild with --mode static" in err[0]
