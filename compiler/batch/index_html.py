@@ -1,8 +1,9 @@
 """The fleet page ``OUT/index.html``: one self-contained file (inline CSS, no script, no network).
 
-A matrix of models × builds (worst output SQNR, or the failure) and a table of every item: status, the
-reason of a failure, verdict, SQNR, cosine, top-1 agreement, task metric, size, time, peak memory and a
-link to the item's report. Every string from a manifest, a model or a build log is HTML-escaped.
+A matrix of models × builds (worst output SQNR, or the failure) and a table of every item: status, how it
+quantizes (static, dynamic, a mixed plan; chosen by repair or asked for), the reason of a failure,
+verdict, SQNR, cosine, top-1 agreement, task metric, size, time, peak memory and a link to the item's
+report. Every string from a manifest, a model or a build log is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def _matrix(records: list[dict[str, Any]]) -> str:
     return "<h2>Worst output SQNR (FP32 vs quantized) per build</h2>" + "".join(rows) + "</table>"
 
 
-HEADERS = ("item", "target", "status", "reason (failed) / verdict (not ok)", "min SQNR dB", "cosine",
-           "top-1", "task metric", "target check", "size MB", "time s", "peak MB", "report")
+HEADERS = ("item", "target", "status", "quantization", "reason (failed) / verdict (not ok)", "min SQNR dB",
+           "cosine", "top-1", "task metric", "target check", "size MB", "time s", "peak MB", "report")
+NUMERIC = {"min SQNR dB", "cosine", "top-1", "size MB", "time s", "peak MB"}
 
 
 def _table(records: list[dict[str, Any]]) -> str:
@@ -126,16 +128,15 @@ def _table(records: list[dict[str, Any]]) -> str:
         ratio = f" ({size / s['size_fp32_bytes']:.2f}×)" if size and s.get("size_fp32_bytes") else ""
         cells = [
             _e(r["id"]), _e(r["target"]), f"<span class=\"badge {css}\">{_e(label)}</span>",
-            f"<div class=note>{_e(reason)}</div>",
+            _e(s.get("quantization") or ""), f"<div class=note>{_e(reason)}</div>",
             _num(s.get("min_sqnr_db"), "{:.2f}"), _num(s.get("min_cosine"), "{:.5f}"),
             _num(s.get("top1_agreement"), "{:.1%}"), _e(task_text), _e(s.get("target_check") or ""),
             (_num(size / 1e6, "{:.3f}") + _e(ratio)) if size else "",
             _num(r.get("seconds"), "{:.1f}"), _num(r.get("peak_rss_mb"), "{:.0f}"),
             _link(r, s.get("report", "")) if r.get("bundle") else "",
         ]
-        rows.append("<tr>" + "".join(
-            f"<td class=num>{c}</td>" if 4 <= i <= 11 and i not in (7, 8) else f"<td>{c}</td>"
-            for i, c in enumerate(cells)) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td class=num>{c}</td>" if h in NUMERIC else f"<td>{c}</td>"
+                                     for h, c in zip(HEADERS, cells, strict=True)) + "</tr>")
     return "".join(rows) + "</table>"
 
 

@@ -36,11 +36,31 @@ def summarize_bundle(folder: Path) -> dict[str, Any]:
         "size_fp32_bytes": size.get("fp32"),
         "size_bytes": size.get("quantized"),
         "failed": report.get("failed"),
+        "quantization": quantization(report),
         "target_check": _target_check(report),
         "report": "report.html" if (folder / "report.html").is_file() else "report.json",
         "has_manifest": (folder / "manifest.json").is_file(),
     }
     return summary
+
+
+def quantization(report: dict[str, Any]) -> str:
+    """How the artifact quantizes, in a few words: static int8, dynamic (activations at run time), a
+    mixed plan, and whether the verdict's repair chose it."""
+    metrics = report.get("metrics") or {}
+    if report.get("precision") == "fp32":
+        return "fp32 (nothing quantized, as asked)"
+    above = (metrics.get("mixed_precision") or {}).get("above_int8")
+    repair = metrics.get("repair") or {}
+    if repair.get("kept") == "dynamic":
+        return "dynamic, chosen by repair (static int8 missed the verdict's ok line)"
+    if repair.get("kept") == "mixed":
+        return f"static, {above} nodes above int8, chosen by repair"
+    if repair:
+        return "static int8 (repair found no better build)"
+    if mode := (metrics.get("dynamic") or {}).get("mode"):
+        return f"{mode} (--mode {mode})"
+    return f"static, {above} nodes above int8 (--accuracy-budget)" if above is not None else "static int8"
 
 
 def model_artifact_hashes(artifacts: dict[str, str]) -> dict[str, str]:

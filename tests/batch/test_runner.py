@@ -84,6 +84,7 @@ def test_failures_stay_alone_and_a_second_run_reuses(fleet_toml: Path,
     assert (fleet / "good/onnx/good.int8.onnx").is_file()
     assert (fleet / "good/tflite/good.int8.tflite").is_file()
     assert by_id["good/onnx"]["summary"]["min_sqnr_db"] > 20
+    assert by_id["good/onnx"]["summary"]["quantization"] == "static int8"
     assert by_id["corrupt/onnx"]["status"] == "failed"
     assert "corrupt.onnx: not a valid ONNX model" in by_id["corrupt/onnx"]["reason"]
     assert by_id["custom/onnx"]["status"] == "failed" and "FancyGelu" in by_id["custom/onnx"]["reason"]
@@ -95,6 +96,7 @@ def test_failures_stay_alone_and_a_second_run_reuses(fleet_toml: Path,
     page = (fleet / "index.html").read_text()
     assert EVIL not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert 'href="good/onnx/report.html"' in page and "TIMEOUT" in page and "OUT OF MEMORY" in page
+    assert "<th>quantization</th>" in page and "<td>static int8</td>" in page
     assert "<script" not in page and "http" not in page
 
     assert main(["batch", str(fleet_toml), "--jobs", "2"]) == 1
@@ -164,3 +166,21 @@ def test_an_item_no_ray_node_can_hold_fails_instead_of_queueing_forever(tmp_path
     reason = _unplaceable(item, [small])
     assert "no Ray node offers 2 CPU and 8000 MB (largest: 4 CPU, 3815 MB)" in reason
     assert _unplaceable(item, [small, big]) == ""
+
+
+def test_the_fleet_page_says_how_each_artifact_quantizes_and_whether_repair_chose_it() -> None:
+    from dsqc.batch.summary import quantization
+
+    def report(**metrics: object) -> dict[str, object]:
+        return {"precision": "int8", "metrics": metrics}
+
+    assert quantization(report()) == "static int8"
+    assert quantization({"precision": "fp32", "metrics": {}}).startswith("fp32")
+    assert quantization(report(dynamic={"mode": "dynamic"})) == "dynamic (--mode dynamic)"
+    assert quantization(report(mixed_precision={"above_int8": 3})) == \
+        "static, 3 nodes above int8 (--accuracy-budget)"
+    assert quantization(report(dynamic={"mode": "dynamic"}, repair={"kept": "dynamic"})).startswith(
+        "dynamic, chosen by repair")
+    assert quantization(report(mixed_precision={"above_int8": 7}, repair={"kept": "mixed"})) == \
+        "static, 7 nodes above int8, chosen by repair"
+    assert quantization(report(repair={"kept": "int8"})) == "static int8 (repair found no better build)"
