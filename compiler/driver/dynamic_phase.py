@@ -90,7 +90,7 @@ def quantize_dynamic_mode(source: onnx.ModelProto, mode: str, profile: TargetPro
         return Quantized(model, plan, base.placement, {})
     assert calib is not None
     static = quantize_model(source, profile, recipe, calib, request.calib_batch)
-    choices = choose_modes(source, static.plan, calib)
+    choices = choose_modes(source, static.plan, calib, fused_biases=static.placement.fused_biases)
     info["nodes"] = {c.node: c.to_dict() for c in choices}
     dynamic = {c.node: c for c in choices if c.mode == "dynamic"}
     if not dynamic:

@@ -3,7 +3,8 @@
 For every node the static plan quantizes and the dynamic kernels take (``dynamic.candidates``), one ORT
 pass over calibration samples (batch 1, as a dynamic kernel sees one request) runs two copies of the
 node beside the FP32 graph, each fed the FP32 activation: the *static* copy with the plan's calibrated
-input Q/DQ, its weight spec and its output Q/DQ when the plan has one; the *dynamic* copy with
+input Q/DQ, its weight spec and its output Q/DQ when the plan has one (after the bias Add where the
+target runs MatMul and bias as one kernel, ``tflite``); the *dynamic* copy with
 ``DynamicQuantizeLinear → DequantizeLinear`` on the input and int8 per-channel weights. Both store int8
 weights (equal size). The node's output SQNR against FP32 decides: dynamic when it is better by more
 than ``margin_db`` (default 1 dB) — static needs no run-time range pass and fuses requantization into
@@ -13,6 +14,7 @@ integer kernels (ORT's QLinearConv; ConvInteger has no fused form), so it wins t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,13 +51,17 @@ class NodeChoice:
 
 
 def choose_modes(fp32: onnx.ModelProto, plan: QuantPlan, calib: SampleSet,
-                 samples: int = PROBE_SAMPLES, margin_db: float = MARGIN_DB) -> list[NodeChoice]:
-    """Static or dynamic per candidate node the static ``plan`` quantizes, measured on ``calib``."""
+                 samples: int = PROBE_SAMPLES, margin_db: float = MARGIN_DB,
+                 fused_biases: Mapping[str, str] | None = None) -> list[NodeChoice]:
+    """Static or dynamic per candidate node the static ``plan`` quantizes, measured on ``calib``.
+    ``fused_biases`` (bias Add → its MatMul, the planner's ``Placement.fused_biases``): where the target
+    runs a MatMul and its bias as one kernel (``tflite``), the static output Q sits after the Add, so both
+    copies add the bias and the static one is quantized there."""
     cands = [c for c in candidates(fp32) if plan.precision_of(c.node) is Precision.INT8
              and c.activation in plan.tensors and c.weight in plan.tensors]
     if not cands:
         return []
-    probe, names = _probe_model(fp32, cands, plan)
+    probe, names = _probe_model(fp32, cands, plan, {m: a for a, m in (fused_biases or {}).items()})
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -83,9 +89,10 @@ def choose_modes(fp32: onnx.ModelProto, plan: QuantPlan, calib: SampleSet,
     return choices
 
 
-def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan
+def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan, bias_adds: dict[str, str]
                  ) -> tuple[onnx.ModelProto, dict[str, tuple[str, str, str]]]:
-    """FP32 graph + a static and a dynamic copy of each candidate; outputs: (fp32, static, dynamic)."""
+    """FP32 graph + a static and a dynamic copy of each candidate (with its fused bias Add, ``bias_adds``:
+    MatMul → Add); outputs: (fp32, static, dynamic)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(fp32)
     g = probe.graph
@@ -95,6 +102,8 @@ def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan
     names: dict[str, tuple[str, str, str]] = {}
     for i, c in enumerate(cands):
         node = nodes[c.node]
+        add = nodes.get(bias_adds.get(c.node, ""))
+        reference = add.output[0] if add is not None else node.output[0]
         weight = inits[c.weight]
         tag = f"dsqc_probe{i}"
         x_spec = plan.tensors[c.activation]
@@ -118,12 +127,19 @@ def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan
             copy.output.append(f"{tag}_{kind}_y")
             g.node.append(copy)
             y = copy.output[0]
-            out_spec = plan.tensors.get(node.output[0])
+            if add is not None:  # the bias the target's kernel adds before its output Q
+                biased = onnx.NodeProto()
+                biased.CopyFrom(add)
+                biased.name = f"{tag}_{kind}_bias"
+                biased.input[list(add.input).index(node.output[0])] = y
+                biased.output[0] = y = f"{tag}_{kind}_yb"
+                g.node.append(biased)
+            out_spec = plan.tensors.get(reference)
             if kind == "static" and out_spec is not None and out_spec.axis is None:
                 y = _fake_quant(g, tag + "_y", y, out_spec)
             outs.append(y)
-        names[c.node] = (node.output[0], outs[0], outs[1])
-        for name in (node.output[0], *outs):
+        names[c.node] = (reference, outs[0], outs[1])
+        for name in (reference, *outs):
             g.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return probe, names
 
