@@ -62,9 +62,11 @@ def wants_repair(run: BuildRun) -> bool:
 def dynamic_fits(run: BuildRun) -> bool:
     """Whether repair also builds the model with activations quantized at run time (``--mode dynamic``):
     the target runs dynamic kernels, every weighted layer is a MatMul/Gemm (a transformer or an MLP; a
-    dynamic Conv has no fused kernel in ORT), and the recipe asks nothing dynamic mode would drop (int4
-    weights, fp16 or int4 nodes, learned rounding)."""
+    dynamic Conv has no fused kernel in ORT), neither ``--mode`` nor the recipe named the mode, and the
+    recipe asks nothing dynamic mode would drop (int4 weights, fp16 or int4 nodes, learned rounding)."""
     if run.backend.profile_for(run.job.options).dynamic_refusal or run.trained:
+        return False
+    if run.request.mode is not None or run.recipe.mode_asked:  # `--mode static` means static
         return False
     boosters = BoosterOptions.from_dict(run.recipe.boosters, run.recipe.source)
     if boosters.rounding is not None or run.recipe.weight_dtype != "int8":

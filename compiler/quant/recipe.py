@@ -87,6 +87,7 @@ class Override:
 @dataclass
 class Recipe:
     mode: str = "static"
+    mode_asked: bool = False  # the recipe names quantization.mode (repair then keeps that mode)
     method: str = DEFAULT_METHOD
     percentile: float = 99.99
     activation_dtype: str | None = None
@@ -167,6 +168,7 @@ def parse_recipe(data: dict[str, Any], label: str = "recipe") -> Recipe:
     _unknown(defaults, _DEFAULT_KEYS, label, "quantization.")
     for key, value in defaults.items():
         setattr(recipe, key, _check_value(key, value, label, f"quantization.{key}"))
+    recipe.mode_asked = "mode" in defaults
     for op, table in _table(data.get("op_types", {}), label, "op_types").items():
         table = _table(table, label, f"op_types.{op}")
         _unknown(table, _OPTION_KEYS, label, f"op_types.{op}.")

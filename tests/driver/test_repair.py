@@ -269,13 +269,14 @@ def test_conv_models_and_recipes_dynamic_mode_would_betray_get_no_dynamic_build(
     mlp, data = _loudness_mlp(tmp_path / "mlp.onnx")
     det = detector_like_model(tmp_path / "det.onnx")
 
-    def fits(model: Path, target: str = "onnx", recipe: str = "", **options: str) -> bool:
+    def fits(model: Path, target: str = "onnx", recipe: str = "", mode: str | None = None,
+             **options: str) -> bool:
         path = None
         if recipe:
             path = tmp_path / "r.toml"
             path.write_text(recipe)
         request = BuildRequest(model=model, target=target, out_dir=tmp_path / "o", calib=str(data),
-                               recipe=path, backend_options=options)
+                               recipe=path, backend_options=options, mode=mode)
         return dynamic_fits(_start(request, SharedStages()))
 
     assert fits(mlp) and fits(mlp, "tflite") and not fits(mlp, "trt") and not fits(det)
@@ -297,6 +298,8 @@ def test_conv_models_and_recipes_dynamic_mode_would_betray_get_no_dynamic_build(
     assert not fits(mlp, recipe="[boosters]\nadaround = true\n")
     assert not fits(mlp, recipe="[[override]]\nnodes = \"fc1\"\nprecision = \"fp16\"\n")
     assert fits(mlp, recipe="[[override]]\nnodes = \"fc1\"\nprecision = \"fp32\"\n")
+    # a mode the user named is kept: `--mode static` (or the recipe's quantization.mode) means static
+    assert not fits(mlp, mode="static") and not fits(mlp, recipe="[quantization]\nmode = \"static\"\n")
 
 
 def test_repair_keeps_the_fastest_build_that_meets_the_line_else_the_most_accurate() -> None:
