@@ -146,8 +146,9 @@ def run_dynamic(mode: str, request: BuildRequest, backend: Backend, job: Lowerin
     info = result.metrics["dynamic"]
     info["verified"] = held is not None
     if calib is not None:
+        method = recipe.method if mode == "auto" else "no ranges (activations quantized at run time)"
         result.metrics["calibration"] = {"source": calib.source, "samples": len(calib),
-                                         "method": recipe.method, "synthetic": calib.synthetic}
+                                         "method": method, "synthetic": calib.synthetic}
     if held is not None:
         job.eval_feeds = single_samples(held, fp32)
         job.eval_labels, job.measure_latency = held.labels, request.measure_latency

@@ -77,8 +77,10 @@ class BuildRun:
         request, fp32 = self.request, self.fp32
         loaded = (self.shared.once("data", (), lambda: load_data(request, fp32, self.recipe))
                   if request.calib else None)
-        if loaded is not None and loaded[0].synthetic:
-            self.result.warnings.append(RANDOM_WARNING)
+        if loaded is not None:  # the bundle's provenance names the samples (boosters, held-out split)
+            self.calib, self.held_out = loaded
+            if loaded[0].synthetic:
+                self.result.warnings.append(RANDOM_WARNING)
         self.verification, lowered = run_dynamic(self.mode, request, self.backend, self.job, self.recipe,
                                                  self.result, self.clock, loaded)
         return lowered
@@ -232,8 +234,8 @@ class BuildRun:
             result.verdict = _verdict(result, self.limits, backend.verdict_outputs(result.metrics))
             result.metrics["passes_ms"] = _pass_milliseconds(self.pass_seconds, self.passes_before)
             with self.clock("bundle"):  # activation histograms, agreement vectors
-                bundle.record(staging, request, result, self.fp32, self.job.fp32, self.calib,
-                              self.job.eval_feeds)
+                ranged = self.calib if self.mode == "static" else None  # calibrated ranges to histogram
+                bundle.record(staging, request, result, self.fp32, self.job.fp32, ranged, self.job.eval_feeds)
             result.artifacts += [Path(bundle.HTML_NAME), Path(bundle.MANIFEST_NAME)]
             write_report(staging / REPORT_NAME, result)
             if "verification" in result.metrics and self.verification is not None:

@@ -254,6 +254,8 @@ def test_an_mlp_is_repaired_by_its_dynamic_build(tmp_path: Path, target: str,
         {"fc1": "int8", "fc2": "int8"}
     assert "the dynamic build is the artifact" in out and "--no-repair keeps plain int8" in out
     assert "dynamic build" in (tmp_path / "out" / "report.html").read_text()
+    provenance = json.loads((tmp_path / "out" / "manifest.json").read_text())["calibration"]
+    assert provenance["samples"] == 39 and provenance["method"].startswith("no ranges")  # was: None, select
     assert main(["debug", str(model), str(tmp_path / "out")]) == 2  # no calibrated points to replay
     assert "repair kept the dynamic build; rebuild with --no-repair" in capsys.readouterr().err
 

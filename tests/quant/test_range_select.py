@@ -84,7 +84,7 @@ def test_an_explicit_method_is_not_second_guessed(tmp_path: Path) -> None:
     out = tmp_path / "o"
     proc = subprocess.run([sys.executable, "-m", "dsqc", "build", str(_relu_matmul(tmp_path / "m.onnx")),
                            "--target", "onnx", "--calib", str(_data(tmp_path / "d.npz", spikes=True)),
-                           "--method", "minmax", "--no-latency", "-o", str(out)],
+                           "--method", "minmax", "--no-latency", "--no-repair", "-o", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "report.json").read_text())["metrics"]
