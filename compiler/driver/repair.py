@@ -95,17 +95,14 @@ def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, L
     if budget_text is None:
         return run, lowered
     budget = parse_accuracy_budget(budget_text)
-    before = achieved_on(budget, run.verification)
-    if (plain_in_runtime := run.achieved_in_runtime(budget)) is not None:  # tflite: LiteRT's run too
-        before = budget.worse(before, plain_in_runtime)
-    builds = [Candidate("int8", run, lowered, before, _tensors(run))]
+    builds = [Candidate("int8", run, lowered, _achieved(budget, run), _tensors(run))]
     if dynamic_fits(run):
         log.info("the int8 build misses the verdict's ok line %s: trying activations quantized at run "
                  "time", budget_text)
         dynamic = start(dataclasses.replace(run.request, mode="dynamic"))
         dynamic_lowered = dynamic.quantize_dynamic()
         builds.append(Candidate("dynamic", dynamic, dynamic_lowered,
-                                _achieved(budget, dynamic, dynamic_lowered), _tensors(dynamic)))
+                                _achieved(budget, dynamic), _tensors(dynamic)))
         _time(builds)
         plain, dyn = builds
         fast = plain.ratio is None or dyn.ratio is None or dyn.ratio <= plain.ratio * NOISE
@@ -164,12 +161,13 @@ def _tensors(run: BuildRun) -> int:
     return len(run.result.plan.tensors) if run.result.plan is not None else 0
 
 
-def _achieved(budget: Budget, run: BuildRun, lowered: Lowered) -> float:
-    """What a build's verification and its target runtime's own run measured, the worse of the two."""
+def _achieved(budget: Budget, run: BuildRun) -> float:
+    """What a build measured in the budget's unit: the worse of ORT's verification and the target
+    runtime's own run (``tflite``: LiteRT), as the mixed plan's search judged its own."""
     assert run.verification is not None
-    runtime = run.backend.verdict_outputs(lowered.metrics)
-    both = dataclasses.replace(run.verification, outputs={**run.verification.outputs, **runtime})
-    return achieved_on(budget, both)
+    achieved = achieved_on(budget, run.verification)
+    in_runtime = run.achieved_in_runtime(budget)
+    return achieved if in_runtime is None else budget.worse(achieved, in_runtime)
 
 
 def _refusal(budget: Budget, plain: Candidate, other: Candidate) -> str | None:
