@@ -216,9 +216,7 @@ class TfliteBackend(Backend):
                              notes=list(lowered.notes))
 
     def summary_lines(self, result: BuildResult) -> list[str]:
-        nodes = (result.metrics.get("dynamic") or {}).get("nodes") or {}
-        hybrid = any(n.get("mode") == "dynamic" for n in nodes.values())
-        return summary_lines(result.metrics.get(self.name) or {}, dynamic=hybrid)
+        return summary_lines(result.metrics.get(self.name) or {})
 
     def latency_ratio(self, lowered: Lowered) -> float | None:
         """LiteRT's int8 ``.tflite`` time over its float32 twin's (1 thread, XNNPACK), when timed."""

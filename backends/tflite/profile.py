@@ -51,6 +51,7 @@ TFLITE_PROFILE = TargetProfile(
     int4_weights=False,
     residual_add_skip_only=False,
     fused_matmul_bias=True,
+    dynamic_scale="row",
 )
 
 

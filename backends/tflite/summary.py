@@ -7,9 +7,8 @@ from typing import Any
 from dsqc.driver.report import SLOWER
 
 
-def summary_lines(m: dict[str, Any], dynamic: bool = False) -> list[str]:
-    """LiteRT's verification, the comparison with dsqc's integer reference, and the timing. ``dynamic``:
-    the file has hybrid kernels, whose run-time scales differ from ORT's reference (said in one line)."""
+def summary_lines(m: dict[str, Any]) -> list[str]:
+    """LiteRT's verification, the comparison with dsqc's integer reference, and the timing."""
     v = m.get("verification")
     if not v:
         return []
@@ -19,9 +18,6 @@ def summary_lines(m: dict[str, Any], dynamic: bool = False) -> list[str]:
     if v.get("task"):
         line += f", {v['task'].get('metric', 'task')} {v['task'].get('quantized', float('nan')):.4f}"
     lines = [line, *_reference_lines((v.get("tensors") or {}).get("vs_integer_reference"))]
-    if dynamic:  # MiniLM: 17.4 dB in ORT's reference, 25.8 dB in LiteRT
-        lines.append("  hybrid kernels: LiteRT quantizes each row of an activation at run time, ORT's "
-                     "reference (above) each request's whole tensor; LiteRT's number is the .tflite's")
     lat = m.get("latency_ms")
     if lat:
         speed = lat["speedup"]

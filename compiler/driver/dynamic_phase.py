@@ -85,12 +85,14 @@ def quantize_dynamic_mode(source: onnx.ModelProto, mode: str, profile: TargetPro
                 plan.nodes[name] = NodeDecision(Precision.FP32, why)
         chosen = [c for c in candidates(base.model) if recipe.options_for(c.node, c.op).precision
                   is not Precision.FP32]
-        model = insert_dynamic(base.model, chosen, plan, per_tensor=_per_tensor(chosen, recipe))
+        model = insert_dynamic(base.model, chosen, plan, per_tensor=_per_tensor(chosen, recipe),
+                               activation_scale=profile.dynamic_scale)
         info["nodes"] = {c.node: {"op": c.op, "mode": "dynamic"} for c in chosen}
         return Quantized(model, plan, base.placement, {})
     assert calib is not None
     static = quantize_model(source, profile, recipe, calib, request.calib_batch)
-    choices = choose_modes(source, static.plan, calib, fused_biases=static.placement.fused_biases)
+    choices = choose_modes(source, static.plan, calib, fused_biases=static.placement.fused_biases,
+                           activation_scale=profile.dynamic_scale)
     info["nodes"] = {c.node: c.to_dict() for c in choices}
     dynamic = {c.node: c for c in choices if c.mode == "dynamic"}
     if not dynamic:
@@ -106,7 +108,7 @@ def quantize_dynamic_mode(source: onnx.ModelProto, mode: str, profile: TargetPro
         log.warning("auto mode: %d node(s) lost their constant weight in the static model: %s", len(missing),
                     ", ".join(sorted(missing)))
     mixed.model = insert_dynamic(mixed.model, picked, mixed.plan, {n: c.reason for n, c in dynamic.items()},
-                                 _per_tensor(picked, recipe))
+                                 _per_tensor(picked, recipe), profile.dynamic_scale)
     for c in choices:
         if c.mode == "static" and mixed.plan.precision_of(c.node) is Precision.INT8:
             mixed.plan.nodes[c.node] = NodeDecision(Precision.INT8, c.reason)

@@ -11,10 +11,11 @@ from onnx import numpy_helper
 
 from dsqc.ir import default_opset
 from dsqc.op_kinds import QDQ_OPS
+from dsqc.quant.run_time_scales import REDUCED_AXES
 
 # Ops whose presence makes a model quantized already.
 QUANTIZED_OPS = {*QDQ_OPS, "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
-                 "DynamicQuantizeLinear", "MatMulNBits"}
+                 "DynamicQuantizeLinear", "MatMulNBits", *REDUCED_AXES}
 
 
 @dataclass

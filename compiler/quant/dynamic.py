@@ -4,8 +4,10 @@ A node chosen for dynamic quantization reads its activation through ``DynamicQua
 DequantizeLinear`` (the scale and zero point are computed from the tensor at run time, uint8
 asymmetric, per tensor) and its weight through ``DequantizeLinear`` of a constant int8 tensor
 (symmetric, per output channel, [-127, 127]). That is standard ONNX, so ORT runs it as the reference;
-the ``onnx`` backend rewrites it into integer kernels (``backends/onnx/dynamic.py``) and the ``tflite``
-backend into hybrid kernels (``backends/tflite/dynamic.py``).
+the ``onnx`` backend rewrites it into integer kernels (``backends/onnx/dynamic.py``). A target whose
+kernels measure each row (``TargetProfile.dynamic_scale = "row"``, ``tflite``) gets a per-row quantizer
+instead (``dsqc.quant.run_time_scales``), which its backend turns into hybrid kernels
+(``backends/tflite/dynamic.py``).
 
 Candidates: MatMul with a constant 2-D weight, Gemm (``transA = 0``, ``alpha = beta = 1``) with a constant
 weight, 2-D Conv with a constant weight. Activation × activation MatMuls (attention) stay float: their
@@ -22,10 +24,16 @@ from onnx import helper, numpy_helper
 
 from dsqc.ir import default_opset
 from dsqc.model_io import upgrade_opset
+from dsqc.quant import run_time_scales
 from dsqc.quant.spec import NodeDecision, Precision, QuantPlan, QuantSpec
 
 MODES = ("static", "dynamic", "auto")
-DYNAMIC_REASON = "dynamic: int8 per-channel weights, activations quantized at run time (uint8, per tensor)"
+SCALES = ("tensor", "row")  # TargetProfile.dynamic_scale
+DYNAMIC_REASON = {
+    "tensor": "dynamic: int8 per-channel weights, activations quantized at run time (uint8, per tensor)",
+    "row": "dynamic: int8 per-channel weights, activations quantized at run time (int8, per row of a MatMul "
+           "input, per image of a Conv input)",
+}
 WEIGHT_LIMIT = 127
 MIN_OPSET = 13
 
@@ -81,11 +89,15 @@ def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, n
 
 
 def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantPlan,
-                   reasons: dict[str, str] | None = None, per_tensor: set[str] | None = None
-                   ) -> onnx.ModelProto:
-    """A copy of ``model`` with ``chosen`` nodes dynamically quantized (DynamicQuantizeLinear →
-    DequantizeLinear on the activation, DequantizeLinear of int8 on the weight: per output channel, or
-    one scale for the nodes in ``per_tensor``); ``plan`` records the node decisions and weight specs."""
+                   reasons: dict[str, str] | None = None, per_tensor: set[str] | None = None,
+                   activation_scale: str = "tensor") -> onnx.ModelProto:
+    """A copy of ``model`` with ``chosen`` nodes dynamically quantized: the activation through
+    DynamicQuantizeLinear → DequantizeLinear (``activation_scale="tensor"``) or a per-row quantizer
+    (``"row"``),
+    the weight through DequantizeLinear of int8 (per output channel, or one scale for the nodes in
+    ``per_tensor``); ``plan`` records the node decisions and weight specs."""
+    if activation_scale not in SCALES:
+        raise ValueError(f"dynamic activation scale {activation_scale!r}: one of {SCALES}")
     if default_opset(model) < MIN_OPSET:  # per-channel DequantizeLinear (axis) needs opset 13
         model = upgrade_opset(model, MIN_OPSET)
     out = onnx.ModelProto()
@@ -95,21 +107,27 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
         {i.name for i in graph.input}
     inits = {i.name: i for i in graph.initializer}
     by_name = {n.name: n for n in graph.node}
-    activations: dict[str, str] = {}  # activation tensor → its fake-quantized (DQ) name, shared by readers
+    # (activation tensor, quantizer) → its fake-quantized name, shared by readers
+    activations: dict[tuple[str, str], str] = {}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the named node
     replaced_weights: set[str] = set()
     for cand in chosen:
         node = by_name[cand.node]
         before = new_nodes.setdefault(cand.node, [])
-        if cand.activation not in activations:
+        per_tensor_scale = activation_scale == "tensor"
+        kind = "DynamicQuantizeLinear" if per_tensor_scale else run_time_scales.quantizer_op(cand.op)
+        if (cand.activation, kind) not in activations:
             base = _unique(cand.activation, taken)
             q, s, z, dq = f"{base}_dynq", f"{base}_dyns", f"{base}_dynzp", f"{base}_dyndq"
-            before.append(helper.make_node("DynamicQuantizeLinear", [cand.activation], [q, s, z],
-                                           name=f"{base}_DynamicQuantizeLinear"))
-            before.append(helper.make_node("DequantizeLinear", [q, s, z], [dq],
-                                           name=f"{base}_DequantizeLinear"))
-            activations[cand.activation] = dq
-        node.input[0] = activations[cand.activation]
+            if per_tensor_scale:
+                before.append(helper.make_node("DynamicQuantizeLinear", [cand.activation], [q, s, z],
+                                               name=f"{base}_DynamicQuantizeLinear"))
+                before.append(helper.make_node("DequantizeLinear", [q, s, z], [dq],
+                                               name=f"{base}_DequantizeLinear"))
+            else:
+                before.append(run_time_scales.quantizer_node(kind, cand.activation, dq, f"{base}_{kind}"))
+            activations[cand.activation, kind] = dq
+        node.input[0] = activations[cand.activation, kind]
         weight = numpy_helper.to_array(inits[cand.weight])
         axis = None if cand.node in (per_tensor or set()) else cand.axis
         qw, scale = quantize_weight(weight, axis)
@@ -123,7 +141,8 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
         before.append(helper.make_node("DequantizeLinear", [wname, f"{wname}_scale", f"{wname}_zero_point"],
                                        [deq], name=f"{wname}_DequantizeLinear", axis=axis or 0))
         node.input[1] = deq
-        plan.nodes[cand.node] = NodeDecision(Precision.INT8, (reasons or {}).get(cand.node, DYNAMIC_REASON))
+        why = (reasons or {}).get(cand.node, DYNAMIC_REASON[activation_scale])
+        plan.nodes[cand.node] = NodeDecision(Precision.INT8, why)
         plan.tensors[cand.weight] = QuantSpec("int8", scale, np.zeros(scale.shape, np.int64), axis=axis,
                                               narrow=True)
     ordered: list[onnx.NodeProto] = []
@@ -138,6 +157,8 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
     kept = [i for i in graph.initializer if i.name in used or i.name in {o.name for o in graph.output}]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    quantizers = {n.op_type for n in graph.node if run_time_scales.is_quantizer(n)}
+    run_time_scales.add_functions(out, quantizers, default_opset(out))
     return out
 
 
@@ -150,6 +171,9 @@ def dynamic_nodes(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
         if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
             continue
         dq = producers.get(node.input[0])
+        if dq is not None and run_time_scales.is_quantizer(dq):
+            found[node.name] = (dq.input[0], node.input[1])
+            continue
         dyn = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         if dyn is not None and dyn.op_type == "DynamicQuantizeLinear":
             found[node.name] = (dyn.input[0], node.input[1])

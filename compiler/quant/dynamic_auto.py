@@ -5,7 +5,8 @@ pass over calibration samples (batch 1, as a dynamic kernel sees one request) ru
 node beside the FP32 graph, each fed the FP32 activation: the *static* copy with the plan's calibrated
 input Q/DQ, its weight spec and its output Q/DQ when the plan has one (after the bias Add where the
 target runs MatMul and bias as one kernel, ``tflite``); the *dynamic* copy with
-``DynamicQuantizeLinear → DequantizeLinear`` on the input and int8 per-channel weights. Both store int8
+``DynamicQuantizeLinear → DequantizeLinear`` on the input (or the per-row quantizer of a target whose
+kernels measure each row, ``dsqc.quant.run_time_scales``) and int8 per-channel weights. Both store int8
 weights (equal size). The node's output SQNR against FP32 decides: dynamic when it is better by more
 than ``margin_db`` (default 1 dB) — static needs no run-time range pass and fuses requantization into
 integer kernels (ORT's QLinearConv; ConvInteger has no fused form), so it wins ties.
@@ -22,6 +23,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from dsqc.calibration.data import SampleSet
+from dsqc.ir import default_opset
+from dsqc.quant import run_time_scales
 from dsqc.quant.dynamic import Candidate, candidates, quantize_weight
 from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
@@ -52,16 +55,19 @@ class NodeChoice:
 
 def choose_modes(fp32: onnx.ModelProto, plan: QuantPlan, calib: SampleSet,
                  samples: int = PROBE_SAMPLES, margin_db: float = MARGIN_DB,
-                 fused_biases: Mapping[str, str] | None = None) -> list[NodeChoice]:
+                 fused_biases: Mapping[str, str] | None = None, activation_scale: str = "tensor"
+                 ) -> list[NodeChoice]:
     """Static or dynamic per candidate node the static ``plan`` quantizes, measured on ``calib``.
     ``fused_biases`` (bias Add → its MatMul, the planner's ``Placement.fused_biases``): where the target
     runs a MatMul and its bias as one kernel (``tflite``), the static output Q sits after the Add, so both
-    copies add the bias and the static one is quantized there."""
+    copies add the bias and the static one is quantized there. ``activation_scale``: the target's run-time
+    scale (``TargetProfile.dynamic_scale``), which the dynamic copy uses."""
     cands = [c for c in candidates(fp32) if plan.precision_of(c.node) is Precision.INT8
              and c.activation in plan.tensors and c.weight in plan.tensors]
     if not cands:
         return []
-    probe, names = _probe_model(fp32, cands, plan, {m: a for a, m in (fused_biases or {}).items()})
+    probe, names = _probe_model(fp32, cands, plan, {m: a for a, m in (fused_biases or {}).items()},
+                                activation_scale)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -89,8 +95,8 @@ def choose_modes(fp32: onnx.ModelProto, plan: QuantPlan, calib: SampleSet,
     return choices
 
 
-def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan, bias_adds: dict[str, str]
-                 ) -> tuple[onnx.ModelProto, dict[str, tuple[str, str, str]]]:
+def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan, bias_adds: dict[str, str],
+                 activation_scale: str = "tensor") -> tuple[onnx.ModelProto, dict[str, tuple[str, str, str]]]:
     """FP32 graph + a static and a dynamic copy of each candidate (with its fused bias Add, ``bias_adds``:
     MatMul → Add); outputs: (fp32, static, dynamic)."""
     probe = onnx.ModelProto()
@@ -100,6 +106,7 @@ def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan,
     nodes = {n.name: n for n in fp32.graph.node}
     del g.output[:]
     names: dict[str, tuple[str, str, str]] = {}
+    quantizers: set[str] = set()
     for i, c in enumerate(cands):
         node = nodes[c.node]
         add = nodes.get(bias_adds.get(c.node, ""))
@@ -114,8 +121,13 @@ def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan,
         view[c.axis] = -1
         w_dynamic = (qw.astype(np.float32) * scale.reshape(view)).astype(np.float32)
         q, s, z, x_dyn = (f"{tag}_{k}" for k in ("dq", "ds", "dz", "dx"))
-        g.node.append(helper.make_node("DynamicQuantizeLinear", [c.activation], [q, s, z]))
-        g.node.append(helper.make_node("DequantizeLinear", [q, s, z], [x_dyn]))
+        if activation_scale == "row":
+            op = run_time_scales.quantizer_op(c.op)
+            quantizers.add(op)
+            g.node.append(run_time_scales.quantizer_node(op, c.activation, x_dyn, f"{tag}_quantizer"))
+        else:
+            g.node.append(helper.make_node("DynamicQuantizeLinear", [c.activation], [q, s, z]))
+            g.node.append(helper.make_node("DequantizeLinear", [q, s, z], [x_dyn]))
         outs = []
         for kind, x, w in (("static", x_static, w_static), ("dynamic", x_dyn, w_dynamic)):
             g.initializer.append(numpy_helper.from_array(w, f"{tag}_{kind}_w"))
@@ -141,6 +153,7 @@ def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan,
         names[c.node] = (reference, outs[0], outs[1])
         for name in (reference, *outs):
             g.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    run_time_scales.add_functions(probe, quantizers, default_opset(probe))
     return probe, names
 
 

@@ -76,6 +76,10 @@ class TargetProfile:
     tables); it may add notes to the plan. ``None``: the QDQ model stays as inserted.
     ``dynamic_refusal``: why the target cannot run activations quantized at run time (``--mode
     dynamic|auto`` is refused with it); empty where it can.
+    ``dynamic_scale``: how the target's dynamic kernels measure an activation at run time, which the
+    canonical model reproduces: ``"tensor"`` (ORT: one scale for the whole tensor,
+    ``DynamicQuantizeLinear``) or ``"row"`` (LiteRT's hybrid kernels: one scale per row of a
+    FULLY_CONNECTED input, per image of a CONV_2D input; ``dsqc.quant.run_time_scales``).
     """
 
     name: str
@@ -108,3 +112,4 @@ class TargetProfile:
     float_fallback: str = "fp32"
     min_opset: int = 13
     dynamic_refusal: str = ""
+    dynamic_scale: str = "tensor"
