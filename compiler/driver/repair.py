@@ -86,7 +86,7 @@ def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, L
     A dynamic build that meets the ok line and runs as fast as plain int8 (within ``NOISE``) is kept
     without a search: a mixed plan is plain int8 with layers moved above int8, so it can be more accurate
     but not faster. MiniLM on ``tflite`` (tools/bench/TFLITE_REAL.md): plain static int8 9.1 dB; the
-    mixed plan 15.9 dB (7 MatMuls fp32), 0.52× FP32's LiteRT time; dynamic 17.4 dB in ORT's reference
+    mixed plan 15.9 dB (7 MatMuls fp32), 0.52× FP32's LiteRT time; dynamic 26.0 dB in ORT's reference
     and 25.8 dB in LiteRT, 0.35×. Otherwise the search runs, and of the builds ``refuse_reason`` lets
     through, the fastest that meets the line is kept, else the most accurate."""
     assert run.verification is not None and run.result.plan is not None
