@@ -156,11 +156,13 @@ class ReportView:
     """What report.html and the fleet index show of one target, read from its ``report.json`` body alone:
     how the build's ORT verification ran (``verified_by``), the target runtime's own per-output metrics
     (``runtime_outputs``, under ``runtime``), its checks, measured rows (what, value), one phrase for
-    the fleet index, and whether the parameter map shows each scale's fixed-point form."""
+    the fleet index, and whether the parameter map shows each scale's fixed-point form;
+    ``runtime_detections``: a detector's boxes in that runtime against FP32's (``detection_summary``)."""
 
     verified_by: str = "ONNX Runtime (reference Q/DQ)"
     runtime: str = ""
     runtime_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runtime_detections: dict[str, Any] | None = None
     checks: list[CheckRow] = field(default_factory=list)
     measured: list[tuple[str, str]] = field(default_factory=list)
     fleet_check: str | None = None

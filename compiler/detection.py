@@ -1,12 +1,16 @@
 """YOLOv8 detections in numpy: decode, class-wise NMS, greedy one-to-one matching against reference
 boxes (FP32's), box recall, box agreement and mAP@0.5. ``box_agreement_metric`` is
-``--task-metric box-agreement``."""
+``--task-metric box-agreement``; ``yolo_output`` finds a YOLOv8 export's output in a graph, so every
+verification of a detector reports its boxes against FP32's (``detection_summary``), as a classifier's
+reports top-1 agreement."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import onnx
 
 from dsqc.errors import DsqcError
 
@@ -151,3 +155,51 @@ def box_agreement_metric(outputs: dict[str, np.ndarray], reference: dict[str, np
     name = next(iter(reference))
     ref, got = yolo_layout(name, reference[name]), yolo_layout(name, outputs[name])
     return box_agreement([yolo_boxes(r) for r in ref], [yolo_boxes(g) for g in got])
+
+
+_LAYOUT_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+
+
+def yolo_output(model: onnx.ModelProto) -> str | None:
+    """The graph output a YOLOv8 export ends in, else None: rank 3, made (through reshapes or transposes)
+    by a ``Concat`` on axis 1 of the decoded boxes and the ``Sigmoid`` class scores (ultralytics'
+    ``Detect`` head)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def source(tensor: str) -> onnx.NodeProto | None:
+        node = producers.get(tensor)
+        while node is not None and node.op_type in _LAYOUT_OPS:
+            node = producers.get(node.input[0])
+        return node
+
+    for out in model.graph.output:
+        node = source(out.name)
+        if len(out.type.tensor_type.shape.dim) != 3 or node is None or node.op_type != "Concat" \
+                or len(node.input) != 2:
+            continue
+        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), None)
+        scores = source(node.input[1])
+        if axis in (1, -2) and scores is not None and scores.op_type == "Sigmoid":
+            return out.name
+    return None
+
+
+def detection_summary(name: str, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """Boxes of output ``name`` (``[N, 4 + classes, anchors]``) against FP32's on the same images: counts,
+    recall, precision, agreement (their minimum) and mAP@0.5 with FP32's boxes as ground truth."""
+    ref_boxes = [yolo_boxes(r) for r in yolo_layout(name, ref)]
+    got_boxes = [yolo_boxes(g) for g in yolo_layout(name, got)]
+    counts = box_counts(ref_boxes, got_boxes)
+    return {"output": name, "images": len(ref_boxes), "fp32_boxes": counts.reference, "boxes": counts.found,
+            "matched": counts.matched, "recall": counts.recall, "precision": counts.precision,
+            "agreement": counts.agreement, "map50": map50(ref_boxes, got_boxes),
+            "rule": f"score >= {SCORE_THRESHOLD:g}, class-wise NMS {NMS_IOU:g}, same class and IoU >= "
+                    f"{MATCH_IOU:g}"}
+
+
+def detection_line(d: dict[str, Any]) -> str:
+    """``d`` (``detection_summary``, as a report holds it) in one line."""
+    mean_ap = f", mAP@0.5 {d['map50']:.3f}" if d.get("map50") is not None and np.isfinite(d["map50"]) else ""
+    return (f"boxes vs FP32 ({d['output']}, a YOLOv8 head; {d['images']} images): {d['matched']} of "
+            f"{d['fp32_boxes']} FP32 boxes matched, {d['boxes']} found (agreement {d['agreement']:.3f}"
+            f"{mean_ap})")

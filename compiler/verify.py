@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.calibration.ort_session import BatchRunner, first_line
-from dsqc.detection import box_agreement_metric
+from dsqc.detection import box_agreement_metric, detection_summary, yolo_output
 from dsqc.errors import DsqcError, GateError
 from dsqc.ir import node_reads
 from dsqc.metrics import cosine, group_metrics, output_metrics, top1_agreement
@@ -71,6 +71,7 @@ class Verification:
     size_bytes: dict[str, int] | None = None
     latency_ms: dict[str, float] | None = None
     padding_mask: dict[str, Any] | None = None  # PaddingMask.to_dict() + the outputs' unmasked numbers
+    detections: dict[str, Any] | None = None  # a YOLOv8 head's boxes against FP32's (detection_summary)
 
     @property
     def min_sqnr(self) -> float:
@@ -80,7 +81,7 @@ class Verification:
         return {"samples": self.samples, "outputs": self.outputs, "min_sqnr_db": self.min_sqnr,
                 "top1_agreement": self.top1_agreement, "task": self.task,
                 "size_bytes": self.size_bytes, "latency_ms": self.latency_ms,
-                "padding_mask": self.padding_mask}
+                "padding_mask": self.padding_mask, "detections": self.detections}
 
 
 def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
@@ -116,9 +117,19 @@ def compare_runs(fp32: onnx.ModelProto, batches: list[Feeds], ref: Mapping[str, 
     result.padding_mask = padding
     if ref[first].ndim == 2 and ref[first].shape[1] > 1:  # a classifier
         result.top1_agreement = top1_agreement(ref[first], got[first])
+    result.detections = detections(fp32, ref, got)
     if labels is not None or task_metric:
         result.task = load_task_metric(task_metric).judge(dict(ref), got, labels)
     return result
+
+
+def detections(fp32: onnx.ModelProto, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
+               ) -> dict[str, Any] | None:
+    """A YOLOv8 detector's boxes in ``got`` against FP32's in ``ref`` (None for any other model)."""
+    name = yolo_output(fp32)
+    if name is None or name not in ref or ref[name].ndim != 3 or min(ref[name].shape[1:]) < 5:
+        return None
+    return detection_summary(name, ref[name], np.asarray(got[name]).reshape(ref[name].shape))
 
 
 def latency_sample(proto: onnx.ModelProto, feeds: Feeds) -> Feeds:

@@ -266,7 +266,8 @@ class TfliteBackend(Backend):
         file's size and LiteRT latency."""
         m = (report.get("metrics") or {}).get(self.name) or {}
         ver = m.get("verification") or {}
-        view = ReportView(runtime="LiteRT interpreter", runtime_outputs=dict(ver.get("outputs") or {}))
+        view = ReportView(runtime="LiteRT interpreter", runtime_outputs=dict(ver.get("outputs") or {}),
+                          runtime_detections=ver.get("detections"))
         ref = (ver.get("tensors") or {}).get("vs_integer_reference") or {}
         if ref.get("tensors"):
             ok = ref["tensors_exact"] == ref["tensors"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsqc.detection import detection_line
 from dsqc.driver.report import SLOWER
 
 
@@ -18,6 +19,8 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
     if v.get("task"):
         line += f", {v['task'].get('metric', 'task')} {v['task'].get('quantized', float('nan')):.4f}"
     lines = [line, *_reference_lines((v.get("tensors") or {}).get("vs_integer_reference"))]
+    if v.get("detections"):
+        lines.append(f"  {detection_line(v['detections'])}")
     lat = m.get("latency_ms")
     if lat:
         speed = lat["speedup"]

@@ -18,7 +18,7 @@ from dsqc.calibration.data import fixed_batch, model_inputs
 from dsqc.errors import DsqcError
 from dsqc.integer import Program
 from dsqc.metrics import sqnr_db, top1_agreement
-from dsqc.verify import compare_outputs, run_batches, session, worst_sqnr
+from dsqc.verify import compare_outputs, detections, run_batches, session, worst_sqnr
 
 from . import runtime
 from .graph import Graph
@@ -66,6 +66,8 @@ def outputs_vs_onnx(blob: bytes, reference: onnx.ModelProto, batches: list[Feeds
         result["padding_mask"] = padding
     if ref[first].ndim == 2 and ref[first].shape[1] > 1:
         result["top1_agreement"] = top1_agreement(ref[first], got[first])
+    if (boxes := detections(reference, ref, got)) is not None:
+        result["detections"] = boxes
     return result, got
 
 

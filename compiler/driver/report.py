@@ -10,6 +10,7 @@ import numpy as np
 
 from dsqc import __version__
 from dsqc.backends.registry import get_backend
+from dsqc.detection import detection_line
 from dsqc.driver.build_types import BuildResult
 from dsqc.driver.manifest import stable_metrics
 from dsqc.quant.spec import Precision
@@ -70,6 +71,8 @@ def format_result(result: BuildResult) -> str:
         lines += _padding_lines(ver.get("padding_mask"))
         if ver.get("top1_agreement") is not None:
             lines.append(f"  top-1 agreement {ver['top1_agreement'] * 100:.2f} %")
+        if ver.get("detections"):
+            lines.append(f"  {detection_line(ver['detections'])}")
         if ver.get("task"):
             t = ver["task"]
             lines.append(f"  {t['metric']}: fp32 {t['fp32']:.4f}  quantized {t['quantized']:.4f}  "

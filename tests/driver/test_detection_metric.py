@@ -183,3 +183,37 @@ def test_bad_metric_names_and_outputs_fail_in_one_line(tmp_path: Path,
     assert _build(detector_like_model(tmp_path / "det.onnx"), calib, tmp_path / "det", "--no-repair") == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "output 'y' has shape [8, 8, 8, 8]; the metric expects a YOLOv8-style" in last
+
+
+def test_a_yolo_head_is_found_through_reshapes_and_nothing_else_is(tmp_path: Path) -> None:
+    model = onnx.load(yolo_model(tmp_path / "yolo.onnx"))  # Concat(boxes, Sigmoid) → Reshape → y
+    assert detection.yolo_output(model) == "y"
+    for node in model.graph.node:
+        if node.op_type == "Sigmoid":
+            node.op_type = "Relu"  # scores that are no probabilities: not a YOLOv8 head
+    assert detection.yolo_output(model) is None
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_every_detector_build_reports_its_boxes_against_fp32(tmp_path: Path, target: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """As a classifier's build reports top-1 agreement, a detector's reports its boxes against FP32's
+    without --task-metric: ORT's run and, on tflite, LiteRT's; the verdict does not read it."""
+    model, out = yolo_model(tmp_path / "yolo.onnx"), tmp_path / "out"
+    assert main(["build", str(model), "--target", target, "--calib", str(_calib(tmp_path / "c.npz")),
+                 "--no-latency", "--no-repair", "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    verification = report["metrics"]["verification"]
+    boxes = verification["detections"]
+    assert boxes["output"] == "y" and boxes["images"] == verification["samples"] == 8
+    assert boxes["fp32_boxes"] > 0 and 0 <= boxes["matched"] <= min(boxes["fp32_boxes"], boxes["boxes"])
+    assert boxes["agreement"] == pytest.approx(min(boxes["matched"] / boxes["fp32_boxes"],
+                                                   boxes["matched"] / max(boxes["boxes"], 1)))
+    assert verification["task"] is None  # informational: the verdict reads no task drop from it
+    printed = capsys.readouterr().out
+    assert f"{boxes['matched']} of {boxes['fp32_boxes']} FP32 boxes matched" in printed
+    html = (out / "report.html").read_text()
+    assert "boxes vs FP32 (y, a YOLOv8 head; 8 images)" in html
+    if target == "tflite":
+        litert = report["metrics"]["tflite"]["verification"]["detections"]
+        assert litert["fp32_boxes"] == boxes["fp32_boxes"] and "(LiteRT interpreter)" in html

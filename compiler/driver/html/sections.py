@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from dsqc.backends.registry import ReportView, get_backend
+from dsqc.detection import detection_line
 from dsqc.driver.html.charts import histogram_svg, precision_bar_svg
 from dsqc.errors import DsqcError
 
@@ -148,6 +149,11 @@ def accuracy(reports: list[dict[str, Any]]) -> str:
         ver = (r.get("metrics") or {}).get("verification") or {}
         if ver.get("top1_agreement") is not None:
             extra.append(f"{esc(r.get('target'))}: top-1 agreement {ver['top1_agreement'] * 100:.2f} %")
+        if ver.get("detections"):
+            extra.append(f"{esc(r.get('target'))}: {esc(detection_line(ver['detections']))} (ORT)")
+        if (own := view(r)).runtime_detections:
+            extra.append(f"{esc(r.get('target'))}: {esc(detection_line(own.runtime_detections))} "
+                         f"({esc(own.runtime)})")
         if ver.get("task"):
             t = ver["task"]
             extra.append(f"{esc(r.get('target'))}: {esc(t.get('metric'))} FP32 {num(t.get('fp32'))} → "
