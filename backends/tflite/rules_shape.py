@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .graph import QParams
 from .patterns import real_readers
 from .rulebook import rule
 from .rules_common import const_ints, optional, unsupported
@@ -105,12 +106,12 @@ def transpose(lw: Lowerer, node: gs.Node) -> None:
 def concat(lw: Lowerer, node: gs.Node) -> None:
     rank = len(lw.onnx_shape(node.outputs[0]))
     axis = int(node.attrs["axis"]) % rank
-    if any(lw.is_const(t) for t in node.inputs):
-        raise unsupported(node, "constant inputs to Concat")
     names = [t.name for t in node.inputs]
-    layout = common_layout(lw, names, rank)
-    target = lw.target(node, names)
-    ins = [lw.int8_in(n, layout) if target else lw.float_in(n, layout) for n in names]
+    moving = [t.name for t in node.inputs if not lw.is_const(t)]  # a ViT's class token is constant
+    layout = common_layout(lw, moving, rank)
+    target = lw.target(node, moving)
+    ins = [_constant_part(lw, node, t, layout, target.quant if target else None) if lw.is_const(t)
+           else lw.int8_in(t.name, layout) if target else lw.float_in(t.name, layout) for t in node.inputs]
     if target:
         for i, idx in enumerate(ins):
             if not target.quant.same_as(lw.g.tensors[idx].quant):  # TFLite int8 concat does not rescale
@@ -121,6 +122,21 @@ def concat(lw: Lowerer, node: gs.Node) -> None:
     out = lw.output(node, target, layout)
     tfl_axis = NHWC_AXIS[axis] if layout == "nhwc" else axis
     lw.g.op("CONCATENATION", ins, [out], options("CONCATENATION", axis=tfl_axis), node.name)
+
+
+def _constant_part(lw: Lowerer, node: gs.Node, tensor: gs.Tensor, layout: str, quant: QParams | None) -> int:
+    """A constant input of ``node``'s CONCATENATION in the output's layout: float, or int8 on the output's
+    own grid (``quant``), where a constant stored int8 in the QDQ model already lies."""
+    value = lw.const(tensor)
+    if value is None:
+        raise unsupported(node, f"input '{tensor.name}' is constant but its value cannot be read")
+    value = value.reshape(lw.onnx_shape(tensor))
+    if layout == "nhwc":
+        value = value.transpose(0, 2, 3, 1)
+    if quant is None:
+        return lw.g.const(f"{node.name}_{tensor.name}", value.astype(np.float32), "float32")
+    q = np.clip(np.rint(value / quant.scale[0]) + quant.zero_point[0], -128, 127).astype(np.int8)
+    return lw.g.const(f"{node.name}_{tensor.name}", q, "int8", quant)
 
 
 @rule("Identity", "Dropout")

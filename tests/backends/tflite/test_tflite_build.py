@@ -131,3 +131,40 @@ def test_ceil_mode_max_pool_pads_the_end(tmp_path: Path) -> None:
     assert abs(check["min_sqnr_db"] - check["ort_min_sqnr_db"]) < 0.5
     exact = check["tensors"]["vs_integer_reference"]
     assert exact["tensors"] > 0 and exact["tensors_exact"] == exact["tensors"], exact
+
+
+def _class_token_model(path: Path) -> Path:
+    """A ViT's prefix: patch tokens [1, 4, 8] → MatMul, a constant class token [1, 1, 8] concatenated in
+    front (``torch.cat([cls.expand(n, -1, -1), x], 1)`` once the batch is known), → MatMul → y."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32) * 0.3, "w_in"),
+             numpy_helper.from_array(rng.standard_normal((1, 1, 8)).astype(np.float32), "cls"),
+             numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32) * 0.3, "w_out")]
+    nodes = [helper.make_node("MatMul", ["x", "w_in"], ["tokens"], name="embed"),
+             helper.make_node("Concat", ["cls", "tokens"], ["seq"], name="prepend", axis=1),
+             helper.make_node("MatMul", ["seq", "w_out"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "cls",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 6])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_concat_with_a_constant_class_token(tmp_path: Path, precision: str) -> None:
+    """ViT-B/32 failed with "constant inputs to Concat": the constant part is now a constant tensor of
+    the CONCATENATION, float or on the output's int8 grid."""
+    model = _class_token_model(tmp_path / "cls.onnx")
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((40, 4, 8)).astype(np.float32))
+    result = build(BuildRequest(model=model, target="tflite", out_dir=tmp_path / "out", calib=str(data),
+                                precision=precision, repair=False))
+    check = result.metrics["tflite"]["fp32" if precision == "fp32" else "int8"]
+    if precision == "fp32":
+        assert check["verification"]["min_sqnr_db"] > 100
+        return
+    assert "prepend" not in check["float_nodes"]  # the concatenation itself runs int8
+    verification = result.metrics["tflite"]["verification"]
+    assert verification["min_sqnr_db"] > 30 and verification["tensors"]["vs_ort_qdq"]["max_lsb"] <= 1
