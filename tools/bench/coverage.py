@@ -72,7 +72,10 @@ def _runtime_check(target: str, metrics: dict[str, Any]) -> str:
 
 
 def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str, tree: str) -> str:
-    about = " ".join(f"""`python -m tools.bench.coverage` on {machine}, tree `{tree}`. torchvision graphs
+    trees = sorted({str(r.get("tree", tree)) for targets in results.values() for r in targets.values()})
+    built = f"tree `{tree}`" if trees == [tree] else \
+        "trees " + ", ".join(f"`{t}`" for t in trees) + " (each row's in coverage.json; `--merge` added rows)"
+    about = " ".join(f"""`python -m tools.bench.coverage` on {machine}, {built}. torchvision graphs
         (random init, BatchNorm statistics from 30×8 real photo crops in train mode; 64 calibration / 32
         held-out crops of other photos), `dsqc build --target T` at default settings. SQNR: the worst
         output (or channel scale group) of the QDQ model in ORT vs FP32 on the held-out crops. These
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="*", default=list(TARGETS))
     parser.add_argument("--md", type=Path, default=REPO / "tools" / "bench" / "COVERAGE.md")
     parser.add_argument("--json", type=Path, default=REPO / "tools" / "bench" / "coverage.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of --json that this run does not build (each row names its tree)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[coverage %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     data = args.data or real_dir() / "coverage"
@@ -115,14 +120,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coverage: {', '.join(missing)} not prepared in {data}; run "
               "`python -m tools.bench.real.prepare --coverage` (torchvision venv) first", file=sys.stderr)
         return 2
+    tree = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=REPO).stdout.strip()
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    if args.merge and args.json.is_file():
+        earlier = json.loads(args.json.read_text())
+        results = {arch: {t: {"tree": earlier.get("tree"), **r} for t, r in targets.items()}
+                   for arch, targets in earlier["results"].items()}
     for arch in args.archs:
         for target in args.targets:
             row = build(arch, target, data, args.work)
-            results.setdefault(arch, {})[target] = row
+            results.setdefault(arch, {})[target] = {"tree": tree, **row}
             log.info("%s %s: %s", arch, target, row.get("error") or row.get("verdict"))
-    tree = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=REPO).stdout.strip()
+    results = {arch: results[arch] for arch in [*COVERAGE, *results] if arch in results}
     machine = f"{platform.processor() or platform.machine()}, {platform.python_version()}"
     args.md.write_text(markdown(results, machine, tree))
     args.json.write_text(json.dumps({"tree": tree, "results": results}, indent=1) + "\n")

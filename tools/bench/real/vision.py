@@ -28,6 +28,9 @@ COVERAGE = {
     "convnext_tiny": "ConvNeXt-T (LayerNorm, GELU, Linear inside a CNN, 7x7 depthwise)",
     "mnasnet0_5": "MNASNet 0.5 (x.mean([2, 3]) head)",
     "googlenet": "GoogLeNet (Inception concat, ceil-mode max pools)",
+    "vit_b_32": "ViT-B/32 (patch Conv, class token Concat, position embedding, 12 encoder layers)",
+    "swin_t": "Swin-T (shifted-window attention: roll, window partition Reshape/Transpose, relative "
+              "position bias, patch merging)",
 }
 SIZE = 224
 OPSET = 17
@@ -164,6 +167,10 @@ def prepare_torchvision(
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None)
+    with torch.no_grad():  # ViT initializes its classifier's weight to zero: its logits would all be 0
+        for parameter in model.parameters():
+            if parameter.ndim >= 2 and not parameter.any():
+                parameter.normal_(0.0, 0.05)
     if distill_steps:
         log.info("%s: distilled from EfficientNet-Lite0 for %d steps", arch, distill_steps)
         distill(model, load_efficientnet_lite0(pydeps), distill_steps)
