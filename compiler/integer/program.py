@@ -32,18 +32,34 @@ def lower(model: onnx.ModelProto, name: str = "model") -> Program:
 def run(ctx: Lowering) -> Program:
     """Lower every node of ``ctx.graph`` in order: Q nodes bind int tensors, other nodes go through
     their entry in ``LOWERINGS``."""
+    _refuse_unsupported(ctx.graph)
     handled: set[str] = set()
     for node in ctx.graph.nodes:
-        if node.op == "DequantizeLinear" or node.op == "Constant":
+        if node.op in _NOT_LOWERED:
             continue
         if node.op == "QuantizeLinear":
             ctx.quantize(node, handled, lower_requantize)
             continue
-        lowering = LOWERINGS.get(node.op)
-        if lowering is None:
-            raise UnsupportedError(f"node '{node.name}' ({node.op}): not supported by the integer "
-                                   f"program (supported: {', '.join(sorted(LOWERINGS))})")
-        ctx.ops.append(lowering(ctx, node))
+        ctx.ops.append(LOWERINGS[node.op](ctx, node))
         handled.add(node.outputs[0].name)
     outputs = [ctx.output_binding(t) for t in ctx.graph.outputs]
     return Program(ctx.name, ctx.tensors, ctx.ops, ctx.inputs, outputs, ctx.notes)
+
+
+_NOT_LOWERED = ("DequantizeLinear", "Constant")
+
+
+def _refuse_unsupported(graph: gs.Graph) -> None:
+    """One error naming every op type the integer program has no lowering for (with its node count and
+    first node), before any is lowered: a transformer lacks several, and one at a time hides the rest."""
+    missing: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.op not in LOWERINGS and node.op not in _NOT_LOWERED and node.op != "QuantizeLinear":
+            missing.setdefault(node.op, []).append(node.name)
+    if not missing:
+        return
+    (op, nodes), *others = missing.items()
+    rest = "".join(f"; {o} ({len(n)} node{'s' * (len(n) > 1)}, first '{n[0]}')" for o, n in others)
+    raise UnsupportedError(f"node '{nodes[0]}' ({op}): not supported by the integer program "
+                           f"({len(nodes)} node{'s' * (len(nodes) > 1)} of it{rest}; supported: "
+                           f"{', '.join(sorted(LOWERINGS))})")

@@ -74,3 +74,21 @@ def test_uint8_activations_shift_to_int8() -> None:
     assert max(int(s["max_lsb"]) for s in stats.values()) <= 1
     ref = run(program, quantize_inputs(program, c.eval_feeds))
     assert compare_with_ort(qdq, program, c.eval_feeds, ref)["float_requant"]["max_lsb"] == 0
+
+
+def test_every_missing_op_type_is_named_at_once() -> None:
+    """A transformer lacks several lowerings: one line names each op type, its count and first node."""
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
+             helper.make_node("Softplus", ["c"], ["s"], name="soft_a"),
+             helper.make_node("Softplus", ["s"], ["t"], name="soft_b"),
+             helper.make_node("Erf", ["t"], ["out"], name="erf")]
+    fp32 = fuse_bn(make_model(nodes, {"input": ["N", 3, 8, 8]}, {"out": ["N", 4, 6, 6]}, inits))
+    qdq, _ = quantize(fp32, HLS_PROFILE, random_feeds(fp32, 8))
+    with pytest.raises(UnsupportedError) as err:
+        lower(qdq)
+    message = str(err.value)
+    assert message.startswith("node 'soft_a' (Softplus): not supported by the integer program "
+                              "(2 nodes of it; Erf (1 node, first 'erf'); supported: ")
+    assert "\n" not in message
