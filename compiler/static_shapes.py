@@ -74,7 +74,7 @@ def _fold_quantized_constants(graph: gs.Graph) -> bool:
         for dq in [r for r in q.outputs[0].outputs if r.op == "DequantizeLinear"]:
             out = dq.outputs[0]
             dq.outputs.clear()
-            out.to_constant(((ints - z) * s).astype(np.float32))
+            out.to_constant(np.asarray((ints - z) * s, np.float32))  # a 0-d input computes a numpy scalar
             folded = True
     graph.cleanup(remove_unused_graph_inputs=False)
     return folded
