@@ -83,6 +83,20 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def shape_determined(tensor: gs.Tensor, depth: int = 16) -> bool:
+    """Whether ``tensor`` is a function of constants and tensor shapes only, never of activation values: a
+    constant, or computed from such tensors and ``Shape``/``Size`` outputs (a ViT's class token,
+    ``Expand(cls, [batch, 1, d])``). For a given input shape it is a constant."""
+    if constant_value(tensor) is not None:
+        return True
+    node = producer(tensor)
+    if node is None or depth == 0:
+        return False
+    if node.op in ("Shape", "Size"):
+        return True
+    return all(shape_determined(t, depth - 1) for t in node.inputs if t.name)
+
+
 def node_reads(node: onnx.NodeProto) -> set[str]:
     """Every tensor name ``node`` reads: its inputs and the inputs of the nodes of its subgraphs (an
     ``If``'s branches, a ``Loop`` body), which include what they take from the enclosing graph."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from dsqc.ir import Model, constant_value, is_graph_output
+from dsqc.ir import Model, constant_value, is_graph_output, shape_determined
 from dsqc.op_kinds import BIAS_INPUT, MATRIX_OPS, WEIGHT_INPUT, is_matmul_bias
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.qparams import activation_spec
@@ -334,7 +334,8 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
         return NodeDecision(Precision.INT8, f"int8 weight-only table lookup: {profile.name} gathers the int8 "
                                             "rows, then dequantizes them")
     constant_operand = node.op not in WEIGHT_INPUT and any(
-        constant_value(t) is not None for t in node.inputs if t.name)
+        constant_value(t) is not None or (t.dtype in FLOAT_TYPES and shape_determined(t))
+        for t in node.inputs if t.name)  # a class token Expand-ed to the batch is a constant too
     if constant_operand and (in_profile or wanted):
         return NodeDecision(Precision.FP32, f"{node.op} with a constant operand has no fused int8 kernel")
     is_int4 = wanted is Precision.INT4 or (opts.weight_dtype == "int4" and in_profile)
