@@ -2,8 +2,9 @@
 
 A matrix of models × builds (worst output SQNR, or the failure) and a table of every item: status, how it
 quantizes (static, dynamic, a mixed plan; chosen by repair or asked for), the reason of a failure,
-verdict, SQNR, cosine, top-1 agreement, task metric, size, time, peak memory and a link to the item's
-report. Every string from a manifest, a model or a build log is HTML-escaped.
+verdict, SQNR, cosine, top-1 agreement, task metric (a detector's boxes against FP32's when no task metric
+was asked), size, time, peak memory and a link to the item's report. Every string from a manifest, a model
+or a build log is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ def _table(records: list[dict[str, Any]]) -> str:
         task = s.get("task") or {}
         task_text = (f"{task.get('metric', 'task')} {task['quantized']:.4f} (fp32 {task['fp32']:.4f})"
                      if task.get("quantized") is not None and task.get("fp32") is not None else "")
+        boxes = s.get("detections") or {}
+        if not task_text and boxes.get("fp32_boxes") is not None:  # a detector: its boxes vs FP32's
+            task_text = (f"boxes vs FP32 {boxes['matched']}/{boxes['fp32_boxes']} matched, {boxes['boxes']} "
+                         f"found (agreement {boxes['agreement']:.3f})")
         size = s.get("size_bytes")
         ratio = f" ({size / s['size_fp32_bytes']:.2f}×)" if size and s.get("size_fp32_bytes") else ""
         cells = [

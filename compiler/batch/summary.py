@@ -33,6 +33,7 @@ def summarize_bundle(folder: Path) -> dict[str, Any]:
         "min_cosine": min(cosine) if cosine else None,
         "top1_agreement": ver.get("top1_agreement"),
         "task": ver.get("task"),
+        "detections": ver.get("detections"),
         "size_fp32_bytes": size.get("fp32"),
         "size_bytes": size.get("quantized"),
         "failed": report.get("failed"),

@@ -184,3 +184,15 @@ def test_the_fleet_page_says_how_each_artifact_quantizes_and_whether_repair_chos
     assert quantization(report(mixed_precision={"above_int8": 7}, repair={"kept": "mixed"})) == \
         "static, 7 nodes above int8, chosen by repair"
     assert quantization(report(repair={"kept": "int8"})) == "static int8 (repair found no better build)"
+
+
+def test_the_fleet_page_gives_a_detectors_boxes_in_the_task_column() -> None:
+    from dsqc.batch.index_html import render_index
+
+    boxes = {"output": "output0", "images": 16, "fp32_boxes": 12, "boxes": 13, "matched": 11,
+             "agreement": 11 / 13, "map50": 0.9}
+    record = {"id": "nudenet/tflite", "model": "nudenet", "target": "tflite", "status": "ok", "seconds": 1.0,
+              "bundle": None,
+              "summary": {"verdict": "ok", "detections": boxes, "task": None}}
+    page = render_index([record], "fleet.toml", "local", 1.0)
+    assert "boxes vs FP32 11/12 matched, 13 found (agreement 0.846)" in page
