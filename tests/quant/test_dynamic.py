@@ -273,3 +273,23 @@ def test_debug_refuses_a_dynamic_build(net: Path, tmp_path: Path, capsys: pytest
     assert main(["debug", str(net), str(out), "--eval-data", str(data)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "it was built with --mode dynamic; rebuild with --mode static" in err[0]
+
+
+def test_tflite_dynamic_reference_quantizes_each_image_of_a_batch(tmp_path: Path) -> None:
+    """A model pinned to batch 2: LiteRT's hybrid CONV_2D quantizes each image with its own scale and the
+    FULLY_CONNECTED each row, and so does the canonical model, so a quiet image beside a loud one is
+    measured as the file computes it (one scale per tensor would read the quiet image far worse)."""
+    model = small_net()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+    onnx.save(model, tmp_path / "pair.onnx")
+    x = np.random.default_rng(4).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    x[::2] *= 0.01  # each batch of two: a quiet image and a loud one
+    np.savez(tmp_path / "eval.npz", x=x)
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "pair.onnx"), "--target", "tflite", "--mode", "dynamic",
+                 "--no-latency", "--eval-data", str(tmp_path / "eval.npz"), "-o", str(out)]) == 0
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    litert = metrics["tflite"]["verification"]
+    assert litert["vs_qdq"]["y"]["sqnr_db"] > 100
+    assert abs(metrics["verification"]["outputs"]["y"]["sqnr_db"] - litert["outputs"]["y"]["sqnr_db"]) < 0.01
