@@ -122,7 +122,11 @@ class HlsBackend(Backend):
         if opts.power_of_two_scales and not is_pow2_plan(job.plan):
             qdq, _ = snap_to_pow2(job.fp32, job.plan)
             notes.append("hls: plan scales snapped to powers of two for shift-only requantization")
-        program = lower(qdq, job.name)
+        try:
+            program = lower(qdq, job.name)
+        except UnsupportedError as exc:  # a transformer's LayerNorm/Softmax/GELU: the C has no layer for them
+            raise UnsupportedError(f"hls: {exc}; the HLS C covers these layers only: build this model for "
+                                   "--target onnx, tflite or trt, or export the part the FPGA runs") from exc
         notes += [f"hls: {note}" for note in program.notes]
         float_feeds, synthetic = _eval_feeds(job, program, opts.tb_vectors)
         if synthetic:
