@@ -93,9 +93,8 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
                    activation_scale: str = "tensor") -> onnx.ModelProto:
     """A copy of ``model`` with ``chosen`` nodes dynamically quantized: the activation through
     DynamicQuantizeLinear → DequantizeLinear (``activation_scale="tensor"``) or a per-row quantizer
-    (``"row"``),
-    the weight through DequantizeLinear of int8 (per output channel, or one scale for the nodes in
-    ``per_tensor``); ``plan`` records the node decisions and weight specs."""
+    (``"row"``), the weight through DequantizeLinear of int8 (per output channel, or one scale for the
+    nodes in ``per_tensor``); ``plan`` records the node decisions and weight specs."""
     if activation_scale not in SCALES:
         raise ValueError(f"dynamic activation scale {activation_scale!r}: one of {SCALES}")
     if default_opset(model) < MIN_OPSET:  # per-channel DequantizeLinear (axis) needs opset 13
@@ -114,20 +113,14 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
     for cand in chosen:
         node = by_name[cand.node]
         before = new_nodes.setdefault(cand.node, [])
-        per_tensor_scale = activation_scale == "tensor"
-        kind = "DynamicQuantizeLinear" if per_tensor_scale else run_time_scales.quantizer_op(cand.op)
-        if (cand.activation, kind) not in activations:
+        per = "tensor" if activation_scale == "tensor" else run_time_scales.quantizer_op(cand.op)
+        key = (cand.activation, per)
+        if key not in activations:
             base = _unique(cand.activation, taken)
-            q, s, z, dq = f"{base}_dynq", f"{base}_dyns", f"{base}_dynzp", f"{base}_dyndq"
-            if per_tensor_scale:
-                before.append(helper.make_node("DynamicQuantizeLinear", [cand.activation], [q, s, z],
-                                               name=f"{base}_DynamicQuantizeLinear"))
-                before.append(helper.make_node("DequantizeLinear", [q, s, z], [dq],
-                                               name=f"{base}_DequantizeLinear"))
-            else:
-                before.append(run_time_scales.quantizer_node(kind, cand.activation, dq, f"{base}_{kind}"))
-            activations[cand.activation, kind] = dq
-        node.input[0] = activations[cand.activation, kind]
+            activations[key] = f"{base}_dyndq"
+            before.extend(activation_quantizer(activation_scale, cand.op, cand.activation, activations[key],
+                                               base))
+        node.input[0] = activations[key]
         weight = numpy_helper.to_array(inits[cand.weight])
         axis = None if cand.node in (per_tensor or set()) else cand.axis
         qw, scale = quantize_weight(weight, axis)
@@ -157,9 +150,21 @@ def insert_dynamic(model: onnx.ModelProto, chosen: list[Candidate], plan: QuantP
     kept = [i for i in graph.initializer if i.name in used or i.name in {o.name for o in graph.output}]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    quantizers = {n.op_type for n in graph.node if run_time_scales.is_quantizer(n)}
-    run_time_scales.add_functions(out, quantizers, default_opset(out))
+    run_time_scales.add_functions(out)
     return out
+
+
+def activation_quantizer(activation_scale: str, op: str, x: str, out: str, base: str) -> list[onnx.NodeProto]:
+    """The nodes that quantize the input ``x`` of a dynamic ``op`` at run time into ``out`` (its values as
+    the kernel multiplies them), named from ``base``: ``DynamicQuantizeLinear → DequantizeLinear`` for
+    ``activation_scale="tensor"``, the per-row (per-image for Conv) quantizer for ``"row"``."""
+    if activation_scale == "tensor":
+        q, s, z = f"{base}_dynq", f"{base}_dyns", f"{base}_dynzp"
+        return [helper.make_node("DynamicQuantizeLinear", [x], [q, s, z],
+                                 name=f"{base}_DynamicQuantizeLinear"),
+                helper.make_node("DequantizeLinear", [q, s, z], [out], name=f"{base}_DequantizeLinear")]
+    kind = run_time_scales.quantizer_op(op)
+    return [run_time_scales.quantizer_node(kind, x, out, f"{base}_{kind}")]
 
 
 def dynamic_nodes(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:

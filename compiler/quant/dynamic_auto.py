@@ -23,9 +23,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from dsqc.calibration.data import SampleSet
-from dsqc.ir import default_opset
 from dsqc.quant import run_time_scales
-from dsqc.quant.dynamic import Candidate, candidates, quantize_weight
+from dsqc.quant.dynamic import Candidate, activation_quantizer, candidates, quantize_weight
 from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,6 @@ def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan,
     nodes = {n.name: n for n in fp32.graph.node}
     del g.output[:]
     names: dict[str, tuple[str, str, str]] = {}
-    quantizers: set[str] = set()
     for i, c in enumerate(cands):
         node = nodes[c.node]
         add = nodes.get(bias_adds.get(c.node, ""))
@@ -120,14 +118,8 @@ def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan,
         view = [1] * weight.ndim
         view[c.axis] = -1
         w_dynamic = (qw.astype(np.float32) * scale.reshape(view)).astype(np.float32)
-        q, s, z, x_dyn = (f"{tag}_{k}" for k in ("dq", "ds", "dz", "dx"))
-        if activation_scale == "row":
-            op = run_time_scales.quantizer_op(c.op)
-            quantizers.add(op)
-            g.node.append(run_time_scales.quantizer_node(op, c.activation, x_dyn, f"{tag}_quantizer"))
-        else:
-            g.node.append(helper.make_node("DynamicQuantizeLinear", [c.activation], [q, s, z]))
-            g.node.append(helper.make_node("DequantizeLinear", [q, s, z], [x_dyn]))
+        x_dyn = f"{tag}_dx"
+        g.node.extend(activation_quantizer(activation_scale, c.op, c.activation, x_dyn, tag))
         outs = []
         for kind, x, w in (("static", x_static, w_static), ("dynamic", x_dyn, w_dynamic)):
             g.initializer.append(numpy_helper.from_array(w, f"{tag}_{kind}_w"))
@@ -153,7 +145,7 @@ def _probe_model(fp32: onnx.ModelProto, cands: list[Candidate], plan: QuantPlan,
         names[c.node] = (reference, outs[0], outs[1])
         for name in (reference, *outs):
             g.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    run_time_scales.add_functions(probe, quantizers, default_opset(probe))
+    run_time_scales.add_functions(probe)
     return probe, names
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from dsqc.ir import default_opset
+
 DOMAIN = "ai.dsqc"
 ROWS = "DynamicQuantizeRows"  # a MatMul/Gemm input: one scale per row (reduced over the last axis)
 IMAGES = "DynamicQuantizeImages"  # a 2-D Conv input [N, C, H, W]: one scale per image
@@ -39,13 +41,16 @@ def quantizer_node(op: str, x: str, y: str, name: str) -> onnx.NodeProto:
     return helper.make_node(op, [x], [y], name=name, domain=DOMAIN)
 
 
-def add_functions(model: onnx.ModelProto, ops: set[str], opset: int) -> None:
-    """Give ``model`` the function bodies of ``ops`` (once each) and the opset import of their domain."""
+def add_functions(model: onnx.ModelProto) -> None:
+    """Give ``model`` the function bodies of the quantizers its graph uses (once each, in its default
+    opset) and the opset import of their domain."""
+    used = sorted({n.op_type for n in model.graph.node if is_quantizer(n)})
+    if not used:
+        return
     have = {(f.domain, f.name) for f in model.functions}
-    for op in sorted(ops):
-        if (DOMAIN, op) not in have:
-            model.functions.append(_function(op, opset))
-    if ops and all(o.domain != DOMAIN for o in model.opset_import):
+    opset = default_opset(model)
+    model.functions.extend(_function(op, opset) for op in used if (DOMAIN, op) not in have)
+    if all(o.domain != DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
 

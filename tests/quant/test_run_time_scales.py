@@ -33,7 +33,7 @@ def _quantizer_model(op: str, shape: list[int], opset: int) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    run_time_scales.add_functions(model, {op}, opset)
+    run_time_scales.add_functions(model)
     onnx.checker.check_model(model, full_check=True)
     return model
 
