@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from dsqc.errors import DsqcError, RecipeError, UnsupportedError
-from dsqc.integer import Program, lower, quantize_inputs, run
+from dsqc.integer import MissingLowerings, Program, lower, quantize_inputs, run
 from dsqc.integer.compare import ORT_LEVELS, Stats, compare_with_ort, per_op_with_ort
 from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
@@ -124,7 +124,7 @@ class HlsBackend(Backend):
             notes.append("hls: plan scales snapped to powers of two for shift-only requantization")
         try:
             program = lower(qdq, job.name)
-        except UnsupportedError as exc:  # a transformer's LayerNorm/Softmax/GELU: the C has no layer for them
+        except MissingLowerings as exc:  # a transformer's LayerNorm/Softmax/GELU: the C has no layer for them
             raise UnsupportedError(f"hls: {exc}; the HLS C covers these layers only: build this model for "
                                    "--target onnx, tflite or trt, or export the part the FPGA runs") from exc
         notes += [f"hls: {note}" for note in program.notes]

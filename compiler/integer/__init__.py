@@ -19,12 +19,12 @@ from dsqc.integer.ops import (
     TensorInfo,
     TransposeOp,
 )
-from dsqc.integer.program import lower
+from dsqc.integer.program import MissingLowerings, lower
 from dsqc.integer.reference import dequantize_outputs, quantize_inputs, run
 
 __all__ = [
     "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "LookupOp",
-    "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant", "SliceOp", "TensorInfo",
+    "MissingLowerings", "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant", "SliceOp", "TensorInfo",
     "TransposeOp", "dequantize_outputs",
     "lower",
     "quantize_inputs", "quantize_multiplier", "requantize", "run",

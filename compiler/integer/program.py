@@ -49,6 +49,10 @@ def run(ctx: Lowering) -> Program:
 _NOT_LOWERED = ("DequantizeLinear", "Constant")
 
 
+class MissingLowerings(UnsupportedError):
+    """The model has ops the integer program has no lowering for (named in the message)."""
+
+
 def _refuse_unsupported(graph: gs.Graph) -> None:
     """One error naming every op type the integer program has no lowering for (with its node count and
     first node), before any is lowered: a transformer lacks several, and one at a time hides the rest."""
@@ -60,6 +64,6 @@ def _refuse_unsupported(graph: gs.Graph) -> None:
         return
     (op, nodes), *others = missing.items()
     rest = "".join(f"; {o} ({len(n)} node{'s' * (len(n) > 1)}, first '{n[0]}')" for o, n in others)
-    raise UnsupportedError(f"node '{nodes[0]}' ({op}): not supported by the integer program "
+    raise MissingLowerings(f"node '{nodes[0]}' ({op}): not supported by the integer program "
                            f"({len(nodes)} node{'s' * (len(nodes) > 1)} of it{rest}; supported: "
                            f"{', '.join(sorted(LOWERINGS))})")
