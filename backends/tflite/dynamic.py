@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from dsqc.quant.dynamic import dynamic_nodes
+from dsqc.quant.dynamic import dynamic_nodes, quantize_weight
 
 from .graph import Graph, QParams
 
@@ -60,7 +60,7 @@ def hybridize(graph: Graph, nodes: set[str]) -> tuple[list[str], list[str]]:
         if x.dtype != "float32" or w.data is None or w.dtype != "float32":
             continue
         dim = HYBRID_DIM[op.kind]
-        q, scale = _per_channel(w.data, dim)
+        q, scale = quantize_weight(w.data, dim)  # symmetric int8 per output channel, as the QDQ model
         w.data, w.dtype, w.quant = q, "int8", QParams.of(scale, np.zeros(scale.shape, np.int64), dim)
         if op.kind == "FULLY_CONNECTED":
             op.options.asymmetricQuantizeInputs = True
@@ -76,14 +76,3 @@ def hybrid_version(kind: str, graph: Graph, inputs: list[int]) -> int | None:
     if x.dtype == "float32" and w.dtype == "int8":
         return HYBRID_VERSION[kind]
     return None
-
-
-def _per_channel(weight: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 in [-127, 127], one scale per index of ``dim``."""
-    moved = np.moveaxis(weight.astype(np.float32), dim, 0)
-    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    view = [1] * weight.ndim
-    view[dim] = -1
-    q = np.clip(np.rint(weight / scale.reshape(view)), -127, 127).astype(np.int8)
-    return q, scale
