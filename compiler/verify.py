@@ -94,6 +94,7 @@ def verify(fp32: onnx.ModelProto, quant: onnx.ModelProto, batches: list[Feeds],
     ref = run_batches(session(fp32), batches)
     got = run_batches(session(quant, optimize=fused), batches)
     result = compare_runs(fp32, batches, ref, got, labels, task_metric, mask_padding)
+    result.detections = detections(fp32, ref, got)  # reported, not judged: not in compare_runs' budget checks
     result.size_bytes = {"fp32": fp32.ByteSize(), "quantized": quant.ByteSize()}
     if latency and batches:
         sample = latency_sample(fp32, batches[0])
@@ -117,7 +118,6 @@ def compare_runs(fp32: onnx.ModelProto, batches: list[Feeds], ref: Mapping[str, 
     result.padding_mask = padding
     if ref[first].ndim == 2 and ref[first].shape[1] > 1:  # a classifier
         result.top1_agreement = top1_agreement(ref[first], got[first])
-    result.detections = detections(fp32, ref, got)
     if labels is not None or task_metric:
         result.task = load_task_metric(task_metric).judge(dict(ref), got, labels)
     return result
