@@ -24,7 +24,7 @@ from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 log = logging.getLogger(__name__)
 
 # 4-bit values as ml_dtypes arrays: Model.to_proto packs them into INT4/UINT4 initializers.
-_NUMPY = {"int8": np.int8, "uint8": np.uint8, "int32": np.int32,
+_NUMPY = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32,
           "int4": ml_dtypes.int4, "uint4": ml_dtypes.uint4}
 
 

@@ -1,7 +1,8 @@
 """C99 for one integer op: a static function with constant loop bounds and its constant arrays.
 
 The arithmetic mirrors ``dsqc.integer.reference`` term by term: int32 accumulation of
-``(x − zp) · w`` plus the int32 bias, then ``dsqc_requant`` / ``dsqc_shift`` (the one rounding rule).
+``(x − zp) · w`` plus the int32 bias (int64 where an int16 input could overflow int32), then
+``dsqc_requant`` / ``dsqc_shift`` (the one rounding rule; ``…16`` variants write int16 tensors).
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ class Emitter:
         self.fn = fn
         self.arrays: list[CArray] = []
         self.helpers: set[str] = set()
+        self.wide_out = self.program.tensors[op.output].wide
         body = {ConvOp: self._conv, DenseOp: self._dense, PoolOp: self._pool, AddOp: self._add,
                 ElementwiseOp: self._elementwise, ConcatOp: self._concat, LookupOp: self._lookup,
                 MulOp: self._mul, TransposeOp: self._transpose, SliceOp: self._slice}[type(op)](op)
         out = self.program.tensors[op.output]
         head = [f"/* {comment_text(op.onnx_op)} node {comment_text(op.node)}: "
-                f"-> {'x'.join(map(str, out.shape))} int8 (scale {out.scale:.6g}, zero point "
+                f"-> {'x'.join(map(str, out.shape))} {out.ctype[:-2]} (scale {out.scale:.6g}, zero point "
                 f"{out.zero_point}) */"]
         return LayerCode(fn, "\n".join(head + body) + "\n", self.arrays, self.helpers)
 
@@ -89,21 +91,23 @@ class Emitter:
         return name
 
     def _requant(self, rq: Requant, value: str, channel: str = "0") -> str:
-        """C expression applying ``rq`` to ``value`` (per-channel arrays indexed by ``channel``)."""
+        """C expression applying ``rq`` to ``value`` (per-channel arrays indexed by ``channel``), of the
+        layer's output type."""
         tail = f"{rq.zero_point}, {rq.qmin}, {rq.qmax}"
+        suffix = "16" if self.wide_out else ""
         if rq.shift_only:
-            self.helpers.add("dsqc_shift")
+            self.helpers.add(f"dsqc_shift{suffix}")
             exps = rq.n - np.log2(rq.m).astype(np.int64)
             e = (f"{self._array('e', 'int8_t', exps)}[{channel}]" if rq.per_channel
                  else str(int(exps[0])))
-            return f"dsqc_shift({value}, {e}, {tail})"
-        self.helpers.add("dsqc_requant")
+            return f"dsqc_shift{suffix}({value}, {e}, {tail})"
+        self.helpers.add(f"dsqc_requant{suffix}")
         if rq.per_channel:
             m = f"{self._array('m', 'int32_t', rq.m)}[{channel}]"
             n = f"{self._array('n', 'int8_t', rq.n)}[{channel}]"
         else:
             m, n = lit(int(rq.m[0])), str(int(rq.n[0]))
-        return f"dsqc_requant({value}, {m}, {n}, {tail})"
+        return f"dsqc_requant{suffix}({value}, {m}, {n}, {tail})"
 
     def _pragmas(self) -> list[str]:
         """Pipeline the loop and unroll it by the parallelism knob (P values per iteration)."""
@@ -121,17 +125,33 @@ class Emitter:
     def _size(self, name: str) -> int:
         return self.program.tensors[name].size
 
+    def _param(self, name: str, tensor: str, const: bool = True) -> str:
+        """``const int8_t x[N]`` for a program tensor (its C type and size)."""
+        info = self.program.tensors[tensor]
+        return f"{'const ' if const else ''}{info.ctype} {name}[{info.size}]"
+
+    def _params(self, op: Op, *names: str) -> str:
+        """The layer's parameters: its inputs as ``names`` (all but the last), its output as the last."""
+        ins = [self._param(n, t) for n, t in zip(names[:-1], op.inputs, strict=True)]
+        return ", ".join([*ins, self._param(names[-1], op.output, const=False)])
+
+    def _is_copy(self, op: Op, rq: Requant, in_zp: int) -> bool:
+        """``rq`` leaves every value of the op's input (zero point ``in_zp``) as it is, in the same type."""
+        x = self.program.tensors[op.inputs[0]]
+        return rq.identity and rq.zero_point == in_zp and (rq.qmin, rq.qmax) == (x.qmin, x.qmax)
+
     # -- ops --------------------------------------------------------------------------------------
 
     def _conv(self, op: Op) -> list[str]:
         assert isinstance(op, ConvOp) and op.requant is not None
-        _, c, h, w = self.program.tensors[op.inputs[0]].shape
+        _, _, h, w = self.program.tensors[op.inputs[0]].shape
         oc, icg, kh, kw = op.weight.shape
         _, _, oh, ow = self.program.tensors[op.output].shape
         k = icg * kh * kw
         (sy, sx), (dy, dx), (pt, pl, _, _) = op.strides, op.dilations, op.pads
         weights = self._array("w", "int8_t", op.weight.reshape(oc, k))
         bias = self._array("b", "int32_t", op.bias)
+        acc = "int64_t" if op.acc64 else "int32_t"
         cin = "ic" if op.group == 1 else f"(oc / {oc // op.group} * {icg} + ic)"
         inside = f"iy >= 0 && iy < {h} && ix >= 0 && ix < {w}"
         term = f"{minus_zp(f'x[({cin} * {h} + iy) * {w} + ix]', op.in_zp)} * {weights}[oc * {k} + kk]"
@@ -139,13 +159,13 @@ class Emitter:
         if any(op.pads):
             mac = [f"                    if ({inside}) {{", "    " + mac[0], "                    }"]
         return [
-            f"static void {self.fn}(const int8_t x[{c * h * w}], int8_t y[{oc * oh * ow}])", "{",
+            f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
             *self._partition(weights),
             "    int oc, oy, ox, kk;",
             f"    for (oc = 0; oc < {oc}; oc++) {{",
             f"        for (oy = 0; oy < {oh}; oy++) {{",
             f"            for (ox = 0; ox < {ow}; ox++) {{",
-            f"                int32_t acc = {bias}[oc];",
+            f"                {acc} acc = {bias}[oc];",
             f"                for (kk = 0; kk < {k}; kk++) {{",
             *self._pragmas(),
             f"                    const int ic = kk / {kh * kw};",
@@ -165,11 +185,11 @@ class Emitter:
         weights = self._array("w", "int8_t", op.weight)
         bias = self._array("b", "int32_t", op.bias)
         return [
-            f"static void {self.fn}(const int8_t x[{k}], int8_t y[{n_out}])", "{",
+            f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
             *self._partition(weights),
             "    int o, kk;",
             f"    for (o = 0; o < {n_out}; o++) {{",
-            f"        int32_t acc = {bias}[o];",
+            f"        {'int64_t' if op.acc64 else 'int32_t'} acc = {bias}[o];",
             f"        for (kk = 0; kk < {k}; kk++) {{",
             *self._pragmas(),
             f"            acc += {minus_zp('x[kk]', op.in_zp)} * {weights}[o * {k} + kk];",
@@ -184,19 +204,20 @@ class Emitter:
         _, _, oh, ow = self.program.tensors[op.output].shape
         (kh, kw), (sy, sx), (pt, pl, _, _) = op.kernel, op.strides, op.pads
         is_max = op.mode == "max"
-        init = "int32_t best = -128;" if is_max else "int32_t sum = 0;"
+        x_info = self.program.tensors[op.inputs[0]]
+        init = f"int32_t best = {x_info.qmin};" if is_max else "int32_t sum = 0;"
         update = ("if (v > best) {\n                            best = v;\n                        }"
                   if is_max else f"sum += {minus_zp('v', op.in_zp)};")
         rq = op.requant
-        plain = is_max and _is_copy(rq, op.in_zp)
+        plain = is_max and self._is_copy(op, rq, op.in_zp)
         value = minus_zp("best", op.in_zp) if is_max else "sum"
-        result = "(int8_t)best" if plain else self._requant(rq, value)
+        result = f"({x_info.ctype})best" if plain else self._requant(rq, value)
         load = [f"const int32_t v = x[(c * {h} + iy) * {w} + ix];", update]
         if any(op.pads):
             load = [f"if (iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) {{",
                     *["    " + line for line in load], "}"]
         return [
-            f"static void {self.fn}(const int8_t x[{c * h * w}], int8_t y[{c * oh * ow}])", "{",
+            f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
             "    int c, oy, ox, ky, kx;",
             f"    for (c = 0; c < {c}; c++) {{",
             f"        for (oy = 0; oy < {oh}; oy++) {{",
@@ -220,7 +241,7 @@ class Emitter:
         value = (f"(int64_t){minus_zp('a[i]', za)} * {lit(ma)} + "
                  f"(int64_t){minus_zp('b[i]', zb)} * {lit(mb)}")
         return [
-            f"static void {self.fn}(const int8_t a[{size}], const int8_t b[{size}], int8_t y[{size}])",
+            f"static void {self.fn}({self._params(op, 'a', 'b', 'y')})",
             "{", "    int i;",
             f"    for (i = 0; i < {size}; i++) {{",
             *self._pragmas(),
@@ -231,18 +252,18 @@ class Emitter:
     def _elementwise(self, op: Op) -> list[str]:
         assert isinstance(op, ElementwiseOp) and op.requant is not None
         size, rq = self._size(op.output), op.requant
-        copy = _is_copy(rq, op.in_zp)
-        return self._unary(size, "x[i]" if copy else self._requant(rq, minus_zp("x[i]", op.in_zp)))
+        copy = self._is_copy(op, rq, op.in_zp)
+        return self._unary(op, size, "x[i]" if copy else self._requant(rq, minus_zp("x[i]", op.in_zp)))
 
     def _lookup(self, op: Op) -> list[str]:
         assert isinstance(op, LookupOp)
-        size = self._size(op.output)
-        return self._unary(size, f"{self._array('table', 'int8_t', op.table)}[x[i] + 128]")
+        size, ctype = self._size(op.output), self.program.tensors[op.output].ctype
+        return self._unary(op, size, f"{self._array('table', ctype, op.table)}[x[i] + 128]")
 
-    def _unary(self, size: int, expr: str) -> list[str]:
+    def _unary(self, op: Op, size: int, expr: str) -> list[str]:
         """``y[i] = expr`` (of ``x[i]``) over one tensor."""
         return [
-            f"static void {self.fn}(const int8_t x[{size}], int8_t y[{size}])", "{", "    int i;",
+            f"static void {self.fn}({self._params(op, 'x', 'y')})", "{", "    int i;",
             f"    for (i = 0; i < {size}; i++) {{",
             *self._pragmas(),
             f"        y[i] = {expr};",
@@ -263,14 +284,14 @@ class Emitter:
         """Nested loops over the output (batch axis left out): output index ``i`` on axis ``a`` reads the
         input at ``Σ (first + i·step)·stride`` with ``axes[a] = (stride, first, step)``."""
         shape = self.program.tensors[op.output].shape[1:]
-        size_in, size_out = self._size(op.inputs[0]), self._size(op.output)
         idx = [f"i{a}" for a in range(len(shape))]
         offset = sum(stride * first for stride, first, _ in axes[1:])
         terms = [(i, stride * step) for i, (stride, _, step) in zip(idx, axes[1:], strict=True)]
         source = affine(terms, offset)
-        value = f"x[{source}]" if _is_copy(rq, zp) else self._requant(rq, minus_zp(f"x[{source}]", zp))
+        value = (f"x[{source}]" if self._is_copy(op, rq, zp)
+                 else self._requant(rq, minus_zp(f"x[{source}]", zp)))
         target = affine(list(zip(idx, _strides(shape), strict=True)), 0)
-        lines = [f"static void {self.fn}(const int8_t x[{size_in}], int8_t y[{size_out}])", "{",
+        lines = [f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
                  f"    int {', '.join(idx)};"]
         for depth, (i, n) in enumerate(zip(idx, shape, strict=True)):
             lines.append(f"{'    ' * (depth + 1)}for ({i} = 0; {i} < {n}; {i}++) {{")
@@ -283,10 +304,11 @@ class Emitter:
         size, (za, zb) = self._size(op.output), op.in_zps
         channels = self.program.tensors[op.output].shape[1]
         inner = size // channels
-        b_size, b_index = (channels, "c") if op.per_channel_b else (size, f"c * {inner} + i")
-        value = f"(int32_t){minus_zp(f'a[c * {inner} + i]', za)} * {minus_zp(f'b[{b_index}]', zb)}"
+        b_index = "c" if op.per_channel_b else f"c * {inner} + i"
+        product = "int64_t" if op.wide else "int32_t"
+        value = f"({product}){minus_zp(f'a[c * {inner} + i]', za)} * {minus_zp(f'b[{b_index}]', zb)}"
         return [
-            f"static void {self.fn}(const int8_t a[{size}], const int8_t b[{b_size}], int8_t y[{size}])",
+            f"static void {self.fn}({self._params(op, 'a', 'b', 'y')})",
             "{", "    int c, i;",
             f"    for (c = 0; c < {channels}; c++) {{",
             f"        for (i = 0; i < {inner}; i++) {{",
@@ -300,8 +322,8 @@ class Emitter:
         out = self.program.tensors[op.output]
         outer = int(np.prod(out.shape[:op.axis]))
         total = int(np.prod(out.shape[op.axis:]))
-        params = ", ".join(f"const int8_t x{i}[{self._size(name)}]" for i, name in enumerate(op.inputs))
-        lines = [f"static void {self.fn}({params}, int8_t y[{out.size}])", "{", "    int o, i;"]
+        params = self._params(op, *[f"x{i}" for i in range(len(op.inputs))], "y")
+        lines = [f"static void {self.fn}({params})", "{", "    int o, i;"]
         offset = 0
         for idx, (name, zp, rq) in enumerate(zip(op.inputs, op.in_zps, op.requants, strict=True)):
             inner = int(np.prod(self.program.tensors[name].shape[op.axis:]))
@@ -315,27 +337,51 @@ class Emitter:
         return [*lines, "}"]
 
 
-def _is_copy(rq: Requant, in_zp: int) -> bool:
-    """``rq`` leaves every int8 value of an input with zero point ``in_zp`` as it is."""
-    return rq.identity and rq.zero_point == in_zp and (rq.qmin, rq.qmax) == (-128, 127)
-
-
 def _strides(shape: tuple[int, ...]) -> list[int]:
     """Row-major element strides of ``shape``."""
     return [int(np.prod(shape[a + 1:], dtype=np.int64)) for a in range(len(shape))]
 
 
-_CLAMP = """\
+def _clamp(ctype: str) -> str:
+    return f"""\
     p += zp;
-    if (p < lo) {
+    if (p < lo) {{
         p = lo;
-    }
-    if (p > hi) {
+    }}
+    if (p > hi) {{
         p = hi;
-    }
-    return (int8_t)p;
-}
+    }}
+    return ({ctype})p;
+}}
 """
+
+
+def _requant_helper(ctype: str, suffix: str) -> str:
+    return f"""\
+/* value * mult / 2^shift rounded half to even, + zero point, saturated to [lo, hi]. */
+static {ctype} dsqc_requant{suffix}(int64_t value, int32_t mult, int32_t shift, int32_t zp, int32_t lo,
+    int32_t hi)
+{{
+    int64_t p = value * (int64_t)mult;
+    if (shift > 0) {{
+        p = dsqc_round_shift(p, shift);
+    }}
+""" + _clamp(ctype)
+
+
+def _shift_helper(ctype: str, suffix: str) -> str:
+    return f"""\
+/* Power-of-two requantization: shift > 0 divides (half to even), shift < 0 multiplies by 2^-shift. */
+static {ctype} dsqc_shift{suffix}(int64_t value, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
+{{
+    int64_t p = value;
+    if (shift > 0) {{
+        p = dsqc_round_shift(p, shift);
+    }} else if (shift < 0) {{
+        p = p * ((int64_t)1 << -shift);
+    }}
+""" + _clamp(ctype)
+
 
 HELPERS = {
     "dsqc_round_shift": """\
@@ -345,24 +391,8 @@ static int64_t dsqc_round_shift(int64_t p, int32_t shift)
     return (p + ((int64_t)1 << (shift - 1)) - 1 + ((p >> shift) & 1)) >> shift;
 }
 """,
-    "dsqc_requant": """\
-/* value * mult / 2^shift rounded half to even, + zero point, saturated to [lo, hi]. */
-static int8_t dsqc_requant(int64_t value, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
-{
-    int64_t p = value * (int64_t)mult;
-    if (shift > 0) {
-        p = dsqc_round_shift(p, shift);
-    }
-""" + _CLAMP,
-    "dsqc_shift": """\
-/* Power-of-two requantization: shift > 0 divides (half to even), shift < 0 multiplies by 2^-shift. */
-static int8_t dsqc_shift(int64_t value, int32_t shift, int32_t zp, int32_t lo, int32_t hi)
-{
-    int64_t p = value;
-    if (shift > 0) {
-        p = dsqc_round_shift(p, shift);
-    } else if (shift < 0) {
-        p = p * ((int64_t)1 << -shift);
-    }
-""" + _CLAMP,
+    "dsqc_requant": _requant_helper("int8_t", ""),
+    "dsqc_requant16": _requant_helper("int16_t", "16"),
+    "dsqc_shift": _shift_helper("int8_t", ""),
+    "dsqc_shift16": _shift_helper("int16_t", "16"),
 }

@@ -4,6 +4,8 @@ Asymmetric int8 (not uint8) so that one signed 8-bit datapath serves every tenso
 into the output clamp (zero point −128 for a ReLU output). ``power_of_two_scales`` makes every scale a
 power of two, so requantization is a shift (``HLS_POW2_PROFILE``; ``backend_options``
 ``power_of_two_scales=true``). Concat inputs share the output's scale: the concat is a copy.
+``activation_bits=16`` makes activations int16 (16×8-bit MACs, int64 accumulators where int32 could
+overflow): the FPGA trades activation memory for precision where int8 activations lose too much.
 """
 
 from dataclasses import replace
@@ -35,3 +37,12 @@ HLS_PROFILE = TargetProfile(
 )
 
 HLS_POW2_PROFILE = replace(HLS_PROFILE, power_of_two_scales=True)
+
+
+def hls_profile(activation_bits: int = 8, power_of_two_scales: bool = False) -> TargetProfile:
+    """The profile for the backend options: int16 activations (``activation_bits=16``, weights still
+    int8) keep Sigmoid/Tanh inputs int8, the 256-entry tables' domain."""
+    base = HLS_POW2_PROFILE if power_of_two_scales else HLS_PROFILE
+    if activation_bits == 8:
+        return base
+    return replace(base, activation_dtype="int16", eight_bit_inputs=frozenset({"Sigmoid", "Tanh"}))

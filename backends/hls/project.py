@@ -25,7 +25,7 @@ def testbench(fw: Firmware, inputs: dict[str, np.ndarray], expected: dict[str, n
         lines.append(_vectors(f"tb_expected_{p.c_name}", expected[p.onnx_name], count, p))
     call = ", ".join(f"tb_{p.c_name}[v]" if p.direction == "in" else f"got_{p.c_name}" for p in fw.ports)
     lines += ["int main(int argc, char **argv)", "{"]
-    lines += [f"    static int8_t got_{p.c_name}[{p.size}];" for p in outs]
+    lines += [f"    static {p.ctype} got_{p.c_name}[{p.size}];" for p in outs]
     lines += ["    FILE *dump = NULL;", "    long mismatches = 0;", "    int v, i;",
               "    if (argc > 1) {", "        dump = fopen(argv[1], \"w\");", "        if (dump == NULL) {",
               "            printf(\"cannot open %s\\n\", argv[1]);", "            return 2;", "        }",
@@ -48,14 +48,14 @@ def testbench(fw: Firmware, inputs: dict[str, np.ndarray], expected: dict[str, n
 
 
 def _vectors(name: str, values: np.ndarray, count: int, port: Port) -> str:
-    """``static const int8_t name[N_VECTORS][size]``, one braced row per vector."""
+    """``static const int8_t name[N_VECTORS][size]`` (the port's type), one braced row per vector."""
     flat = np.asarray(values, dtype=np.int64).reshape(count, port.size)
     rows = []
     for row in flat:
         items = [str(int(v)) for v in row]
         chunks = [", ".join(items[i:i + 24]) for i in range(0, len(items), 24)]
         rows.append("    {" + ",\n     ".join(chunks) + "}")
-    return f"static const int8_t {name}[N_VECTORS][{port.size}] = {{\n" + ",\n".join(rows) + "\n};\n"
+    return f"static const {port.ctype} {name}[N_VECTORS][{port.size}] = {{\n" + ",\n".join(rows) + "\n};\n"
 
 
 def makefile(fw: Firmware) -> str:

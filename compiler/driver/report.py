@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ def format_result(result: BuildResult) -> str:
         lines.append(f"  check/ ({len(vectors)} files: held-out inputs and outputs for 'dsqc verify')")
     if result.plan is not None:
         hist = ", ".join(f"{k} {v}" for k, v in result.plan.histogram().items())
-        lines.append(f"plan: {hist} nodes; {len(result.plan.tensors)} quantized tensors")
+        kinds = Counter(spec.dtype for spec in result.plan.tensors.values())
+        mix = f" ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})" if "int16" in kinds else ""
+        lines.append(f"plan: {hist} nodes; {len(result.plan.tensors)} quantized tensors{mix}")
     chosen = result.metrics.get("range_method")
     if chosen:
         scores = ", ".join(f"{m} {v:.2f} dB" for m, v in chosen["candidates_sqnr_db"].items())

@@ -1,6 +1,7 @@
 """State while lowering a QDQ model to an integer program: the int tensors and ops so far, and what
-the lowering functions (``lowering.py``) ask of the graph — activations behind a DQ, outputs read by
-one Q, qparams, int8 weights and int32 biases. ``program.py`` drives it."""
+the lowering functions (``lowering.py``) ask of the graph — activations behind a DQ (int8, or int16 where
+the Q's zero point is int16), outputs read by one Q, qparams, int8 weights and int32 biases.
+``program.py`` drives it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dsqc.integer.ops import IOBinding, Op, TensorInfo
 from dsqc.ir import constant_value
 
 _INT8 = (-128, 127)
+_INT16 = (-32768, 32767)
 
 
 class Lowering:
@@ -49,7 +51,8 @@ class Lowering:
             raise UnsupportedError(f"node '{node.name}' ({node.op}): per-channel activation "
                                    f"'{tensor.name}' is not supported")
         info = self.tensors[key]
-        return TensorInfo(key, info.shape, float(scale.reshape(())), int(zero.reshape(())), *_INT8)
+        return TensorInfo(key, info.shape, float(scale.reshape(())), int(zero.reshape(())), info.qmin,
+                          info.qmax)
 
     def output(self, node: gs.Node, shape: tuple[int, ...]) -> TensorInfo:
         """Register the int tensor written by ``node``: its float output must feed exactly one Q."""
@@ -72,7 +75,7 @@ class Lowering:
                                    "quantization is not supported")
         key = q.inputs[0].name if q.inputs[0].name not in self.tensors else q.outputs[0].name
         info = TensorInfo(key, tuple(int(d) for d in shape), float(scale.reshape(())),
-                          int(zero.reshape(())), *_INT8)
+                          int(zero.reshape(())), *self.value_range(q))
         self.tensors[key] = info
         self.by_q_output[q.outputs[0].name] = key
         return info
@@ -118,14 +121,22 @@ class Lowering:
         zero_i = zero.astype(np.int64)
         if zero.dtype == np.uint8:
             zero_i = zero_i - 128
-        elif zero.dtype not in (np.int8, np.int32):
+        elif zero.dtype not in (np.int8, np.int16, np.int32):
             raise UnsupportedError(f"node '{node.name}' ({node.op}): {zero.dtype} quantization is not "
-                                   "supported (int8, uint8 activations; int8 weights; int32 biases)")
+                                   "supported (int8, uint8, int16 activations; int8 weights; int32 "
+                                   "biases)")
         axis = node.attrs.get("axis") if scale.ndim == 1 else None
         if node.attrs.get("block_size"):
             raise UnsupportedError(f"node '{node.name}' ({node.op}): blockwise quantization is not "
                                    "supported")
         return scale, zero_i, axis
+
+    def value_range(self, q: gs.Node) -> tuple[int, int]:
+        """The integer range of the activation a Q writes: int16 when its zero point is int16, else
+        int8 (uint8 shifted)."""
+        zero_t = q.inputs[2] if len(q.inputs) > 2 and q.inputs[2].name else None
+        zero = constant_value(zero_t) if zero_t is not None else None
+        return _INT16 if zero is not None and np.asarray(zero).dtype == np.int16 else _INT8
 
     def constant(self, node: gs.Node, index: int) -> np.ndarray:
         if len(node.inputs) <= index or not node.inputs[index].name:

@@ -14,7 +14,9 @@ The result is offset by the output zero point and saturated to the output range.
 Vitis HLS shift signed values arithmetically (C99 leaves it implementation-defined).
 
 ``m`` is normalized to [2^30, 2^31) — 31 significant bits — unless ``M`` is an exact power of two:
-then ``m`` is itself a power of two (usually 1) and the requantization is a shift only.
+then ``m`` is itself a power of two (usually 1) and the requantization is a shift only. Where ``acc`` can
+exceed 31 bits (int16 activations), ``m`` gets fewer bits (``mult_bits``) so that ``acc · m`` stays
+inside int64.
 """
 
 from __future__ import annotations
@@ -48,17 +50,23 @@ class Multiplier:
         return self.m & (self.m - 1) == 0
 
 
-def quantize_multiplier(real: float, what: str = "multiplier") -> Multiplier:
-    """Integer multiplier and right shift for ``real`` (> 0). Exact powers of two become shift-only."""
+def mult_bits(acc_bound: int) -> int:
+    """Significant bits of ``m`` for values up to ``acc_bound`` in magnitude: ``|acc · m| < 2^62``."""
+    return max(8, min(MULT_BITS, 62 - int(acc_bound).bit_length()))
+
+
+def quantize_multiplier(real: float, what: str = "multiplier", bits: int = MULT_BITS) -> Multiplier:
+    """Integer multiplier and right shift for ``real`` (> 0), ``m`` of ``bits`` significant bits. Exact
+    powers of two become shift-only."""
     if not math.isfinite(real) or real <= 0.0:
         raise UnsupportedError(f"{what}: requantization multiplier {real!r} is not positive and finite")
     frac, exp = math.frexp(real)  # real = frac * 2^exp, frac in [0.5, 1)
     if frac == 0.5:
         k = exp - 1  # real == 2^k
         return Multiplier(1, -k) if k <= 0 and -k <= MAX_SHIFT else _pow2_large(k, what)
-    m = round(frac * 2**MULT_BITS)
-    n = MULT_BITS - exp
-    if m == 2**MULT_BITS:
+    m = round(frac * 2**bits)
+    n = bits - exp
+    if m == 2**bits:
         m, n = m // 2, n - 1
     if n < 0:
         raise UnsupportedError(f"{what}: requantization multiplier {real:.4g} exceeds 2^31")

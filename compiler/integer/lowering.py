@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
-from dsqc.integer.fixedpoint import common_multipliers, quantize_multiplier
+from dsqc.integer.fixedpoint import common_multipliers, mult_bits, quantize_multiplier
 from dsqc.integer.ops import (
     AddOp,
     ConcatOp,
@@ -27,7 +27,8 @@ from dsqc.integer.ops import (
 )
 from dsqc.op_kinds import ceil_mode_pads, weight_output_axis
 
-_ACC_LIMIT = 2**31 - 1
+_ACC32 = 2**31 - 1
+_ACC_EXACT = 2**52  # the reference sums products in float64: exact below 2^53
 
 
 def _fail(node: gs.Node, why: str) -> UnsupportedError:
@@ -35,21 +36,26 @@ def _fail(node: gs.Node, why: str) -> UnsupportedError:
 
 
 def _requant(node: gs.Node, reals: np.ndarray, out: TensorInfo, qmin: int | None = None,
-             qmax: int | None = None) -> Requant:
+             qmax: int | None = None, acc_bound: int = _ACC32) -> Requant:
+    """The requantization to ``out`` of values up to ``acc_bound`` in magnitude (their multipliers get
+    fewer bits where that bound is wider than int32, so that the product fits int64)."""
     lo = out.qmin if qmin is None else qmin
     hi = out.qmax if qmax is None else qmax
     if reals.size == 1 and float(reals.reshape(())) == 1.0:
         return Requant(np.ones(1, np.int64), np.zeros(1, np.int64), out.zero_point, lo, hi, identity=True)
-    mults = [quantize_multiplier(float(r), f"node '{node.name}'") for r in reals.reshape(-1)]
+    bits = mult_bits(acc_bound)
+    mults = [quantize_multiplier(float(r), f"node '{node.name}'", bits) for r in reals.reshape(-1)]
     return Requant.build(mults, out.zero_point, lo, hi)
 
 
-def _check_acc(node: gs.Node, weight: np.ndarray, bias: np.ndarray, x: TensorInfo) -> None:
-    """|acc| ≤ Σ|w|·max|x − zp| + |b| must fit int32 for every output channel."""
-    span = max(x.qmax - x.zero_point, x.zero_point - x.qmin)
-    worst = np.abs(weight.reshape(weight.shape[0], -1)).sum(axis=1) * span + np.abs(bias)
-    if np.any(worst > _ACC_LIMIT):
-        raise _fail(node, "the int32 accumulator could overflow (reduction too long)")
+def _acc_bound(node: gs.Node, weight: np.ndarray, bias: np.ndarray, x: TensorInfo) -> int:
+    """The largest |acc| = |Σ (x − zp)·w + b| any output channel can reach: above int32 (int16 inputs)
+    the accumulator is int64."""
+    worst = np.abs(weight.reshape(weight.shape[0], -1)).sum(axis=1) * x.span + np.abs(bias)
+    bound = int(worst.max(initial=0))
+    if bound > _ACC_EXACT:
+        raise _fail(node, "the accumulator could exceed 2^52 (reduction too long)")
+    return bound
 
 
 def _pair(values: object, default: int, node: gs.Node, what: str) -> tuple[int, int]:
@@ -88,11 +94,11 @@ def lower_conv(ctx: Lowering, node: gs.Node) -> Op:
     ow = _spatial(x.shape[3], kw, strides[1], pads[1] + pads[3], dilations[1])
     out = ctx.output(node, (1, oc, oh, ow))
     bias = ctx.bias(node, 2, x.scale * w_scale)
-    _check_acc(node, weight, bias, x)
-    requant = _requant(node, x.scale * w_scale / out.scale, out)
+    bound = _acc_bound(node, weight, bias, x)
+    requant = _requant(node, x.scale * w_scale / out.scale, out, acc_bound=bound)
     return ConvOp(node.name, node.op, [x.name], out.name, weight=weight.astype(np.int8),
-                  bias=bias.astype(np.int32), strides=strides, pads=pads, dilations=dilations, group=group,
-                  in_zp=x.zero_point, requant=requant)
+                  bias=bias.astype(np.int32), acc64=bound > _ACC32, strides=strides, pads=pads,
+                  dilations=dilations, group=group, in_zp=x.zero_point, requant=requant)
 
 
 def lower_dense(ctx: Lowering, node: gs.Node) -> Op:
@@ -113,10 +119,10 @@ def lower_dense(ctx: Lowering, node: gs.Node) -> Op:
         raise _fail(node, f"weight {weight.shape} does not match input {x.shape}")
     out = ctx.output(node, (1, weight.shape[0]))
     bias = ctx.bias(node, 2, x.scale * w_scale) if node.op == "Gemm" else np.zeros(weight.shape[0], np.int64)
-    _check_acc(node, weight, bias, x)
-    requant = _requant(node, x.scale * w_scale / out.scale, out)
+    bound = _acc_bound(node, weight, bias, x)
+    requant = _requant(node, x.scale * w_scale / out.scale, out, acc_bound=bound)
     return DenseOp(node.name, node.op, [x.name], out.name, weight=np.ascontiguousarray(weight, np.int8),
-                   bias=bias.astype(np.int32), in_zp=x.zero_point, requant=requant)
+                   bias=bias.astype(np.int32), acc64=bound > _ACC32, in_zp=x.zero_point, requant=requant)
 
 
 def lower_add(ctx: Lowering, node: gs.Node) -> Op:
@@ -139,9 +145,10 @@ def lower_mul(ctx: Lowering, node: gs.Node) -> Op:
         raise _fail(node, f"broadcasting {a.shape} * {b.shape} is not supported (equal shapes, or "
                           "[1, C, 1, …] times [1, C, …])")
     out = ctx.output(node, a.shape)
-    requant = _requant(node, np.array([a.scale * b.scale / out.scale]), out)
+    bound = a.span * b.span
+    requant = _requant(node, np.array([a.scale * b.scale / out.scale]), out, acc_bound=bound)
     return MulOp(node.name, node.op, [a.name, b.name], out.name, in_zps=(a.zero_point, b.zero_point),
-                 per_channel_b=a.shape != b.shape, requant=requant)
+                 per_channel_b=a.shape != b.shape, wide=bound > _ACC32, requant=requant)
 
 
 def _gate_of(gate: TensorInfo, x: TensorInfo) -> bool:
@@ -155,8 +162,11 @@ _TABLES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def lower_lookup(ctx: Lowering, node: gs.Node) -> Op:
-    """The op on each of the 256 int8 codes, in float32 as ORT runs DQ → op → Q, then quantized."""
+    """The op on each of the 256 int8 codes, in float32 as ORT runs DQ → op → Q, then quantized to the
+    output's type (int8 or int16)."""
     x = ctx.act(node, 0)
+    if x.wide:
+        raise _fail(node, f"input '{x.name}' is int16; the {node.op} table takes int8 inputs (256 codes)")
     out = ctx.output(node, x.shape)
     codes = np.arange(-128, 128, dtype=np.float32)
     real = (codes - np.float32(x.zero_point)) * np.float32(x.scale)
@@ -164,7 +174,7 @@ def lower_lookup(ctx: Lowering, node: gs.Node) -> Op:
         value = _TABLES[node.op](real.astype(np.float32)).astype(np.float32)
     q = np.rint(value / np.float32(out.scale)) + out.zero_point
     return LookupOp(node.name, node.op, [x.name], out.name,
-                    table=np.clip(q, out.qmin, out.qmax).astype(np.int8))
+                    table=np.clip(q, out.qmin, out.qmax).astype(out.dtype))
 
 
 def lower_clamp(ctx: Lowering, node: gs.Node) -> Op:
@@ -218,7 +228,7 @@ def lower_pool(ctx: Lowering, node: gs.Node) -> Op:
     ow = _spatial(x.shape[3], kernel[1], strides[1], pads[1] + pads[3])
     out = ctx.output(node, (1, x.shape[1], oh, ow))
     window = 1 if mode == "max" else kernel[0] * kernel[1]
-    requant = _requant(node, np.array([x.scale / (out.scale * window)]), out)
+    requant = _requant(node, np.array([x.scale / (out.scale * window)]), out, acc_bound=x.span * window)
     return PoolOp(node.name, node.op, [x.name], out.name, mode=mode, kernel=kernel, strides=strides,
                   pads=pads, in_zp=x.zero_point, requant=requant)
 

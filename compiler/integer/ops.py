@@ -1,4 +1,4 @@
-"""The typed integer program: int8 tensors (NCHW, batch 1), integer ops, and their requantization.
+"""The typed integer program: int8 or int16 tensors (NCHW, batch 1), integer ops, and their requantization.
 
 Every op ends in a ``Requant`` stage (see ``fixedpoint``): an int32/int64 value per element becomes
 ``clamp(zero_point + round_shift(value · m[c], n[c]), qmin, qmax)`` with ``c`` the output channel
@@ -16,7 +16,8 @@ from dsqc.integer.fixedpoint import Multiplier
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """An int8 activation tensor: shape with batch 1, and the affine map ``real = scale·(q − zp)``."""
+    """An int8 (or int16) activation tensor: shape with batch 1, the affine map ``real = scale·(q − zp)``
+    and the integer range."""
 
     name: str
     shape: tuple[int, ...]
@@ -28,6 +29,24 @@ class TensorInfo:
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def wide(self) -> bool:
+        """int16, not int8."""
+        return self.qmax > 127
+
+    @property
+    def dtype(self) -> type[np.signedinteger]:
+        return np.int16 if self.wide else np.int8
+
+    @property
+    def ctype(self) -> str:
+        return "int16_t" if self.wide else "int8_t"
+
+    @property
+    def span(self) -> int:
+        """The largest ``|q − zp|`` the tensor can hold."""
+        return max(self.qmax - self.zero_point, self.zero_point - self.qmin)
 
     def same_quant(self, other: TensorInfo) -> bool:
         return self.scale == other.scale and self.zero_point == other.zero_point
@@ -75,10 +94,12 @@ class Op:
 
 @dataclass(eq=False)
 class ConvOp(Op):
-    """NCHW conv; ``weight`` int8 [OC, IC/group, KH, KW] (zero point 0), ``bias`` int32 [OC]."""
+    """NCHW conv; ``weight`` int8 [OC, IC/group, KH, KW] (zero point 0), ``bias`` int32 [OC];
+    ``acc64``: the accumulator is int64 (an int16 input whose sums could overflow int32)."""
 
     weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    acc64: bool = False
     strides: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
     dilations: tuple[int, int] = (1, 1)
@@ -89,10 +110,12 @@ class ConvOp(Op):
 
 @dataclass(eq=False)
 class DenseOp(Op):
-    """``out[o] = Σ_k (x[k] − zp) · weight[o, k] + bias[o]``; ``weight`` int8 [OUT, K]."""
+    """``out[o] = Σ_k (x[k] − zp) · weight[o, k] + bias[o]``; ``weight`` int8 [OUT, K]; ``acc64`` as
+    ``ConvOp``'s."""
 
     weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    acc64: bool = False
     in_zp: int = 0
     requant: Requant | None = None
 
@@ -130,7 +153,8 @@ class ElementwiseOp(Op):
 @dataclass(eq=False)
 class LookupOp(Op):
     """Sigmoid / Tanh: ``out = table[x + 128]``, the function of each of the 256 input codes quantized
-    by QuantizeLinear's rule, so it equals DQ → op → Q in float code for code."""
+    by QuantizeLinear's rule, so it equals DQ → op → Q in float code for code. The input is int8; the
+    table holds the output's type (int8 or int16)."""
 
     table: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int8))
 
@@ -138,10 +162,12 @@ class LookupOp(Op):
 @dataclass(eq=False)
 class MulOp(Op):
     """``out = Requant((a − za)·(b − zb))``, ``M = s_a·s_b / s_out``; ``b`` is ``a``'s shape or one value
-    per channel ([1, C, 1, …]: squeeze-excitation's gate), broadcast over the rest."""
+    per channel ([1, C, 1, …]: squeeze-excitation's gate), broadcast over the rest. ``wide``: the product
+    needs int64 (two int16 inputs)."""
 
     in_zps: tuple[int, int] = (0, 0)
     per_channel_b: bool = False
+    wide: bool = False
     requant: Requant | None = None
 
 
@@ -177,7 +203,7 @@ class SliceOp(Op):
 
 @dataclass
 class IOBinding:
-    """A graph input or output: the float ONNX tensor and the int8 program tensor behind it."""
+    """A graph input or output: the float ONNX tensor and the int program tensor behind it."""
 
     onnx_name: str
     tensor: str

@@ -1,8 +1,8 @@
 """dsqc's integer reference: a numpy interpreter of a ``Program`` — the bit-exact definition.
 
 Every op computes an exact integer value (sums of products in int64; large reductions go through
-float64 matrix products, which are exact for integers below 2^53 — far above any int8×int8 reduction
-that fits the int32 accumulator checked at lowering) and then applies ``fixedpoint.requantize``.
+float64 matrix products, which are exact for integers below 2^53, the accumulator bound checked at
+lowering) and then applies ``fixedpoint.requantize``.
 Tensors are NCHW with any batch size N on axis 0.
 """
 
@@ -34,18 +34,19 @@ _NEG = np.int64(-(2**40))
 
 
 def quantize_inputs(program: Program, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Float graph inputs → int8 program inputs with ONNX QuantizeLinear's rule (round half to even)."""
+    """Float graph inputs → int8 (int16) program inputs with ONNX QuantizeLinear's rule (round half to
+    even)."""
     out: dict[str, np.ndarray] = {}
     for binding in program.inputs:
         info = program.tensors[binding.tensor]
         x = np.asarray(feeds[binding.onnx_name], dtype=np.float32)
         q = np.rint(x / np.float32(info.scale)) + info.zero_point
-        out[binding.onnx_name] = np.clip(q, info.qmin, info.qmax).astype(np.int8)
+        out[binding.onnx_name] = np.clip(q, info.qmin, info.qmax).astype(info.dtype)
     return out
 
 
 def dequantize_outputs(program: Program, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """int8 program outputs → float, as the graph's output DequantizeLinear does."""
+    """Integer program outputs → float, as the graph's output DequantizeLinear does."""
     result: dict[str, np.ndarray] = {}
     for binding in program.outputs:
         info = program.tensors[binding.tensor]
@@ -55,24 +56,27 @@ def dequantize_outputs(program: Program, outputs: Mapping[str, np.ndarray]) -> d
 
 
 def run(program: Program, feeds: Mapping[str, np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
-    """Run on int8 inputs keyed by graph input name; int8 outputs keyed by graph output name.
+    """Run on integer inputs (each its tensor's type: int8, or int16) keyed by graph input name; integer
+    outputs keyed by graph output name.
 
     ``keep_all``: return every program tensor (keyed by program tensor name) instead.
     """
     env: dict[str, np.ndarray] = {}
     for binding in program.inputs:
         x = np.asarray(feeds[binding.onnx_name])
-        if x.dtype != np.int8:
-            raise TypeError(f"input '{binding.onnx_name}' must be int8 (use quantize_inputs)")
-        expected = program.tensors[binding.tensor].shape[1:]
+        info = program.tensors[binding.tensor]
+        if x.dtype != info.dtype:
+            raise TypeError(f"input '{binding.onnx_name}' must be {np.dtype(info.dtype).name} "
+                            "(use quantize_inputs)")
+        expected = info.shape[1:]
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"input '{binding.onnx_name}': shape {x.shape}, expected [N, {expected}]")
         env[binding.tensor] = x.astype(np.int64)
     for op in program.ops:
         env[op.output] = execute(op, program, env)
     if keep_all:
-        return {name: value.astype(np.int8) for name, value in env.items()}
-    return {b.onnx_name: env[b.tensor].astype(np.int8) for b in program.outputs}
+        return {name: value.astype(program.tensors[name].dtype) for name, value in env.items()}
+    return {b.onnx_name: env[b.tensor].astype(program.tensors[b.tensor].dtype) for b in program.outputs}
 
 
 def execute(op: Op, program: Program, env: Mapping[str, np.ndarray]) -> np.ndarray:

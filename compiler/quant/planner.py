@@ -468,13 +468,23 @@ def finalize(model: Model, placement: Placement, ranges: Mapping[str, Range],
             lo, hi = max(lo, clo), min(hi, chi)
         acc = group_range.setdefault(placement.group_of(name), [np.inf, -np.inf])
         acc[0], acc[1] = min(acc[0], lo), max(acc[1], hi)
+    narrow = _eight_bit_groups(model, placement, profile) if dtype == "int16" else set()
     for name in placement.activations:
-        lo, hi = group_range[placement.group_of(name)]
-        plan.tensors[name] = activation_spec(lo, hi, dtype, symmetric, profile.power_of_two_scales)
+        group = placement.group_of(name)
+        lo, hi = group_range[group]
+        plan.tensors[name] = activation_spec(lo, hi, "int8" if group in narrow else dtype, symmetric,
+                                             profile.power_of_two_scales)
     _apply_fixed_outputs(model, plan, placement, profile, dtype)
     for node in model.graph.nodes:
         plan_constants(node, plan, placement.options[node.name], profile)
     return plan
+
+
+def _eight_bit_groups(model: Model, placement: Placement, profile: TargetProfile) -> set[str]:
+    """Scale groups read by an op that takes 8-bit inputs only (``profile.eight_bit_inputs``: the
+    integer program's 256-entry Sigmoid/Tanh tables): they stay int8 when activations are int16."""
+    return {placement.group_of(t.name) for node in model.graph.nodes if node.op in profile.eight_bit_inputs
+            for t in _activation_inputs(node) if t.name in placement.activations}
 
 
 def _apply_fixed_outputs(model: Model, plan: QuantPlan, placement: Placement, profile: TargetProfile,

@@ -44,7 +44,7 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     ``known``: statistics from an earlier calibration of the same data; only missing tensors run.
     ``trained``: specs read from an already-quantized model (QAT); they replace the planned ones.
     """
-    if _wants_int4(recipe) and default_opset(fp32) < INT4_OPSET:
+    if (_wants_int4(recipe) or _wants_int16(profile, recipe)) and default_opset(fp32) < INT4_OPSET:
         fp32 = upgrade_opset(fp32, INT4_OPSET)
     model = Model.from_proto(fp32)
     placement = place(model, profile, recipe, precision)
@@ -149,6 +149,11 @@ def _conv_inputs(graph: onnx.GraphProto) -> set[str]:
 
     names = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     return {name for name in names if read_by_conv(name)}
+
+
+def _wants_int16(profile: TargetProfile, recipe: Recipe) -> bool:
+    """int16 activations: QuantizeLinear takes int16 from opset 21 (the same opset as int4)."""
+    return (recipe.activation_dtype or profile.activation_dtype) == "int16"
 
 
 def _wants_int4(recipe: Recipe) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 DTYPE_RANGES: dict[str, tuple[int, int]] = {
     "int8": (-128, 127),
     "uint8": (0, 255),
+    "int16": (-32768, 32767),
     "int4": (-8, 7),
     "uint4": (0, 15),
     "int32": (-(2**31), 2**31 - 1),

@@ -14,8 +14,8 @@ from dsqc.errors import RecipeError
 
 KNOWN = {"onnx": ["dynamic_kernel", "isa"], "trt": ["fp16", "require_engine", "trt_version", "workspace_mib"],
          "tflite": ["input_layout", "io", "latency", "signature", "verify", "write_fp32"],
-         "hls": ["clock_mhz", "csim", "interface", "parallelism", "part", "power_of_two_scales",
-                 "tb_vectors"]}
+         "hls": ["activation_bits", "clock_mhz", "csim", "interface", "parallelism", "part",
+                 "power_of_two_scales", "tb_vectors"]}
 
 
 @pytest.mark.parametrize("target", available())
@@ -39,6 +39,8 @@ def test_strings_become_typed_values() -> None:
         get_backend("hls").parse_options({"parallelism": "many"})
     with pytest.raises(RecipeError, match=r"hls: parallelism must be an integer in 1\.\.4096"):
         get_backend("hls").parse_options({"parallelism": "0"})
+    with pytest.raises(RecipeError, match="hls: activation_bits must be 8 or 16, got 12"):
+        get_backend("hls").parse_options({"activation_bits": "12"})
 
 
 def test_onnx_build_rejects_an_hls_option_before_any_work(conv_bn_path: Path, tmp_path: Path) -> None:

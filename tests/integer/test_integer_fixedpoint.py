@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from dsqc.errors import UnsupportedError
-from dsqc.integer.fixedpoint import common_multipliers, quantize_multiplier, requantize, round_shift
+from dsqc.integer.fixedpoint import (
+    common_multipliers,
+    mult_bits,
+    quantize_multiplier,
+    requantize,
+    round_shift,
+)
 
 
 def test_multiplier_has_31_significant_bits() -> None:
@@ -49,3 +55,21 @@ def test_common_multipliers_share_one_shift() -> None:
     (ma, mb), n = common_multipliers([0.75, 0.001])
     assert ma < 2**31 <= 2 * ma
     assert abs(ma / 2**n - 0.75) < 2.0**-30 and abs(mb / 2**n - 0.001) < 2.0**-30
+
+
+def test_wide_accumulators_get_multipliers_that_keep_the_product_in_int64() -> None:
+    """int16 activations: |acc| up to 2^40 takes a 21-bit multiplier, and requantize stays the exact
+    round-half-even of acc·m / 2^n (Python integers) with no int64 overflow."""
+    assert mult_bits(2**31 - 1) == 31 and mult_bits(2**36) == 25 and mult_bits(2**40) == 21
+    rng = np.random.default_rng(0)
+    bound = 2**40
+    for real in rng.uniform(1e-9, 0.9, 50):
+        mult = quantize_multiplier(float(real), bits=mult_bits(bound))
+        assert mult.m < 2**21 and abs(mult.real - real) / real < 2.0**-19
+        acc = rng.integers(-bound, bound, 200, dtype=np.int64)
+        got = requantize(acc, mult.m, mult.n, 0, -(2**62), 2**62)
+        for a, g in zip(acc.tolist(), got.tolist(), strict=True):
+            num, den = a * mult.m, 2**mult.n
+            q, r = divmod(num, den)
+            exact = q + (1 if 2 * r > den or (2 * r == den and q % 2) else 0)
+            assert g == exact
