@@ -177,6 +177,17 @@ class CheckResult:
     failed: bool
 
 
+@dataclass(frozen=True)
+class WiderBuild:
+    """A build of the same target that spends more bits than plain int8 where the target has no float
+    (``Backend.wider``): ``options`` merge into the backend options, ``flag`` is how a user asks for it,
+    ``what`` names it in the report."""
+
+    options: dict[str, Any]
+    flag: str
+    what: str
+
+
 class Backend(ABC):
     """A target: its profile constrains the plan; ``lower`` then ``write`` produce its artifacts."""
 
@@ -208,6 +219,12 @@ class Backend(ABC):
     def profile_for(self, options: dict[str, Any]) -> TargetProfile:
         """The profile the planner uses for these backend options (default: ``profile``)."""
         return self.profile
+
+    def wider(self, options: dict[str, Any]) -> WiderBuild | None:
+        """For an integer-only target (no float node to fall back to): the build with more bits that
+        repair tries, and the verdict's advice names, when plain int8 misses the ok line; ``None`` where
+        there is none or ``options`` already ask for it (default)."""
+        return None
 
     @abstractmethod
     def lower(self, job: LoweringJob) -> Lowered:

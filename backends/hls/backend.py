@@ -38,6 +38,7 @@ from ..registry import (
     Replay,
     ReportView,
     SelfCheck,
+    WiderBuild,
     WrittenBuild,
     number,
     register,
@@ -115,6 +116,13 @@ class HlsBackend(Backend):
     def profile_for(cls, options: dict[str, Any]) -> TargetProfile:
         """The profile the planner should use for these ``backend_options``."""
         return hls_profile(int(options.get("activation_bits", 8)), bool(options.get("power_of_two_scales")))
+
+    def wider(self, options: dict[str, Any]) -> WiderBuild | None:
+        """int16 activations (int8 weights), unless they are already asked for."""
+        if int(options.get("activation_bits", 8)) == 16:
+            return None
+        return WiderBuild({"activation_bits": 16}, "-B activation_bits=16",
+                          "build with int16 activations (int8 weights; twice the activation memory)")
 
     def lower(self, job: LoweringJob) -> HlsLowered:
         """The integer program, its reference run against ORT, and the project's files as text."""

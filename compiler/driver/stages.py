@@ -19,7 +19,7 @@ import onnx
 
 from dsqc.autoprec.mixed_precision import AutoPlan, achieved_in_runtime, choose_precisions
 from dsqc.autoprec.precision_search import Budget
-from dsqc.backends.registry import Backend, Lowered, LoweringJob
+from dsqc.backends.registry import Backend, Lowered, LoweringJob, get_backend
 from dsqc.calibration.coverage import coverage_warning, range_coverage
 from dsqc.calibration.data import SampleSet
 from dsqc.driver import bundle
@@ -30,7 +30,7 @@ from dsqc.driver.dynamic_phase import UNVERIFIED, run_dynamic
 from dsqc.driver.report import float_nodes, speed_warnings, write_report
 from dsqc.driver.shared_stages import SharedStages
 from dsqc.driver.verdict import Thresholds, Verdict, advice, judge
-from dsqc.errors import GateError
+from dsqc.errors import DsqcError, GateError
 from dsqc.pass_infra import current_context
 from dsqc.quant.boosters import BiasCorrector, BoosterOptions, apply_boosters
 from dsqc.quant.from_qdq import trained_stats
@@ -260,7 +260,25 @@ def _verdict(result: BuildResult, limits: Thresholds, runtime: dict[str, dict[st
 
 
 def advice_hint(verdict: Verdict, request: BuildRequest) -> str:
-    return advice(verdict, request.model_label or str(request.model), request.calib, str(request.out_dir))
+    return advice(verdict, request.model_label or str(request.model), request.calib, str(request.out_dir),
+                  _integer_only_advice(request))
+
+
+def _integer_only_advice(request: BuildRequest) -> str | None:
+    """What to try where the target has no float layers: its wider build, or another target."""
+    backend = get_backend(request.target)
+    try:
+        options = backend.parse_options(request.backend_options)
+    except DsqcError:  # checked before the build ran; a hint must not fail the build now
+        return None
+    if not backend.profile_for(options).integer_only:
+        return None
+    wider = backend.wider(options)
+    if wider is not None:
+        return f"rebuild with {wider.flag} (the {wider.what})"
+    return (f"{request.target} has no float layers to keep sensitive nodes in: check that the calibration "
+            "data covers what the model will see (`dsqc debug` names the tensors that lose most), or build "
+            "for --target onnx, tflite or trt, whose plans can leave nodes in float")
 
 
 def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, recipe: Recipe,

@@ -155,8 +155,9 @@ def judge(outputs: Mapping[str, Mapping[str, Any]], task: Mapping[str, Any] | No
     return Verdict("ok", (), limits)
 
 
-def advice(verdict: Verdict, model: str, calib: str | None, out: str) -> str:
-    """The loud last line of a build that is not ``ok``: what happened and what to try."""
+def advice(verdict: Verdict, model: str, calib: str | None, out: str, integer_only: str | None = None) -> str:
+    """The loud last line of a build that is not ``ok``: what happened and what to try. ``integer_only``:
+    what to try on a target with no float layers (no fp32 recipe or mixed plan can help there)."""
     if verdict.level == "unquantized":
         return (f"NOTHING WAS QUANTIZED ({model}): 0 quantized tensors, the artifact is the FP32 model. "
                 "See the float nodes and their reasons above and in report.json; force nodes to int8 with a "
@@ -169,6 +170,8 @@ def advice(verdict: Verdict, model: str, calib: str | None, out: str) -> str:
     why = "; ".join(shown) + (f"; … {len(verdict.reasons) - 3} more" if len(verdict.reasons) > 3 else "")
     analyze = f"dsqc analyze {model} --calib {calib or 'DATA'} -o {out}-analysis"
     budget = verdict.budget() or f"sqnr:{verdict.thresholds.degraded_sqnr_db:g}"
+    if integer_only is not None:
+        return f"verdict {verdict.level.upper()}: {why}. Try: {integer_only}"
     return (f"verdict {verdict.level.upper()}: {why}. Try: `{analyze}` to rank the sensitive nodes, then a "
             f"recipe keeping them in fp32 ([exclude] nodes = [...]), or --accuracy-budget {budget} for an "
             "automatic mixed-precision plan")

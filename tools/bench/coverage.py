@@ -48,7 +48,19 @@ def build(arch: str, target: str, data: Path, work: Path) -> dict[str, Any]:
     row["sqnr_db"] = ver.get("min_sqnr_db")
     row["top1_agreement"] = ver.get("top1_agreement")
     row["runtime"] = _runtime_check(target, metrics)
+    row["repaired"] = _repaired(metrics)
     return row
+
+
+def _repaired(metrics: dict[str, Any]) -> str:
+    """Which build repair kept in place of plain int8 ('' where none was needed or none was better)."""
+    rep = metrics.get("repair") or {}
+    kept = rep.get("kept")
+    if kept == "mixed":
+        return f"mixed plan, {rep.get('nodes_above_int8')} nodes above int8"
+    if kept == "wider":
+        return str((rep.get("wider") or {}).get("flag"))
+    return "dynamic" if kept == "dynamic" else ""
 
 
 def _runtime_check(target: str, metrics: dict[str, Any]) -> str:
@@ -82,7 +94,8 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str, tree: 
         graphs carry random weights: read the verdicts as what the build says, not as model
         quality. A build whose plain int8 verdict is degraded or collapsed repairs itself (README
         "Repair") on these same held-out crops, so a repaired row's SQNR is measured on the data its
-        search saw; `--no-repair` gives plain int8.""".split())
+        search saw; `--no-repair` gives plain int8. "(repaired: …)" names the build repair kept, where
+        the row records it (rows built before 2026-12-07 23:00 do not).""".split())
     lines = ["# Coverage: outside architectures on every target", "", about, "",
              "| model | what it brings | target | build | verdict | SQNR dB | top-1 agr | target's own check "
              "| s |",
@@ -93,6 +106,7 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str, tree: 
                 status, verdict, sqnr, top1, check = "**failed**", "", "", "", r.get("error", "")
             else:
                 status, verdict = "ok", str(r.get("verdict"))
+                verdict += f" (repaired: {r['repaired']})" if r.get("repaired") else ""
                 sqnr = f"{r['sqnr_db']:.1f}" if r.get("sqnr_db") is not None else ""
                 top1 = f"{r['top1_agreement']:.2f}" if r.get("top1_agreement") is not None else ""
                 check = r.get("runtime", "")

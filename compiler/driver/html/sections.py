@@ -93,11 +93,14 @@ def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
         mp = metrics.get("mixed_precision") or {}
         if rep := metrics.get("repair"):  # the verdict's own repair, not a budget the user gave
             mp = {}
-            names = {"int8": "plain int8", "dynamic": "dynamic build", "mixed": "mixed plan"}
+            wider = (rep.get("wider") or {}).get("what", "wider build")
+            names = {"int8": "plain int8", "dynamic": "dynamic build", "mixed": "mixed plan", "wider": wider}
             tried = [f"dynamic build {num(rep['dynamic']['achieved'])}"] if "dynamic" in rep else []
             if "mixed" in rep:
                 tried.append(f"mixed plan {num(rep['mixed']['achieved'])} with {rep['nodes_above_int8']} "
                              "nodes above int8")
+            if "wider" in rep:
+                tried.append(f"{wider} {num(rep['wider']['achieved'])}")
             rows.append(_gate(target, f"repair to the verdict's ok line {rep['budget']}",
                               "degraded" if rep["kept"] == "int8" else "pass",
                               f"plain int8 {num(rep['int8']['achieved'])}, {', '.join(tried)}: "

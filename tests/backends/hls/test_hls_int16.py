@@ -6,6 +6,7 @@ limit)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from test_hls_pipeline import squeeze_excitation_model
 from dsqc.backends.hls.profile import hls_profile
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.pipeline import build
+from dsqc.driver.report import format_result
+from dsqc.driver.stages import advice_hint
 from dsqc.errors import UnsupportedError
 from dsqc.integer import lower
 from dsqc.integer.ops import ConvOp
@@ -111,3 +114,48 @@ def test_int8_builds_keep_int32_accumulators() -> None:
 
     program = lower(case("resnet").qdq)
     assert not any(op.acc64 for op in program.ops if isinstance(op, ConvOp))
+
+
+def _outlier_channel(path: Path) -> Path:
+    """One channel 500× louder than the three the next conv reads: one int8 scale for the whole tensor
+    leaves those three a few codes (the int8 build collapses); int16 gives them 256× more."""
+    eye = np.eye(4, dtype=np.float32)
+    eye[0, 0] = 500.0
+    pick = np.zeros((2, 4, 1, 1), np.float32)
+    pick[:, 1:, 0, 0] = [[1.0, -0.5, 0.25], [0.3, 0.8, -1.0]]
+    nodes = [helper.make_node("Conv", ["x", "eye"], ["mid"], name="mix"),
+             helper.make_node("Conv", ["mid", "pick"], ["y"], name="pick")]
+    onnx.save(make_model(nodes, {"x": ["N", 4, 6, 6]}, {"y": ["N", 2, 6, 6]},
+                         {"eye": eye.reshape(4, 4, 1, 1), "pick": pick}), path)
+    return path
+
+
+@needs_gcc
+def test_repair_of_a_degraded_int8_build_keeps_int16_activations(tmp_path: Path) -> None:
+    """hls has no float layers for a mixed plan: repair builds ``-B activation_bits=16`` and keeps it;
+    ``--no-repair`` keeps int8, whose advice names that flag (not an fp32 recipe)."""
+    model = _outlier_channel(tmp_path / "outlier.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).normal(size=(48, 4, 6, 6)).astype(np.float32))
+    request = BuildRequest(model=model, target="hls", out_dir=tmp_path / "out", calib=str(calib),
+                           measure_latency=False, backend_options={"tb_vectors": 4})
+    repaired = build(request)
+    rep = repaired.metrics["repair"]
+    assert rep["kept"] == "wider" and rep["wider"]["flag"] == "-B activation_bits=16"
+    assert rep["int8"]["achieved"] < 15 <= rep["wider"]["achieved"]
+    assert repaired.verdict is not None and repaired.verdict.level == "ok"
+    assert repaired.metrics["hls"]["csim"]["status"] == "bit-exact"
+    assert repaired.plan is not None and repaired.plan.tensors["mid"].dtype == "int16"
+    assert "int16_t" in (tmp_path / "out" / "hls" / "firmware" / "outlier.c").read_text()
+    summary = format_result(repaired)
+    assert "the build with int16 activations (int8 weights; twice the activation memory) is the artifact " \
+           "(-B activation_bits=16)" in summary
+
+    plain_request = dataclasses.replace(request, out_dir=tmp_path / "plain", repair=False)
+    plain = build(plain_request)
+    assert "repair" not in plain.metrics and plain.verdict is not None and plain.verdict.level != "ok"
+    hint = advice_hint(plain.verdict, plain_request)
+    assert hint.endswith("Try: rebuild with -B activation_bits=16 (the build with int16 activations (int8 "
+                         "weights; twice the activation memory))")
+    wide_request = dataclasses.replace(plain_request, backend_options={"activation_bits": 16})
+    assert "--target onnx, tflite or trt" in advice_hint(plain.verdict, wide_request)
