@@ -14,7 +14,8 @@ import math
 import numpy as np
 import onnx
 
-from dsqc.ir import Model, constant_value
+from dsqc.ir import Model, constant_value, default_opset
+from dsqc.model_io import INT4_OPSET, upgrade_opset
 from dsqc.passes.insert_qdq import InsertQDQ
 from dsqc.quant.qparams import activation_spec, bias_spec, weight_spec
 from dsqc.quant.spec import QuantPlan
@@ -32,6 +33,8 @@ def is_pow2_plan(plan: QuantPlan) -> bool:
 
 def snap_to_pow2(fp32: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, QuantPlan]:
     """The canonical QDQ model and plan with every scale a power of two."""
+    if any(spec.dtype == "int16" for spec in plan.tensors.values()) and default_opset(fp32) < INT4_OPSET:
+        fp32 = upgrade_opset(fp32, INT4_OPSET)  # int16 QuantizeLinear: opset 21
     model = Model.from_proto(fp32)
     tensors = model.graph.tensors()
     new = QuantPlan(nodes=dict(plan.nodes), folded_activations=dict(plan.folded_activations),
@@ -41,7 +44,7 @@ def snap_to_pow2(fp32: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProt
         if value is not None and spec.dtype in ("int8", "int4"):
             new.tensors[name] = weight_spec(np.asarray(value), spec.axis, spec.dtype, spec.block_size,
                                             power_of_two=True)
-        elif value is None and spec.axis is None and spec.dtype in ("int8", "uint8"):
+        elif value is None and spec.axis is None and spec.dtype in ("int8", "uint8", "int16"):
             lo, hi = spec.representable_range()
             new.tensors[name] = activation_spec(lo, hi, spec.dtype, False, power_of_two=True)
     for node in model.graph.nodes:

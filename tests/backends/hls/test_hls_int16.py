@@ -159,3 +159,35 @@ def test_repair_of_a_degraded_int8_build_keeps_int16_activations(tmp_path: Path)
                          "weights; twice the activation memory))")
     wide_request = dataclasses.replace(plain_request, backend_options={"activation_bits": 16})
     assert "--target onnx, tflite or trt" in advice_hint(plain.verdict, wide_request)
+
+
+@needs_gcc
+def test_int16_with_power_of_two_scales_is_shift_only_and_bit_exact(tmp_path: Path) -> None:
+    model = _wide_conv(tmp_path / "wide.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).normal(size=(16, 128, 6, 6)).astype(np.float32))
+    result = build(BuildRequest(model=model, target="hls", out_dir=tmp_path / "out", calib=str(calib),
+                                measure_latency=False, repair=False,
+                                backend_options={"tb_vectors": 4, "activation_bits": 16,
+                                                 "power_of_two_scales": True}))
+    assert result.metrics["hls"]["csim"]["status"] == "bit-exact"
+    assert result.plan is not None and result.plan.tensors["x"].dtype == "int16"
+    source = (tmp_path / "out" / "hls" / "firmware" / "wide.c").read_text()
+    assert "dsqc_shift16(" in source and "dsqc_requant" not in source
+
+
+def test_snapping_an_int16_plan_to_powers_of_two_keeps_int16() -> None:
+    """A plan made without power-of-two scales (a multi-target build's) snapped for shift-only hardware:
+    int16 activations stay int16, in an opset-21 model."""
+    from dsqc.backends.hls.pow2 import is_pow2_plan, snap_to_pow2
+
+    def conv(opset: int) -> onnx.ModelProto:
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")]
+        weight = np.random.default_rng(0).normal(size=(2, 3, 1, 1)).astype(np.float32)
+        return make_model(nodes, {"x": ["N", 3, 4, 4]}, {"y": ["N", 2, 4, 4]}, {"w": weight}, opset=opset)
+
+    _, plan = quantize(conv(21), hls_profile(16), random_feeds(conv(21), 8))
+    qdq, snapped = snap_to_pow2(conv(17), plan)  # the build's FP32 model: opset 17
+    assert is_pow2_plan(snapped) and snapped.tensors["x"].dtype == snapped.tensors["y"].dtype == "int16"
+    program = lower(qdq)
+    assert program.tensors[program.outputs[0].tensor].wide and program.tensors[program.inputs[0].tensor].wide
