@@ -179,11 +179,9 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class WiderBuild:
-    """A build of the same target that spends more bits than plain int8 where the target has no float
-    (``Backend.wider``): ``options`` merge into the backend options, ``flag`` is how a user asks for it,
-    ``what`` names it in the report."""
+    """A build of the same target with more bits everywhere, for a target with no float layers
+    (``Backend.wider``): ``flag`` is how a user asks for it, ``what`` says what it is."""
 
-    options: dict[str, Any]
     flag: str
     what: str
 
@@ -221,9 +219,9 @@ class Backend(ABC):
         return self.profile
 
     def wider(self, options: dict[str, Any]) -> WiderBuild | None:
-        """For an integer-only target (no float node to fall back to): the build with more bits that
-        repair tries, and the verdict's advice names, when plain int8 misses the ok line; ``None`` where
-        there is none or ``options`` already ask for it (default)."""
+        """For an integer-only target (no float node to fall back to): the build with more bits
+        everywhere that the verdict's advice names when int8 misses the ok line; ``None`` where there
+        is none or ``options`` already ask for it (default)."""
         return None
 
     @abstractmethod

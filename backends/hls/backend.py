@@ -121,8 +121,7 @@ class HlsBackend(Backend):
         """int16 activations (int8 weights), unless they are already asked for."""
         if int(options.get("activation_bits", 8)) == 16:
             return None
-        return WiderBuild({"activation_bits": 16}, "-B activation_bits=16",
-                          "build with int16 activations (int8 weights; twice the activation memory)")
+        return WiderBuild("-B activation_bits=16", "every activation int16, twice the activation memory")
 
     def lower(self, job: LoweringJob) -> HlsLowered:
         """The integer program, its reference run against ORT, and the project's files as text."""

@@ -32,6 +32,8 @@ HLS_PROFILE = TargetProfile(
     int4_weights=False,
     power_of_two_scales=False,
     integer_only=True,
+    int16_activations=True,
+    eight_bit_inputs=frozenset({"Sigmoid", "Tanh"}),  # the integer program's 256-entry tables
     dynamic_refusal="HLS needs static scales (the generated integer C requantizes with constant "
                     "multipliers and shifts; it computes no ranges at run time)",
 )
@@ -40,9 +42,7 @@ HLS_POW2_PROFILE = replace(HLS_PROFILE, power_of_two_scales=True)
 
 
 def hls_profile(activation_bits: int = 8, power_of_two_scales: bool = False) -> TargetProfile:
-    """The profile for the backend options: int16 activations (``activation_bits=16``, weights still
-    int8) keep Sigmoid/Tanh inputs int8, the 256-entry tables' domain."""
+    """The profile for the backend options: ``activation_bits=16`` makes every activation int16 (weights
+    still int8) but a Sigmoid/Tanh input, the 256-entry tables' domain."""
     base = HLS_POW2_PROFILE if power_of_two_scales else HLS_PROFILE
-    if activation_bits == 8:
-        return base
-    return replace(base, activation_dtype="int16", eight_bit_inputs=frozenset({"Sigmoid", "Tanh"}))
+    return base if activation_bits == 8 else replace(base, activation_dtype="int16")

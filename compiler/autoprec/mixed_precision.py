@@ -169,7 +169,7 @@ class AutoPlan:
         plan = quantized.plan
         _explain(plan, self.best.search)  # again: a later replan (latency guard) resets reasons
         chosen = {n: plan.nodes[n] for n in self.space.choices if n in plan.nodes}
-        above = sum(1 for d in chosen.values() if d.precision in (Precision.FP16, Precision.FP32))
+        above = sum(1 for d in chosen.values() if d.wide or d.precision in (Precision.FP16, Precision.FP32))
         top = [{"node": n.name, "op": n.op, "score_db": n.score("sqnr")} for n in self.sensitivity.nodes[:5]]
         fp32_bytes = self.space.fp32_bytes
         metric = (verification.task or {}).get("metric") if self.budget.kind == "drop" else None
@@ -181,7 +181,7 @@ class AutoPlan:
                          "plain_int8_reference_semantics": float(self.int8_reference)},
             "size": {"budget_fraction": self.size_budget, "bytes": self.size, "fp32_bytes": fp32_bytes,
                      "fraction": self.size / fp32_bytes, "met": size_ok},
-            "nodes": {n: {"op": self.space.choices[n].op, "precision": d.precision.value, "reason": d.reason}
+            "nodes": {n: {"op": self.space.choices[n].op, "precision": d.label, "reason": d.reason}
                       for n, d in chosen.items()},
             "histogram": _histogram(chosen.values()),
             "above_int8": above, "quantizable_nodes": len(self.space.choices), "graph_nodes": graph_nodes,
@@ -208,7 +208,7 @@ class AutoPlan:
 def _histogram(decisions: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     for d in decisions:
-        counts[d.precision.value] = counts.get(d.precision.value, 0) + 1
+        counts[d.label] = counts.get(d.label, 0) + 1
     return dict(sorted(counts.items()))
 
 
@@ -319,8 +319,9 @@ def _shortfall(r: Round, budget: Budget, fraction: float | None, fp32_bytes: int
 def _explain(plan: QuantPlan, found: Search) -> None:
     """The search's reason replaces "recipe asks for …" on every node it decided (as it decided it)."""
     for name, reason in found.reasons.items():
-        if name in plan.nodes and plan.nodes[name].precision is found.assignment.get(name):
-            plan.nodes[name] = NodeDecision(plan.nodes[name].precision, reason)
+        decision = plan.nodes.get(name)
+        if decision is not None and decision.label == getattr(found.assignment.get(name), "value", None):
+            plan.nodes[name] = NodeDecision(decision.precision, reason, wide=decision.wide)
 
 
 def _header(request: BuildRequest, budget: Budget, fraction: float | None) -> list[str]:
@@ -328,5 +329,6 @@ def _header(request: BuildRequest, budget: Budget, fraction: float | None) -> li
     name = Path(request.model_label).name if request.model_label else request.model.name
     return [f"dsqc mixed-precision plan for {name} (target {request.target}): accuracy budget "
             f"{budget}{size}.",
-            "Edit a precision (int4 | int8 | fp16 | fp32) and rebuild with:",
+            "Edit a precision (int4 | int8 | int16 | fp16 | fp32, as the target takes them) and rebuild "
+            "with:",
             f"  {rebuild_command(request, request.out_dir / RECIPE_NAME)}"]

@@ -53,8 +53,9 @@ class Setting:
 
 
 def setting_for(precision: Precision, has_weights: bool) -> Setting:
-    """The setting a whole-node precision means."""
-    if precision is Precision.INT8:
+    """The setting a whole-node precision means (INT16, int16 activations, as INT8: one-node variants
+    measure int8 rounding)."""
+    if precision in (Precision.INT8, Precision.INT16):
         return Setting("int8" if has_weights else None, True)
     if precision is Precision.INT4:
         return Setting("int4")
@@ -273,6 +274,8 @@ def _choice(node: gs.Node, index: int, profile: TargetProfile, plan8: QuantPlan,
     bias = node.inputs[2].name if not table and _const(node, 2) is not None else None
     consts = [t.name for t in node.inputs if t.name and is_float_constant(t)]
     options = [Precision.INT8] if profile.integer_only else [Precision.INT8, Precision.FP32]
+    if profile.int16_activations and not table:
+        options.append(Precision.INT16)
     if weight and plan4 is not None and plan4.precision_of(node.name) is Precision.INT4:
         options.append(Precision.INT4)
     if consts and profile.fp16_weights and not profile.integer_only:
@@ -285,7 +288,7 @@ def _choice(node: gs.Node, index: int, profile: TargetProfile, plan8: QuantPlan,
     return choice
 
 
-_RANK = {Precision.INT4: 0, Precision.INT8: 1, Precision.FP16: 2, Precision.FP32: 3}
+_RANK = {Precision.INT4: 0, Precision.INT8: 1, Precision.INT16: 2, Precision.FP16: 3, Precision.FP32: 4}
 
 
 def _node_bytes(precision: Precision, values: Mapping[str, np.ndarray | None], weight: str | None,
@@ -295,7 +298,8 @@ def _node_bytes(precision: Precision, values: Mapping[str, np.ndarray | None], w
         assert value is not None
         if precision is Precision.FP16:
             total += value.size * 2
-        elif precision is Precision.INT8 and name in (weight, bias) and name in plan8.tensors:
+        elif precision in (Precision.INT8, Precision.INT16) and name in (weight, bias) \
+                and name in plan8.tensors:
             total += spec_bytes(value.size, plan8.tensors[name])
         elif precision is Precision.INT4 and name == weight and plan4 is not None and name in plan4.tensors:
             total += spec_bytes(value.size, plan4.tensors[name])

@@ -25,7 +25,7 @@ from dsqc.autoprec.sensitivity import Sensitivity, noise_to_sqnr
 from dsqc.quant.spec import Precision, QuantPlan
 
 log = logging.getLogger(__name__)
-_ABOVE_INT8 = (Precision.FP16, Precision.FP32)
+_ABOVE_INT8 = (Precision.INT16, Precision.FP16, Precision.FP32)
 MAX_PRUNE_TRIES = 24
 REMEASURE_EVERY = 8  # moves between measurements while the prediction says the budget is still missed
 

@@ -11,7 +11,9 @@ bit-identical to FP32; with ``on`` true it is exactly what the QDQ model of that
 Runtime's reference Q/DQ semantics (a folded Relu is kept: Q of a Relu output with zero point at 0
 equals Q of its input), given the plan as the build makes it (``PlanSpace.planned``) and, for int8
 biases, the build's bias correction (``correct_int8_biases``). Fused int8 kernels can differ by ±1 LSB;
-the final plan is verified with them.
+the final plan is verified with them. An int16 tensor (``Precision.INT16``) runs switched off, as FP32:
+its rounding noise is 257² times below int8's; each search round's plan is then verified as built, in
+int16.
 
 Sessions are single-threaded: variants (or batches) run concurrently, one per core. A variant that
 changes nothing before node ``i`` (in topological order) runs only the suffix from a
@@ -210,15 +212,18 @@ class SwitchModel:
             log.warning("switch model: the plan quantizes %d tensor(s) the INT8 plan does not (%s); they are "
                         "evaluated float, the built plan is verified as built", len(unswitched),
                         min(unswitched))
+        wide = {name for name, spec in plan.tensors.items() if spec.dtype == "int16"}
         for point in self.points:
             spec, default = plan.tensors.get(point.tensor, point.default), point.default
+            if point.tensor in wide:  # evaluated float (see the module docstring)
+                spec = default
             if spec.dtype != default.dtype or spec.scale.shape != default.scale.shape:
                 raise ValueError(f"switch model: {point.tensor} is planned {spec.dtype} {spec.scale.shape}, "
                                  f"the INT8 plan's switch takes {default.dtype} {default.scale.shape}")
             feeds[point.scale] = spec.scale.astype(np.float32)
             feeds[point.zero_point] = spec.zero_point.astype(_QDTYPE[spec.dtype])
         for switch in self.switches:
-            on = switch.tensor in plan.tensors and self._reads_dq(switch, plan)
+            on = switch.tensor in plan.tensors and switch.tensor not in wide and self._reads_dq(switch, plan)
             feeds[switch.feed] = _ON if on else _OFF
             if on:
                 first = min(first, switch.position)

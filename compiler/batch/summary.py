@@ -57,8 +57,6 @@ def quantization(report: dict[str, Any]) -> str:
         return "dynamic, chosen by repair (static int8 missed the verdict's ok line)"
     if repair.get("kept") == "mixed":
         return f"static, {above} nodes above int8, chosen by repair"
-    if repair.get("kept") == "wider":
-        return f"static, {repair['wider']['flag']}, chosen by repair"
     if repair:
         return "static int8 (repair found no better build)"
     if mode := (metrics.get("dynamic") or {}).get("mode"):

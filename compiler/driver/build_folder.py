@@ -129,7 +129,7 @@ def plan_from_dict(body: Any, where: Path) -> QuantPlan:
                                    s.get("block_size"), bool(s.get("narrow", False)), s.get("limit"))
                    for name, s in body["tensors"].items()}
         nodes = {name: NodeDecision(Precision(d["precision"]), str(d.get("reason", "")),
-                                    bool(d.get("integer_only", False)))
+                                    bool(d.get("integer_only", False)), d.get("activations") == "int16")
                  for name, d in body["nodes"].items()}
         folded = {str(k): str(v) for k, v in body.get("folded_activations", {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

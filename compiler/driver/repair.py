@@ -4,11 +4,11 @@ dsqc judges every build on its held-out data (``verdict``). Where plain int8 com
 ``collapsed``, a transformer or MLP is first built with activations quantized at run time (``--mode
 dynamic``, ``dynamic_fits``); unless that build meets the ok line at plain int8's speed, the build runs
 the search of ``--accuracy-budget`` with the limit the verdict missed (its ``degraded_*`` line:
-``sqnr:15`` by default) on the same held-out data. An integer-only target (``hls``), whose plans cannot
-leave int8 for float, builds its wider form instead (``Backend.wider``: int16 activations). Each
-alternative must pass ``refuse_reason`` (still quantized, better than plain int8, not slower than FP32);
-of those, the fastest that meets the line is kept, else the most accurate. A kept build that still misses
-the line is judged as usual (no exit 2: nobody asked for a budget). ``--no-repair`` keeps plain int8.
+``sqnr:15`` by default) on the same held-out data; on an integer-only target (``hls``) that search lifts
+nodes to int16 activations, not to float. Each alternative must pass ``refuse_reason`` (still quantized,
+better than plain int8, not slower than FP32); of those, the fastest that meets the line is kept, else the
+most accurate. A kept build that still misses the line is judged as usual (no exit 2: nobody asked for a
+budget). ``--no-repair`` keeps plain int8.
 
 Measured (tools/bench/REAL.md, REAL_NOTES.md): the torchvision MobileNetV2 graph (random init) builds
 degraded in plain int8 (12.8 dB on its verification samples); repaired, 6 of 64 nodes leave int8 and 512
@@ -53,13 +53,13 @@ def repair_budget(verification: Verification, quantized_tensors: int, limits: Th
 
 
 def wants_repair(run: BuildRun) -> bool:
-    """A static int8 build, no budget of its own, not already quantized, on a target with float nodes or
-    a wider build (``Backend.wider``)."""
+    """A static int8 build, no budget of its own, not already quantized, on a target where nodes can go
+    above int8: float nodes, or int16 activations (``profile.int16_activations``)."""
     request = run.request
-    integer_only = run.backend.profile_for(run.job.options).integer_only
+    profile = run.backend.profile_for(run.job.options)
     return (request.repair and run.mode == "static" and request.precision == "int8"
             and request.accuracy_budget is None and not run.trained
-            and (not integer_only or run.backend.wider(run.job.options) is not None))
+            and (not profile.integer_only or profile.int16_activations))
 
 
 def dynamic_fits(run: BuildRun) -> bool:
@@ -99,15 +99,6 @@ def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, L
         return run, lowered
     budget = parse_accuracy_budget(budget_text)
     builds = [Candidate("int8", run, lowered, _achieved(budget, run), _tensors(run))]
-    wider = run.backend.wider(run.job.options)
-    if run.backend.profile_for(run.job.options).integer_only and wider is not None:
-        log.info("the int8 build misses the verdict's ok line %s: trying the %s", budget_text, wider.what)
-        options = {**run.request.backend_options, **wider.options}
-        second = start(dataclasses.replace(run.request, backend_options=options))
-        second_lowered = second.quantize_static()
-        builds.append(Candidate("wider", second, second_lowered, _achieved(budget, second),
-                                _tensors(second), what=wider.what, flag=wider.flag))
-        return _kept_of(budget, builds)
     if dynamic_fits(run):
         log.info("the int8 build misses the verdict's ok line %s: trying activations quantized at run "
                  "time", budget_text)
@@ -127,17 +118,12 @@ def repaired(run: BuildRun, lowered: Lowered, start: Start) -> tuple[BuildRun, L
     assert second.auto is not None
     # the worse of ORT's and the target runtime's, as finish judged it
     builds.append(Candidate("mixed", second, second_lowered, second.auto.achieved, _tensors(second)))
-    return _kept_of(budget, builds)
-
-
-def _kept_of(budget: Budget, builds: list[Candidate]) -> tuple[BuildRun, Lowered]:
-    """Time the builds side by side, pick one (``pick``) and warn of each alternative refused."""
     _time(builds)
     kept, refusals = pick(budget, builds)
-    outcome = "plain int8 kept" if kept is builds[0] else f"the {kept.name} kept"
+    outcome = "plain int8 kept" if kept is builds[0] else f"the {_NAMES[kept.kind]} kept"
     for b in builds[1:]:
         if (why := refusals[b.kind]) is not None:
-            kept.run.result.warnings.append(f"repair: the {b.name} for {budget} measured "
+            kept.run.result.warnings.append(f"repair: the {_NAMES[b.kind]} for {budget} measured "
                                             f"{_value(budget, b.achieved)} {why}: {outcome}")
     return _keep(budget, builds, kept)
 
@@ -159,9 +145,8 @@ def pick(budget: Budget, builds: list[Candidate]) -> tuple[Candidate, dict[str, 
 
 @dataclass
 class Candidate:
-    """One build repair compares: plain int8, dynamic, mixed or wider (``Backend.wider``); ``achieved``
-    in the budget's unit (the worse of ORT's reference and the target runtime's), ``ratio`` its time
-    over FP32's; ``what`` and ``flag`` name a wider build."""
+    """One build repair compares: plain int8, dynamic or mixed; ``achieved`` in the budget's unit (the
+    worse of ORT's reference and the target runtime's), ``ratio`` its time over FP32's."""
 
     kind: str
     run: BuildRun
@@ -169,12 +154,6 @@ class Candidate:
     achieved: float
     tensors: int  # tensors its plan quantizes
     ratio: float | None = None
-    what: str = ""
-    flag: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.what or _NAMES[self.kind]
 
 
 _NAMES = {"int8": "plain int8 build", "dynamic": "dynamic build (activations quantized at run time)",
@@ -195,7 +174,7 @@ def _achieved(budget: Budget, run: BuildRun) -> float:
 
 
 def _refusal(budget: Budget, plain: Candidate, other: Candidate) -> str | None:
-    anyway = "--mode dynamic" if other.kind == "dynamic" else other.flag
+    anyway = "--mode dynamic" if other.kind == "dynamic" else ""
     return refuse_reason(budget, plain.achieved, other.achieved, other.tensors, other.ratio, plain.ratio,
                          anyway)
 
@@ -266,10 +245,9 @@ def _section(budget: Budget, builds: list[Candidate], kept: Candidate) -> dict[s
     """The builds side by side: the budget metric, size and latency ratio (the one the decision read)."""
     def side(b: Candidate) -> dict[str, Any]:
         assert b.run.verification is not None
-        named = {"what": b.what, "flag": b.flag} if b.what else {}
         return {"achieved": b.achieved, "met": budget.met(b.achieved),
                 "quantized_bytes": (b.run.verification.size_bytes or {}).get("quantized"),
-                "latency_ratio": b.ratio, **named}
+                "latency_ratio": b.ratio}
 
     mixed = next((b for b in builds if b.kind == "mixed"), None)
     above = (mixed.run.result.metrics.get("mixed_precision") or {}).get("above_int8") if mixed else None

@@ -202,22 +202,17 @@ def _repair_lines(metrics: dict[str, Any]) -> list[str]:
         return f"{ratio:.2f}× FP32 latency" if ratio is not None else "latency not measured"
 
     names = {"dynamic": "the dynamic build (activations quantized at run time)",
-             "mixed": f"a mixed-precision plan ({rep['nodes_above_int8']} nodes above int8)",
-             "wider": f"the {(rep.get('wider') or {}).get('what')}"}
-    short = {"dynamic": "the dynamic build", "mixed": "the mixed plan",
-             "wider": f"the {(rep.get('wider') or {}).get('what')}"}
-    tried = [f"{names[k]} measured {rep[k]['achieved']:.4g}{unit}" for k in ("dynamic", "mixed", "wider")
-             if k in rep]
+             "mixed": f"a mixed-precision plan ({rep['nodes_above_int8']} nodes above int8)"}
+    tried = [f"{names[k]} measured {rep[k]['achieved']:.4g}{unit}" for k in ("dynamic", "mixed") if k in rep]
     head = (f"repair: plain int8 measured {rep['int8']['achieved']:.4g}{unit}, under the verdict's ok line "
             f"{rep['budget']}; {'; '.join(tried)}")
     kept = rep["kept"]
     if kept == "int8":
         return [f"{head}: plain int8 kept (see the warning)"]
-    if rep[kept].get("latency_ratio") is None and rep["int8"].get("latency_ratio") is None:
-        how = f" ({rep[kept]['flag']})" if rep[kept].get("flag") else ""
-        return [f"{head}; {short[kept]} is the artifact{how}; --no-repair keeps plain int8"]
-    return [f"{head}; {short[kept]} is the artifact ({cost(rep[kept])}; plain int8 {cost(rep['int8'])}); "
-            "--no-repair keeps plain int8"]
+    artifact = f"{head}; {'the dynamic build' if kept == 'dynamic' else 'the mixed plan'} is the artifact"
+    if rep[kept].get("latency_ratio") is None and rep["int8"].get("latency_ratio") is None:  # hls: untimed
+        return [f"{artifact}; --no-repair keeps plain int8"]
+    return [f"{artifact} ({cost(rep[kept])}; plain int8 {cost(rep['int8'])}); --no-repair keeps plain int8"]
 
 
 def _mixed_precision_lines(result: BuildResult, shown: int = 12) -> list[str]:

@@ -261,24 +261,31 @@ def _verdict(result: BuildResult, limits: Thresholds, runtime: dict[str, dict[st
 
 def advice_hint(verdict: Verdict, request: BuildRequest) -> str:
     return advice(verdict, request.model_label or str(request.model), request.calib, str(request.out_dir),
-                  _integer_only_advice(request))
+                  _integer_only_advice(request, verdict))
 
 
-def _integer_only_advice(request: BuildRequest) -> str | None:
-    """What to try where the target has no float layers: its wider build, or another target."""
+def _integer_only_advice(request: BuildRequest, verdict: Verdict) -> str | None:
+    """What to try where the target has no float layers: int16 activations where they matter (the
+    search), everywhere (``Backend.wider``), or another target."""
     backend = get_backend(request.target)
     try:
         options = backend.parse_options(request.backend_options)
     except DsqcError:  # checked before the build ran; a hint must not fail the build now
         return None
-    if not backend.profile_for(options).integer_only:
+    profile = backend.profile_for(options)
+    if not profile.integer_only:
         return None
     wider = backend.wider(options)
+    budget = verdict.budget() or f"sqnr:{verdict.thresholds.degraded_sqnr_db:g}"
+    tries = []
+    if profile.int16_activations:
+        tries.append(f"--accuracy-budget {budget} (int16 activations on the nodes that need them; the "
+                     "default repair does this unless --no-repair)")
     if wider is not None:
-        return f"rebuild with {wider.flag} (the {wider.what})"
-    return (f"{request.target} has no float layers to keep sensitive nodes in: check that the calibration "
-            "data covers what the model will see (`dsqc debug` names the tensors that lose most), or build "
-            "for --target onnx, tflite or trt, whose plans can leave nodes in float")
+        tries.append(f"{wider.flag} ({wider.what})")
+    tries.append("a target whose plans can keep nodes in float (--target onnx, tflite or trt); `dsqc debug` "
+                 "names the tensors that lose most")
+    return "; or ".join(tries)
 
 
 def _guard(fp32: onnx.ModelProto, quantized: Quantized, profile: TargetProfile, recipe: Recipe,

@@ -7,6 +7,7 @@ applies the plan.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from dsqc.errors import RecipeError
 from dsqc.ir import Model, constant_value, is_graph_output, shape_determined
 from dsqc.op_kinds import BIAS_INPUT, MATRIX_OPS, WEIGHT_INPUT, is_matmul_bias
 from dsqc.quant.profile import TargetProfile
@@ -69,7 +71,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
         opts = recipe.options_for(node.name, node.op)
         placement.options[node.name] = opts
         placement.op_types[node.name] = node.op
-        placement.decisions[node.name] = _decide(node, opts, profile, precision)
+        placement.decisions[node.name] = _decide_width(node, opts, profile, precision)
     _split_fixed_concats(graph, profile, placement)
     _float_additive_masks(graph, placement)
     _float_channel_gates(graph, profile, placement)
@@ -315,6 +317,20 @@ def _fuses_into_add(node: gs.Node, tensor: gs.Tensor, profile: TargetProfile, pl
             and placement.decisions[src.name].precision is Precision.INT8)
 
 
+def _decide_width(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision: str) -> NodeDecision:
+    """``_decide``; where ``Precision.INT16`` is asked, an INT8 decision whose activations are int16."""
+    if opts.precision is not Precision.INT16:
+        return _decide(node, opts, profile, precision)
+    if not profile.int16_activations:
+        raise RecipeError(f"node '{node.name}' ({node.op}): precision int16 (int16 activations, int8 "
+                          f"weights) needs int16 integer kernels, which target {profile.name} does not "
+                          "have; use int8, fp16 or fp32 there")
+    decision = _decide(node, dataclasses.replace(opts, precision=Precision.INT8), profile, precision)
+    if decision.precision is not Precision.INT8 or decision.integer_only:
+        return decision
+    return NodeDecision(Precision.INT8, "int16 activations, int8 weights (recipe)", wide=True)
+
+
 def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision: str) -> NodeDecision:
     if precision == "fp32":
         return NodeDecision(Precision.FP32, "--precision fp32")
@@ -468,16 +484,30 @@ def finalize(model: Model, placement: Placement, ranges: Mapping[str, Range],
             lo, hi = max(lo, clo), min(hi, chi)
         acc = group_range.setdefault(placement.group_of(name), [np.inf, -np.inf])
         acc[0], acc[1] = min(acc[0], lo), max(acc[1], hi)
-    narrow = _eight_bit_groups(model, placement, profile) if dtype == "int16" else set()
+    wide = _wide_groups(model, placement) if dtype != "int16" else set()
+    narrow = _eight_bit_groups(model, placement, profile) if dtype == "int16" or wide else set()
     for name in placement.activations:
         group = placement.group_of(name)
         lo, hi = group_range[group]
-        plan.tensors[name] = activation_spec(lo, hi, "int8" if group in narrow else dtype, symmetric,
-                                             profile.power_of_two_scales)
+        kind = "int16" if group in wide or dtype == "int16" else dtype
+        kind = "int8" if kind == "int16" and group in narrow else kind
+        plan.tensors[name] = activation_spec(lo, hi, kind, symmetric, profile.power_of_two_scales)
     _apply_fixed_outputs(model, plan, placement, profile, dtype)
     for node in model.graph.nodes:
         plan_constants(node, plan, placement.options[node.name], profile)
     return plan
+
+
+def _wide_groups(model: Model, placement: Placement) -> set[str]:
+    """Scale groups of the activation tensors a wide node (``Precision.INT16``) reads or writes, the
+    output of an activation folded into it included: they are int16."""
+    wide = {name for name, d in placement.decisions.items() if d.wide}
+    if not wide:
+        return set()
+    wide |= {act for act, producer in placement.folded.items() if producer in wide}
+    planned = set(placement.activations)
+    return {placement.group_of(t.name) for node in model.graph.nodes if node.name in wide
+            for t in [*_activation_inputs(node), *node.outputs] if t.name in planned}
 
 
 def _eight_bit_groups(model: Model, placement: Placement, profile: TargetProfile) -> set[str]:

@@ -68,8 +68,10 @@ class TargetProfile:
     ``fp16_weights``: FP16 nodes store their constant inputs as float16 (the search may choose FP16);
     elsewhere an FP16 node runs in FP32, noted in the plan.
     ``integer_only``: the runtime has no float nodes, so the search keeps every node int8.
-    ``eight_bit_inputs``: ops whose activation inputs stay 8-bit where the profile's activations are
-    wider (``activation_dtype="int16"``: the integer program's Sigmoid/Tanh are 256-entry tables).
+    ``int16_activations``: the target has int16 × int8 integer kernels: a node may run with int16
+    activations (``Precision.INT16``: a recipe asks, or the mixed-precision search chooses it).
+    ``eight_bit_inputs``: ops whose activation inputs stay 8-bit where the others are wider (int16
+    activations: the integer program's Sigmoid/Tanh are 256-entry tables).
     ``float_kernel``: why a node of a compute op runs float on this target ('' where it runs int8): an
     int8 kernel the runtime has but runs slower than float (TFLite attention under XNNPACK). A recipe's
     explicit precision wins.
@@ -109,6 +111,7 @@ class TargetProfile:
     table_lookups: bool = False
     fp16_weights: bool = False
     integer_only: bool = False
+    int16_activations: bool = False
     eight_bit_inputs: frozenset[str] = frozenset()
     finish_qdq: FinishQDQ | None = None
     float_kernel: FloatKernel | None = None

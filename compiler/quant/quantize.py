@@ -152,8 +152,11 @@ def _conv_inputs(graph: onnx.GraphProto) -> set[str]:
 
 
 def _wants_int16(profile: TargetProfile, recipe: Recipe) -> bool:
-    """int16 activations: QuantizeLinear takes int16 from opset 21 (the same opset as int4)."""
-    return (recipe.activation_dtype or profile.activation_dtype) == "int16"
+    """int16 activations, everywhere or on some nodes (precision int16): QuantizeLinear takes int16 from
+    opset 21 (the same opset as int4)."""
+    tables = [recipe.op_types.values(), (o.options for o in recipe.overrides)]
+    asked = any(t.get("precision") == "int16" for ts in tables for t in ts)
+    return asked or (recipe.activation_dtype or profile.activation_dtype) == "int16"
 
 
 def _wants_int4(recipe: Recipe) -> bool:

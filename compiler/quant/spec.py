@@ -18,8 +18,13 @@ DTYPE_RANGES: dict[str, tuple[int, int]] = {
 
 
 class Precision(str, Enum):
+    """A node's precision. ``INT16`` (int16 activations, int8 weights) is asked for (recipe, search) on
+    targets with int16 integer kernels; the plan records such a node as ``INT8`` with ``wide`` set, and
+    its activation tensors int16."""
+
     INT4 = "int4"
     INT8 = "int8"
+    INT16 = "int16"
     FP16 = "fp16"
     FP32 = "fp32"
 
@@ -103,11 +108,18 @@ class QuantSpec:
 @dataclass(frozen=True)
 class NodeDecision:
     """Precision chosen for one node and why (traceable to the ONNX node name). ``integer_only``: the node
-    computes no float value (shape arithmetic, indices), so no precision applies to it."""
+    computes no float value (shape arithmetic, indices), so no precision applies to it. ``wide``: an
+    ``INT8`` node whose activations are int16 (``Precision.INT16`` asked)."""
 
     precision: Precision
     reason: str
     integer_only: bool = False
+    wide: bool = False
+
+    @property
+    def label(self) -> str:
+        """The precision as reports name it: ``int16`` for a wide node."""
+        return Precision.INT16.value if self.wide else self.precision.value
 
 
 @dataclass
@@ -126,14 +138,15 @@ class QuantPlan:
     def histogram(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for decision in self.nodes.values():
-            key = "integer" if decision.integer_only else decision.precision.value
+            key = "integer" if decision.integer_only else decision.label
             counts[key] = counts.get(key, 0) + 1
         return dict(sorted(counts.items()))
 
     def to_dict(self) -> dict[str, object]:
         return {
             "nodes": {name: {"precision": d.precision.value, "reason": d.reason} | (
-                          {"integer_only": True} if d.integer_only else {})
+                          {"integer_only": True} if d.integer_only else {}) | (
+                          {"activations": "int16"} if d.wide else {})
                       for name, d in sorted(self.nodes.items())},
             "tensors": {name: spec.to_dict() for name, spec in sorted(self.tensors.items())},
             "folded_activations": dict(sorted(self.folded_activations.items())),

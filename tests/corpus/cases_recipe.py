@@ -40,7 +40,7 @@ CASES = [
                 "block_size, method, mode, per_channel, percentile, symmetric, weight_dtype, weight_limit"),
     Case("bad-value", "recipe", _recipe("[[override]]\nnodes = 'fc1'\nprecision = 'int3'\n"),
          refuse="dsqc: error: {tmp}/recipe.toml: override[0].precision = 'int3'; choose one of int4, int8, "
-                "fp16, fp32"),
+                "int16, fp16, fp32"),
     Case("wrong-type", "recipe", _recipe("[exclude]\nnodes = 5\n"),
          refuse="dsqc: error: {tmp}/recipe.toml: 'exclude.nodes' must be a string or a list of strings"),
     Case("invalid-regex", "recipe", _recipe("[exclude]\nnodes = ['fc(']\n"),

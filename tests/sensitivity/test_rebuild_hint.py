@@ -26,7 +26,9 @@ def test_printed_rebuild_command_runs_from_another_directory(tmp_path: Path,
                  "--eval-samples", "16", "--sensitivity-samples", "8", "--accuracy-budget", "sqnr:20",
                  "-o", "out"]) == 0
     lines = (work / "out" / "plan.recipe.toml").read_text().splitlines()
-    hint = lines[lines.index("# Edit a precision (int4 | int8 | fp16 | fp32) and rebuild with:") + 1]
+    edit = ("# Edit a precision (int4 | int8 | int16 | fp16 | fp32, as the target takes them) and rebuild "
+            "with:")
+    hint = lines[lines.index(edit) + 1]
     argv = shlex.split(hint.lstrip("# "))
     assert argv[:3] == ["dsqc", "build", str(work / "m.onnx")]
     assert argv[argv.index("--recipe") + 1] == str(work / "out" / "plan.recipe.toml")

@@ -58,8 +58,6 @@ def _repaired(metrics: dict[str, Any]) -> str:
     kept = rep.get("kept")
     if kept == "mixed":
         return f"mixed plan, {rep.get('nodes_above_int8')} nodes above int8"
-    if kept == "wider":
-        return str((rep.get("wider") or {}).get("flag"))
     return "dynamic" if kept == "dynamic" else ""
 
 

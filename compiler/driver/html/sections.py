@@ -93,14 +93,11 @@ def gates(reports: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
         mp = metrics.get("mixed_precision") or {}
         if rep := metrics.get("repair"):  # the verdict's own repair, not a budget the user gave
             mp = {}
-            wider = (rep.get("wider") or {}).get("what", "wider build")
-            names = {"int8": "plain int8", "dynamic": "dynamic build", "mixed": "mixed plan", "wider": wider}
+            names = {"int8": "plain int8", "dynamic": "dynamic build", "mixed": "mixed plan"}
             tried = [f"dynamic build {num(rep['dynamic']['achieved'])}"] if "dynamic" in rep else []
             if "mixed" in rep:
                 tried.append(f"mixed plan {num(rep['mixed']['achieved'])} with {rep['nodes_above_int8']} "
                              "nodes above int8")
-            if "wider" in rep:
-                tried.append(f"{wider} {num(rep['wider']['achieved'])}")
             rows.append(_gate(target, f"repair to the verdict's ok line {rep['budget']}",
                               "degraded" if rep["kept"] == "int8" else "pass",
                               f"plain int8 {num(rep['int8']['achieved'])}, {', '.join(tried)}: "
@@ -193,12 +190,20 @@ def precision_side_by_side(reports: list[dict[str, Any]]) -> str:
         row = [td(name, "name")]
         for decisions in per.values():
             d = decisions.get(name) or {}
-            precision = "integer" if d.get("integer_only") else str(d.get("precision", "–"))
+            precision = _precision_label(d, "–")
             why = f"<span class='muted'>{esc(d.get('reason', ''))}</span>"
             row.append(td(f"{badge(precision, f'p-{precision}')} {why}", "raw"))
         rows.append(row)
     opened = " open" if len(names) <= 40 else ""
     return f"<details{opened}><summary>{len(names)} nodes</summary>{table(['node', *per], rows)}</details>"
+
+
+def _precision_label(decision: dict[str, Any], missing: str) -> str:
+    """A plan node's precision as the report names it: ``integer``, ``int16`` (an int8 node with int16
+    activations) or its precision."""
+    if decision.get("integer_only"):
+        return "integer"
+    return "int16" if decision.get("activations") == "int16" else str(decision.get("precision", missing))
 
 
 def precision_map(reports: list[dict[str, Any]]) -> str:
@@ -214,7 +219,7 @@ def precision_map(reports: list[dict[str, Any]]) -> str:
         rows = []
         for name in sorted(set(nodes) | set(floats)):
             d = floats.get(name) or nodes.get(name) or {}
-            precision = "integer" if d.get("integer_only") else str(d.get("precision", "?"))
+            precision = _precision_label(d, "?")
             counts[precision] = counts.get(precision, 0) + 1
             rows.append([td(name, "name"), td(badge(precision, f"p-{precision}"), "raw"),
                          td(d.get("reason", ""))])

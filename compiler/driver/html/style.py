@@ -2,7 +2,8 @@
 
 CSS = """
 :root { --ok: #1b7f3b; --warn: #b06d00; --bad: #b3261e; --ink: #1d1d1f; --mute: #5f6368; --line: #d9dce1;
-        --bg: #ffffff; --panel: #f6f7f9; --int4: #6a1b9a; --int8: #1565c0; --fp16: #ef6c00; --fp32: #757575; }
+        --bg: #ffffff; --panel: #f6f7f9; --int4: #6a1b9a; --int8: #1565c0; --int16: #00838f; --fp16: #ef6c00;
+        --fp32: #757575; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif;
        color: var(--ink); background: var(--bg); }
@@ -30,6 +31,7 @@ pre { background: var(--panel); border: 1px solid var(--line); padding: 10px; ov
 .verdict { font-size: 15px; padding: 10px 14px; border-radius: 6px; border: 1px solid var(--line);
            background: var(--panel); margin: 8px 0; }
 .p-int4 { background: var(--int4); } .p-int8 { background: var(--int8); }
+.p-int16 { background: var(--int16); }
 .p-fp16 { background: var(--fp16); } .p-fp32 { background: var(--fp32); }
 .p-integer { background: var(--mute); }
 .muted { color: var(--mute); font-size: 12px; }

@@ -18,13 +18,15 @@ from onnx import helper
 from test_hls_pipeline import squeeze_excitation_model
 
 from dsqc.backends.hls.profile import hls_profile
+from dsqc.backends.onnx.profile import ONNX_PROFILE
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.pipeline import build
 from dsqc.driver.report import format_result
 from dsqc.driver.stages import advice_hint
-from dsqc.errors import UnsupportedError
+from dsqc.errors import RecipeError, UnsupportedError
 from dsqc.integer import lower
 from dsqc.integer.ops import ConvOp
+from dsqc.quant.recipe import load_recipe
 
 needs_gcc = pytest.mark.skipif(not all(shutil.which(t) for t in ("gcc", "make", "nm")),
                                reason="gcc/make/nm missing")
@@ -116,7 +118,7 @@ def test_int8_builds_keep_int32_accumulators() -> None:
     assert not any(op.acc64 for op in program.ops if isinstance(op, ConvOp))
 
 
-def _outlier_channel(path: Path) -> Path:
+def _outlier_channel(path: Path, opset: int = 17) -> Path:
     """One channel 500× louder than the three the next conv reads: one int8 scale for the whole tensor
     leaves those three a few codes (the int8 build collapses); int16 gives them 256× more."""
     eye = np.eye(4, dtype=np.float32)
@@ -126,14 +128,15 @@ def _outlier_channel(path: Path) -> Path:
     nodes = [helper.make_node("Conv", ["x", "eye"], ["mid"], name="mix"),
              helper.make_node("Conv", ["mid", "pick"], ["y"], name="pick")]
     onnx.save(make_model(nodes, {"x": ["N", 4, 6, 6]}, {"y": ["N", 2, 6, 6]},
-                         {"eye": eye.reshape(4, 4, 1, 1), "pick": pick}), path)
+                         {"eye": eye.reshape(4, 4, 1, 1), "pick": pick}, opset=opset), path)
     return path
 
 
 @needs_gcc
-def test_repair_of_a_degraded_int8_build_keeps_int16_activations(tmp_path: Path) -> None:
-    """hls has no float layers for a mixed plan: repair builds ``-B activation_bits=16`` and keeps it;
-    ``--no-repair`` keeps int8, whose advice names that flag (not an fp32 recipe)."""
+def test_repair_of_a_degraded_int8_build_lifts_nodes_to_int16(tmp_path: Path) -> None:
+    """hls has no float layers for a mixed plan: repair's search lifts nodes to int16 activations (int8
+    weights) and keeps that plan; ``--no-repair`` keeps int8, whose advice names the budget and
+    ``-B activation_bits=16`` (not an fp32 recipe)."""
     model = _outlier_channel(tmp_path / "outlier.onnx")
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(1).normal(size=(48, 4, 6, 6)).astype(np.float32))
@@ -141,24 +144,42 @@ def test_repair_of_a_degraded_int8_build_keeps_int16_activations(tmp_path: Path)
                            measure_latency=False, backend_options={"tb_vectors": 4})
     repaired = build(request)
     rep = repaired.metrics["repair"]
-    assert rep["kept"] == "wider" and rep["wider"]["flag"] == "-B activation_bits=16"
-    assert rep["int8"]["achieved"] < 15 <= rep["wider"]["achieved"]
+    assert rep["kept"] == "mixed" and rep["int8"]["achieved"] < 15 <= rep["mixed"]["achieved"]
     assert repaired.verdict is not None and repaired.verdict.level == "ok"
     assert repaired.metrics["hls"]["csim"]["status"] == "bit-exact"
     assert repaired.plan is not None and repaired.plan.tensors["mid"].dtype == "int16"
+    assert repaired.plan.histogram().get("int16", 0) >= 1
     assert "int16_t" in (tmp_path / "out" / "hls" / "firmware" / "outlier.c").read_text()
+    recipe = (tmp_path / "out" / "plan.recipe.toml").read_text()
+    assert 'precision = "int16"' in recipe
     summary = format_result(repaired)
-    assert "the build with int16 activations (int8 weights; twice the activation memory) is the artifact " \
-           "(-B activation_bits=16)" in summary
+    assert "the mixed plan is the artifact; --no-repair keeps plain int8" in summary
 
     plain_request = dataclasses.replace(request, out_dir=tmp_path / "plain", repair=False)
     plain = build(plain_request)
     assert "repair" not in plain.metrics and plain.verdict is not None and plain.verdict.level != "ok"
     hint = advice_hint(plain.verdict, plain_request)
-    assert hint.endswith("Try: rebuild with -B activation_bits=16 (the build with int16 activations (int8 "
-                         "weights; twice the activation memory))")
+    assert "Try: --accuracy-budget sqnr:15 (int16 activations on the nodes that need them" in hint
+    assert "-B activation_bits=16 (every activation int16, twice the activation memory)" in hint
+    assert "fp32" not in hint
     wide_request = dataclasses.replace(plain_request, backend_options={"activation_bits": 16})
-    assert "--target onnx, tflite or trt" in advice_hint(plain.verdict, wide_request)
+    assert "activation_bits" not in advice_hint(plain.verdict, wide_request)
+
+
+def test_a_node_asked_int16_makes_its_own_tensors_int16(tmp_path: Path) -> None:
+    """``precision = "int16"`` on one node: the tensors it reads and writes are int16, the rest int8; a
+    target without int16 kernels refuses the recipe naming the node."""
+    fp32 = onnx.load(_outlier_channel(tmp_path / "outlier.onnx", opset=21))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[override]]\nnodes = "pick"\nprecision = "int16"\n')
+    parsed = load_recipe(recipe)
+    _, plan = quantize(fp32, hls_profile(), random_feeds(fp32, 8), parsed)
+    assert plan.tensors["mid"].dtype == plan.tensors["y"].dtype == "int16"
+    assert plan.tensors["x"].dtype == "int8"
+    assert plan.nodes["pick"].wide and plan.nodes["pick"].label == "int16" and not plan.nodes["mix"].wide
+    with pytest.raises(RecipeError, match=r"node 'pick' \(Conv\): precision int16 \(int16 activations, "
+                                          r"int8 weights\) needs int16 integer kernels, which target onnx"):
+        quantize(fp32, ONNX_PROFILE, random_feeds(fp32, 8), parsed)
 
 
 @needs_gcc
