@@ -11,9 +11,10 @@ bit-identical to FP32; with ``on`` true it is exactly what the QDQ model of that
 Runtime's reference Q/DQ semantics (a folded Relu is kept: Q of a Relu output with zero point at 0
 equals Q of its input), given the plan as the build makes it (``PlanSpace.planned``) and, for int8
 biases, the build's bias correction (``correct_int8_biases``). Fused int8 kernels can differ by ±1 LSB;
-the final plan is verified with them. An int16 tensor (``Precision.INT16``) runs switched off, as FP32:
-its rounding noise is 257² times below int8's; each search round's plan is then verified as built, in
-int16.
+the final plan is verified with them. A tensor the space's INT8 plan has int8 and a plan asks int16
+(``Precision.INT16``) runs switched off, as FP32: its rounding noise is 257² times below int8's; each
+search round's plan is then verified as built, in int16. A replayed int16 plan (``dsqc debug`` of such a
+build) switches int16 Q/DQ, exactly.
 
 Sessions are single-threaded: variants (or batches) run concurrently, one per core. A variant that
 changes nothing before node ``i`` (in topological order) runs only the suffix from a
@@ -38,14 +39,15 @@ from onnx import helper
 
 from dsqc.autoprec.plan_space import PlanSpace
 from dsqc.calibration.data import SampleSet
-from dsqc.ir import Model, is_graph_output, node_reads
+from dsqc.ir import Model, default_opset, is_graph_output, node_reads
+from dsqc.model_io import INT4_OPSET, upgrade_opset
 from dsqc.passes.bias_correction import corrected_integers
 from dsqc.quant.qparams import dequantize, quantize
 from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
 
 log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
-_QDTYPE = {"int8": np.int8, "uint8": np.uint8}
+_QDTYPE = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16}
 _ON, _OFF = np.array(True), np.array(False)
 
 
@@ -86,7 +88,11 @@ class SwitchModel:
     def __init__(self, space: PlanSpace, threads: int = 1) -> None:
         self.space = space
         self.threads = threads
-        model = Model.from_proto(space.fp32)
+        source = space.fp32
+        wide = any(spec.dtype == "int16" for spec in space.plan8.tensors.values())
+        if wide and default_opset(source) < INT4_OPSET:
+            source = upgrade_opset(source, INT4_OPSET)  # a replayed int16 plan: int16 Q/DQ need opset 21
+        model = Model.from_proto(source)
         graph = model.graph
         self.consts: list[_Const] = []
         self.switches: list[_Switch] = []
@@ -212,10 +218,10 @@ class SwitchModel:
             log.warning("switch model: the plan quantizes %d tensor(s) the INT8 plan does not (%s); they are "
                         "evaluated float, the built plan is verified as built", len(unswitched),
                         min(unswitched))
-        wide = {name for name, spec in plan.tensors.items() if spec.dtype == "int16"}
+        wide = {name for name, spec in plan.tensors.items() if spec.dtype == "int16"}  # on int8 switches
         for point in self.points:
             spec, default = plan.tensors.get(point.tensor, point.default), point.default
-            if point.tensor in wide:  # evaluated float (see the module docstring)
+            if point.tensor in wide and default.dtype != "int16":  # evaluated float (module docstring)
                 spec = default
             if spec.dtype != default.dtype or spec.scale.shape != default.scale.shape:
                 raise ValueError(f"switch model: {point.tensor} is planned {spec.dtype} {spec.scale.shape}, "
@@ -223,7 +229,8 @@ class SwitchModel:
             feeds[point.scale] = spec.scale.astype(np.float32)
             feeds[point.zero_point] = spec.zero_point.astype(_QDTYPE[spec.dtype])
         for switch in self.switches:
-            on = switch.tensor in plan.tensors and switch.tensor not in wide and self._reads_dq(switch, plan)
+            float_int16 = switch.tensor in wide and self.space.plan8.tensors[switch.tensor].dtype != "int16"
+            on = switch.tensor in plan.tensors and not float_int16 and self._reads_dq(switch, plan)
             feeds[switch.feed] = _ON if on else _OFF
             if on:
                 first = min(first, switch.position)

@@ -57,7 +57,8 @@ def _repaired(metrics: dict[str, Any]) -> str:
     rep = metrics.get("repair") or {}
     kept = rep.get("kept")
     if kept == "mixed":
-        return f"mixed plan, {rep.get('nodes_above_int8')} nodes above int8"
+        above = rep.get("nodes_above_int8")
+        return f"mixed plan, {above} node{'' if above == 1 else 's'} above int8"
     return "dynamic" if kept == "dynamic" else ""
 
 
@@ -93,7 +94,7 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], machine: str, tree: 
         quality. A build whose plain int8 verdict is degraded or collapsed repairs itself (README
         "Repair") on these same held-out crops, so a repaired row's SQNR is measured on the data its
         search saw; `--no-repair` gives plain int8. "(repaired: …)" names the build repair kept, where
-        the row records it (rows built before 2026-12-07 23:00 do not).""".split())
+        the row records it (rows of trees before `e64f7c7` do not).""".split())
     lines = ["# Coverage: outside architectures on every target", "", about, "",
              "| model | what it brings | target | build | verdict | SQNR dB | top-1 agr | target's own check "
              "| s |",

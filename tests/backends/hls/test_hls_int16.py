@@ -19,6 +19,7 @@ from test_hls_pipeline import squeeze_excitation_model
 
 from dsqc.backends.hls.profile import hls_profile
 from dsqc.backends.onnx.profile import ONNX_PROFILE
+from dsqc.debug.command import DebugRequest, debug
 from dsqc.driver.build_types import BuildRequest, BuildResult
 from dsqc.driver.pipeline import build
 from dsqc.driver.report import format_result
@@ -154,6 +155,11 @@ def test_repair_of_a_degraded_int8_build_lifts_nodes_to_int16(tmp_path: Path) ->
     assert 'precision = "int16"' in recipe
     summary = format_result(repaired)
     assert "the mixed plan is the artifact; --no-repair keeps plain int8" in summary
+    replay = debug(DebugRequest(model, tmp_path / "out", calib=str(calib), progress=False))
+    mid = next(r for r in replay.rows if r.point.tensor == "mid")
+    assert mid.point.spec.dtype == "int16"  # replayed with int16 Q/DQ (opset 21), as built
+    row = replay.outputs["y"]
+    assert abs(row["accumulated_sqnr_db"] - row["build_verification_sqnr_db"]) < 0.5, row
 
     plain_request = dataclasses.replace(request, out_dir=tmp_path / "plain", repair=False)
     plain = build(plain_request)
