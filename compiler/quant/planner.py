@@ -473,25 +473,30 @@ def finalize(model: Model, placement: Placement, ranges: Mapping[str, Range],
                      notes=list(placement.notes))
     dtype = recipe.activation_dtype or profile.activation_dtype
     symmetric = profile.symmetric_activations if recipe.symmetric is None else recipe.symmetric
+    wide = _wide_groups(model, placement) if dtype != "int16" else set()
+    narrow = _eight_bit_groups(model, placement, profile) if dtype == "int16" or wide else set()
+    kinds: dict[str, str] = {}  # scale group → its integer type
+    for name in placement.activations:
+        group = placement.group_of(name)
+        kind = "int16" if group in wide or dtype == "int16" else dtype
+        kinds[group] = "int8" if kind == "int16" and group in narrow else kind
     group_range: dict[str, list[float]] = {}
     for name in placement.activations:
         if name not in ranges:
             raise KeyError(f"no calibration range for tensor '{name}'")
         r = ranges[name]
         lo, hi = r.lo, r.hi
+        if kinds[placement.group_of(name)] == "int16":  # bits to spare: room for what calibration missed
+            lo, hi = lo * profile.int16_headroom, hi * profile.int16_headroom
         if name in placement.clamps:
             clo, chi = placement.clamps[name]
             lo, hi = max(lo, clo), min(hi, chi)
         acc = group_range.setdefault(placement.group_of(name), [np.inf, -np.inf])
         acc[0], acc[1] = min(acc[0], lo), max(acc[1], hi)
-    wide = _wide_groups(model, placement) if dtype != "int16" else set()
-    narrow = _eight_bit_groups(model, placement, profile) if dtype == "int16" or wide else set()
     for name in placement.activations:
         group = placement.group_of(name)
         lo, hi = group_range[group]
-        kind = "int16" if group in wide or dtype == "int16" else dtype
-        kind = "int8" if kind == "int16" and group in narrow else kind
-        plan.tensors[name] = activation_spec(lo, hi, kind, symmetric, profile.power_of_two_scales)
+        plan.tensors[name] = activation_spec(lo, hi, kinds[group], symmetric, profile.power_of_two_scales)
     _apply_fixed_outputs(model, plan, placement, profile, dtype)
     for node in model.graph.nodes:
         plan_constants(node, plan, placement.options[node.name], profile)

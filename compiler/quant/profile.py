@@ -72,6 +72,10 @@ class TargetProfile:
     activations (``Precision.INT16``: a recipe asks, or the mixed-precision search chooses it).
     ``eight_bit_inputs``: ops whose activation inputs stay 8-bit where the others are wider (int16
     activations: the integer program's Sigmoid/Tanh are 256-entry tables).
+    ``int16_headroom``: an int16 tensor covers its calibrated range times this (3 integer bits for 8×):
+    int16 has resolution to spare, and unseen inputs run past a calibration range (the squeeze-excitation
+    and pooled vectors of a CNN, sampled once per calibration image, by up to 5.7× on held-out photos,
+    tools/bench/REAL_NOTES.md), where clipping, not rounding, costs the accuracy.
     ``float_kernel``: why a node of a compute op runs float on this target ('' where it runs int8): an
     int8 kernel the runtime has but runs slower than float (TFLite attention under XNNPACK). A recipe's
     explicit precision wins.
@@ -113,6 +117,7 @@ class TargetProfile:
     integer_only: bool = False
     int16_activations: bool = False
     eight_bit_inputs: frozenset[str] = frozenset()
+    int16_headroom: float = 8.0
     finish_qdq: FinishQDQ | None = None
     float_kernel: FloatKernel | None = None
     float_fallback: str = "fp32"
