@@ -72,7 +72,8 @@ def measure(case: str, data: Path, work: Path) -> dict[str, dict[str, Any]]:
             programs.clear()
             start = time.perf_counter()
             request = BuildRequest(model=data / f"{case}.onnx", target="hls",
-                                   out_dir=work / f"out{len(rows)}", calib=str(work / "calib.npz"), calib_samples=64,
+                                   out_dir=work / f"out{len(rows)}", calib=str(work / "calib.npz"),
+                                   calib_samples=64,
                                    eval_data=str(work / "verify.npz"), eval_samples=16,
                                    measure_latency=False, repair=repair,
                                    backend_options={**options, "tb_vectors": 4})
