@@ -47,7 +47,9 @@ def write_report(path: Path, result: BuildResult, extra: dict[str, Any] | None =
 
 def format_result(result: BuildResult) -> str:
     """The human summary the CLI prints: artifacts, the plan, the verification table."""
-    lines = [f"dsqc: built target '{result.target}' ({result.precision}) in {result.out_dir}"]
+    wide = sum(1 for spec in result.plan.tensors.values() if spec.dtype == "int16") if result.plan else 0
+    precision = f"{result.precision}, {wide} tensors int16" if wide else result.precision
+    lines = [f"dsqc: built target '{result.target}' ({precision}) in {result.out_dir}"]
     vectors = [a for a in result.artifacts if Path(a).parts[0] == "check"]
     lines += [f"  {artifact}" for artifact in result.artifacts if artifact not in vectors]
     if vectors:

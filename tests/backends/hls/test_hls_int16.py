@@ -153,6 +153,7 @@ def test_repair_of_a_degraded_int8_build_lifts_nodes_to_int16(tmp_path: Path) ->
     assert 'precision = "int16"' in recipe
     summary = format_result(repaired)
     assert "the mixed plan is the artifact; --no-repair keeps plain int8" in summary
+    assert summary.startswith("dsqc: built target 'hls' (int8, 2 tensors int16) in ")
     replay = debug(DebugRequest(model, tmp_path / "out", calib=str(calib), progress=False))
     mid = next(r for r in replay.rows if r.point.tensor == "mid")
     assert mid.point.spec.dtype == "int16"  # replayed with int16 Q/DQ (opset 21), as built
