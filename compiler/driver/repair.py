@@ -54,12 +54,13 @@ def repair_budget(verification: Verification, quantized_tensors: int, limits: Th
 
 def wants_repair(run: BuildRun) -> bool:
     """A static int8 build, no budget of its own, not already quantized, on a target where nodes can go
-    above int8: float nodes, or int16 activations (``profile.int16_activations``)."""
+    above int8: float nodes, or int16 activations (``profile.int16_activations``) not already everywhere."""
     request = run.request
     profile = run.backend.profile_for(run.job.options)
+    wider = profile.int16_activations and profile.activation_dtype != "int16"
     return (request.repair and run.mode == "static" and request.precision == "int8"
             and request.accuracy_budget is None and not run.trained
-            and (not profile.integer_only or profile.int16_activations))
+            and (not profile.integer_only or wider))
 
 
 def dynamic_fits(run: BuildRun) -> bool:
