@@ -18,7 +18,7 @@ precision = "int8"
 
 [[override]]                   # by node-name regex, applied in order, last match wins
 nodes = "encoder\\.layer\\.0\\..*"
-precision = "fp32"             # int8 | int4 | int16 | fp16 | fp32 (int16: int16 activations, int8 weights; hls)
+precision = "fp32"             # int8 | int4 | int16 | fp16 | fp32 (int16: activations int16, hls)
 
 [exclude]                      # keep in FP32
 nodes = ["head.*"]
