@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 METRICS = ("sqnr", "cosine", "kl", "mse")
 _KEY = {"sqnr": "sqnr_db", "cosine": "cosine", "kl": "kl", "mse": "mse"}
 _HIGHER_IS_BETTER = {"sqnr": True, "cosine": True, "kl": False, "mse": False}
-_INT16_NOISE = (255 / 65535) ** 2
+_INT16_NOISE = (8 * 255 / 65535) ** 2  # at the default int16_headroom (profile.py)
 VARIANTS = {"w8": Setting("int8", False), "a8": Setting(None, True), "w4": Setting("int4", False)}
 
 
@@ -91,7 +91,7 @@ class NodeSensitivity:
             return self.variants[kind].noise if kind in self.variants else dict.fromkeys(outputs, 0.0)
         if precision is Precision.INT8:
             return {o: of("w8")[o] + of("a8")[o] for o in outputs}
-        if precision is Precision.INT16:  # int16 steps are 257× finer than int8's: a8's noise / 257²
+        if precision is Precision.INT16:  # int16 steps over 8× the range: 32× finer than int8's
             return {o: of("w8")[o] + of("a8")[o] * _INT16_NOISE for o in outputs}
         if precision is Precision.INT4:
             return of("w4")

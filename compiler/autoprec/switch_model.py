@@ -11,10 +11,9 @@ bit-identical to FP32; with ``on`` true it is exactly what the QDQ model of that
 Runtime's reference Q/DQ semantics (a folded Relu is kept: Q of a Relu output with zero point at 0
 equals Q of its input), given the plan as the build makes it (``PlanSpace.planned``) and, for int8
 biases, the build's bias correction (``correct_int8_biases``). Fused int8 kernels can differ by ±1 LSB;
-the final plan is verified with them. A tensor the space's INT8 plan has int8 and a plan asks int16
-(``Precision.INT16``) runs switched off, as FP32: its rounding noise is 257² times below int8's; each
-search round's plan is then verified as built, in int16. A replayed int16 plan (``dsqc debug`` of such a
-build) switches int16 Q/DQ, exactly.
+the final plan is verified with them. Where the target takes int16 activations (``Precision.INT16``),
+each quantized branch is itself ``If(wide)`` between the int8 Q/DQ and an int16 one, with its own scale and
+zero point inputs (opset 21), so an int16 plan runs exactly too, its clipping included.
 
 Sessions are single-threaded: variants (or batches) run concurrently, one per core. A variant that
 changes nothing before node ``i`` (in topological order) runs only the suffix from a
@@ -69,6 +68,7 @@ class _Point:
     scale: str
     zero_point: str
     default: QuantSpec  # the INT8 plan's spec, fed while the plan leaves the tensor float
+    wide: tuple[str, str, str] | None = None  # (bool input, int16 scale, int16 zero point): int16 plans
 
 
 @dataclass
@@ -90,8 +90,8 @@ class SwitchModel:
         self.threads = threads
         source = space.fp32
         wide = any(spec.dtype == "int16" for spec in space.plan8.tensors.values())
-        if wide and default_opset(source) < INT4_OPSET:
-            source = upgrade_opset(source, INT4_OPSET)  # a replayed int16 plan: int16 Q/DQ need opset 21
+        if (wide or space.profile.int16_activations) and default_opset(source) < INT4_OPSET:
+            source = upgrade_opset(source, INT4_OPSET)  # int16 Q/DQ need opset 21
         model = Model.from_proto(source)
         graph = model.graph
         self.consts: list[_Const] = []
@@ -177,7 +177,14 @@ class SwitchModel:
         scale = gs.Variable(f"{name}@scale", np.float32, list(spec.scale.shape))
         zero = gs.Variable(f"{name}@zero_point", _QDTYPE[spec.dtype], list(spec.zero_point.shape))
         graph.inputs += [scale, zero]
-        self.points.append(_Point(name, source.name, scale.name, zero.name, spec))
+        point = _Point(name, source.name, scale.name, zero.name, spec)
+        wide: tuple[gs.Variable, gs.Variable, gs.Variable] | None = None
+        if self.space.profile.int16_activations and spec.dtype != "int16" and spec.axis is None:
+            wide = (gs.Variable(f"{name}@wide", np.bool_, []), gs.Variable(f"{name}@scale16", np.float32, []),
+                    gs.Variable(f"{name}@zero_point16", np.int16, []))
+            graph.inputs += list(wide)
+            point.wide = (wide[0].name, wide[1].name, wide[2].name)
+        self.points.append(point)
         targets: list[tuple[gs.Node | None, gs.Tensor]] = [(None, tensor)] if source is not tensor else []
         for reader in readers:
             out = gs.Variable(f"{name}@{reader.name}@switched", np.float32, tensor.shape)
@@ -188,13 +195,14 @@ class SwitchModel:
         for reader, out in targets:
             on = gs.Variable(f"{name}@{reader.name if reader else 'output'}@on", np.bool_, [])
             graph.inputs.append(on)
-            q = gs.Variable(f"{on.name}@q", _QDTYPE[spec.dtype], tensor.shape)
-            dq = gs.Variable(f"{on.name}@dq", np.float32, tensor.shape)
+            quantized = _qdq(f"{on.name}", source, scale, zero, _QDTYPE[spec.dtype], tensor.shape)
+            if wide is not None:  # then: If(wide) → int16 Q/DQ, else the int8 ones
+                wider = _qdq(f"{on.name}@16", source, wide[1], wide[2], np.int16, tensor.shape)
+                picked = gs.Variable(f"{on.name}@picked", np.float32, tensor.shape)
+                quantized = gs.Graph([gs.Node("If", f"{on.name}@IfWide", inputs=[wide[0]], outputs=[picked],
+                                              attrs={"then_branch": wider, "else_branch": quantized})],
+                                     outputs=[picked], name=f"{on.name}@then")
             same = gs.Variable(f"{on.name}@float", np.float32, tensor.shape)
-            quantized = gs.Graph([gs.Node("QuantizeLinear", f"{on.name}@Q", inputs=[source, scale, zero],
-                                          outputs=[q]),
-                                  gs.Node("DequantizeLinear", f"{on.name}@DQ", inputs=[q, scale, zero],
-                                          outputs=[dq])], outputs=[dq], name=f"{on.name}@then")
             unchanged = gs.Graph([gs.Node("Identity", f"{on.name}@Identity", inputs=[source],
                                           outputs=[same])], outputs=[same], name=f"{on.name}@else")
             graph.nodes.append(gs.Node("If", f"{on.name}@If", inputs=[on], outputs=[out],
@@ -218,19 +226,21 @@ class SwitchModel:
             log.warning("switch model: the plan quantizes %d tensor(s) the INT8 plan does not (%s); they are "
                         "evaluated float, the built plan is verified as built", len(unswitched),
                         min(unswitched))
-        wide = {name for name, spec in plan.tensors.items() if spec.dtype == "int16"}  # on int8 switches
         for point in self.points:
             spec, default = plan.tensors.get(point.tensor, point.default), point.default
-            if point.tensor in wide and default.dtype != "int16":  # evaluated float (module docstring)
-                spec = default
+            if point.wide is not None:  # int16 through the wide branch, int8 through the other
+                wide = spec.dtype == "int16"
+                feeds[point.wide[0]] = _ON if wide else _OFF
+                feeds[point.wide[1]] = (spec if wide else _UNIT16).scale.astype(np.float32)
+                feeds[point.wide[2]] = (spec if wide else _UNIT16).zero_point.astype(np.int16)
+                spec = default if wide else spec
             if spec.dtype != default.dtype or spec.scale.shape != default.scale.shape:
                 raise ValueError(f"switch model: {point.tensor} is planned {spec.dtype} {spec.scale.shape}, "
                                  f"the INT8 plan's switch takes {default.dtype} {default.scale.shape}")
             feeds[point.scale] = spec.scale.astype(np.float32)
             feeds[point.zero_point] = spec.zero_point.astype(_QDTYPE[spec.dtype])
         for switch in self.switches:
-            float_int16 = switch.tensor in wide and self.space.plan8.tensors[switch.tensor].dtype != "int16"
-            on = switch.tensor in plan.tensors and not float_int16 and self._reads_dq(switch, plan)
+            on = switch.tensor in plan.tensors and self._reads_dq(switch, plan)
             feeds[switch.feed] = _ON if on else _OFF
             if on:
                 first = min(first, switch.position)
@@ -393,6 +403,19 @@ def even_batches(samples: SampleSet, most: int = 32) -> list[Feeds]:
     count = -(-len(samples) // most)
     count = min(len(samples), -(-count // workers()) * workers())
     return list(samples.batches(max(1, -(-len(samples) // max(count, 1)))))
+
+
+_UNIT16 = QuantSpec("int16", np.asarray(1.0, np.float32), np.asarray(0, np.int64))  # fed to unused branches
+
+
+def _qdq(name: str, source: gs.Tensor, scale: gs.Tensor, zero: gs.Tensor, dtype: Any,
+         shape: Any) -> gs.Graph:
+    """A subgraph ``DQ(Q(source))`` with the given scale and zero point (their type sets the Q type)."""
+    q = gs.Variable(f"{name}@q", dtype, shape)
+    dq = gs.Variable(f"{name}@dq", np.float32, shape)
+    return gs.Graph([gs.Node("QuantizeLinear", f"{name}@Q", inputs=[source, scale, zero], outputs=[q]),
+                     gs.Node("DequantizeLinear", f"{name}@DQ", inputs=[q, scale, zero], outputs=[dq])],
+                    outputs=[dq], name=f"{name}@qdq")
 
 
 def _fake_quant(value: np.ndarray, spec: QuantSpec) -> np.ndarray:

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dsqc.autoprec.plan_recipe import parse_plan_recipe, plan_recipe_text
 from dsqc.autoprec.plan_space import build_space, setting_for
 from dsqc.autoprec.switch_model import SwitchModel
+from dsqc.backends.hls.profile import HLS_PROFILE
 from dsqc.backends.tflite.profile import TFLITE_PROFILE
 from dsqc.calibration.data import SampleSet
 from dsqc.quant.boosters import BiasCorrector
@@ -73,6 +74,28 @@ def test_a_mixed_plan_evaluates_as_built(float_nodes: tuple[str, ...]) -> None:
         np.testing.assert_array_equal(spec.scale, built.plan.tensors[name].scale, err_msg=name)
     expected = run_batches(session(correct(built.model), optimize=False), list(samples.batches(8)))["y"]
     got = switch.bind(list(samples.batches(8)), segmented=False).run(planned)["y"]
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("wide_nodes", [(), ("c1",), ("c0", "residual"), ("c0", "c1", "residual", "c2")])
+def test_an_int8_int16_plan_evaluates_as_built_on_hls(wide_nodes: tuple[str, ...]) -> None:
+    """hls: a node at ``Precision.INT16`` reads and writes int16 tensors; the switch model runs them
+    through its int16 Q/DQ branch, so the plan evaluates exactly as the QDQ model built from its recipe
+    (no bias correction here, so the two agree bit for bit)."""
+    fp32 = csp_block()
+    samples = _samples()
+    space = build_space(fp32, HLS_PROFILE, Recipe(), samples, int4=False)
+    assignment = {n: Precision.INT16 if n in wide_nodes else Precision.INT8 for n in space.choices}
+    planned = space.planned(assignment)
+    assert {n for n, d in planned.nodes.items() if d.wide} == set(wide_nodes)
+    assert any(spec.dtype == "int16" for spec in planned.tensors.values()) == bool(wide_nodes)
+    built = quantize_model(fp32, HLS_PROFILE, parse_plan_recipe(plan_recipe_text(Recipe(), assignment, {}),
+                                                                 "plan"), samples, known=space.stats)
+    for name, spec in planned.tensors.items():
+        assert spec.dtype == built.plan.tensors[name].dtype, name
+        np.testing.assert_array_equal(spec.scale, built.plan.tensors[name].scale, err_msg=name)
+    expected = run_batches(session(built.model, optimize=False), list(samples.batches(8)))["y"]
+    got = SwitchModel(space).bind(list(samples.batches(8)), segmented=False).run(planned)["y"]
     np.testing.assert_array_equal(got, expected)
 
 
