@@ -518,8 +518,9 @@ def _wide_groups(model: Model, placement: Placement) -> set[str]:
 def _eight_bit_groups(model: Model, placement: Placement, profile: TargetProfile) -> set[str]:
     """Scale groups read by an op that takes 8-bit inputs only (``profile.eight_bit_inputs``: the
     integer program's 256-entry Sigmoid/Tanh tables): they stay int8 when activations are int16."""
+    planned = set(placement.activations)
     return {placement.group_of(t.name) for node in model.graph.nodes if node.op in profile.eight_bit_inputs
-            for t in _activation_inputs(node) if t.name in placement.activations}
+            for t in _activation_inputs(node) if t.name in planned}
 
 
 def _apply_fixed_outputs(model: Model, plan: QuantPlan, placement: Placement, profile: TargetProfile,
