@@ -16,7 +16,7 @@ from dsqc.model_checks import check_inputs, check_structure, foreign_format, nam
 log = logging.getLogger(__name__)
 
 MIN_OPSET, MAX_OPSET = 13, 21
-INT4_OPSET = 21
+INT4_OPSET = 21  # INT4 and INT16 QuantizeLinear/DequantizeLinear
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: one serialized ModelProto, and dsqc keeps the weights in it
 
 
@@ -93,6 +93,11 @@ def normalize_opset(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
             f"conversion to {target} failed ({_first_line(exc)}); re-export at opset 17") from exc
     log.info("%s: converted opset %d -> %d", label, version, target)
     return converted
+
+
+def at_least_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """``proto`` itself where its default opset is ``version`` or newer, else converted to ``version``."""
+    return proto if default_opset(proto) >= version else upgrade_opset(proto, version)
 
 
 def upgrade_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:

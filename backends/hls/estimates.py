@@ -76,7 +76,7 @@ def estimate(program: Program, parallelism: int, clock_mhz: float) -> Estimates:
     layers = [LayerEstimate(op.node, op.onnx_op, program.tensors[op.output].shape, mac, weight_bytes(op),
                             _cycles(op, program, parallelism))
               for op, mac in zip(program.ops, macs, strict=True)]
-    sizes = {name: info.size * np.dtype(info.dtype).itemsize for name, info in program.tensors.items()}
+    sizes = {name: info.nbytes for name, info in program.tensors.items()}
     largest = max(sizes.items(), key=lambda kv: (kv[1], kv[0]))
     io = sum(math.ceil(program.tensors[b.tensor].size / parallelism)
              for b in [*program.inputs, *program.outputs])

@@ -14,8 +14,8 @@ import math
 import numpy as np
 import onnx
 
-from dsqc.ir import Model, constant_value, default_opset
-from dsqc.model_io import INT4_OPSET, upgrade_opset
+from dsqc.ir import Model, constant_value
+from dsqc.model_io import INT4_OPSET, at_least_opset
 from dsqc.passes.insert_qdq import InsertQDQ
 from dsqc.quant.qparams import activation_spec, bias_spec, weight_spec
 from dsqc.quant.spec import QuantPlan
@@ -33,8 +33,8 @@ def is_pow2_plan(plan: QuantPlan) -> bool:
 
 def snap_to_pow2(fp32: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, QuantPlan]:
     """The canonical QDQ model and plan with every scale a power of two."""
-    if any(spec.dtype == "int16" for spec in plan.tensors.values()) and default_opset(fp32) < INT4_OPSET:
-        fp32 = upgrade_opset(fp32, INT4_OPSET)  # int16 QuantizeLinear: opset 21
+    if any(spec.dtype == "int16" for spec in plan.tensors.values()):
+        fp32 = at_least_opset(fp32, INT4_OPSET)  # int16 QuantizeLinear: opset 21
     model = Model.from_proto(fp32)
     tensors = model.graph.tensors()
     new = QuantPlan(nodes=dict(plan.nodes), folded_activations=dict(plan.folded_activations),

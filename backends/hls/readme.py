@@ -11,8 +11,6 @@ from .estimates import Estimates
 from .names import comment_text
 from .project import STRICT_CFLAGS
 
-_BYTES = {"int8_t": 1, "int16_t": 2}
-
 
 def readme(fw: Firmware, program: Program, est: Estimates, options: dict[str, Any],
            checks: list[str]) -> str:
@@ -44,7 +42,7 @@ def readme(fw: Firmware, program: Program, est: Estimates, options: dict[str, An
               "|---|---|---|---|---|---|---|"]
     for p in fw.ports:
         lines.append(f"| `{p.c_name}` | {p.direction} | `{p.ctype}` | {'x'.join(map(str, p.shape))} | "
-                     f"{p.size * _BYTES[p.ctype]} | {p.scale:.9g} | {p.zero_point} |")
+                     f"{program.tensors[p.tensor].nbytes} | {p.scale:.9g} | {p.zero_point} |")
     lines += ["", "Host side: `q = clamp(round_half_even(x / scale) + zero_point, lo, hi)` for inputs "
               "(-128, 127 for int8; -32768, 32767 for int16), `x = scale * (q - zero_point)` for outputs.",
               "", "## Memory map", "",
@@ -52,9 +50,8 @@ def readme(fw: Firmware, program: Program, est: Estimates, options: dict[str, An
               "In external memory: one buffer per port, sizes above. On chip (static arrays in the top "
               "function, one per tensor, no reuse):", "",
               "| buffer | tensor | bytes |", "|---|---|---|"]
-    for tensor, (c_name, size) in fw.buffers.items():
-        nbytes = size * _BYTES[program.tensors[tensor].ctype]
-        lines.append(f"| `{c_name}` | {comment_text(tensor, 60)} | {nbytes} |")
+    for tensor, (c_name, _) in fw.buffers.items():
+        lines.append(f"| `{c_name}` | {comment_text(tensor, 60)} | {program.tensors[tensor].nbytes} |")
     lines += ["", f"Constants (`weights.h`, ROM): {est.weight_bytes} bytes.", "",
               "## Layers", "", "| # | node | op | output | MACs | const bytes | est. cycles |",
               "|---|---|---|---|---|---|---|"]

@@ -38,8 +38,8 @@ from onnx import helper
 
 from dsqc.autoprec.plan_space import PlanSpace
 from dsqc.calibration.data import SampleSet
-from dsqc.ir import Model, default_opset, is_graph_output, node_reads
-from dsqc.model_io import INT4_OPSET, upgrade_opset
+from dsqc.ir import Model, is_graph_output, node_reads
+from dsqc.model_io import INT4_OPSET, at_least_opset
 from dsqc.passes.bias_correction import corrected_integers
 from dsqc.quant.qparams import dequantize, quantize
 from dsqc.quant.spec import Precision, QuantPlan, QuantSpec
@@ -89,9 +89,8 @@ class SwitchModel:
         self.space = space
         self.threads = threads
         source = space.fp32
-        wide = any(spec.dtype == "int16" for spec in space.plan8.tensors.values())
-        if (wide or space.profile.int16_activations) and default_opset(source) < INT4_OPSET:
-            source = upgrade_opset(source, INT4_OPSET)  # int16 Q/DQ need opset 21
+        if space.profile.int16_activations or any(s.dtype == "int16" for s in space.plan8.tensors.values()):
+            source = at_least_opset(source, INT4_OPSET)  # int16 Q/DQ need opset 21
         model = Model.from_proto(source)
         graph = model.graph
         self.consts: list[_Const] = []

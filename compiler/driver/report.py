@@ -47,8 +47,8 @@ def write_report(path: Path, result: BuildResult, extra: dict[str, Any] | None =
 
 def format_result(result: BuildResult) -> str:
     """The human summary the CLI prints: artifacts, the plan, the verification table."""
-    wide = sum(1 for spec in result.plan.tensors.values() if spec.dtype == "int16") if result.plan else 0
-    precision = f"{result.precision}, {wide} tensors int16" if wide else result.precision
+    kinds = Counter(spec.dtype for spec in result.plan.tensors.values()) if result.plan else Counter()
+    precision = f"{result.precision}, {kinds['int16']} tensors int16" if kinds["int16"] else result.precision
     lines = [f"dsqc: built target '{result.target}' ({precision}) in {result.out_dir}"]
     vectors = [a for a in result.artifacts if Path(a).parts[0] == "check"]
     lines += [f"  {artifact}" for artifact in result.artifacts if artifact not in vectors]
@@ -56,7 +56,6 @@ def format_result(result: BuildResult) -> str:
         lines.append(f"  check/ ({len(vectors)} files: held-out inputs and outputs for 'dsqc verify')")
     if result.plan is not None:
         hist = ", ".join(f"{k} {v}" for k, v in result.plan.histogram().items())
-        kinds = Counter(spec.dtype for spec in result.plan.tensors.values())
         order = ("int4", "uint4", "int8", "uint8", "int16", "int32")
         mix = (f" ({', '.join(f'{k} {kinds[k]}' for k in order if k in kinds)})" if "int16" in kinds
                else "")

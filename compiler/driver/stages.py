@@ -276,7 +276,7 @@ def _integer_only_advice(request: BuildRequest, verdict: Verdict) -> str | None:
     if not profile.integer_only:
         return None
     wider = backend.wider(options)
-    budget = verdict.budget() or f"sqnr:{verdict.thresholds.degraded_sqnr_db:g}"
+    budget = verdict.suggested_budget()
     tries = []
     if profile.int16_activations:
         tries.append(f"--accuracy-budget {budget} (int16 activations on the nodes that need them; the "

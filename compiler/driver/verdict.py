@@ -104,6 +104,10 @@ class Verdict:
         lines = {"sqnr": t.degraded_sqnr_db, "cosine": t.degraded_cosine, "drop": t.degraded_drop}
         return next((f"{kind}:{value:g}" for kind, value in lines.items() if kind in self.missed), None)
 
+    def suggested_budget(self) -> str:
+        """``budget()``, or the SQNR degraded line where no limit was missed: what the advice offers."""
+        return self.budget() or f"sqnr:{self.thresholds.degraded_sqnr_db:g}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"level": self.level, "reasons": list(self.reasons), "thresholds": asdict(self.thresholds)}
 
@@ -169,7 +173,7 @@ def advice(verdict: Verdict, model: str, calib: str | None, out: str, integer_on
     shown = verdict.reasons[:3]
     why = "; ".join(shown) + (f"; … {len(verdict.reasons) - 3} more" if len(verdict.reasons) > 3 else "")
     analyze = f"dsqc analyze {model} --calib {calib or 'DATA'} -o {out}-analysis"
-    budget = verdict.budget() or f"sqnr:{verdict.thresholds.degraded_sqnr_db:g}"
+    budget = verdict.suggested_budget()
     if integer_only is not None:
         return f"verdict {verdict.level.upper()}: {why}. Try: {integer_only}"
     return (f"verdict {verdict.level.upper()}: {why}. Try: `{analyze}` to rank the sensitive nodes, then a "

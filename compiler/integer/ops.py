@@ -44,6 +44,11 @@ class TensorInfo:
         return "int16_t" if self.wide else "int8_t"
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's buffer (batch 1)."""
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @property
     def span(self) -> int:
         """The largest ``|q − zp|`` the tensor can hold."""
         return max(self.qmax - self.zero_point, self.zero_point - self.qmin)

@@ -10,8 +10,8 @@ import onnx
 
 from dsqc.calibration.data import SampleSet
 from dsqc.calibration.runner import TensorStats, calibrate
-from dsqc.ir import Model, default_opset
-from dsqc.model_io import INT4_OPSET, prepare, upgrade_opset
+from dsqc.ir import Model
+from dsqc.model_io import INT4_OPSET, at_least_opset, prepare
 from dsqc.op_kinds import CONV_OPS
 from dsqc.passes.bias_correction import BiasCorrection
 from dsqc.passes.insert_qdq import InsertQDQ
@@ -44,8 +44,8 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     ``known``: statistics from an earlier calibration of the same data; only missing tensors run.
     ``trained``: specs read from an already-quantized model (QAT); they replace the planned ones.
     """
-    if (_wants_int4(recipe) or _wants_int16(profile, recipe)) and default_opset(fp32) < INT4_OPSET:
-        fp32 = upgrade_opset(fp32, INT4_OPSET)
+    if _wants_int4(recipe) or _wants_int16(profile, recipe):
+        fp32 = at_least_opset(fp32, INT4_OPSET)
     model = Model.from_proto(fp32)
     placement = place(model, profile, recipe, precision)
     log.info("placement: %d activation tensors to calibrate", len(placement.activations))

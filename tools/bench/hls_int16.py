@@ -90,7 +90,7 @@ def measure(case: str, data: Path, work: Path) -> dict[str, dict[str, Any]]:
                 "verified_sqnr_db": float(result.metrics["verification"]["min_sqnr_db"]),
                 "int16_tensors": sum(1 for t in program.tensors.values() if t.wide),
                 "tensors": len(program.tensors),
-                "activation_bytes": int(sum(t.size * (2 if t.wide else 1) for t in program.tensors.values())),
+                "activation_bytes": sum(t.nbytes for t in program.tensors.values()),
                 "csim": result.metrics["hls"]["csim"]["status"], "build_s": round(seconds, 1)}
     finally:
         hls_backend.HlsBackend.lower = lower  # type: ignore[method-assign]
