@@ -253,6 +253,11 @@ class Backend(ABC):
         """Nodes the artifact computes in float beyond the plan's, with the reason."""
         return {}
 
+    def integer_nodes(self, result: BuildResult) -> dict[str, str]:
+        """Nodes the plan leaves float in the QDQ model that the artifact computes in integers, with how
+        (``hls``: LayerNorm, GELU's tables, a layer scale)."""
+        return {}
+
     def speed_warnings(self, result: BuildResult) -> list[str]:
         """Warnings when the target's own runtime measured the int8 artifact slower than float."""
         return []

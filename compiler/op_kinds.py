@@ -35,6 +35,14 @@ COMPUTE_OPS = (*CONV_OPS, *MATRIX_OPS)
 BIASED_OPS = ("Conv", "ConvTranspose", "Gemm")
 WEIGHT_INPUT = dict.fromkeys(COMPUTE_OPS, 1)
 BIAS_INPUT = dict.fromkeys(BIASED_OPS, 2)
+# Ops that compute each output element from the same-position elements of their inputs (constants
+# broadcast): a chain of them applied to one int8 tensor, with scalar constants, is a function of each
+# int8 code alone, which an integer target tabulates (GELU's Div → Erf → Add → Mul → Mul).
+ELEMENTWISE_OPS = frozenset({
+    "Abs", "Add", "Clip", "Div", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "Log",
+    "Mish", "Mul", "Neg", "Pow", "Reciprocal", "Relu", "Selu", "Sigmoid", "Softplus", "Softsign", "Sqrt",
+    "Sub", "Tanh",
+})
 
 Node: TypeAlias = gs.Node | onnx.NodeProto
 

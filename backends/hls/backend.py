@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,6 +26,7 @@ from dsqc.integer import MissingLowerings, Program, lower, quantize_inputs, run
 from dsqc.integer.compare import ORT_LEVELS, Stats, compare_with_ort, per_op_with_ort
 from dsqc.integer.reference import dequantize_outputs
 from dsqc.quant.profile import TargetProfile
+from dsqc.quant.spec import Precision
 
 from ..registry import (
     ArtifactCheck,
@@ -157,7 +159,7 @@ class HlsBackend(Backend):
                                    "eval_samples": len(next(iter(q_inputs.values()))),
                                    "estimates": est.to_dict(), "options": opts.__dict__,
                                    "ports": [_port(p) for p in fw.ports],
-                                   "requant": _requant_table(program)}
+                                   "requant": _requant_table(program), "islands": program.islands}
         return HlsLowered(job, metrics={"hls": metrics}, notes=notes, opts=opts, program=program,
                           firmware=fw, files=files, estimate=est, vectors=count, lsb=lsb)
 
@@ -261,7 +263,17 @@ class HlsBackend(Backend):
         if e:
             lines.append(f"  estimate: {e.get('cycles', 0):,} cycles ≈ {e.get('latency_us', 0):.0f} µs at "
                          f"{e.get('clock_mhz', 0):.0f} MHz")
+        planned = result.plan.nodes if result.plan else {}
+        ways = Counter(how for n, how in (m.get("islands") or {}).items()
+                       if n in planned and planned[n].precision is not Precision.INT8)
+        if ways:
+            kinds = ", ".join(f"{how} {count}" for how, count in ways.most_common())
+            lines.append(f"  float in the QDQ model, integer in the C: {sum(ways.values())} nodes ({kinds}; "
+                         "report.json: metrics.hls.islands)")
         return lines
+
+    def integer_nodes(self, result: BuildResult) -> dict[str, str]:
+        return dict((result.metrics.get(self.name) or {}).get("islands") or {})
 
     @staticmethod
     def _check(root: Path, top: str, count: int, opts: HlsOptions, metrics: dict[str, Any],

@@ -17,6 +17,7 @@ from dsqc.integer import (
     ConvOp,
     DenseOp,
     ElementwiseOp,
+    LayerNormOp,
     LookupOp,
     MulOp,
     Op,
@@ -76,6 +77,7 @@ class Emitter:
         self.wide_out = self.program.tensors[op.output].wide
         body = {ConvOp: self._conv, DenseOp: self._dense, PoolOp: self._pool, AddOp: self._add,
                 ElementwiseOp: self._elementwise, ConcatOp: self._concat, LookupOp: self._lookup,
+                LayerNormOp: self._layernorm,
                 MulOp: self._mul, TransposeOp: self._transpose, SliceOp: self._slice}[type(op)](op)
         out = self.program.tensors[op.output]
         head = [f"/* {comment_text(op.onnx_op)} node {comment_text(op.node)}: "
@@ -182,20 +184,53 @@ class Emitter:
     def _dense(self, op: Op) -> list[str]:
         assert isinstance(op, DenseOp) and op.requant is not None
         n_out, k = op.weight.shape
+        rows = self._size(op.inputs[0]) // k
         weights = self._array("w", "int8_t", op.weight)
         bias = self._array("b", "int32_t", op.bias)
         return [
             f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
             *self._partition(weights),
-            "    int o, kk;",
-            f"    for (o = 0; o < {n_out}; o++) {{",
-            f"        {'int64_t' if op.acc64 else 'int32_t'} acc = {bias}[o];",
-            f"        for (kk = 0; kk < {k}; kk++) {{",
+            "    int r, o, kk;",
+            f"    for (r = 0; r < {rows}; r++) {{",
+            f"        for (o = 0; o < {n_out}; o++) {{",
+            f"            {'int64_t' if op.acc64 else 'int32_t'} acc = {bias}[o];",
+            f"            for (kk = 0; kk < {k}; kk++) {{",
             *self._pragmas(),
-            f"            acc += {minus_zp('x[kk]', op.in_zp)} * {weights}[o * {k} + kk];",
+            f"                acc += {minus_zp(f'x[r * {k} + kk]', op.in_zp)} * {weights}[o * {k} + kk];",
+            "            }",
+            f"            y[r * {n_out} + o] = {self._requant(op.requant, 'acc', 'o')};",
+            "        }", "    }", "}",
+        ]
+
+    def _layernorm(self, op: Op) -> list[str]:
+        assert isinstance(op, LayerNormOp) and op.requant is not None
+        n = op.length
+        rows = self._size(op.inputs[0]) // n
+        gamma = self._array("g", "int64_t", op.gamma)
+        beta = self._array("b", "int64_t", op.beta)
+        self.helpers |= {"dsqc_isqrt", "dsqc_round_div"}
+        v = minus_zp(f"(int64_t)x[r * {n} + i]", op.in_zp)
+        scale = f"((int64_t)1 << {op.frac_bits + op.root_shift})"
+        value = self._requant(op.requant, f"dsqc_round_div(d, root) * {gamma}[i] + {beta}[i]")
+        return [
+            f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
+            "    int r, i;",
+            f"    for (r = 0; r < {rows}; r++) {{",
+            "        int64_t s1 = 0, s2 = 0, root;",
+            f"        for (i = 0; i < {n}; i++) {{",
+            "#pragma HLS PIPELINE II=1",
+            f"            const int64_t v = {v};",
+            "            s1 += v;",
+            "            s2 += v * v;",
             "        }",
-            f"        y[o] = {self._requant(op.requant, 'acc', 'o')};",
-            "    }", "}",
+            f"        root = (int64_t)dsqc_isqrt((uint64_t)({n} * s2 - s1 * s1 + {op.eps_term})"
+            f" << {2 * op.root_shift});",
+            "        if (root < 1) {", "            root = 1;", "        }",
+            f"        for (i = 0; i < {n}; i++) {{",
+            "#pragma HLS PIPELINE II=1",
+            f"            const int64_t d = ({n} * {v} - s1) * {scale};",
+            f"            y[r * {n} + i] = {value};",
+            "        }", "    }", "}",
         ]
 
     def _pool(self, op: Op) -> list[str]:
@@ -389,6 +424,33 @@ HELPERS = {
 static int64_t dsqc_round_shift(int64_t p, int32_t shift)
 {
     return (p + ((int64_t)1 << (shift - 1)) - 1 + ((p >> shift) & 1)) >> shift;
+}
+""",
+    "dsqc_isqrt": """\
+/* Floor square root of a 64-bit value, one result bit per step. */
+static uint64_t dsqc_isqrt(uint64_t v)
+{
+    uint64_t r = 0, bit = (uint64_t)1 << 62;
+    while (bit > v) {
+        bit >>= 2;
+    }
+    while (bit != 0) {
+        if (v >= r + bit) {
+            v -= r + bit;
+            r = (r >> 1) + bit;
+        } else {
+            r >>= 1;
+        }
+        bit >>= 2;
+    }
+    return r;
+}
+""",
+    "dsqc_round_div": """\
+/* num / den (den > 0) rounded half away from zero. */
+static int64_t dsqc_round_div(int64_t num, int64_t den)
+{
+    return num < 0 ? -((-num + den / 2) / den) : (num + den / 2) / den;
 }
 """,
     "dsqc_requant": _requant_helper("int8_t", ""),

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dsqc.integer import ConvOp, DenseOp, LookupOp, Op, PoolOp, Program
+from dsqc.integer import ConvOp, DenseOp, LayerNormOp, LookupOp, Op, PoolOp, Program
 
 
 @dataclass
@@ -53,6 +53,8 @@ def weight_bytes(op: Op) -> int:
     """Constant bytes of one layer: int8 weights, int32 biases and multipliers, int8 shifts, tables."""
     if isinstance(op, LookupOp):
         return int(op.table.nbytes)
+    if isinstance(op, LayerNormOp):
+        return int(op.gamma.nbytes + op.beta.nbytes)
     if not isinstance(op, ConvOp | DenseOp):
         return 0
     assert op.requant is not None
@@ -68,6 +70,8 @@ def _cycles(op: Op, program: Program, parallelism: int) -> int:
         return out.size * math.ceil(op.weight.shape[1] / parallelism)
     if isinstance(op, PoolOp):
         return out.size * op.kernel[0] * op.kernel[1]
+    if isinstance(op, LayerNormOp):  # one pass for the sums, one to normalize, a 32-step root per row
+        return 2 * out.size + 32 * (out.size // op.length)
     return math.ceil(out.size / parallelism)
 
 

@@ -32,6 +32,7 @@ HLS_PROFILE = TargetProfile(
     int4_weights=False,
     power_of_two_scales=False,
     integer_only=True,
+    fused_matmul_bias=True,  # a Linear's bias Add is its DenseOp's int32 bias, no requantization between
     int16_activations=True,
     eight_bit_inputs=frozenset({"Sigmoid", "Tanh"}),  # the integer program's 256-entry tables
     dynamic_refusal="HLS needs static scales (the generated integer C requantizes with constant "

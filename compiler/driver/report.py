@@ -136,13 +136,17 @@ def _mode_lines(result: BuildResult) -> list[str]:
     return lines
 
 
-def float_nodes(result: BuildResult, lowered: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+def float_nodes(result: BuildResult, lowered: dict[str, str] | None = None,
+                integer: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """Every node that computes in float in the artifact, with its precision and the real reason: the
     plan's decision (recipe, latency guard, no int8 kernel, …) or the target's lowering's (``lowered``:
-    name → reason, from ``Backend.float_nodes``)."""
+    name → reason, from ``Backend.float_nodes``), but those the artifact computes in integers
+    (``integer``, from ``Backend.integer_nodes``)."""
     nodes: dict[str, dict[str, str]] = {}
     if result.plan is not None:
         for name, decision in result.plan.nodes.items():
+            if name in (integer or {}):
+                continue
             if decision.precision in (Precision.FP32, Precision.FP16) and not decision.integer_only:
                 nodes[name] = {"precision": decision.precision.value, "reason": decision.reason}
     for name, reason in (lowered or {}).items():

@@ -229,7 +229,8 @@ class BuildRun:
             result.metrics.update(output.metrics)
             result.runtime_outputs = output.runtime_outputs
             result.warnings.extend(output.notes)
-            result.metrics["float_nodes"] = float_nodes(result, backend.float_nodes(result))
+            result.metrics["float_nodes"] = float_nodes(result, backend.float_nodes(result),
+                                                        backend.integer_nodes(result))
             result.warnings.extend(speed_warnings(result.metrics) + backend.speed_warnings(result))
             result.verdict = _verdict(result, self.limits, backend.verdict_outputs(result.metrics))
             result.metrics["passes_ms"] = _pass_milliseconds(self.pass_seconds, self.passes_before)

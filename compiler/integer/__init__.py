@@ -9,6 +9,7 @@ from dsqc.integer.ops import (
     DenseOp,
     ElementwiseOp,
     IOBinding,
+    LayerNormOp,
     LookupOp,
     MulOp,
     Op,
@@ -23,9 +24,9 @@ from dsqc.integer.program import MissingLowerings, lower
 from dsqc.integer.reference import dequantize_outputs, quantize_inputs, run
 
 __all__ = [
-    "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "LookupOp",
-    "MissingLowerings", "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant", "SliceOp", "TensorInfo",
-    "TransposeOp", "dequantize_outputs",
+    "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "LayerNormOp",
+    "LookupOp", "MissingLowerings", "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant", "SliceOp",
+    "TensorInfo", "TransposeOp", "dequantize_outputs",
     "lower",
     "quantize_inputs", "quantize_multiplier", "requantize", "run",
 ]

@@ -29,6 +29,7 @@ class Lowering:
         self.ops: list[Op] = []
         self.inputs: list[IOBinding] = []
         self.notes: list[str] = []
+        self.islands: dict[str, str] = {}  # float node of the QDQ model → how the program computes it
 
     # -- activations ------------------------------------------------------------------------------
 

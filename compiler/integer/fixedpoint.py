@@ -113,3 +113,22 @@ def requantize(acc: np.ndarray, m: np.ndarray | int, n: np.ndarray | int, zero_p
     """The rule in numpy: ``clamp(zp + round_shift(acc · m, n), qmin, qmax)`` as int64."""
     p = np.asarray(acc, dtype=np.int64) * np.asarray(m, dtype=np.int64)
     return np.clip(round_shift(p, n) + zero_point, qmin, qmax)
+
+
+def isqrt(value: np.ndarray) -> np.ndarray:
+    """Floor square root of non-negative int64 values below 2^62, exactly (float64's estimate corrected)."""
+    v = np.asarray(value, dtype=np.int64)
+    r = np.floor(np.sqrt(v.astype(np.float64))).astype(np.int64)
+    for _ in range(4):  # the float estimate is off by at most one or two
+        r = np.where(r * r > v, r - 1, r)
+        r = np.where((r + 1) * (r + 1) <= v, r + 1, r)
+    return r
+
+
+def round_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` (``den`` > 0) rounded half away from zero, in int64: C's truncating ``/`` on the
+    magnitude, the sign put back."""
+    num = np.asarray(num, dtype=np.int64)
+    den = np.asarray(den, dtype=np.int64)
+    magnitude = (np.abs(num) + den // 2) // den
+    return np.where(num < 0, -magnitude, magnitude)

@@ -25,6 +25,7 @@ from dsqc.integer.ops import (
     TensorInfo,
     TransposeOp,
 )
+from dsqc.ir import constant_value
 from dsqc.op_kinds import ceil_mode_pads, weight_output_axis
 
 _ACC32 = 2**31 - 1
@@ -35,7 +36,7 @@ def _fail(node: gs.Node, why: str) -> UnsupportedError:
     return UnsupportedError(f"node '{node.name}' ({node.op}): {why}")
 
 
-def _requant(node: gs.Node, reals: np.ndarray, out: TensorInfo, qmin: int | None = None,
+def requant_to(node: gs.Node, reals: np.ndarray, out: TensorInfo, qmin: int | None = None,
              qmax: int | None = None, acc_bound: int = _ACC32) -> Requant:
     """The requantization to ``out`` of values up to ``acc_bound`` in magnitude (their multipliers get
     fewer bits where that bound is wider than int32, so that the product fits int64)."""
@@ -95,15 +96,17 @@ def lower_conv(ctx: Lowering, node: gs.Node) -> Op:
     out = ctx.output(node, (1, oc, oh, ow))
     bias = ctx.bias(node, 2, x.scale * w_scale)
     bound = _acc_bound(node, weight, bias, x)
-    requant = _requant(node, x.scale * w_scale / out.scale, out, acc_bound=bound)
+    requant = requant_to(node, x.scale * w_scale / out.scale, out, acc_bound=bound)
     return ConvOp(node.name, node.op, [x.name], out.name, weight=weight.astype(np.int8),
                   bias=bias.astype(np.int32), acc64=bound > _ACC32, strides=strides, pads=pads,
                   dilations=dilations, group=group, in_zp=x.zero_point, requant=requant)
 
 
-def lower_dense(ctx: Lowering, node: gs.Node) -> Op:
+def lower_dense(ctx: Lowering, node: gs.Node, bias_add: gs.Node | None = None) -> Op:
+    """Gemm on [1, K]; MatMul by a constant [K, N] on [1, K] or on every row of [1, …, K], with the
+    constant [N] of ``bias_add`` (the Add after it, one kernel with it) as its bias."""
     x = ctx.act(node, 0)
-    if len(x.shape) != 2:
+    if len(x.shape) < 2 or (node.op == "Gemm" and len(x.shape) != 2):
         raise _fail(node, f"needs a 2-D input [batch, K], got {x.shape} (insert a Flatten)")
     if node.op == "Gemm":
         if node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0:
@@ -115,12 +118,20 @@ def lower_dense(ctx: Lowering, node: gs.Node) -> Op:
     if weight.ndim != 2:
         raise _fail(node, f"needs a 2-D constant weight, got shape {weight.shape}")
     weight = weight if out_axis == 0 else weight.T
-    if weight.shape[1] != x.shape[1]:
+    if weight.shape[1] != x.shape[-1]:
         raise _fail(node, f"weight {weight.shape} does not match input {x.shape}")
-    out = ctx.output(node, (1, weight.shape[0]))
-    bias = ctx.bias(node, 2, x.scale * w_scale) if node.op == "Gemm" else np.zeros(weight.shape[0], np.int64)
+    out = ctx.output(bias_add or node, (*x.shape[:-1], weight.shape[0]))
+    if bias_add is not None:
+        index = next(i for i, t in enumerate(bias_add.inputs) if constant_value(t) is not None)
+        bias = ctx.bias(bias_add, index, x.scale * w_scale)
+        if bias.size != weight.shape[0]:
+            raise _fail(bias_add, f"adds {bias.size} values to {weight.shape[0]} outputs: not a bias")
+    elif node.op == "Gemm":
+        bias = ctx.bias(node, 2, x.scale * w_scale)
+    else:
+        bias = np.zeros(weight.shape[0], np.int64)
     bound = _acc_bound(node, weight, bias, x)
-    requant = _requant(node, x.scale * w_scale / out.scale, out, acc_bound=bound)
+    requant = requant_to(node, x.scale * w_scale / out.scale, out, acc_bound=bound)
     return DenseOp(node.name, node.op, [x.name], out.name, weight=np.ascontiguousarray(weight, np.int8),
                    bias=bias.astype(np.int32), acc64=bound > _ACC32, in_zp=x.zero_point, requant=requant)
 
@@ -146,7 +157,7 @@ def lower_mul(ctx: Lowering, node: gs.Node) -> Op:
                           "[1, C, 1, …] times [1, C, …])")
     out = ctx.output(node, a.shape)
     bound = a.span * b.span
-    requant = _requant(node, np.array([a.scale * b.scale / out.scale]), out, acc_bound=bound)
+    requant = requant_to(node, np.array([a.scale * b.scale / out.scale]), out, acc_bound=bound)
     return MulOp(node.name, node.op, [a.name, b.name], out.name, in_zps=(a.zero_point, b.zero_point),
                  per_channel_b=a.shape != b.shape, wide=bound > _ACC32, requant=requant)
 
@@ -184,7 +195,7 @@ def lower_clamp(ctx: Lowering, node: gs.Node) -> Op:
     lo, hi = _clip_bounds(ctx, node)
     qlo = out.qmin if lo is None else _quantize_bound(lo, out)
     qhi = out.qmax if hi is None else _quantize_bound(hi, out)
-    requant = _requant(node, np.array([x.scale / out.scale]), out, qlo, qhi)
+    requant = requant_to(node, np.array([x.scale / out.scale]), out, qlo, qhi)
     return ElementwiseOp(node.name, node.op, [x.name], out.name, in_zp=x.zero_point, requant=requant)
 
 
@@ -228,7 +239,7 @@ def lower_pool(ctx: Lowering, node: gs.Node) -> Op:
     ow = _spatial(x.shape[3], kernel[1], strides[1], pads[1] + pads[3])
     out = ctx.output(node, (1, x.shape[1], oh, ow))
     window = 1 if mode == "max" else kernel[0] * kernel[1]
-    requant = _requant(node, np.array([x.scale / (out.scale * window)]), out, acc_bound=x.span * window)
+    requant = requant_to(node, np.array([x.scale / (out.scale * window)]), out, acc_bound=x.span * window)
     return PoolOp(node.name, node.op, [x.name], out.name, mode=mode, kernel=kernel, strides=strides,
                   pads=pads, in_zp=x.zero_point, requant=requant)
 
@@ -252,7 +263,7 @@ def lower_reshape(ctx: Lowering, node: gs.Node) -> Op:
     if not shape or shape[0] != 1:
         raise _fail(node, f"reshape to {shape} moves the batch dimension")
     out = ctx.output(node, shape)
-    requant = _requant(node, np.array([x.scale / out.scale]), out)
+    requant = requant_to(node, np.array([x.scale / out.scale]), out)
     return ElementwiseOp(node.name, node.op, [x.name], out.name, in_zp=x.zero_point, requant=requant)
 
 
@@ -262,7 +273,7 @@ def lower_transpose(ctx: Lowering, node: gs.Node) -> Op:
     if sorted(perm) != list(range(len(x.shape))) or perm[0] != 0:
         raise _fail(node, f"perm {list(perm)} moves the batch axis of a {len(x.shape)}-D tensor")
     out = ctx.output(node, tuple(x.shape[p] for p in perm))
-    requant = _requant(node, np.array([x.scale / out.scale]), out)
+    requant = requant_to(node, np.array([x.scale / out.scale]), out)
     return TransposeOp(node.name, node.op, [x.name], out.name, perm=perm, in_zp=x.zero_point, requant=requant)
 
 
@@ -283,7 +294,7 @@ def lower_slice(ctx: Lowering, node: gs.Node) -> Op:
     if sizes[0] != x.shape[0] or 0 in sizes:
         raise _fail(node, f"slice of {x.shape} to {tuple(sizes)} cuts the batch axis or is empty")
     out = ctx.output(node, tuple(sizes))
-    requant = _requant(node, np.array([x.scale / out.scale]), out)
+    requant = requant_to(node, np.array([x.scale / out.scale]), out)
     return SliceOp(node.name, node.op, [x.name], out.name, starts=tuple(starts), steps=tuple(strides),
                    sizes=tuple(sizes), in_zp=x.zero_point, requant=requant)
 
@@ -300,7 +311,7 @@ def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
     shape = list(parts[0].shape)
     shape[axis] = sum(p.shape[axis] for p in parts)
     out = ctx.output(node, tuple(shape))
-    requants = tuple(_requant(node, np.array([p.scale / out.scale]), out) for p in parts)
+    requants = tuple(requant_to(node, np.array([p.scale / out.scale]), out) for p in parts)
     return ConcatOp(node.name, node.op, [p.name for p in parts], out.name, axis=axis,
                     in_zps=tuple(p.zero_point for p in parts), requants=requants)
 
@@ -309,7 +320,7 @@ def lower_requantize(ctx: Lowering, q: gs.Node) -> Op:
     """A DQ → Q pair with nothing between: requantize from one scale to another."""
     x = ctx.act_tensor(q, q.inputs[0])
     out = ctx.register(q, x.shape)
-    requant = _requant(q, np.array([x.scale / out.scale]), out)
+    requant = requant_to(q, np.array([x.scale / out.scale]), out)
     return ElementwiseOp(q.name, "Requantize", [x.name], out.name, in_zp=x.zero_point, requant=requant)
 
 

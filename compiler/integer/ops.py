@@ -115,8 +115,9 @@ class ConvOp(Op):
 
 @dataclass(eq=False)
 class DenseOp(Op):
-    """``out[o] = Σ_k (x[k] − zp) · weight[o, k] + bias[o]``; ``weight`` int8 [OUT, K]; ``acc64`` as
-    ``ConvOp``'s."""
+    """``out[…, o] = Σ_k (x[…, k] − zp) · weight[o, k] + bias[o]`` over the last axis (a [1, K] vector or
+    every row of a [1, …, K] tensor: a Linear applied per token or per pixel); ``weight`` int8 [OUT, K];
+    ``acc64`` as ``ConvOp``'s."""
 
     weight: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -162,6 +163,28 @@ class LookupOp(Op):
     table holds the output's type (int8 or int16)."""
 
     table: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int8))
+
+
+@dataclass(eq=False)
+class LayerNormOp(Op):
+    """LayerNormalization over the last axis (``length`` values a row), in integers only. With
+    ``v = x − zp``, ``S1 = Σv``, ``S2 = Σv²`` over the row and ``d = length·v − S1`` (= length·(v − mean)):
+
+        r   = max(1, isqrt((length·S2 − S1² + eps_term) · 4^root_shift))   # √(length²·(var + ε/s²))
+        y   = round_div(d · 2^(frac_bits + root_shift), r)                     # normalized · 2^frac_bits
+        out = Requant(y · gamma[i] + beta[i])                                  # shift-only, one shift
+
+    ``round_div`` rounds half away from zero; ``isqrt`` is the floor square root. ``gamma``/``beta`` hold
+    γ/s_out and β/s_out in fixed point (``requant.n`` fractional bits) per position of the row."""
+
+    length: int = 1
+    in_zp: int = 0
+    eps_term: int = 0
+    root_shift: int = 0
+    frac_bits: int = 16
+    gamma: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    beta: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    requant: Requant | None = None
 
 
 @dataclass(eq=False)
@@ -216,7 +239,8 @@ class IOBinding:
 
 @dataclass
 class Program:
-    """An integer program: tensors, ops in execution order, graph inputs and outputs."""
+    """An integer program: tensors, ops in execution order, graph inputs and outputs; ``islands``: the
+    QDQ model's float nodes it computes in integers, each with how."""
 
     name: str
     tensors: dict[str, TensorInfo]
@@ -224,6 +248,7 @@ class Program:
     inputs: list[IOBinding]
     outputs: list[IOBinding]
     notes: list[str] = field(default_factory=list)
+    islands: dict[str, str] = field(default_factory=dict)
 
     def macs(self) -> list[int]:
         """Multiply-accumulates of each op (batch 1), in op order."""
@@ -233,7 +258,7 @@ class Program:
             if isinstance(op, ConvOp):
                 out.append(size * int(np.prod(op.weight.shape[1:])))
             elif isinstance(op, DenseOp):
-                out.append(int(op.weight.size))
+                out.append(size * int(op.weight.shape[1]))
             else:
                 out.append(0)
         return out

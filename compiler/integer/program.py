@@ -3,7 +3,9 @@
 Accepted form: every activation between integer ops is ``Q → DQ`` (the int8 tensor in between is what
 the program computes); weights are constant int8 (zero point 0) behind a DQ, per tensor or per output
 channel; biases int32 behind a DQ (or float constants, quantized here with scale s_in·s_w). Each
-supported float op must read DQ outputs and write a tensor read by exactly one Q. uint8 tensors (the
+supported float op must read DQ outputs and write a tensor read by exactly one Q, or end a float
+island the program tabulates or computes its own way (``islands.py``: GELU, LayerNorm, a Mul by a
+constant). uint8 tensors (the
 ``onnx`` profile) are shifted to int8 (q − 128, zero point − 128): the real values are unchanged.
 Anything else raises ``UnsupportedError`` naming the node.
 """
@@ -15,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
+from dsqc.integer.islands import ISLAND_OPS, is_interior, is_island, lower_island
 from dsqc.integer.lowering import LOWERINGS, lower_requantize
 from dsqc.integer.ops import Program
 from dsqc.static_shapes import fold_shapes, has_shape_ops, static_shapes
@@ -30,20 +33,38 @@ def lower(model: onnx.ModelProto, name: str = "model") -> Program:
 
 
 def run(ctx: Lowering) -> Program:
-    """Lower every node of ``ctx.graph`` in order: Q nodes bind int tensors, other nodes go through
-    their entry in ``LOWERINGS``."""
+    """Lower every node of ``ctx.graph`` in order: Q nodes bind int tensors, a node ending a float
+    island goes through ``islands.lower_island`` (the float nodes before it wait for it), other nodes
+    through their entry in ``LOWERINGS``."""
     _refuse_unsupported(ctx.graph)
     handled: set[str] = set()
+    interior: set[str] = set()  # float nodes inside an island, lowered with the node that ends it
+    covered: set[str] = set()
     for node in ctx.graph.nodes:
         if node.op in _NOT_LOWERED:
             continue
         if node.op == "QuantizeLinear":
             ctx.quantize(node, handled, lower_requantize)
             continue
-        ctx.ops.append(LOWERINGS[node.op](ctx, node))
+        if is_interior(ctx.graph, node):
+            interior.add(node.name)
+            continue
+        if is_island(node, node.op in LOWERINGS):
+            island = lower_island(ctx, node, interior)
+            op = island.op
+            covered |= set(island.nodes)
+            ctx.islands.update(dict.fromkeys(island.nodes, island.how))
+        else:
+            op = LOWERINGS[node.op](ctx, node)
+        ctx.ops.append(op)
         handled.add(node.outputs[0].name)
+    if interior - covered:
+        first = next(n for n in ctx.graph.nodes if n.name in interior - covered)
+        raise UnsupportedError(f"node '{first.name}' ({first.op}): output '{first.outputs[0].name}' stays "
+                               "float and reaches no QuantizeLinear; the integer program needs every "
+                               "value integer")
     outputs = [ctx.output_binding(t) for t in ctx.graph.outputs]
-    return Program(ctx.name, ctx.tensors, ctx.ops, ctx.inputs, outputs, ctx.notes)
+    return Program(ctx.name, ctx.tensors, ctx.ops, ctx.inputs, outputs, ctx.notes, ctx.islands)
 
 
 _NOT_LOWERED = ("DequantizeLinear", "Constant")
@@ -58,7 +79,8 @@ def _refuse_unsupported(graph: gs.Graph) -> None:
     first node), before any is lowered: a transformer lacks several, and one at a time hides the rest."""
     missing: dict[str, list[str]] = {}
     for node in graph.nodes:
-        if node.op not in LOWERINGS and node.op not in _NOT_LOWERED and node.op != "QuantizeLinear":
+        known = node.op in LOWERINGS or node.op in ISLAND_OPS or node.op in _NOT_LOWERED
+        if not known and node.op != "QuantizeLinear":
             missing.setdefault(node.op, []).append(node.name)
     if not missing:
         return
@@ -66,4 +88,4 @@ def _refuse_unsupported(graph: gs.Graph) -> None:
     rest = "".join(f"; {o} ({len(n)} node{'s' * (len(n) > 1)}, first '{n[0]}')" for o, n in others)
     raise MissingLowerings(f"node '{nodes[0]}' ({op}): not supported by the integer program "
                            f"({len(nodes)} node{'s' * (len(nodes) > 1)} of it{rest}; supported: "
-                           f"{', '.join(sorted(LOWERINGS))})")
+                           f"{', '.join(sorted(set(LOWERINGS) | ISLAND_OPS))})")

@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from dsqc.integer.fixedpoint import requantize
+from dsqc.integer.fixedpoint import isqrt, requantize, round_div
 from dsqc.integer.ops import (
     AddOp,
     ConcatOp,
     ConvOp,
     DenseOp,
     ElementwiseOp,
+    LayerNormOp,
     LookupOp,
     MulOp,
     Op,
@@ -125,9 +126,22 @@ def _conv(op: Op, env: Env) -> np.ndarray:
 
 def _dense(op: Op, env: Env) -> np.ndarray:
     assert isinstance(op, DenseOp) and op.requant is not None
-    x = (env[op.inputs[0]] - op.in_zp).astype(np.float64)
-    acc = (x @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
-    return _apply(op.requant, acc)
+    x = env[op.inputs[0]]
+    rows = (x - op.in_zp).astype(np.float64).reshape(-1, x.shape[-1])  # every row of a [N, …, K] tensor
+    acc = (rows @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
+    return _apply(op.requant, acc).reshape(*x.shape[:-1], -1)
+
+
+def _layernorm(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, LayerNormOp) and op.requant is not None
+    x = env[op.inputs[0]]
+    v = (x - op.in_zp).reshape(-1, op.length)
+    s1 = v.sum(axis=1, keepdims=True)
+    s2 = (v * v).sum(axis=1, keepdims=True)
+    spread = (op.length * s2 - s1 * s1 + op.eps_term) * np.int64(4**op.root_shift)
+    root = np.maximum(isqrt(spread), 1)
+    y = round_div((op.length * v - s1) * np.int64(2 ** (op.frac_bits + op.root_shift)), root)
+    return _apply(op.requant, y * op.gamma + op.beta).reshape(x.shape)
 
 
 def _add(op: Op, env: Env) -> np.ndarray:
@@ -187,5 +201,6 @@ def _slice(op: Op, env: Env) -> np.ndarray:
 
 _EXEC: dict[type, Callable[[Op, Env], np.ndarray]] = {
     ConvOp: _conv, DenseOp: _dense, AddOp: _add, PoolOp: _pool, ElementwiseOp: _elementwise,
-    ConcatOp: _concat, LookupOp: _lookup, MulOp: _mul, TransposeOp: _transpose, SliceOp: _slice,
+    ConcatOp: _concat, LookupOp: _lookup, LayerNormOp: _layernorm, MulOp: _mul, TransposeOp: _transpose,
+    SliceOp: _slice,
 }

@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from dsqc.errors import RecipeError
 from dsqc.ir import Model, constant_value, is_graph_output, shape_determined
-from dsqc.op_kinds import BIAS_INPUT, MATRIX_OPS, WEIGHT_INPUT, is_matmul_bias
+from dsqc.op_kinds import BIAS_INPUT, ELEMENTWISE_OPS, MATRIX_OPS, WEIGHT_INPUT, is_matmul_bias
 from dsqc.quant.profile import TargetProfile
 from dsqc.quant.qparams import activation_spec
 from dsqc.quant.recipe import NodeOptions, Recipe
@@ -517,10 +517,19 @@ def _wide_groups(model: Model, placement: Placement) -> set[str]:
 
 def _eight_bit_groups(model: Model, placement: Placement, profile: TargetProfile) -> set[str]:
     """Scale groups read by an op that takes 8-bit inputs only (``profile.eight_bit_inputs``: the
-    integer program's 256-entry Sigmoid/Tanh tables): they stay int8 when activations are int16."""
+    integer program's 256-entry Sigmoid/Tanh tables; on an integer-only target, a float elementwise
+    node too, which the program tabulates): they stay int8 when activations are int16."""
     planned = set(placement.activations)
-    return {placement.group_of(t.name) for node in model.graph.nodes if node.op in profile.eight_bit_inputs
+    return {placement.group_of(t.name) for node in model.graph.nodes
+            if _reads_eight_bits(node, placement, profile)
             for t in _activation_inputs(node) if t.name in planned}
+
+
+def _reads_eight_bits(node: gs.Node, placement: Placement, profile: TargetProfile) -> bool:
+    if node.op in profile.eight_bit_inputs:
+        return True
+    tabulated = placement.decisions[node.name].precision is not Precision.INT8 and node.op in ELEMENTWISE_OPS
+    return profile.integer_only and tabulated
 
 
 def _apply_fixed_outputs(model: Model, plan: QuantPlan, placement: Placement, profile: TargetProfile,

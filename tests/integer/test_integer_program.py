@@ -90,14 +90,14 @@ def test_every_missing_op_type_is_named_at_once() -> None:
     rng = np.random.default_rng(0)
     inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
-             helper.make_node("Softplus", ["c"], ["s"], name="soft_a"),
-             helper.make_node("Softplus", ["s"], ["t"], name="soft_b"),
-             helper.make_node("Erf", ["t"], ["out"], name="erf")]
+             helper.make_node("Softmax", ["c"], ["s"], name="soft_a", axis=1),
+             helper.make_node("Softmax", ["s"], ["t"], name="soft_b", axis=1),
+             helper.make_node("Hardmax", ["t"], ["out"], name="hard", axis=1)]
     fp32 = fuse_bn(make_model(nodes, {"input": ["N", 3, 8, 8]}, {"out": ["N", 4, 6, 6]}, inits))
     qdq, _ = quantize(fp32, HLS_PROFILE, random_feeds(fp32, 8))
     with pytest.raises(MissingLowerings) as err:  # an UnsupportedError the hls target explains further
         lower(qdq)
     message = str(err.value)
-    assert message.startswith("node 'soft_a' (Softplus): not supported by the integer program "
-                              "(2 nodes of it; Erf (1 node, first 'erf'); supported: ")
+    assert message.startswith("node 'soft_a' (Softmax): not supported by the integer program "
+                              "(2 nodes of it; Hardmax (1 node, first 'hard'); supported: ")
     assert "\n" not in message
