@@ -78,6 +78,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
     _activations_follow_float_producers(graph, profile, placement)
     _fuse_matmul_biases(graph, profile, placement)
     _settle_support_ops(graph, profile, placement)
+    _tabulated_chains(graph, profile, placement)
     fused_matmuls = set(placement.fused_biases.values())
     for node in graph.nodes:
         if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded \
@@ -257,6 +258,68 @@ def _bias_add(graph: gs.Graph, matmul: gs.Node) -> gs.Node | None:
     if add.op != "Add" or len(add.inputs) != 2 or len(consts) != 1 or consts[0] is None:
         return None
     return add if is_matmul_bias(weight.shape, np.shape(consts[0])) else None
+
+
+def _tabulated_chains(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
+    """Integer-only targets: a chain of elementwise ops on one tensor with scalar constants that holds an
+    op without an integer kernel (GELU as torch exports it: Div → Erf → Add → Mul(x, ·) → Mul 0.5) is
+    one 256-entry table of the integer program: every node of it stays float between the tensor's DQ
+    and the chain's one Q — one rounding, where int8 pieces (Add, Mul, the Mul by 0.5) round three times."""
+    if not profile.integer_only:
+        return
+    done: set[str] = set()
+    for seed in graph.nodes:
+        if seed.op not in ELEMENTWISE_OPS or seed.op in profile.compute_ops or seed.name in done:
+            continue
+        chain = _elementwise_chain(graph, seed)
+        done |= {n.name for n in chain}
+        if len(chain) < 2 or any(placement.options[n.name].precision is not None for n in chain):
+            continue
+        for node in chain:
+            placement.decisions[node.name] = NodeDecision(
+                Precision.FP32, f"in the 256-entry table of {' → '.join(n.op for n in chain)} on "
+                                f"{profile.name} (one rounding for the whole function)")
+
+
+def _elementwise_chain(graph: gs.Graph, seed: gs.Node) -> list[gs.Node]:
+    """The elementwise nodes computing a function of one tensor that ``seed`` belongs to (back to the
+    tensor, forward while every input is that tensor, the chain's outputs or a scalar), if they end in
+    one output; else []."""
+    source = _chain_source(seed)
+    if source is None:
+        return []
+    chain: list[gs.Node] = []
+    inside = {source.name}
+    for node in graph.nodes:  # topological order
+        inputs = [t for t in node.inputs if t.name]
+        if node.op not in ELEMENTWISE_OPS or not any(t.name in inside for t in inputs):
+            continue
+        if all(t.name in inside or _scalar(t) for t in inputs) and len(node.outputs) == 1:
+            chain.append(node)
+            inside.add(node.outputs[0].name)
+    made = [n.outputs[0] for n in chain]
+    exits = [t for t in made if is_graph_output(graph, t) or any(r not in chain for r in t.outputs)]
+    return chain if seed in chain and len(exits) == 1 else []
+
+
+def _chain_source(node: gs.Node) -> gs.Tensor | None:
+    """The tensor an elementwise chain through ``node`` starts from: back through elementwise nodes of
+    one non-scalar input."""
+    for _ in range(16):
+        data = [t for t in node.inputs if t.name and not _scalar(t)]
+        if len(data) != 1 or not _is_float(data[0]):
+            return None
+        producer = data[0].inputs[0] if data[0].inputs else None
+        if producer is None or producer.op not in ELEMENTWISE_OPS or \
+                len([t for t in producer.inputs if t.name and not _scalar(t)]) != 1:
+            return data[0]
+        node = producer
+    return None
+
+
+def _scalar(tensor: gs.Tensor) -> bool:
+    value = constant_value(tensor)
+    return value is not None and np.size(value) == 1
 
 
 def _settle_support_ops(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
