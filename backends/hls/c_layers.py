@@ -19,12 +19,14 @@ from dsqc.integer import (
     ElementwiseOp,
     LayerNormOp,
     LookupOp,
+    MatMulOp,
     MulOp,
     Op,
     PoolOp,
     Program,
     Requant,
     SliceOp,
+    SoftmaxOp,
     TransposeOp,
 )
 
@@ -77,7 +79,7 @@ class Emitter:
         self.wide_out = self.program.tensors[op.output].wide
         body = {ConvOp: self._conv, DenseOp: self._dense, PoolOp: self._pool, AddOp: self._add,
                 ElementwiseOp: self._elementwise, ConcatOp: self._concat, LookupOp: self._lookup,
-                LayerNormOp: self._layernorm,
+                LayerNormOp: self._layernorm, MatMulOp: self._matmul, SoftmaxOp: self._softmax,
                 MulOp: self._mul, TransposeOp: self._transpose, SliceOp: self._slice}[type(op)](op)
         out = self.program.tensors[op.output]
         head = [f"/* {comment_text(op.onnx_op)} node {comment_text(op.node)}: "
@@ -199,6 +201,56 @@ class Emitter:
             f"                acc += {minus_zp(f'x[r * {k} + kk]', op.in_zp)} * {weights}[o * {k} + kk];",
             "            }",
             f"            y[r * {n_out} + o] = {self._requant(op.requant, 'acc', 'o')};",
+            "        }", "    }", "}",
+        ]
+
+    def _matmul(self, op: Op) -> list[str]:
+        assert isinstance(op, MatMulOp) and op.requant is not None
+        m, k, n = op.rows, op.depth, op.cols
+        (za, zb), acc = op.in_zps, "int64_t" if op.acc64 else "int32_t"
+        a = minus_zp(f"({acc})a[(t * {m} + i) * {k} + kk]", za)
+        b = minus_zp(f"b[(t * {k} + kk) * {n} + j]", zb)
+        return [
+            f"static void {self.fn}({self._params(op, 'a', 'b', 'y')})", "{",
+            "    int t, i, j, kk;",
+            f"    for (t = 0; t < {op.batch}; t++) {{",
+            f"        for (i = 0; i < {m}; i++) {{",
+            f"            for (j = 0; j < {n}; j++) {{",
+            f"                {acc} acc = 0;",
+            f"                for (kk = 0; kk < {k}; kk++) {{",
+            *self._pragmas(),
+            f"                    acc += {a} * {b};",
+            "                }",
+            f"                y[(t * {m} + i) * {n} + j] = {self._requant(op.requant, 'acc')};",
+            "            }", "        }", "    }", "}",
+        ]
+
+    def _softmax(self, op: Op) -> list[str]:
+        assert isinstance(op, SoftmaxOp) and op.requant is not None
+        n = op.length
+        rows = self._size(op.inputs[0]) // n
+        table = self._array("exp", "int32_t", op.table)
+        self.helpers.add("dsqc_round_div")
+        x = f"x[r * {n} + i]"
+        quotient = (f"dsqc_round_div((int64_t){table}[best - {x}] * {op.gain}, "
+                    f"total * ((int64_t)1 << {op.gain_shift}))")
+        return [
+            f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
+            "    int r, i;",
+            f"    for (r = 0; r < {rows}; r++) {{",
+            f"        int32_t best = {self.program.tensors[op.inputs[0]].qmin};",
+            "        int64_t total = 0;",
+            f"        for (i = 0; i < {n}; i++) {{",
+            "#pragma HLS PIPELINE II=1",
+            f"            if ({x} > best) {{", f"                best = {x};", "            }",
+            "        }",
+            f"        for (i = 0; i < {n}; i++) {{",
+            "#pragma HLS PIPELINE II=1",
+            f"            total += {table}[best - {x}];",
+            "        }",
+            f"        for (i = 0; i < {n}; i++) {{",
+            "#pragma HLS PIPELINE II=1",
+            f"            y[r * {n} + i] = {self._requant(op.requant, quotient)};",
             "        }", "    }", "}",
         ]
 

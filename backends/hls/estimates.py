@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dsqc.integer import ConvOp, DenseOp, LayerNormOp, LookupOp, Op, PoolOp, Program
+from dsqc.integer import ConvOp, DenseOp, LayerNormOp, LookupOp, MatMulOp, Op, PoolOp, Program, SoftmaxOp
 
 
 @dataclass
@@ -55,6 +55,8 @@ def weight_bytes(op: Op) -> int:
         return int(op.table.nbytes)
     if isinstance(op, LayerNormOp):
         return int(op.gamma.nbytes + op.beta.nbytes)
+    if isinstance(op, SoftmaxOp):
+        return 4 * int(op.table.size)
     if not isinstance(op, ConvOp | DenseOp):
         return 0
     assert op.requant is not None
@@ -70,6 +72,10 @@ def _cycles(op: Op, program: Program, parallelism: int) -> int:
         return out.size * math.ceil(op.weight.shape[1] / parallelism)
     if isinstance(op, PoolOp):
         return out.size * op.kernel[0] * op.kernel[1]
+    if isinstance(op, MatMulOp):
+        return out.size * math.ceil(op.depth / parallelism)
+    if isinstance(op, SoftmaxOp):  # the row maximum, the sum, the divisions
+        return 3 * out.size
     if isinstance(op, LayerNormOp):  # one pass for the sums, one to normalize, a 32-step root per row
         return 2 * out.size + 32 * (out.size // op.length)
     return math.ceil(out.size / parallelism)

@@ -34,7 +34,7 @@ HLS_PROFILE = TargetProfile(
     integer_only=True,
     fused_matmul_bias=True,  # a Linear's bias Add is its DenseOp's int32 bias, no requantization between
     int16_activations=True,
-    eight_bit_inputs=frozenset({"Sigmoid", "Tanh"}),  # the integer program's 256-entry tables
+    eight_bit_inputs=frozenset({"Sigmoid", "Tanh", "Softmax"}),  # the integer program's 256-entry tables
     dynamic_refusal="HLS needs static scales (the generated integer C requantizes with constant "
                     "multipliers and shifts; it computes no ranges at run time)",
 )

@@ -11,12 +11,14 @@ from dsqc.integer.ops import (
     IOBinding,
     LayerNormOp,
     LookupOp,
+    MatMulOp,
     MulOp,
     Op,
     PoolOp,
     Program,
     Requant,
     SliceOp,
+    SoftmaxOp,
     TensorInfo,
     TransposeOp,
 )
@@ -25,8 +27,8 @@ from dsqc.integer.reference import dequantize_outputs, quantize_inputs, run
 
 __all__ = [
     "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "LayerNormOp",
-    "LookupOp", "MissingLowerings", "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant", "SliceOp",
-    "TensorInfo", "TransposeOp", "dequantize_outputs",
+    "LookupOp", "MatMulOp", "MissingLowerings", "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant",
+    "SliceOp", "SoftmaxOp", "TensorInfo", "TransposeOp", "dequantize_outputs",
     "lower",
     "quantize_inputs", "quantize_multiplier", "requantize", "run",
 ]

@@ -10,6 +10,8 @@ one Q. An *island* is such a node, with the float nodes behind it up to those DQ
 - a Mul or Div of an NCHW tensor by a constant that varies along the channel axis only (ConvNeXt's
   layer scale): a depthwise 1×1 integer conv, weights ±1, the constant in the per-channel multipliers;
 - LayerNormalization over the last axis: ``LayerNormOp`` (integer mean, variance and square root);
+- Softmax over the last axis, after any Mul/Div by positive scalars (attention's 1/√d): ``SoftmaxOp``
+  (an exp table of the code differences, an integer sum, one rounded division);
 - MatMul by a constant followed by the Add of a constant bias, with no Q between (a Linear, one kernel
   where the profile has ``fused_matmul_bias``): one ``DenseOp`` with that bias.
 """
@@ -26,11 +28,11 @@ from onnx import TensorProto, helper, numpy_helper
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
 from dsqc.integer.lowering import lower_dense, requant_to
-from dsqc.integer.ops import ConvOp, LayerNormOp, LookupOp, Op, Requant, TensorInfo
+from dsqc.integer.ops import ConvOp, LayerNormOp, LookupOp, Op, Requant, SoftmaxOp, TensorInfo
 from dsqc.ir import constant_value, is_graph_output
 from dsqc.op_kinds import ELEMENTWISE_OPS
 
-ISLAND_OPS = ELEMENTWISE_OPS | {"LayerNormalization"}
+ISLAND_OPS = ELEMENTWISE_OPS | {"LayerNormalization", "Softmax"}
 _ARITHMETIC = ("Add", "Sub", "Mul", "Div")
 _FRAC_BITS = 16  # fractional bits of a LayerNorm's normalized value
 
@@ -131,6 +133,9 @@ def lower_island(ctx: Lowering, end: gs.Node, interior: set[str]) -> Island:
         return Island(lower_layernorm(ctx, end), names, "integer LayerNorm")
     if [n.op for n in cone.nodes] == ["MatMul", "Add"] and len(cone.leaves) == 1:
         return Island(lower_dense(ctx, cone.nodes[0], bias_add=end), names, "int32 bias of a Linear")
+    if end.op == "Softmax":
+        factor = _positive_factor([n for n in cone.nodes if n is not end])
+        return Island(lower_softmax(ctx, end, cone.source, factor), names, "integer Softmax")
     odd = [n for n in cone.nodes if n.op not in ELEMENTWISE_OPS]
     if odd:
         raise _fail(odd[0], f"not supported by the integer program inside the float ops {cone.ops} "
@@ -210,6 +215,45 @@ def _channel_scale(ctx: Lowering, node: gs.Node, x: TensorInfo, constant: np.nda
     requant = requant_to(node, magnitude * x.scale / out.scale, out, acc_bound=x.span)
     return ConvOp(node.name, node.op, [x.name], out.name, weight=weight, bias=np.zeros(channels, np.int32),
                   group=channels, in_zp=x.zero_point, requant=requant)
+
+
+def _positive_factor(nodes: list[gs.Node]) -> float:
+    """The product of the positive scalars ``nodes`` multiply by (or divide by): the Softmax input's
+    scale (attention's 1/√d), which the exp table takes in."""
+    factor = 1.0
+    for node in nodes:
+        values = [constant_value(t) for t in node.inputs]
+        index = next((i for i, v in enumerate(values) if v is not None and np.size(v) == 1), None)
+        value = float(np.asarray(values[index]).reshape(())) if index is not None else 0.0
+        if node.op not in ("Mul", "Div") or index is None or value <= 0 or (node.op == "Div" and index != 1):
+            raise _fail(node, "before a Softmax the integer program takes a Mul or Div by a positive scalar "
+                              "only (it folds into the exp table)")
+        factor *= value if node.op == "Mul" else 1.0 / value
+    return factor
+
+
+_SOFTMAX_FRAC = 20  # bits of the exp table: e = round(2^20 · exp(−s·d))
+_SOFTMAX_GAIN_SHIFT = 16
+
+
+def lower_softmax(ctx: Lowering, node: gs.Node, x: TensorInfo, factor: float = 1.0) -> Op:
+    """``SoftmaxOp`` over the last axis of the int8 ``x``, its real step ``x.scale · factor``."""
+    axis = int(node.attrs.get("axis", -1)) % len(x.shape)
+    if axis != len(x.shape) - 1:
+        raise _fail(node, f"normalizes axis {axis} of a {len(x.shape)}-D tensor; the integer program "
+                          "normalizes the last axis only")
+    if x.wide:
+        raise _fail(node, f"input '{x.name}' is int16; the integer Softmax's exp table takes int8 inputs "
+                          "(256 codes)")
+    out = ctx.output(node, x.shape)
+    step = x.scale * factor
+    table = np.rint(2.0**_SOFTMAX_FRAC * np.exp(-step * np.arange(256, dtype=np.float64))).astype(np.int64)
+    gain = round(2.0**_SOFTMAX_GAIN_SHIFT / out.scale)
+    if gain < 1 or gain.bit_length() + _SOFTMAX_FRAC > 62:
+        raise _fail(node, f"output scale {out.scale:.3g} is outside the fixed point's range")
+    requant = Requant(np.ones(1, np.int64), np.zeros(1, np.int64), out.zero_point, out.qmin, out.qmax)
+    return SoftmaxOp(node.name, node.op, [x.name], out.name, length=int(x.shape[-1]), frac_bits=_SOFTMAX_FRAC,
+                     table=table, gain=int(gain), gain_shift=_SOFTMAX_GAIN_SHIFT, requant=requant)
 
 
 def lower_layernorm(ctx: Lowering, node: gs.Node) -> Op:

@@ -17,6 +17,7 @@ from dsqc.integer.ops import (
     DenseOp,
     ElementwiseOp,
     LookupOp,
+    MatMulOp,
     MulOp,
     Op,
     PoolOp,
@@ -134,6 +135,29 @@ def lower_dense(ctx: Lowering, node: gs.Node, bias_add: gs.Node | None = None) -
     requant = requant_to(node, x.scale * w_scale / out.scale, out, acc_bound=bound)
     return DenseOp(node.name, node.op, [x.name], out.name, weight=np.ascontiguousarray(weight, np.int8),
                    bias=bias.astype(np.int32), acc64=bound > _ACC32, in_zp=x.zero_point, requant=requant)
+
+
+def lower_matmul(ctx: Lowering, node: gs.Node) -> Op:
+    """MatMul by a constant weight (``lower_dense``) or of two activations (``MatMulOp``)."""
+    weight = node.inputs[1]
+    dq = weight.inputs[0] if weight.inputs else None
+    if dq is not None and dq.op == "DequantizeLinear" and constant_value(dq.inputs[0]) is not None:
+        return lower_dense(ctx, node)
+    a, b = ctx.act(node, 0), ctx.act(node, 1)
+    if len(a.shape) < 2 or len(a.shape) != len(b.shape) or a.shape[:-2] != b.shape[:-2] or \
+            a.shape[-1] != b.shape[-2]:
+        raise _fail(node, f"{a.shape} × {b.shape}: two activations multiply as equal stacks of [M, K] × "
+                          "[K, N] matrices only")
+    rows, depth = a.shape[-2:]
+    cols = b.shape[-1]
+    out = ctx.output(node, (*a.shape[:-1], cols))
+    bound = depth * a.span * b.span
+    if bound > _ACC_EXACT:
+        raise _fail(node, "the accumulator could exceed 2^52 (reduction too long)")
+    requant = requant_to(node, np.array([a.scale * b.scale / out.scale]), out, acc_bound=bound)
+    return MatMulOp(node.name, node.op, [a.name, b.name], out.name, in_zps=(a.zero_point, b.zero_point),
+                    batch=int(np.prod(a.shape[:-2])), rows=rows, depth=depth, cols=cols,
+                    acc64=bound > _ACC32, requant=requant)
 
 
 def lower_add(ctx: Lowering, node: gs.Node) -> Op:
@@ -325,7 +349,7 @@ def lower_requantize(ctx: Lowering, q: gs.Node) -> Op:
 
 
 LOWERINGS: dict[str, Callable[[Lowering, gs.Node], Op]] = {
-    "Conv": lower_conv, "Gemm": lower_dense, "MatMul": lower_dense, "Add": lower_add,
+    "Conv": lower_conv, "Gemm": lower_dense, "MatMul": lower_matmul, "Add": lower_add,
     "Relu": lower_clamp, "Clip": lower_clamp, "MaxPool": lower_pool, "AveragePool": lower_pool,
     "GlobalAveragePool": lower_pool, "Flatten": lower_reshape, "Reshape": lower_reshape,
     "Concat": lower_concat, "Mul": lower_mul, "Sigmoid": lower_lookup, "Tanh": lower_lookup,

@@ -166,6 +166,40 @@ class LookupOp(Op):
 
 
 @dataclass(eq=False)
+class MatMulOp(Op):
+    """A product of two activations: ``out[t, i, j] = Requant(Σ_k (a[t, i, k] − za)·(b[t, k, j] − zb))``
+    over the ``batch`` matrices ``t`` of ``a`` [.., M, K] and ``b`` [.., K, N] (attention's q·kᵀ and
+    p·v); ``acc64``: the sum needs int64 (int16 inputs)."""
+
+    in_zps: tuple[int, int] = (0, 0)
+    batch: int = 1
+    rows: int = 1
+    depth: int = 1
+    cols: int = 1
+    acc64: bool = False
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
+class SoftmaxOp(Op):
+    """Softmax over the last axis (``length`` values a row) of an int8 tensor. With ``d = max − x`` (the
+    row's largest code minus each code, 0..255) and ``e = table[d]`` (``round(2^frac_bits ·
+    exp(−s·d))``, ``s`` the input scale times any scalar the planner left before it):
+
+        out = Requant(round_div(e · gain, (Σ_row e) · 2^gain_shift))     gain ≈ 2^gain_shift / s_out
+
+    ``round_div`` rounds half away from zero; the requantization only adds the output zero point and
+    saturates (multiplier 1, shift 0)."""
+
+    length: int = 1
+    frac_bits: int = 20
+    table: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    gain: int = 1
+    gain_shift: int = 0
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
 class LayerNormOp(Op):
     """LayerNormalization over the last axis (``length`` values a row), in integers only. With
     ``v = x − zp``, ``S1 = Σv``, ``S2 = Σv²`` over the row and ``d = length·v − S1`` (= length·(v − mean)):
@@ -259,6 +293,8 @@ class Program:
                 out.append(size * int(np.prod(op.weight.shape[1:])))
             elif isinstance(op, DenseOp):
                 out.append(size * int(op.weight.shape[1]))
+            elif isinstance(op, MatMulOp):
+                out.append(size * op.depth)
             else:
                 out.append(0)
         return out

@@ -21,12 +21,14 @@ from dsqc.integer.ops import (
     ElementwiseOp,
     LayerNormOp,
     LookupOp,
+    MatMulOp,
     MulOp,
     Op,
     PoolOp,
     Program,
     Requant,
     SliceOp,
+    SoftmaxOp,
     TransposeOp,
 )
 
@@ -132,6 +134,22 @@ def _dense(op: Op, env: Env) -> np.ndarray:
     return _apply(op.requant, acc).reshape(*x.shape[:-1], -1)
 
 
+def _matmul(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, MatMulOp) and op.requant is not None
+    a = (env[op.inputs[0]] - op.in_zps[0]).astype(np.float64)
+    b = (env[op.inputs[1]] - op.in_zps[1]).astype(np.float64)
+    return _apply(op.requant, np.matmul(a, b).astype(np.int64))  # exact: sums below 2^53
+
+
+def _softmax(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, SoftmaxOp) and op.requant is not None
+    x = env[op.inputs[0]]
+    rows = x.reshape(-1, op.length)
+    e = op.table.astype(np.int64)[rows.max(axis=1, keepdims=True) - rows]
+    total = e.sum(axis=1, keepdims=True)
+    return _apply(op.requant, round_div(e * op.gain, total * np.int64(2**op.gain_shift))).reshape(x.shape)
+
+
 def _layernorm(op: Op, env: Env) -> np.ndarray:
     assert isinstance(op, LayerNormOp) and op.requant is not None
     x = env[op.inputs[0]]
@@ -201,6 +219,7 @@ def _slice(op: Op, env: Env) -> np.ndarray:
 
 _EXEC: dict[type, Callable[[Op, Env], np.ndarray]] = {
     ConvOp: _conv, DenseOp: _dense, AddOp: _add, PoolOp: _pool, ElementwiseOp: _elementwise,
-    ConcatOp: _concat, LookupOp: _lookup, LayerNormOp: _layernorm, MulOp: _mul, TransposeOp: _transpose,
+    ConcatOp: _concat, LookupOp: _lookup, LayerNormOp: _layernorm, MulOp: _mul,
+    MatMulOp: _matmul, SoftmaxOp: _softmax, TransposeOp: _transpose,
     SliceOp: _slice,
 }

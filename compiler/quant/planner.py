@@ -93,6 +93,8 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
         if node.name not in fused_matmuls and _wants_output_q(graph, node, profile, placement):
             folded = _fold_activation(graph, node, profile, placement)
             quantized.add(folded.name if folded is not None else out.name)
+    if profile.integer_only:  # the program's outputs are integer: one a float island writes gets its Q
+        quantized |= {t.name for t in graph.outputs if _is_float(t) and t.inputs}
     _propagate_passthrough(graph, profile, placement, quantized)
     placement.activations = sorted(quantized)
     return placement

@@ -48,21 +48,21 @@ def test_reference_is_deterministic_and_batched() -> None:
     assert whole.dtype == np.int8 and np.array_equal(whole, parts)
 
 
-def _softplus_model() -> onnx.ModelProto:
+def _hardmax_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
-             helper.make_node("Softplus", ["c"], ["out"], name='x"; system("rm -rf /"); //')]
+             helper.make_node("Hardmax", ["c"], ["out"], name='x"; system("rm -rf /"); //', axis=1)]
     return make_model(nodes, {"input": ["N", 3, 8, 8]}, {"out": ["N", 4, 6, 6]}, inits)
 
 
 def test_unsupported_node_is_named_on_one_line() -> None:
-    fp32 = fuse_bn(_softplus_model())
+    fp32 = fuse_bn(_hardmax_model())
     qdq, _ = quantize(fp32, HLS_PROFILE, random_feeds(fp32, 8))
     with pytest.raises(UnsupportedError) as err:
         lower(qdq)
     message = str(err.value)
-    assert "\n" not in message and "Softplus" in message and 'x"; system(' in message
+    assert "\n" not in message and "Hardmax" in message and 'x"; system(' in message
 
 
 def test_float_graph_output_is_unsupported() -> None:
@@ -90,14 +90,14 @@ def test_every_missing_op_type_is_named_at_once() -> None:
     rng = np.random.default_rng(0)
     inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
-             helper.make_node("Softmax", ["c"], ["s"], name="soft_a", axis=1),
-             helper.make_node("Softmax", ["s"], ["t"], name="soft_b", axis=1),
-             helper.make_node("Hardmax", ["t"], ["out"], name="hard", axis=1)]
+             helper.make_node("Hardmax", ["c"], ["s"], name="hard_a", axis=1),
+             helper.make_node("Hardmax", ["s"], ["t"], name="hard_b", axis=1),
+             helper.make_node("LpNormalization", ["t"], ["out"], name="lp", axis=1)]
     fp32 = fuse_bn(make_model(nodes, {"input": ["N", 3, 8, 8]}, {"out": ["N", 4, 6, 6]}, inits))
     qdq, _ = quantize(fp32, HLS_PROFILE, random_feeds(fp32, 8))
     with pytest.raises(MissingLowerings) as err:  # an UnsupportedError the hls target explains further
         lower(qdq)
     message = str(err.value)
-    assert message.startswith("node 'soft_a' (Softmax): not supported by the integer program "
-                              "(2 nodes of it; Hardmax (1 node, first 'hard'); supported: ")
+    assert message.startswith("node 'hard_a' (Hardmax): not supported by the integer program "
+                              "(2 nodes of it; LpNormalization (1 node, first 'lp'); supported: ")
     assert "\n" not in message

@@ -71,8 +71,9 @@ def test_recipe_and_integer_only_targets_keep_the_gate_int8(tmp_path: Path) -> N
     from dsqc.backends.onnx.profile import ONNX_PROFILE
 
     proto = onnx.shape_inference.infer_shapes(onnx.load(squeeze_excitation(tmp_path / "se.onnx")))
-    hls_like = dataclasses.replace(ONNX_PROFILE, integer_only=True)
-    integer_only = place(Model.from_proto(proto), hls_like, Recipe())
+    from dsqc.backends.hls.profile import HLS_PROFILE
+
+    integer_only = place(Model.from_proto(proto), HLS_PROFILE, Recipe())
     assert all(integer_only.decisions[n].precision is Precision.INT8 for n in ("fc1", "fc2", "silu"))
     asked = parse_recipe({"override": [{"nodes": "fc1", "precision": "int8"}]})
     kept = place(Model.from_proto(proto), ONNX_PROFILE, asked)

@@ -1,8 +1,8 @@
 """Float islands on ``hls``: what the planner leaves float between integer tensors — LayerNorm, GELU as
 torch exports it (Div → Erf → Add → Mul → Mul, all of it float: one table), a Linear's bias Add, a
 layer-scale Mul by a per-channel constant — becomes integer code: ``LayerNormOp``, a 256-entry table run
-through ORT, the DenseOp's bias, a depthwise 1×1 conv. A ConvNeXt block in small builds, gcc's csim is bit-exact with the integer reference,
-and each op alone is within 1 LSB of ORT running the QDQ model."""
+through ORT, the DenseOp's bias, a depthwise 1×1 conv. A ConvNeXt block in small builds, gcc's csim is
+bit-exact with the integer reference, and each op alone is within 1 LSB of ORT running the QDQ model."""
 
 from __future__ import annotations
 
