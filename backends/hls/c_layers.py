@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dsqc.integer import (
+    AddConstantOp,
     AddOp,
     ConcatOp,
+    ConstantOp,
     ConvOp,
     DenseOp,
     ElementwiseOp,
@@ -80,6 +82,7 @@ class Emitter:
         body = {ConvOp: self._conv, DenseOp: self._dense, PoolOp: self._pool, AddOp: self._add,
                 ElementwiseOp: self._elementwise, ConcatOp: self._concat, LookupOp: self._lookup,
                 LayerNormOp: self._layernorm, MatMulOp: self._matmul, SoftmaxOp: self._softmax,
+                ConstantOp: self._constant, AddConstantOp: self._add_constant,
                 MulOp: self._mul, TransposeOp: self._transpose, SliceOp: self._slice}[type(op)](op)
         out = self.program.tensors[op.output]
         head = [f"/* {comment_text(op.onnx_op)} node {comment_text(op.node)}: "
@@ -360,31 +363,49 @@ class Emitter:
     def _transpose(self, op: Op) -> list[str]:
         assert isinstance(op, TransposeOp) and op.requant is not None
         strides = _strides(self.program.tensors[op.inputs[0]].shape)
-        return self._gather(op, op.requant, op.in_zp, [(strides[p], 0, 1) for p in op.perm])
+        shape = self.program.tensors[op.output].shape
+        return self._gather(op, op.requant, op.in_zp, [(strides[p], 0, 1) for p in op.perm], shape)
 
     def _slice(self, op: Op) -> list[str]:
         assert isinstance(op, SliceOp) and op.requant is not None
         strides = _strides(self.program.tensors[op.inputs[0]].shape)
-        return self._gather(op, op.requant, op.in_zp, list(zip(strides, op.starts, op.steps, strict=True)))
+        axes = list(zip(strides, op.starts, op.steps, strict=True))
+        return self._gather(op, op.requant, op.in_zp, axes, op.sizes)
 
-    def _gather(self, op: Op, rq: Requant, zp: int, axes: list[tuple[int, int, int]]) -> list[str]:
-        """Nested loops over the output (batch axis left out): output index ``i`` on axis ``a`` reads the
-        input at ``Σ (first + i·step)·stride`` with ``axes[a] = (stride, first, step)``."""
-        shape = self.program.tensors[op.output].shape[1:]
-        idx = [f"i{a}" for a in range(len(shape))]
-        offset = sum(stride * first for stride, first, _ in axes[1:])
-        terms = [(i, stride * step) for i, (stride, _, step) in zip(idx, axes[1:], strict=True)]
-        source = affine(terms, offset)
+    def _gather(self, op: Op, rq: Requant, zp: int, axes: list[tuple[int, int, int]],
+                shape: tuple[int, ...]) -> list[str]:
+        """Nested loops over ``shape`` (the output's, in the input's rank): output index ``i`` on axis
+        ``a`` reads the input at ``Σ (first + i·step)·stride`` with ``axes[a] = (stride, first, step)``.
+        Axis 0 gets a loop only where it is longer than 1 (torch's sequence-first layouts)."""
+        loop = [a for a in range(len(shape)) if a > 0 or shape[0] > 1]
+        idx = [f"i{j}" for j in range(len(loop))]
+        offset = sum(stride * first for stride, first, _ in axes)
+        source = affine([(i, axes[a][0] * axes[a][2]) for i, a in zip(idx, loop, strict=True)], offset)
         value = (f"x[{source}]" if self._is_copy(op, rq, zp)
                  else self._requant(rq, minus_zp(f"x[{source}]", zp)))
-        target = affine(list(zip(idx, _strides(shape), strict=True)), 0)
+        out_strides = _strides(shape)
+        target = affine([(i, out_strides[a]) for i, a in zip(idx, loop, strict=True)], 0)
         lines = [f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
                  f"    int {', '.join(idx)};"]
-        for depth, (i, n) in enumerate(zip(idx, shape, strict=True)):
-            lines.append(f"{'    ' * (depth + 1)}for ({i} = 0; {i} < {n}; {i}++) {{")
-        lines += [*self._pragmas(), f"{'    ' * (len(shape) + 1)}y[{target}] = {value};"]
-        lines += ["    " * (depth + 1) + "}" for depth in reversed(range(len(shape)))]
+        for depth, (i, a) in enumerate(zip(idx, loop, strict=True)):
+            lines.append(f"{'    ' * (depth + 1)}for ({i} = 0; {i} < {shape[a]}; {i}++) {{")
+        lines += [*self._pragmas(), f"{'    ' * (len(loop) + 1)}y[{target}] = {value};"]
+        lines += ["    " * (depth + 1) + "}" for depth in reversed(range(len(loop)))]
         return [*lines, "}"]
+
+    def _constant(self, op: Op) -> list[str]:
+        assert isinstance(op, ConstantOp)
+        size, ctype = self._size(op.output), self.program.tensors[op.output].ctype
+        values = self._array("values", ctype, op.values)
+        return [f"static void {self.fn}({self._params(op, 'y')})", "{", "    int i;",
+                f"    for (i = 0; i < {size}; i++) {{", *self._pragmas(), f"        y[i] = {values}[i];",
+                "    }", "}"]
+
+    def _add_constant(self, op: Op) -> list[str]:
+        assert isinstance(op, AddConstantOp) and op.requant is not None
+        constant = self._array("c", "int64_t", op.constant)
+        value = f"{minus_zp('(int64_t)x[i]', op.in_zp)} * {lit(op.in_mult)} + {constant}[i]"
+        return self._unary(op, self._size(op.output), self._requant(op.requant, value))
 
     def _mul(self, op: Op) -> list[str]:
         assert isinstance(op, MulOp) and op.requant is not None

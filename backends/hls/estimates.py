@@ -13,7 +13,19 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dsqc.integer import ConvOp, DenseOp, LayerNormOp, LookupOp, MatMulOp, Op, PoolOp, Program, SoftmaxOp
+from dsqc.integer import (
+    AddConstantOp,
+    ConstantOp,
+    ConvOp,
+    DenseOp,
+    LayerNormOp,
+    LookupOp,
+    MatMulOp,
+    Op,
+    PoolOp,
+    Program,
+    SoftmaxOp,
+)
 
 
 @dataclass
@@ -57,6 +69,10 @@ def weight_bytes(op: Op) -> int:
         return int(op.gamma.nbytes + op.beta.nbytes)
     if isinstance(op, SoftmaxOp):
         return 4 * int(op.table.size)
+    if isinstance(op, ConstantOp):
+        return int(op.values.nbytes)
+    if isinstance(op, AddConstantOp):
+        return int(op.constant.nbytes)
     if not isinstance(op, ConvOp | DenseOp):
         return 0
     assert op.requant is not None

@@ -3,8 +3,10 @@ requantization (one rounding rule, see ``fixedpoint``), and its numpy reference 
 
 from dsqc.integer.fixedpoint import ROUNDING_RULE, Multiplier, quantize_multiplier, requantize
 from dsqc.integer.ops import (
+    AddConstantOp,
     AddOp,
     ConcatOp,
+    ConstantOp,
     ConvOp,
     DenseOp,
     ElementwiseOp,
@@ -26,9 +28,8 @@ from dsqc.integer.program import MissingLowerings, lower
 from dsqc.integer.reference import dequantize_outputs, quantize_inputs, run
 
 __all__ = [
-    "ROUNDING_RULE", "AddOp", "ConcatOp", "ConvOp", "DenseOp", "ElementwiseOp", "IOBinding", "LayerNormOp",
-    "LookupOp", "MatMulOp", "MissingLowerings", "MulOp", "Multiplier", "Op", "PoolOp", "Program", "Requant",
-    "SliceOp", "SoftmaxOp", "TensorInfo", "TransposeOp", "dequantize_outputs",
-    "lower",
-    "quantize_inputs", "quantize_multiplier", "requantize", "run",
+    "ROUNDING_RULE", "AddConstantOp", "AddOp", "ConcatOp", "ConstantOp", "ConvOp", "DenseOp",
+    "ElementwiseOp", "IOBinding", "LayerNormOp", "LookupOp", "MatMulOp", "MissingLowerings", "MulOp",
+    "Multiplier", "Op", "PoolOp", "Program", "Requant", "SliceOp", "SoftmaxOp", "TensorInfo", "TransposeOp",
+    "dequantize_outputs", "lower", "quantize_inputs", "quantize_multiplier", "requantize", "run",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dsqc.integer.ops import Program
+from dsqc.integer.ops import ConstantOp, Program
 
 ORT_LEVELS = ("float_requant", "fused")
 
@@ -42,12 +42,14 @@ def ort_int_outputs(qdq: onnx.ModelProto, program: Program, feeds: Mapping[str, 
 Stats = dict[str, int | float]
 
 
-def run_in_model_batches(session: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """``session.run`` over all samples, in chunks of the batch size the model fixes (axis 0 of its
-    inputs, e.g. 1 for ``torch.onnx.export`` without dynamic axes), outputs concatenated on axis 0."""
+def run_in_model_batches(session: Any, names: list[str], feeds: Mapping[str, np.ndarray],
+                         batch: int | None = None) -> list[np.ndarray]:
+    """``session.run`` over all samples, in chunks of ``batch`` or else the batch size the model fixes
+    (axis 0 of its inputs, e.g. 1 for ``torch.onnx.export`` without dynamic axes), outputs concatenated
+    on axis 0."""
     floats = {k: np.asarray(v, np.float32) for k, v in feeds.items()}
     dims = [i.shape[0] for i in session.get_inputs() if i.shape]
-    fixed = next((d for d in dims if isinstance(d, int) and d > 0), None)
+    fixed = batch or next((d for d in dims if isinstance(d, int) and d > 0), None)
     total = len(next(iter(floats.values())))
     if fixed is None or fixed == total:
         return [np.asarray(v) for v in session.run(names, floats)]
@@ -84,7 +86,9 @@ def per_op_with_ort(qdq: onnx.ModelProto, program: Program,
             q_out[node.input[0]] = node.output[0]
             zp = node.input[2] if len(node.input) > 2 else ""
             q_type[node.output[0]] = zp_type.get(zp, onnx.TensorProto.UINT8)
-    wanted = [q_out.get(name, name) for name in program.tensors]
+    made = {op.output: op for op in program.ops if isinstance(op, ConstantOp) and op.output not in q_out}
+    names = [name for name in program.tensors if name not in made]  # a Concat's folded constant: no Q
+    wanted = [q_out.get(name, name) for name in names]
     known = {o.name for o in model.graph.output}
     for name in wanted:
         if name not in known:
@@ -93,14 +97,24 @@ def per_op_with_ort(qdq: onnx.ModelProto, program: Program,
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    values = run_in_model_batches(session, wanted, feeds)
-    ints = {name: np.asarray(v).astype(np.int64) for name, v in zip(program.tensors, values, strict=True)}
-    uint8 = {name for name, v in zip(program.tensors, values, strict=True) if np.asarray(v).dtype == np.uint8}
+    # one sample a run where the program moves axis 0: a batch would interleave on the sequence axis
+    values = run_in_model_batches(session, wanted, feeds, batch=None if program.batched else 1)
+    ints = {name: np.asarray(v).astype(np.int64) for name, v in zip(names, values, strict=True)}
+    uint8 = {name for name, v in zip(names, values, strict=True) if np.asarray(v).dtype == np.uint8}
     ints = {k: v - 128 if k in uint8 else v for k, v in ints.items()}
+    count = len(next(iter(feeds.values())))
+    ints |= {name: np.concatenate([op.values.astype(np.int64)] * count) for name, op in made.items()}
     stats: dict[str, Stats] = {}
     for op in program.ops:
-        got = execute(op, program, {name: ints[name] for name in op.inputs})
-        stats[op.node] = lsb_stats({"x": got}, {"x": ints[op.output].reshape(got.shape)})
+        if program.batched:
+            got = execute(op, program, {name: ints[name] for name in op.inputs})
+            stats[op.node] = lsb_stats({"x": got}, {"x": ints[op.output].reshape(got.shape)})
+            continue
+        names = [*op.inputs, op.output]
+        samples = {name: ints[name].reshape(-1, *program.tensors[name].shape) for name in names}
+        count = len(samples[op.output])  # one sample at a time, as the reference runs such a program
+        got = np.stack([execute(op, program, {n: samples[n][i] for n in op.inputs}) for i in range(count)])
+        stats[op.node] = lsb_stats({"x": got}, {"x": samples[op.output].reshape(got.shape)})
     return stats
 
 

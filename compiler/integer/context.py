@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from dsqc.errors import UnsupportedError
-from dsqc.integer.ops import IOBinding, Op, TensorInfo
+from dsqc.integer.ops import ConstantOp, IOBinding, Op, TensorInfo
 from dsqc.ir import constant_value
 
 _INT8 = (-128, 127)
@@ -93,6 +93,13 @@ class Lowering:
         producer = source.inputs[0] if source.inputs else None
         if producer is not None and producer.op == "DequantizeLinear":
             self.ops.append(requantize(self, q))
+            return
+        value = constant_value(source)
+        if value is not None:  # a constant activation (ViT's class token): its codes, once
+            info = self.register(q, tuple(int(d) for d in np.shape(value)) or (1,))
+            real = np.asarray(value, np.float32).reshape(info.shape)
+            codes = np.clip(np.rint(real / np.float32(info.scale)) + info.zero_point, info.qmin, info.qmax)
+            self.ops.append(ConstantOp(q.name, "Constant", [], info.name, values=codes.astype(info.dtype)))
             return
         raise UnsupportedError(f"node '{q.name}' (QuantizeLinear): quantizes '{source.name}', which is "
                                "neither a graph input nor the output of a supported op")

@@ -7,6 +7,8 @@ one Q. An *island* is such a node, with the float nodes behind it up to those DQ
 - elementwise ops on one 8-bit tensor with scalar constants (GELU, its pieces, a Mul by 0.5): a table
   of 256 entries, each code run through the island's own nodes by ONNX Runtime, so it equals
   DQ → island → Q of the QDQ model code for code;
+- an Add or Sub of a constant tensor (ViT's position embedding): ``AddConstantOp``, the constant in the
+  accumulator's fixed point;
 - a Mul or Div of an NCHW tensor by a constant that varies along the channel axis only (ConvNeXt's
   layer scale): a depthwise 1×1 integer conv, weights ±1, the constant in the per-channel multipliers;
 - LayerNormalization over the last axis: ``LayerNormOp`` (integer mean, variance and square root);
@@ -27,8 +29,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
+from dsqc.integer.fixedpoint import common_multipliers
 from dsqc.integer.lowering import lower_dense, requant_to
-from dsqc.integer.ops import ConvOp, LayerNormOp, LookupOp, Op, Requant, SoftmaxOp, TensorInfo
+from dsqc.integer.ops import AddConstantOp, ConvOp, LayerNormOp, LookupOp, Op, Requant, SoftmaxOp, TensorInfo
 from dsqc.ir import constant_value, is_graph_output
 from dsqc.op_kinds import ELEMENTWISE_OPS
 
@@ -143,6 +146,9 @@ def lower_island(ctx: Lowering, end: gs.Node, interior: set[str]) -> Island:
     x = cone.source
     if all(v.size == 1 for v in cone.constants.values()):
         return Island(_table(ctx, cone, x), names, f"256-entry table ({cone.ops})")
+    if len(cone.nodes) == 1 and end.op in ("Add", "Sub") and len(cone.constants) == 1:
+        op = _add_constant(ctx, end, x, next(iter(cone.constants.items())))
+        return Island(op, names, "constant added in integers")
     if len(cone.nodes) == 1 and end.op in ("Mul", "Div") and len(cone.constants) == 1:
         op = _channel_scale(ctx, end, x, next(iter(cone.constants.values())))
         return Island(op, names, "per-channel scale (depthwise 1x1 conv)")
@@ -189,6 +195,25 @@ def _run_island(ctx: Lowering, cone: _Cone, real: np.ndarray) -> np.ndarray:
     except Exception as exc:  # ORT raises its own types; the node is what matters here
         raise _fail(cone.end, f"ONNX Runtime could not tabulate the float ops {cone.ops}: {exc}") from exc
     return np.asarray(result, np.float32).reshape(-1)
+
+
+def _add_constant(ctx: Lowering, node: gs.Node, x: TensorInfo, constant: tuple[str, np.ndarray]) -> Op:
+    """``x + c`` (or ``x − c``) with ``c`` a constant tensor (ViT's position embedding): ``c`` in the
+    output's fixed point, added to the rescaled ``x`` before one rounding."""
+    name, value = constant
+    if node.op == "Sub" and node.inputs[1].name != name:
+        raise _fail(node, "subtracts the activation from a constant; the integer program takes x − c only")
+    try:
+        full = np.broadcast_to(value.astype(np.float64), x.shape)
+    except ValueError as exc:
+        raise _fail(node, f"constant of shape {value.shape} does not broadcast to {x.shape}") from exc
+    out = ctx.output(node, x.shape)
+    (mult,), shift = common_multipliers([x.scale / out.scale], f"node '{node.name}'")
+    sign = -1.0 if node.op == "Sub" else 1.0
+    steps = np.clip(sign * full / out.scale * 2.0**shift, -(2.0**61), 2.0**61)
+    requant = Requant(np.ones(1, np.int64), np.array([shift], np.int64), out.zero_point, out.qmin, out.qmax)
+    return AddConstantOp(node.name, node.op, [x.name], out.name, in_zp=x.zero_point, in_mult=mult,
+                         constant=np.rint(steps).astype(np.int64), requant=requant)
 
 
 def _channel_scale(ctx: Lowering, node: gs.Node, x: TensorInfo, constant: np.ndarray) -> Op:

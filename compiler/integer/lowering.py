@@ -13,6 +13,7 @@ from dsqc.integer.fixedpoint import common_multipliers, mult_bits, quantize_mult
 from dsqc.integer.ops import (
     AddOp,
     ConcatOp,
+    ConstantOp,
     ConvOp,
     DenseOp,
     ElementwiseOp,
@@ -275,6 +276,8 @@ def lower_reshape(ctx: Lowering, node: gs.Node) -> Op:
         if axis == 0:
             raise _fail(node, "Flatten over the batch axis is not supported")
         shape: tuple[int, ...] = (int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
+    elif node.op in ("Squeeze", "Unsqueeze"):
+        shape = _squeezed(ctx, node, x.shape)
     else:
         target = ctx.constant(node, 1).astype(np.int64).tolist()
         if node.attrs.get("allowzero", 0) and 0 in target:
@@ -284,18 +287,58 @@ def lower_reshape(ctx: Lowering, node: gs.Node) -> Op:
             shape = tuple(int(d) for d in np.empty(x.shape, np.int8).reshape(target).shape)
         except ValueError as exc:
             raise _fail(node, f"cannot reshape {x.shape} to {target}") from exc
-    if not shape or shape[0] != 1:
-        raise _fail(node, f"reshape to {shape} moves the batch dimension")
+    if not shape:
+        raise _fail(node, "reshape to a scalar is not supported")
     out = ctx.output(node, shape)
     requant = requant_to(node, np.array([x.scale / out.scale]), out)
     return ElementwiseOp(node.name, node.op, [x.name], out.name, in_zp=x.zero_point, requant=requant)
 
 
+def _squeezed(ctx: Lowering, node: gs.Node, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape after a Squeeze or Unsqueeze (axes from input 1, or the attribute before opset 13)."""
+    given = len(node.inputs) > 1 and bool(node.inputs[1].name)
+    axes = ctx.constant(node, 1).astype(np.int64).reshape(-1).tolist() if given else node.attrs.get("axes")
+    if node.op == "Squeeze":
+        rank = len(shape)
+        drop = {a % rank for a in axes} if axes is not None else {a for a, d in enumerate(shape) if d == 1}
+        if any(shape[a] != 1 for a in drop):
+            raise _fail(node, f"squeezes axes {sorted(drop)} of {shape}, not all of size 1")
+        return tuple(d for a, d in enumerate(shape) if a not in drop)
+    if axes is None:
+        raise _fail(node, "Unsqueeze needs its axes")
+    rank = len(shape) + len(axes)
+    out = list(shape)
+    for a in sorted(int(a) % rank for a in axes):
+        out.insert(a, 1)
+    return tuple(out)
+
+
+def lower_gather(ctx: Lowering, node: gs.Node) -> Op:
+    """Gather of one constant index on an axis: a window of size 1 there, the axis dropped for a scalar
+    index (q, k and v out of torch's stacked projection; ViT's class token)."""
+    x = ctx.act(node, 0)
+    index = ctx.constant(node, 1).astype(np.int64)
+    if index.size != 1:
+        raise _fail(node, f"gathers {index.size} indices; the integer program takes one constant index")
+    axis = int(node.attrs.get("axis", 0)) % len(x.shape)
+    at = int(index.reshape(())) % x.shape[axis]
+    starts, steps, sizes = [0] * len(x.shape), [1] * len(x.shape), list(x.shape)
+    starts[axis], sizes[axis] = at, 1
+    shape = tuple(sizes) if index.ndim else tuple(d for a, d in enumerate(sizes) if a != axis)
+    if not shape:
+        raise _fail(node, "gathers a scalar")
+    out = ctx.output(node, shape)
+    requant = requant_to(node, np.array([x.scale / out.scale]), out)
+    return SliceOp(node.name, node.op, [x.name], out.name, cuts_first=axis == 0 and x.shape[0] != 1,
+                   starts=tuple(starts), steps=tuple(steps), sizes=tuple(sizes), in_zp=x.zero_point,
+                   requant=requant)
+
+
 def lower_transpose(ctx: Lowering, node: gs.Node) -> Op:
     x = ctx.act(node, 0)
     perm = tuple(int(p) for p in node.attrs.get("perm", range(len(x.shape))[::-1]))
-    if sorted(perm) != list(range(len(x.shape))) or perm[0] != 0:
-        raise _fail(node, f"perm {list(perm)} moves the batch axis of a {len(x.shape)}-D tensor")
+    if sorted(perm) != list(range(len(x.shape))):
+        raise _fail(node, f"perm {list(perm)} is not a permutation of a {len(x.shape)}-D tensor's axes")
     out = ctx.output(node, tuple(x.shape[p] for p in perm))
     requant = requant_to(node, np.array([x.scale / out.scale]), out)
     return TransposeOp(node.name, node.op, [x.name], out.name, perm=perm, in_zp=x.zero_point, requant=requant)
@@ -315,16 +358,25 @@ def lower_slice(ctx: Lowering, node: gs.Node) -> Op:
             raise _fail(node, f"step {int(step)} on axis {a}: only forward slices are supported")
         first, stop, stride = slice(int(begin), int(end), int(step)).indices(x.shape[a])
         starts[a], strides[a], sizes[a] = first, stride, len(range(first, stop, stride))
-    if sizes[0] != x.shape[0] or 0 in sizes:
-        raise _fail(node, f"slice of {x.shape} to {tuple(sizes)} cuts the batch axis or is empty")
+    if 0 in sizes:
+        raise _fail(node, f"slice of {x.shape} to {tuple(sizes)} is empty")
     out = ctx.output(node, tuple(sizes))
     requant = requant_to(node, np.array([x.scale / out.scale]), out)
-    return SliceOp(node.name, node.op, [x.name], out.name, starts=tuple(starts), steps=tuple(strides),
+    cuts_first = (starts[0], strides[0], sizes[0]) != (0, 1, x.shape[0])
+    return SliceOp(node.name, node.op, [x.name], out.name, cuts_first=cuts_first, starts=tuple(starts),
+                   steps=tuple(strides),
                    sizes=tuple(sizes), in_zp=x.zero_point, requant=requant)
 
 
 def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
-    parts = [ctx.act(node, i) for i in range(len(node.inputs))]
+    """Concatenation; a constant input (ViT's class token, its Q → DQ folded) becomes a ``ConstantOp``
+    on the output's scale, which it shares."""
+    constants = {i: np.asarray(v, np.float32) for i, t in enumerate(node.inputs)
+                 if (v := constant_value(t)) is not None}
+    if len(constants) == len(node.inputs):
+        raise _fail(node, "concatenates constants only")
+    parts = [_placeholder(t.name, constants[i]) if i in constants else ctx.act(node, i)
+             for i, t in enumerate(node.inputs)]
     rank = len(parts[0].shape)
     axis = int(node.attrs.get("axis", 1)) % rank
     if axis == 0 or any(len(p.shape) != rank for p in parts):
@@ -335,9 +387,26 @@ def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
     shape = list(parts[0].shape)
     shape[axis] = sum(p.shape[axis] for p in parts)
     out = ctx.output(node, tuple(shape))
+    for i, value in constants.items():
+        parts[i] = _constant_part(ctx, node, i, value, out)
     requants = tuple(requant_to(node, np.array([p.scale / out.scale]), out) for p in parts)
     return ConcatOp(node.name, node.op, [p.name for p in parts], out.name, axis=axis,
                     in_zps=tuple(p.zero_point for p in parts), requants=requants)
+
+
+def _placeholder(name: str, value: np.ndarray) -> TensorInfo:
+    return TensorInfo(name, tuple(int(d) for d in value.shape), 1.0, 0)
+
+
+def _constant_part(ctx: Lowering, node: gs.Node, index: int, value: np.ndarray,
+                   out: TensorInfo) -> TensorInfo:
+    """A constant input of ``node`` as an integer tensor on ``out``'s scale, written by a ``ConstantOp``."""
+    info = TensorInfo(f"{node.name}/constant{index}", tuple(int(d) for d in value.shape), out.scale,
+                      out.zero_point, out.qmin, out.qmax)
+    codes = np.clip(np.rint(value / np.float32(out.scale)) + out.zero_point, out.qmin, out.qmax)
+    ctx.tensors[info.name] = info
+    ctx.ops.append(ConstantOp(node.name, "Constant", [], info.name, values=codes.astype(info.dtype)))
+    return info
 
 
 def lower_requantize(ctx: Lowering, q: gs.Node) -> Op:
@@ -353,5 +422,6 @@ LOWERINGS: dict[str, Callable[[Lowering, gs.Node], Op]] = {
     "Relu": lower_clamp, "Clip": lower_clamp, "MaxPool": lower_pool, "AveragePool": lower_pool,
     "GlobalAveragePool": lower_pool, "Flatten": lower_reshape, "Reshape": lower_reshape,
     "Concat": lower_concat, "Mul": lower_mul, "Sigmoid": lower_lookup, "Tanh": lower_lookup,
-    "Transpose": lower_transpose, "Slice": lower_slice,
+    "Transpose": lower_transpose, "Slice": lower_slice, "Squeeze": lower_reshape, "Unsqueeze": lower_reshape,
+    "Gather": lower_gather,
 }

@@ -136,6 +136,25 @@ class AddOp(Op):
 
 
 @dataclass(eq=False)
+class AddConstantOp(Op):
+    """``out = Requant(m·(x − zp) + constant)``: a constant tensor (ViT's position embedding) added in the
+    accumulator's fixed point, ``constant`` = round(c / s_out · 2^n) per element (int64, ``x``'s shape),
+    ``m`` = s_x / s_out · 2^n, one shift ``n``."""
+
+    in_zp: int = 0
+    in_mult: int = 1
+    constant: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    requant: Requant | None = None
+
+
+@dataclass(eq=False)
+class ConstantOp(Op):
+    """A constant tensor's integer codes (ViT's class token, quantized by its Q); no inputs."""
+
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+
+
+@dataclass(eq=False)
 class PoolOp(Op):
     """Max or average pooling (GlobalAveragePool: the kernel is the whole plane); a ceil-mode max pool
     arrives with its end pads grown to take the partial window."""
@@ -254,8 +273,11 @@ class TransposeOp(Op):
 @dataclass(eq=False)
 class SliceOp(Op):
     """A strided window: output index ``i < sizes[a]`` on axis ``a`` reads input ``starts[a] + i·steps[a]``
-    (steps ≥ 1; the batch axis whole), requantized element by element."""
+    (steps ≥ 1), requantized element by element. ``cuts_first``: the window cuts axis 0 too (then not a
+    batch axis: a Gather of q, k or v from torch's stacked [3, …] projection); else axis 0 is whole.
+    The output may drop axes of size 1 (a Gather of one index)."""
 
+    cuts_first: bool = False
     starts: tuple[int, ...] = ()
     steps: tuple[int, ...] = ()
     sizes: tuple[int, ...] = ()
@@ -283,6 +305,15 @@ class Program:
     outputs: list[IOBinding]
     notes: list[str] = field(default_factory=list)
     islands: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def batched(self) -> bool:
+        """Axis 0 of every tensor is the batch, of size 1, so the reference may run many samples at once.
+        A program that moves or cuts axis 0 (torch's sequence-first attention) or holds a constant
+        tensor runs one sample at a time."""
+        moved = any((isinstance(op, TransposeOp) and op.perm[0] != 0) or isinstance(op, ConstantOp)
+                    or (isinstance(op, SliceOp) and op.cuts_first) for op in self.ops)
+        return not moved and all(info.shape[0] == 1 for info in self.tensors.values())
 
     def macs(self) -> list[int]:
         """Multiply-accumulates of each op (batch 1), in op order."""

@@ -14,8 +14,10 @@ import numpy as np
 
 from dsqc.integer.fixedpoint import isqrt, requantize, round_div
 from dsqc.integer.ops import (
+    AddConstantOp,
     AddOp,
     ConcatOp,
+    ConstantOp,
     ConvOp,
     DenseOp,
     ElementwiseOp,
@@ -60,11 +62,11 @@ def dequantize_outputs(program: Program, outputs: Mapping[str, np.ndarray]) -> d
 
 def run(program: Program, feeds: Mapping[str, np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
     """Run on integer inputs (each its tensor's type: int8, or int16) keyed by graph input name; integer
-    outputs keyed by graph output name.
+    outputs keyed by graph output name. A program that moves axis 0 (``Program.batched`` false) runs
+    one sample at a time, its results joined on axis 0 as ONNX Runtime joins a batch-1 model's.
 
     ``keep_all``: return every program tensor (keyed by program tensor name) instead.
     """
-    env: dict[str, np.ndarray] = {}
     for binding in program.inputs:
         x = np.asarray(feeds[binding.onnx_name])
         info = program.tensors[binding.tensor]
@@ -74,7 +76,16 @@ def run(program: Program, feeds: Mapping[str, np.ndarray], keep_all: bool = Fals
         expected = info.shape[1:]
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"input '{binding.onnx_name}': shape {x.shape}, expected [N, {expected}]")
-        env[binding.tensor] = x.astype(np.int64)
+    if program.batched:
+        return _run(program, feeds, keep_all)
+    count = len(np.asarray(feeds[program.inputs[0].onnx_name])) if program.inputs else 1
+    runs = [_run(program, {k: np.asarray(v)[i:i + 1] for k, v in feeds.items()}, keep_all)
+            for i in range(count)]
+    return {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
+
+
+def _run(program: Program, feeds: Mapping[str, np.ndarray], keep_all: bool) -> dict[str, np.ndarray]:
+    env = {b.tensor: np.asarray(feeds[b.onnx_name]).astype(np.int64) for b in program.inputs}
     for op in program.ops:
         env[op.output] = execute(op, program, env)
     if keep_all:
@@ -85,7 +96,10 @@ def run(program: Program, feeds: Mapping[str, np.ndarray], keep_all: bool = Fals
 def execute(op: Op, program: Program, env: Mapping[str, np.ndarray]) -> np.ndarray:
     """One op on int tensors (int64 arrays, batch on axis 0) → its int output, shaped [N, ...]."""
     value = _EXEC[type(op)](op, env)
-    return value.reshape(value.shape[0], *program.tensors[op.output].shape[1:])
+    shape = program.tensors[op.output].shape
+    if value.size == int(np.prod(shape)):  # one sample: exactly the program's shape
+        return value.reshape(shape)
+    return value.reshape(value.shape[0], *shape[1:])
 
 
 def _apply(rq: Requant, value: np.ndarray) -> np.ndarray:
@@ -132,6 +146,18 @@ def _dense(op: Op, env: Env) -> np.ndarray:
     rows = (x - op.in_zp).astype(np.float64).reshape(-1, x.shape[-1])  # every row of a [N, …, K] tensor
     acc = (rows @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
     return _apply(op.requant, acc).reshape(*x.shape[:-1], -1)
+
+
+def _constant(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, ConstantOp)
+    return op.values.astype(np.int64)
+
+
+def _add_constant(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, AddConstantOp) and op.requant is not None
+    x = env[op.inputs[0]]
+    value = (x - op.in_zp) * np.int64(op.in_mult) + op.constant  # [1, …] broadcasts over a batch
+    return _apply(op.requant, value)
 
 
 def _matmul(op: Op, env: Env) -> np.ndarray:
@@ -211,8 +237,10 @@ def _transpose(op: Op, env: Env) -> np.ndarray:
 
 def _slice(op: Op, env: Env) -> np.ndarray:
     assert isinstance(op, SliceOp) and op.requant is not None
-    window = (slice(None), *(slice(b, b + (n - 1) * s + 1, s) for b, n, s in
-                             zip(op.starts[1:], op.sizes[1:], op.steps[1:], strict=True)))
+    first = slice(op.starts[0], op.starts[0] + (op.sizes[0] - 1) * op.steps[0] + 1, op.steps[0]) \
+        if op.cuts_first else slice(None)  # axis 0 is the batch unless the op cuts it (one sample a run)
+    window = (first, *(slice(b, b + (n - 1) * s + 1, s) for b, n, s in
+                       zip(op.starts[1:], op.sizes[1:], op.steps[1:], strict=True)))
     x = env[op.inputs[0]]
     return _apply(op.requant, x[window] - op.in_zp)
 
@@ -220,6 +248,6 @@ def _slice(op: Op, env: Env) -> np.ndarray:
 _EXEC: dict[type, Callable[[Op, Env], np.ndarray]] = {
     ConvOp: _conv, DenseOp: _dense, AddOp: _add, PoolOp: _pool, ElementwiseOp: _elementwise,
     ConcatOp: _concat, LookupOp: _lookup, LayerNormOp: _layernorm, MulOp: _mul,
-    MatMulOp: _matmul, SoftmaxOp: _softmax, TransposeOp: _transpose,
-    SliceOp: _slice,
+    MatMulOp: _matmul, SoftmaxOp: _softmax, ConstantOp: _constant, AddConstantOp: _add_constant,
+    TransposeOp: _transpose, SliceOp: _slice,
 }
