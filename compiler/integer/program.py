@@ -29,7 +29,11 @@ def lower(model: onnx.ModelProto, name: str = "model") -> Program:
     graph = fold_shapes(gs.import_onnx(static_shapes(model, 1))) if has_shape_ops(model) \
         else gs.import_onnx(model)
     graph.toposort()
-    return run(Lowering(graph, name))
+    ctx = Lowering(graph, name)
+    kept = {n.name for n in graph.nodes}
+    ctx.islands.update({n.name: "folded into a constant (batch 1)" for n in model.graph.node
+                        if n.name not in kept and n.op_type not in ("QuantizeLinear", "DequantizeLinear")})
+    return run(ctx)
 
 
 def run(ctx: Lowering) -> Program:

@@ -121,3 +121,60 @@ def test_softmax_input_stays_int8_under_int16_activations(tmp_path: Path) -> Non
     tables_only = dataclasses.replace(hls_profile(16), eight_bit_inputs=frozenset({"Sigmoid", "Tanh"}))
     with pytest.raises(UnsupportedError, match=r"node 'softmax' \(Softmax\): input .* is int16"):
         lower(quantize(fp32, tables_only, calib)[0], "attention")
+
+
+def tiny_vit(path: Path) -> Path:
+    """ViT in small, exported from torch like torchvision's: patch Conv, class token (``expand`` to the
+    batch) concatenated, position embedding added, one encoder block (LayerNorm, ``nn.MultiheadAttention``
+    with ``batch_first=True``, which torch exports sequence-first: transposes of the batch axis, the q/k/v
+    projection unflattened, stacked and gathered back, GELU MLP), LayerNorm, the class token's head."""
+    torch = pytest.importorskip("torch")
+    from dsqc.torch_export import from_torch
+
+    class TinyViT(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            dim = 16
+            self.patch = torch.nn.Conv2d(3, dim, 4, stride=4)
+            self.cls = torch.nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+            self.pos = torch.nn.Parameter(torch.randn(1, 5, dim) * 0.5)
+            self.ln_1 = torch.nn.LayerNorm(dim)
+            self.attention = torch.nn.MultiheadAttention(dim, 2, batch_first=True)
+            self.ln_2 = torch.nn.LayerNorm(dim)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 32), torch.nn.GELU(),
+                                           torch.nn.Linear(32, dim))
+            self.ln = torch.nn.LayerNorm(dim)
+            self.head = torch.nn.Linear(dim, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+            y = self.ln_1(x)
+            x = x + self.attention(y, y, y, need_weights=False)[0]
+            x = x + self.mlp(self.ln_2(x))
+            return self.head(self.ln(x)[:, 0])
+
+    onnx.save(from_torch(TinyViT().eval(), torch.zeros(1, 3, 8, 8)), path)
+    return path
+
+
+@needs_gcc
+def test_torch_vit_block_is_bit_exact(tmp_path: Path) -> None:
+    """torch's sequence-first attention moves the batch axis: the program runs one sample at a time, the
+    C loops over those axes too, and the class token and position embedding are integer constants."""
+    model = tiny_vit(tmp_path / "vit.onnx")
+    ops = {n.op_type for n in onnx.load(model).graph.node}
+    assert {"Gather", "Squeeze", "Unsqueeze", "Softmax", "Expand"} <= ops
+    images = np.random.default_rng(1).normal(size=(48, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=images)
+    result = build(BuildRequest(model=model, target="hls", out_dir=tmp_path / "out",
+                                calib=str(tmp_path / "calib.npz"), measure_latency=False, repair=False,
+                                backend_options={"tb_vectors": 8}))
+    hls = result.metrics["hls"]
+    assert hls["csim"]["status"] == "bit-exact" and hls["csim"]["vectors"] == 8
+    assert hls["lsb_vs_ort"]["per_op_float_requant"]["max_lsb"] <= 1
+    assert result.metrics["float_nodes"] == {}
+    assert result.metrics["verification"]["outputs"]["output"]["sqnr_db"] > 15
+    source = (tmp_path / "out" / "hls" / "firmware" / "vit.c").read_text()
+    assert "/* Constant node" in source and "_c[i]" in source  # class token; position embedding
