@@ -15,6 +15,7 @@ from dsqc.quant.profile import TargetProfile
 HLS_COMPUTE_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "Add", "Concat", "AveragePool", "GlobalAveragePool", "Relu", "Clip",
     "Mul", "Sigmoid", "Tanh",  # squeeze-excitation gates and SiLU: a 256-entry table and an int8 product
+    "Softmax",  # an exp table of code differences; its input quantized after any bias or mask Add
 })
 
 HLS_PROFILE = TargetProfile(

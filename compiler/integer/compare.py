@@ -88,7 +88,7 @@ def per_op_with_ort(qdq: onnx.ModelProto, program: Program,
             q_type[node.output[0]] = zp_type.get(zp, onnx.TensorProto.UINT8)
     made = {op.output: op for op in program.ops if isinstance(op, ConstantOp) and op.output not in q_out}
     names = [name for name in program.tensors if name not in made]  # a Concat's folded constant: no Q
-    wanted = [q_out.get(name, name) for name in names]
+    wanted = [program.q_outputs.get(name) or q_out.get(name, name) for name in names]
     known = {o.name for o in model.graph.output}
     for name in wanted:
         if name not in known:

@@ -176,8 +176,9 @@ class Lowering:
         scales = np.broadcast_to(scale.reshape(-1), (channels,)).astype(np.float64)
         return q.astype(np.int64), scales
 
-    def bias(self, node: gs.Node, index: int, acc_scale: np.ndarray) -> np.ndarray:
-        """int32 bias in units of ``acc_scale`` (= s_in·s_w per channel); zeros when absent."""
+    def bias(self, node: gs.Node, index: int, acc_scale: np.ndarray, noted: bool = True) -> np.ndarray:
+        """int32 bias in units of ``acc_scale`` (= s_in·s_w per channel); zeros when absent. A float bias
+        is noted (``noted``), unless it is the constant of a Linear's bias Add, float by design."""
         if len(node.inputs) <= index or not node.inputs[index].name:
             return np.zeros(acc_scale.shape, np.int64)
         tensor = node.inputs[index]
@@ -192,7 +193,8 @@ class Lowering:
             real = (q - zero.reshape(-1)) * scale.reshape(-1)
         else:
             real = self.constant(node, index).astype(np.float64).reshape(-1)
-            self.notes.append(f"{node.name}: float bias quantized to int32 with scale s_in*s_w")
+            if noted:
+                self.notes.append(f"{node.name}: float bias quantized to int32 with scale s_in*s_w")
         out = np.rint(real / acc_scale)
         if np.any(np.abs(out) >= 2**31):
             raise UnsupportedError(f"node '{node.name}' ({node.op}): bias does not fit int32")

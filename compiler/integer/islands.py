@@ -30,8 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
 from dsqc.integer.fixedpoint import common_multipliers
-from dsqc.integer.lowering import lower_dense, requant_to
-from dsqc.integer.ops import AddConstantOp, ConvOp, LayerNormOp, LookupOp, Op, Requant, SoftmaxOp, TensorInfo
+from dsqc.integer.lowering import lower_dense, lower_softmax, requant_to
+from dsqc.integer.ops import AddConstantOp, ConvOp, LayerNormOp, LookupOp, Op, Requant, TensorInfo
 from dsqc.ir import constant_value, is_graph_output
 from dsqc.op_kinds import ELEMENTWISE_OPS
 
@@ -146,8 +146,10 @@ def lower_island(ctx: Lowering, end: gs.Node, interior: set[str]) -> Island:
     x = cone.source
     if all(v.size == 1 for v in cone.constants.values()):
         return Island(_table(ctx, cone, x), names, f"256-entry table ({cone.ops})")
-    if len(cone.nodes) == 1 and end.op in ("Add", "Sub") and len(cone.constants) == 1:
-        op = _add_constant(ctx, end, x, next(iter(cone.constants.items())))
+    wide = {n: v for n, v in cone.constants.items() if v.size > 1}
+    if end.op in ("Add", "Sub") and len(wide) == 1 and any(t.name in wide for t in end.inputs):
+        factor = _positive_factor([n for n in cone.nodes if n is not end])  # attention's 1/√d first
+        op = _add_constant(ctx, end, x, next(iter(wide.items())), factor)
         return Island(op, names, "constant added in integers")
     if len(cone.nodes) == 1 and end.op in ("Mul", "Div") and len(cone.constants) == 1:
         op = _channel_scale(ctx, end, x, next(iter(cone.constants.values())))
@@ -197,9 +199,11 @@ def _run_island(ctx: Lowering, cone: _Cone, real: np.ndarray) -> np.ndarray:
     return np.asarray(result, np.float32).reshape(-1)
 
 
-def _add_constant(ctx: Lowering, node: gs.Node, x: TensorInfo, constant: tuple[str, np.ndarray]) -> Op:
-    """``x + c`` (or ``x − c``) with ``c`` a constant tensor (ViT's position embedding): ``c`` in the
-    output's fixed point, added to the rescaled ``x`` before one rounding."""
+def _add_constant(ctx: Lowering, node: gs.Node, x: TensorInfo, constant: tuple[str, np.ndarray],
+                  factor: float = 1.0) -> Op:
+    """``factor·x + c`` (or ``− c``) with ``c`` a constant tensor (ViT's position embedding, Swin's
+    relative position bias): ``c`` in the output's fixed point, added to the rescaled ``x`` before one
+    rounding."""
     name, value = constant
     if node.op == "Sub" and node.inputs[1].name != name:
         raise _fail(node, "subtracts the activation from a constant; the integer program takes x − c only")
@@ -208,7 +212,7 @@ def _add_constant(ctx: Lowering, node: gs.Node, x: TensorInfo, constant: tuple[s
     except ValueError as exc:
         raise _fail(node, f"constant of shape {value.shape} does not broadcast to {x.shape}") from exc
     out = ctx.output(node, x.shape)
-    (mult,), shift = common_multipliers([x.scale / out.scale], f"node '{node.name}'")
+    (mult,), shift = common_multipliers([x.scale * factor / out.scale], f"node '{node.name}'")
     sign = -1.0 if node.op == "Sub" else 1.0
     steps = np.clip(sign * full / out.scale * 2.0**shift, -(2.0**61), 2.0**61)
     requant = Requant(np.ones(1, np.int64), np.array([shift], np.int64), out.zero_point, out.qmin, out.qmax)
@@ -243,42 +247,18 @@ def _channel_scale(ctx: Lowering, node: gs.Node, x: TensorInfo, constant: np.nda
 
 
 def _positive_factor(nodes: list[gs.Node]) -> float:
-    """The product of the positive scalars ``nodes`` multiply by (or divide by): the Softmax input's
-    scale (attention's 1/√d), which the exp table takes in."""
+    """The product of the positive scalars ``nodes`` multiply by (or divide by): attention's 1/√d, which
+    the Softmax's exp table or a constant Add's multiplier takes in."""
     factor = 1.0
     for node in nodes:
         values = [constant_value(t) for t in node.inputs]
         index = next((i for i, v in enumerate(values) if v is not None and np.size(v) == 1), None)
         value = float(np.asarray(values[index]).reshape(())) if index is not None else 0.0
         if node.op not in ("Mul", "Div") or index is None or value <= 0 or (node.op == "Div" and index != 1):
-            raise _fail(node, "before a Softmax the integer program takes a Mul or Div by a positive scalar "
-                              "only (it folds into the exp table)")
+            raise _fail(node, "before a Softmax or the Add of a constant tensor the integer program takes a "
+                              "Mul or Div by a positive scalar only (it folds into the next op's scale)")
         factor *= value if node.op == "Mul" else 1.0 / value
     return factor
-
-
-_SOFTMAX_FRAC = 20  # bits of the exp table: e = round(2^20 · exp(−s·d))
-_SOFTMAX_GAIN_SHIFT = 16
-
-
-def lower_softmax(ctx: Lowering, node: gs.Node, x: TensorInfo, factor: float = 1.0) -> Op:
-    """``SoftmaxOp`` over the last axis of the int8 ``x``, its real step ``x.scale · factor``."""
-    axis = int(node.attrs.get("axis", -1)) % len(x.shape)
-    if axis != len(x.shape) - 1:
-        raise _fail(node, f"normalizes axis {axis} of a {len(x.shape)}-D tensor; the integer program "
-                          "normalizes the last axis only")
-    if x.wide:
-        raise _fail(node, f"input '{x.name}' is int16; the integer Softmax's exp table takes int8 inputs "
-                          "(256 codes)")
-    out = ctx.output(node, x.shape)
-    step = x.scale * factor
-    table = np.rint(2.0**_SOFTMAX_FRAC * np.exp(-step * np.arange(256, dtype=np.float64))).astype(np.int64)
-    gain = round(2.0**_SOFTMAX_GAIN_SHIFT / out.scale)
-    if gain < 1 or gain.bit_length() + _SOFTMAX_FRAC > 62:
-        raise _fail(node, f"output scale {out.scale:.3g} is outside the fixed point's range")
-    requant = Requant(np.ones(1, np.int64), np.zeros(1, np.int64), out.zero_point, out.qmin, out.qmax)
-    return SoftmaxOp(node.name, node.op, [x.name], out.name, length=int(x.shape[-1]), frac_bits=_SOFTMAX_FRAC,
-                     table=table, gain=int(gain), gain_shift=_SOFTMAX_GAIN_SHIFT, requant=requant)
 
 
 def lower_layernorm(ctx: Lowering, node: gs.Node) -> Op:

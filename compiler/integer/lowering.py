@@ -24,6 +24,7 @@ from dsqc.integer.ops import (
     PoolOp,
     Requant,
     SliceOp,
+    SoftmaxOp,
     TensorInfo,
     TransposeOp,
 )
@@ -125,7 +126,7 @@ def lower_dense(ctx: Lowering, node: gs.Node, bias_add: gs.Node | None = None) -
     out = ctx.output(bias_add or node, (*x.shape[:-1], weight.shape[0]))
     if bias_add is not None:
         index = next(i for i, t in enumerate(bias_add.inputs) if constant_value(t) is not None)
-        bias = ctx.bias(bias_add, index, x.scale * w_scale)
+        bias = ctx.bias(bias_add, index, x.scale * w_scale, noted=False)
         if bias.size != weight.shape[0]:
             raise _fail(bias_add, f"adds {bias.size} values to {weight.shape[0]} outputs: not a bias")
     elif node.op == "Gemm":
@@ -409,6 +410,32 @@ def _constant_part(ctx: Lowering, node: gs.Node, index: int, value: np.ndarray,
     return info
 
 
+_SOFTMAX_FRAC = 20  # bits of the exp table: e = round(2^20 · exp(−s·d))
+_SOFTMAX_GAIN_SHIFT = 16
+
+
+def lower_softmax(ctx: Lowering, node: gs.Node, x: TensorInfo | None = None, factor: float = 1.0) -> Op:
+    """``SoftmaxOp`` over the last axis of the int8 ``x`` (default: the node's input), its real step
+    ``x.scale · factor``."""
+    x = x or ctx.act(node, 0)
+    axis = int(node.attrs.get("axis", -1)) % len(x.shape)
+    if axis != len(x.shape) - 1:
+        raise _fail(node, f"normalizes axis {axis} of a {len(x.shape)}-D tensor; the integer program "
+                          "normalizes the last axis only")
+    if x.wide:
+        raise _fail(node, f"input '{x.name}' is int16; the integer Softmax's exp table takes int8 inputs "
+                          "(256 codes)")
+    out = ctx.output(node, x.shape)
+    step = x.scale * factor
+    table = np.rint(2.0**_SOFTMAX_FRAC * np.exp(-step * np.arange(256, dtype=np.float64))).astype(np.int64)
+    gain = round(2.0**_SOFTMAX_GAIN_SHIFT / out.scale)
+    if gain < 1 or gain.bit_length() + _SOFTMAX_FRAC > 62:
+        raise _fail(node, f"output scale {out.scale:.3g} is outside the fixed point's range")
+    requant = Requant(np.ones(1, np.int64), np.zeros(1, np.int64), out.zero_point, out.qmin, out.qmax)
+    return SoftmaxOp(node.name, node.op, [x.name], out.name, length=int(x.shape[-1]), frac_bits=_SOFTMAX_FRAC,
+                     table=table, gain=int(gain), gain_shift=_SOFTMAX_GAIN_SHIFT, requant=requant)
+
+
 def lower_requantize(ctx: Lowering, q: gs.Node) -> Op:
     """A DQ → Q pair with nothing between: requantize from one scale to another."""
     x = ctx.act_tensor(q, q.inputs[0])
@@ -423,5 +450,5 @@ LOWERINGS: dict[str, Callable[[Lowering, gs.Node], Op]] = {
     "GlobalAveragePool": lower_pool, "Flatten": lower_reshape, "Reshape": lower_reshape,
     "Concat": lower_concat, "Mul": lower_mul, "Sigmoid": lower_lookup, "Tanh": lower_lookup,
     "Transpose": lower_transpose, "Slice": lower_slice, "Squeeze": lower_reshape, "Unsqueeze": lower_reshape,
-    "Gather": lower_gather,
+    "Gather": lower_gather, "Softmax": lower_softmax,
 }

@@ -305,6 +305,7 @@ class Program:
     outputs: list[IOBinding]
     notes: list[str] = field(default_factory=list)
     islands: dict[str, str] = field(default_factory=dict)
+    q_outputs: dict[str, str] = field(default_factory=dict)  # tensor → the QDQ model's Q output of its codes
 
     @property
     def batched(self) -> bool:

@@ -12,6 +12,7 @@ Anything else raises ``UnsupportedError`` naming the node.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -20,6 +21,7 @@ from dsqc.integer.context import Lowering
 from dsqc.integer.islands import ISLAND_OPS, is_interior, is_island, lower_island
 from dsqc.integer.lowering import LOWERINGS, lower_requantize
 from dsqc.integer.ops import Program
+from dsqc.ir import constant_value
 from dsqc.static_shapes import fold_shapes, has_shape_ops, static_shapes
 
 
@@ -28,12 +30,30 @@ def lower(model: onnx.ModelProto, name: str = "model") -> Program:
     batch 1 first)."""
     graph = fold_shapes(gs.import_onnx(static_shapes(model, 1))) if has_shape_ops(model) \
         else gs.import_onnx(model)
+    _drop_empty_pads(graph)
     graph.toposort()
     ctx = Lowering(graph, name)
     kept = {n.name for n in graph.nodes}
-    ctx.islands.update({n.name: "folded into a constant (batch 1)" for n in model.graph.node
+    ctx.islands.update({n.name: "folded away for batch 1 (shape arithmetic, empty pads)"
+                        for n in model.graph.node
                         if n.name not in kept and n.op_type not in ("QuantizeLinear", "DequantizeLinear")})
     return run(ctx)
+
+
+def _drop_empty_pads(graph: gs.Graph) -> None:
+    """Pads whose amounts fold to zero for batch 1 (Swin's window padding at 224×224) are no-ops:
+    their readers read the input instead."""
+    for node in list(graph.nodes):
+        pads = constant_value(node.inputs[1]) if node.op == "Pad" and len(node.inputs) > 1 else None
+        if pads is None or np.any(np.asarray(pads) != 0) or any(t is node.outputs[0] for t in graph.outputs):
+            continue
+        source, out = node.inputs[0], node.outputs[0]
+        for reader in list(out.outputs):
+            for i, tensor in enumerate(reader.inputs):
+                if tensor is out:
+                    reader.inputs[i] = source
+        node.outputs.clear()
+    graph.cleanup()
 
 
 def run(ctx: Lowering) -> Program:
@@ -68,7 +88,8 @@ def run(ctx: Lowering) -> Program:
                                "float and reaches no QuantizeLinear; the integer program needs every "
                                "value integer")
     outputs = [ctx.output_binding(t) for t in ctx.graph.outputs]
-    return Program(ctx.name, ctx.tensors, ctx.ops, ctx.inputs, outputs, ctx.notes, ctx.islands)
+    q_outputs = {key: q_output for q_output, key in ctx.by_q_output.items()}
+    return Program(ctx.name, ctx.tensors, ctx.ops, ctx.inputs, outputs, ctx.notes, ctx.islands, q_outputs)
 
 
 _NOT_LOWERED = ("DequantizeLinear", "Constant")

@@ -29,9 +29,10 @@ needs_gcc = pytest.mark.skipif(not all(shutil.which(t) for t in ("gcc", "make", 
 L, D, HEADS = 8, 16, 2
 
 
-def attention_block(path: Path, scaled: bool = True) -> Path:
+def attention_block(path: Path, scaled: bool = True, biased: bool = False) -> Path:
     """x[N, L, D] → q, k, v Linears → [1, heads, L, d] → softmax(q·kᵀ / √d)·v → heads merged → Linear →
-    + x → LayerNorm → y (``scaled=False``: the Softmax reads q·kᵀ itself)."""
+    + x → LayerNorm → y (``scaled=False``: the Softmax reads q·kᵀ itself; ``biased``: a constant
+    [1, heads, L, L] is added to the scores first, Swin's relative position bias)."""
     rng = np.random.default_rng(0)
     d = D // HEADS
 
@@ -46,7 +47,8 @@ def attention_block(path: Path, scaled: bool = True) -> Path:
              numpy_helper.from_array(np.ones(D, np.float32), "gamma"),
              numpy_helper.from_array(np.zeros(D, np.float32), "beta"),
              numpy_helper.from_array(np.array(1 / np.sqrt(d), np.float32), "scale"),
-             ints("heads", [1, L, HEADS, d]), ints("merged", [1, L, D])]
+             ints("heads", [1, L, HEADS, d]), ints("merged", [1, L, D]), w("rel_bias", (1, HEADS, L, L), 1.0)]
+    scores = "s" if scaled else "s0"
     nodes = []
     for p in "qkv":
         nodes += [helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}0"], name=f"{p}_proj"),
@@ -58,7 +60,8 @@ def attention_block(path: Path, scaled: bool = True) -> Path:
         helper.make_node("Transpose", ["v2"], ["v"], name="v_heads", perm=[0, 2, 1, 3]),
         helper.make_node("MatMul", ["q", "kt"], ["s0"], name="scores"),
         *([helper.make_node("Mul", ["s0", "scale"], ["s"], name="scaled")] if scaled else []),
-        helper.make_node("Softmax", ["s" if scaled else "s0"], ["p"], name="softmax", axis=-1),
+        *([helper.make_node("Add", [scores, "rel_bias"], ["sb"], name="bias")] if biased else []),
+        helper.make_node("Softmax", ["sb" if biased else scores], ["p"], name="softmax", axis=-1),
         helper.make_node("MatMul", ["p", "v"], ["a0"], name="context"),
         helper.make_node("Transpose", ["a0"], ["a1"], name="merge_t", perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["a1", "merged"], ["a"], name="merge"),
@@ -95,8 +98,11 @@ def test_attention_lowers_to_integer_matmul_and_softmax(tmp_path: Path) -> None:
 
 
 @needs_gcc
-def test_attention_block_is_bit_exact(tmp_path: Path) -> None:
-    model = attention_block(tmp_path / "attention.onnx")
+@pytest.mark.parametrize("biased", [False, True])
+def test_attention_block_is_bit_exact(tmp_path: Path, biased: bool) -> None:
+    """The Softmax reads an int8 tensor: the scaled scores' table, or (``biased``) the bias Add's
+    ``AddConstantOp``."""
+    model = attention_block(tmp_path / "attention.onnx", biased=biased)
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.concatenate([_feeds(1, s)["x"][0] for s in range(32)]))
     result = build(BuildRequest(model=model, target="hls", out_dir=tmp_path / "out", calib=str(calib),
@@ -108,6 +114,7 @@ def test_attention_block_is_bit_exact(tmp_path: Path) -> None:
     assert result.metrics["float_nodes"] == {}
     source = (tmp_path / "out" / "hls" / "firmware" / "attention.c").read_text()
     assert "_exp[" in source and "dsqc_round_div(" in source
+    assert ("/* Add node bias" in source) == biased
 
 
 def test_softmax_input_stays_int8_under_int16_activations(tmp_path: Path) -> None:
