@@ -115,6 +115,8 @@ def test_attention_block_is_bit_exact(tmp_path: Path, biased: bool) -> None:
     source = (tmp_path / "out" / "hls" / "firmware" / "attention.c").read_text()
     assert "_exp[" in source and "dsqc_round_div(" in source
     assert ("/* Add node bias" in source) == biased
+    readme = (tmp_path / "out" / "hls" / "README.md").read_text()
+    assert "- Softmax: the row's largest code" in readme and "- LayerNorm: int64 row sums" in readme
 
 
 def test_softmax_input_stays_int8_under_int16_activations(tmp_path: Path) -> None:
