@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dsqc.integer.ops import ConstantOp, Program
+from dsqc.integer.ops import Program
 
 ORT_LEVELS = ("float_requant", "fused")
 
@@ -86,8 +86,10 @@ def per_op_with_ort(qdq: onnx.ModelProto, program: Program,
             q_out[node.input[0]] = node.output[0]
             zp = node.input[2] if len(node.input) > 2 else ""
             q_type[node.output[0]] = zp_type.get(zp, onnx.TensorProto.UINT8)
-    made = {op.output: op for op in program.ops if isinstance(op, ConstantOp) and op.output not in q_out}
-    names = [name for name in program.tensors if name not in made]  # a Concat's folded constant: no Q
+    graph_names = {t.name for t in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    made = {name for name in program.tensors  # tensors only the program has (a Concat's constant part)
+            if name not in program.q_outputs and name not in q_out and name not in graph_names}
+    names = [name for name in program.tensors if name not in made]
     wanted = [program.q_outputs.get(name) or q_out.get(name, name) for name in names]
     known = {o.name for o in model.graph.output}
     for name in wanted:
@@ -99,22 +101,25 @@ def per_op_with_ort(qdq: onnx.ModelProto, program: Program,
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     # one sample a run where the program moves axis 0: a batch would interleave on the sequence axis
     values = run_in_model_batches(session, wanted, feeds, batch=None if program.batched else 1)
-    ints = {name: np.asarray(v).astype(np.int64) for name, v in zip(names, values, strict=True)}
-    uint8 = {name for name, v in zip(names, values, strict=True) if np.asarray(v).dtype == np.uint8}
-    ints = {k: v - 128 if k in uint8 else v for k, v in ints.items()}
+    # int16 holds every code (uint8 shifted to int8); int64 only for the op at hand (memory: Swin-T)
+    ints = {name: np.asarray(v, np.int16) - (128 if np.asarray(v).dtype == np.uint8 else 0)
+            for name, v in zip(names, values, strict=True)}
+    del values
     count = len(next(iter(feeds.values())))
-    ints |= {name: np.concatenate([op.values.astype(np.int64)] * count) for name, op in made.items()}
     stats: dict[str, Stats] = {}
     for op in program.ops:
+        shape = program.tensors[op.output].shape
+        inputs = {n: ints[n].astype(np.int64) for n in op.inputs}
         if program.batched:
-            got = execute(op, program, {name: ints[name] for name in op.inputs})
-            stats[op.node] = lsb_stats({"x": got}, {"x": ints[op.output].reshape(got.shape)})
+            got = execute(op, program, inputs)
+        else:  # one sample at a time, as the reference runs such a program
+            samples = {n: v.reshape(-1, *program.tensors[n].shape) for n, v in inputs.items()}
+            got = np.stack([execute(op, program, {n: v[i] for n, v in samples.items()})
+                            for i in range(count)])
+        if op.output in made:  # no ORT value to compare: the next op reads the reference's
+            ints[op.output] = got.reshape(-1, *shape[1:]).astype(np.int16)
             continue
-        names = [*op.inputs, op.output]
-        samples = {name: ints[name].reshape(-1, *program.tensors[name].shape) for name in names}
-        count = len(samples[op.output])  # one sample at a time, as the reference runs such a program
-        got = np.stack([execute(op, program, {n: samples[n][i] for n in op.inputs}) for i in range(count)])
-        stats[op.node] = lsb_stats({"x": got}, {"x": samples[op.output].reshape(got.shape)})
+        stats[op.node] = lsb_stats({"x": got}, {"x": ints[op.output].reshape(got.shape)})
     return stats
 
 

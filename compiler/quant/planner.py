@@ -417,8 +417,7 @@ def _decide(node: gs.Node, opts: NodeOptions, profile: TargetProfile, precision:
     constant_operand = node.op not in WEIGHT_INPUT and any(
         constant_value(t) is not None or (t.dtype in FLOAT_TYPES and shape_determined(t))
         for t in node.inputs if t.name)  # a class token Expand-ed to the batch is a constant too
-    joins_constant = profile.integer_only and node.op in profile.shared_scale_ops  # ViT's class token
-    if constant_operand and (in_profile or wanted) and not joins_constant:
+    if constant_operand and (in_profile or wanted):
         return NodeDecision(Precision.FP32, f"{node.op} with a constant operand has no fused int8 kernel")
     is_int4 = wanted is Precision.INT4 or (opts.weight_dtype == "int4" and in_profile)
     if is_int4 and node.op in MATRIX_OPS and profile.int4_weights and const_weight(node):
