@@ -162,29 +162,15 @@ class Emitter:
         cin = "ic" if op.group == 1 else f"(oc / {oc // op.group} * {icg} + ic)"
         inside = f"iy >= 0 && iy < {h} && ix >= 0 && ix < {w}"
         term = f"{minus_zp(f'x[({cin} * {h} + iy) * {w} + ix]', op.in_zp)} * {weights}[oc * {k} + kk]"
-        mac = [f"                    acc += {term};"]
+        mac = [f"acc += {term};"]
         if any(op.pads):
-            mac = [f"                    if ({inside}) {{", "    " + mac[0], "                    }"]
-        return [
-            f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
-            *self._partition(weights),
-            "    int oc, oy, ox, kk;",
-            f"    for (oc = 0; oc < {oc}; oc++) {{",
-            f"        for (oy = 0; oy < {oh}; oy++) {{",
-            f"            for (ox = 0; ox < {ow}; ox++) {{",
-            f"                {acc} acc = {bias}[oc];",
-            f"                for (kk = 0; kk < {k}; kk++) {{",
-            *self._pragmas(),
-            f"                    const int ic = kk / {kh * kw};",
-            f"                    const int ky = (kk / {kw}) % {kh};",
-            f"                    const int kx = kk % {kw};",
-            f"                    const int iy = {affine([('oy', sy), ('ky', dy)], -pt)};",
-            f"                    const int ix = {affine([('ox', sx), ('kx', dx)], -pl)};",
-            *mac,
-            "                }",
-            f"                y[(oc * {oh} + oy) * {ow} + ox] = {self._requant(op.requant, 'acc', 'oc')};",
-            "            }", "        }", "    }", "}",
-        ]
+            mac = [f"if ({inside}) {{", "    " + mac[0], "}"]
+        taps = [f"const int ic = kk / {kh * kw};", f"const int ky = (kk / {kw}) % {kh};",
+                f"const int kx = kk % {kw};", f"const int iy = {affine([('oy', sy), ('ky', dy)], -pt)};",
+                f"const int ix = {affine([('ox', sx), ('kx', dx)], -pl)};"]
+        store = f"y[(oc * {oh} + oy) * {ow} + ox] = {self._requant(op.requant, 'acc', 'oc')};"
+        return self._reduction(op, ("x", "y"), weights, [("oc", oc), ("oy", oh), ("ox", ow)],
+                               f"{acc} acc = {bias}[oc];", k, [*taps, *mac], store)
 
     def _dense(self, op: Op) -> list[str]:
         assert isinstance(op, DenseOp) and op.requant is not None
@@ -192,20 +178,11 @@ class Emitter:
         rows = self._size(op.inputs[0]) // k
         weights = self._array("w", "int8_t", op.weight)
         bias = self._array("b", "int32_t", op.bias)
-        return [
-            f"static void {self.fn}({self._params(op, 'x', 'y')})", "{",
-            *self._partition(weights),
-            "    int r, o, kk;",
-            f"    for (r = 0; r < {rows}; r++) {{",
-            f"        for (o = 0; o < {n_out}; o++) {{",
-            f"            {'int64_t' if op.acc64 else 'int32_t'} acc = {bias}[o];",
-            f"            for (kk = 0; kk < {k}; kk++) {{",
-            *self._pragmas(),
-            f"                acc += {minus_zp(f'x[r * {k} + kk]', op.in_zp)} * {weights}[o * {k} + kk];",
-            "            }",
-            f"            y[r * {n_out} + o] = {self._requant(op.requant, 'acc', 'o')};",
-            "        }", "    }", "}",
-        ]
+        acc = "int64_t" if op.acc64 else "int32_t"
+        mac = f"acc += {minus_zp(f'x[r * {k} + kk]', op.in_zp)} * {weights}[o * {k} + kk];"
+        store = f"y[r * {n_out} + o] = {self._requant(op.requant, 'acc', 'o')};"
+        return self._reduction(op, ("x", "y"), weights, [("r", rows), ("o", n_out)],
+                               f"{acc} acc = {bias}[o];", k, [mac], store)
 
     def _matmul(self, op: Op) -> list[str]:
         assert isinstance(op, MatMulOp) and op.requant is not None
@@ -213,20 +190,23 @@ class Emitter:
         (za, zb), acc = op.in_zps, "int64_t" if op.acc64 else "int32_t"
         a = minus_zp(f"({acc})a[(t * {m} + i) * {k} + kk]", za)
         b = minus_zp(f"b[(t * {k} + kk) * {n} + j]", zb)
-        return [
-            f"static void {self.fn}({self._params(op, 'a', 'b', 'y')})", "{",
-            "    int t, i, j, kk;",
-            f"    for (t = 0; t < {op.batch}; t++) {{",
-            f"        for (i = 0; i < {m}; i++) {{",
-            f"            for (j = 0; j < {n}; j++) {{",
-            f"                {acc} acc = 0;",
-            f"                for (kk = 0; kk < {k}; kk++) {{",
-            *self._pragmas(),
-            f"                    acc += {a} * {b};",
-            "                }",
-            f"                y[(t * {m} + i) * {n} + j] = {self._requant(op.requant, 'acc')};",
-            "            }", "        }", "    }", "}",
-        ]
+        store = f"y[(t * {m} + i) * {n} + j] = {self._requant(op.requant, 'acc')};"
+        return self._reduction(op, ("a", "b", "y"), None, [("t", op.batch), ("i", m), ("j", n)],
+                               f"{acc} acc = 0;", k, [f"acc += {a} * {b};"], store)
+
+    def _reduction(self, op: Op, names: tuple[str, ...], weights: str | None, loops: list[tuple[str, int]],
+                   init: str, depth: int, body: list[str], store: str) -> list[str]:
+        """A layer of nested output loops around one pipelined reduction over ``kk < depth``: ``init``
+        the accumulator, ``body`` per tap, ``store`` the requantized result (conv, dense, matmul)."""
+        outer = "    " * (len(loops) + 1)
+        lines = [f"static void {self.fn}({self._params(op, *names)})", "{",
+                 *(self._partition(weights) if weights else []),
+                 f"    int {', '.join(v for v, _ in loops)}, kk;"]
+        lines += [f"{'    ' * (i + 1)}for ({v} = 0; {v} < {n}; {v}++) {{" for i, (v, n) in enumerate(loops)]
+        lines += [f"{outer}{init}", f"{outer}for (kk = 0; kk < {depth}; kk++) {{", *self._pragmas(),
+                  *(f"{outer}    {line}" for line in body), f"{outer}}}", f"{outer}{store}"]
+        lines += ["    " * (i + 1) + "}" for i in reversed(range(len(loops)))]
+        return [*lines, "}"]
 
     def _softmax(self, op: Op) -> list[str]:
         assert isinstance(op, SoftmaxOp) and op.requant is not None
