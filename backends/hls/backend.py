@@ -264,8 +264,9 @@ class HlsBackend(Backend):
             lines.append(f"  estimate: {e.get('cycles', 0):,} cycles ≈ {e.get('latency_us', 0):.0f} µs at "
                          f"{e.get('clock_mhz', 0):.0f} MHz")
         planned = result.plan.nodes if result.plan else {}
-        ways = Counter(how for n, how in (m.get("islands") or {}).items()
-                       if n in planned and planned[n].precision is not Precision.INT8)
+        ways = Counter(how for n, how in (m.get("islands") or {}).items()  # float, not shape arithmetic
+                       if n in planned and planned[n].precision is not Precision.INT8
+                       and not planned[n].integer_only)
         if ways:
             kinds = ", ".join(f"{how} {count}" for how, count in ways.most_common())
             lines.append(f"  float in the QDQ model, integer in the C: {sum(ways.values())} nodes ({kinds}; "

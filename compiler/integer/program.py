@@ -34,7 +34,7 @@ def lower(model: onnx.ModelProto, name: str = "model") -> Program:
     graph.toposort()
     ctx = Lowering(graph, name)
     kept = {n.name for n in graph.nodes}
-    ctx.islands.update({n.name: "folded away for batch 1 (shape arithmetic, empty pads)"
+    ctx.islands.update({n.name: "folded away for batch 1"
                         for n in model.graph.node
                         if n.name not in kept and n.op_type not in ("QuantizeLinear", "DequantizeLinear")})
     return run(ctx)

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dsqc.backends.hls.profile import hls_profile
 from dsqc.driver.build_types import BuildRequest
 from dsqc.driver.pipeline import build
+from dsqc.driver.report import format_result
 from dsqc.errors import UnsupportedError
 from dsqc.integer import lower
 from dsqc.integer.compare import per_op_with_ort
@@ -185,5 +186,8 @@ def test_torch_vit_block_is_bit_exact(tmp_path: Path) -> None:
     assert hls["lsb_vs_ort"]["per_op_float_requant"]["max_lsb"] <= 1
     assert result.metrics["float_nodes"] == {}
     assert result.metrics["verification"]["outputs"]["output"]["sqnr_db"] > 15
+    line = next(x for x in format_result(result).splitlines() if "integer in the C" in x)
+    assert "integer LayerNorm 3" in line and "concatenation with a constant, constant added 2" in line, line
+    assert "folded away for batch 1 6," in line  # the class token's Expand, the 1/√d scalars; not Shape
     source = (tmp_path / "out" / "hls" / "firmware" / "vit.c").read_text()
     assert "/* Constant node" in source and "_c[i]" in source  # class token; position embedding
