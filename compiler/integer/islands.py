@@ -1,19 +1,21 @@
 """Float islands of a QDQ model, lowered to integer ops.
 
 On an integer-only target the planner leaves float the nodes that have no int8 kernel of their own —
-LayerNorm, GELU's Div → Erf → Add, a Mul or Div by a constant — between the DQs of integer tensors and
-one Q. An *island* is such a node, with the float nodes behind it up to those DQs and constants:
+LayerNorm, GELU, a Mul or Div by a constant, a Concat with a constant — between the DQs of integer
+tensors and one Q. An *island* is such a node, with the float nodes behind it up to those DQs and
+constants:
 
-- elementwise ops on one 8-bit tensor with scalar constants (GELU, its pieces, a Mul by 0.5): a table
-  of 256 entries, each code run through the island's own nodes by ONNX Runtime, so it equals
-  DQ → island → Q of the QDQ model code for code;
-- an Add or Sub of a constant tensor (ViT's position embedding): ``AddConstantOp``, the constant in the
-  accumulator's fixed point;
+- elementwise ops on one 8-bit tensor with scalar constants (GELU, a Mul by a scalar): a table of 256
+  entries, each code run through the island's own nodes by ONNX Runtime, so it equals DQ → island → Q
+  of the QDQ model code for code;
+- an Add or Sub of a constant tensor (ViT's position embedding, Swin's relative position bias), after
+  any Mul/Div by positive scalars: ``AddConstantOp``, the constant in the accumulator's fixed point;
+- a Concat with constants (ViT's class token) followed by the Add of a constant: constant rows on the
+  output's grid, the tensor's rows an ``AddConstantOp``, concatenated as copies (a Concat with a
+  constant alone is ``lowering.lower_concat``'s);
 - a Mul or Div of an NCHW tensor by a constant that varies along the channel axis only (ConvNeXt's
   layer scale): a depthwise 1×1 integer conv, weights ±1, the constant in the per-channel multipliers;
 - LayerNormalization over the last axis: ``LayerNormOp`` (integer mean, variance and square root);
-- Softmax over the last axis, after any Mul/Div by positive scalars (attention's 1/√d): ``SoftmaxOp``
-  (an exp table of the code differences, an integer sum, one rounded division);
 - MatMul by a constant followed by the Add of a constant bias, with no Q between (a Linear, one kernel
   where the profile has ``fused_matmul_bias``): one ``DenseOp`` with that bias.
 """
@@ -30,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
 from dsqc.integer.fixedpoint import common_multipliers
-from dsqc.integer.lowering import lower_concat, lower_dense, lower_softmax, requant_to
+from dsqc.integer.lowering import lower_dense, requant_to
 from dsqc.integer.ops import (
     AddConstantOp,
     ConcatOp,
@@ -45,7 +47,7 @@ from dsqc.integer.ops import (
 from dsqc.ir import constant_value, is_graph_output
 from dsqc.op_kinds import ELEMENTWISE_OPS
 
-ISLAND_OPS = ELEMENTWISE_OPS | {"LayerNormalization", "Softmax"}
+ISLAND_OPS = ELEMENTWISE_OPS | {"LayerNormalization"}
 _ARITHMETIC = ("Add", "Sub", "Mul", "Div")
 _FRAC_BITS = 16  # fractional bits of a LayerNorm's normalized value
 
@@ -146,13 +148,8 @@ def lower_island(ctx: Lowering, end: gs.Node, interior: set[str]) -> Island:
         return Island(lower_layernorm(ctx, end), names, "integer LayerNorm")
     if [n.op for n in cone.nodes] == ["MatMul", "Add"] and len(cone.leaves) == 1:
         return Island(lower_dense(ctx, cone.nodes[0], bias_add=end), names, "int32 bias of a Linear")
-    if cone.nodes[0].op == "Concat" and len(cone.nodes) == 1:
-        return Island(lower_concat(ctx, end), names, "concatenation with a constant")
     if [n.op for n in cone.nodes] == ["Concat", "Add"]:
         return Island(_concat_add_constant(ctx, cone), names, "concatenation with a constant, constant added")
-    if end.op == "Softmax":
-        factor = _positive_factor([n for n in cone.nodes if n is not end])
-        return Island(lower_softmax(ctx, end, cone.source, factor), names, "integer Softmax")
     odd = [n for n in cone.nodes if n.op not in ELEMENTWISE_OPS]
     if odd:
         raise _fail(odd[0], f"not supported by the integer program inside the float ops {cone.ops} "
@@ -301,15 +298,15 @@ def _channel_scale(ctx: Lowering, node: gs.Node, x: TensorInfo, constant: np.nda
 
 def _positive_factor(nodes: list[gs.Node]) -> float:
     """The product of the positive scalars ``nodes`` multiply by (or divide by): attention's 1/√d, which
-    the Softmax's exp table or a constant Add's multiplier takes in."""
+    a constant Add's multiplier takes in."""
     factor = 1.0
     for node in nodes:
         values = [constant_value(t) for t in node.inputs]
         index = next((i for i, v in enumerate(values) if v is not None and np.size(v) == 1), None)
         value = float(np.asarray(values[index]).reshape(())) if index is not None else 0.0
         if node.op not in ("Mul", "Div") or index is None or value <= 0 or (node.op == "Div" and index != 1):
-            raise _fail(node, "before a Softmax or the Add of a constant tensor the integer program takes a "
-                              "Mul or Div by a positive scalar only (it folds into the next op's scale)")
+            raise _fail(node, "before the Add of a constant tensor the integer program takes a Mul or Div "
+                              "by a positive scalar only (it folds into the Add's multiplier)")
         factor *= value if node.op == "Mul" else 1.0 / value
     return factor
 

@@ -390,6 +390,8 @@ def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
     out = ctx.output(node, tuple(shape))
     for i, value in constants.items():
         parts[i] = _constant_part(ctx, node, i, value, out)
+    if constants:  # the plan keeps it float (a constant operand); the C has it in integers
+        ctx.islands[node.name] = "concatenation with a constant"
     requants = tuple(requant_to(node, np.array([p.scale / out.scale]), out) for p in parts)
     return ConcatOp(node.name, node.op, [p.name for p in parts], out.name, axis=axis,
                     in_zps=tuple(p.zero_point for p in parts), requants=requants)
@@ -414,10 +416,9 @@ _SOFTMAX_FRAC = 20  # bits of the exp table: e = round(2^20 · exp(−s·d))
 _SOFTMAX_GAIN_SHIFT = 16
 
 
-def lower_softmax(ctx: Lowering, node: gs.Node, x: TensorInfo | None = None, factor: float = 1.0) -> Op:
-    """``SoftmaxOp`` over the last axis of the int8 ``x`` (default: the node's input), its real step
-    ``x.scale · factor``."""
-    x = x or ctx.act(node, 0)
+def lower_softmax(ctx: Lowering, node: gs.Node) -> Op:
+    """``SoftmaxOp`` over the last axis of the node's int8 input."""
+    x = ctx.act(node, 0)
     axis = int(node.attrs.get("axis", -1)) % len(x.shape)
     if axis != len(x.shape) - 1:
         raise _fail(node, f"normalizes axis {axis} of a {len(x.shape)}-D tensor; the integer program "
@@ -426,8 +427,7 @@ def lower_softmax(ctx: Lowering, node: gs.Node, x: TensorInfo | None = None, fac
         raise _fail(node, f"input '{x.name}' is int16; the integer Softmax's exp table takes int8 inputs "
                           "(256 codes)")
     out = ctx.output(node, x.shape)
-    step = x.scale * factor
-    table = np.rint(2.0**_SOFTMAX_FRAC * np.exp(-step * np.arange(256, dtype=np.float64))).astype(np.int64)
+    table = np.rint(2.0**_SOFTMAX_FRAC * np.exp(-x.scale * np.arange(256, dtype=np.float64))).astype(np.int64)
     gain = round(2.0**_SOFTMAX_GAIN_SHIFT / out.scale)
     if gain < 1 or gain.bit_length() + _SOFTMAX_FRAC > 62:
         raise _fail(node, f"output scale {out.scale:.3g} is outside the fixed point's range")

@@ -203,7 +203,7 @@ class MatMulOp(Op):
 class SoftmaxOp(Op):
     """Softmax over the last axis (``length`` values a row) of an int8 tensor. With ``d = max − x`` (the
     row's largest code minus each code, 0..255) and ``e = table[d]`` (``round(2^frac_bits ·
-    exp(−s·d))``, ``s`` the input scale times any scalar the planner left before it):
+    exp(−s·d))``, ``s`` the input scale):
 
         out = Requant(round_div(e · gain, (Σ_row e) · 2^gain_shift))     gain ≈ 2^gain_shift / s_out
 

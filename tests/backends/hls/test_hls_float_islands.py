@@ -154,3 +154,31 @@ def test_unsupported_island_is_refused_by_name(tmp_path: Path) -> None:
     qdq, _ = quantize(fp32, hls_profile(), feeds)
     with pytest.raises(UnsupportedError, match="node 'layer_scale_mul' \\(Mul\\): constant of shape"):
         lower(qdq, "cnblock")
+
+
+@needs_gcc
+def test_concat_with_a_constant_is_integer(tmp_path: Path) -> None:
+    """A Concat of a constant and a tensor (a learned token, a fixed channel) with no Add after it: the
+    constant becomes integer codes on the output's grid, the concatenation a copy; csim bit-exact."""
+    rng = np.random.default_rng(0)
+    token = numpy_helper.from_array(rng.normal(0, 0.5, (1, 2, 6, 6)).astype(np.float32), "token")
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (3, 6, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Concat", ["token", "r"], ["c"], name="join", axis=1),
+             helper.make_node("Conv", ["c", "w"], ["y"], name="head")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])
+    graph = helper.make_graph(nodes, "join", [x], [y], [token, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "join.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).normal(size=(32, 4, 6, 6)).astype(np.float32))
+    result = _build(tmp_path / "join.onnx", calib, tmp_path / "out")
+    hls = result.metrics["hls"]
+    assert hls["csim"]["status"] == "bit-exact"
+    assert hls["lsb_vs_ort"]["per_op_float_requant"]["max_lsb"] <= 1
+    assert result.metrics["hls"]["islands"]["join"] == "concatenation with a constant"
+    assert result.metrics["float_nodes"] == {}
+    source = (tmp_path / "out" / "hls" / "firmware" / "join.c").read_text()
+    assert "/* Constant node join" in source and "/* Concat node join" in source
