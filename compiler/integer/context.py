@@ -97,9 +97,8 @@ class Lowering:
         value = constant_value(source)
         if value is not None:  # a constant activation (ViT's class token): its codes, once
             info = self.register(q, tuple(int(d) for d in np.shape(value)) or (1,))
-            real = np.asarray(value, np.float32).reshape(info.shape)
-            codes = np.clip(np.rint(real / np.float32(info.scale)) + info.zero_point, info.qmin, info.qmax)
-            self.ops.append(ConstantOp(q.name, "Constant", [], info.name, values=codes.astype(info.dtype)))
+            codes = info.codes(np.reshape(value, info.shape))
+            self.ops.append(ConstantOp(q.name, "Constant", [], info.name, values=codes))
             return
         raise UnsupportedError(f"node '{q.name}' (QuantizeLinear): quantizes '{source.name}', which is "
                                "neither a graph input nor the output of a supported op")

@@ -178,11 +178,8 @@ def _table(ctx: Lowering, cone: _Cone, x: TensorInfo) -> Op:
     out = ctx.output(cone.end, x.shape)
     codes = np.arange(-128, 128, dtype=np.float32)
     real = (codes - np.float32(x.zero_point)) * np.float32(x.scale)
-    value = _run_island(ctx, cone, real)
-    steps = np.nan_to_num(value / np.float32(out.scale), posinf=out.qmax, neginf=out.qmin)
-    q = np.rint(steps) + out.zero_point
-    return LookupOp(cone.end.name, cone.ops, [x.name], out.name,
-                    table=np.clip(q, out.qmin, out.qmax).astype(out.dtype))
+    value = np.nan_to_num(_run_island(ctx, cone, real), nan=0.0)  # ±inf saturates in ``codes``
+    return LookupOp(cone.end.name, cone.ops, [x.name], out.name, table=out.codes(value))
 
 
 def _run_island(ctx: Lowering, cone: _Cone, real: np.ndarray) -> np.ndarray:
@@ -260,9 +257,8 @@ def _concat_add_constant(ctx: Lowering, cone: _Cone) -> Op:
         ctx.tensors[info.name] = info
         names.append(info.name)
         if part is not None:
-            real = part.astype(np.float32) + full[tuple(window)]  # as ORT adds in float32
-            codes = np.clip(np.rint(real / np.float32(out.scale)) + out.zero_point, out.qmin, out.qmax)
-            ctx.ops.append(ConstantOp(concat.name, "Constant", [], info.name, values=codes.astype(out.dtype)))
+            codes = out.codes(part.astype(np.float32) + full[tuple(window)])  # as ORT adds in float32
+            ctx.ops.append(ConstantOp(concat.name, "Constant", [], info.name, values=codes))
             continue
         ctx.ops.append(_add_constant(ctx, add, x, (pos_name, full[tuple(window)]), out=info))
     copies = tuple(requant_to(concat, np.array([1.0]), out) for _ in names)

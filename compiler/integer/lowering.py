@@ -209,9 +209,7 @@ def lower_lookup(ctx: Lowering, node: gs.Node) -> Op:
     real = (codes - np.float32(x.zero_point)) * np.float32(x.scale)
     with np.errstate(over="ignore"):
         value = _TABLES[node.op](real.astype(np.float32)).astype(np.float32)
-    q = np.rint(value / np.float32(out.scale)) + out.zero_point
-    return LookupOp(node.name, node.op, [x.name], out.name,
-                    table=np.clip(q, out.qmin, out.qmax).astype(out.dtype))
+    return LookupOp(node.name, node.op, [x.name], out.name, table=out.codes(value))
 
 
 def lower_clamp(ctx: Lowering, node: gs.Node) -> Op:
@@ -227,8 +225,7 @@ def lower_clamp(ctx: Lowering, node: gs.Node) -> Op:
 
 def _quantize_bound(value: float, out: TensorInfo) -> int:
     """A real clip bound in the output's integer domain (QuantizeLinear's rule: half to even)."""
-    q = np.rint(np.float32(value) / np.float32(out.scale)) + out.zero_point
-    return int(np.clip(q, out.qmin, out.qmax))
+    return int(out.codes(np.float32(value)))
 
 
 def _clip_bounds(ctx: Lowering, node: gs.Node) -> tuple[float | None, float | None]:
@@ -406,9 +403,8 @@ def _constant_part(ctx: Lowering, node: gs.Node, index: int, value: np.ndarray,
     """A constant input of ``node`` as an integer tensor on ``out``'s scale, written by a ``ConstantOp``."""
     info = TensorInfo(f"{node.name}/constant{index}", tuple(int(d) for d in value.shape), out.scale,
                       out.zero_point, out.qmin, out.qmax)
-    codes = np.clip(np.rint(value / np.float32(out.scale)) + out.zero_point, out.qmin, out.qmax)
     ctx.tensors[info.name] = info
-    ctx.ops.append(ConstantOp(node.name, "Constant", [], info.name, values=codes.astype(info.dtype)))
+    ctx.ops.append(ConstantOp(node.name, "Constant", [], info.name, values=info.codes(value)))
     return info
 
 

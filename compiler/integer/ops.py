@@ -53,6 +53,12 @@ class TensorInfo:
         """The largest ``|q − zp|`` the tensor can hold."""
         return max(self.qmax - self.zero_point, self.zero_point - self.qmin)
 
+    def codes(self, real: np.ndarray) -> np.ndarray:
+        """Real values as this tensor's integer codes, by ONNX QuantizeLinear's rule: divided by the
+        scale in float32, rounded half to even, offset by the zero point, saturated."""
+        q = np.rint(np.asarray(real, np.float32) / np.float32(self.scale)) + self.zero_point
+        return np.clip(q, self.qmin, self.qmax).astype(self.dtype)
+
     def same_quant(self, other: TensorInfo) -> bool:
         return self.scale == other.scale and self.zero_point == other.zero_point
 

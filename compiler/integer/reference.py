@@ -44,9 +44,7 @@ def quantize_inputs(program: Program, feeds: Mapping[str, np.ndarray]) -> dict[s
     out: dict[str, np.ndarray] = {}
     for binding in program.inputs:
         info = program.tensors[binding.tensor]
-        x = np.asarray(feeds[binding.onnx_name], dtype=np.float32)
-        q = np.rint(x / np.float32(info.scale)) + info.zero_point
-        out[binding.onnx_name] = np.clip(q, info.qmin, info.qmax).astype(info.dtype)
+        out[binding.onnx_name] = info.codes(feeds[binding.onnx_name])
     return out
 
 
