@@ -81,6 +81,19 @@ class Lowering:
         self.by_q_output[q.outputs[0].name] = key
         return info
 
+    def tensor_like(self, name: str, shape: tuple[int, ...], grid: TensorInfo) -> TensorInfo:
+        """A tensor only the program has (no Q in the model writes it), on ``grid``'s scale and type."""
+        info = TensorInfo(name, tuple(int(d) for d in shape), grid.scale, grid.zero_point, grid.qmin,
+                          grid.qmax)
+        self.tensors[name] = info
+        return info
+
+    def constant_tensor(self, node: str, name: str, real: np.ndarray, grid: TensorInfo) -> TensorInfo:
+        """``real`` as integer codes on ``grid``, written by a ``ConstantOp`` of ``node``."""
+        info = self.tensor_like(name, np.shape(real), grid)
+        self.ops.append(ConstantOp(node, "Constant", [], name, values=info.codes(real)))
+        return info
+
     def quantize(self, q: gs.Node, handled: set[str],
                   requantize: Callable[[Lowering, gs.Node], Op]) -> None:
         source = q.inputs[0]

@@ -36,7 +36,6 @@ from dsqc.integer.lowering import lower_dense, requant_to, require_last_axis
 from dsqc.integer.ops import (
     AddConstantOp,
     ConcatOp,
-    ConstantOp,
     ConvOp,
     LayerNormOp,
     LookupOp,
@@ -253,14 +252,13 @@ def _concat_add_constant(ctx: Lowering, cone: _Cone) -> Op:
         window = [slice(None)] * len(total)
         window[axis] = slice(start, start + shape[axis])
         start += shape[axis]
-        info = TensorInfo(f"{add.name}/part{index}", shape, out.scale, out.zero_point, out.qmin, out.qmax)
-        ctx.tensors[info.name] = info
-        names.append(info.name)
-        if part is not None:
-            codes = out.codes(part.astype(np.float32) + full[tuple(window)])  # as ORT adds in float32
-            ctx.ops.append(ConstantOp(concat.name, "Constant", [], info.name, values=codes))
-            continue
-        ctx.ops.append(_add_constant(ctx, add, x, (pos_name, full[tuple(window)]), out=info))
+        name = f"{add.name}/part{index}"
+        names.append(name)
+        if part is not None:  # added in float32, as ORT adds
+            ctx.constant_tensor(concat.name, name, part.astype(np.float32) + full[tuple(window)], out)
+        else:
+            ctx.ops.append(_add_constant(ctx, add, x, (pos_name, full[tuple(window)]),
+                                         out=ctx.tensor_like(name, shape, out)))
     copies = tuple(requant_to(concat, np.array([1.0]), out) for _ in names)
     return ConcatOp(concat.name, "Concat", names, out.name, axis=axis,
                     in_zps=(out.zero_point,) * len(names), requants=copies)

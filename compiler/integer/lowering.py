@@ -13,7 +13,6 @@ from dsqc.integer.fixedpoint import common_multipliers, mult_bits, quantize_mult
 from dsqc.integer.ops import (
     AddOp,
     ConcatOp,
-    ConstantOp,
     ConvOp,
     DenseOp,
     ElementwiseOp,
@@ -386,7 +385,7 @@ def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
     shape[axis] = sum(p.shape[axis] for p in parts)
     out = ctx.output(node, tuple(shape))
     for i, value in constants.items():
-        parts[i] = _constant_part(ctx, node, i, value, out)
+        parts[i] = ctx.constant_tensor(node.name, f"{node.name}/constant{i}", value, out)
     if constants:  # the plan keeps it float (a constant operand); the C has it in integers
         ctx.islands[node.name] = "concatenation with a constant"
     requants = tuple(requant_to(node, np.array([p.scale / out.scale]), out) for p in parts)
@@ -396,16 +395,6 @@ def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
 
 def _placeholder(name: str, value: np.ndarray) -> TensorInfo:
     return TensorInfo(name, tuple(int(d) for d in value.shape), 1.0, 0)
-
-
-def _constant_part(ctx: Lowering, node: gs.Node, index: int, value: np.ndarray,
-                   out: TensorInfo) -> TensorInfo:
-    """A constant input of ``node`` as an integer tensor on ``out``'s scale, written by a ``ConstantOp``."""
-    info = TensorInfo(f"{node.name}/constant{index}", tuple(int(d) for d in value.shape), out.scale,
-                      out.zero_point, out.qmin, out.qmax)
-    ctx.tensors[info.name] = info
-    ctx.ops.append(ConstantOp(node.name, "Constant", [], info.name, values=info.codes(value)))
-    return info
 
 
 _SOFTMAX_FRAC = 20  # bits of the exp table: e = round(2^20 · exp(−s·d))

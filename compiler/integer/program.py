@@ -5,8 +5,8 @@ the program computes); weights are constant int8 (zero point 0) behind a DQ, per
 channel; biases int32 behind a DQ (or float constants, quantized here with scale s_in·s_w). Each
 supported float op must read DQ outputs and write a tensor read by exactly one Q, or end a float
 island the program tabulates or computes its own way (``islands.py``: GELU, LayerNorm, a Mul by a
-constant). uint8 tensors (the
-``onnx`` profile) are shifted to int8 (q − 128, zero point − 128): the real values are unchanged.
+constant). uint8 tensors (the ``onnx`` profile) are shifted to int8 (q − 128, zero point − 128): the
+real values are unchanged.
 Anything else raises ``UnsupportedError`` naming the node.
 """
 
