@@ -79,6 +79,7 @@ def place(model: Model, profile: TargetProfile, recipe: Recipe,
     _fuse_matmul_biases(graph, profile, placement)
     _settle_support_ops(graph, profile, placement)
     _tabulated_chains(graph, profile, placement)
+    _wide_residual_stream(graph, profile, placement)
     fused_matmuls = set(placement.fused_biases.values())
     for node in graph.nodes:
         if placement.decisions[node.name].precision is not Precision.INT8 or node.name in placement.folded \
@@ -281,6 +282,33 @@ def _tabulated_chains(graph: gs.Graph, profile: TargetProfile, placement: Placem
             placement.decisions[node.name] = NodeDecision(
                 Precision.FP32, f"in the 256-entry table of {' → '.join(n.op for n in chain)} on "
                                 f"{profile.name} (one rounding for the whole function)")
+
+
+def _wide_residual_stream(graph: gs.Graph, profile: TargetProfile, placement: Placement) -> None:
+    """``profile.wide_residuals``: an int8 Add of two activations whose sum a LayerNorm reads (the
+    residual stream of a pre- or post-LN transformer) runs with int16 activations; the recipe wins."""
+    if not profile.wide_residuals or not profile.int16_activations or profile.activation_dtype == "int16":
+        return
+    for node in graph.nodes:
+        decision = placement.decisions[node.name]
+        if node.op != "Add" or placement.options[node.name].precision is not None or decision.wide or \
+                decision.precision is not Precision.INT8 or len(_activation_inputs(node)) != 2 or \
+                not _read_by(node.outputs[0], "LayerNormalization", profile):
+            continue
+        placement.decisions[node.name] = NodeDecision(
+            Precision.INT8, f"residual stream into a LayerNorm: int16 activations on {profile.name} (one "
+                            "int8 scale for the stream every layer adds to loses too much)", wide=True)
+
+
+def _read_by(tensor: gs.Tensor, op: str, profile: TargetProfile, depth: int = 0) -> bool:
+    """Whether an ``op`` node reads ``tensor``, looking forward through ops that only move values."""
+    for reader in tensor.outputs:
+        if reader.op == op:
+            return True
+        if reader.op in profile.passthrough_ops and reader.outputs and depth < 8 and \
+                _read_by(reader.outputs[0], op, profile, depth + 1):
+            return True
+    return False
 
 
 def _elementwise_chain(graph: gs.Graph, seed: gs.Node) -> list[gs.Node]:

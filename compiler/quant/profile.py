@@ -72,6 +72,10 @@ class TargetProfile:
     activations (``Precision.INT16``: a recipe asks, or the mixed-precision search chooses it).
     ``eight_bit_inputs``: ops whose activation inputs stay 8-bit where the others are wider (int16
     activations: the integer program's Sigmoid/Tanh are 256-entry tables).
+    ``wide_residuals``: a residual Add whose sum a LayerNorm reads (a transformer's residual stream) runs
+    with int16 activations where activations are int8 (needs ``int16_activations``): one int8 scale per
+    tensor for the stream that carries every layer's output costs ViT-B/32 9 dB on ``hls``
+    (tools/bench/COVERAGE.md), and these tensors are a few percent of the activation bytes.
     ``int16_headroom``: an int16 tensor covers its calibrated range times this (3 integer bits for 8×):
     int16 has resolution to spare, and unseen inputs run past a calibration range (the squeeze-excitation
     and pooled vectors of a CNN, sampled once per calibration image, by up to 5.7× on held-out photos,
@@ -117,6 +121,7 @@ class TargetProfile:
     integer_only: bool = False
     int16_activations: bool = False
     eight_bit_inputs: frozenset[str] = frozenset()
+    wide_residuals: bool = False
     int16_headroom: float = 8.0
     finish_qdq: FinishQDQ | None = None
     float_kernel: FloatKernel | None = None

@@ -44,10 +44,14 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     ``known``: statistics from an earlier calibration of the same data; only missing tensors run.
     ``trained``: specs read from an already-quantized model (QAT); they replace the planned ones.
     """
-    if _wants_int4(recipe) or _wants_int16(profile, recipe):
+    if _wants_int4(recipe):
         fp32 = at_least_opset(fp32, INT4_OPSET)
     model = Model.from_proto(fp32)
     placement = place(model, profile, recipe, precision)
+    if _wants_int16(placement, profile, recipe) and at_least_opset(fp32, INT4_OPSET) is not fp32:
+        fp32 = at_least_opset(fp32, INT4_OPSET)  # placed again on the converted graph
+        model = Model.from_proto(fp32)
+        placement = place(model, profile, recipe, precision)
     log.info("placement: %d activation tensors to calibrate", len(placement.activations))
     stats = calibrate_missing(fp32, placement.activations, recipe, samples, batch_size, known or {})
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
@@ -151,12 +155,11 @@ def _conv_inputs(graph: onnx.GraphProto) -> set[str]:
     return {name for name in names if read_by_conv(name)}
 
 
-def _wants_int16(profile: TargetProfile, recipe: Recipe) -> bool:
-    """int16 activations, everywhere or on some nodes (precision int16): QuantizeLinear takes int16 from
-    opset 21 (the same opset as int4)."""
-    tables = [recipe.op_types.values(), (o.options for o in recipe.overrides)]
-    asked = any(t.get("precision") == "int16" for ts in tables for t in ts)
-    return asked or (recipe.activation_dtype or profile.activation_dtype) == "int16"
+def _wants_int16(placement: Placement, profile: TargetProfile, recipe: Recipe) -> bool:
+    """int16 activations, everywhere or on some nodes (precision int16, or a wide residual stream):
+    QuantizeLinear takes int16 from opset 21 (the same opset as int4)."""
+    wide = any(d.wide for d in placement.decisions.values())
+    return wide or (recipe.activation_dtype or profile.activation_dtype) == "int16"
 
 
 def _wants_int4(recipe: Recipe) -> bool:

@@ -15,7 +15,7 @@ from dsqc.errors import RecipeError
 KNOWN = {"onnx": ["dynamic_kernel", "isa"], "trt": ["fp16", "require_engine", "trt_version", "workspace_mib"],
          "tflite": ["input_layout", "io", "latency", "signature", "verify", "write_fp32"],
          "hls": ["activation_bits", "clock_mhz", "csim", "interface", "parallelism", "part",
-                 "power_of_two_scales", "tb_vectors"]}
+                 "power_of_two_scales", "residual_bits", "tb_vectors"]}
 
 
 @pytest.mark.parametrize("target", available())
@@ -41,6 +41,8 @@ def test_strings_become_typed_values() -> None:
         get_backend("hls").parse_options({"parallelism": "0"})
     with pytest.raises(RecipeError, match="hls: activation_bits must be 8 or 16, got 12"):
         get_backend("hls").parse_options({"activation_bits": "12"})
+    with pytest.raises(RecipeError, match="hls: residual_bits must be 8 or 16, got 4"):
+        get_backend("hls").parse_options({"residual_bits": "4"})
 
 
 def test_onnx_build_rejects_an_hls_option_before_any_work(conv_bn_path: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.ir import Model
+from dsqc.model_io import INT4_OPSET, at_least_opset
 from dsqc.pass_infra import PassManager
 from dsqc.passes import FuseConvBatchNorm
 from dsqc.passes.insert_qdq import InsertQDQ
@@ -53,6 +54,10 @@ def quantize(fp32: onnx.ModelProto, profile: TargetProfile, feeds: dict[str, np.
     recipe = recipe or Recipe()
     model = Model.from_proto(fp32)
     placement = place(model, profile, recipe)
+    if any(d.wide for d in placement.decisions.values()):  # int16 QuantizeLinear: opset 21
+        fp32 = at_least_opset(fp32, INT4_OPSET)
+        model = Model.from_proto(fp32)
+        placement = place(model, profile, recipe)
     ranges = minmax_ranges(fp32, placement.activations, feeds)
     plan = finalize(model, placement, ranges, profile, recipe)
     qdq = PassManager([InsertQDQ(plan)]).run(model).model.to_proto()

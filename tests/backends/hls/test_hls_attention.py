@@ -16,6 +16,7 @@ from _integer_models import quantize
 from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.backends.hls.profile import hls_profile
+from dsqc.backends.tflite.profile import tflite_profile
 from dsqc.driver.build_types import BuildRequest
 from dsqc.driver.pipeline import build
 from dsqc.driver.report import format_result
@@ -23,6 +24,7 @@ from dsqc.errors import UnsupportedError
 from dsqc.integer import lower
 from dsqc.integer.compare import per_op_with_ort
 from dsqc.integer.ops import MatMulOp, SoftmaxOp
+from dsqc.quant.recipe import parse_recipe
 
 needs_gcc = pytest.mark.skipif(not all(shutil.which(t) for t in ("gcc", "make", "nm")),
                                reason="gcc/make/nm missing")
@@ -131,6 +133,27 @@ def test_softmax_input_stays_int8_under_int16_activations(tmp_path: Path) -> Non
     tables_only = dataclasses.replace(hls_profile(16), eight_bit_inputs=frozenset({"Sigmoid", "Tanh"}))
     with pytest.raises(UnsupportedError, match=r"node 'softmax' \(Softmax\): input .* is int16"):
         lower(quantize(fp32, tables_only, calib)[0], "attention")
+
+
+def test_residual_stream_into_layernorm_is_int16_on_hls(tmp_path: Path) -> None:
+    """The residual Add a LayerNorm reads runs with int16 activations on ``hls`` by default (its inputs
+    and sum int16, the LayerNorm reading int16); ``residual_bits=8`` and a recipe's precision keep it
+    int8, and targets without int16 kernels never widen it."""
+    fp32 = onnx.load(attention_block(tmp_path / "attention.onnx"))
+    calib = {"x": _feeds(8, 3)["x"][0]}
+    qdq, plan = quantize(fp32, hls_profile(), calib)
+    assert plan.nodes["residual"].label == "int16" and "residual stream" in plan.nodes["residual"].reason
+    assert [plan.tensors[t].dtype for t in ("o", "x", "r")] == ["int16"] * 3
+    assert plan.tensors["q1"].dtype == "int8" and not any(
+        d.wide for name, d in plan.nodes.items() if name != "residual")
+    program = lower(qdq, "attention")
+    norm = next(op for op in program.ops if op.node == "norm")
+    assert program.tensors[norm.inputs[0]].wide and not program.tensors[norm.output].wide
+    assert max(s["max_lsb"] for s in per_op_with_ort(qdq, program, {"x": _feeds(1, 2)["x"][0]}).values()) <= 1
+    assert quantize(fp32, hls_profile(residual_bits=8), calib)[1].nodes["residual"].label == "int8"
+    asked = parse_recipe({"override": [{"nodes": "residual", "precision": "int8"}]})
+    assert quantize(fp32, hls_profile(), calib, asked)[1].nodes["residual"].label == "int8"
+    assert quantize(fp32, tflite_profile(True), calib)[1].nodes["residual"].label != "int16"
 
 
 def tiny_vit(path: Path) -> Path:
