@@ -47,7 +47,7 @@ from ..registry import (
     register,
 )
 from .c_writer import INTERFACES, Firmware, Port, write_firmware
-from .csim import check_object, run_csim, toolchain_available
+from .csim import run_csim, toolchain_available
 from .estimates import Estimates, estimate
 from .pow2 import is_pow2_plan, snap_to_pow2
 from .profile import HLS_PROFILE, hls_profile
@@ -179,7 +179,7 @@ class HlsBackend(Backend):
             (root / rel).write_text(text)
         metrics = dict(lowered.metrics["hls"])
         notes = list(lowered.notes)
-        checks, codes = self._check(root, fw.top, lowered.vectors, opts, metrics, notes)
+        checks, codes = self._check(root, lowered.vectors, opts, metrics, notes)
         checks.append(_lsb_line(lowered.lsb))
         (root / "README.md").write_text(readme(fw, program, est, opts.__dict__, checks))
         artifacts = [Path("hls") / rel for rel in sorted([*lowered.files, "README.md"])]
@@ -282,7 +282,7 @@ class HlsBackend(Backend):
         return dict((result.metrics.get(self.name) or {}).get("islands") or {})
 
     @staticmethod
-    def _check(root: Path, top: str, count: int, opts: HlsOptions, metrics: dict[str, Any],
+    def _check(root: Path, count: int, opts: HlsOptions, metrics: dict[str, Any],
                notes: list[str]) -> tuple[list[str], np.ndarray | None]:
         """``make csim`` and the object checks: README lines and the testbench's output codes."""
         if not opts.csim or not toolchain_available():
@@ -290,11 +290,11 @@ class HlsBackend(Backend):
             if opts.csim:
                 notes.append("hls: gcc/make/nm not found; the C was not compiled or simulated")
             return [], None
-        result = run_csim(root)
-        if not result.passed and not result.vectors:
+        result = run_csim(root, inspect=True)
+        if result.object_check is None:  # the testbench did not build or run
             raise DsqcError(f"hls: the generated C did not compile or run under `make csim` (a dsqc bug: "
                             f"please report it with the model); log tail: {result.log[-300:]!r}")
-        obj = check_object(root, f"firmware/{top}.c")
+        obj = result.object_check
         metrics["csim"] = {"status": "bit-exact" if result.passed else "FAILED", "vectors": result.vectors,
                            "mismatching_values": result.mismatches,
                            "undefined_symbols": obj.undefined, "forbidden_symbols": obj.forbidden,

@@ -26,10 +26,11 @@ def readme(fw: Firmware, program: Program, est: Estimates, options: dict[str, An
              "| file | what |", "|---|---|",
              f"| `firmware/{fw.top}.c` | top function `{fw.top}`, one static function per layer |",
              f"| `firmware/{fw.top}.h` | prototype, port sizes, input/output quantization |",
-             "| `firmware/weights.h` | const int8 weights, int32 biases, requantization constants |",
+             "| `firmware/weights.h` | const int8 weights, int32 biases, requantization constants (extern) |",
+             "| `firmware/weights_<k>.c` | those constants' values, a few million per file |",
              "| `tb/testbench.c` | input vectors and expected outputs from dsqc's integer reference |",
              "| `build.tcl` | `vitis_hls -f build.tcl`: project, csim, csynth, cosim, export |",
-             "| `Makefile` | `make csim` (gcc, strict flags), `make check`, `make ubsan` |", "",
+             "| `Makefile` | `make -j csim` (gcc, strict flags), `make check`, `make ubsan` |", "",
              "## Interface", "", "```c", f"{signature(fw.top, fw.ports)};", "```", ""]
     if interface == "axis":
         lines.append("Ports are AXI4-Stream (`axis`), one element (its port's type) per beat in the order "
@@ -53,7 +54,7 @@ def readme(fw: Firmware, program: Program, est: Estimates, options: dict[str, An
               "| buffer | tensor | bytes |", "|---|---|---|"]
     for tensor, (c_name, _) in fw.buffers.items():
         lines.append(f"| `{c_name}` | {comment_text(tensor, 60)} | {program.tensors[tensor].nbytes} |")
-    lines += ["", f"Constants (`weights.h`, ROM): {est.weight_bytes} bytes.", "",
+    lines += ["", f"Constants (`weights_<k>.c`, ROM): {est.weight_bytes} bytes.", "",
               "## Layers", "", "| # | node | op | output | MACs | const bytes | est. cycles |",
               "|---|---|---|---|---|---|---|"]
     for i, layer in enumerate(est.layers):

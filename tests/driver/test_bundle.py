@@ -217,14 +217,14 @@ def test_hls_bundle_verifies_with_its_testbench(tmp_path: Path, conv_bn_path: Pa
     html = (out / "report.html").read_text()
     assert "make csim" in html and "vitis_hls -f build.tcl" in html and "Q31 multiplier" in html
     # a changed bias, re-hashed into the manifest: only the compiled testbench can notice
-    weights = out / "hls" / "firmware" / "weights.h"
+    weights = out / "hls" / "firmware" / "weights_0.c"
     text = weights.read_text()
     start = text.index("_b[")
     first = re.compile(r"-?\d+").search(text, text.index("{", start))
     assert first is not None
     weights.write_text(text[:first.start()] + str(int(first.group()) + 1_000_000) + text[first.end():])
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["files"]["hls/firmware/weights.h"]["sha256"] = _sha(weights)
+    manifest["files"]["hls/firmware/weights_0.c"]["sha256"] = _sha(weights)
     manifest["manifest_sha256"] = body_sha256(manifest)
     (out / "manifest.json").write_text(canonical(manifest))
     assert main(["verify", str(out)]) == 1

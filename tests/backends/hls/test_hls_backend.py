@@ -15,7 +15,8 @@ from dsqc.errors import RecipeError, UnsupportedError
 needs_gcc = pytest.mark.skipif(not all(shutil.which(t) for t in ("gcc", "make", "nm")),
                                reason="gcc/make/nm not installed")
 
-FILES = {"Makefile", "README.md", "build.tcl", "tb/testbench.c", "firmware/weights.h"}
+FILES = {"Makefile", "README.md", "build.tcl", "tb/testbench.c", "firmware/weights.h",
+         "firmware/weights_0.c"}
 
 
 def test_registered() -> None:
