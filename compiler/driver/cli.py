@@ -106,7 +106,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-B", "--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="target option, repeatable; each target rejects keys it does not know: hls "
                         "parallelism=8, interface=m_axi|axis, power_of_two_scales=true, activation_bits=16, "
-                        "residual_bits=8, clock_mhz=250, part=…, tb_vectors=16, csim=false; tflite io=float|int8, input_layout=nchw|nhwc, "
+                        "residual_bits=8, clock_mhz=250, part=…, tb_vectors=16, csim=false; tflite "
+                        "io=float|int8, input_layout=nchw|nhwc, "
                         "signature=true, verify, latency, write_fp32; trt require_engine, fp16, "
                         "trt_version, workspace_mib; onnx isa=avx2|vnni|arm64 (the CPU that will run it)")
     p.add_argument("--strict", action="store_true",
