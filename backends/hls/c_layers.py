@@ -30,6 +30,7 @@ from dsqc.integer import (
     SliceOp,
     SoftmaxOp,
     TransposeOp,
+    UpsampleOp,
 )
 
 from .names import comment_text
@@ -83,7 +84,8 @@ class Emitter:
                 ElementwiseOp: self._elementwise, ConcatOp: self._concat, LookupOp: self._lookup,
                 LayerNormOp: self._layernorm, MatMulOp: self._matmul, SoftmaxOp: self._softmax,
                 ConstantOp: self._constant, AddConstantOp: self._add_constant,
-                MulOp: self._mul, TransposeOp: self._transpose, SliceOp: self._slice}[type(op)](op)
+                MulOp: self._mul, TransposeOp: self._transpose, SliceOp: self._slice,
+                UpsampleOp: self._upsample}[type(op)](op)
         out = self.program.tensors[op.output]
         head = [f"/* {comment_text(op.onnx_op)} node {comment_text(op.node)}: "
                 f"-> {'x'.join(map(str, out.shape))} {out.ctype[:-2]} (scale {out.scale:.6g}, zero point "
@@ -351,6 +353,18 @@ class Emitter:
         strides = _strides(self.program.tensors[op.inputs[0]].shape)
         axes = list(zip(strides, op.starts, op.steps, strict=True))
         return self._gather(op, op.requant, op.in_zp, axes, op.sizes)
+
+    def _upsample(self, op: Op) -> list[str]:
+        """Each input axis resized by f becomes an output axis pair [n, f] whose second axis reads the
+        input with stride 0: the loops of ``_gather``, no division."""
+        assert isinstance(op, UpsampleOp) and op.requant is not None
+        shape_in = self.program.tensors[op.inputs[0]].shape
+        axes: list[tuple[int, int, int]] = []
+        shape: list[int] = []
+        for stride, n, factor in zip(_strides(shape_in), shape_in, op.factors, strict=True):
+            axes += [(stride, 0, 1)] + ([(0, 0, 1)] if factor > 1 else [])
+            shape += [n] + ([factor] if factor > 1 else [])
+        return self._gather(op, op.requant, op.in_zp, axes, tuple(shape))
 
     def _gather(self, op: Op, rq: Requant, zp: int, axes: list[tuple[int, int, int]],
                 shape: tuple[int, ...]) -> list[str]:

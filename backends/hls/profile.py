@@ -29,7 +29,7 @@ HLS_PROFILE = TargetProfile(
     quantize_outputs=True,
     output_q_optional=frozenset(),
     passthrough_ops=frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Slice", "Squeeze", "Unsqueeze",
-                               "Gather"}),
+                               "Gather", "Split", "Resize"}),
     fold_activations=True,
     verify_fused=False,
     shared_scale_ops=frozenset({"Concat"}),

@@ -23,6 +23,7 @@ from dsqc.integer.ops import (
     SoftmaxOp,
     TensorInfo,
     TransposeOp,
+    UpsampleOp,
 )
 from dsqc.integer.program import MissingLowerings, lower
 from dsqc.integer.reference import dequantize_outputs, quantize_inputs, run
@@ -31,5 +32,6 @@ __all__ = [
     "ROUNDING_RULE", "AddConstantOp", "AddOp", "ConcatOp", "ConstantOp", "ConvOp", "DenseOp",
     "ElementwiseOp", "IOBinding", "LayerNormOp", "LookupOp", "MatMulOp", "MissingLowerings", "MulOp",
     "Multiplier", "Op", "PoolOp", "Program", "Requant", "SliceOp", "SoftmaxOp", "TensorInfo", "TransposeOp",
-    "dequantize_outputs", "lower", "quantize_inputs", "quantize_multiplier", "requantize", "run",
+    "UpsampleOp", "dequantize_outputs", "lower", "quantize_inputs", "quantize_multiplier", "requantize",
+    "run",
 ]

@@ -55,12 +55,13 @@ class Lowering:
         return TensorInfo(key, info.shape, float(scale.reshape(())), int(zero.reshape(())), info.qmin,
                           info.qmax)
 
-    def output(self, node: gs.Node, shape: tuple[int, ...]) -> TensorInfo:
-        """Register the int tensor written by ``node``: its float output must feed exactly one Q."""
+    def output(self, node: gs.Node, shape: tuple[int, ...], index: int | None = None) -> TensorInfo:
+        """Register the int tensor written by ``node``: its float output (output ``index`` of a node
+        lowered to one op per output, a Split; else its only used output) must feed exactly one Q."""
         extra = [t.name for t in node.outputs[1:] if t.outputs or _is_output(self.graph, t)]
-        if extra:
+        if extra and index is None:
             raise UnsupportedError(f"node '{node.name}' ({node.op}): extra outputs {extra} are used")
-        tensor = node.outputs[0]
+        tensor = node.outputs[index or 0]
         readers = list(tensor.outputs)
         if len(readers) != 1 or readers[0].op != "QuantizeLinear" or _is_output(self.graph, tensor):
             what = ", ".join(f"{r.name} ({r.op})" for r in readers) or "a graph output"

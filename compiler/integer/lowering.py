@@ -26,6 +26,7 @@ from dsqc.integer.ops import (
     SoftmaxOp,
     TensorInfo,
     TransposeOp,
+    UpsampleOp,
 )
 from dsqc.ir import constant_value
 from dsqc.op_kinds import ceil_mode_pads, weight_output_axis
@@ -365,6 +366,86 @@ def lower_slice(ctx: Lowering, node: gs.Node) -> Op:
                    sizes=tuple(sizes), in_zp=x.zero_point, requant=requant)
 
 
+_NEAREST: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+    "floor": np.floor, "ceil": np.ceil}
+
+
+def lower_resize(ctx: Lowering, node: gs.Node) -> Op:
+    """Resize, mode nearest, by whole factors on the non-batch axes: ``UpsampleOp``. The ONNX coordinate
+    rule (``coordinate_transformation_mode``, ``nearest_mode``) is evaluated for every output index and
+    must read input ``i // factor``; anything else is refused naming the node."""
+    x = ctx.act(node, 0)
+    mode = str(node.attrs.get("mode", "nearest"))
+    if mode != "nearest":
+        raise _fail(node, f"mode '{mode}': the integer program upsamples by nearest neighbour only")
+    sizes = ctx.constant(node, 3).astype(np.int64).reshape(-1) if len(node.inputs) > 3 and \
+        node.inputs[3].name else None
+    scales = None if sizes is not None else ctx.constant(node, 2).astype(np.float64).reshape(-1)
+    if sizes is None and scales is not None:
+        sizes = np.floor(np.array(x.shape) * scales).astype(np.int64)
+    if sizes is None or sizes.size != len(x.shape):
+        raise _fail(node, "needs constant scales or sizes for every axis")
+    factors = [int(n) // d for n, d in zip(sizes, x.shape, strict=True)]
+    if any(f < 1 or f * d != n for f, d, n in zip(factors, x.shape, sizes, strict=True)) or factors[0] != 1:
+        raise _fail(node, f"resizes {x.shape} to {tuple(int(n) for n in sizes)}: only whole upsampling "
+                          "factors off the batch axis are supported")
+    coord = str(node.attrs.get("coordinate_transformation_mode", "half_pixel"))
+    rounding = _NEAREST.get(str(node.attrs.get("nearest_mode", "round_prefer_floor")))
+    for axis, (n, d) in enumerate(zip(sizes, x.shape, strict=True)):
+        source = _resize_source(np.arange(int(n), dtype=np.float64), int(d), int(n), coord, scales, axis)
+        if source is None or rounding is None or \
+                not np.array_equal(np.clip(rounding(source), 0, d - 1), np.arange(int(n)) // factors[axis]):
+            raise _fail(node, f"coordinate_transformation_mode '{coord}' with nearest_mode "
+                              f"'{node.attrs.get('nearest_mode', 'round_prefer_floor')}' does not read input "
+                              f"index i // {factors[axis]} on axis {axis}; not supported")
+    out = ctx.output(node, tuple(int(n) for n in sizes))
+    requant = requant_to(node, np.array([x.scale / out.scale]), out)
+    return UpsampleOp(node.name, node.op, [x.name], out.name, factors=tuple(factors), in_zp=x.zero_point,
+                      requant=requant)
+
+
+def _resize_source(index: np.ndarray, length: int, size: int, coord: str, scales: np.ndarray | None,
+                   axis: int) -> np.ndarray | None:
+    """The input coordinate ONNX Resize computes for output ``index`` (None: a mode not handled)."""
+    scale = float(scales[axis]) if scales is not None else size / length
+    if coord in ("half_pixel", "pytorch_half_pixel"):
+        return (index + 0.5) / scale - 0.5 if coord == "half_pixel" or size > 1 else np.zeros_like(index)
+    if coord == "asymmetric":
+        return index / scale
+    if coord == "tf_half_pixel_for_nn":
+        return (index + 0.5) / scale
+    if coord == "align_corners":
+        return index * (length - 1) / (size - 1) if size > 1 else np.zeros_like(index)
+    return None
+
+
+def lower_split(ctx: Lowering, node: gs.Node) -> list[Op]:
+    """Split: one ``SliceOp`` per output (YOLOv8's C2f splits its channels in two), sizes from input 1,
+    the ``split`` attribute, or equal parts (the last one smaller, opset 18's ``num_outputs``)."""
+    x = ctx.act(node, 0)
+    axis = int(node.attrs.get("axis", 0)) % len(x.shape)
+    given = ctx.constant(node, 1) if len(node.inputs) > 1 and node.inputs[1].name else node.attrs.get("split")
+    size, count = x.shape[axis], len(node.outputs)
+    chunk = -(-size // count)
+    parts = [int(v) for v in np.asarray(given).reshape(-1)] if given is not None else \
+        [chunk] * (count - 1) + [size - chunk * (count - 1)]
+    if len(parts) != count or sum(parts) != size or min(parts) < 1:
+        raise _fail(node, f"parts {parts} do not split {size} into {count} outputs")
+    if axis == 0 and x.shape[0] != 1:
+        raise _fail(node, "splits the batch axis")
+    ops: list[Op] = []
+    for i, (start, length) in enumerate(zip(np.cumsum([0, *parts[:-1]]), parts, strict=True)):
+        starts, sizes = [0] * len(x.shape), list(x.shape)
+        starts[axis], sizes[axis] = int(start), length
+        out = ctx.output(node, tuple(sizes), index=i)
+        requant = requant_to(node, np.array([x.scale / out.scale]), out)
+        ops.append(SliceOp(f"{node.name}/{i}", node.op, [x.name], out.name, starts=tuple(starts),
+                           steps=(1,) * len(x.shape), sizes=tuple(sizes), in_zp=x.zero_point,
+                           requant=requant))
+    return ops
+
+
 def lower_concat(ctx: Lowering, node: gs.Node) -> Op:
     """Concatenation; a constant input (ViT's class token, its Q → DQ folded) becomes a ``ConstantOp``
     on the output's scale, which it shares."""
@@ -440,5 +521,6 @@ LOWERINGS: dict[str, Callable[[Lowering, gs.Node], Op]] = {
     "GlobalAveragePool": lower_pool, "Flatten": lower_reshape, "Reshape": lower_reshape,
     "Concat": lower_concat, "Mul": lower_mul, "Sigmoid": lower_lookup, "Tanh": lower_lookup,
     "Transpose": lower_transpose, "Slice": lower_slice, "Squeeze": lower_reshape, "Unsqueeze": lower_reshape,
-    "Gather": lower_gather, "Softmax": lower_softmax,
+    "Gather": lower_gather, "Softmax": lower_softmax, "Resize": lower_resize,
 }
+SPLITS: dict[str, Callable[[Lowering, gs.Node], list[Op]]] = {"Split": lower_split}

@@ -291,6 +291,17 @@ class SliceOp(Op):
     requant: Requant | None = None
 
 
+@dataclass(eq=False)
+class UpsampleOp(Op):
+    """Nearest-neighbour upsampling by whole factors: output index ``i`` on axis ``a`` reads input index
+    ``i // factors[a]`` (ONNX Resize, mode nearest, where its coordinate rule gives exactly that),
+    requantized element by element. ``factors[0]`` is 1: the batch is not resized."""
+
+    factors: tuple[int, ...] = ()
+    in_zp: int = 0
+    requant: Requant | None = None
+
+
 @dataclass
 class IOBinding:
     """A graph input or output: the float ONNX tensor and the int program tensor behind it."""

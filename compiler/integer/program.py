@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
 from dsqc.integer.islands import ISLAND_OPS, is_interior, is_island, lower_island
-from dsqc.integer.lowering import LOWERINGS, lower_requantize
+from dsqc.integer.lowering import LOWERINGS, SPLITS, lower_requantize
 from dsqc.integer.ops import Program
 from dsqc.ir import constant_value
 from dsqc.static_shapes import fold_shapes, has_shape_ops, static_shapes
@@ -73,6 +73,11 @@ def run(ctx: Lowering) -> Program:
         if is_interior(ctx.graph, node):
             interior.add(node.name)
             continue
+        if node.op in SPLITS:  # one op per output
+            parts = SPLITS[node.op](ctx, node)
+            ctx.ops.extend(parts)
+            handled.update(t.name for t in node.outputs)
+            continue
         if is_island(node, node.op in LOWERINGS):
             island = lower_island(ctx, node, interior)
             op = island.op
@@ -104,7 +109,7 @@ def _refuse_unsupported(graph: gs.Graph) -> None:
     first node), before any is lowered: a transformer lacks several, and one at a time hides the rest."""
     missing: dict[str, list[str]] = {}
     for node in graph.nodes:
-        known = node.op in LOWERINGS or node.op in ISLAND_OPS or node.op in _NOT_LOWERED
+        known = node.op in LOWERINGS or node.op in SPLITS or node.op in ISLAND_OPS or node.op in _NOT_LOWERED
         if not known and node.op != "QuantizeLinear":
             missing.setdefault(node.op, []).append(node.name)
     if not missing:
@@ -113,4 +118,4 @@ def _refuse_unsupported(graph: gs.Graph) -> None:
     rest = "".join(f"; {o} ({len(n)} node{'s' * (len(n) > 1)}, first '{n[0]}')" for o, n in others)
     raise MissingLowerings(f"node '{nodes[0]}' ({op}): not supported by the integer program "
                            f"({len(nodes)} node{'s' * (len(nodes) > 1)} of it{rest}; supported: "
-                           f"{', '.join(sorted(set(LOWERINGS) | ISLAND_OPS))})")
+                           f"{', '.join(sorted(set(LOWERINGS) | set(SPLITS) | ISLAND_OPS))})")

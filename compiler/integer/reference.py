@@ -32,6 +32,7 @@ from dsqc.integer.ops import (
     SliceOp,
     SoftmaxOp,
     TransposeOp,
+    UpsampleOp,
 )
 
 Env = Mapping[str, np.ndarray]
@@ -243,9 +244,17 @@ def _slice(op: Op, env: Env) -> np.ndarray:
     return _apply(op.requant, x[window] - op.in_zp)
 
 
+def _upsample(op: Op, env: Env) -> np.ndarray:
+    assert isinstance(op, UpsampleOp) and op.requant is not None
+    x = env[op.inputs[0]]
+    for axis, factor in enumerate(op.factors):
+        x = np.repeat(x, factor, axis=axis) if factor > 1 else x
+    return _apply(op.requant, x - op.in_zp)
+
+
 _EXEC: dict[type, Callable[[Op, Env], np.ndarray]] = {
     ConvOp: _conv, DenseOp: _dense, AddOp: _add, PoolOp: _pool, ElementwiseOp: _elementwise,
     ConcatOp: _concat, LookupOp: _lookup, LayerNormOp: _layernorm, MulOp: _mul,
     MatMulOp: _matmul, SoftmaxOp: _softmax, ConstantOp: _constant, AddConstantOp: _add_constant,
-    TransposeOp: _transpose, SliceOp: _slice,
+    TransposeOp: _transpose, SliceOp: _slice, UpsampleOp: _upsample,
 }
