@@ -142,9 +142,12 @@ class HlsBackend(Backend):
             notes.append("hls: plan scales snapped to powers of two for shift-only requantization")
         try:
             program = lower(qdq, job.name)
-        except MissingLowerings as exc:  # a transformer's LayerNorm/Softmax/GELU: the C has no layer for them
+        except MissingLowerings as exc:  # an op the C has no layer for
             raise UnsupportedError(f"hls: {exc}; the HLS C covers these layers only: build this model for "
-                                   "--target onnx, tflite or trt, or export the part the FPGA runs") from exc
+                                   "--target onnx, tflite or trt, or the part the FPGA runs with --outputs "
+                                   "T1,T2 (tensors before that node)") from exc
+        except UnsupportedError as exc:  # a form of a supported op the C does not take (a detector's decode)
+            raise UnsupportedError(f"{exc} (--outputs T1,T2 builds the part of the model before it)") from exc
         notes += [f"hls: {note}" for note in program.notes]
         float_feeds, synthetic = _eval_feeds(job, program, opts.tb_vectors)
         if synthetic:

@@ -190,7 +190,8 @@ def _models(request: DebugRequest) -> tuple[BuildFolder, onnx.ModelProto, onnx.M
     folder = read_build(request.build_dir)
     if request.local_samples < 1 or request.batch_size < 1:
         raise DsqcError("--local-samples and the batch size must be at least 1")
-    normalized = load_and_normalize(request.model).model
+    cut = tuple((folder.report.get("metrics", {}).get("cut") or {}).get("outputs") or ())
+    normalized = load_and_normalize(request.model, cut).model  # as the build cut it (--outputs)
     if any(node.op_type in QDQ_OPS for node in normalized.graph.node):
         raise BuildFolderError(f"{request.model} is already quantized; give the FP32 model the build "
                                "compiled")

@@ -41,6 +41,7 @@ class BuildRequest:
     mode: str | None = None  # static | dynamic | auto (None: the recipe's quantization.mode, else static)
     fp32_reference: Path | None = None  # a QDQ input's FP32 model to verify against (default: Q/DQ stripped)
     repair: bool = True  # a degraded/collapsed int8 build searches a mixed-precision plan (driver/repair.py)
+    outputs: tuple[str, ...] = ()  # --outputs: build the part of the model that computes these tensors
 
 
 def rebuild_command(request: BuildRequest, recipe: Path) -> str:
@@ -62,6 +63,8 @@ def rebuild_command(request: BuildRequest, recipe: Path) -> str:
             args += [flag, str(value)]
     if request.eval_data:
         args += ["--eval-data", where(request.eval_data)]
+    if request.outputs:
+        args += ["--outputs", ",".join(request.outputs)]
     for key, value in request.backend_options.items():
         args += ["-B", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
     args += ["--recipe", os.path.abspath(recipe), "-o", os.path.abspath(request.out_dir)]

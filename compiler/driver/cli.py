@@ -91,6 +91,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp32-reference", type=Path, metavar="MODEL",
                    help="a QDQ (QAT) input: verify against this FP32 model (default: the QDQ model "
                         "without Q/DQ)")
+    p.add_argument("--outputs", metavar="T1,T2",
+                   help="build the part of MODEL that computes these tensors (they become its outputs): "
+                        "e.g. a detector's head maps, leaving its decode to the host")
     p.add_argument("--min-sqnr", type=float, help="fail when an output's SQNR (dB) is below this")
     p.add_argument("--max-drop", type=float, help="fail when the task metric drops by more than this")
     p.add_argument("--task-metric", help="module:function(outputs, labels) -> float, higher is better; or "
@@ -148,7 +151,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
             backend_options=_backend_options(args), accuracy_budget=args.accuracy_budget,
             size_budget=args.size_budget, sensitivity_samples=args.sensitivity_samples,
             strict=args.strict, model_label=args.model, mode=args.mode, command_line=args.argv,
-            fp32_reference=args.fp32_reference, repair=not args.no_repair)
+            fp32_reference=args.fp32_reference, repair=not args.no_repair,
+            outputs=tuple(t.strip() for t in (args.outputs or "").split(",") if t.strip()))
         if "," in args.target:
             return _build_targets(args, request)
         result = build(request)

@@ -29,6 +29,7 @@ from dsqc.driver.stages import PRECISIONS, BuildRun, Clock, pass_seconds
 from dsqc.driver.verdict import Thresholds
 from dsqc.errors import RecipeError
 from dsqc.ir import Model
+from dsqc.model_cut import cut_at
 from dsqc.model_io import load_model, prepare
 from dsqc.pass_infra import FixedPoint, PassContext, PassManager, Step, TimingInstrument
 from dsqc.passes import (
@@ -86,10 +87,11 @@ def normalize(proto: onnx.ModelProto, label: str = "model") -> NormalizeResult:
     return NormalizeResult(prepare(out, f"{label} (normalized)"), timing.seconds)
 
 
-def load_for_build(path: Path) -> NormalizeResult:
-    """The normalized FP32 model and, for an already-quantized QDQ model (a QAT export), the specs of
-    its Q/DQ (``dsqc.quant.from_qdq``): the model under them is what gets normalized and re-planned."""
-    proto = load_model(path)
+def load_for_build(path: Path, outputs: tuple[str, ...] = ()) -> NormalizeResult:
+    """The normalized FP32 model (cut at ``outputs``, ``--outputs``) and, for an already-quantized QDQ
+    model (a QAT export), the specs of its Q/DQ (``dsqc.quant.from_qdq``): the model under them is what
+    gets normalized and re-planned."""
+    proto = cut_at(load_model(path), outputs, str(path))
     if not has_qdq(proto):
         return normalize(proto, label=str(path))
     qdq = split_qdq(proto, str(path))
@@ -116,9 +118,9 @@ def _fp32_reference(request: BuildRequest, fp32: onnx.ModelProto,
     return reference
 
 
-def load_and_normalize(path: Path) -> NormalizeResult:
+def load_and_normalize(path: Path, outputs: tuple[str, ...] = ()) -> NormalizeResult:
     start = time.perf_counter()
-    result = normalize(load_model(path), label=str(path))
+    result = normalize(cut_at(load_model(path), outputs, str(path)), label=str(path))
     log.info("normalized %s in %.2f s", path, time.perf_counter() - start)
     return result
 
@@ -168,7 +170,8 @@ def _start(request: BuildRequest, shared: SharedStages) -> BuildRun:
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = shared.once("normalize", (), lambda: load_for_build(request.model))
+        normalized = shared.once("normalize", request.outputs, lambda: load_for_build(request.model,
+                                                                                    request.outputs))
     passes_before = pass_seconds()  # the normalization's, unless another target of the build ran it
     fp32, trained = normalized.model, normalized.trained
     reference = _fp32_reference(request, fp32, trained)
@@ -181,6 +184,8 @@ def _start(request: BuildRequest, shared: SharedStages) -> BuildRun:
                           "build its FP32 model for dynamic quantization")
     result = BuildResult(out_dir=request.out_dir, target=request.target,
                          precision=request.precision, timings=timings, options=options)
+    if request.outputs:  # dsqc debug cuts MODEL the same way
+        result.metrics["cut"] = {"outputs": list(request.outputs)}
     job = LoweringJob(name=model_name(request.model), fp32=fp32, qdq=None, plan=None,
                       eval_feeds=[], options=options)
     return BuildRun(request, shared, backend, recipe, limits, mode, fp32, reference, trained,
