@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tools.bench.real.store import REPO, real_dir
+from tools.bench.real.store import REPO, is_prepared, real_dir, tree_and_machine
 
 CASE = "nudenet_320n"
 HEAD = tuple([f"/model.22/cv2.{i}/cv2.{i}.2/Conv_output_0" for i in range(3)]
@@ -184,15 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "tools" / "bench" / "hls_detector.json")
     args = parser.parse_args(argv)
     data = args.data or real_dir()
-    if not (data / f"{CASE}.onnx").is_file():
-        print(f"hls_detector: {CASE} is not prepared in {data}; run `python -m tools.bench.real.prepare "
-              f"--only {CASE}` first", file=sys.stderr)
+    if not is_prepared("hls_detector", CASE, data):
         return 2
-    tree = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=REPO).stdout.strip()
+    tree, machine = tree_and_machine()
     with tempfile.TemporaryDirectory() as work:
         result = measure(data, Path(work))
-    machine = f"{platform.processor() or platform.machine()}, {platform.python_version()}"
     args.md.write_text(markdown(result, machine, tree))
     args.json.write_text(json.dumps({"tree": tree, "case": CASE, **result}, indent=1, default=float) + "\n")
     return 0

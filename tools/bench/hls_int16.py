@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench.real.store import REPO, real_dir
+from tools.bench.real.store import REPO, is_prepared, real_dir, tree_and_machine
 
 VARIANTS = (("plain int8", {}, False), ("default (repair)", {}, True),
             ("every activation int16", {"activation_bits": 16}, False))
@@ -122,15 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "tools" / "bench" / "hls_int16.json")
     args = parser.parse_args(argv)
     data = args.data or real_dir()
-    if not (data / f"{args.case}.onnx").is_file():
-        print(f"hls_int16: {args.case} is not prepared in {data}; run `python -m tools.bench.real.prepare "
-              f"--only {args.case}` (torchvision venv) first", file=sys.stderr)
+    if not is_prepared("hls_int16", args.case, data):
         return 2
-    tree = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=REPO).stdout.strip()
+    tree, machine = tree_and_machine()
     with tempfile.TemporaryDirectory() as work:
         rows = measure(args.case, data, Path(work))
-    machine = f"{platform.processor() or platform.machine()}, {platform.python_version()}"
     args.md.write_text(markdown(args.case, rows, machine, tree))
     args.json.write_text(json.dumps({"tree": tree, "case": args.case, "rows": rows}, indent=1) + "\n")
     return 0

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,22 @@ KINDS = ("classifier", "detector", "vad", "embedding", "mnist")
 def real_dir() -> Path:
     """The cache of prepared cases: ``$DSQC_REAL_DIR`` or ``<repo>/.cache/real``."""
     return Path(os.environ.get("DSQC_REAL_DIR") or REPO / ".cache" / "real")
+
+
+def is_prepared(tool: str, case: str, data: Path) -> bool:
+    """Whether ``case`` is prepared in ``data``; if not, says on stderr how to prepare it."""
+    if (data / f"{case}.onnx").is_file():
+        return True
+    print(f"{tool}: {case} is not prepared in {data}; run `python -m tools.bench.real.prepare --only {case}` "
+          "(the torchvision venv for torchvision cases) first", file=sys.stderr)
+    return False
+
+
+def tree_and_machine() -> tuple[str, str]:
+    """The checkout's short commit and the machine, as the results tables name them."""
+    tree = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=REPO).stdout.strip()
+    return tree, f"{platform.processor() or platform.machine()}, {platform.python_version()}"
 
 
 def save_case(
