@@ -214,3 +214,5 @@ def test_torch_vit_block_is_bit_exact(tmp_path: Path) -> None:
     assert "folded away for batch 1 6," in line  # the class token's Expand, the 1/√d scalars; not Shape
     source = (tmp_path / "out" / "hls" / "firmware" / "vit.c").read_text()
     assert "/* Constant node" in source and "_c[i]" in source  # class token; position embedding
+    readme = (tmp_path / "out" / "hls" / "README.md").read_text()
+    assert "int8 activations, int16 on " in readme  # the residual stream only
