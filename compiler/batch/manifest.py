@@ -15,7 +15,7 @@ Every relative path is relative to the manifest's folder; every path may be a gl
 
     [build]                                # `dsqc build` options for every item
     calib_samples = 256                    # calib_batch, eval_samples, eval_data, method, precision,
-    latency = false                        # min_sqnr, max_drop, strict, task_metric as in `dsqc build`
+    latency = false                        # min_sqnr, max_drop, strict, task_metric, outputs: `dsqc build`
     options = { isa = "vnni" }             # -B key=value (the target rejects keys it does not know)
 
     [[models]]                             # one table per model file or glob
@@ -55,7 +55,7 @@ BUILD_KEYS: dict[str, tuple[type, str]] = {
     "calib_batch": (int, "--calib-batch"), "eval_samples": (int, "--eval-samples"),
     "eval_data": (str, "--eval-data"), "method": (str, "--method"), "min_sqnr": (float, "--min-sqnr"),
     "max_drop": (float, "--max-drop"), "task_metric": (str, "--task-metric"), "strict": (bool, "--strict"),
-    "latency": (bool, "--no-latency"), "options": (dict, "-B"),
+    "latency": (bool, "--no-latency"), "options": (dict, "-B"), "outputs": (str, "--outputs"),
 }
 MODEL_KEYS = {"path", "name", "targets", "recipes", "calib", "build", *LIMIT_KEYS}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")

@@ -49,7 +49,7 @@ def test_globs_and_lists_expand_into_items_with_folders(tree: Path) -> None:
         targets = ["hls"]
         recipes = "none"
         timeout_s = 30
-        build = { eval_samples = 4, options = { parallelism = 4 } }
+        build = { eval_samples = 4, options = { parallelism = 4 }, outputs = "head,boxes" }
     """))
     ids = [item.id for item in fleet.items]
     assert ids[:6] == ["a/onnx-none", "a/onnx-mse", "a/onnx-w8",
@@ -63,6 +63,8 @@ def test_globs_and_lists_expand_into_items_with_folders(tree: Path) -> None:
     assert argv[:8] == ["build", str(tree / "models/a.onnx"), "--target", "hls", "-o", "o", "--calib",
                         str(tree / "cal.npz")]
     assert "--no-latency" in argv and argv[argv.index("--eval-samples") + 1] == "4"
+    assert argv[argv.index("--outputs") + 1] == "head,boxes"
+    assert "--outputs" not in fleet.items[0].argv(Path("o"))
     options = [argv[i + 1] for i, a in enumerate(argv) if a == "-B"]
     assert options == ["isa=vnni", "parallelism=4"]  # the model's options merge with [build]'s
 
