@@ -212,11 +212,12 @@ class Emitter:
 
     def _softmax(self, op: Op) -> list[str]:
         assert isinstance(op, SoftmaxOp) and op.requant is not None
-        n = op.length
+        n, stride = op.length, op.stride
         rows = self._size(op.inputs[0]) // n
         table = self._array("exp", "int32_t", op.table)
         self.helpers.add("dsqc_round_div")
-        x = f"x[r * {n} + i]"
+        at = f"r * {n} + i" if stride == 1 else f"(r / {stride} * {n} + i) * {stride} + r % {stride}"
+        x = f"x[{at}]"
         quotient = (f"dsqc_round_div((int64_t){table}[best - {x}] * {op.gain}, "
                     f"total * ((int64_t)1 << {op.gain_shift}))")
         return [
@@ -235,7 +236,7 @@ class Emitter:
             "        }",
             f"        for (i = 0; i < {n}; i++) {{",
             "#pragma HLS PIPELINE II=1",
-            f"            y[r * {n} + i] = {self._requant(op.requant, quotient)};",
+            f"            y[{at}] = {self._requant(op.requant, quotient)};",
             "        }", "    }", "}",
         ]
 

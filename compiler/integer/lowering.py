@@ -483,7 +483,7 @@ _SOFTMAX_GAIN_SHIFT = 16
 
 
 def require_last_axis(node: gs.Node, x: TensorInfo) -> None:
-    """Softmax and LayerNorm run over the last axis only (``axis`` attribute, default −1)."""
+    """LayerNorm runs over the last axis only (``axis`` attribute, default −1)."""
     axis = int(node.attrs.get("axis", -1)) % len(x.shape)
     if axis != len(x.shape) - 1:
         raise _fail(node, f"normalizes from axis {axis} of a {len(x.shape)}-D tensor; the integer program "
@@ -491,9 +491,10 @@ def require_last_axis(node: gs.Node, x: TensorInfo) -> None:
 
 
 def lower_softmax(ctx: Lowering, node: gs.Node) -> Op:
-    """``SoftmaxOp`` over the last axis of the node's int8 input."""
+    """``SoftmaxOp`` over one axis of the node's int8 input (``axis``, default −1: opset 13's single
+    axis)."""
     x = ctx.act(node, 0)
-    require_last_axis(node, x)
+    axis = int(node.attrs.get("axis", -1)) % len(x.shape)
     if x.wide:
         raise _fail(node, f"input '{x.name}' is int16; the integer Softmax's exp table takes int8 inputs "
                           "(256 codes)")
@@ -503,7 +504,8 @@ def lower_softmax(ctx: Lowering, node: gs.Node) -> Op:
     if gain < 1 or gain.bit_length() + _SOFTMAX_FRAC > 62:
         raise _fail(node, f"output scale {out.scale:.3g} is outside the fixed point's range")
     requant = Requant(np.ones(1, np.int64), np.zeros(1, np.int64), out.zero_point, out.qmin, out.qmax)
-    return SoftmaxOp(node.name, node.op, [x.name], out.name, length=int(x.shape[-1]), frac_bits=_SOFTMAX_FRAC,
+    return SoftmaxOp(node.name, node.op, [x.name], out.name, length=int(x.shape[axis]),
+                     stride=int(np.prod(x.shape[axis + 1:], dtype=np.int64)), frac_bits=_SOFTMAX_FRAC,
                      table=table, gain=int(gain), gain_shift=_SOFTMAX_GAIN_SHIFT, requant=requant)
 
 

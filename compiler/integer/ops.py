@@ -207,7 +207,8 @@ class MatMulOp(Op):
 
 @dataclass(eq=False)
 class SoftmaxOp(Op):
-    """Softmax over the last axis (``length`` values a row) of an int8 tensor. With ``d = max − x`` (the
+    """Softmax over one axis of an int8 tensor: a row is ``length`` values ``stride`` apart (stride 1: the
+    last axis; YOLOv8's DFL normalizes axis 1 of [1, 16, 4, anchors]). With ``d = max − x`` (the
     row's largest code minus each code, 0..255) and ``e = table[d]`` (``round(2^frac_bits ·
     exp(−s·d))``, ``s`` the input scale):
 
@@ -217,6 +218,7 @@ class SoftmaxOp(Op):
     saturates (multiplier 1, shift 0)."""
 
     length: int = 1
+    stride: int = 1
     frac_bits: int = 20
     table: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     gain: int = 1

@@ -169,7 +169,7 @@ def _matmul(op: Op, env: Env) -> np.ndarray:
 def _softmax(op: Op, env: Env) -> np.ndarray:
     assert isinstance(op, SoftmaxOp) and op.requant is not None
     x = env[op.inputs[0]]
-    rows = x.reshape(-1, op.length)
+    rows = x.reshape(-1, op.length, op.stride)  # a row: axis 1, for each of the stride positions
     e = op.table.astype(np.int64)[rows.max(axis=1, keepdims=True) - rows]
     total = e.sum(axis=1, keepdims=True)
     return _apply(op.requant, round_div(e * op.gain, total * np.int64(2**op.gain_shift))).reshape(x.shape)

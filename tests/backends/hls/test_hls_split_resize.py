@@ -1,6 +1,7 @@
-"""Split and nearest-neighbour Resize on ``hls`` (YOLOv8's C2f split and its neck's upsampling): a Split
-becomes one Slice per output, a Resize by whole factors an ``UpsampleOp`` whose ONNX coordinate rule is
-checked index by index; both are copies on the input's scale."""
+"""Split, nearest-neighbour Resize and a Softmax over a non-last axis on ``hls`` (YOLOv8's C2f split,
+its neck's upsampling, its DFL's softmax): a Split becomes one Slice per output, a Resize by whole factors
+an ``UpsampleOp`` whose ONNX coordinate rule is checked index by index (both copies on the input's
+scale), a channel Softmax a ``SoftmaxOp`` whose rows are strided."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from onnx import helper
 
 from dsqc.backends.hls import HLS_PROFILE
 from dsqc.errors import UnsupportedError
-from dsqc.integer import SliceOp, UpsampleOp, lower
+from dsqc.integer import SliceOp, SoftmaxOp, UpsampleOp, lower
 from dsqc.integer.compare import per_op_with_ort
 
 needs_gcc = pytest.mark.skipif(not all(shutil.which(t) for t in ("gcc", "make", "nm")),
@@ -122,3 +123,23 @@ def test_other_resizes_are_refused_naming_the_node(attrs: dict[str, str], why: s
     qdq, _ = quantize(fp32, HLS_PROFILE, random_feeds(fp32, 16, seed=1))
     with pytest.raises(UnsupportedError, match=rf"node 'resize' \(Resize\): .*{why}"):
         lower(qdq, "resize")
+
+
+@needs_gcc
+def test_softmax_over_the_channel_axis_is_bit_exact(tmp_path: Path) -> None:
+    """A Softmax over axis 1 of an NCHW map (a segmentation head's classes; YOLOv8's DFL bins): each row
+    is the channel values of one pixel, ``stride`` apart in the C."""
+    rng = np.random.default_rng(2)
+    inits = {"w": _w(rng, 6, 3, 3, 3), "b": _w(rng, 6), "w2": _w(rng, 4, 6, 1, 1), "b2": _w(rng, 4)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Softmax", ["c"], ["p"], name="softmax", axis=1),
+             helper.make_node("Conv", ["p", "w2", "b2"], ["y"], name="head")]
+    fp32 = make_model(nodes, {"x": ["N", 3, 5, 5]}, {"y": ["N", 4, 5, 5]}, inits)
+    qdq, plan = quantize(fp32, HLS_PROFILE, random_feeds(fp32, 32, seed=1))
+    program = lower(qdq, "seg")
+    softmax = next(op for op in program.ops if op.node == "softmax")
+    assert isinstance(softmax, SoftmaxOp) and (softmax.length, softmax.stride) == (6, 25)
+    per_op = per_op_with_ort(qdq, program, random_feeds(fp32, 4, seed=2))
+    assert max(s["max_lsb"] for s in per_op.values()) <= 1, per_op
+    result = emit(Case("seg", fp32, qdq, plan, random_feeds(fp32, 8, seed=3)), tmp_path, tb_vectors=8)
+    assert result.metrics["hls"]["csim"]["status"] == "bit-exact"
