@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from tools.bench.hls_int16 import build_keeping_program
 from tools.bench.real.store import REPO, is_prepared, real_dir, tree_and_machine
 
 CASE = "nudenet_320n"
@@ -124,26 +125,8 @@ def _decoded(model: onnx.ModelProto, held: np.ndarray, maps: dict[str, np.ndarra
 
 def _head_row(request: Any, model: onnx.ModelProto, held: np.ndarray) -> dict[str, Any]:
     """Build the head maps, keep the program the build wrote, decode its maps on the host."""
-    from dsqc.backends.hls import backend as hls_backend
-    from dsqc.driver.pipeline import build
-
-    programs: list[Any] = []
-    lower = hls_backend.HlsBackend.lower
-
-    def keep(self: Any, job: Any) -> Any:
-        lowered = lower(self, job)
-        programs.append(lowered.program)
-        return lowered
-
-    hls_backend.HlsBackend.lower = keep  # type: ignore[method-assign]
-    try:
-        start = time.perf_counter()
-        result = build(request)
-        seconds = time.perf_counter() - start
-    finally:
-        hls_backend.HlsBackend.lower = lower  # type: ignore[method-assign]
+    result, program, seconds = build_keeping_program(request)
     kept = (result.metrics.get("repair") or {}).get("kept")
-    program = programs[-1] if kept not in (None, "int8") else programs[0]
     hls = result.metrics["hls"]
     est = hls.get("estimates") or {}
     return {**_decoded(model, held, _integer_maps(program, held)),

@@ -44,9 +44,7 @@ def measure(case: str, data: Path, work: Path) -> dict[str, dict[str, Any]]:
     """Build each variant, keep the program the build wrote (repair's kept one), measure it held out."""
     import onnxruntime as ort
 
-    from dsqc.backends.hls import backend as hls_backend
     from dsqc.driver.build_types import BuildRequest
-    from dsqc.driver.pipeline import build
 
     calib = np.load(data / f"{case}.calib.npz")["input"]
     held = np.load(data / f"{case}.eval.npz")["input"]
@@ -55,6 +53,36 @@ def measure(case: str, data: Path, work: Path) -> dict[str, dict[str, Any]]:
     session = ort.InferenceSession(str(data / f"{case}.onnx"), providers=["CPUExecutionProvider"])
     ref = np.concatenate([session.run(None, {"input": held[i:i + 32]})[0]
                           for i in range(0, len(held), 32)]).astype(np.float64)
+    rows: dict[str, dict[str, Any]] = {}
+    for label, options, repair in VARIANTS:
+        request = BuildRequest(model=data / f"{case}.onnx", target="hls",
+                               out_dir=work / f"out{len(rows)}", calib=str(work / "calib.npz"),
+                               calib_samples=64,
+                               eval_data=str(work / "verify.npz"), eval_samples=16,
+                               measure_latency=False, repair=repair,
+                               backend_options={**options, "tb_vectors": 4})
+        result, program, seconds = build_keeping_program(request)
+        kept = (result.metrics.get("repair") or {}).get("kept")
+        got = _integer_outputs(program, held)
+        assert result.plan is not None and result.verdict is not None
+        rows[label] = {
+            "sqnr_db": float(10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2))),
+            "top1_agreement": float(np.mean(ref.argmax(1) == got.argmax(1))),
+            "verdict": result.verdict.level, "repair_kept": kept,
+            "verified_sqnr_db": float(result.metrics["verification"]["min_sqnr_db"]),
+            "int16_tensors": sum(1 for t in program.tensors.values() if t.wide),
+            "tensors": len(program.tensors),
+            "activation_bytes": sum(t.nbytes for t in program.tensors.values()),
+            "csim": result.metrics["hls"]["csim"]["status"], "build_s": round(seconds, 1)}
+    return rows
+
+
+def build_keeping_program(request: Any) -> tuple[Any, Any, float]:
+    """``build(request)`` for ``hls``, with the integer program of the build it wrote (repair's kept one,
+    else the plain build's) and the seconds it took."""
+    from dsqc.backends.hls import backend as hls_backend
+    from dsqc.driver.pipeline import build
+
     programs: list[Any] = []
     lower = hls_backend.HlsBackend.lower
 
@@ -64,35 +92,14 @@ def measure(case: str, data: Path, work: Path) -> dict[str, dict[str, Any]]:
         return lowered
 
     hls_backend.HlsBackend.lower = keep  # type: ignore[method-assign]
-    rows: dict[str, dict[str, Any]] = {}
     try:
-        for label, options, repair in VARIANTS:
-            programs.clear()
-            start = time.perf_counter()
-            request = BuildRequest(model=data / f"{case}.onnx", target="hls",
-                                   out_dir=work / f"out{len(rows)}", calib=str(work / "calib.npz"),
-                                   calib_samples=64,
-                                   eval_data=str(work / "verify.npz"), eval_samples=16,
-                                   measure_latency=False, repair=repair,
-                                   backend_options={**options, "tb_vectors": 4})
-            result = build(request)
-            seconds = time.perf_counter() - start
-            kept = (result.metrics.get("repair") or {}).get("kept")
-            program = programs[0] if kept in (None, "int8") else programs[-1]
-            got = _integer_outputs(program, held)
-            assert result.plan is not None and result.verdict is not None
-            rows[label] = {
-                "sqnr_db": float(10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2))),
-                "top1_agreement": float(np.mean(ref.argmax(1) == got.argmax(1))),
-                "verdict": result.verdict.level, "repair_kept": kept,
-                "verified_sqnr_db": float(result.metrics["verification"]["min_sqnr_db"]),
-                "int16_tensors": sum(1 for t in program.tensors.values() if t.wide),
-                "tensors": len(program.tensors),
-                "activation_bytes": sum(t.nbytes for t in program.tensors.values()),
-                "csim": result.metrics["hls"]["csim"]["status"], "build_s": round(seconds, 1)}
+        start = time.perf_counter()
+        result = build(request)
+        seconds = time.perf_counter() - start
     finally:
         hls_backend.HlsBackend.lower = lower  # type: ignore[method-assign]
-    return rows
+    kept = (result.metrics.get("repair") or {}).get("kept")
+    return result, programs[0] if kept in (None, "int8") else programs[-1], seconds
 
 
 def markdown(case: str, rows: dict[str, dict[str, Any]], machine: str, tree: str) -> str:
