@@ -40,10 +40,8 @@ def cut_at(proto: onnx.ModelProto, outputs: Sequence[str], label: str) -> onnx.M
     untyped = [t.name for t in cut if t.dtype is None]
     if untyped:
         raise ModelError(f"--outputs: the type of tensor '{untyped[0]}' of {label} cannot be inferred")
-    inputs = list(graph.inputs)
     graph.outputs = cut
     graph.cleanup(remove_unused_graph_inputs=False)
-    graph.inputs = inputs
     model = gs.export_onnx(graph)
     model.ir_version = proto.ir_version
     del model.opset_import[:]

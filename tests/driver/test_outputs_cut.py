@@ -19,8 +19,8 @@ from dsqc.model_cut import cut_at
 
 
 def _head(path: Path) -> Path:
-    """Conv → Relu → Conv ``maps`` → a DFL-like decode the integer targets refuse (Softmax over axis 1,
-    then a Mul by a per-position constant) → ``decoded``."""
+    """Conv → Relu → Conv ``maps`` → a DFL-like decode: a Softmax over axis 1, then a Mul by a constant
+    varying along the last axis, which the integer program refuses → ``decoded``."""
     rng = np.random.default_rng(0)
     shapes = {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (16, 8, 1, 1), "b2": (16,), "stride": (1, 1, 1, 8)}
     inits = [numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), n) for n, s in shapes.items()]
@@ -63,7 +63,7 @@ def test_hls_builds_the_head_maps_and_debug_replays_them(head: tuple[Path, Path]
     args = ["-q", "build", str(model), "--target", "hls", "--calib", str(data), "--no-latency", "-B",
             "tb_vectors=4"]
     assert main([*args, "-o", str(tmp_path / "whole")]) == 2  # the decode has no integer lowering
-    assert "node 'dfl' (Softmax)" in capsys.readouterr().err
+    assert "node 'scale' (Mul)" in capsys.readouterr().err
     out = tmp_path / "cut"
     assert main([*args, "--outputs", "maps", "-o", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
