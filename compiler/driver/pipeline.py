@@ -170,8 +170,7 @@ def _start(request: BuildRequest, shared: SharedStages) -> BuildRun:
     if request.method:
         recipe.method = request.method
     with clock("load+normalize"):
-        normalized = shared.once("normalize", request.outputs, lambda: load_for_build(request.model,
-                                                                                    request.outputs))
+        normalized = shared.once("normalize", (), lambda: load_for_build(request.model, request.outputs))
     passes_before = pass_seconds()  # the normalization's, unless another target of the build ran it
     fp32, trained = normalized.model, normalized.trained
     reference = _fp32_reference(request, fp32, trained)

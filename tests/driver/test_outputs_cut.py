@@ -85,3 +85,14 @@ def test_unknown_output_is_one_line_and_writes_nothing(head: tuple[Path, Path], 
     assert code == 2 and not out.exists()
     assert err == [f"dsqc: error: --outputs: {model} has no tensor 'decode'; closest: decoded (tensor "
                    "names, as Netron shows a node's outputs)"], err
+
+
+def test_several_targets_share_one_cut(head: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = head
+    out = tmp_path / "out"
+    assert main(["-q", "build", str(model), "--target", "onnx,trt", "--calib", str(data), "--no-latency",
+                 "--outputs", "maps", "-o", str(out)]) == 0
+    for target in ("onnx", "trt"):
+        report = json.loads((out / target / "report.json").read_text())
+        assert list(report["metrics"]["verification"]["outputs"]) == ["maps"], target
+    assert (out / "agreement.json").is_file()
