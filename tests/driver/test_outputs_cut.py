@@ -96,3 +96,11 @@ def test_several_targets_share_one_cut(head: tuple[Path, Path], tmp_path: Path) 
         report = json.loads((out / target / "report.json").read_text())
         assert list(report["metrics"]["verification"]["outputs"]) == ["maps"], target
     assert (out / "agreement.json").is_file()
+
+
+def test_rebuild_command_carries_the_cut(tmp_path: Path) -> None:
+    from dsqc.driver.build_types import BuildRequest, rebuild_command
+
+    request = BuildRequest(model=tmp_path / "m.onnx", target="hls", out_dir=tmp_path / "out", calib="random",
+                           outputs=("maps", "boxes"))
+    assert "--outputs maps,boxes" in rebuild_command(request, tmp_path / "plan.recipe.toml")
