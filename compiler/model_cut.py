@@ -23,8 +23,10 @@ def cut_at(proto: onnx.ModelProto, outputs: Sequence[str], label: str) -> onnx.M
     if not outputs:
         return proto
     names = [o for n in proto.graph.node for o in n.output if o]
-    known = set(names) | {i.name for i in proto.graph.input}
+    known = set(names)
     for name in outputs:
+        if name in {i.name for i in proto.graph.input}:
+            raise ModelError(f"--outputs: '{name}' is an input of {label}; name tensors its nodes compute")
         if name not in known:
             close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
             hint = f"; closest: {', '.join(close)}" if close else ""

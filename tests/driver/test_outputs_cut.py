@@ -54,6 +54,8 @@ def test_cut_keeps_what_the_outputs_need(head: tuple[Path, Path]) -> None:
     assert cut_at(model, [], "head.onnx") is model
     with pytest.raises(ModelError, match=r"--outputs: head.onnx has no tensor 'map'; closest: maps"):
         cut_at(model, ["map"], "head.onnx")
+    with pytest.raises(ModelError, match=r"--outputs: 'x' is an input of head.onnx"):
+        cut_at(model, ["x"], "head.onnx")
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None, reason="gcc/make missing")
