@@ -23,9 +23,9 @@ def cut_at(proto: onnx.ModelProto, outputs: Sequence[str], label: str) -> onnx.M
     if not outputs:
         return proto
     names = [o for n in proto.graph.node for o in n.output if o]
-    known = set(names)
+    known, inputs = set(names), {i.name for i in proto.graph.input}
     for name in outputs:
-        if name in {i.name for i in proto.graph.input}:
+        if name in inputs:
             raise ModelError(f"--outputs: '{name}' is an input of {label}; name tensors its nodes compute")
         if name not in known:
             close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dsqc.errors import UnsupportedError
 from dsqc.integer.context import Lowering
 from dsqc.integer.fixedpoint import common_multipliers
-from dsqc.integer.lowering import lower_dense, requant_to, require_last_axis
+from dsqc.integer.lowering import lower_dense, requant_to
 from dsqc.integer.ops import (
     AddConstantOp,
     ConcatOp,
@@ -308,7 +308,10 @@ def _positive_factor(nodes: list[gs.Node]) -> float:
 def lower_layernorm(ctx: Lowering, node: gs.Node) -> Op:
     """``LayerNormOp``: the fixed-point parameters for this input's scale, ε, γ, β and the output."""
     x = ctx.act(node, 0)
-    require_last_axis(node, x)
+    axis = int(node.attrs.get("axis", -1)) % len(x.shape)
+    if axis != len(x.shape) - 1:
+        raise _fail(node, f"normalizes from axis {axis} of a {len(x.shape)}-D tensor; the integer program "
+                          "normalizes the last axis only")
     n = int(x.shape[-1])
     gamma = np.broadcast_to(_real(ctx, node, 1), (n,)).astype(np.float64)
     has_beta = len(node.inputs) > 2 and bool(node.inputs[2].name)

@@ -482,14 +482,6 @@ _SOFTMAX_FRAC = 20  # bits of the exp table: e = round(2^20 · exp(−s·d))
 _SOFTMAX_GAIN_SHIFT = 16
 
 
-def require_last_axis(node: gs.Node, x: TensorInfo) -> None:
-    """LayerNorm runs over the last axis only (``axis`` attribute, default −1)."""
-    axis = int(node.attrs.get("axis", -1)) % len(x.shape)
-    if axis != len(x.shape) - 1:
-        raise _fail(node, f"normalizes from axis {axis} of a {len(x.shape)}-D tensor; the integer program "
-                          "normalizes the last axis only")
-
-
 def lower_softmax(ctx: Lowering, node: gs.Node) -> Op:
     """``SoftmaxOp`` over one axis of the node's int8 input (``axis``, default −1: opset 13's single
     axis)."""

@@ -44,14 +44,7 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     ``known``: statistics from an earlier calibration of the same data; only missing tensors run.
     ``trained``: specs read from an already-quantized model (QAT); they replace the planned ones.
     """
-    if _wants_int4(recipe):
-        fp32 = at_least_opset(fp32, INT4_OPSET)
-    model = Model.from_proto(fp32)
-    placement = place(model, profile, recipe, precision)
-    if _wants_int16(placement, profile, recipe) and at_least_opset(fp32, INT4_OPSET) is not fp32:
-        fp32 = at_least_opset(fp32, INT4_OPSET)  # placed again on the converted graph
-        model = Model.from_proto(fp32)
-        placement = place(model, profile, recipe, precision)
+    fp32, model, placement = placed(fp32, profile, recipe, precision)
     log.info("placement: %d activation tensors to calibrate", len(placement.activations))
     stats = calibrate_missing(fp32, placement.activations, recipe, samples, batch_size, known or {})
     ranges = {name: Range(s.lo, s.hi) for name, s in stats.items()}
@@ -66,6 +59,23 @@ def quantize_model(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe
     proto.ir_version = fp32.ir_version
     proto = finish_for_target(proto, plan, profile)
     return Quantized(prepare(proto, "quantized model"), plan, placement, stats)
+
+
+def placed(fp32: onnx.ModelProto, profile: TargetProfile, recipe: Recipe,
+           precision: str = "int8") -> tuple[onnx.ModelProto, Model, Placement]:
+    """``place`` on ``fp32``, converted to opset 21 first where the recipe asks for int4, or after placing
+    where the plan has int16 Q/DQ (then placed again on the converted graph): the model, its IR and the
+    placement."""
+    if _wants_int4(recipe):
+        fp32 = at_least_opset(fp32, INT4_OPSET)
+    model = Model.from_proto(fp32)
+    placement = place(model, profile, recipe, precision)
+    if _wants_int16(placement, profile, recipe):
+        upgraded = at_least_opset(fp32, INT4_OPSET)
+        if upgraded is not fp32:
+            fp32, model = upgraded, Model.from_proto(upgraded)
+            placement = place(model, profile, recipe, precision)
+    return fp32, model, placement
 
 
 def finalize_plan(fp32: onnx.ModelProto, model: Model, placement: Placement, ranges: Mapping[str, Range],

@@ -16,12 +16,12 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from dsqc.ir import Model
-from dsqc.model_io import INT4_OPSET, at_least_opset
 from dsqc.pass_infra import PassManager
 from dsqc.passes import FuseConvBatchNorm
 from dsqc.passes.insert_qdq import InsertQDQ
-from dsqc.quant.planner import Range, finalize, place
+from dsqc.quant.planner import Range, finalize
 from dsqc.quant.profile import TargetProfile
+from dsqc.quant.quantize import placed
 from dsqc.quant.recipe import Recipe
 from dsqc.quant.spec import QuantPlan
 
@@ -52,12 +52,7 @@ def quantize(fp32: onnx.ModelProto, profile: TargetProfile, feeds: dict[str, np.
     """FP32 model (BatchNorm already fused) → (canonical QDQ model, plan) for ``profile``, calibrated by
     min/max on ``feeds``."""
     recipe = recipe or Recipe()
-    model = Model.from_proto(fp32)
-    placement = place(model, profile, recipe)
-    if any(d.wide for d in placement.decisions.values()):  # int16 QuantizeLinear: opset 21
-        fp32 = at_least_opset(fp32, INT4_OPSET)
-        model = Model.from_proto(fp32)
-        placement = place(model, profile, recipe)
+    fp32, model, placement = placed(fp32, profile, recipe)
     ranges = minmax_ranges(fp32, placement.activations, feeds)
     plan = finalize(model, placement, ranges, profile, recipe)
     qdq = PassManager([InsertQDQ(plan)]).run(model).model.to_proto()
