@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ def measure(data: Path, work: Path) -> dict[str, Any]:
         whole = "built"
     except DsqcError as exc:
         whole = str(exc).split(";")[0]
+    fp32 = Fp32Side.of(model, held)
     rows = {}
     for label, options, recipe in VARIANTS:
         recipe_path = None
@@ -95,41 +97,56 @@ def measure(data: Path, work: Path) -> dict[str, Any]:
             recipe_path.write_text(recipe)
         request = BuildRequest(out_dir=work / f"head{len(rows)}", outputs=HEAD, recipe=recipe_path,
                                backend_options=options, **common)  # type: ignore[arg-type]
-        rows[label] = _head_row(request, model, held)
+        rows[label] = _head_row(request, fp32, held)
     start = time.perf_counter()
     onnx_build = build(BuildRequest(out_dir=work / "onnx", outputs=HEAD, **{**common, "target": "onnx"}))
     seconds = time.perf_counter() - start
     artifact = next(p for p in onnx_build.artifacts if str(p).endswith(".int8.onnx"))
     maps = _run(onnx.load(work / "onnx" / artifact), {"images": held})
-    rows["`onnx` target, same cut (ORT's int8 kernels)"] = {**_decoded(model, held, maps),
-                                                             "build_s": round(seconds, 1)}
+    label = "`onnx` target, same cut (ORT's int8 kernels)"
+    rows[label] = {**fp32.decoded(maps), "build_s": round(seconds, 1)}
     return {"whole_model": whole, "images": len(held), "rows": rows}
 
 
-def _decoded(model: onnx.ModelProto, held: np.ndarray, maps: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Each head map's SQNR against FP32's, and the boxes after the model's own decode of ``maps``."""
-    from dsqc.detection import detection_summary
+@dataclass
+class Fp32Side:
+    """What every row is measured against, run once: FP32's output and head maps on the held-out
+    images, and the model's own decode (head maps in, its output out)."""
 
-    reference = _run(model, {"images": held})
-    ref_maps = _run(onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(
-        ["images"], list(HEAD)), {"images": held})
-    tail = _decode_tail(model)
-    out = model.graph.output[0].name
-    replayed = _run(tail, ref_maps)[out]
-    assert np.allclose(replayed, reference[out], atol=1e-3), "the cut decode does not reproduce FP32"
-    decoded = _run(tail, {name: maps[name] for name in HEAD})[out]
-    return {"head_maps": {name: round(_sqnr(ref_maps[name], maps[name]), 2) for name in HEAD},
-            "output0_sqnr_db": round(_sqnr(reference[out], decoded), 2),
-            "boxes": detection_summary(out, reference[out], decoded)}
+    reference: np.ndarray
+    maps: dict[str, np.ndarray]
+    tail: onnx.ModelProto
+    output: str
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, held: np.ndarray) -> Fp32Side:
+        from dsqc.model_cut import cut_at
+
+        out = model.graph.output[0].name
+        reference = _run(model, {"images": held})[out]
+        maps = _run(cut_at(model, HEAD, CASE), {"images": held})
+        tail = _decode_tail(model)
+        replayed = _run(tail, maps)[out]
+        assert np.allclose(replayed, reference, atol=1e-3), "the cut decode does not reproduce FP32"
+        return cls(reference, maps, tail, out)
+
+    def decoded(self, maps: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Each head map's SQNR against FP32's, and the boxes after the model's own decode of ``maps``."""
+        from dsqc.detection import detection_summary
+
+        decoded = _run(self.tail, {name: maps[name] for name in HEAD})[self.output]
+        return {"head_maps": {name: round(_sqnr(self.maps[name], maps[name]), 2) for name in HEAD},
+                "output0_sqnr_db": round(_sqnr(self.reference, decoded), 2),
+                "boxes": detection_summary(self.output, self.reference, decoded)}
 
 
-def _head_row(request: Any, model: onnx.ModelProto, held: np.ndarray) -> dict[str, Any]:
+def _head_row(request: Any, fp32: Fp32Side, held: np.ndarray) -> dict[str, Any]:
     """Build the head maps, keep the program the build wrote, decode its maps on the host."""
     result, program, seconds = build_keeping_program(request)
     kept = (result.metrics.get("repair") or {}).get("kept")
     hls = result.metrics["hls"]
     est = hls.get("estimates") or {}
-    return {**_decoded(model, held, _integer_maps(program, held)),
+    return {**fp32.decoded(_integer_maps(program, held)),
             "verdict": result.verdict.level if result.verdict else None, "repair_kept": kept,
             "int16_tensors": f"{sum(t.wide for t in program.tensors.values())} of {len(program.tensors)}",
             "activation_bytes": f"{est.get('activation_bytes'):,}", "cycles": est.get("cycles"),
